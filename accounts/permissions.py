@@ -1,0 +1,96 @@
+"""Who may do what inside an organization: the one permission matrix.
+
+Views, services and the API ask `can(role, Permission.X)`; nothing else encodes roles.
+"""
+
+from enum import StrEnum
+
+from django.db import models
+
+
+class Role(models.TextChoices):
+    OWNER = "owner", "Owner"
+    ADMIN = "admin", "Admin"
+    MEMBER = "member", "Member"
+    BILLING = "billing", "Billing"
+
+
+class Permission(StrEnum):
+    VIEW_ORGANIZATION = "organization.view"
+    MANAGE_ORGANIZATION = "organization.manage"
+    VIEW_TEAM = "team.view"
+    MANAGE_TEAM = "team.manage"
+    GRANT_OWNER = "team.grant_owner"
+    VIEW_RESERVATIONS = "reservations.view"
+    MANAGE_RESERVATIONS = "reservations.manage"
+    MANAGE_API_KEYS = "api_keys.manage"
+    VIEW_BILLING = "billing.view"
+    MANAGE_BILLING = "billing.manage"
+    VIEW_USAGE = "usage.view"
+
+
+P = Permission
+ROLE_PERMISSIONS: dict[str, frozenset[Permission]] = {
+    Role.OWNER: frozenset(Permission),
+    Role.ADMIN: frozenset(
+        {
+            P.VIEW_ORGANIZATION,
+            P.MANAGE_ORGANIZATION,
+            P.VIEW_TEAM,
+            P.MANAGE_TEAM,
+            P.VIEW_RESERVATIONS,
+            P.MANAGE_RESERVATIONS,
+            P.MANAGE_API_KEYS,
+            P.VIEW_BILLING,
+            P.MANAGE_BILLING,
+            P.VIEW_USAGE,
+        }
+    ),
+    Role.MEMBER: frozenset(
+        {
+            P.VIEW_ORGANIZATION,
+            P.VIEW_TEAM,
+            P.VIEW_RESERVATIONS,
+            P.MANAGE_RESERVATIONS,
+            P.MANAGE_API_KEYS,
+            P.VIEW_USAGE,
+        }
+    ),
+    Role.BILLING: frozenset(
+        {
+            P.VIEW_ORGANIZATION,
+            P.VIEW_TEAM,
+            P.VIEW_RESERVATIONS,
+            P.VIEW_BILLING,
+            P.MANAGE_BILLING,
+            P.VIEW_USAGE,
+        }
+    ),
+}
+
+# What each permission means, for the team page's explanation of roles.
+PERMISSION_LABELS: dict[Permission, str] = {
+    P.VIEW_ORGANIZATION: "See the organization's dashboard",
+    P.MANAGE_ORGANIZATION: "Edit organization details",
+    P.VIEW_TEAM: "See the team",
+    P.MANAGE_TEAM: "Invite, remove and change roles of members",
+    P.GRANT_OWNER: "Make or remove owners",
+    P.VIEW_RESERVATIONS: "See reservations",
+    P.MANAGE_RESERVATIONS: "Reserve, extend and cancel capacity",
+    P.MANAGE_API_KEYS: "Create and revoke API keys",
+    P.VIEW_BILLING: "See payments and invoices",
+    P.MANAGE_BILLING: "Pay and manage payment methods",
+    P.VIEW_USAGE: "See token usage",
+}
+
+
+def can(role: str, permission: Permission) -> bool:
+    return permission in ROLE_PERMISSIONS.get(role, frozenset())
+
+
+def role_matrix() -> list[tuple[str, list[bool]]]:
+    """Rows of (permission label, [allowed for each role in Role order])."""
+    return [
+        (label, [can(role, perm) for role in Role.values])
+        for perm, label in PERMISSION_LABELS.items()
+    ]

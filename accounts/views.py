@@ -1,0 +1,394 @@
+from django.contrib import messages
+from django.contrib.auth import login, update_session_auth_hash
+from django.contrib.auth import views as auth_views
+from django.contrib.auth.decorators import login_required
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse, reverse_lazy
+from django.utils import timezone
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from portal.errors import ServiceError
+from portal.forms import add_service_error
+
+from . import selectors, services
+from .decorators import org_member
+from .forms import (
+    InvitationSignupForm,
+    InviteForm,
+    LoginForm,
+    OrganizationCreateForm,
+    OrganizationForm,
+    ProfileForm,
+    QueuedPasswordResetForm,
+    RoleForm,
+    SignupForm,
+    role_choices_for,
+)
+from .models import User
+from .permissions import PERMISSION_LABELS, Permission, Role, can, role_matrix
+from .validators import suggest_slug
+
+_BACKEND = "django.contrib.auth.backends.ModelBackend"
+RESEND_INTERVAL_SECONDS = 60
+
+
+# --- Sign-up, sign-in -----------------------------------------------------------------------
+@require_http_methods(["GET", "POST"])
+def signup(request: HttpRequest) -> HttpResponse:
+    if request.user.is_authenticated:
+        return redirect("home")
+    form = SignupForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        data = form.cleaned_data
+        try:
+            user, organization = services.signup(
+                email=data["email"],
+                password=data["password"],
+                full_name=data["full_name"],
+                organization_name=data["organization_name"],
+                organization_slug=data["organization_slug"],
+                country=data["country"],
+                billing_email=data["billing_email"],
+            )
+        except ServiceError as exc:
+            add_service_error(form, exc)
+        else:
+            login(request, user, backend=_BACKEND)
+            messages.success(
+                request,
+                f"Welcome to Hyperblock. We sent a verification link to {user.email}.",
+            )
+            return redirect("dashboard", slug=organization.slug)
+    return render(request, "accounts/signup.html", {"form": form})
+
+
+@require_GET
+def signup_slug(request: HttpRequest) -> HttpResponse:
+    """htmx: suggest an address from the organization name and say whether it is free."""
+    slug = (request.GET.get("organization_slug") or "").strip().lower()
+    name = request.GET.get("organization_name") or ""
+    suggested = ""
+    if not slug and name:
+        suggested = slug = suggest_slug(name)
+    error = ""
+    if slug:
+        try:
+            services.validate_new_slug(slug)
+        except ServiceError as exc:
+            error = exc.message
+    return render(
+        request,
+        "accounts/_slug_status.html",
+        {"slug": slug, "suggested": suggested, "error": error},
+    )
+
+
+class LoginView(auth_views.LoginView):
+    template_name = "accounts/login.html"
+    authentication_form = LoginForm
+    redirect_authenticated_user = True
+
+
+def locked_out(
+    request: HttpRequest, response: HttpResponse | None, credentials: dict
+) -> HttpResponse:
+    """django-axes calls this once an account has too many failed sign-ins."""
+    return render(request, "accounts/locked_out.html", status=429)
+
+
+@require_GET
+def verify_email(request: HttpRequest, token: str) -> HttpResponse:
+    try:
+        user = services.email_verify(token=token)
+    except ServiceError as exc:
+        return render(request, "accounts/verify_failed.html", {"message": exc.message}, status=400)
+    messages.success(request, f"Thank you: {user.email} is verified.")
+    return redirect("home" if request.user.is_authenticated else "login")
+
+
+@login_required
+@require_POST
+def verify_email_resend(request: HttpRequest) -> HttpResponse:
+    now = timezone.now().timestamp()
+    last = request.session.get("verification_sent_at", 0)
+    if request.user.is_verified:
+        messages.info(request, "Your e-mail address is already verified.")
+    elif now - last < RESEND_INTERVAL_SECONDS:
+        messages.warning(request, "We just sent a link. Give it a minute, then check spam too.")
+    else:
+        services.email_verification_send(user=request.user)
+        request.session["verification_sent_at"] = now
+        messages.success(request, f"We sent a new verification link to {request.user.email}.")
+    return redirect(request.POST.get("next") or "home")
+
+
+class PasswordResetView(auth_views.PasswordResetView):
+    template_name = "accounts/password_reset.html"
+    form_class = QueuedPasswordResetForm
+    success_url = reverse_lazy("password-reset-done")
+
+
+class PasswordResetDoneView(auth_views.PasswordResetDoneView):
+    template_name = "accounts/password_reset_done.html"
+
+
+class PasswordResetConfirmView(auth_views.PasswordResetConfirmView):
+    template_name = "accounts/password_reset_confirm.html"
+    success_url = reverse_lazy("login")
+
+    def form_valid(self, form):  # type: ignore[no-untyped-def]
+        response = super().form_valid(form)
+        services.password_changed(user=form.user)
+        messages.success(self.request, "Your password is changed. Sign in with the new one.")
+        return response
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def profile(request: HttpRequest) -> HttpResponse:
+    from django.contrib.auth.forms import PasswordChangeForm
+
+    profile_form = ProfileForm(initial={"full_name": request.user.full_name})
+    password_form = PasswordChangeForm(request.user)
+    if request.method == "POST" and request.POST.get("form") == "profile":
+        profile_form = ProfileForm(request.POST)
+        if profile_form.is_valid():
+            try:
+                services.profile_update(
+                    user=request.user, full_name=profile_form.cleaned_data["full_name"]
+                )
+            except ServiceError as exc:
+                add_service_error(profile_form, exc)
+            else:
+                messages.success(request, "Profile saved.")
+                return redirect("profile")
+    elif request.method == "POST" and request.POST.get("form") == "password":
+        password_form = PasswordChangeForm(request.user, request.POST)
+        if password_form.is_valid():
+            user = password_form.save()
+            update_session_auth_hash(request, user)
+            services.password_changed(user=user)
+            messages.success(request, "Password changed.")
+            return redirect("profile")
+    return render(
+        request,
+        "accounts/profile.html",
+        {
+            "profile_form": profile_form,
+            "password_form": password_form,
+            "memberships": selectors.memberships_for_user(request.user),
+        },
+    )
+
+
+# --- Organizations ---------------------------------------------------------------------------
+@login_required
+@require_http_methods(["GET", "POST"])
+def organization_create(request: HttpRequest) -> HttpResponse:
+    form = OrganizationCreateForm(
+        request.POST or None, initial={"billing_email": request.user.email}
+    )
+    if request.method == "POST" and form.is_valid():
+        try:
+            organization = services.organization_create(owner=request.user, **form.cleaned_data)
+        except ServiceError as exc:
+            add_service_error(form, exc)
+        else:
+            messages.success(request, f"{organization.name} is ready.")
+            return redirect("dashboard", slug=organization.slug)
+    return render(request, "accounts/organization_create.html", {"form": form})
+
+
+@org_member(Permission.VIEW_ORGANIZATION)
+@require_http_methods(["GET", "POST"])
+def organization_settings(request: HttpRequest) -> HttpResponse:
+    organization = request.organization
+    may_edit = can(request.membership.role, Permission.MANAGE_ORGANIZATION)
+    form = OrganizationForm(request.POST or None, instance=organization)
+    if not may_edit:
+        for field in form.fields.values():
+            field.disabled = True
+    if request.method == "POST":
+        if not may_edit:
+            return render(
+                request,
+                "403.html",
+                {"message": "Only owners and admins can edit organization details."},
+                status=403,
+            )
+        if form.is_valid():
+            try:
+                services.organization_update(
+                    organization=organization,
+                    actor=request.user,
+                    **{name: form.cleaned_data[name] for name in form.changed_data},
+                )
+            except ServiceError as exc:
+                add_service_error(form, exc)
+            else:
+                messages.success(request, "Organization details saved.")
+                return redirect("organization-settings", slug=organization.slug)
+        # A failed ModelForm has already written bad values onto the instance; drop them.
+        organization.refresh_from_db()
+    return render(
+        request, "accounts/organization_settings.html", {"form": form, "may_edit": may_edit}
+    )
+
+
+# --- Team ------------------------------------------------------------------------------------
+def _team_context(request: HttpRequest, invite_form: InviteForm | None = None) -> dict:
+    role = request.membership.role
+    return {
+        "members": selectors.team_members(request.organization),
+        "invitations": selectors.open_invitations(request.organization),
+        "invite_form": invite_form or InviteForm(actor_role=role),
+        "may_manage": can(role, Permission.MANAGE_TEAM),
+        "role_choices": role_choices_for(role),
+        "roles": Role.choices,
+        "matrix": role_matrix(),
+        "now": timezone.now(),
+    }
+
+
+@org_member(Permission.VIEW_TEAM)
+@require_GET
+def team(request: HttpRequest) -> HttpResponse:
+    return render(request, "accounts/team.html", _team_context(request))
+
+
+@org_member(Permission.MANAGE_TEAM)
+@require_POST
+def team_invite(request: HttpRequest) -> HttpResponse:
+    form = InviteForm(request.POST, actor_role=request.membership.role)
+    if form.is_valid():
+        try:
+            invitation, _token = services.invitation_create(
+                organization=request.organization, actor=request.user, **form.cleaned_data
+            )
+        except ServiceError as exc:
+            add_service_error(form, exc)
+        else:
+            messages.success(request, f"Invitation sent to {invitation.email}.")
+            return redirect("team", slug=request.organization.slug)
+    return render(request, "accounts/team.html", _team_context(request, form), status=400)
+
+
+@org_member(Permission.MANAGE_TEAM)
+@require_POST
+def invitation_revoke(request: HttpRequest, invitation_id: int) -> HttpResponse:
+    invitation = selectors.open_invitation(request.organization, invitation_id)
+    if invitation is None:
+        messages.error(request, "This invitation was already used or withdrawn.")
+    else:
+        try:
+            services.invitation_revoke(invitation=invitation, actor=request.user)
+        except ServiceError as exc:
+            messages.error(request, exc.message)
+        else:
+            messages.success(request, f"Invitation to {invitation.email} withdrawn.")
+    return redirect("team", slug=request.organization.slug)
+
+
+@org_member(Permission.MANAGE_TEAM)
+@require_POST
+def member_role(request: HttpRequest, membership_id: int) -> HttpResponse:
+    membership = selectors.team_member(request.organization, membership_id)
+    if membership is None:
+        return _not_a_member(request)
+    form = RoleForm(request.POST)
+    error = ""
+    if not form.is_valid():
+        error = "Choose one of the roles listed."
+    else:
+        try:
+            membership = services.membership_change_role(
+                membership=membership, actor=request.user, role=form.cleaned_data["role"]
+            )
+        except ServiceError as exc:
+            error = exc.message
+            membership.refresh_from_db()
+    if request.htmx:
+        context = {**_team_context(request), "member": membership, "row_error": error}
+        return render(request, "accounts/_member_row.html", context, status=400 if error else 200)
+    if error:
+        messages.error(request, error)
+    else:
+        messages.success(
+            request,
+            f"{membership.user.display_name} is now {membership.get_role_display().lower()}.",
+        )
+    return redirect("team", slug=request.organization.slug)
+
+
+@org_member(Permission.VIEW_TEAM)
+@require_POST
+def member_remove(request: HttpRequest, membership_id: int) -> HttpResponse:
+    membership = selectors.team_member(request.organization, membership_id)
+    if membership is None:
+        return _not_a_member(request)
+    try:
+        services.membership_remove(membership=membership, actor=request.user)
+    except ServiceError as exc:
+        messages.error(request, exc.message)
+        return redirect("team", slug=request.organization.slug)
+    if membership.user_id == request.user.pk:
+        messages.success(request, f"You left {request.organization.name}.")
+        request.session.pop("organization", None)
+        return redirect("home")
+    messages.success(request, f"{membership.user.display_name} was removed.")
+    return redirect("team", slug=request.organization.slug)
+
+
+def _not_a_member(request: HttpRequest) -> HttpResponse:
+    messages.error(request, "This person is no longer a member.")
+    return redirect("team", slug=request.organization.slug)
+
+
+# --- Invitations (the link in the e-mail) ------------------------------------------------------
+@require_http_methods(["GET", "POST"])
+def invitation(request: HttpRequest, token: str) -> HttpResponse:
+    try:
+        invite = services.invitation_for_token(token)
+    except ServiceError as exc:
+        return render(
+            request, "accounts/invitation_invalid.html", {"message": exc.message}, status=exc.status
+        )
+    signup_form = InvitationSignupForm()
+    account_exists = User.objects.filter(email__iexact=invite.email).exists()
+    if request.method == "POST":
+        if request.user.is_authenticated:
+            try:
+                membership = services.invitation_accept(token=token, user=request.user)
+            except ServiceError as exc:
+                messages.error(request, exc.message)
+                return redirect("invitation", token=token)
+            messages.success(request, f"You joined {membership.organization.name}.")
+            return redirect("dashboard", slug=membership.organization.slug)
+        signup_form = InvitationSignupForm(request.POST)
+        if signup_form.is_valid():
+            try:
+                membership = services.signup_with_invitation(
+                    token=token, **signup_form.cleaned_data
+                )
+            except ServiceError as exc:
+                add_service_error(signup_form, exc)
+            else:
+                login(request, membership.user, backend=_BACKEND)
+                messages.success(request, f"Welcome! You joined {membership.organization.name}.")
+                return redirect("dashboard", slug=membership.organization.slug)
+    return render(
+        request,
+        "accounts/invitation.html",
+        {
+            "invitation": invite,
+            "signup_form": signup_form,
+            "account_exists": account_exists,
+            "wrong_user": request.user.is_authenticated
+            and request.user.email.lower() != invite.email.lower(),
+            "login_url": f"{reverse('login')}?next={request.path}",
+            "role_permissions": [
+                label for perm, label in PERMISSION_LABELS.items() if can(invite.role, perm)
+            ],
+        },
+    )

@@ -1,0 +1,16 @@
+from django.contrib import admin
+from django.urls import include, path
+
+from . import views
+
+urlpatterns = [
+    path("", views.home, name="home"),
+    path("healthz", views.healthz, name="healthz"),
+    path("readyz", views.readyz, name="readyz"),
+    path("admin/", admin.site.urls),
+    path("o/<slug:slug>/", views.dashboard, name="dashboard"),
+    path("", include("accounts.urls")),
+]
+
+handler404 = "portal.views.not_found"
+handler500 = "portal.views.server_error"

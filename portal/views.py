@@ -1,0 +1,99 @@
+import logging
+from pathlib import Path
+
+from django.conf import settings
+from django.db import connection
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET
+
+from accounts import selectors as account_selectors
+from accounts.decorators import org_member
+from accounts.permissions import Permission, can
+
+from .celery import app as celery_app
+
+logger = logging.getLogger(__name__)
+
+
+@require_GET
+def home(request: HttpRequest) -> HttpResponse:
+    """Send a signed-in user to their last organization, anyone else to sign-in."""
+    if not request.user.is_authenticated:
+        return redirect("login")
+    memberships = list(account_selectors.memberships_for_user(request.user))
+    if not memberships:
+        return redirect("organization-create")
+    last = request.session.get("organization")
+    chosen = next((m for m in memberships if m.organization.slug == last), memberships[0])
+    return redirect("dashboard", slug=chosen.organization.slug)
+
+
+@org_member(Permission.VIEW_ORGANIZATION)
+@require_GET
+def dashboard(request: HttpRequest) -> HttpResponse:
+    organization = request.organization
+    role = request.membership.role
+    team = account_selectors.team_members(organization)
+    context = {
+        "member_count": team.count(),
+        "pending_invitations": account_selectors.pending_invitation_count(organization),
+        "may_manage_team": can(role, Permission.MANAGE_TEAM),
+        "may_reserve": can(role, Permission.MANAGE_RESERVATIONS),
+        "may_manage_org": can(role, Permission.MANAGE_ORGANIZATION),
+        "details_complete": bool(organization.legal_name and organization.address),
+    }
+    return render(request, "portal/dashboard.html", context)
+
+
+@never_cache
+@require_GET
+def healthz(request: HttpRequest) -> JsonResponse:
+    """Liveness: the process answers. Touches nothing else."""
+    return JsonResponse({"status": "ok"})
+
+
+def _check_database() -> None:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+        cursor.fetchone()
+
+
+def _check_broker() -> None:
+    with celery_app.connection_for_write() as conn:
+        conn.ensure_connection(max_retries=1, timeout=settings.CELERY_BROKER_CONNECTION_TIMEOUT)
+        # The filesystem transport "connects" to anything; make sure its folder is usable.
+        options = conn.transport_options or {}
+        folder = options.get("data_folder_out")
+        if folder and not Path(folder).is_dir():
+            raise OSError(f"broker folder {folder} does not exist")
+
+
+@never_cache
+@require_GET
+def readyz(request: HttpRequest) -> JsonResponse:
+    """Readiness: the database and the broker are reachable; 503 names the part that is not."""
+    checks = {"database": _check_database, "broker": _check_broker}
+    results: dict[str, str] = {}
+    for name, check in checks.items():
+        try:
+            check()
+        except Exception as exc:  # noqa: BLE001 - any failure means not ready; it is reported
+            logger.warning("readiness check %s failed: %s", name, exc)
+            results[name] = f"error: {type(exc).__name__}"
+        else:
+            results[name] = "ok"
+    ready = all(value == "ok" for value in results.values())
+    return JsonResponse(
+        {"status": "ok" if ready else "unavailable", "checks": results},
+        status=200 if ready else 503,
+    )
+
+
+def not_found(request: HttpRequest, exception: Exception) -> HttpResponse:
+    return render(request, "404.html", status=404)
+
+
+def server_error(request: HttpRequest) -> HttpResponse:
+    return render(request, "500.html", status=500)

@@ -1,0 +1,83 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _load_production(**env: str) -> subprocess.CompletedProcess:
+    code = (
+        "import django, json; from django.conf import settings; django.setup();"
+        "print(json.dumps([settings.DEBUG, settings.SECURE_SSL_REDIRECT,"
+        " settings.SECURE_HSTS_SECONDS, settings.SESSION_COOKIE_SECURE,"
+        " settings.CSRF_COOKIE_SECURE, settings.ALLOWED_HOSTS]))"
+    )
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("DJANGO_")}
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        env={**clean, "DJANGO_SETTINGS_MODULE": "portal.settings.production", **env},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("env", "missing"),
+    [
+        ({"DJANGO_ALLOWED_HOSTS": "console.example.com"}, "DJANGO_SECRET_KEY"),
+        ({"DJANGO_SECRET_KEY": "x" * 50}, "DJANGO_ALLOWED_HOSTS"),
+    ],
+)
+def test_production_refuses_to_start_without_its_secrets(env, missing):
+    result = _load_production(**env)
+    assert result.returncode == 1
+    assert f"Set the {missing} environment variable." in result.stderr
+
+
+def test_production_is_hardened():
+    result = _load_production(
+        DJANGO_SECRET_KEY="x" * 50, DJANGO_ALLOWED_HOSTS="console.example.com,api.example.com"
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == (
+        '[false, true, 31536000, true, true, ["console.example.com", "api.example.com"]]'
+    )
+
+
+def test_argon2_is_the_first_password_hasher_outside_tests():
+    from portal.settings import base
+
+    assert base.PASSWORD_HASHERS[0] == "django.contrib.auth.hashers.Argon2PasswordHasher"
+
+
+def test_sqlite_default_queues_writers():
+    from portal.settings import base
+
+    assert base.SQLITE_OPTIONS["transaction_mode"] == "IMMEDIATE"
+    assert "PRAGMA journal_mode=WAL;" in base.SQLITE_OPTIONS["init_command"]
+
+
+def test_celery_is_json_only_late_acking_and_time_limited():
+    from portal.celery import app
+
+    conf = app.conf
+    assert conf.task_serializer == "json"
+    assert conf.accept_content == ["json"]
+    assert conf.task_acks_late is True
+    assert conf.task_reject_on_worker_lost is True
+    assert (conf.task_soft_time_limit, conf.task_time_limit) == (300, 360)
+    assert {q.name for q in conf.task_queues} == {"default", "provisioning", "billing", "email"}
+    assert (
+        conf.beat_schedule["accounts.clean_login_attempts"]["task"]
+        == "accounts.clean_login_attempts"
+    )
+    assert (
+        os.environ.get("CELERY_BROKER_URL", "filesystem://localhost/") == settings.CELERY_BROKER_URL
+    )
