@@ -1,11 +1,16 @@
+from collections.abc import Callable
+
 from django import forms
 from django.contrib.auth import password_validation
 from django.contrib.auth.forms import AuthenticationForm, PasswordResetForm
 from django_countries import countries
 from django_countries.fields import LazyTypedChoiceField
 
+from portal.errors import ServiceError
+
+from . import services
 from .emails import queue_email
-from .models import Organization
+from .models import Organization, User
 from .permissions import Permission, Role, can
 from .validators import validate_org_slug
 
@@ -38,8 +43,33 @@ class SignupForm(forms.Form):
         help_text="Where invoices and receipts go. Leave empty to use your own address.",
     )
 
+    # The service checks all of this again inside its transaction; checking here as well lets
+    # the form show every problem at once instead of one per submission.
+    def clean_email(self) -> str:
+        return _service_check(services.validate_new_email, self.cleaned_data["email"])
+
     def clean_organization_slug(self) -> str:
-        return self.cleaned_data["organization_slug"].strip().lower()
+        slug = self.cleaned_data["organization_slug"].strip().lower()
+        _service_check(services.validate_new_slug, slug)
+        return slug
+
+    def clean(self) -> dict:
+        data = super().clean()
+        if data.get("password"):
+            candidate = User(email=data.get("email") or "", full_name=data.get("full_name") or "")
+            try:
+                services.validate_new_password(data["password"], candidate)
+            except ServiceError as exc:
+                self.add_error("password", exc.message)
+        return data
+
+
+def _service_check(check: Callable[[str], object], value: str) -> str:
+    try:
+        check(value)
+    except ServiceError as exc:
+        raise forms.ValidationError(exc.message, code=exc.code) from exc
+    return value
 
 
 class InvitationSignupForm(forms.Form):

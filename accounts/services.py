@@ -57,7 +57,7 @@ def require_permission(*, actor: User, organization: Organization, permission: P
 
 
 # --- Sign-up and organizations --------------------------------------------------------------
-def _validate_new_email(email: str) -> str:
+def validate_new_email(email: str) -> str:
     email = User.objects.normalize_email(email).lower()
     if User.objects.filter(email__iexact=email).exists():
         raise Conflict(
@@ -68,7 +68,7 @@ def _validate_new_email(email: str) -> str:
     return email
 
 
-def _validate_password(password: str, user: User) -> None:
+def validate_new_password(password: str, user: User) -> None:
     try:
         validate_password(password, user)
     except ValidationError as exc:
@@ -86,9 +86,9 @@ def validate_new_slug(slug: str) -> None:
 
 @transaction.atomic
 def user_create(*, email: str, password: str, full_name: str = "") -> User:
-    email = _validate_new_email(email)
+    email = validate_new_email(email)
     user = User(email=email, full_name=full_name.strip())
-    _validate_password(password, user)
+    validate_new_password(password, user)
     user.set_password(password)
     user.full_clean(exclude=["password"])
     try:

@@ -239,8 +239,10 @@ def organization_settings(request: HttpRequest) -> HttpResponse:
 # --- Team ------------------------------------------------------------------------------------
 def _team_context(request: HttpRequest, invite_form: InviteForm | None = None) -> dict:
     role = request.membership.role
+    members = list(selectors.team_members(request.organization))
     return {
-        "members": selectors.team_members(request.organization),
+        "members": members,
+        "sole_owner": sum(1 for m in members if m.role == Role.OWNER) == 1,
         "invitations": selectors.open_invitations(request.organization),
         "invite_form": invite_form or InviteForm(actor_role=role),
         "may_manage": can(role, Permission.MANAGE_TEAM),

@@ -6,7 +6,7 @@ from pathlib import Path
 import environ
 from celery.schedules import crontab
 from django.core.exceptions import ImproperlyConfigured
-from kombu import Queue
+from kombu import Exchange, Queue
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 VAR_DIR = BASE_DIR / "var"
@@ -228,12 +228,14 @@ QUEUE_PROVISIONING = "provisioning"
 QUEUE_BILLING = "billing"
 QUEUE_EMAIL = "email"
 CELERY_TASK_DEFAULT_QUEUE = QUEUE_DEFAULT
+# Each queue has its own exchange and routing key: with a shared key, a direct exchange would
+# copy every message into every queue.
 CELERY_TASK_QUEUES = [
-    Queue(QUEUE_DEFAULT),
-    Queue(QUEUE_PROVISIONING),
-    Queue(QUEUE_BILLING),
-    Queue(QUEUE_EMAIL),
+    Queue(name, Exchange(name, type="direct"), routing_key=name)
+    for name in (QUEUE_DEFAULT, QUEUE_PROVISIONING, QUEUE_BILLING, QUEUE_EMAIL)
 ]
+CELERY_TASK_DEFAULT_EXCHANGE = QUEUE_DEFAULT
+CELERY_TASK_DEFAULT_ROUTING_KEY = QUEUE_DEFAULT
 CELERY_TASK_ROUTES = {
     "accounts.send_email": {"queue": QUEUE_EMAIL},
     "capacity.*": {"queue": QUEUE_PROVISIONING},

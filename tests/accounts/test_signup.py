@@ -145,3 +145,19 @@ def test_signed_in_user_is_sent_from_signup_to_their_console(client):
     response = client.get(reverse("signup"))
     assert response.status_code == 302
     assert response["Location"] == "/"
+
+
+@pytest.mark.django_db
+def test_signup_shows_every_problem_at_once(client):
+    UserFactory(email="grace@example.com")
+    OrganizationFactory(slug="cobol")
+    before = _counts()
+    response = client.post(reverse("signup"), {**VALID, "password": "short", "country": ""})
+    errors = response.context["form"].errors
+    assert errors["email"] == [
+        "An account with this e-mail address already exists. Sign in instead."
+    ]
+    assert errors["organization_slug"] == ["This address is taken; choose another."]
+    assert errors["country"] == ["This field is required."]
+    assert errors["password"][0].startswith("This password is too short.")
+    assert _counts() == before

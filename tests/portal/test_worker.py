@@ -31,9 +31,10 @@ def _start_worker(env: dict[str, str], log: Path) -> subprocess.Popen:
     with log.open("w") as log_file:
         return subprocess.Popen(
             [
+                # Every queue, as `make run` does: a message must reach exactly one of them.
                 sys.executable, "-m", "celery", "-A", "portal", "worker", "--pool", "solo",
-                "--queues", settings.QUEUE_EMAIL, "--without-gossip", "--without-mingle",
-                "--without-heartbeat", "--loglevel", "WARNING",
+                "--without-gossip", "--without-mingle", "--without-heartbeat",
+                "--loglevel", "WARNING",
             ],
             cwd=ROOT,
             env=env,
