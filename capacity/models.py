@@ -1,1 +1,304 @@
-from django.db import models  # noqa: F401
+import secrets
+from decimal import Decimal
+
+from django.conf import settings
+from django.core.validators import MinValueValidator
+from django.db import models
+from django.utils import timezone
+
+
+class GpuModel(models.Model):
+    slug = models.SlugField(max_length=40, unique=True)
+    name = models.CharField(max_length=80)
+    memory_gb = models.PositiveSmallIntegerField()
+    gpus_per_node = models.PositiveSmallIntegerField(default=8)
+    description = models.CharField(max_length=200, blank=True)
+    is_active = models.BooleanField(default=True)
+    sort_order = models.PositiveSmallIntegerField(default=0)
+
+    class Meta:
+        ordering = ["sort_order", "name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Region(models.Model):
+    code = models.SlugField(max_length=40, unique=True)
+    name = models.CharField(max_length=80)
+    location = models.CharField(max_length=80, blank=True)
+    is_active = models.BooleanField(default=True)
+
+    class Meta:
+        ordering = ["code"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.code})"
+
+
+class Cluster(models.Model):
+    """One GPU model on one fabric: every node of a reservation comes from a single cluster."""
+
+    code = models.SlugField(max_length=60, unique=True)
+    region = models.ForeignKey(Region, on_delete=models.PROTECT, related_name="clusters")
+    gpu_model = models.ForeignKey(GpuModel, on_delete=models.PROTECT, related_name="clusters")
+    fabric = models.CharField(max_length=80, default="InfiniBand NDR 400 Gb/s")
+    is_active = models.BooleanField(default=True)
+
+    class Meta:
+        ordering = ["code"]
+        indexes = [models.Index(fields=["gpu_model", "region"])]
+
+    def __str__(self) -> str:
+        return self.code
+
+
+class Node(models.Model):
+    class Status(models.TextChoices):
+        AVAILABLE = "available", "Available"
+        MAINTENANCE = "maintenance", "Maintenance"
+        RETIRED = "retired", "Retired"
+
+    cluster = models.ForeignKey(Cluster, on_delete=models.PROTECT, related_name="nodes")
+    hostname = models.CharField(max_length=80, unique=True)
+    gpu_count = models.PositiveSmallIntegerField(default=8)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.AVAILABLE)
+    status_reason = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["hostname"]
+        indexes = [models.Index(fields=["cluster", "status"])]
+
+    def __str__(self) -> str:
+        return self.hostname
+
+
+class ListPrice(models.Model):
+    """The public price of one GPU-hour of a GPU model in a region."""
+
+    gpu_model = models.ForeignKey(GpuModel, on_delete=models.CASCADE, related_name="prices")
+    region = models.ForeignKey(Region, on_delete=models.CASCADE, related_name="prices")
+    price_per_gpu_hour = models.DecimalField(
+        max_digits=10, decimal_places=4, validators=[MinValueValidator(Decimal("0.0001"))]
+    )
+    currency = models.CharField(max_length=3, default="usd")
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["gpu_model", "region"], name="capacity_listprice_unique"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(price_per_gpu_hour__gt=0), name="capacity_listprice_positive"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.gpu_model} in {self.region.code}: {self.price_per_gpu_hour}/GPU-h"
+
+
+class DurationDiscount(models.Model):
+    """A discount on list prices for reservations of at least `min_hours`."""
+
+    min_hours = models.PositiveIntegerField(unique=True)
+    percent = models.DecimalField(max_digits=5, decimal_places=2)
+    label = models.CharField(max_length=60)
+
+    class Meta:
+        ordering = ["min_hours"]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(percent__gt=0, percent__lt=100),
+                name="capacity_discount_percent_range",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.label}: {self.percent}%"
+
+
+class NegotiatedRate(models.Model):
+    """A price agreed by sales with one organization for reservations starting in a window."""
+
+    organization = models.ForeignKey(
+        "accounts.Organization", on_delete=models.CASCADE, related_name="negotiated_rates"
+    )
+    gpu_model = models.ForeignKey(GpuModel, on_delete=models.CASCADE, related_name="+")
+    region = models.ForeignKey(
+        Region,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="+",
+        help_text="Empty means every region.",
+    )
+    price_per_gpu_hour = models.DecimalField(
+        max_digits=10, decimal_places=4, validators=[MinValueValidator(Decimal("0.0001"))]
+    )
+    valid_from = models.DateTimeField()
+    valid_until = models.DateTimeField()
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-valid_from"]
+        indexes = [models.Index(fields=["organization", "gpu_model", "valid_from"])]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(valid_until__gt=models.F("valid_from")),
+                name="capacity_rate_window_valid",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(price_per_gpu_hour__gt=0), name="capacity_rate_positive"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.organization} · {self.gpu_model}: {self.price_per_gpu_hour}/GPU-h"
+
+
+def new_public_id() -> str:
+    alphabet = "abcdefghijkmnpqrstuvwxyz23456789"
+    return "rsv_" + "".join(secrets.choice(alphabet) for _ in range(14))
+
+
+class Reservation(models.Model):
+    class State(models.TextChoices):
+        HELD = "held", "Held"
+        SCHEDULED = "scheduled", "Scheduled"
+        PROVISIONING = "provisioning", "Provisioning"
+        ACTIVE = "active", "Active"
+        RELEASING = "releasing", "Releasing"
+        COMPLETED = "completed", "Completed"
+        EXPIRED = "expired", "Expired"
+        CANCELED = "canceled", "Canceled"
+        FAILED = "failed", "Failed"
+
+    public_id = models.CharField(max_length=24, unique=True, default=new_public_id, editable=False)
+    organization = models.ForeignKey(
+        "accounts.Organization", on_delete=models.PROTECT, related_name="reservations"
+    )
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    gpu_model = models.ForeignKey(GpuModel, on_delete=models.PROTECT, related_name="+")
+    region = models.ForeignKey(Region, on_delete=models.PROTECT, related_name="+")
+    cluster = models.ForeignKey(Cluster, on_delete=models.PROTECT, related_name="reservations")
+    node_count = models.PositiveSmallIntegerField()
+    starts_at = models.DateTimeField()
+    ends_at = models.DateTimeField()
+    starts_on_payment = models.BooleanField(
+        default=False, help_text="Booked to start now: provisioned as soon as it is paid."
+    )
+    state = models.CharField(max_length=16, choices=State.choices, default=State.HELD)
+    hold_expires_at = models.DateTimeField(null=True, blank=True)
+    # Price snapshot taken when the reservation was made (and grown by extensions).
+    currency = models.CharField(max_length=3)
+    price_per_gpu_hour = models.DecimalField(max_digits=10, decimal_places=4)
+    price_source = models.CharField(max_length=16)
+    subtotal = models.DecimalField(max_digits=14, decimal_places=2)
+    discount = models.DecimalField(max_digits=14, decimal_places=2)
+    total = models.DecimalField(max_digits=14, decimal_places=2)
+    price_lines = models.JSONField(default=list)
+    # Cancellation: what the policy allows back; the payment side refunds it.
+    refund_due = models.DecimalField(max_digits=14, decimal_places=2, null=True, blank=True)
+    # A form's one-time token: a stale form submitted twice finds the first reservation.
+    request_token = models.CharField(max_length=64, blank=True, default="", editable=False)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [
+            models.Index(fields=["organization", "-created_at"]),
+            models.Index(fields=["state", "hold_expires_at"]),
+            models.Index(fields=["state", "starts_at"]),
+        ]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(ends_at__gt=models.F("starts_at")),
+                name="capacity_reservation_window_valid",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(node_count__gte=1), name="capacity_reservation_nodes_positive"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(
+                    state__in=[
+                        "held",
+                        "scheduled",
+                        "provisioning",
+                        "active",
+                        "releasing",
+                        "completed",
+                        "expired",
+                        "canceled",
+                        "failed",
+                    ]
+                ),
+                name="capacity_reservation_state_valid",
+            ),
+            models.UniqueConstraint(
+                fields=["organization", "request_token"],
+                condition=~models.Q(request_token=""),
+                name="capacity_reservation_request_token_unique",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.public_id
+
+    @property
+    def duration_hours(self) -> int:
+        return int((self.ends_at - self.starts_at).total_seconds() // 3600)
+
+    @property
+    def gpu_count(self) -> int:
+        return self.node_count * self.gpu_model.gpus_per_node
+
+
+class Allocation(models.Model):
+    """One node held by one reservation for [starts_at, ends_at).
+
+    Live while `released_at` is empty. On PostgreSQL an exclusion constraint (migration 0002)
+    forbids two live allocations of a node whose periods overlap.
+    """
+
+    reservation = models.ForeignKey(
+        Reservation, on_delete=models.CASCADE, related_name="allocations"
+    )
+    node = models.ForeignKey(Node, on_delete=models.PROTECT, related_name="allocations")
+    # Copied from the node so availability can be read per cluster from one index.
+    cluster = models.ForeignKey(Cluster, on_delete=models.PROTECT, related_name="+")
+    starts_at = models.DateTimeField()
+    ends_at = models.DateTimeField()
+    released_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [
+            models.Index(
+                fields=["node", "starts_at", "ends_at"],
+                condition=models.Q(released_at__isnull=True),
+                name="capacity_alloc_live_node",
+            ),
+            models.Index(
+                fields=["cluster", "ends_at", "starts_at"],
+                condition=models.Q(released_at__isnull=True),
+                name="capacity_alloc_live_cluster",
+            ),
+        ]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(ends_at__gt=models.F("starts_at")),
+                name="capacity_allocation_period_valid",
+            ),
+            models.UniqueConstraint(
+                fields=["reservation", "node"], name="capacity_allocation_node_once"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.node_id} for {self.reservation_id}"

@@ -10,6 +10,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("o/<slug:slug>/", views.dashboard, name="dashboard"),
     path("", include("accounts.urls")),
+    path("", include("capacity.urls")),
 ]
 
 handler404 = "portal.views.not_found"

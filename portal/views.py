@@ -11,6 +11,7 @@ from django.views.decorators.http import require_GET
 from accounts import selectors as account_selectors
 from accounts.decorators import org_member
 from accounts.permissions import Permission, can
+from capacity import selectors as capacity_selectors
 
 from .celery import app as celery_app
 
@@ -36,7 +37,13 @@ def dashboard(request: HttpRequest) -> HttpResponse:
     organization = request.organization
     role = request.membership.role
     team = account_selectors.team_members(organization)
+    reservations = capacity_selectors.reservations_for_org(organization)
     context = {
+        "counts": capacity_selectors.reservation_counts(organization),
+        "upcoming": reservations.filter(state__in=capacity_selectors.LIVE_STATES).order_by(
+            "starts_at"
+        )[:5],
+        "has_reservations": reservations.exists(),
         "member_count": team.count(),
         "pending_invitations": account_selectors.pending_invitation_count(organization),
         "may_manage_team": can(role, Permission.MANAGE_TEAM),

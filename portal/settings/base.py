@@ -243,11 +243,27 @@ CELERY_TASK_ROUTES = {
 }
 # Periodic work lives in code; every entry is safe to run twice.
 CELERY_BEAT_SCHEDULE = {
+    "capacity.expire_holds": {"task": "capacity.expire_holds", "schedule": 60.0},
     "accounts.clean_login_attempts": {
         "task": "accounts.clean_login_attempts",
         "schedule": crontab(minute="*/15"),
     },
 }
+
+# --- Capacity -------------------------------------------------------------------------------
+CAPACITY_MIN_HOURS = 1
+CAPACITY_MAX_HOURS = 182 * 24
+CAPACITY_MAX_LEAD = timedelta(weeks=8)  # how far ahead a block may start
+CAPACITY_MAX_NODES = 64  # per reservation
+CAPACITY_HOLD = timedelta(minutes=15)  # capacity held while the customer pays
+CAPACITY_LOCK_TIMEOUT_MS = 5000  # PostgreSQL: wait at most this long for the allocation lock
+# Off only in the test that proves the lock is what keeps racing customers apart.
+CAPACITY_SERIALIZE_ALLOCATIONS = True
+# Share of the price refunded on cancellation by time left before the start; the first row whose
+# notice is met applies; after the start nothing is refunded.
+CAPACITY_CANCELLATION_POLICY = [(timedelta(days=7), 100), (timedelta(0), 50)]
+CAPACITY_ALTERNATIVES = 3  # alternative start times offered when a window is sold out
+CAPACITY_ALTERNATIVE_SPAN = timedelta(days=7)  # how far from the asked start to look
 
 # --- Stripe ---------------------------------------------------------------------------------
 STRIPE_SECRET_KEY = env.str("STRIPE_SECRET_KEY", default="")

@@ -7,6 +7,7 @@ from django.utils import timezone
 
 from accounts.models import Membership, Organization, User
 from accounts.permissions import Role
+from capacity import demo
 
 DEFAULT_PASSWORD = "hyperblock-demo"  # noqa: S105 - development only; refused in production
 STAFF = [
@@ -41,7 +42,12 @@ class Command(BaseCommand):
             )
             for email, name, superuser in STAFF:
                 self._user(email, name, password, staff=True, superuser=superuser)
+            nodes = demo.load_catalog()
+            bookings = demo.load_bookings(password)
         self.stdout.write(self.style.SUCCESS("Demo data ready."))
+        self.stdout.write(
+            f"  Inventory: {nodes} GPU nodes; {bookings} new bookings by Northwind AI."
+        )
         self.stdout.write(f"  Customer: demo@example.com / {password}  (organization /o/demo/)")
         for email, _name, superuser in STAFF:
             note = "  superuser" if superuser else ""

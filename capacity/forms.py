@@ -1,0 +1,99 @@
+import secrets
+
+from django import forms
+from django.conf import settings
+
+from portal.errors import ServiceError
+
+from .models import GpuModel, Region
+from .windows import Window, validate_node_count, window_for
+
+
+class OfferingSearchForm(forms.Form):
+    """The fields offerings are searched and reservations made with (portal and API alike)."""
+
+    gpu_model = forms.ModelChoiceField(
+        queryset=GpuModel.objects.filter(is_active=True),
+        to_field_name="slug",
+        empty_label=None,
+        label="GPU",
+        error_messages={"invalid_choice": "Unknown GPU model; choose one of the list."},
+    )
+    region = forms.ModelChoiceField(
+        queryset=Region.objects.filter(is_active=True),
+        to_field_name="code",
+        required=False,
+        empty_label="Any region",
+        error_messages={"invalid_choice": "Unknown region; choose one of the list."},
+    )
+    node_count = forms.IntegerField(
+        label="Nodes",
+        initial=1,
+        help_text="8 GPUs per node.",
+        error_messages={"invalid": "Give the number of nodes as a whole number."},
+    )
+    starts_at = forms.DateTimeField(
+        label="Start (UTC)",
+        required=False,
+        help_text="On the hour. Leave empty to start as soon as it is paid.",
+        widget=forms.DateTimeInput(attrs={"type": "datetime-local", "step": 3600}),
+        error_messages={"invalid": "Give the start as a date and time, e.g. 2026-12-01T09:00Z."},
+    )
+    duration_hours = forms.IntegerField(
+        label="Hours",
+        initial=24,
+        help_text=f"1 hour to {settings.CAPACITY_MAX_HOURS // 24} days.",
+        error_messages={"invalid": "Give the duration in whole hours."},
+    )
+
+    def clean(self) -> dict:
+        data = super().clean()
+        if "node_count" in data:
+            self._check("node_count", validate_node_count, data["node_count"])
+        if "duration_hours" in data and "starts_at" not in self.errors:
+            window = self._check(
+                None,
+                lambda _: window_for(
+                    starts_at=data.get("starts_at"), duration_hours=data["duration_hours"]
+                ),
+                None,
+            )
+            if window is not None:
+                data["window"] = window
+        return data
+
+    def _check(self, field: str | None, check, value) -> Window | None:  # type: ignore[no-untyped-def]
+        try:
+            return check(value)
+        except ServiceError as exc:
+            self.add_error(exc.param if exc.param in self.fields else field, exc.message)
+            return None
+
+
+class ReserveForm(OfferingSearchForm):
+    request_token = forms.CharField(widget=forms.HiddenInput, max_length=64)
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["region"].required = True
+        self.fields["region"].empty_label = None
+        self.fields["region"].error_messages["required"] = "Choose a region."
+        if not self.is_bound:
+            self.initial.setdefault("request_token", new_request_token())
+
+
+def new_request_token() -> str:
+    return secrets.token_urlsafe(24)
+
+
+class ExtendForm(forms.Form):
+    hours = forms.IntegerField(min_value=1, label="Extra hours", initial=24)
+
+
+class CancelForm(forms.Form):
+    reason = forms.CharField(
+        required=False,
+        max_length=500,
+        widget=forms.Textarea(attrs={"rows": 2}),
+        label="Why are you canceling?",
+    )

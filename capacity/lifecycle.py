@@ -1,0 +1,79 @@
+"""The reservation state machine: every state change goes through `transition`."""
+
+from collections.abc import Callable
+from typing import Any
+
+from django.db import transaction
+from django.utils import timezone
+
+from portal import audit
+from portal.errors import Conflict
+
+from .models import Allocation, Reservation
+
+S = Reservation.State
+LEGAL: dict[str, frozenset[str]] = {
+    S.HELD: frozenset({S.SCHEDULED, S.EXPIRED, S.CANCELED}),
+    S.SCHEDULED: frozenset({S.PROVISIONING, S.CANCELED}),
+    S.PROVISIONING: frozenset({S.ACTIVE, S.FAILED, S.CANCELED}),
+    S.ACTIVE: frozenset({S.RELEASING}),
+    S.RELEASING: frozenset({S.COMPLETED, S.FAILED}),
+}
+# Entering one of these gives the nodes back.
+RELEASES_NODES = frozenset({S.EXPIRED, S.CANCELED, S.FAILED, S.COMPLETED})
+SETTLED = frozenset({S.HELD, S.SCHEDULED, S.ACTIVE, *RELEASES_NODES})
+
+
+class IllegalTransition(Conflict):
+    default_code = "illegal_transition"
+
+
+def can_transition(state: str, to: str) -> bool:
+    return to in LEGAL.get(state, frozenset())
+
+
+@transaction.atomic
+def transition(
+    *,
+    reservation: Reservation,
+    to: str,
+    actor: Any | None,
+    reason: str = "",
+    data: dict | None = None,
+    fields: dict[str, Any] | None = None,
+    after_commit: Callable[[], None] | None = None,
+) -> Reservation:
+    """Move a reservation to `to` if that is legal from its current (locked) state.
+
+    Locks the row, re-checks the state, writes the change, releases the nodes on a final state,
+    records the audit event the reservation's timeline shows, and runs `after_commit` (for
+    example enqueueing a task) only once the transaction has committed.
+    """
+    locked = Reservation.objects.select_for_update().get(pk=reservation.pk)
+    if not can_transition(locked.state, to):
+        raise IllegalTransition(
+            f"A reservation that is {locked.get_state_display().lower()} cannot become "
+            f"{S(to).label.lower()}.",
+        )
+    previous = locked.state
+    locked.state = to
+    for name, value in (fields or {}).items():
+        setattr(locked, name, value)
+    if to != S.HELD:
+        locked.hold_expires_at = None
+    locked.save()
+    if to in RELEASES_NODES:
+        Allocation.objects.filter(reservation=locked, released_at__isnull=True).update(
+            released_at=timezone.now()
+        )
+    audit.record(
+        action="reservation.transition",
+        actor=actor,
+        organization=locked.organization,
+        target=locked,
+        data={"from": previous, "to": to, **(data or {})},
+        reason=reason,
+    )
+    if after_commit is not None:
+        transaction.on_commit(after_commit)
+    return locked

@@ -1,0 +1,134 @@
+"""The one pricing function: (organization, GPU model, region, nodes, window) to a quote."""
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import ROUND_HALF_UP, Decimal
+
+from django.db.models import Q
+
+from accounts.models import Organization
+from portal.money import format_money
+
+from .models import DurationDiscount, GpuModel, ListPrice, NegotiatedRate, Region
+
+CENT = Decimal("0.01")
+
+
+def money(amount: Decimal) -> Decimal:
+    return amount.quantize(CENT, rounding=ROUND_HALF_UP)
+
+
+@dataclass(frozen=True)
+class QuoteLine:
+    description: str
+    amount: Decimal
+
+    def as_json(self) -> dict:
+        return {"description": self.description, "amount": str(self.amount)}
+
+
+@dataclass(frozen=True)
+class Quote:
+    currency: str
+    price_per_gpu_hour: Decimal
+    price_source: str  # "list" or "negotiated"
+    gpu_hours: int
+    subtotal: Decimal
+    discount: Decimal
+    total: Decimal
+    lines: list[QuoteLine] = field(default_factory=list)
+
+    @property
+    def effective_per_gpu_hour(self) -> Decimal:
+        return (
+            (self.total / self.gpu_hours).quantize(Decimal("0.0001"))
+            if self.gpu_hours
+            else Decimal(0)
+        )
+
+    def lines_json(self) -> list[dict]:
+        return [line.as_json() for line in self.lines]
+
+
+class PriceUnavailable(LookupError):
+    """No list price exists for this GPU model in this region."""
+
+
+def negotiated_rate(
+    organization: Organization | None, gpu_model: GpuModel, region: Region, at: datetime
+) -> NegotiatedRate | None:
+    if organization is None:
+        return None
+    return (
+        NegotiatedRate.objects.filter(
+            organization=organization,
+            gpu_model=gpu_model,
+            valid_from__lte=at,
+            valid_until__gt=at,
+        )
+        .filter(Q(region=region) | Q(region__isnull=True))
+        .order_by("region_id", "-valid_from")  # a region-specific rate beats an every-region one
+        .first()
+    )
+
+
+def quote(
+    *,
+    organization: Organization | None,
+    gpu_model: GpuModel,
+    region: Region,
+    node_count: int,
+    starts_at: datetime,
+    ends_at: datetime,
+    list_price: ListPrice | None = None,
+    discounts: list[DurationDiscount] | None = None,
+) -> Quote:
+    """Price a block. A negotiated rate valid at the start replaces the list price and its
+    duration discounts; otherwise the best duration discount applies to the list price.
+
+    `list_price` and `discounts` may be passed in when pricing many offerings at once.
+    """
+    hours = int((ends_at - starts_at).total_seconds() // 3600)
+    gpu_hours = node_count * gpu_model.gpus_per_node * hours
+    if list_price is None:
+        list_price = ListPrice.objects.filter(gpu_model=gpu_model, region=region).first()
+    if list_price is None:
+        raise PriceUnavailable(f"{gpu_model} has no price in {region.code}.")
+    usage = f"{node_count} × {gpu_model.gpus_per_node} {gpu_model.name} × {hours} h"
+    rate = negotiated_rate(organization, gpu_model, region, starts_at)
+    if rate is not None:
+        subtotal = money(gpu_hours * rate.price_per_gpu_hour)
+        lines = [
+            QuoteLine(
+                f"{usage} at your rate of {rate.price_per_gpu_hour.normalize():f}/GPU-h", subtotal
+            )
+        ]
+        return Quote(
+            currency=list_price.currency,
+            price_per_gpu_hour=rate.price_per_gpu_hour,
+            price_source="negotiated",
+            gpu_hours=gpu_hours,
+            subtotal=subtotal,
+            discount=Decimal("0.00"),
+            total=subtotal,
+            lines=lines,
+        )
+    unit = list_price.price_per_gpu_hour
+    subtotal = money(gpu_hours * unit)
+    lines = [QuoteLine(f"{usage} at {format_money(unit, list_price.currency)}/GPU-h", subtotal)]
+    tiers = discounts if discounts is not None else list(DurationDiscount.objects.all())
+    tier = max((t for t in tiers if hours >= t.min_hours), key=lambda t: t.min_hours, default=None)
+    discount = Decimal("0.00")
+    if tier is not None:
+        discount = money(subtotal * tier.percent / 100)
+        lines.append(QuoteLine(f"{tier.label} discount ({tier.percent.normalize():f}%)", -discount))
+    return Quote(
+        currency=list_price.currency,
+        price_per_gpu_hour=unit,
+        price_source="list",
+        gpu_hours=gpu_hours,
+        subtotal=subtotal,
+        discount=discount,
+        total=subtotal - discount,
+        lines=lines,
+    )

@@ -1,0 +1,173 @@
+"""Reads: the catalog, availability, and an organization's reservations."""
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import numpy as np
+from django.db.models import Count, Exists, OuterRef, Q, QuerySet
+
+from accounts.models import Organization
+from portal.models import AuditEvent
+
+from .models import Allocation, Cluster, GpuModel, Node, Region, Reservation
+
+HOUR = timedelta(hours=1)
+LIVE_STATES = ("held", "scheduled", "provisioning", "active", "releasing")
+
+
+# --- Catalog ----------------------------------------------------------------------------------
+def gpu_models() -> QuerySet[GpuModel]:
+    return GpuModel.objects.filter(is_active=True)
+
+
+def regions() -> QuerySet[Region]:
+    return Region.objects.filter(is_active=True)
+
+
+def pool_clusters(gpu_model: GpuModel, region: Region | None = None) -> list[Cluster]:
+    """Active clusters of a GPU model (in one region, or all), in lock order (by pk)."""
+    clusters = Cluster.objects.filter(gpu_model=gpu_model, is_active=True, region__is_active=True)
+    if region is not None:
+        clusters = clusters.filter(region=region)
+    return list(clusters.select_related("region").order_by("pk"))
+
+
+# --- Availability -----------------------------------------------------------------------------
+def _busy(node_ref: OuterRef, starts_at: datetime, ends_at: datetime) -> Exists:
+    return Exists(
+        Allocation.objects.filter(
+            node=node_ref, released_at__isnull=True, starts_at__lt=ends_at, ends_at__gt=starts_at
+        )
+    )
+
+
+def free_nodes_by_cluster(
+    cluster_ids: Iterable[int], starts_at: datetime, ends_at: datetime
+) -> dict[int, int]:
+    """How many available nodes of each cluster have no live allocation in [starts_at, ends_at)."""
+    rows = (
+        Node.objects.filter(cluster_id__in=list(cluster_ids), status=Node.Status.AVAILABLE)
+        .filter(~_busy(OuterRef("pk"), starts_at, ends_at))
+        .values("cluster_id")
+        .annotate(free=Count("pk"))
+        .order_by()
+    )
+    return {row["cluster_id"]: row["free"] for row in rows}
+
+
+def free_node_ids(cluster: Cluster, starts_at: datetime, ends_at: datetime) -> list[int]:
+    return list(
+        Node.objects.filter(cluster=cluster, status=Node.Status.AVAILABLE)
+        .filter(~_busy(OuterRef("pk"), starts_at, ends_at))
+        .order_by("hostname")
+        .values_list("pk", flat=True)
+    )
+
+
+@dataclass(frozen=True)
+class Occupancy:
+    """Which available node of a pool is busy in which hour, from `start` on, hour by hour."""
+
+    start: datetime
+    node_ids: np.ndarray  # (nodes,)
+    cluster_ids: np.ndarray  # (nodes,)
+    busy: np.ndarray  # (nodes, hours) of bool
+
+    def free_counts(self, window_hours: int) -> dict[int, np.ndarray]:
+        """For every cluster: free nodes for a window of `window_hours` starting at each hour."""
+        hours = self.busy.shape[1]
+        starts = hours - window_hours + 1
+        if starts <= 0 or len(self.node_ids) == 0:
+            return {}
+        cumulative = np.zeros((len(self.node_ids), hours + 1), dtype=np.int32)
+        np.cumsum(self.busy, axis=1, out=cumulative[:, 1:])
+        busy_in_window = (
+            cumulative[:, window_hours : window_hours + starts] - cumulative[:, :starts]
+        )
+        free = busy_in_window == 0
+        return {
+            int(cluster): free[self.cluster_ids == cluster].sum(axis=0)
+            for cluster in np.unique(self.cluster_ids)
+        }
+
+    def free_per_hour(self) -> np.ndarray:
+        return (~self.busy).sum(axis=0)
+
+
+def occupancy(clusters: list[Cluster], start: datetime, hours: int) -> Occupancy:
+    """Hour-by-hour busy matrix of the available nodes of `clusters`, from `start` for `hours`."""
+    cluster_ids = [c.pk for c in clusters]
+    nodes = list(
+        Node.objects.filter(cluster_id__in=cluster_ids, status=Node.Status.AVAILABLE)
+        .order_by("pk")
+        .values_list("pk", "cluster_id")
+    )
+    node_ids = np.array([n for n, _ in nodes], dtype=np.int64)
+    node_clusters = np.array([c for _, c in nodes], dtype=np.int64)
+    busy = np.zeros((len(nodes), hours), dtype=bool)
+    end = start + hours * HOUR
+    if nodes:
+        row_of = {node: row for row, node in enumerate(node_ids.tolist())}
+        allocations = Allocation.objects.filter(
+            cluster_id__in=cluster_ids,
+            released_at__isnull=True,
+            starts_at__lt=end,
+            ends_at__gt=start,
+        ).values_list("node_id", "starts_at", "ends_at")
+        for node_id, a_start, a_end in allocations.iterator(chunk_size=5000):
+            row = row_of.get(node_id)
+            if row is None:  # a node no longer available
+                continue
+            first = max(0, int((a_start - start) // HOUR))
+            last = min(hours, -int(-(a_end - start) // HOUR))  # ceiling
+            busy[row, first:last] = True
+    return Occupancy(start=start, node_ids=node_ids, cluster_ids=node_clusters, busy=busy)
+
+
+# --- Reservations -----------------------------------------------------------------------------
+def reservations_for_org(organization: Organization) -> QuerySet[Reservation]:
+    return Reservation.objects.filter(organization=organization).select_related(
+        "gpu_model", "region", "cluster"
+    )
+
+
+def reservation_for_org(organization: Organization, public_id: str) -> Reservation | None:
+    return reservations_for_org(organization).filter(public_id=public_id).first()
+
+
+def reservation_counts(organization: Organization) -> dict[str, int]:
+    rows = (
+        Reservation.objects.filter(organization=organization, state__in=LIVE_STATES)
+        .values("state")
+        .annotate(n=Count("pk"))
+        .order_by()
+    )
+    return {row["state"]: row["n"] for row in rows}
+
+
+def reservation_timeline(reservation: Reservation) -> QuerySet[AuditEvent]:
+    return AuditEvent.objects.filter(
+        object_type=Reservation._meta.label_lower, object_id=str(reservation.pk)
+    ).order_by("created_at", "id")
+
+
+def lapsed_holds(now: datetime, cluster_ids: list[int] | None = None) -> QuerySet[Reservation]:
+    holds = Reservation.objects.filter(state=Reservation.State.HELD, hold_expires_at__lte=now)
+    if cluster_ids is not None:
+        holds = holds.filter(cluster_id__in=cluster_ids)
+    return holds.order_by("pk")
+
+
+def other_live_allocations(
+    reservation: Reservation, starts_at: datetime, ends_at: datetime
+) -> QuerySet[Allocation]:
+    """Live allocations of other reservations on this reservation's nodes within a window."""
+    nodes = Allocation.objects.filter(reservation=reservation).values("node_id")
+    return Allocation.objects.filter(
+        Q(node_id__in=nodes),
+        ~Q(reservation=reservation),
+        released_at__isnull=True,
+        starts_at__lt=ends_at,
+        ends_at__gt=starts_at,
+    )

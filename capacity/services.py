@@ -1,0 +1,416 @@
+"""Writes: reserve, cancel, extend, and expire lapsed holds.
+
+Allocation is serialized per pool (GPU model and region): the allocating transaction locks the
+pool's cluster rows in primary-key order (with a lock timeout on PostgreSQL) before it reads
+free nodes, so competing customers queue and the loser gets a clean "no longer available".
+On SQLite the immediate transaction already holds the database's write lock. The exclusion
+constraint on PostgreSQL is the guarantee behind both.
+"""
+
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+from django.conf import settings
+from django.db import OperationalError, connection, transaction
+from django.utils import timezone
+
+from accounts.models import Organization, User
+from accounts.permissions import Permission
+from accounts.services import (
+    require_active_organization,
+    require_permission,
+    require_verified_email,
+)
+from portal import audit
+from portal.errors import Conflict, ServiceError
+
+from . import lifecycle, offerings, pricing, selectors
+from .models import Allocation, Cluster, GpuModel, Region, Reservation
+from .windows import HOUR, Window, validate_node_count
+
+S = Reservation.State
+
+
+class SoldOut(Conflict):
+    """The capacity asked for is not (or no longer) free; `alternatives` says what is."""
+
+    default_code = "capacity_unavailable"
+
+    def __init__(
+        self, message: str, *, alternatives: list[offerings.Offering] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.alternatives = alternatives or []
+
+
+def _after_candidates() -> None:
+    """Runs between reading free nodes and writing allocations; tests use it to force races."""
+
+
+def lock_pool(clusters: list[Cluster]) -> None:
+    """Serialize allocators of one pool: lock its cluster rows in pk order."""
+    if not settings.CAPACITY_SERIALIZE_ALLOCATIONS or not clusters:
+        return
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SET LOCAL lock_timeout = %s", [f"{settings.CAPACITY_LOCK_TIMEOUT_MS}ms"]
+            )
+    try:
+        list(
+            Cluster.objects.select_for_update()
+            .filter(pk__in=[c.pk for c in clusters])
+            .order_by("pk")
+            .values_list("pk", flat=True)
+        )
+    except OperationalError as exc:  # lock_timeout: too many customers at once
+        raise Conflict(
+            "Capacity is in high demand right now; please try again in a moment.",
+            code="busy",
+        ) from exc
+
+
+def _expire_lapsed_holds(clusters: list[Cluster], now: datetime) -> None:
+    for reservation in selectors.lapsed_holds(now, [c.pk for c in clusters]):
+        lifecycle.transition(
+            reservation=reservation, to=S.EXPIRED, actor=None, reason="The payment hold lapsed."
+        )
+
+
+def _allocate(
+    clusters: list[Cluster], node_count: int, window: Window
+) -> tuple[Cluster, list[int]] | None:
+    """Choose a cluster and its nodes. Call with the pool locked."""
+    free = selectors.free_nodes_by_cluster(
+        [c.pk for c in clusters], window.starts_at, window.ends_at
+    )
+    fitting = [c for c in clusters if free.get(c.pk, 0) >= node_count]
+    if not fitting:
+        return None
+    # Best fit: the fullest cluster that still fits keeps large blocks free elsewhere.
+    cluster = min(fitting, key=lambda c: (free[c.pk], c.pk))
+    node_ids = selectors.free_node_ids(cluster, window.starts_at, window.ends_at)[:node_count]
+    return cluster, node_ids
+
+
+def _sold_out(
+    organization: Organization, gpu_model: GpuModel, region: Region, node_count: int, window: Window
+) -> SoldOut:
+    alternatives = offerings.search(
+        organization=organization,
+        gpu_model=gpu_model,
+        region=region,
+        node_count=node_count,
+        window=window,
+    )
+    return SoldOut(
+        f"{node_count} × {gpu_model.name} in {region.name} is no longer available for that "
+        "window. Pick one of the alternatives.",
+        alternatives=alternatives,
+    )
+
+
+def reservation_create(
+    *,
+    organization: Organization,
+    user: User,
+    gpu_model: GpuModel,
+    region: Region,
+    node_count: int,
+    window: Window,
+    request_token: str | None = None,
+) -> Reservation:
+    """Hold whole nodes of one cluster for the window while the customer pays.
+
+    Organizations on invoice terms are confirmed straight to `scheduled`. A repeated
+    `request_token` (a form submitted twice) returns the reservation it already made.
+    """
+    require_permission(
+        actor=user, organization=organization, permission=Permission.MANAGE_RESERVATIONS
+    )
+    require_verified_email(user)
+    require_active_organization(organization)
+    validate_node_count(node_count)
+    if request_token:
+        existing = Reservation.objects.filter(
+            organization=organization, request_token=request_token
+        ).first()
+        if existing is not None:
+            return existing
+    try:
+        quote = pricing.quote(
+            organization=organization,
+            gpu_model=gpu_model,
+            region=region,
+            node_count=node_count,
+            starts_at=window.starts_at,
+            ends_at=window.ends_at,
+        )
+    except pricing.PriceUnavailable as exc:
+        raise ServiceError(
+            f"{gpu_model.name} is not sold in {region.name}.", param="region"
+        ) from exc
+    clusters = selectors.pool_clusters(gpu_model, region)
+    if not clusters:
+        raise ServiceError(f"{gpu_model.name} is not offered in {region.name}.", param="region")
+    try:
+        return _create_locked(
+            organization=organization,
+            user=user,
+            gpu_model=gpu_model,
+            region=region,
+            node_count=node_count,
+            window=window,
+            quote=quote,
+            clusters=clusters,
+            request_token=request_token,
+        )
+    except _NoCapacity:
+        raise _sold_out(organization, gpu_model, region, node_count, window) from None
+
+
+class _NoCapacity(Exception):
+    pass
+
+
+@transaction.atomic
+def _create_locked(
+    *,
+    organization: Organization,
+    user: User,
+    gpu_model: GpuModel,
+    region: Region,
+    node_count: int,
+    window: Window,
+    quote: pricing.Quote,
+    clusters: list[Cluster],
+    request_token: str | None,
+) -> Reservation:
+    now = timezone.now()
+    lock_pool(clusters)
+    if request_token:  # the same form may have won the lock a moment ago
+        existing = Reservation.objects.filter(
+            organization=organization, request_token=request_token
+        ).first()
+        if existing is not None:
+            return existing
+    _expire_lapsed_holds(clusters, now)
+    choice = _allocate(clusters, node_count, window)
+    if choice is None:
+        raise _NoCapacity
+    cluster, node_ids = choice
+    _after_candidates()
+    reservation = Reservation(
+        organization=organization,
+        created_by=user,
+        gpu_model=gpu_model,
+        region=region,
+        cluster=cluster,
+        node_count=node_count,
+        starts_at=window.starts_at,
+        ends_at=window.ends_at,
+        starts_on_payment=window.starts_on_payment,
+        state=S.HELD,
+        hold_expires_at=now + settings.CAPACITY_HOLD,
+        currency=quote.currency,
+        price_per_gpu_hour=quote.price_per_gpu_hour,
+        price_source=quote.price_source,
+        subtotal=quote.subtotal,
+        discount=quote.discount,
+        total=quote.total,
+        price_lines=quote.lines_json(),
+        request_token=request_token or "",
+    )
+    reservation.full_clean()
+    reservation.save()
+    Allocation.objects.bulk_create(
+        Allocation(
+            reservation=reservation,
+            node_id=node_id,
+            cluster=cluster,
+            starts_at=window.starts_at,
+            ends_at=window.ends_at,
+        )
+        for node_id in node_ids
+    )
+    audit.record(
+        action="reservation.created",
+        actor=user,
+        organization=organization,
+        target=reservation,
+        data={"to": S.HELD, "total": str(quote.total), "currency": quote.currency},
+    )
+    if organization.on_invoice_terms:
+        reservation = lifecycle.transition(
+            reservation=reservation,
+            to=S.SCHEDULED,
+            actor=user,
+            reason=f"Confirmed on invoice terms (net {organization.payment_days}).",
+        )
+    return reservation
+
+
+# --- Cancellation ------------------------------------------------------------------------------
+def refund_percent(reservation: Reservation, now: datetime | None = None) -> int:
+    """The share of the price the cancellation policy gives back at `now` (0 for unpaid holds)."""
+    notice = reservation.starts_at - (now or timezone.now())
+    if reservation.state == S.HELD or notice <= timedelta(0):
+        return 0
+    for minimum_notice, percent in settings.CAPACITY_CANCELLATION_POLICY:
+        if notice >= minimum_notice:
+            return percent
+    return 0
+
+
+def refund_amount(reservation: Reservation, now: datetime | None = None) -> Decimal:
+    return pricing.money(reservation.total * refund_percent(reservation, now) / 100)
+
+
+CANCELABLE = (S.HELD, S.SCHEDULED)
+
+
+@transaction.atomic
+def reservation_cancel(*, reservation: Reservation, actor: User, reason: str = "") -> Reservation:
+    """Cancel before the start. A scheduled reservation gets the policy's refund as `refund_due`."""
+    require_permission(
+        actor=actor,
+        organization=reservation.organization,
+        permission=Permission.MANAGE_RESERVATIONS,
+    )
+    locked = Reservation.objects.select_for_update().get(pk=reservation.pk)
+    now = timezone.now()
+    if locked.state not in CANCELABLE:
+        raise Conflict(
+            f"This reservation is {locked.get_state_display().lower()} and can no longer be "
+            "canceled here.",
+            code="not_cancelable",
+        )
+    if locked.state == S.SCHEDULED and locked.starts_at <= now:
+        raise Conflict(
+            "This reservation has started and can no longer be canceled.", code="not_cancelable"
+        )
+    paid = locked.state == S.SCHEDULED
+    refund = refund_amount(locked, now) if paid else None
+    return lifecycle.transition(
+        reservation=locked,
+        to=S.CANCELED,
+        actor=actor,
+        reason=reason.strip()[:500] or "Canceled by the customer.",
+        data={
+            "refund_due": str(refund) if refund is not None else None,
+            "refund_percent": refund_percent(locked, now) if paid else None,
+        },
+        fields={"refund_due": refund},
+    )
+
+
+# --- Extension ---------------------------------------------------------------------------------
+EXTENDABLE = (S.SCHEDULED, S.ACTIVE)
+
+
+def reservation_extend(*, reservation: Reservation, actor: User, hours: int) -> Reservation:
+    """Keep the same nodes for `hours` more, if nobody holds them right after the end."""
+    organization = reservation.organization
+    require_permission(
+        actor=actor, organization=organization, permission=Permission.MANAGE_RESERVATIONS
+    )
+    require_verified_email(actor)
+    require_active_organization(organization)
+    if not isinstance(hours, int) or isinstance(hours, bool) or hours < 1:
+        raise ServiceError("Extend by a whole number of hours.", param="hours")
+    if reservation.duration_hours + hours > settings.CAPACITY_MAX_HOURS:
+        raise ServiceError(
+            f"A reservation can last at most {settings.CAPACITY_MAX_HOURS} hours in all.",
+            param="hours",
+        )
+    try:
+        return _extend_locked(reservation=reservation, actor=actor, hours=hours)
+    except _NoCapacity:
+        window = Window(reservation.ends_at, reservation.ends_at + hours * HOUR)
+        raise SoldOut(
+            "Your nodes are booked right after this reservation ends, so it cannot be extended. "
+            "You can reserve another block for the extra time instead.",
+            alternatives=offerings.search(
+                organization=organization,
+                gpu_model=reservation.gpu_model,
+                region=reservation.region,
+                node_count=reservation.node_count,
+                window=window,
+            ),
+        ) from None
+
+
+@transaction.atomic
+def _extend_locked(*, reservation: Reservation, actor: User, hours: int) -> Reservation:
+    lock_pool(selectors.pool_clusters(reservation.gpu_model, reservation.region))
+    locked = (
+        Reservation.objects.select_for_update()
+        .select_related("gpu_model", "region")
+        .get(pk=reservation.pk)
+    )
+    if locked.state not in EXTENDABLE:
+        raise Conflict(
+            f"Only scheduled or active reservations can be extended; this one is "
+            f"{locked.get_state_display().lower()}.",
+            code="not_extendable",
+        )
+    old_end = locked.ends_at
+    new_end = old_end + hours * HOUR
+    if selectors.other_live_allocations(locked, old_end, new_end).exists():
+        raise _NoCapacity
+    quote = pricing.quote(
+        organization=locked.organization,
+        gpu_model=locked.gpu_model,
+        region=locked.region,
+        node_count=locked.node_count,
+        starts_at=old_end,
+        ends_at=new_end,
+    )
+    Allocation.objects.filter(reservation=locked, released_at__isnull=True).update(ends_at=new_end)
+    locked.ends_at = new_end
+    locked.subtotal += quote.subtotal
+    locked.discount += quote.discount
+    locked.total += quote.total
+    locked.price_lines = [
+        *locked.price_lines,
+        *(
+            {
+                "description": f"Extension by {hours} h: {line.description}",
+                "amount": str(line.amount),
+            }
+            for line in quote.lines
+        ),
+    ]
+    locked.save(
+        update_fields=["ends_at", "subtotal", "discount", "total", "price_lines", "updated_at"]
+    )
+    audit.record(
+        action="reservation.extended",
+        actor=actor,
+        organization=locked.organization,
+        target=locked,
+        data={
+            "hours": hours,
+            "from": old_end.isoformat(),
+            "to": new_end.isoformat(),
+            "amount": str(quote.total),
+            "currency": quote.currency,
+        },
+    )
+    return locked
+
+
+# --- Holds ------------------------------------------------------------------------------------
+def expire_lapsed_holds(now: datetime | None = None) -> int:
+    """Expire every hold past its time and free its nodes. Running it twice changes nothing."""
+    now = now or timezone.now()
+    expired = 0
+    for reservation in selectors.lapsed_holds(now):
+        try:
+            lifecycle.transition(
+                reservation=reservation, to=S.EXPIRED, actor=None, reason="The payment hold lapsed."
+            )
+        except lifecycle.IllegalTransition:  # paid or canceled meanwhile
+            continue
+        expired += 1
+    return expired

@@ -1,0 +1,279 @@
+from datetime import date
+
+from django.contrib import messages
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.utils import timezone
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from accounts.decorators import org_member
+from accounts.permissions import Permission, can
+from portal.errors import ServiceError
+from portal.forms import add_service_error
+
+from . import availability, offerings, pricing, selectors, services
+from .forms import CancelForm, ExtendForm, OfferingSearchForm, ReserveForm, new_request_token
+from .lifecycle import SETTLED
+from .models import Reservation
+
+
+def _gate(request: HttpRequest) -> str:
+    """Why this member cannot reserve right now, or an empty string."""
+    if not can(request.membership.role, Permission.MANAGE_RESERVATIONS):
+        return "Your role can look at capacity but not reserve it. Ask an owner or admin."
+    if not request.user.is_verified:
+        return "Verify your e-mail address before reserving: use the link we sent you."
+    if not request.organization.is_active:
+        return f"{request.organization.name} is suspended, so it cannot reserve capacity."
+    return ""
+
+
+@org_member(Permission.VIEW_RESERVATIONS)
+@require_GET
+def capacity_search(request: HttpRequest) -> HttpResponse:
+    form = OfferingSearchForm(request.GET or None)
+    results = None
+    if form.is_bound and form.is_valid():
+        data = form.cleaned_data
+        results = offerings.search(
+            organization=request.organization,
+            gpu_model=data["gpu_model"],
+            region=data["region"],
+            node_count=data["node_count"],
+            window=data["window"],
+        )
+    context = {
+        "form": form,
+        "results": results,
+        "kinds": offerings.KIND_LABELS,
+        "gate": _gate(request),
+    }
+    if request.htmx and request.htmx.target == "offerings":
+        return render(request, "capacity/_offerings.html", context)
+    return render(request, "capacity/search.html", context)
+
+
+@org_member(Permission.VIEW_RESERVATIONS)
+@require_GET
+def capacity_calendar(request: HttpRequest) -> HttpResponse:
+    form = OfferingSearchForm(
+        {
+            "gpu_model": request.GET.get("gpu_model") or "",
+            "region": request.GET.get("region") or "",
+            "node_count": 1,
+            "duration_hours": 1,
+        }
+    )
+    gpu_models = list(selectors.gpu_models())
+    regions = list(selectors.regions())
+    gpu_model = form.cleaned_data["gpu_model"] if form.is_valid() else None
+    region = form.cleaned_data.get("region") if form.is_valid() else None
+    gpu_model = gpu_model or (gpu_models[0] if gpu_models else None)
+    region = region or (regions[0] if regions else None)
+    calendar = None
+    if gpu_model and region:
+        week = request.GET.get("week")
+        try:
+            week_of = date.fromisoformat(week) if week else None
+        except ValueError:
+            week_of = None
+        calendar = (
+            availability.by_hour(gpu_model, region, week_of)
+            if week_of
+            else availability.by_day(gpu_model, region)
+        )
+    context = {
+        "calendar": calendar,
+        "gpu_models": gpu_models,
+        "regions": regions,
+        "gpu_model": gpu_model,
+        "region": region,
+        "shades": availability.SHADES,
+    }
+    if request.htmx and request.htmx.target == "calendar":
+        return render(request, "capacity/_calendar.html", context)
+    return render(request, "capacity/calendar.html", context)
+
+
+@org_member(Permission.VIEW_RESERVATIONS)
+@require_http_methods(["GET", "POST"])
+def reservation_new(request: HttpRequest) -> HttpResponse:
+    """Quote a block (live while the form changes) and reserve it."""
+    gate = _gate(request)
+    if request.method == "POST":
+        form = ReserveForm(request.POST)
+    elif request.GET:
+        # A quote (or an offering picked on the search page): give the form its one-time token.
+        params = request.GET.copy()
+        params.setdefault("request_token", new_request_token())
+        form = ReserveForm(params)
+    else:
+        form = ReserveForm()
+    quote = None
+    if form.is_bound and form.is_valid():
+        data = form.cleaned_data
+        if request.method == "POST" and not gate:
+            try:
+                reservation = services.reservation_create(
+                    organization=request.organization,
+                    user=request.user,
+                    gpu_model=data["gpu_model"],
+                    region=data["region"],
+                    node_count=data["node_count"],
+                    window=data["window"],
+                    request_token=data["request_token"],
+                )
+            except services.SoldOut as exc:
+                add_service_error(form, exc)
+                context = {
+                    "form": form,
+                    "gate": gate,
+                    "alternatives": exc.alternatives,
+                    "kinds": offerings.KIND_LABELS,
+                }
+                return render(request, "capacity/reservation_new.html", context, status=409)
+            except ServiceError as exc:
+                add_service_error(form, exc)
+            else:
+                if reservation.state == Reservation.State.SCHEDULED:
+                    messages.success(request, "Reserved and confirmed on your invoice terms.")
+                else:
+                    messages.success(request, "Reserved. The nodes are held for you while you pay.")
+                return redirect(
+                    "reservation-detail",
+                    slug=request.organization.slug,
+                    public_id=reservation.public_id,
+                )
+        else:
+            quote = _quote_or_none(request, data)
+    context = {"form": form, "quote": quote, "gate": gate, "kinds": offerings.KIND_LABELS}
+    if request.htmx and request.htmx.target == "quote":
+        return render(request, "capacity/_quote.html", context)
+    status = 400 if request.method == "POST" else 200
+    return render(request, "capacity/reservation_new.html", context, status=status)
+
+
+def _quote_or_none(request: HttpRequest, data: dict) -> dict | None:
+    window = data["window"]
+    try:
+        quote = pricing.quote(
+            organization=request.organization,
+            gpu_model=data["gpu_model"],
+            region=data["region"],
+            node_count=data["node_count"],
+            starts_at=window.starts_at,
+            ends_at=window.ends_at,
+        )
+    except pricing.PriceUnavailable:
+        return None
+    clusters = selectors.pool_clusters(data["gpu_model"], data["region"])
+    free = selectors.free_nodes_by_cluster(
+        [c.pk for c in clusters], window.starts_at, window.ends_at
+    )
+    return {
+        "quote": quote,
+        "window": window,
+        "free": max(free.values(), default=0),
+        "node_count": data["node_count"],
+    }
+
+
+@org_member(Permission.VIEW_RESERVATIONS)
+@require_GET
+def reservation_list(request: HttpRequest) -> HttpResponse:
+    state = request.GET.get("state", "")
+    reservations = selectors.reservations_for_org(request.organization)
+    if state in Reservation.State.values:
+        reservations = reservations.filter(state=state)
+    else:
+        state = ""
+    return render(
+        request,
+        "capacity/reservation_list.html",
+        {"reservations": reservations[:200], "state": state, "states": Reservation.State.choices},
+    )
+
+
+def _detail_context(request: HttpRequest, reservation: Reservation) -> dict:
+    may_manage = can(request.membership.role, Permission.MANAGE_RESERVATIONS)
+    return {
+        "reservation": reservation,
+        "timeline": selectors.reservation_timeline(reservation).select_related("actor"),
+        "may_cancel": may_manage and reservation.state in services.CANCELABLE,
+        "may_extend": may_manage and reservation.state in services.EXTENDABLE,
+        "refund_percent": services.refund_percent(reservation),
+        "refund_amount": services.refund_amount(reservation),
+        "settled": reservation.state in SETTLED,
+        "extend_form": ExtendForm(),
+        "now": timezone.now(),
+    }
+
+
+def _reservation(request: HttpRequest, public_id: str) -> Reservation | None:
+    return selectors.reservation_for_org(request.organization, public_id)
+
+
+@org_member(Permission.VIEW_RESERVATIONS)
+@require_GET
+def reservation_detail(request: HttpRequest, public_id: str) -> HttpResponse:
+    reservation = _reservation(request, public_id)
+    if reservation is None:
+        return render(request, "404.html", status=404)
+    return render(
+        request, "capacity/reservation_detail.html", _detail_context(request, reservation)
+    )
+
+
+@org_member(Permission.MANAGE_RESERVATIONS)
+@require_http_methods(["GET", "POST"])
+def reservation_cancel(request: HttpRequest, public_id: str) -> HttpResponse:
+    reservation = _reservation(request, public_id)
+    if reservation is None:
+        return render(request, "404.html", status=404)
+    form = CancelForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            reservation = services.reservation_cancel(
+                reservation=reservation, actor=request.user, reason=form.cleaned_data["reason"]
+            )
+        except ServiceError as exc:
+            messages.error(request, exc.message)
+        else:
+            if reservation.refund_due:
+                messages.success(
+                    request,
+                    f"Canceled. {reservation.currency.upper()} {reservation.refund_due} will be "
+                    "refunded to the original payment method.",
+                )
+            else:
+                messages.success(request, "Canceled. The nodes are released.")
+        return redirect("reservation-detail", slug=request.organization.slug, public_id=public_id)
+    context = {**_detail_context(request, reservation), "form": form}
+    return render(request, "capacity/reservation_cancel.html", context)
+
+
+@org_member(Permission.MANAGE_RESERVATIONS)
+@require_POST
+def reservation_extend(request: HttpRequest, public_id: str) -> HttpResponse:
+    reservation = _reservation(request, public_id)
+    if reservation is None:
+        return render(request, "404.html", status=404)
+    form = ExtendForm(request.POST)
+    context = _detail_context(request, reservation)
+    if form.is_valid():
+        try:
+            services.reservation_extend(
+                reservation=reservation, actor=request.user, hours=form.cleaned_data["hours"]
+            )
+        except services.SoldOut as exc:
+            add_service_error(form, exc)
+            context["alternatives"] = exc.alternatives
+        except ServiceError as exc:
+            add_service_error(form, exc)
+        else:
+            messages.success(request, f"Extended by {form.cleaned_data['hours']} hours.")
+            return redirect(
+                "reservation-detail", slug=request.organization.slug, public_id=public_id
+            )
+    context.update(extend_form=form, kinds=offerings.KIND_LABELS)
+    return render(request, "capacity/reservation_detail.html", context, status=409)

@@ -1,0 +1,86 @@
+"""Reservation windows: whole nodes, whole hours, on hour boundaries, within the booking limits."""
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.utils import timezone
+
+from portal.errors import ServiceError
+
+HOUR = timedelta(hours=1)
+
+
+@dataclass(frozen=True)
+class Window:
+    starts_at: datetime
+    ends_at: datetime
+    starts_on_payment: bool = False
+
+    @property
+    def hours(self) -> int:
+        return int((self.ends_at - self.starts_at) / HOUR)
+
+
+def ceil_hour(moment: datetime) -> datetime:
+    floor = moment.replace(minute=0, second=0, microsecond=0)
+    return floor if floor == moment else floor + HOUR
+
+
+def window_for(
+    *, starts_at: datetime | None, duration_hours: int, now: datetime | None = None
+) -> Window:
+    """Validate a requested window. No start means "now": the block starts once it is paid."""
+    now = now or timezone.now()
+    if not isinstance(duration_hours, int) or isinstance(duration_hours, bool):
+        raise ServiceError(
+            "Give the duration in whole hours.", code="invalid_duration", param="duration_hours"
+        )
+    if not settings.CAPACITY_MIN_HOURS <= duration_hours <= settings.CAPACITY_MAX_HOURS:
+        raise ServiceError(
+            f"Reserve between {settings.CAPACITY_MIN_HOURS} and {settings.CAPACITY_MAX_HOURS} "
+            f"hours ({settings.CAPACITY_MAX_HOURS // 24} days).",
+            code="duration_out_of_range",
+            param="duration_hours",
+        )
+    if starts_at is None:
+        start = now.replace(second=0, microsecond=0)
+        return Window(start, start + duration_hours * HOUR, starts_on_payment=True)
+    if timezone.is_naive(starts_at):
+        raise ServiceError(
+            "Give the start with a time zone, e.g. 2026-12-01T09:00:00Z.",
+            code="start_without_timezone",
+            param="starts_at",
+        )
+    if (starts_at.minute, starts_at.second, starts_at.microsecond) != (0, 0, 0):
+        raise ServiceError(
+            "Blocks start on the hour (for example 09:00, not 09:30).",
+            code="start_not_on_hour",
+            param="starts_at",
+        )
+    if starts_at <= now:
+        raise ServiceError(
+            "The start is in the past. Choose a later hour, or start now.",
+            code="start_in_past",
+            param="starts_at",
+        )
+    latest = now + settings.CAPACITY_MAX_LEAD
+    if starts_at > latest:
+        raise ServiceError(
+            f"Blocks can start at most {settings.CAPACITY_MAX_LEAD.days // 7} weeks ahead "
+            f"(until {latest:%Y-%m-%d %H:00} UTC).",
+            code="start_too_far",
+            param="starts_at",
+        )
+    return Window(starts_at, starts_at + duration_hours * HOUR)
+
+
+def validate_node_count(node_count: int) -> None:
+    if not isinstance(node_count, int) or isinstance(node_count, bool):
+        raise ServiceError("Give the number of nodes as a whole number.", param="node_count")
+    if not 1 <= node_count <= settings.CAPACITY_MAX_NODES:
+        raise ServiceError(
+            f"Reserve between 1 and {settings.CAPACITY_MAX_NODES} nodes at a time.",
+            code="node_count_out_of_range",
+            param="node_count",
+        )
