@@ -4,7 +4,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
 
-from django.db.models import Q
+from django.db.models import F, Q
 
 from accounts.models import Organization
 from portal.money import format_money
@@ -67,7 +67,8 @@ def negotiated_rate(
             valid_until__gt=at,
         )
         .filter(Q(region=region) | Q(region__isnull=True))
-        .order_by("region_id", "-valid_from")  # a region-specific rate beats an every-region one
+        # A region's own rate beats an every-region one.
+        .order_by(F("region_id").asc(nulls_last=True), "-valid_from")
         .first()
     )
 

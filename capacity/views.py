@@ -16,11 +16,13 @@ from .forms import CancelForm, ExtendForm, OfferingSearchForm, ReserveForm, new_
 from .lifecycle import SETTLED
 from .models import Reservation
 
+ROLE_GATE = "Your role can look at capacity but not reserve it. Ask an owner or admin."
+
 
 def _gate(request: HttpRequest) -> str:
     """Why this member cannot reserve right now, or an empty string."""
     if not can(request.membership.role, Permission.MANAGE_RESERVATIONS):
-        return "Your role can look at capacity but not reserve it. Ask an owner or admin."
+        return ROLE_GATE
     if not request.user.is_verified:
         return "Verify your e-mail address before reserving: use the link we sent you."
     if not request.organization.is_active:
@@ -149,7 +151,9 @@ def reservation_new(request: HttpRequest) -> HttpResponse:
     context = {"form": form, "quote": quote, "gate": gate, "kinds": offerings.KIND_LABELS}
     if request.htmx and request.htmx.target == "quote":
         return render(request, "capacity/_quote.html", context)
-    status = 400 if request.method == "POST" else 200
+    status = 200
+    if request.method == "POST":
+        status = 403 if gate == ROLE_GATE else 400
     return render(request, "capacity/reservation_new.html", context, status=status)
 
 
@@ -260,6 +264,7 @@ def reservation_extend(request: HttpRequest, public_id: str) -> HttpResponse:
         return render(request, "404.html", status=404)
     form = ExtendForm(request.POST)
     context = _detail_context(request, reservation)
+    status = 400
     if form.is_valid():
         try:
             services.reservation_extend(
@@ -268,12 +273,14 @@ def reservation_extend(request: HttpRequest, public_id: str) -> HttpResponse:
         except services.SoldOut as exc:
             add_service_error(form, exc)
             context["alternatives"] = exc.alternatives
+            status = 409
         except ServiceError as exc:
             add_service_error(form, exc)
+            status = exc.status
         else:
             messages.success(request, f"Extended by {form.cleaned_data['hours']} hours.")
             return redirect(
                 "reservation-detail", slug=request.organization.slug, public_id=public_id
             )
     context.update(extend_form=form, kinds=offerings.KIND_LABELS)
-    return render(request, "capacity/reservation_detail.html", context, status=409)
+    return render(request, "capacity/reservation_detail.html", context, status=status)

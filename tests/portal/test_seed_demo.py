@@ -35,7 +35,9 @@ def test_seed_demo_is_idempotent(monkeypatch, capsys):
     # The other customer's bookings are made once, all confirmed on invoice terms.
     assert list(Reservation.objects.values_list("public_id", "state")) == bookings
     assert {state for _, state in bookings} == {"scheduled"}
-    assert Allocation.objects.count() == sum(Reservation.objects.values_list("node_count", flat=True))
+    assert Allocation.objects.count() == sum(
+        Reservation.objects.values_list("node_count", flat=True)
+    )
 
 
 @pytest.mark.django_db

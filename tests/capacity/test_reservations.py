@@ -1,0 +1,259 @@
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+
+from accounts.models import Organization
+from accounts.permissions import Role
+from capacity import lifecycle, services
+from capacity.models import Allocation, Reservation
+from capacity.windows import Window
+from portal.errors import Conflict, NotAllowed
+from portal.models import AuditEvent
+from tests.conftest import member_of
+from tests.factories import UserFactory
+
+from .conftest import NEXT_HOUR, NOW, hours
+
+S = Reservation.State
+
+
+def reserve(org, user, catalog, nodes=2, start=NEXT_HOUR, length=24, region=None, **kwargs):
+    return services.reservation_create(
+        organization=org, user=user, gpu_model=catalog.h100, region=region or catalog.east,
+        node_count=nodes, window=Window(start, start + hours(length)), **kwargs,
+    )  # fmt: skip
+
+
+def live_nodes(reservation: Reservation) -> list[int]:
+    return sorted(
+        reservation.allocations.filter(released_at__isnull=True).values_list("node_id", flat=True)
+    )
+
+
+def test_reserving_holds_whole_nodes_of_one_cluster(catalog, organization, owner):
+    reservation = reserve(organization, owner, catalog, nodes=3)
+    assert reservation.state == S.HELD
+    assert reservation.hold_expires_at == NOW + timedelta(minutes=15)
+    assert reservation.public_id.startswith("rsv_")
+    assert len(reservation.public_id) == 18
+    # Best fit: the 4-node cluster is the fullest one that still fits 3 nodes.
+    assert reservation.cluster == catalog.east_a
+    allocations = list(reservation.allocations.select_related("node"))
+    assert len(allocations) == 3
+    assert {a.node.cluster_id for a in allocations} == {catalog.east_a.pk}
+    assert {(a.starts_at, a.ends_at) for a in allocations} == {(NEXT_HOUR, NEXT_HOUR + hours(24))}
+    assert (reservation.currency, reservation.total) == ("usd", Decimal("1152.00"))
+    assert reservation.price_lines == [
+        {"description": "3 × 8 H100 × 24 h at $2.00/GPU-h", "amount": "1152.00"}
+    ]
+    event = AuditEvent.objects.get(action="reservation.created")
+    assert (event.actor, event.organization, event.data["to"]) == (owner, organization, "held")
+
+
+def test_invoice_terms_confirm_straight_to_scheduled(catalog, organization, owner):
+    Organization.objects.filter(pk=organization.pk).update(payment_terms="invoice", payment_days=45)
+    organization.refresh_from_db()
+    reservation = reserve(organization, owner, catalog)
+    assert reservation.state == S.SCHEDULED
+    assert reservation.hold_expires_at is None
+    transition = AuditEvent.objects.get(action="reservation.transition")
+    assert transition.data == {"from": "held", "to": "scheduled"}
+    assert transition.reason == "Confirmed on invoice terms (net 45)."
+
+
+def test_sold_out_offers_alternatives_and_writes_nothing(catalog, organization, owner):
+    reserve(organization, owner, catalog, nodes=8)  # fills east-b
+    reserve(organization, owner, catalog, nodes=4)  # fills east-a
+    before = (Reservation.objects.count(), Allocation.objects.count(), AuditEvent.objects.count())
+    with pytest.raises(services.SoldOut) as excinfo:
+        reserve(organization, owner, catalog, nodes=2)
+    assert (
+        Reservation.objects.count(),
+        Allocation.objects.count(),
+        AuditEvent.objects.count(),
+    ) == before
+    kinds = [(o.kind, o.region.code, o.node_count, o.starts_at) for o in excinfo.value.alternatives]
+    # The blocks end at 10:00 tomorrow: that is the nearest start; earlier starts are full.
+    assert kinds == [
+        ("other_time", "us-east", 2, NEXT_HOUR + hours(24)),
+        ("other_time", "us-east", 2, NEXT_HOUR + hours(25)),
+        ("other_time", "us-east", 2, NEXT_HOUR + hours(26)),
+        ("other_region", "us-west", 2, NEXT_HOUR),
+    ]
+
+
+def test_a_form_submitted_twice_makes_one_reservation(catalog, organization, owner):
+    first = reserve(organization, owner, catalog, request_token="token-1")
+    again = reserve(organization, owner, catalog, request_token="token-1")
+    assert again.pk == first.pk
+    assert Reservation.objects.count() == 1
+    assert Allocation.objects.count() == 2
+
+
+@pytest.mark.parametrize(
+    ("role", "allowed"),
+    [(Role.OWNER, True), (Role.ADMIN, True), (Role.MEMBER, True), (Role.BILLING, False)],
+)
+def test_who_may_reserve(catalog, organization, owner, role, allowed):
+    user = owner if role == Role.OWNER else member_of(organization, role)
+    if allowed:
+        assert reserve(organization, user, catalog).state == S.HELD
+    else:
+        with pytest.raises(NotAllowed, match=r"Your role \(billing\) does not allow this."):
+            reserve(organization, user, catalog)
+        assert Reservation.objects.count() == 0
+
+
+def test_unverified_users_cannot_reserve(catalog, organization):
+    user = member_of(organization, Role.OWNER)
+    user.email_verified_at = None
+    user.save()
+    with pytest.raises(NotAllowed) as excinfo:
+        reserve(organization, user, catalog)
+    assert excinfo.value.code == "email_unverified"
+    assert Reservation.objects.count() == 0
+
+
+def test_suspended_organizations_cannot_reserve(catalog, organization, owner):
+    Organization.objects.filter(pk=organization.pk).update(
+        status="suspended", suspended_reason="Unpaid invoice"
+    )
+    organization.refresh_from_db()
+    with pytest.raises(NotAllowed, match="suspended"):
+        reserve(organization, owner, catalog)
+    assert Reservation.objects.count() == 0
+
+
+def test_strangers_cannot_reserve_for_an_organization(catalog, organization):
+    stranger = UserFactory()
+    with pytest.raises(Exception, match="Organization not found."):
+        reserve(organization, stranger, catalog)
+    assert Reservation.objects.count() == 0
+
+
+def test_lapsed_holds_expire_once_and_free_their_nodes(catalog, organization, owner, frozen_clock):
+    held = reserve(organization, owner, catalog, nodes=4)
+    frozen_clock.shift(hours(0.25))
+    assert services.expire_lapsed_holds() == 1
+    assert services.expire_lapsed_holds() == 0
+    held.refresh_from_db()
+    assert held.state == S.EXPIRED
+    assert live_nodes(held) == []
+    assert (
+        AuditEvent.objects.filter(action="reservation.transition", data__to="expired").count() == 1
+    )
+
+
+def test_a_lapsed_hold_does_not_block_the_next_customer(catalog, organization, owner, frozen_clock):
+    reserve(organization, owner, catalog, nodes=8)
+    reserve(organization, owner, catalog, nodes=4)
+    frozen_clock.shift(hours(0.25))
+    # No sweep has run yet; the allocator expires the lapsed holds of the pool itself.
+    fresh = reserve(organization, owner, catalog, nodes=8)
+    assert fresh.state == S.HELD
+    assert Reservation.objects.filter(state=S.EXPIRED).count() == 2
+
+
+def test_cancelling_a_hold_releases_it_at_no_cost(catalog, organization, owner):
+    held = reserve(organization, owner, catalog)
+    canceled = services.reservation_cancel(reservation=held, actor=owner, reason="Changed plans")
+    assert (canceled.state, canceled.refund_due) == (S.CANCELED, None)
+    assert live_nodes(canceled) == []
+    event = AuditEvent.objects.get(action="reservation.transition")
+    assert (event.reason, event.data["from"], event.data["to"]) == (
+        "Changed plans",
+        "held",
+        "canceled",
+    )
+
+
+@pytest.mark.parametrize(
+    ("start_in", "percent", "refund"),
+    # Starts on the hour, and it is 09:30: 7 d + 1 h ahead is 7 d 30 min of notice; 7 d ahead
+    # is half an hour short of a week.
+    [(hours(24 * 7 + 1), 100, Decimal("768.00")), (hours(24 * 7), 50, Decimal("384.00")),
+     (hours(1), 50, Decimal("384.00"))],
+)  # fmt: skip
+def test_cancelling_a_scheduled_reservation_quotes_the_policy_refund(
+    catalog, organization, owner, start_in, percent, refund
+):
+    start = NOW.replace(minute=0) + start_in
+    reservation = reserve(organization, owner, catalog, start=start, length=24)
+    reservation = lifecycle.transition(reservation=reservation, to=S.SCHEDULED, actor=None)
+    assert services.refund_percent(reservation) == percent
+    canceled = services.reservation_cancel(reservation=reservation, actor=owner)
+    assert (canceled.state, canceled.refund_due) == (S.CANCELED, refund)
+
+
+def test_nothing_is_refunded_or_canceled_after_the_start(
+    catalog, organization, owner, frozen_clock
+):
+    reservation = reserve(organization, owner, catalog)
+    reservation = lifecycle.transition(reservation=reservation, to=S.SCHEDULED, actor=None)
+    frozen_clock.shift(hours(1))
+    assert services.refund_percent(reservation) == 0
+    with pytest.raises(Conflict, match="has started"):
+        services.reservation_cancel(reservation=reservation, actor=owner)
+    reservation.refresh_from_db()
+    assert reservation.state == S.SCHEDULED
+
+
+@pytest.mark.parametrize(
+    ("start", "to"),
+    [(S.HELD, S.ACTIVE), (S.HELD, S.COMPLETED), (S.EXPIRED, S.SCHEDULED), (S.CANCELED, S.HELD)],
+)
+def test_illegal_transitions_are_refused(catalog, organization, owner, start, to):
+    reservation = reserve(organization, owner, catalog)
+    Reservation.objects.filter(pk=reservation.pk).update(state=start)
+    with pytest.raises(lifecycle.IllegalTransition):
+        lifecycle.transition(reservation=reservation, to=to, actor=None)
+    reservation.refresh_from_db()
+    assert reservation.state == start
+
+
+def test_extending_keeps_the_same_nodes_and_adds_the_price(catalog, organization, owner):
+    reservation = reserve(organization, owner, catalog, nodes=2, length=24)
+    reservation = lifecycle.transition(reservation=reservation, to=S.SCHEDULED, actor=None)
+    nodes = live_nodes(reservation)
+    extended = services.reservation_extend(reservation=reservation, actor=owner, hours=6)
+    assert extended.ends_at == NEXT_HOUR + hours(30)
+    assert live_nodes(extended) == nodes
+    assert set(extended.allocations.values_list("ends_at", flat=True)) == {NEXT_HOUR + hours(30)}
+    # 24 h then 6 more h of 2 nodes x 8 GPUs at $2.00.
+    assert extended.total == Decimal("768.00") + Decimal("192.00")
+    assert extended.price_lines[-1] == {
+        "description": "Extension by 6 h: 2 × 8 H100 × 6 h at $2.00/GPU-h", "amount": "192.00",
+    }  # fmt: skip
+
+
+def test_extension_blocked_by_the_next_booking_offers_alternatives(
+    catalog, organization, owner, other_organization
+):
+    mine = reserve(organization, owner, catalog, nodes=4, length=24)  # all of east-a
+    mine = lifecycle.transition(reservation=mine, to=S.SCHEDULED, actor=None)
+    reserve(organization, owner, catalog, nodes=8, length=48)  # all of east-b
+    theirs_owner = other_organization.memberships.get().user
+    reserve(
+        other_organization, theirs_owner, catalog, nodes=4, start=NEXT_HOUR + hours(24), length=4
+    )
+    with pytest.raises(services.SoldOut) as excinfo:
+        services.reservation_extend(reservation=mine, actor=owner, hours=2)
+    mine.refresh_from_db()
+    assert mine.ends_at == NEXT_HOUR + hours(24)
+    assert mine.total == Decimal("1536.00")
+    # The extra two hours elsewhere: after the other customer's block in us-east, or in us-west.
+    assert [(o.kind, o.region.code, o.starts_at) for o in excinfo.value.alternatives] == [
+        ("other_time", "us-east", NEXT_HOUR + hours(28)),
+        ("other_time", "us-east", NEXT_HOUR + hours(29)),
+        ("other_time", "us-east", NEXT_HOUR + hours(30)),
+        ("other_region", "us-west", NEXT_HOUR + hours(24)),
+    ]
+
+
+def test_only_scheduled_or_active_reservations_extend(catalog, organization, owner):
+    held = reserve(organization, owner, catalog)
+    with pytest.raises(Conflict, match="Only scheduled or active"):
+        services.reservation_extend(reservation=held, actor=owner, hours=1)
+    held.refresh_from_db()
+    assert held.ends_at == NEXT_HOUR + hours(24)
