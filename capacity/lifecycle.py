@@ -14,6 +14,9 @@ from .models import Allocation, Reservation
 S = Reservation.State
 LEGAL: dict[str, frozenset[str]] = {
     S.HELD: frozenset({S.SCHEDULED, S.EXPIRED, S.CANCELED}),
+    # A payment that arrives after the hold lapsed: only `reservation_confirm`, which first
+    # re-allocates nodes under the pool lock, takes this step.
+    S.EXPIRED: frozenset({S.SCHEDULED}),
     S.SCHEDULED: frozenset({S.PROVISIONING, S.CANCELED}),
     S.PROVISIONING: frozenset({S.ACTIVE, S.FAILED, S.CANCELED}),
     S.ACTIVE: frozenset({S.RELEASING}),
@@ -22,6 +25,7 @@ LEGAL: dict[str, frozenset[str]] = {
 # Entering one of these gives the nodes back.
 RELEASES_NODES = frozenset({S.EXPIRED, S.CANCELED, S.FAILED, S.COMPLETED})
 SETTLED = frozenset({S.HELD, S.SCHEDULED, S.ACTIVE, *RELEASES_NODES})
+FINAL = frozenset({S.CANCELED, S.FAILED, S.COMPLETED})
 
 
 class IllegalTransition(Conflict):

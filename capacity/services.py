@@ -250,6 +250,74 @@ def _create_locked(
     return reservation
 
 
+# --- Confirmation (payment received) ----------------------------------------------------------
+def reservation_confirm(
+    *, reservation: Reservation, actor: User | None, reason: str
+) -> Reservation:
+    """Confirm a paid reservation: held (or expired by a late payment) becomes scheduled.
+
+    A hold that already expired gets nodes again under the pool lock, the same nodes when they
+    are still free; when the pool has no room any more this raises SoldOut and the caller
+    refunds. Confirming a reservation that is already scheduled or further on changes nothing.
+    """
+    clusters = selectors.pool_clusters(reservation.gpu_model, reservation.region)
+    try:
+        return _confirm_locked(
+            reservation=reservation, actor=actor, reason=reason, clusters=clusters
+        )
+    except _NoCapacity:
+        raise SoldOut(
+            f"The hold on {reservation.public_id} lapsed and its capacity has been taken since.",
+        ) from None
+
+
+@transaction.atomic
+def _confirm_locked(
+    *, reservation: Reservation, actor: User | None, reason: str, clusters: list[Cluster]
+) -> Reservation:
+    lock_pool(clusters)
+    locked = Reservation.objects.select_for_update().get(pk=reservation.pk)
+    if locked.state == S.HELD:
+        return lifecycle.transition(reservation=locked, to=S.SCHEDULED, actor=actor, reason=reason)
+    if locked.state != S.EXPIRED:
+        if locked.state in lifecycle.FINAL:
+            raise Conflict(
+                f"{locked.public_id} is {locked.get_state_display().lower()}; "
+                "it cannot be confirmed.",
+                code="not_confirmable",
+            )
+        return locked  # already confirmed: a repeated payment notice changes nothing
+    now = timezone.now()
+    window = Window(max(locked.starts_at, now.replace(second=0, microsecond=0)), locked.ends_at)
+    if window.ends_at <= window.starts_at:
+        raise _NoCapacity
+    previous = list(locked.allocations.values_list("node_id", flat=True))
+    free = set(selectors.free_node_ids(locked.cluster, window.starts_at, window.ends_at))
+    if set(previous) <= free:
+        cluster, node_ids = locked.cluster, previous
+    else:
+        choice = _allocate(clusters, locked.node_count, window)
+        if choice is None:
+            raise _NoCapacity
+        cluster, node_ids = choice
+    locked.allocations.all().delete()
+    Allocation.objects.bulk_create(
+        Allocation(
+            reservation=locked, node_id=node_id, cluster=cluster,
+            starts_at=locked.starts_at, ends_at=locked.ends_at,
+        )
+        for node_id in node_ids
+    )  # fmt: skip
+    return lifecycle.transition(
+        reservation=locked,
+        to=S.SCHEDULED,
+        actor=actor,
+        reason=f"{reason} Paid after the hold lapsed; capacity was still free.",
+        data={"reallocated": sorted(node_ids) != sorted(previous)},
+        fields={"cluster": cluster},
+    )
+
+
 # --- Cancellation ------------------------------------------------------------------------------
 def refund_percent(reservation: Reservation, now: datetime | None = None) -> int:
     """The share of the price the cancellation policy gives back at `now` (0 for unpaid holds)."""

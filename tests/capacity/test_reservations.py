@@ -201,7 +201,7 @@ def test_nothing_is_refunded_or_canceled_after_the_start(
 
 @pytest.mark.parametrize(
     ("start", "to"),
-    [(S.HELD, S.ACTIVE), (S.HELD, S.COMPLETED), (S.EXPIRED, S.SCHEDULED), (S.CANCELED, S.HELD)],
+    [(S.HELD, S.ACTIVE), (S.HELD, S.COMPLETED), (S.EXPIRED, S.ACTIVE), (S.CANCELED, S.HELD)],
 )
 def test_illegal_transitions_are_refused(catalog, organization, owner, start, to):
     reservation = reserve(organization, owner, catalog)
@@ -257,3 +257,62 @@ def test_only_scheduled_or_active_reservations_extend(catalog, organization, own
         services.reservation_extend(reservation=held, actor=owner, hours=1)
     held.refresh_from_db()
     assert held.ends_at == NEXT_HOUR + hours(24)
+
+
+def test_payment_confirms_a_hold(catalog, organization, owner):
+    held = reserve(organization, owner, catalog)
+    confirmed = services.reservation_confirm(reservation=held, actor=None, reason="Paid.")
+    assert (confirmed.state, confirmed.hold_expires_at) == (S.SCHEDULED, None)
+    # A repeated notice changes nothing.
+    again = services.reservation_confirm(reservation=held, actor=None, reason="Paid.")
+    assert again.state == S.SCHEDULED
+    assert AuditEvent.objects.filter(action="reservation.transition").count() == 1
+
+
+def test_late_payment_gets_the_same_nodes_back_when_they_are_free(
+    catalog, organization, owner, frozen_clock
+):
+    held = reserve(organization, owner, catalog, nodes=3)
+    nodes = live_nodes(held)
+    frozen_clock.shift(hours(0.25))
+    services.expire_lapsed_holds()
+    confirmed = services.reservation_confirm(reservation=held, actor=None, reason="Paid.")
+    assert confirmed.state == S.SCHEDULED
+    assert live_nodes(confirmed) == nodes
+    event = AuditEvent.objects.filter(action="reservation.transition").order_by("id").last()
+    assert (event.data["from"], event.data["to"], event.data["reallocated"]) == (
+        "expired", "scheduled", False,
+    )  # fmt: skip
+
+
+def test_late_payment_takes_other_nodes_when_its_own_were_sold(
+    catalog, organization, owner, other_organization, frozen_clock
+):
+    held = reserve(organization, owner, catalog, nodes=4)  # east-a
+    frozen_clock.shift(hours(0.25))
+    reserve(other_organization, other_organization.memberships.get().user, catalog, nodes=4)
+    confirmed = services.reservation_confirm(reservation=held, actor=None, reason="Paid.")
+    assert (confirmed.state, confirmed.cluster) == (S.SCHEDULED, catalog.east_b)
+    assert Allocation.objects.filter(reservation=held, cluster=catalog.east_b).count() == 4
+
+
+def test_late_payment_without_capacity_is_refused_for_a_refund(
+    catalog, organization, owner, other_organization, frozen_clock
+):
+    held = reserve(organization, owner, catalog, nodes=8)  # east-b
+    frozen_clock.shift(hours(0.25))
+    theirs = other_organization.memberships.get().user
+    reserve(other_organization, theirs, catalog, nodes=8)
+    reserve(other_organization, theirs, catalog, nodes=4)
+    with pytest.raises(services.SoldOut, match="lapsed and its capacity has been taken"):
+        services.reservation_confirm(reservation=held, actor=None, reason="Paid.")
+    held.refresh_from_db()
+    assert held.state == S.EXPIRED
+    assert live_nodes(held) == []
+
+
+def test_a_canceled_reservation_cannot_be_confirmed(catalog, organization, owner):
+    held = reserve(organization, owner, catalog)
+    services.reservation_cancel(reservation=held, actor=owner)
+    with pytest.raises(Conflict, match="is canceled; it cannot be confirmed"):
+        services.reservation_confirm(reservation=held, actor=None, reason="Paid.")
