@@ -1,1 +1,326 @@
-from django.db import models  # noqa: F401
+import secrets
+from decimal import Decimal
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+
+def _public_id(prefix: str) -> str:
+    alphabet = "abcdefghijkmnpqrstuvwxyz23456789"
+    return prefix + "".join(secrets.choice(alphabet) for _ in range(14))
+
+
+def new_payment_id() -> str:
+    return _public_id("pay_")
+
+
+def new_refund_id() -> str:
+    return _public_id("ref_")
+
+
+class AppendOnly(models.Model):
+    """Rows that record what happened: written once, never changed or deleted."""
+
+    class Meta:
+        abstract = True
+
+    def save(self, *args: object, **kwargs: object) -> None:
+        if not self._state.adding:
+            raise PermissionError(f"{type(self).__name__} rows are append-only.")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args: object, **kwargs: object) -> tuple[int, dict[str, int]]:
+        raise PermissionError(f"{type(self).__name__} rows are append-only.")
+
+
+class BillingAccount(models.Model):
+    """The organization's Stripe customer, created the first time it is needed."""
+
+    organization = models.OneToOneField(
+        "accounts.Organization", on_delete=models.PROTECT, related_name="billing_account"
+    )
+    stripe_customer_id = models.CharField(max_length=64, unique=True)
+    default_payment_method_id = models.CharField(max_length=64, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return self.stripe_customer_id
+
+
+class Payment(models.Model):
+    """One Stripe PaymentIntent for one reservation (or an extension of it)."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Awaiting payment"
+        REQUIRES_ACTION = "requires_action", "Needs authentication"
+        PROCESSING = "processing", "Processing"
+        SUCCEEDED = "succeeded", "Paid"
+        FAILED = "failed", "Failed"
+        CANCELED = "canceled", "Canceled"
+
+    public_id = models.CharField(max_length=24, unique=True, default=new_payment_id, editable=False)
+    organization = models.ForeignKey(
+        "accounts.Organization", on_delete=models.PROTECT, related_name="payments"
+    )
+    reservation = models.ForeignKey(
+        "capacity.Reservation", on_delete=models.PROTECT, related_name="payments"
+    )
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    stripe_payment_intent_id = models.CharField(max_length=64, unique=True, null=True, blank=True)
+    # One per press of "Pay": the same token (a double click, a retried request) is one payment.
+    attempt_token = models.CharField(max_length=64)
+    amount = models.DecimalField(max_digits=14, decimal_places=2)
+    currency = models.CharField(max_length=3)
+    amount_refunded = models.DecimalField(max_digits=14, decimal_places=2, default=Decimal("0.00"))
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING)
+    failure_message = models.CharField(max_length=300, blank=True)
+    card_brand = models.CharField(max_length=20, blank=True)
+    card_last4 = models.CharField(max_length=4, blank=True)
+    flagged = models.BooleanField(default=False, help_text="Needs a look from finance.")
+    flag_reason = models.CharField(max_length=300, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    succeeded_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [
+            models.Index(fields=["organization", "-created_at"]),
+            models.Index(fields=["status", "created_at"]),
+        ]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(amount__gt=0), name="billing_payment_amount_positive"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(amount_refunded__gte=0, amount_refunded__lte=models.F("amount")),
+                name="billing_payment_refund_within_amount",
+            ),
+            models.UniqueConstraint(
+                fields=["reservation", "attempt_token"], name="billing_payment_attempt_once"
+            ),
+            # At most one successful payment per reservation: a second charge is impossible.
+            models.UniqueConstraint(
+                fields=["reservation"],
+                condition=models.Q(status="succeeded"),
+                name="billing_payment_one_success_per_reservation",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.public_id
+
+    @property
+    def refundable(self) -> Decimal:
+        return self.amount - self.amount_refunded
+
+
+class Refund(models.Model):
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        SUCCEEDED = "succeeded", "Refunded"
+        FAILED = "failed", "Failed"
+
+    public_id = models.CharField(max_length=24, unique=True, default=new_refund_id, editable=False)
+    payment = models.ForeignKey(Payment, on_delete=models.PROTECT, related_name="refunds")
+    stripe_refund_id = models.CharField(max_length=64, unique=True, null=True, blank=True)
+    amount = models.DecimalField(max_digits=14, decimal_places=2)
+    currency = models.CharField(max_length=3)
+    reason = models.CharField(max_length=300)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(amount__gt=0), name="billing_refund_amount_positive"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.public_id
+
+
+class Invoice(models.Model):
+    """A Stripe invoice (send_invoice, net-N) for a reservation on invoice terms."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Being created"
+        OPEN = "open", "Open"
+        PAID = "paid", "Paid"
+        UNCOLLECTIBLE = "uncollectible", "Uncollectible"
+        VOID = "void", "Void"
+
+    organization = models.ForeignKey(
+        "accounts.Organization", on_delete=models.PROTECT, related_name="invoices"
+    )
+    reservation = models.OneToOneField(
+        "capacity.Reservation", on_delete=models.PROTECT, related_name="invoice"
+    )
+    stripe_invoice_id = models.CharField(max_length=64, unique=True, null=True, blank=True)
+    number = models.CharField(max_length=64, blank=True)
+    amount = models.DecimalField(max_digits=14, decimal_places=2)
+    currency = models.CharField(max_length=3)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    due_at = models.DateTimeField(null=True, blank=True)
+    hosted_invoice_url = models.URLField(max_length=500, blank=True)
+    payment_failed = models.BooleanField(default=False)
+    last_error = models.CharField(max_length=300, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    paid_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["organization", "-created_at"])]
+
+    def __str__(self) -> str:
+        return self.number or f"Invoice {self.pk}"
+
+
+class LedgerEntry(AppendOnly):
+    """One money movement on an organization's account; the balance is their sum.
+
+    Positive amounts are owed by the customer (charges), negative ones settle or credit them
+    (payments received, cancellation credits). A refund paid out is positive again: the money
+    went back to the customer.
+    """
+
+    class Kind(models.TextChoices):
+        CHARGE = "charge", "Charge"
+        PAYMENT = "payment", "Card payment"
+        INVOICE_PAYMENT = "invoice_payment", "Invoice payment"
+        CREDIT = "credit", "Credit"
+        REFUND = "refund", "Refund"
+        USAGE = "usage", "Token usage"
+
+    organization = models.ForeignKey(
+        "accounts.Organization", on_delete=models.PROTECT, related_name="ledger_entries"
+    )
+    kind = models.CharField(max_length=20, choices=Kind.choices)
+    amount = models.DecimalField(max_digits=14, decimal_places=2)
+    currency = models.CharField(max_length=3)
+    description = models.CharField(max_length=300)
+    reservation = models.ForeignKey(
+        "capacity.Reservation", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    payment = models.ForeignKey(
+        Payment, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    refund = models.ForeignKey(
+        Refund, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    invoice = models.ForeignKey(
+        Invoice, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["organization", "-created_at"])]
+        verbose_name_plural = "ledger entries"
+        constraints = [
+            # One entry of each kind per money object: replays cannot book twice.
+            models.UniqueConstraint(
+                fields=["kind", "payment"],
+                condition=models.Q(payment__isnull=False, refund__isnull=True),
+                name="billing_ledger_once_per_payment",
+            ),
+            models.UniqueConstraint(
+                fields=["kind", "refund"],
+                condition=models.Q(refund__isnull=False),
+                name="billing_ledger_once_per_refund",
+            ),
+            models.UniqueConstraint(
+                fields=["kind", "invoice"],
+                condition=models.Q(invoice__isnull=False),
+                name="billing_ledger_once_per_invoice",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.amount} {self.currency}"
+
+
+class WebhookEvent(AppendOnly):
+    """A Stripe event, stored once by its id before anything else happens."""
+
+    stripe_event_id = models.CharField(max_length=80, unique=True)
+    type = models.CharField(max_length=80)
+    object_id = models.CharField(max_length=80, blank=True)
+    payload = models.JSONField()
+    received_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-received_at", "-id"]
+        indexes = [models.Index(fields=["type", "received_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.type} {self.stripe_event_id}"
+
+
+class WebhookProcessing(models.Model):
+    """How processing of one event went (kept apart so the event itself never changes)."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        PROCESSED = "processed", "Processed"
+        IGNORED = "ignored", "Ignored (type not handled)"
+        FAILED = "failed", "Failed"
+
+    event = models.OneToOneField(WebhookEvent, on_delete=models.PROTECT, related_name="processing")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True)
+    processed_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["status", "updated_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.event_id}: {self.status}"
+
+
+class FinanceFlag(models.Model):
+    """Something finance must look at: a dispute, an amount mismatch, a reconciliation gap."""
+
+    class Kind(models.TextChoices):
+        DISPUTE = "dispute", "Dispute"
+        AMOUNT_MISMATCH = "amount_mismatch", "Amount or currency mismatch"
+        UNKNOWN_PAYMENT = "unknown_payment", "Payment we do not know"
+        RECONCILIATION = "reconciliation", "Reconciliation difference"
+        LATE_PAYMENT_REFUNDED = "late_payment_refunded", "Late payment refunded"
+        INVOICE_FAILED = "invoice_failed", "Invoice payment failed"
+
+    kind = models.CharField(max_length=32, choices=Kind.choices)
+    organization = models.ForeignKey(
+        "accounts.Organization", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    payment = models.ForeignKey(
+        Payment, null=True, blank=True, on_delete=models.PROTECT, related_name="flags"
+    )
+    stripe_object_id = models.CharField(max_length=80)
+    detail = models.TextField()
+    created_at = models.DateTimeField(default=timezone.now)
+    resolved_at = models.DateTimeField(null=True, blank=True)
+    resolved_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["kind", "stripe_object_id"], name="billing_flag_once_per_object"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()}: {self.stripe_object_id}"

@@ -10,6 +10,7 @@ constraint on PostgreSQL is the guarantee behind both.
 from datetime import datetime, timedelta
 from decimal import Decimal
 
+from celery import current_app
 from django.conf import settings
 from django.db import OperationalError, connection, transaction
 from django.utils import timezone
@@ -41,6 +42,19 @@ class SoldOut(Conflict):
     ) -> None:
         super().__init__(message)
         self.alternatives = alternatives or []
+
+
+def settle_money_after_commit(reservation_id: int) -> None:
+    """Ask billing (by task name: capacity does not import billing) to refund or invoice what
+    this reservation's new state calls for, once the state change is committed. Billing's
+    periodic sweep does the same, so a lost message only delays it."""
+
+    def enqueue() -> None:
+        current_app.signature(
+            "billing.settle_reservation", kwargs={"reservation_id": reservation_id}
+        ).apply_async()
+
+    transaction.on_commit(enqueue)
 
 
 def _after_candidates() -> None:
@@ -247,6 +261,7 @@ def _create_locked(
             actor=user,
             reason=f"Confirmed on invoice terms (net {organization.payment_days}).",
         )
+        settle_money_after_commit(reservation.pk)
     return reservation
 
 
@@ -359,6 +374,8 @@ def reservation_cancel(*, reservation: Reservation, actor: User, reason: str = "
         )
     paid = locked.state == S.SCHEDULED
     refund = refund_amount(locked, now) if paid else None
+    if refund:
+        settle_money_after_commit(locked.pk)
     return lifecycle.transition(
         reservation=locked,
         to=S.CANCELED,

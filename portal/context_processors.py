@@ -2,6 +2,7 @@ from django.conf import settings
 from django.http import HttpRequest
 
 from accounts import selectors
+from accounts.permissions import Permission, can
 
 
 def navigation(request: HttpRequest) -> dict:
@@ -11,5 +12,7 @@ def navigation(request: HttpRequest) -> dict:
     if user is not None and user.is_authenticated:
         context["nav_memberships"] = selectors.memberships_for_user(user)
         context["current_organization"] = getattr(request, "organization", None)
-        context["current_membership"] = getattr(request, "membership", None)
+        membership = getattr(request, "membership", None)
+        context["current_membership"] = membership
+        context["nav_billing"] = membership is not None and can(membership.role, Permission.VIEW_BILLING)
     return context

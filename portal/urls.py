@@ -11,6 +11,7 @@ urlpatterns = [
     path("o/<slug:slug>/", views.dashboard, name="dashboard"),
     path("", include("accounts.urls")),
     path("", include("capacity.urls")),
+    path("", include("billing.urls")),
 ]
 
 handler404 = "portal.views.not_found"

@@ -244,6 +244,9 @@ CELERY_TASK_ROUTES = {
 # Periodic work lives in code; every entry is safe to run twice.
 CELERY_BEAT_SCHEDULE = {
     "capacity.expire_holds": {"task": "capacity.expire_holds", "schedule": 60.0},
+    "billing.settle_pending": {"task": "billing.settle_pending", "schedule": 300.0},
+    "billing.retry_webhooks": {"task": "billing.retry_webhooks", "schedule": 120.0},
+    "billing.reconcile": {"task": "billing.reconcile", "schedule": crontab(hour=3, minute=17)},
     "accounts.clean_login_attempts": {
         "task": "accounts.clean_login_attempts",
         "schedule": crontab(minute="*/15"),
@@ -271,6 +274,16 @@ STRIPE_PUBLISHABLE_KEY = env.str("STRIPE_PUBLISHABLE_KEY", default="")
 STRIPE_WEBHOOK_SECRET = env.str("STRIPE_WEBHOOK_SECRET", default="")
 # Empty means Stripe itself; development and tests point this at localstripe.
 STRIPE_API_BASE = env.str("STRIPE_API_BASE", default="")
+# Stripe.js: the real one in production; localstripe serves a stand-in at /js.stripe.com/v3/.
+STRIPE_JS_URL = env.str(
+    "STRIPE_JS_URL",
+    default=f"{STRIPE_API_BASE}/js.stripe.com/v3/"
+    if STRIPE_API_BASE
+    else "https://js.stripe.com/v3/",
+)
+STRIPE_TIMEOUT_SECONDS = 15
+STRIPE_MAX_NETWORK_RETRIES = 2  # safe: every write carries an idempotency key
+STRIPE_WEBHOOK_TOLERANCE_SECONDS = 300  # older signatures are refused as replays
 
 # --- Logging --------------------------------------------------------------------------------
 LOGGING = {

@@ -1,0 +1,76 @@
+"""Daily reconciliation: our payments against Stripe's, every difference recorded for finance."""
+
+from datetime import timedelta
+
+from django.utils import timezone
+
+from portal.money import from_minor
+
+from . import gateway, services
+from .models import FinanceFlag, Payment
+
+WINDOW = timedelta(days=2)
+
+
+def reconcile() -> int:
+    """Compare the last two days of PaymentIntents; returns how many differences were found.
+    Running it twice records nothing new (a flag exists once per object and kind)."""
+    since = timezone.now() - WINDOW
+    theirs = {
+        intent.id: intent
+        for intent in gateway.payment_intents_list(created_after=int(since.timestamp()))
+    }
+    ours = {
+        p.stripe_payment_intent_id: p
+        for p in Payment.objects.filter(
+            created_at__gte=since - timedelta(hours=1),
+            stripe_payment_intent_id__isnull=False,
+        )
+    }
+    differences = 0
+    for intent_id, intent in theirs.items():
+        payment = ours.get(intent_id)
+        if payment is None:
+            if intent.status == "succeeded":
+                differences += _flag(
+                    intent_id, f"Stripe took a payment we have no record of ({intent_id})."
+                )
+            continue
+        if intent.status == "succeeded" and payment.status != Payment.Status.SUCCEEDED:
+            differences += _flag(
+                intent_id,
+                f"{payment.public_id} is {payment.status} here but paid in Stripe; applied now.",
+            )
+            services.payment_sync(payment_intent_id=intent_id)
+        elif intent.status != "succeeded" and payment.status == Payment.Status.SUCCEEDED:
+            differences += _flag(
+                intent_id, f"{payment.public_id} is paid here but {intent.status} in Stripe."
+            )
+        elif intent.status == "succeeded":
+            received = from_minor(intent.amount_received, intent.currency)
+            if received != payment.amount or intent.currency != payment.currency:
+                differences += _flag(
+                    intent_id,
+                    f"{payment.public_id}: {payment.amount} {payment.currency} here, "
+                    f"{received} {intent.currency} in Stripe.",
+                )
+    for intent_id, payment in ours.items():
+        if intent_id not in theirs and payment.status == Payment.Status.SUCCEEDED:
+            differences += _flag(
+                intent_id, f"{payment.public_id} is paid here but unknown to Stripe."
+            )
+    return differences
+
+
+def _flag(intent_id: str, detail: str) -> int:
+    payment = Payment.objects.filter(stripe_payment_intent_id=intent_id).first()
+    _, created = FinanceFlag.objects.get_or_create(
+        kind=FinanceFlag.Kind.RECONCILIATION,
+        stripe_object_id=intent_id,
+        defaults={
+            "detail": detail,
+            "payment": payment,
+            "organization": payment.organization if payment else None,
+        },
+    )
+    return 1 if created else 0

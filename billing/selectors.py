@@ -1,0 +1,33 @@
+from decimal import Decimal
+
+from django.db.models import QuerySet, Sum
+
+from accounts.models import Organization
+
+from .models import Invoice, LedgerEntry, Payment, Refund
+
+
+def payments_for_org(organization: Organization) -> QuerySet[Payment]:
+    return Payment.objects.filter(organization=organization).select_related("reservation")
+
+
+def payment_for_org(organization: Organization, public_id: str) -> Payment | None:
+    return payments_for_org(organization).filter(public_id=public_id).first()
+
+
+def refunds_for_org(organization: Organization) -> QuerySet[Refund]:
+    return Refund.objects.filter(payment__organization=organization).select_related("payment")
+
+
+def invoices_for_org(organization: Organization) -> QuerySet[Invoice]:
+    return Invoice.objects.filter(organization=organization).select_related("reservation")
+
+
+def ledger_for_org(organization: Organization) -> QuerySet[LedgerEntry]:
+    return LedgerEntry.objects.filter(organization=organization)
+
+
+def balance(organization: Organization) -> Decimal:
+    """What the organization owes now: the sum of its ledger."""
+    total = ledger_for_org(organization).aggregate(total=Sum("amount"))["total"]
+    return total or Decimal("0.00")

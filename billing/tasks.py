@@ -1,0 +1,75 @@
+from datetime import timedelta
+
+from celery import shared_task
+from django.utils import timezone
+
+from capacity.models import Reservation
+
+from . import gateway, reconciliation, services, webhooks
+from .models import Refund, WebhookProcessing
+
+TRANSIENT = (gateway.GatewayUnavailable,)
+
+
+@shared_task(
+    name="billing.process_webhook_event",
+    autoretry_for=TRANSIENT,
+    retry_backoff=5,
+    retry_backoff_max=600,
+    max_retries=10,
+)
+def process_webhook_event(*, event_id: int) -> str:
+    return webhooks.process(event_id)
+
+
+@shared_task(
+    name="billing.settle_reservation", autoretry_for=TRANSIENT, retry_backoff=5, max_retries=10
+)
+def settle_reservation(*, reservation_id: int) -> None:
+    services.settle_reservation(reservation_id=reservation_id)
+
+
+@shared_task(name="billing.settle_pending")
+def settle_pending() -> int:
+    """Safety net for settle_reservation: refunds due, invoices missing, refunds half-sent."""
+    reservations = Reservation.objects.filter(
+        state=Reservation.State.CANCELED,
+        refund_due__gt=0,
+        payments__status="succeeded",
+        payments__refunds__isnull=True,
+    ).values_list("pk", flat=True)
+    invoiced = Reservation.objects.filter(
+        organization__payment_terms="invoice",
+        invoice__isnull=True,
+        state__in=[
+            Reservation.State.SCHEDULED,
+            Reservation.State.PROVISIONING,
+            Reservation.State.ACTIVE,
+        ],
+    ).values_list("pk", flat=True)
+    stuck = Refund.objects.filter(status=Refund.Status.PENDING).values_list(
+        "payment__reservation_id", flat=True
+    )
+    pending = sorted(set(reservations) | set(invoiced) | set(stuck))
+    for reservation_id in pending:
+        settle_reservation.delay(reservation_id=reservation_id)
+    return len(pending)
+
+
+@shared_task(name="billing.retry_webhooks")
+def retry_webhooks() -> int:
+    """Re-enqueue events whose processing never finished (worker died, broker was down)."""
+    stale = timezone.now() - timedelta(minutes=2)
+    events = WebhookProcessing.objects.filter(
+        status__in=[WebhookProcessing.Status.PENDING, WebhookProcessing.Status.FAILED],
+        updated_at__lt=stale,
+        attempts__lt=10,
+    ).values_list("event_id", flat=True)
+    for event_id in events:
+        process_webhook_event.delay(event_id=event_id)
+    return len(events)
+
+
+@shared_task(name="billing.reconcile", autoretry_for=TRANSIENT, retry_backoff=60, max_retries=5)
+def reconcile() -> int:
+    return reconciliation.reconcile()

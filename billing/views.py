@@ -1,0 +1,323 @@
+import contextlib
+import logging
+import secrets
+
+from django.conf import settings
+from django.contrib import messages
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils import timezone
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from accounts.decorators import org_member
+from accounts.permissions import Permission, can
+from capacity import selectors as capacity_selectors
+from capacity.models import Reservation
+from portal.errors import ServiceError
+
+from . import gateway, payment_methods, selectors, services, webhooks
+from .models import Payment
+
+logger = logging.getLogger(__name__)
+
+
+# --- Stripe webhooks ---------------------------------------------------------------------
+@csrf_exempt
+@require_POST
+def stripe_webhook(request: HttpRequest) -> JsonResponse:
+    signature = request.headers.get("Stripe-Signature", "")
+    if not signature:
+        return JsonResponse({"error": "Missing Stripe-Signature header."}, status=400)
+    try:
+        _event, created = webhooks.receive(request.body, signature)
+    except gateway.WebhookSignatureError:
+        return JsonResponse({"error": "Invalid signature."}, status=400)
+    except webhooks.BadEvent as exc:
+        return JsonResponse({"error": str(exc)}, status=400)
+    return JsonResponse({"received": True, "duplicate": not created})
+
+
+# --- Paying for a reservation -------------------------------------------------------------
+def _reservation(request: HttpRequest, public_id: str) -> Reservation | None:
+    return capacity_selectors.reservation_for_org(request.organization, public_id)
+
+
+def _may_pay(request: HttpRequest) -> bool:
+    role = request.membership.role
+    return can(role, Permission.MANAGE_BILLING) or can(role, Permission.MANAGE_RESERVATIONS)
+
+
+def _attempt() -> str:
+    return secrets.token_urlsafe(24)
+
+
+@org_member(Permission.VIEW_RESERVATIONS)
+@require_GET
+def pay(request: HttpRequest, public_id: str) -> HttpResponse:
+    reservation = _reservation(request, public_id)
+    if reservation is None:
+        return render(request, "404.html", status=404)
+    detail = reverse("reservation-detail", args=[request.organization.slug, public_id])
+    if not _may_pay(request):
+        message = "Your role cannot pay for reservations."
+        return render(request, "403.html", {"message": message}, status=403)
+    if reservation.state != Reservation.State.HELD:
+        return redirect(detail)
+    waiting = reservation.payments.filter(status=Payment.Status.REQUIRES_ACTION).first()
+    try:
+        if waiting is not None:
+            secret, mode = services.client_secret(waiting), "action"
+        else:
+            secret, mode = (
+                services.card_form_start(reservation=reservation, actor=request.user),
+                "payment",
+            )
+        account = services.billing_account_for(request.organization)
+        saved = payment_methods.default_card(account)
+    except ServiceError as exc:
+        messages.error(request, exc.message)
+        return redirect(detail)
+    last_failure = reservation.payments.filter(status=Payment.Status.FAILED).first()
+    return render(
+        request,
+        "billing/pay.html",
+        {
+            "reservation": reservation,
+            "mode": mode,
+            "client_secret": secret,
+            "waiting": waiting,
+            "attempt": _attempt(),
+            "last_failure": last_failure,
+            "saved_card": saved,
+            "stripe_js_url": settings.STRIPE_JS_URL,
+            "publishable_key": settings.STRIPE_PUBLISHABLE_KEY,
+            "may_save_card": can(request.membership.role, Permission.MANAGE_BILLING),
+            "now": timezone.now(),
+        },
+    )
+
+
+def _payment_answer(
+    request: HttpRequest, reservation: Reservation, payment: Payment
+) -> JsonResponse:
+    slug = request.organization.slug
+    if payment.status == Payment.Status.SUCCEEDED:
+        messages.success(request, "Payment received. Your reservation is confirmed.")
+        return JsonResponse(
+            {
+                "status": "succeeded",
+                "redirect": reverse("reservation-detail", args=[slug, reservation.public_id]),
+            }
+        )
+    if payment.status == Payment.Status.REQUIRES_ACTION:
+        return JsonResponse(
+            {
+                "status": "requires_action",
+                "client_secret": services.client_secret(payment),
+                "status_url": reverse("payment-status", args=[slug, payment.public_id]),
+            }
+        )
+    return JsonResponse(
+        {
+            "status": payment.status,
+            "status_url": reverse("payment-status", args=[slug, payment.public_id]),
+        }
+    )
+
+
+@org_member(Permission.VIEW_RESERVATIONS)
+@require_POST
+def pay_card(request: HttpRequest, public_id: str) -> JsonResponse:
+    """The card form posts here once Stripe.js has collected the card: charge it."""
+    reservation = _reservation(request, public_id)
+    if reservation is None:
+        return JsonResponse({"error": "No such reservation."}, status=404)
+    try:
+        payment = services.pay_by_card(
+            reservation=reservation,
+            actor=request.user,
+            payment_method_id=request.POST.get("payment_method", ""),
+            attempt_token=request.POST.get("attempt", ""),
+        )
+        if request.POST.get("make_default") == "on":
+            payment_methods.make_default(
+                organization=request.organization,
+                actor=request.user,
+                payment_method_id=request.POST["payment_method"],
+            )
+    except ServiceError as exc:
+        body = {"error": exc.message, "code": exc.code, "attempt": _attempt()}
+        if isinstance(exc, gateway.PaymentError) and not isinstance(
+            exc, gateway.GatewayUnavailable
+        ):
+            # A declined card: a fresh card form for the next try.
+            with contextlib.suppress(ServiceError):  # e.g. the hold lapsed meanwhile
+                body["client_secret"] = services.card_form_start(
+                    reservation=reservation, actor=request.user
+                )
+        return JsonResponse(body, status=exc.status)
+    return _payment_answer(request, reservation, payment)
+
+
+@org_member(Permission.VIEW_RESERVATIONS)
+@require_POST
+def pay_saved(request: HttpRequest, public_id: str) -> HttpResponse:
+    reservation = _reservation(request, public_id)
+    if reservation is None:
+        return render(request, "404.html", status=404)
+    slug = request.organization.slug
+    try:
+        payment = services.pay_with_saved_card(
+            reservation=reservation,
+            actor=request.user,
+            attempt_token=request.POST.get("attempt", ""),
+        )
+    except ServiceError as exc:
+        messages.error(request, exc.message)
+        return redirect("pay", slug=slug, public_id=public_id)
+    if payment.status == Payment.Status.REQUIRES_ACTION:
+        messages.warning(request, "Your bank wants to confirm this payment. Finish it below.")
+        return redirect("pay", slug=slug, public_id=public_id)
+    if payment.status == Payment.Status.SUCCEEDED:
+        messages.success(request, "Paid with your saved card. The reservation is confirmed.")
+    return redirect("reservation-detail", slug=slug, public_id=public_id)
+
+
+@org_member(Permission.VIEW_RESERVATIONS)
+@require_GET
+def payment_status(request: HttpRequest, payment_id: str) -> HttpResponse:
+    """htmx: the payment as Stripe sees it now; the page polls this after confirming a card."""
+    payment = selectors.payment_for_org(request.organization, payment_id)
+    if payment is None:
+        return render(request, "404.html", status=404)
+    if payment.stripe_payment_intent_id and payment.status != Payment.Status.SUCCEEDED:
+        try:
+            payment = (
+                services.payment_sync(payment_intent_id=payment.stripe_payment_intent_id) or payment
+            )
+        except gateway.PaymentError as exc:
+            logger.warning("payment status check failed: %s", exc.message)
+    settled = payment.status in (Payment.Status.SUCCEEDED, Payment.Status.FAILED)
+    response = render(
+        request,
+        "billing/_payment_status.html",
+        {"payment": payment, "polling": not settled, "shown": True},
+    )
+    if payment.status == Payment.Status.SUCCEEDED and request.htmx:
+        response["HX-Redirect"] = reverse(
+            "reservation-detail", args=[request.organization.slug, payment.reservation.public_id]
+        )
+    return response
+
+
+# --- Billing page ------------------------------------------------------------------------
+@org_member(Permission.VIEW_BILLING)
+@require_GET
+def billing(request: HttpRequest) -> HttpResponse:
+    organization = request.organization
+    account = services.BillingAccount.objects.filter(organization=organization).first()
+    cards, card_error = [], ""
+    if account is not None:
+        try:
+            cards = payment_methods.cards(account)
+        except gateway.PaymentError as exc:
+            card_error = exc.message
+    return render(
+        request,
+        "billing/billing.html",
+        {
+            "cards": cards,
+            "card_error": card_error,
+            "payments": selectors.payments_for_org(organization)[:50],
+            "refunds": selectors.refunds_for_org(organization)[:50],
+            "invoices": selectors.invoices_for_org(organization)[:50],
+            "balance": selectors.balance(organization),
+            "may_manage": can(request.membership.role, Permission.MANAGE_BILLING),
+        },
+    )
+
+
+@org_member(Permission.MANAGE_BILLING)
+@require_http_methods(["GET", "POST"])
+def card_add(request: HttpRequest) -> HttpResponse:
+    """Save a card with a SetupIntent and the card Element (confirmCardSetup)."""
+    if request.method == "POST":
+        try:
+            payment_methods.setup_finished(
+                organization=request.organization,
+                actor=request.user,
+                setup_intent_id=request.POST.get("setup_intent", ""),
+            )
+        except ServiceError as exc:
+            messages.error(request, exc.message)
+        else:
+            messages.success(request, "Card saved. It is now the default for payments.")
+        return redirect("billing", slug=request.organization.slug)
+    try:
+        client_secret = payment_methods.setup_start(
+            organization=request.organization, actor=request.user
+        )
+    except ServiceError as exc:
+        messages.error(request, exc.message)
+        return redirect("billing", slug=request.organization.slug)
+    return render(
+        request,
+        "billing/card_add.html",
+        {
+            "client_secret": client_secret,
+            "stripe_js_url": settings.STRIPE_JS_URL,
+            "publishable_key": settings.STRIPE_PUBLISHABLE_KEY,
+        },
+    )
+
+
+@org_member(Permission.MANAGE_BILLING)
+@require_POST
+def card_default(request: HttpRequest, payment_method_id: str) -> HttpResponse:
+    try:
+        payment_methods.make_default(
+            organization=request.organization,
+            actor=request.user,
+            payment_method_id=payment_method_id,
+        )
+    except ServiceError as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, "Default card changed.")
+    return redirect("billing", slug=request.organization.slug)
+
+
+@org_member(Permission.MANAGE_BILLING)
+@require_POST
+def card_remove(request: HttpRequest, payment_method_id: str) -> HttpResponse:
+    try:
+        payment_methods.remove(
+            organization=request.organization,
+            actor=request.user,
+            payment_method_id=payment_method_id,
+        )
+    except ServiceError as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, "Card removed.")
+    return redirect("billing", slug=request.organization.slug)
+
+
+@org_member(Permission.VIEW_BILLING)
+@require_GET
+def receipt(request: HttpRequest, payment_id: str) -> HttpResponse:
+    payment = selectors.payment_for_org(request.organization, payment_id)
+    if payment is None or payment.status != Payment.Status.SUCCEEDED:
+        return render(request, "404.html", status=404)
+    response = render(
+        request,
+        "billing/receipt.html",
+        {"payment": payment, "reservation": payment.reservation, "refunds": payment.refunds.all()},
+    )
+    if request.GET.get("download"):
+        response["Content-Disposition"] = (
+            f'attachment; filename="hyperblock-receipt-{payment.public_id}.html"'
+        )
+    return response

@@ -1,0 +1,114 @@
+"""Stripe webhooks: store each event once, acknowledge fast, process in a task.
+
+Processing never trusts the event's copy of the object: it reads the object from Stripe again
+and applies only what is legal from our current state, so duplicates and out-of-order
+deliveries change nothing.
+"""
+
+import json
+import logging
+from collections.abc import Callable
+
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from . import gateway, services
+from .models import WebhookEvent, WebhookProcessing
+
+logger = logging.getLogger(__name__)
+
+
+class BadEvent(ValueError):
+    pass
+
+
+def receive(payload: bytes, signature: str) -> tuple[WebhookEvent, bool]:
+    """Verify and store an event; returns (event, created). Raises BadEvent or the gateway's
+    WebhookSignatureError; in both cases nothing is stored."""
+    event = gateway.webhook_event(payload, signature)
+    try:
+        body = json.loads(payload)
+        event_id, event_type = body["id"], body["type"]
+        data_object = body.get("data", {}).get("object", {}) or {}
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise BadEvent("The event has no id or type.") from exc
+    if not isinstance(event_id, str) or not event_id.startswith("evt_") or event.id != event_id:
+        raise BadEvent("The event id is not valid.")
+    object_id = data_object.get("id", "") if isinstance(data_object, dict) else ""
+    try:
+        with transaction.atomic():
+            stored = WebhookEvent.objects.create(
+                stripe_event_id=event_id,
+                type=str(event_type)[:80],
+                object_id=str(object_id)[:80],
+                payload=body,
+            )
+            WebhookProcessing.objects.create(event=stored)
+    except IntegrityError:
+        return WebhookEvent.objects.get(stripe_event_id=event_id), False
+    from .tasks import process_webhook_event
+
+    process_webhook_event.delay_on_commit(event_id=stored.pk)
+    return stored, True
+
+
+def _charge_refunded(charge_id: str) -> None:
+    charge = gateway.charge_retrieve(charge_id)
+    intent = getattr(charge, "payment_intent", None)
+    if intent:
+        services.refunds_sync(payment_intent_id=intent if isinstance(intent, str) else intent.id)
+
+
+def _payment_intent(intent_id: str) -> None:
+    services.payment_sync(payment_intent_id=intent_id)
+
+
+HANDLERS: dict[str, Callable[[str], object]] = {
+    "payment_intent.succeeded": _payment_intent,
+    "payment_intent.payment_failed": _payment_intent,
+    "payment_intent.processing": _payment_intent,
+    "payment_intent.requires_action": _payment_intent,
+    "payment_intent.canceled": _payment_intent,
+    "charge.refunded": _charge_refunded,
+    "charge.dispute.created": lambda dispute_id: services.dispute_opened(dispute_id=dispute_id),
+    "invoice.paid": lambda invoice_id: services.invoice_sync(stripe_invoice_id=invoice_id),
+    "invoice.payment_failed": lambda invoice_id: services.invoice_payment_failed(
+        stripe_invoice_id=invoice_id
+    ),
+}
+
+
+def process(event_pk: int) -> str:
+    """Apply one stored event; returns the resulting status. Raises the gateway's
+    GatewayUnavailable so the task can retry later."""
+    event = WebhookEvent.objects.get(pk=event_pk)
+    unfinished = WebhookProcessing.objects.filter(event=event).exclude(
+        status__in=[WebhookProcessing.Status.PROCESSED, WebhookProcessing.Status.IGNORED]
+    )
+    if not unfinished.exists():  # handlers are idempotent; this only saves Stripe calls
+        return WebhookProcessing.objects.get(event=event).status
+    handler = HANDLERS.get(event.type)
+    if handler is None:
+        _finish(event, WebhookProcessing.Status.IGNORED)
+        return WebhookProcessing.Status.IGNORED
+    try:
+        handler(event.object_id)
+    except gateway.GatewayUnavailable as exc:
+        _finish(event, WebhookProcessing.Status.PENDING, error=exc.message)
+        raise
+    except Exception as exc:
+        logger.exception("processing webhook event %s failed", event.stripe_event_id)
+        _finish(event, WebhookProcessing.Status.FAILED, error=f"{type(exc).__name__}: {exc}")
+        return WebhookProcessing.Status.FAILED
+    _finish(event, WebhookProcessing.Status.PROCESSED)
+    return WebhookProcessing.Status.PROCESSED
+
+
+def _finish(event: WebhookEvent, status: str, error: str = "") -> None:
+    processing = WebhookProcessing.objects.get(event=event)
+    processing.status = status
+    processing.attempts += 1
+    processing.last_error = error[:2000]
+    if status in (WebhookProcessing.Status.PROCESSED, WebhookProcessing.Status.IGNORED):
+        processing.processed_at = timezone.now()
+    processing.save()
