@@ -47,7 +47,7 @@ def reconcile() -> int:
                 intent_id, f"{payment.public_id} is paid here but {intent.status} in Stripe."
             )
         elif intent.status == "succeeded":
-            received = from_minor(intent.amount_received, intent.currency)
+            received = from_minor(services.amount_received(intent), intent.currency)
             if received != payment.amount or intent.currency != payment.currency:
                 differences += _flag(
                     intent_id,

@@ -282,18 +282,20 @@ def payment_sync(*, payment_intent_id: str) -> Payment | None:
 
 
 def _card_details(intent: Any) -> tuple[str, str]:
-    charge_id = getattr(intent, "latest_charge", None)
-    if not charge_id:
+    method_id = getattr(intent, "payment_method", None)
+    if not method_id:
         return "", ""
-    charge = gateway.charge_retrieve(charge_id if isinstance(charge_id, str) else charge_id.id)
-    details = getattr(getattr(charge, "payment_method_details", None), "card", None)
+    method = gateway.payment_method_retrieve(
+        method_id if isinstance(method_id, str) else method_id.id
+    )
+    details = getattr(method, "card", None)
     return (getattr(details, "brand", "") or "", getattr(details, "last4", "") or "")
 
 
 def _book_success(payment: Payment, intent: Any, card: tuple[str, str]):  # type: ignore[no-untyped-def]
     """Record a successful payment and confirm its reservation. Runs inside the payment lock;
     returns work for after the commit (a refund when the reservation cannot take the money)."""
-    received = from_minor(intent.amount_received or intent.amount, intent.currency)
+    received = from_minor(amount_received(intent), intent.currency)
     payment.status = Payment.Status.SUCCEEDED
     payment.succeeded_at = timezone.now()
     payment.card_brand, payment.card_last4 = card
@@ -360,6 +362,10 @@ def _book_success(payment: Payment, intent: Any, card: tuple[str, str]):  # type
         return lambda: _refund_in_full(payment, why, tell_customer=True)
     _mail_billing(organization, "payment_receipt", payment=payment, reservation=reservation)
     return None
+
+
+def amount_received(intent: Any) -> int:
+    return getattr(intent, "amount_received", None) or intent.amount
 
 
 def _ledger_payment(payment: Payment, received: Decimal) -> None:
