@@ -260,7 +260,7 @@ def payment_sync(*, payment_intent_id: str) -> Payment | None:
                 FinanceFlag.Kind.UNKNOWN_PAYMENT,
                 payment_intent_id,
                 f"Stripe reports PaymentIntent {payment_intent_id} ({intent.status}) that no "
-                f"payment of ours points to. Metadata: {dict(intent.metadata or {})}.",
+                f"payment of ours points to. Metadata: {_plain(intent.metadata)}.",
             )
             return None
         status = STATUS_FROM_STRIPE.get(intent.status, Payment.Status.PENDING)
@@ -279,6 +279,10 @@ def payment_sync(*, payment_intent_id: str) -> Payment | None:
     if follow_up is not None:
         follow_up()
     return payment
+
+
+def _plain(value: Any) -> dict:
+    return value.to_dict() if hasattr(value, "to_dict") else dict(value or {})
 
 
 def _card_details(intent: Any) -> tuple[str, str]:
@@ -490,7 +494,7 @@ def refunds_sync(*, payment_intent_id: str) -> None:
     for stripe_refund in gateway.refunds_list(payment_intent_id=payment_intent_id):
         ours = Refund.objects.filter(stripe_refund_id=stripe_refund.id).first()
         if ours is None:
-            ours_id = (stripe_refund.metadata or {}).get("refund")
+            ours_id = _plain(getattr(stripe_refund, "metadata", None)).get("refund")
             ours = Refund.objects.filter(public_id=ours_id).first() if ours_id else None
         if ours is None:
             with transaction.atomic():

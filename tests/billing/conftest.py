@@ -15,9 +15,12 @@ import requests
 from django.utils import timezone
 
 from accounts.models import Organization
+from billing import services as billing_services
+from billing.models import Payment
 from capacity import services as capacity_services
 from capacity.models import Reservation
 from capacity.windows import Window, ceil_hour
+from portal.money import to_minor
 from tests.capacity.conftest import Catalog, catalog, hours  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -140,3 +143,27 @@ def held_reservation(
         node_count=nodes,
         window=Window(start, start + hours(length)),
     )
+
+
+def stripe_charges(reservation: Reservation, method: str, attempt: str = "elsewhere") -> Payment:
+    """A payment our app started whose charge Stripe completes without our app hearing back
+    (the customer's browser closed): only Stripe's webhook, or a sync, can tell us."""
+    payment = Payment.objects.create(
+        organization=reservation.organization,
+        reservation=reservation,
+        attempt_token=attempt,
+        amount=reservation.total,
+        currency=reservation.currency,
+    )
+    account = billing_services.billing_account_for(reservation.organization)
+    intent = billing_services.gateway.payment_intent_create(
+        amount_minor=to_minor(reservation.total, reservation.currency),
+        currency=reservation.currency,
+        customer_id=account.stripe_customer_id,
+        metadata={"payment": payment.public_id},
+        idempotency_key=f"payment:{payment.public_id}",
+        payment_method_id=method,
+    )
+    Payment.objects.filter(pk=payment.pk).update(stripe_payment_intent_id=intent.id)
+    payment.stripe_payment_intent_id = intent.id
+    return payment

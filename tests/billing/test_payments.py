@@ -13,7 +13,14 @@ from billing.models import FinanceFlag, LedgerEntry, Payment, Refund
 from capacity import services as capacity_services
 from capacity.models import Reservation
 
-from .conftest import DECLINED, THREE_D_SECURE, authenticate, card, held_reservation
+from .conftest import (
+    DECLINED,
+    THREE_D_SECURE,
+    authenticate,
+    card,
+    held_reservation,
+    stripe_charges,
+)
 
 S = Reservation.State
 pytestmark = pytest.mark.usefixtures("stripe_api")
@@ -188,28 +195,9 @@ def test_late_payment_without_capacity_is_refunded_in_full(
 
 
 def _charge_regardless_of_hold(reservation, user, method):
-    """Stripe charging a PaymentIntent created before the hold lapsed (we cannot stop a card
-    form that is already open), then telling us."""
-    payment = Payment.objects.create(
-        organization=reservation.organization,
-        reservation=reservation,
-        attempt_token="late",
-        amount=reservation.total,
-        currency=reservation.currency,
-    )
-    account = services.billing_account_for(reservation.organization)
-    intent = services.gateway.payment_intent_create(
-        amount_minor=76800
-        if reservation.total == Decimal("768.00")
-        else int(reservation.total * 100),
-        currency="usd",
-        customer_id=account.stripe_customer_id,
-        metadata={"payment": payment.public_id},
-        idempotency_key=f"payment:{payment.public_id}",
-        payment_method_id=method,
-    )
-    Payment.objects.filter(pk=payment.pk).update(stripe_payment_intent_id=intent.id)
-    return services.payment_sync(payment_intent_id=intent.id)
+    """Stripe charging a card form opened before the hold lapsed, then telling us."""
+    payment = stripe_charges(reservation, method, attempt="late")
+    return services.payment_sync(payment_intent_id=payment.stripe_payment_intent_id)
 
 
 def test_cancelling_refunds_per_the_policy(catalog, organization, owner, stripe_api):

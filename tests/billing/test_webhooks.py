@@ -1,0 +1,169 @@
+import random
+import time
+
+import pytest
+from django.urls import reverse
+
+from billing import services
+from billing.models import FinanceFlag, LedgerEntry, Payment, WebhookEvent, WebhookProcessing
+
+from .conftest import WEBHOOK_SECRET, card, event, held_reservation, signed, stripe_charges
+
+URL = "/stripe/webhook/"
+pytestmark = [pytest.mark.usefixtures("stripe_api"), pytest.mark.django_db]
+
+
+def post(client, body: bytes, signature: str | None):
+    headers = {"HTTP_STRIPE_SIGNATURE": signature} if signature is not None else {}
+    return client.post(URL, data=body, content_type="application/json", **headers)
+
+
+def test_the_url_is_the_contracts():
+    assert reverse("stripe-webhook") == URL
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (
+            lambda: (signed(event("evt_1", "payment_intent.succeeded", "pi_1"))[0], None),
+            "Missing Stripe-Signature header.",
+        ),
+        (
+            lambda: (signed(event("evt_1", "payment_intent.succeeded", "pi_1"))[0], "t=1,v1=00"),
+            "Invalid signature.",
+        ),
+        (
+            lambda: signed(
+                event("evt_1", "payment_intent.succeeded", "pi_1"), secret="whsec_wrong"
+            ),
+            "Invalid signature.",
+        ),
+        (
+            lambda: signed(
+                event("evt_1", "payment_intent.succeeded", "pi_1"), timestamp=int(time.time()) - 301
+            ),
+            "Invalid signature.",
+        ),
+        (lambda: _tampered(), "Invalid signature."),
+        (lambda: signed("{not json"), "Invalid signature."),
+        (lambda: signed({"object": "event", "type": "x"}), "The event has no id or type."),
+        (
+            lambda: signed({"id": "not-an-event", "type": "x", "data": {"object": {}}}),
+            "The event id is not valid.",
+        ),
+    ],
+)
+def test_bad_deliveries_are_refused_and_nothing_is_stored(client, make, message):
+    body, signature = make()
+    response = post(client, body, signature)
+    assert response.status_code == 400
+    assert response.json() == {"error": message}
+    assert WebhookEvent.objects.count() == 0
+
+
+def _tampered():
+    body, signature = signed(event("evt_1", "payment_intent.succeeded", "pi_1"))
+    return body.replace(b"pi_1", b"pi_2"), signature
+
+
+def test_an_event_is_stored_once_and_duplicates_are_acknowledged(
+    client, django_capture_on_commit_callbacks
+):
+    body, signature = signed(event("evt_unknown_type", "customer.created", "cus_1", "customer"))
+    with django_capture_on_commit_callbacks(execute=True):
+        first = post(client, body, signature)
+        second = post(client, body, signature)
+    assert (first.status_code, first.json()) == (200, {"received": True, "duplicate": False})
+    assert (second.status_code, second.json()) == (200, {"received": True, "duplicate": True})
+    stored = WebhookEvent.objects.get()
+    assert (stored.type, stored.object_id, stored.payload["id"]) == (
+        "customer.created",
+        "cus_1",
+        "evt_unknown_type",
+    )
+    processing = WebhookProcessing.objects.get()
+    assert (processing.status, processing.attempts) == ("ignored", 1)
+
+
+def test_replays_in_any_order_change_nothing_after_the_first(
+    catalog, organization, owner, stripe_api, client, django_capture_on_commit_callbacks
+):
+    reservation = held_reservation(organization, owner, catalog)
+    payment = services.pay_by_card(
+        reservation=reservation, actor=owner, payment_method_id=card(stripe_api), attempt_token="w"
+    )
+    intent = payment.stripe_payment_intent_id
+    services.refund_issue(payment=payment, amount=payment.amount, reason="Test refund", actor=None)
+    before = sorted(LedgerEntry.objects.values_list("kind", "amount"))
+    deliveries = [
+        signed(event(f"evt_{n}", kind, obj_id, obj))
+        for n, (kind, obj_id, obj) in enumerate(
+            [
+                ("payment_intent.succeeded", intent, "payment_intent"),
+                ("payment_intent.payment_failed", intent, "payment_intent"),
+                ("payment_intent.processing", intent, "payment_intent"),
+            ]
+        )
+    ]
+    shuffled = deliveries * 3
+    random.Random(4).shuffle(shuffled)
+    with django_capture_on_commit_callbacks(execute=True):
+        for body, signature in shuffled:
+            assert post(client, body, signature).status_code == 200
+    assert WebhookEvent.objects.count() == 3
+    assert set(WebhookProcessing.objects.values_list("status", "attempts")) == {("processed", 1)}
+    payment.refresh_from_db()
+    reservation.refresh_from_db()
+    assert (payment.status, payment.amount_refunded, reservation.state) == (
+        "succeeded",
+        payment.amount,
+        "scheduled",
+    )
+    assert sorted(LedgerEntry.objects.values_list("kind", "amount")) == before
+    assert Payment.objects.count() == 1
+
+
+def test_a_webhook_can_be_the_one_that_confirms_the_payment(
+    catalog, organization, owner, stripe_api, client, django_capture_on_commit_callbacks
+):
+    reservation = held_reservation(organization, owner, catalog)
+    payment = stripe_charges(reservation, card(stripe_api))
+    assert Payment.objects.get(pk=payment.pk).status == "pending"
+    body, signature = signed(
+        event("evt_pay", "payment_intent.succeeded", payment.stripe_payment_intent_id)
+    )
+    with django_capture_on_commit_callbacks(execute=True):
+        post(client, body, signature)
+    payment.refresh_from_db()
+    reservation.refresh_from_db()
+    assert (payment.status, reservation.state) == ("succeeded", "scheduled")
+    assert sorted(LedgerEntry.objects.values_list("kind", flat=True)) == ["charge", "payment"]
+
+
+def test_a_payment_we_do_not_know_is_flagged_for_finance(
+    stripe_api, client, django_capture_on_commit_callbacks
+):
+    account_customer = services.gateway.customer_create(
+        name="x", email="x@example.com", metadata={}, idempotency_key="u"
+    )
+    intent = services.gateway.payment_intent_create(
+        amount_minor=1000,
+        currency="usd",
+        customer_id=account_customer.id,
+        metadata={},
+        idempotency_key="unknown",
+        payment_method_id=card(stripe_api),
+    )
+    body, signature = signed(event("evt_u", "payment_intent.succeeded", intent.id))
+    with django_capture_on_commit_callbacks(execute=True):
+        assert post(client, body, signature).status_code == 200
+    flag = FinanceFlag.objects.get()
+    assert (flag.kind, flag.stripe_object_id) == ("unknown_payment", intent.id)
+    assert WebhookProcessing.objects.get().status == "processed"
+
+
+def test_webhook_secret_is_the_one_configured(settings, client):
+    settings.STRIPE_WEBHOOK_SECRET = "whsec_other"
+    body, signature = signed(event("evt_s", "customer.created", "cus_1"), secret=WEBHOOK_SECRET)
+    assert post(client, body, signature).status_code == 400
