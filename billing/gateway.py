@@ -219,12 +219,19 @@ def refunds_list(*, payment_intent_id: str) -> list[Any]:
 
 
 def payment_intents_list(*, created_after: int) -> list[Any]:
-    """Every PaymentIntent created since a Unix time (auto-paginated), for reconciliation."""
+    """PaymentIntents created since a Unix time, for reconciliation. Stripe lists newest first,
+    so paging stops after a full page of older ones instead of walking all history."""
     try:
-        page = _client().v1.payment_intents.list(
-            params={"created": {"gte": created_after}, "limit": 100}
-        )
-        return list(page.auto_paging_iter())
+        page = _client().v1.payment_intents.list(params={"limit": 100})
+        result, older = [], 0
+        for intent in page.auto_paging_iter():
+            if intent.created >= created_after:
+                result.append(intent)
+                continue
+            older += 1
+            if older >= 100:
+                break
+        return result
     except stripe.StripeError as exc:
         raise _translate(exc) from exc
 
