@@ -5,6 +5,7 @@ from . import views
 urlpatterns = [
     path("stripe/webhook/", views.stripe_webhook, name="stripe-webhook"),
     path("o/<slug:slug>/reservations/<str:public_id>/pay/", views.pay, name="pay"),
+    path("o/<slug:slug>/reservations/<str:public_id>/pay/card/", views.pay_card, name="pay-card"),
     path(
         "o/<slug:slug>/reservations/<str:public_id>/pay/saved/", views.pay_saved, name="pay-saved"
     ),
