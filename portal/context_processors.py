@@ -14,5 +14,7 @@ def navigation(request: HttpRequest) -> dict:
         context["current_organization"] = getattr(request, "organization", None)
         membership = getattr(request, "membership", None)
         context["current_membership"] = membership
-        context["nav_billing"] = membership is not None and can(membership.role, Permission.VIEW_BILLING)
+        context["nav_billing"] = membership is not None and can(
+            membership.role, Permission.VIEW_BILLING
+        )
     return context
