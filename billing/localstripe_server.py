@@ -5,6 +5,7 @@ file in the system temp folder, so two runs on one machine would share (and corr
 data. This entry point binds 127.0.0.1 and keeps state in memory, or in the file given.
 
     python -m billing.localstripe_server --port 8420 [--state var/localstripe.pickle]
+        [--webhook-url http://127.0.0.1:8000/stripe/webhook/ --webhook-secret whsec_...]
 """
 
 import argparse
@@ -14,7 +15,7 @@ import socket
 from pathlib import Path
 
 from aiohttp import web
-from localstripe import resources, server
+from localstripe import resources, server, webhooks
 
 
 def _use_state_file(path: Path | None) -> None:
@@ -37,8 +38,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, default=8420)
     parser.add_argument("--state", type=Path, default=None, help="keep state in this file")
+    parser.add_argument("--webhook-url", help="deliver signed events to this URL")
+    parser.add_argument("--webhook-secret", help="sign them with this secret")
     args = parser.parse_args()
     _use_state_file(args.state)
+    if args.webhook_url and args.webhook_secret:
+        webhooks.register_webhook("hyperblock", args.webhook_url, args.webhook_secret, None)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", args.port))

@@ -249,13 +249,10 @@ def payment_sync(*, payment_intent_id: str) -> Payment | None:
     card = _card_details(intent) if intent.status == "succeeded" else ("", "")
     follow_up = None
     with transaction.atomic():
-        payment = (
-            Payment.objects.select_for_update()
-            .select_related("reservation", "organization")
-            .filter(stripe_payment_intent_id=payment_intent_id)
-            .first()
-        )
+        payment = _payment_for_intent(intent)
         if payment is None:
+            if intent.status != "succeeded":
+                return None  # no money moved: nothing to reconcile
             _flag(
                 FinanceFlag.Kind.UNKNOWN_PAYMENT,
                 payment_intent_id,
@@ -278,6 +275,22 @@ def payment_sync(*, payment_intent_id: str) -> Payment | None:
         follow_up = _book_success(payment, intent, card)
     if follow_up is not None:
         follow_up()
+    return payment
+
+
+def _payment_for_intent(intent: Any) -> Payment | None:
+    """Our payment behind a PaymentIntent, locked: by its id, else by the id in its metadata
+    (a request that timed out before we stored the intent's id)."""
+    payments = Payment.objects.select_for_update().select_related("reservation", "organization")
+    payment = payments.filter(stripe_payment_intent_id=intent.id).first()
+    if payment is None:
+        public_id = _plain(getattr(intent, "metadata", None)).get("payment")
+        payment = payments.filter(
+            public_id=public_id, stripe_payment_intent_id__isnull=True
+        ).first()
+        if payment is not None:
+            payment.stripe_payment_intent_id = intent.id
+            payment.save(update_fields=["stripe_payment_intent_id", "updated_at"])
     return payment
 
 

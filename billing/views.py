@@ -203,7 +203,7 @@ def payment_status(request: HttpRequest, payment_id: str) -> HttpResponse:
     response = render(
         request,
         "billing/_payment_status.html",
-        {"payment": payment, "polling": not settled, "shown": True},
+        {"payment": payment, "polling": not settled},
     )
     if payment.status == Payment.Status.SUCCEEDED and request.htmx:
         response["HX-Redirect"] = reverse(

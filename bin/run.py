@@ -33,9 +33,12 @@ def main() -> int:
         env["STRIPE_PUBLISHABLE_KEY"] = "pk_test_localstripe"
         env["STRIPE_API_BASE"] = f"http://127.0.0.1:{stripe_port}"
         env.setdefault("STRIPE_WEBHOOK_SECRET", "whsec_localstripe_development")
+        # localstripe signs and delivers its events to the portal, as Stripe would.
         processes["stripe"] = (
             f"{python} -m billing.localstripe_server --port {stripe_port}"
             " --state var/localstripe.pickle"
+            f" --webhook-url http://127.0.0.1:{port}/stripe/webhook/"
+            f" --webhook-secret {env['STRIPE_WEBHOOK_SECRET']}"
         )
     processes["web"] = f"{python} manage.py runserver 127.0.0.1:{port}"
     processes["worker"] = f"{python} -m celery -A portal worker --loglevel INFO --concurrency 2"

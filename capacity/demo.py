@@ -78,14 +78,16 @@ def load_catalog() -> int:
 
 
 def load_bookings(password: str) -> int:
-    """Another customer's bookings, so availability looks like a real, busy cloud."""
+    """Another customer's bookings, so availability looks like a real, busy cloud.
+
+    They are confirmed without a payment or an invoice: nobody signs in as this customer, and
+    the local Stripe emulator cannot issue invoices."""
     org, _ = Organization.objects.get_or_create(
         slug="northwind",
         defaults={
             "name": "Northwind AI",
             "country": "SE",
             "billing_email": "ap@northwind.example",
-            "payment_terms": Organization.PaymentTerms.INVOICE,
             "tier": Organization.Tier.ENTERPRISE,
         },
     )
@@ -108,7 +110,7 @@ def load_bookings(password: str) -> int:
                 begin = start + timedelta(hours=rng.randrange(0, 24 * 50))
                 window = Window(begin, begin + timedelta(hours=rng.choice([24, 48, 72, 168, 336])))
                 try:
-                    services.reservation_create(
+                    held = services.reservation_create(
                         organization=org,
                         user=user,
                         gpu_model=gpu,
@@ -118,5 +120,6 @@ def load_bookings(password: str) -> int:
                     )
                 except services.SoldOut:
                     continue
+                services.reservation_confirm(reservation=held, actor=None, reason="Demo booking.")
                 made += 1
     return made

@@ -39,3 +39,10 @@ LOGGING["root"]["level"] = "WARNING"  # noqa: F405
 # Serve static files straight from the apps, without collectstatic.
 WHITENOISE_USE_FINDERS = True
 WHITENOISE_AUTOREFRESH = True
+
+# A file, not shared-cache memory, for the SQLite test database: the live server's threads
+# and the test then share one database with real WAL locking and busy timeouts.
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":  # noqa: F405
+    DATABASES["default"]["TEST"] = {  # noqa: F405
+        "NAME": str(Path(tempfile.mkdtemp(prefix="hb-db-")) / "test.sqlite3")
+    }

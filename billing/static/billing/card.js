@@ -21,11 +21,9 @@
   }
 
   function poll(url) {
-    var box = document.getElementById("payment-status");
-    box.hidden = false;
-    box.setAttribute("hx-get", url);
-    window.htmx.process(box);
-    window.htmx.trigger(box, "check");
+    // The answer is a partial that keeps polling itself until the payment settles, and tells
+    // htmx to go to the reservation once it has.
+    window.htmx.ajax("GET", url, { target: "#payment-status", swap: "outerHTML" });
   }
 
   function setupCardForm(form) {
