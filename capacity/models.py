@@ -284,10 +284,17 @@ class Allocation(models.Model):
                 condition=models.Q(released_at__isnull=True),
                 name="capacity_alloc_live_node",
             ),
+            # Two orders, so a window near now (few blocks started before its end) and a window
+            # far out (few blocks end after its start) both read a short range.
             models.Index(
                 fields=["cluster", "ends_at", "starts_at"],
                 condition=models.Q(released_at__isnull=True),
                 name="capacity_alloc_live_cluster",
+            ),
+            models.Index(
+                fields=["cluster", "starts_at", "ends_at"],
+                condition=models.Q(released_at__isnull=True),
+                name="capacity_alloc_live_clus_start",
             ),
         ]
         constraints = [

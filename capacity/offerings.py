@@ -64,6 +64,7 @@ class _Pricer:
         self.gpu_model = gpu_model
         self.prices = {p.region_id: p for p in ListPrice.objects.filter(gpu_model=gpu_model)}
         self.discounts = list(DurationDiscount.objects.all())
+        self.rates = pricing.negotiated_rates(organization, gpu_model)
 
     def offering(
         self, kind: str, region: Region, node_count: int, window: Window, available: int
@@ -80,6 +81,7 @@ class _Pricer:
             ends_at=window.ends_at,
             list_price=list_price,
             discounts=self.discounts,
+            rates=self.rates,
         )
         return Offering(kind, self.gpu_model, region, node_count, window, available, quote)
 
@@ -103,10 +105,11 @@ def search(
     now = now or timezone.now()
     pricer = _Pricer(organization, gpu_model)
     clusters = selectors.pool_clusters(gpu_model)
+    asked_clusters = [c for c in clusters if region is None or c.region == region]
     free = selectors.free_nodes_by_cluster(
-        [c.pk for c in clusters], window.starts_at, window.ends_at
+        [c.pk for c in asked_clusters], window.starts_at, window.ends_at
     )
-    best = _best_per_region(clusters, free)
+    best = _best_per_region(asked_clusters, free)
     asked = [region] if region is not None else sorted(best, key=lambda r: r.code)
 
     exact = [
@@ -118,9 +121,14 @@ def search(
         return sorted(filter(None, exact), key=lambda o: o.quote.total)
 
     offerings: list[Offering | None] = []
-    asked_clusters = [c for c in clusters if c.region in asked]
     offerings += _other_start_times(pricer, asked_clusters, node_count, window, now)
     if region is not None:
+        # Only now, with the asked region full, do the other regions matter.
+        others = [c for c in clusters if c.region != region]
+        other_free = selectors.free_nodes_by_cluster(
+            [c.pk for c in others], window.starts_at, window.ends_at
+        )
+        best.update(_best_per_region(others, other_free))
         offerings += [
             pricer.offering("other_region", r, node_count, window, n)
             for r, n in sorted(best.items(), key=lambda item: item[0].code)

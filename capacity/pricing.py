@@ -4,8 +4,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
 
-from django.db.models import F, Q
-
 from accounts.models import Organization
 from portal.money import format_money
 
@@ -54,22 +52,24 @@ class PriceUnavailable(LookupError):
     """No list price exists for this GPU model in this region."""
 
 
-def negotiated_rate(
-    organization: Organization | None, gpu_model: GpuModel, region: Region, at: datetime
-) -> NegotiatedRate | None:
+def negotiated_rates(
+    organization: Organization | None, gpu_model: GpuModel
+) -> list[NegotiatedRate]:
+    """The organization's rates for a GPU model, newest first."""
     if organization is None:
-        return None
-    return (
-        NegotiatedRate.objects.filter(
-            organization=organization,
-            gpu_model=gpu_model,
-            valid_from__lte=at,
-            valid_until__gt=at,
+        return []
+    return list(
+        NegotiatedRate.objects.filter(organization=organization, gpu_model=gpu_model).order_by(
+            "-valid_from"
         )
-        .filter(Q(region=region) | Q(region__isnull=True))
-        # A region's own rate beats an every-region one.
-        .order_by(F("region_id").asc(nulls_last=True), "-valid_from")
-        .first()
+    )
+
+
+def pick_rate(rates: list[NegotiatedRate], region: Region, at: datetime) -> NegotiatedRate | None:
+    """The rate valid at `at`: a region's own rate beats an every-region one."""
+    valid = [r for r in rates if r.valid_from <= at < r.valid_until]
+    return next((r for r in valid if r.region_id == region.pk), None) or next(
+        (r for r in valid if r.region_id is None), None
     )
 
 
@@ -83,11 +83,12 @@ def quote(
     ends_at: datetime,
     list_price: ListPrice | None = None,
     discounts: list[DurationDiscount] | None = None,
+    rates: list[NegotiatedRate] | None = None,
 ) -> Quote:
     """Price a block. A negotiated rate valid at the start replaces the list price and its
     duration discounts; otherwise the best duration discount applies to the list price.
 
-    `list_price` and `discounts` may be passed in when pricing many offerings at once.
+    `list_price`, `discounts` and `rates` may be passed in when pricing many offerings at once.
     """
     hours = int((ends_at - starts_at).total_seconds() // 3600)
     gpu_hours = node_count * gpu_model.gpus_per_node * hours
@@ -96,7 +97,9 @@ def quote(
     if list_price is None:
         raise PriceUnavailable(f"{gpu_model} has no price in {region.code}.")
     usage = f"{node_count} × {gpu_model.gpus_per_node} {gpu_model.name} × {hours} h"
-    rate = negotiated_rate(organization, gpu_model, region, starts_at)
+    if rates is None:
+        rates = negotiated_rates(organization, gpu_model)
+    rate = pick_rate(rates, region, starts_at)
     if rate is not None:
         subtotal = money(gpu_hours * rate.price_per_gpu_hour)
         lines = [

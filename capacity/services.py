@@ -95,16 +95,13 @@ def _allocate(
     clusters: list[Cluster], node_count: int, window: Window
 ) -> tuple[Cluster, list[int]] | None:
     """Choose a cluster and its nodes. Call with the pool locked."""
-    free = selectors.free_nodes_by_cluster(
-        [c.pk for c in clusters], window.starts_at, window.ends_at
-    )
-    fitting = [c for c in clusters if free.get(c.pk, 0) >= node_count]
+    free = selectors.free_nodes_in_pool([c.pk for c in clusters], window.starts_at, window.ends_at)
+    fitting = [c for c in clusters if len(free.get(c.pk, ())) >= node_count]
     if not fitting:
         return None
     # Best fit: the fullest cluster that still fits keeps large blocks free elsewhere.
-    cluster = min(fitting, key=lambda c: (free[c.pk], c.pk))
-    node_ids = selectors.free_node_ids(cluster, window.starts_at, window.ends_at)[:node_count]
-    return cluster, node_ids
+    cluster = min(fitting, key=lambda c: (len(free[c.pk]), c.pk))
+    return cluster, free[cluster.pk][:node_count]
 
 
 def _sold_out(
@@ -201,25 +198,11 @@ def _create_locked(
     request_token: str | None,
 ) -> Reservation:
     now = timezone.now()
-    lock_pool(clusters)
-    if request_token:  # the same form may have won the lock a moment ago
-        existing = Reservation.objects.filter(
-            organization=organization, request_token=request_token
-        ).first()
-        if existing is not None:
-            return existing
-    _expire_lapsed_holds(clusters, now)
-    choice = _allocate(clusters, node_count, window)
-    if choice is None:
-        raise _NoCapacity
-    cluster, node_ids = choice
-    _after_candidates()
     reservation = Reservation(
         organization=organization,
         created_by=user,
         gpu_model=gpu_model,
         region=region,
-        cluster=cluster,
         node_count=node_count,
         starts_at=window.starts_at,
         ends_at=window.ends_at,
@@ -235,7 +218,28 @@ def _create_locked(
         price_lines=quote.lines_json(),
         request_token=request_token or "",
     )
-    reservation.full_clean()
+    # Validated before the lock, which every allocator of the pool waits for; the database's
+    # constraints check the rest (uniqueness, the cluster chosen below) on insert.
+    # The related objects are in hand, so their foreign keys need no lookups either.
+    reservation.full_clean(
+        exclude=["cluster", "organization", "created_by", "gpu_model", "region"],
+        validate_unique=False,
+        validate_constraints=False,
+    )
+    lock_pool(clusters)
+    if request_token:  # the same form may have won the lock a moment ago
+        existing = Reservation.objects.filter(
+            organization=organization, request_token=request_token
+        ).first()
+        if existing is not None:
+            return existing
+    _expire_lapsed_holds(clusters, now)
+    choice = _allocate(clusters, node_count, window)
+    if choice is None:
+        raise _NoCapacity
+    cluster, node_ids = choice
+    _after_candidates()
+    reservation.cluster = cluster
     reservation.save()
     Allocation.objects.bulk_create(
         Allocation(

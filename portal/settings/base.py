@@ -266,7 +266,7 @@ CAPACITY_SERIALIZE_ALLOCATIONS = True
 # notice is met applies; after the start nothing is refunded.
 CAPACITY_CANCELLATION_POLICY = [(timedelta(days=7), 100), (timedelta(0), 50)]
 CAPACITY_ALTERNATIVES = 3  # alternative start times offered when a window is sold out
-CAPACITY_ALTERNATIVE_SPAN = timedelta(days=7)  # how far from the asked start to look
+CAPACITY_ALTERNATIVE_SPAN = timedelta(days=3)  # how far from the asked start to look
 
 # --- Stripe ---------------------------------------------------------------------------------
 STRIPE_SECRET_KEY = env.str("STRIPE_SECRET_KEY", default="")

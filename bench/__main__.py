@@ -1,0 +1,217 @@
+"""Run the benchmarks and print a report: `python -m bench [--only search|throughput] [--quick]`.
+
+Each benchmark runs in its own process (`python -m bench.search --db ...`,
+`python -m bench.throughput`) on a fresh database, so Django's settings are read once per
+database. The report is printed and written as JSON to bench/results/latest.json.
+
+Exit status: 0 when every benchmark ran and nothing was oversold; missed latency or throughput
+targets are reported as FAIL but do not change the status (they are measurements, not tests).
+"""
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from . import database
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = Path(__file__).resolve().parent / "results"
+JOB_TIMEOUT = 15 * 60  # seconds; a hung benchmark must not hang `make bench`
+DB_LABELS = {"sqlite": "SQLite", "postgres": "PostgreSQL"}
+
+
+@dataclass(frozen=True)
+class Job:
+    suite: str  # "search" or "throughput"
+    db: str
+    module: str
+    args: tuple[str, ...] = ()
+
+
+JOBS = (
+    Job("search", "sqlite", "bench.search", ("--db", "sqlite")),
+    Job("search", "postgres", "bench.search", ("--db", "postgres")),
+    Job("throughput", "postgres", "bench.throughput"),
+)
+
+
+# --- Running ----------------------------------------------------------------------------------
+def run_job(job: Job, *, quick: bool, scratch: Path) -> dict:
+    """Run one benchmark process; its progress streams through, its result comes back as JSON."""
+    out = scratch / f"{job.suite}-{job.db}.json"
+    command = [sys.executable, "-m", job.module, *job.args, "--out", str(out)]
+    if quick:
+        command.append("--quick")
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": database.SETTINGS}
+    print(f"\n▶ {job.suite} on {DB_LABELS[job.db]}", file=sys.stderr, flush=True)
+    began = time.perf_counter()
+    try:
+        finished = subprocess.run(command, cwd=ROOT, env=env, timeout=JOB_TIMEOUT, check=False)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {JOB_TIMEOUT} s"}
+    seconds = round(time.perf_counter() - began, 1)
+    if finished.returncode != 0 or not out.exists():
+        return {"error": f"exited with status {finished.returncode}", "seconds": seconds}
+    return {**json.loads(out.read_text()), "seconds": seconds}
+
+
+def _git(*args: str) -> str:
+    try:
+        done = subprocess.run(
+            ["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10, check=False
+        )
+    except OSError:
+        return ""
+    return done.stdout.strip()
+
+
+def metadata(*, quick: bool) -> dict:
+    return {
+        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "mode": "quick" if quick else "full",
+        "commit": _git("rev-parse", "--short", "HEAD"),
+        # The app code, not this folder: whether the figures belong to `commit` exactly.
+        "uncommitted_changes": bool(_git("status", "--porcelain", "--", ".", ":(exclude)bench")),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "postgres_url": database.postgres_url(),
+    }
+
+
+# --- Report -----------------------------------------------------------------------------------
+def _verdict(passed: bool) -> str:
+    return "PASS" if passed else "FAIL"
+
+
+def _latency_row(label: str, latency: dict, outcomes: dict | None = None) -> str:
+    if not latency.get("n"):
+        return f"    {label:<12} no queries"
+    seen = ", ".join(f"{k} {v}" for k, v in sorted((outcomes or {}).items()))
+    return (
+        f"    {label:<12}{latency['n']:>5}{latency['p50']:>9.1f}{latency['p95']:>9.1f}"
+        f"{latency['max']:>9.1f}   {seen}"
+    )
+
+
+def _all_outcomes(result: dict) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for figures in result["by_category"].values():
+        for outcome, count in figures["outcomes"].items():
+            total[outcome] = total.get(outcome, 0) + count
+    return total
+
+
+def search_report(db: str, result: dict) -> list[str]:
+    if "error" in result:
+        return [f"  {DB_LABELS[db]}: ERROR {result['error']}"]
+    data = result["dataset"]
+    lines = [
+        f"  {DB_LABELS[db]}: {data['nodes']:,} nodes in {data['clusters']} clusters, "
+        f"{data['allocations']:,} live allocations in {data['reservations']:,} reservations "
+        f"(built in {data['build_seconds']} s; overlapping pairs {data['overlapping_live_pairs']})",
+        f"    {'queries':<12}{'n':>5}{'p50 ms':>9}{'p95 ms':>9}{'max ms':>9}   outcomes",
+        _latency_row("all", result["latency_ms"], _all_outcomes(result)),
+    ]
+    for category, figures in result["by_category"].items():
+        lines.append(_latency_row(category, figures["latency_ms"], figures["outcomes"]))
+    statements = ", ".join(
+        f"{category} {profile['sql_statements']}"
+        for category, profile in result["profiles"].items()
+    )
+    lines.append(f"    SQL statements per search: {statements}")
+    lines.append(
+        f"    p95 {result['latency_ms']['p95']:.1f} ms, target < {result['target_p95_ms']:.0f} ms: "
+        f"{_verdict(result['passed'])}"
+    )
+    return lines
+
+
+def throughput_report(result: dict) -> list[str]:
+    if "error" in result:
+        return [f"  PostgreSQL: ERROR {result['error']}"]
+    latency = result["latency_ms"]
+    solo = result["single_client"]
+    one = solo["one_reservation"]
+    errors = ", ".join(f"{k} {v}" for k, v in result["other_errors"].items()) or "none"
+    lines = [
+        f"  PostgreSQL: {result['clients']} clients, one pool of {result['pool']['nodes']} nodes "
+        f"in {result['pool']['clusters']} clusters, {result['wall_seconds']} s",
+        f"    attempts {result['attempts']}: reserved {result['reserved']}, "
+        f"sold out {result['sold_out']}, other errors: {errors}",
+        f"    {result['reservations_per_second']:.1f} reservations/s, target >= "
+        f"{result['target_per_second']:.0f}/s: {_verdict(result['passed'])}",
+        f"    latency p50 {latency['p50']:.1f} ms, p99 {latency['p99']:.1f} ms, "
+        f"max {latency['max']:.1f} ms; {result['serial_ms_per_reservation']} ms of pool time "
+        "per reservation",
+        f"    one client alone: {solo['reservations_per_second']:.1f} reservations/s, "
+        f"p50 {solo['latency_ms']['p50']:.1f} ms",
+        f"    one reservation: {one['sql_statements']} SQL statements, "
+        f"{one['under_pool_lock']} of them while holding the pool lock "
+        f"({', '.join(f'{v} {k}' for k, v in one['under_pool_lock_kinds'].items())})",
+        f"    oversold (overlapping live allocations on one node): {result['oversold']} "
+        f"({_verdict(result['oversold'] == 0)})",
+    ]
+    for kind, message in result["first_error_messages"].items():
+        lines.append(f"    first {kind}: {message}")
+    return lines
+
+
+def report(results: dict) -> str:
+    meta = results["meta"]
+    lines = [
+        f"Hyperblock benchmarks ({meta['mode']}), {meta['started_at']}, commit {meta['commit']}"
+        f"{' + uncommitted changes' if meta['uncommitted_changes'] else ''}, "
+        f"Python {meta['python']}, {meta['cpus']} CPUs",
+    ]
+    if "search" in results:
+        lines += ["", "Offerings search (capacity.offerings.search)"]
+        for db, result in results["search"].items():
+            lines += search_report(db, result)
+    if "throughput" in results:
+        lines += ["", "Reservation throughput (capacity.services.reservation_create)"]
+        lines += throughput_report(results["throughput"]["postgres"])
+    return "\n".join(lines)
+
+
+def succeeded(results: dict) -> bool:
+    """Every benchmark ran, and neither the dataset nor the run oversold a node."""
+    for suite in ("search", "throughput"):
+        for result in results.get(suite, {}).values():
+            if "error" in result:
+                return False
+            if result.get("oversold") or result.get("dataset", {}).get("overlapping_live_pairs"):
+                return False
+    return True
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--only", choices=("search", "throughput"), help="run one suite")
+    parser.add_argument("--quick", action="store_true", help="smaller data, for a smoke run")
+    args = parser.parse_args()
+    results: dict = {"meta": metadata(quick=args.quick)}
+    began = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="hb-bench-results-") as scratch:
+        for job in JOBS:
+            if args.only in (None, job.suite):
+                result = run_job(job, quick=args.quick, scratch=Path(scratch))
+                results.setdefault(job.suite, {})[job.db] = result
+    results["meta"]["seconds"] = round(time.perf_counter() - began, 1)
+    RESULTS.mkdir(exist_ok=True)
+    latest = RESULTS / "latest.json"
+    latest.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    print("\n" + report(results), flush=True)
+    print(f"\nTook {results['meta']['seconds']} s; JSON in {latest.relative_to(ROOT)}")
+    sys.exit(0 if succeeded(results) else 1)
+
+
+if __name__ == "__main__":
+    main()
