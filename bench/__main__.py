@@ -1,8 +1,9 @@
-"""Run the benchmarks and print a report: `python -m bench [--only search|throughput] [--quick]`.
+"""Run the benchmarks and print a report: `python -m bench [--only SUITE] [--quick]`.
 
 Each benchmark runs in its own process (`python -m bench.search --db ...`,
-`python -m bench.throughput`) on a fresh database, so Django's settings are read once per
-database. The report is printed and written as JSON to bench/results/latest.json.
+`python -m bench.throughput`, `python -m bench.webhooks`) on a fresh database, so Django's
+settings are read once per database. The report is printed and written as JSON to
+bench/results/latest.json.
 
 Exit status: 0 when every benchmark ran and nothing was oversold; missed latency or throughput
 targets are reported as FAIL but do not change the status (they are measurements, not tests).
@@ -30,7 +31,7 @@ DB_LABELS = {"sqlite": "SQLite", "postgres": "PostgreSQL"}
 
 @dataclass(frozen=True)
 class Job:
-    suite: str  # "search" or "throughput"
+    suite: str  # "search", "throughput" or "webhooks"
     db: str
     module: str
     args: tuple[str, ...] = ()
@@ -40,6 +41,7 @@ JOBS = (
     Job("search", "sqlite", "bench.search", ("--db", "sqlite")),
     Job("search", "postgres", "bench.search", ("--db", "postgres")),
     Job("throughput", "postgres", "bench.throughput"),
+    Job("webhooks", "postgres", "bench.webhooks"),
 )
 
 
@@ -164,6 +166,27 @@ def throughput_report(result: dict) -> list[str]:
     return lines
 
 
+def webhooks_report(result: dict) -> list[str]:
+    if "error" in result:
+        return [f"  PostgreSQL: ERROR {result['error']}"]
+    latency = result["ack_latency_ms"]
+    statuses = ", ".join(
+        f"{code}: {count}" for code, count in sorted(result["http_statuses"].items())
+    )
+    return [
+        f"  PostgreSQL, gunicorn with {result['web_workers']} workers, "
+        f"{result['senders']} senders: {result['events_sent']:,} signed events "
+        f"({result['duplicates_sent']:,} duplicates), HTTP {statuses}",
+        f"    {result['acknowledged_per_second']:.1f} events/s acknowledged; latency p50 "
+        f"{latency['p50']:.1f} ms, p99 {latency['p99']:.1f} ms, max {latency['max']:.1f} ms; "
+        f"target p99 < {result['target_p99_ms']:.0f} ms: {_verdict(result['passed'])}",
+        f"    stored {result['stored_events']:,} events; processed exactly once: "
+        f"{_verdict(result['processed_exactly_once'])} (all done "
+        f"{result['seconds_until_all_processed']} s after the burst began, "
+        f"{result['still_pending']} pending)",
+    ]
+
+
 def report(results: dict) -> str:
     meta = results["meta"]
     lines = [
@@ -178,14 +201,19 @@ def report(results: dict) -> str:
     if "throughput" in results:
         lines += ["", "Reservation throughput (capacity.services.reservation_create)"]
         lines += throughput_report(results["throughput"]["postgres"])
+    if "webhooks" in results:
+        lines += ["", "Webhook intake (POST /stripe/webhook/)"]
+        lines += webhooks_report(results["webhooks"]["postgres"])
     return "\n".join(lines)
 
 
 def succeeded(results: dict) -> bool:
     """Every benchmark ran, and neither the dataset nor the run oversold a node."""
-    for suite in ("search", "throughput"):
+    for suite in ("search", "throughput", "webhooks"):
         for result in results.get(suite, {}).values():
             if "error" in result:
+                return False
+            if suite == "webhooks" and not result["processed_exactly_once"]:
                 return False
             if result.get("oversold") or result.get("dataset", {}).get("overlapping_live_pairs"):
                 return False
@@ -194,7 +222,9 @@ def succeeded(results: dict) -> bool:
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
-    parser.add_argument("--only", choices=("search", "throughput"), help="run one suite")
+    parser.add_argument(
+        "--only", choices=("search", "throughput", "webhooks"), help="run one suite"
+    )
     parser.add_argument("--quick", action="store_true", help="smaller data, for a smoke run")
     args = parser.parse_args()
     results: dict = {"meta": metadata(quick=args.quick)}

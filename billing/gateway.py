@@ -297,16 +297,17 @@ def dispute_retrieve(dispute_id: str) -> Any:
 
 
 # --- Webhooks ----------------------------------------------------------------------------------
-def webhook_event(payload: bytes, signature: str) -> Any:
-    """Verify Stripe's signature over the raw body (and its timestamp tolerance)."""
+def verify_webhook(payload: bytes, signature: str) -> None:
+    """Check Stripe's signature over the raw body and its timestamp tolerance; the caller parses
+    the body itself (building Stripe's event object would parse it a second time)."""
     if not settings.STRIPE_WEBHOOK_SECRET:
         raise WebhookSignatureError("No webhook secret is configured.")
     try:
-        return stripe.Webhook.construct_event(
-            payload,
+        stripe.WebhookSignature.verify_header(
+            payload.decode("utf-8"),
             signature,
             settings.STRIPE_WEBHOOK_SECRET,
             tolerance=settings.STRIPE_WEBHOOK_TOLERANCE_SECONDS,
         )
-    except (stripe.SignatureVerificationError, ValueError) as exc:
+    except (stripe.SignatureVerificationError, UnicodeDecodeError) as exc:
         raise WebhookSignatureError(str(exc)) from exc

@@ -266,7 +266,9 @@ class WebhookEvent(AppendOnly):
 
 
 class WebhookProcessing(models.Model):
-    """How processing of one event went (kept apart so the event itself never changes)."""
+    """How processing of one event went (kept apart so the event itself never changes).
+
+    Written by the processing task; an event without one has not been picked up yet."""
 
     class Status(models.TextChoices):
         PENDING = "pending", "Pending"

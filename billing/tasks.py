@@ -6,7 +6,7 @@ from django.utils import timezone
 from capacity.models import Reservation
 
 from . import gateway, reconciliation, services, webhooks
-from .models import Refund, WebhookProcessing
+from .models import Refund, WebhookEvent, WebhookProcessing
 
 TRANSIENT = (gateway.GatewayUnavailable,)
 
@@ -58,13 +58,18 @@ def settle_pending() -> int:
 
 @shared_task(name="billing.retry_webhooks")
 def retry_webhooks() -> int:
-    """Re-enqueue events whose processing never finished (worker died, broker was down)."""
+    """Re-enqueue events whose processing never started or never finished (a worker died, the
+    broker was down when the event arrived)."""
     stale = timezone.now() - timedelta(minutes=2)
-    events = WebhookProcessing.objects.filter(
+    never_started = WebhookEvent.objects.filter(
+        received_at__lt=stale, processing__isnull=True
+    ).values_list("pk", flat=True)
+    unfinished = WebhookProcessing.objects.filter(
         status__in=[WebhookProcessing.Status.PENDING, WebhookProcessing.Status.FAILED],
         updated_at__lt=stale,
         attempts__lt=10,
     ).values_list("event_id", flat=True)
+    events = sorted({*never_started, *unfinished})
     for event_id in events:
         process_webhook_event.delay(event_id=event_id)
     return len(events)

@@ -25,14 +25,17 @@ class BadEvent(ValueError):
 def receive(payload: bytes, signature: str) -> tuple[WebhookEvent, bool]:
     """Verify and store an event; returns (event, created). Raises BadEvent or the gateway's
     WebhookSignatureError; in both cases nothing is stored."""
-    event = gateway.webhook_event(payload, signature)
+    gateway.verify_webhook(payload, signature)
     try:
         body = json.loads(payload)
+    except ValueError as exc:
+        raise BadEvent("The body is not valid JSON.") from exc
+    try:
         event_id, event_type = body["id"], body["type"]
         data_object = body.get("data", {}).get("object", {}) or {}
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+    except (KeyError, TypeError, AttributeError) as exc:
         raise BadEvent("The event has no id or type.") from exc
-    if not isinstance(event_id, str) or not event_id.startswith("evt_") or event.id != event_id:
+    if not isinstance(event_id, str) or not event_id.startswith("evt_") or len(event_id) > 80:
         raise BadEvent("The event id is not valid.")
     object_id = data_object.get("id", "") if isinstance(data_object, dict) else ""
     try:
@@ -43,7 +46,6 @@ def receive(payload: bytes, signature: str) -> tuple[WebhookEvent, bool]:
                 object_id=str(object_id)[:80],
                 payload=body,
             )
-            WebhookProcessing.objects.create(event=stored)
     except IntegrityError:
         return WebhookEvent.objects.get(stripe_event_id=event_id), False
     from .tasks import process_webhook_event
@@ -82,33 +84,30 @@ def process(event_pk: int) -> str:
     """Apply one stored event; returns the resulting status. Raises the gateway's
     GatewayUnavailable so the task can retry later."""
     event = WebhookEvent.objects.get(pk=event_pk)
-    unfinished = WebhookProcessing.objects.filter(event=event).exclude(
-        status__in=[WebhookProcessing.Status.PROCESSED, WebhookProcessing.Status.IGNORED]
-    )
-    if not unfinished.exists():  # handlers are idempotent; this only saves Stripe calls
-        return WebhookProcessing.objects.get(event=event).status
+    processing, _ = WebhookProcessing.objects.get_or_create(event=event)
+    if processing.status in (WebhookProcessing.Status.PROCESSED, WebhookProcessing.Status.IGNORED):
+        return processing.status  # handlers are idempotent; this only saves Stripe calls
     handler = HANDLERS.get(event.type)
     if handler is None:
-        _finish(event, WebhookProcessing.Status.IGNORED)
-        return WebhookProcessing.Status.IGNORED
+        return _finish(processing, WebhookProcessing.Status.IGNORED)
     try:
         handler(event.object_id)
     except gateway.GatewayUnavailable as exc:
-        _finish(event, WebhookProcessing.Status.PENDING, error=exc.message)
+        _finish(processing, WebhookProcessing.Status.PENDING, error=exc.message)
         raise
     except Exception as exc:
         logger.exception("processing webhook event %s failed", event.stripe_event_id)
-        _finish(event, WebhookProcessing.Status.FAILED, error=f"{type(exc).__name__}: {exc}")
-        return WebhookProcessing.Status.FAILED
-    _finish(event, WebhookProcessing.Status.PROCESSED)
-    return WebhookProcessing.Status.PROCESSED
+        return _finish(
+            processing, WebhookProcessing.Status.FAILED, error=f"{type(exc).__name__}: {exc}"
+        )
+    return _finish(processing, WebhookProcessing.Status.PROCESSED)
 
 
-def _finish(event: WebhookEvent, status: str, error: str = "") -> None:
-    processing = WebhookProcessing.objects.get(event=event)
+def _finish(processing: WebhookProcessing, status: str, error: str = "") -> str:
     processing.status = status
     processing.attempts += 1
     processing.last_error = error[:2000]
     if status in (WebhookProcessing.Status.PROCESSED, WebhookProcessing.Status.IGNORED):
         processing.processed_at = timezone.now()
     processing.save()
+    return status
