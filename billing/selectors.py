@@ -31,3 +31,14 @@ def balance(organization: Organization) -> Decimal:
     """What the organization owes now: the sum of its ledger."""
     total = ledger_for_org(organization).aggregate(total=Sum("amount"))["total"]
     return total or Decimal("0.00")
+
+
+def spend_since(organization: Organization, since) -> Decimal:  # type: ignore[no-untyped-def]
+    """Charges net of credits since a moment: what the organization was billed."""
+    kinds = [LedgerEntry.Kind.CHARGE, LedgerEntry.Kind.CREDIT, LedgerEntry.Kind.USAGE]
+    total = (
+        ledger_for_org(organization)
+        .filter(kind__in=kinds, created_at__gte=since)
+        .aggregate(total=Sum("amount"))["total"]
+    )
+    return total or Decimal("0.00")

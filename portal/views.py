@@ -5,12 +5,14 @@ from django.conf import settings
 from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
+from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
 from accounts import selectors as account_selectors
 from accounts.decorators import org_member
 from accounts.permissions import Permission, can
+from billing import selectors as billing_selectors
 from capacity import selectors as capacity_selectors
 
 from .celery import app as celery_app
@@ -38,7 +40,10 @@ def dashboard(request: HttpRequest) -> HttpResponse:
     role = request.membership.role
     team = account_selectors.team_members(organization)
     reservations = capacity_selectors.reservations_for_org(organization)
+    month_start = timezone.now().replace(day=1, hour=0, minute=0, second=0, microsecond=0)
     context = {
+        "spend_this_month": billing_selectors.spend_since(organization, month_start),
+        "may_see_billing": can(role, Permission.VIEW_BILLING),
         "counts": capacity_selectors.reservation_counts(organization),
         "upcoming": reservations.filter(state__in=capacity_selectors.LIVE_STATES).order_by(
             "starts_at"

@@ -207,3 +207,20 @@ def test_localstripe_delivers_a_signed_webhook_that_we_process(
     delivered = WebhookEvent.objects.get(object_id=payment.stripe_payment_intent_id)
     assert delivered.type == "payment_intent.succeeded"
     assert Payment.objects.filter(status="succeeded").count() == 1
+
+
+def test_dashboard_shows_this_months_spend_and_the_reservation(
+    catalog, organization, owner, stripe_api
+):
+    reservation = held_reservation(organization, owner, catalog)
+    services.pay_by_card(
+        reservation=reservation, actor=owner, payment_method_id=card(stripe_api), attempt_token="d"
+    )
+    page = client_for(owner).get(reverse("dashboard", args=[organization.slug]))
+    assert page.context["spend_this_month"] == Decimal("768.00")
+    assert page.context["counts"] == {"scheduled": 1}
+    assert 'data-testid="spend">$768.00<' in page.content.decode()
+    member_page = client_for(member_of(organization, Role.MEMBER)).get(
+        reverse("dashboard", args=[organization.slug])
+    )
+    assert 'data-testid="spend"' not in member_page.content.decode()
