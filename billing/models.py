@@ -72,6 +72,9 @@ class Payment(models.Model):
     stripe_payment_intent_id = models.CharField(max_length=64, unique=True, null=True, blank=True)
     # One per press of "Pay": the same token (a double click, a retried request) is one payment.
     attempt_token = models.CharField(max_length=64)
+    # Whether the customer asked to keep the card for later; other cards are detached once the
+    # payment is settled, so the organization's saved cards are the ones it chose to save.
+    keep_card = models.BooleanField(default=False)
     amount = models.DecimalField(max_digits=14, decimal_places=2)
     currency = models.CharField(max_length=3)
     amount_refunded = models.DecimalField(max_digits=14, decimal_places=2, default=Decimal("0.00"))

@@ -52,6 +52,42 @@ def require_may_pay(*, actor: User, organization: Organization) -> None:
         raise NotAllowed(f"Your role ({membership.get_role_display().lower()}) cannot pay.")
 
 
+def _is_billing_manager(actor: User, organization: Organization) -> bool:
+    membership = membership_for(user=actor, slug=organization.slug)
+    return membership is not None and can(membership.role, Permission.MANAGE_BILLING)
+
+
+def _forget_card(account: BillingAccount, payment_method_id: str) -> None:
+    """Detach a card the customer did not ask to keep (never the default). Best effort: a
+    card left attached is only clutter on the billing page."""
+    account.refresh_from_db()
+    if not payment_method_id or payment_method_id == account.default_payment_method_id:
+        return
+    try:
+        gateway.payment_method_detach(payment_method_id=payment_method_id, idempotency_key=None)
+    except gateway.PaymentError as exc:
+        logger.warning("could not detach card %s: %s", payment_method_id, exc.message)
+
+
+def _settle_card(payment: Payment, payment_method_id: str) -> None:
+    """After a successful payment: keep the card as the default if asked, else let it go."""
+    account = billing_account_for(payment.organization)
+    if payment.keep_card:
+        with transaction.atomic():
+            locked = BillingAccount.objects.select_for_update().get(pk=account.pk)
+            locked.default_payment_method_id = payment_method_id
+            locked.save(update_fields=["default_payment_method_id"])
+            audit.record(
+                action="payment_method.made_default",
+                actor=payment.created_by,
+                organization=payment.organization,
+                target=locked,
+                data={"payment_method": payment_method_id, "payment": payment.public_id},
+            )
+    else:
+        _forget_card(account, payment_method_id)
+
+
 def require_billing_manager(*, actor: User, organization: Organization) -> None:
     membership = membership_for(user=actor, slug=organization.slug)
     if membership is None or not can(membership.role, Permission.MANAGE_BILLING):
@@ -148,15 +184,18 @@ def pay_by_card(
     payment_method_id: str,
     attempt_token: str,
     off_session: bool = False,
+    keep_card: bool = False,
 ) -> Payment:
     """Charge a card for a held reservation, confirming the PaymentIntent on the server.
 
     One attempt token makes one PaymentIntent: a double-clicked button pays once. A declined
     card raises PaymentError (the attempt is kept as failed; the customer may try again until
     the hold lapses); a card that needs 3-D Secure leaves the payment `requires_action` for
-    the page to confirm with Stripe.js.
+    the page to confirm with Stripe.js. With `keep_card` (billing managers only) the card
+    becomes the organization's default once paid; otherwise it is not kept.
     """
     require_may_pay(actor=actor, organization=reservation.organization)
+    keep_card = keep_card and _is_billing_manager(actor, reservation.organization)
     require_active_organization(reservation.organization)
     _payable(reservation)
     if not attempt_token or len(attempt_token) > 64:
@@ -173,6 +212,7 @@ def pay_by_card(
                     "created_by": actor,
                     "amount": reservation.total,
                     "currency": reservation.currency,
+                    "keep_card": keep_card,
                 },
             )
     except IntegrityError:  # the same click, racing itself
@@ -198,6 +238,7 @@ def pay_by_card(
             failure_message=exc.message[:300],
             stripe_payment_intent_id=_intent_id_from_error(exc),
         )
+        _forget_card(account, method)  # a declined card is not worth keeping
         raise
     Payment.objects.filter(pk=payment.pk).update(stripe_payment_intent_id=intent.id)
     return payment_sync(payment_intent_id=intent.id) or payment
@@ -264,15 +305,23 @@ def payment_sync(*, payment_intent_id: str) -> Payment | None:
         error = getattr(intent, "last_payment_error", None)
         if status == Payment.Status.PENDING and error:
             status = Payment.Status.FAILED
-        if payment.status == Payment.Status.SUCCEEDED or status != Payment.Status.SUCCEEDED:
-            if payment.status != Payment.Status.SUCCEEDED and payment.status != status:
-                payment.status = status
-                payment.failure_message = (
-                    (getattr(error, "message", "") or "")[:300] if error else ""
-                )
-                payment.save(update_fields=["status", "failure_message", "updated_at"])
-            return payment
-        follow_up = _book_success(payment, intent, card)
+        if payment.status == Payment.Status.SUCCEEDED or payment.status == status:
+            return payment  # nothing new
+        if status != Payment.Status.SUCCEEDED:
+            payment.status = status
+            payment.failure_message = (getattr(error, "message", "") or "")[:300] if error else ""
+            payment.save(update_fields=["status", "failure_message", "updated_at"])
+            settled = status in (Payment.Status.FAILED, Payment.Status.CANCELED)
+        else:
+            follow_up = _book_success(payment, intent, card)
+            settled = True
+    method = getattr(intent, "payment_method", None)
+    if settled and method:  # the card is no longer needed for this payment
+        method_id = method if isinstance(method, str) else method.id
+        if payment.status == Payment.Status.SUCCEEDED:
+            _settle_card(payment, method_id)
+        else:
+            _forget_card(billing_account_for(payment.organization), method_id)
     if follow_up is not None:
         follow_up()
     return payment

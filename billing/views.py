@@ -140,13 +140,8 @@ def pay_card(request: HttpRequest, public_id: str) -> JsonResponse:
             actor=request.user,
             payment_method_id=request.POST.get("payment_method", ""),
             attempt_token=request.POST.get("attempt", ""),
+            keep_card=request.POST.get("make_default") == "on",
         )
-        if request.POST.get("make_default") == "on":
-            payment_methods.make_default(
-                organization=request.organization,
-                actor=request.user,
-                payment_method_id=request.POST["payment_method"],
-            )
     except ServiceError as exc:
         body = {"error": exc.message, "code": exc.code, "attempt": _attempt()}
         if isinstance(exc, gateway.PaymentError) and not isinstance(

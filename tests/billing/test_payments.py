@@ -301,3 +301,32 @@ def test_invoice_terms_skip_the_card(catalog, organization, owner, stripe_api):
     assert reservation.state == S.SCHEDULED
     with pytest.raises(services.Conflict, match="there is nothing to pay"):
         pay(reservation, owner, stripe_api)
+
+
+def test_only_cards_the_customer_asked_to_keep_stay_saved(catalog, organization, owner, stripe_api):
+    from billing import payment_methods
+
+    account = services.billing_account_for(organization)
+    with pytest.raises(PaymentError):
+        pay(
+            held_reservation(organization, owner, catalog),
+            owner,
+            stripe_api,
+            DECLINED,
+            attempt="no",
+        )
+    pay(held_reservation(organization, owner, catalog), owner, stripe_api, attempt="once")
+    assert payment_methods.cards(account) == []
+    kept = services.pay_by_card(
+        reservation=held_reservation(organization, owner, catalog),
+        actor=owner,
+        payment_method_id=card(stripe_api),
+        attempt_token="keep",
+        keep_card=True,
+    )
+    account.refresh_from_db()
+    assert [c.last4 for c in payment_methods.cards(account)] == ["4242"]
+    assert (
+        account.default_payment_method_id
+        == services.gateway.payment_intent_retrieve(kept.stripe_payment_intent_id).payment_method
+    )
