@@ -1,37 +1,19 @@
-import secrets
 from decimal import Decimal
 
 from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
-
-def _public_id(prefix: str) -> str:
-    alphabet = "abcdefghijkmnpqrstuvwxyz23456789"
-    return prefix + "".join(secrets.choice(alphabet) for _ in range(14))
+from portal.ids import public_id
+from portal.models import AppendOnly
 
 
 def new_payment_id() -> str:
-    return _public_id("pay_")
+    return public_id("pay_")
 
 
 def new_refund_id() -> str:
-    return _public_id("ref_")
-
-
-class AppendOnly(models.Model):
-    """Rows that record what happened: written once, never changed or deleted."""
-
-    class Meta:
-        abstract = True
-
-    def save(self, *args: object, **kwargs: object) -> None:
-        if not self._state.adding:
-            raise PermissionError(f"{type(self).__name__} rows are append-only.")
-        super().save(*args, **kwargs)
-
-    def delete(self, *args: object, **kwargs: object) -> tuple[int, dict[str, int]]:
-        raise PermissionError(f"{type(self).__name__} rows are append-only.")
+    return public_id("ref_")
 
 
 class BillingAccount(models.Model):

@@ -268,11 +268,9 @@ def card_add(request: HttpRequest) -> HttpResponse:
     )
 
 
-@org_member(Permission.MANAGE_BILLING)
-@require_POST
-def card_default(request: HttpRequest, payment_method_id: str) -> HttpResponse:
+def _card_change(request: HttpRequest, change, payment_method_id: str, done: str) -> HttpResponse:  # type: ignore[no-untyped-def]
     try:
-        payment_methods.make_default(
+        change(
             organization=request.organization,
             actor=request.user,
             payment_method_id=payment_method_id,
@@ -280,24 +278,22 @@ def card_default(request: HttpRequest, payment_method_id: str) -> HttpResponse:
     except ServiceError as exc:
         messages.error(request, exc.message)
     else:
-        messages.success(request, "Default card changed.")
+        messages.success(request, done)
     return redirect("billing", slug=request.organization.slug)
+
+
+@org_member(Permission.MANAGE_BILLING)
+@require_POST
+def card_default(request: HttpRequest, payment_method_id: str) -> HttpResponse:
+    return _card_change(
+        request, payment_methods.make_default, payment_method_id, "Default card changed."
+    )
 
 
 @org_member(Permission.MANAGE_BILLING)
 @require_POST
 def card_remove(request: HttpRequest, payment_method_id: str) -> HttpResponse:
-    try:
-        payment_methods.remove(
-            organization=request.organization,
-            actor=request.user,
-            payment_method_id=payment_method_id,
-        )
-    except ServiceError as exc:
-        messages.error(request, exc.message)
-    else:
-        messages.success(request, "Card removed.")
-    return redirect("billing", slug=request.organization.slug)
+    return _card_change(request, payment_methods.remove, payment_method_id, "Card removed.")
 
 
 @org_member(Permission.VIEW_BILLING)

@@ -1,10 +1,11 @@
-import secrets
 from decimal import Decimal
 
 from django.conf import settings
 from django.core.validators import MinValueValidator
 from django.db import models
 from django.utils import timezone
+
+from portal.ids import public_id
 
 
 class GpuModel(models.Model):
@@ -161,8 +162,7 @@ class NegotiatedRate(models.Model):
 
 
 def new_public_id() -> str:
-    alphabet = "abcdefghijkmnpqrstuvwxyz23456789"
-    return "rsv_" + "".join(secrets.choice(alphabet) for _ in range(14))
+    return public_id("rsv_")
 
 
 class Reservation(models.Model):
