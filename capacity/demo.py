@@ -120,6 +120,8 @@ def load_bookings(password: str) -> int:
                     )
                 except services.SoldOut:
                     continue
-                services.reservation_confirm(reservation=held, actor=None, reason="Demo booking.")
+                services.reservation_confirm(
+                    reservation=held, actor=None, reason="Demo booking.", notify=False
+                )
                 made += 1
     return made

@@ -9,6 +9,7 @@ from django.utils import timezone
 from portal import audit
 from portal.errors import Conflict
 
+from . import notifications
 from .models import Allocation, Reservation
 
 S = Reservation.State
@@ -46,6 +47,7 @@ def transition(
     data: dict | None = None,
     fields: dict[str, Any] | None = None,
     after_commit: Callable[[], None] | None = None,
+    notify: bool = True,
 ) -> Reservation:
     """Move a reservation to `to` if that is legal from its current (locked) state.
 
@@ -80,4 +82,6 @@ def transition(
     )
     if after_commit is not None:
         transaction.on_commit(after_commit)
+    if notify and to in notifications.TEMPLATES:
+        notifications.notify(locked, notifications.TEMPLATES[to])
     return locked

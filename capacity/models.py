@@ -207,6 +207,11 @@ class Reservation(models.Model):
     refund_due = models.DecimalField(max_digits=14, decimal_places=2, null=True, blank=True)
     # A form's one-time token: a stale form submitted twice finds the first reservation.
     request_token = models.CharField(max_length=64, blank=True, default="", editable=False)
+    # Provisioning: how the customer reaches the block. The secret part (a kubeconfig with its
+    # token) is encrypted at rest, so it can be downloaded again during the block.
+    access_details = models.JSONField(default=dict, blank=True)
+    access_secret = models.TextField(blank=True, help_text="Encrypted (portal.crypto).")
+    reminders_sent = models.JSONField(default=list, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -309,3 +314,59 @@ class Allocation(models.Model):
 
     def __str__(self) -> str:
         return f"{self.node_id} for {self.reservation_id}"
+
+
+class Incident(models.Model):
+    """Something operations must look at: a failed provisioning, an unhealthy node."""
+
+    class Kind(models.TextChoices):
+        PROVISIONING_FAILED = "provisioning_failed", "Provisioning failed"
+        NODE_UNHEALTHY = "node_unhealthy", "Node unhealthy"
+        NODE_SWAPPED = "node_swapped", "Node swapped"
+        STUCK = "stuck", "Reservation stuck"
+
+    kind = models.CharField(max_length=32, choices=Kind.choices)
+    reservation = models.ForeignKey(
+        Reservation, null=True, blank=True, on_delete=models.PROTECT, related_name="incidents"
+    )
+    node = models.ForeignKey(
+        Node, null=True, blank=True, on_delete=models.PROTECT, related_name="incidents"
+    )
+    detail = models.TextField()
+    created_at = models.DateTimeField(default=timezone.now)
+    resolved_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["kind", "resolved_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()}: {self.detail[:60]}"
+
+
+class SimulatedCall(models.Model):
+    """The simulated data center's memory of one driver call, by its idempotency key.
+
+    Kept in the database so it outlives the worker process that made the call: a call
+    repeated after a crash finds what the first one did."""
+
+    key = models.CharField(max_length=120, unique=True)
+    nodes = models.JSONField(default=list)
+    attempts = models.PositiveIntegerField(default=0)
+    completions = models.PositiveIntegerField(default=0)
+    result = models.JSONField(default=dict, blank=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return self.key
+
+
+class SimulatedNode(models.Model):
+    """A node in the simulated data center: what runs on it, and whether it is healthy."""
+
+    hostname = models.CharField(max_length=80, unique=True)
+    block = models.CharField(max_length=120, blank=True)
+    fault = models.CharField(max_length=200, blank=True, help_text="Empty when healthy.")
+
+    def __str__(self) -> str:
+        return self.hostname

@@ -10,7 +10,6 @@ constraint on PostgreSQL is the guarantee behind both.
 from datetime import datetime, timedelta
 from decimal import Decimal
 
-from celery import current_app
 from django.conf import settings
 from django.db import OperationalError, connection, transaction
 from django.utils import timezone
@@ -23,9 +22,10 @@ from accounts.services import (
     require_verified_email,
 )
 from portal import audit
+from portal.celery import app as celery_app
 from portal.errors import Conflict, ServiceError
 
-from . import lifecycle, offerings, pricing, selectors
+from . import lifecycle, offerings, pricing, provisioning, selectors
 from .models import Allocation, Cluster, GpuModel, Region, Reservation
 from .windows import HOUR, Window, validate_node_count
 
@@ -50,7 +50,7 @@ def settle_money_after_commit(reservation_id: int) -> None:
     periodic sweep does the same, so a lost message only delays it."""
 
     def enqueue() -> None:
-        current_app.signature(
+        celery_app.signature(
             "billing.settle_reservation", kwargs={"reservation_id": reservation_id}
         ).apply_async()
 
@@ -271,9 +271,10 @@ def _create_locked(
 
 # --- Confirmation (payment received) ----------------------------------------------------------
 def reservation_confirm(
-    *, reservation: Reservation, actor: User | None, reason: str
+    *, reservation: Reservation, actor: User | None, reason: str, notify: bool = True
 ) -> Reservation:
-    """Confirm a paid reservation: held (or expired by a late payment) becomes scheduled.
+    """Confirm a paid reservation: held (or expired by a late payment) becomes scheduled, and
+    one paid at or after its start goes straight on to provisioning.
 
     A hold that already expired gets nodes again under the pool lock, the same nodes when they
     are still free; when the pool has no room any more this raises SoldOut and the caller
@@ -281,23 +282,34 @@ def reservation_confirm(
     """
     clusters = selectors.pool_clusters(reservation.gpu_model, reservation.region)
     try:
-        return _confirm_locked(
-            reservation=reservation, actor=actor, reason=reason, clusters=clusters
+        confirmed = _confirm_locked(
+            reservation=reservation, actor=actor, reason=reason, clusters=clusters, notify=notify
         )
     except _NoCapacity:
         raise SoldOut(
             f"The hold on {reservation.public_id} lapsed and its capacity has been taken since.",
         ) from None
+    lead = timezone.now() + settings.PROVISIONING_LEAD
+    if confirmed.state == S.SCHEDULED and confirmed.starts_at <= lead:
+        provisioning.start(confirmed)
+    return confirmed
 
 
 @transaction.atomic
 def _confirm_locked(
-    *, reservation: Reservation, actor: User | None, reason: str, clusters: list[Cluster]
+    *,
+    reservation: Reservation,
+    actor: User | None,
+    reason: str,
+    clusters: list[Cluster],
+    notify: bool,
 ) -> Reservation:
     lock_pool(clusters)
     locked = Reservation.objects.select_for_update().get(pk=reservation.pk)
     if locked.state == S.HELD:
-        return lifecycle.transition(reservation=locked, to=S.SCHEDULED, actor=actor, reason=reason)
+        return lifecycle.transition(
+            reservation=locked, to=S.SCHEDULED, actor=actor, reason=reason, notify=notify
+        )
     if locked.state != S.EXPIRED:
         if locked.state in lifecycle.FINAL:
             raise Conflict(
@@ -332,6 +344,7 @@ def _confirm_locked(
         to=S.SCHEDULED,
         actor=actor,
         reason=f"{reason} Paid after the hold lapsed; capacity was still free.",
+        notify=notify,
         data={"reallocated": sorted(node_ids) != sorted(previous)},
         fields={"cluster": cluster},
     )

@@ -13,6 +13,16 @@ urlpatterns = [
         name="reservation-detail",
     ),
     path(
+        "o/<slug:slug>/reservations/<str:public_id>/status/",
+        views.reservation_status,
+        name="reservation-status",
+    ),
+    path(
+        "o/<slug:slug>/reservations/<str:public_id>/kubeconfig/",
+        views.reservation_kubeconfig,
+        name="reservation-kubeconfig",
+    ),
+    path(
         "o/<slug:slug>/reservations/<str:public_id>/cancel/",
         views.reservation_cancel,
         name="reservation-cancel",

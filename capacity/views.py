@@ -8,6 +8,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from accounts.decorators import org_member
 from accounts.permissions import Permission, can
+from portal import audit, crypto
 from portal.errors import ServiceError
 from portal.forms import add_service_error
 
@@ -226,6 +227,40 @@ def reservation_detail(request: HttpRequest, public_id: str) -> HttpResponse:
     return render(
         request, "capacity/reservation_detail.html", _detail_context(request, reservation)
     )
+
+
+@org_member(Permission.VIEW_RESERVATIONS)
+@require_GET
+def reservation_status(request: HttpRequest, public_id: str) -> HttpResponse:
+    """htmx: the state, timeline and access panel; polls itself while a transition runs."""
+    reservation = _reservation(request, public_id)
+    if reservation is None:
+        return render(request, "404.html", status=404)
+    return render(request, "capacity/_live.html", _detail_context(request, reservation))
+
+
+@org_member(Permission.VIEW_RESERVATIONS)
+@require_GET
+def reservation_kubeconfig(request: HttpRequest, public_id: str) -> HttpResponse:
+    reservation = _reservation(request, public_id)
+    if (
+        reservation is None
+        or reservation.state != Reservation.State.ACTIVE
+        or not reservation.access_secret
+    ):
+        return render(request, "404.html", status=404)
+    response = HttpResponse(
+        crypto.decrypt(reservation.access_secret), content_type="application/yaml"
+    )
+    response["Content-Disposition"] = f'attachment; filename="{reservation.public_id}.kubeconfig"'
+    response["Cache-Control"] = "no-store"
+    audit.record(
+        action="reservation.kubeconfig_downloaded",
+        actor=request.user,
+        organization=request.organization,
+        target=reservation,
+    )
+    return response
 
 
 @org_member(Permission.MANAGE_RESERVATIONS)

@@ -247,6 +247,10 @@ CELERY_TASK_ROUTES = {
 # Periodic work lives in code; every entry is safe to run twice.
 CELERY_BEAT_SCHEDULE = {
     "capacity.expire_holds": {"task": "capacity.expire_holds", "schedule": 60.0},
+    "capacity.start_due": {"task": "capacity.start_due", "schedule": 60.0},
+    "capacity.end_due": {"task": "capacity.end_due", "schedule": 60.0},
+    "capacity.remind": {"task": "capacity.remind", "schedule": 300.0},
+    "capacity.reconcile": {"task": "capacity.reconcile", "schedule": 300.0},
     "billing.settle_pending": {"task": "billing.settle_pending", "schedule": 300.0},
     "billing.retry_webhooks": {"task": "billing.retry_webhooks", "schedule": 120.0},
     "billing.reconcile": {"task": "billing.reconcile", "schedule": crontab(hour=3, minute=17)},
@@ -270,6 +274,22 @@ CAPACITY_SERIALIZE_ALLOCATIONS = True
 CAPACITY_CANCELLATION_POLICY = [(timedelta(days=7), 100), (timedelta(0), 50)]
 CAPACITY_ALTERNATIVES = 3  # alternative start times offered when a window is sold out
 CAPACITY_ALTERNATIVE_SPAN = timedelta(days=3)  # how far from the asked start to look
+
+# --- Provisioning ---------------------------------------------------------------------------
+PROVISIONING_DRIVER = env.str(
+    "PROVISIONING_DRIVER", default="capacity.drivers.simulated.SimulatedDriver"
+)
+PROVISIONING_LEAD = timedelta(minutes=10)  # start provisioning this long before the start
+PROVISIONING_CLEANUP_BUFFER = timedelta(minutes=0)  # release this long before the end
+PROVISIONING_STUCK_AFTER = timedelta(minutes=15)  # a transition taking longer is retried
+PROVISIONING_MAX_RETRIES = 6  # transient driver errors, with exponential backoff
+REMINDERS_BEFORE_END = [timedelta(hours=24), timedelta(hours=1)]
+PROVISIONING_SIMULATED_LATENCY = env.float("PROVISIONING_SIMULATED_LATENCY", default=2.0)
+PROVISIONING_SIMULATED_FAILURE_RATE = env.float("PROVISIONING_SIMULATED_FAILURE_RATE", default=0.1)
+PROVISIONING_SIMULATED_SEED = env.str("PROVISIONING_SIMULATED_SEED", default="hyperblock")
+PROVISIONING_SIMULATED_BROKEN_NODES: list[str] = []
+# Fernet key for secrets kept at rest (kubeconfigs); empty derives one from SECRET_KEY.
+FIELD_ENCRYPTION_KEY = env.str("FIELD_ENCRYPTION_KEY", default="")
 
 # --- Stripe ---------------------------------------------------------------------------------
 STRIPE_SECRET_KEY = env.str("STRIPE_SECRET_KEY", default="")

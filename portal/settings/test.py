@@ -46,3 +46,7 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":  # noqa: F405
     DATABASES["default"]["TEST"] = {  # noqa: F405
         "NAME": str(Path(tempfile.mkdtemp(prefix="hb-db-")) / "test.sqlite3")
     }
+
+# The simulated data center answers at once and never fails, unless a test says otherwise.
+PROVISIONING_SIMULATED_LATENCY = env.float("PROVISIONING_SIMULATED_LATENCY", default=0.0)
+PROVISIONING_SIMULATED_FAILURE_RATE = 0.0

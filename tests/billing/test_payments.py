@@ -57,8 +57,10 @@ def test_paying_by_card_confirms_books_and_mails_a_receipt(
     assert reservation.state == S.SCHEDULED
     assert ledger(organization) == [("charge", Decimal("768.00")), ("payment", Decimal("-768.00"))]
     assert selectors.balance(organization) == Decimal("0.00")
-    assert [m.subject for m in mail.outbox] == [f"Receipt for reservation {reservation.public_id}"]
-    assert mail.outbox[0].to == [organization.billing_email]
+    assert [(m.subject, m.to) for m in mail.outbox] == [
+        (f"Reservation {reservation.public_id} is confirmed", [owner.email]),
+        (f"Receipt for reservation {reservation.public_id}", [organization.billing_email]),
+    ]
 
 
 def test_the_same_attempt_twice_charges_once(catalog, organization, owner, stripe_api):

@@ -52,7 +52,8 @@ def test_reserve_decline_then_pay_with_three_d_secure(
     page.click("text=Complete authentication")  # and the payment's
     page.wait_for_url(f"**/reservations/{reservation.public_id}/")
     page.screenshot(path=screenshots / "paid.png", full_page=True)
-    assert "Scheduled" in page.inner_text("h1")
+    assert "Active" in page.inner_text("h1")  # it starts now, so it was provisioned at once
+    assert page.locator("[data-testid=access] code").count() == 4  # 2 nodes: name and ssh
     reservation.refresh_from_db()
-    assert reservation.state == Reservation.State.SCHEDULED
+    assert reservation.state == Reservation.State.ACTIVE
     assert sorted(Payment.objects.values_list("status", flat=True)) == ["failed", "succeeded"]

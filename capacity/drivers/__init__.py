@@ -1,0 +1,56 @@
+"""Provisioning drivers: one small protocol, chosen by the PROVISIONING_DRIVER setting."""
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from django.conf import settings
+from django.utils.module_loading import import_string
+
+
+class DriverError(Exception):
+    """The driver could not do it."""
+
+
+class TransientDriverError(DriverError):
+    """Worth retrying: a timeout, the controller unreachable, a busy node."""
+
+
+class PermanentDriverError(DriverError):
+    """Retrying will not help: an unknown node, capacity the backend refuses."""
+
+
+@dataclass(frozen=True)
+class NodeAccess:
+    hostname: str
+    ssh_host: str
+    ssh_port: int
+    ssh_user: str
+
+
+@dataclass(frozen=True)
+class Access:
+    """How the customer reaches the block. `secret` (a kubeconfig with its token) is stored
+    encrypted; the rest is shown as it is."""
+
+    nodes: list[NodeAccess] = field(default_factory=list)
+    instructions: str = ""
+    secret: str = ""
+
+
+class Driver(Protocol):
+    def provision(self, *, key: str, account: str, nodes: list[str], starts_at, ends_at) -> Access:  # type: ignore[no-untyped-def]
+        """Bring the nodes up for the block. Idempotent per `key`: a second call with the same
+        key returns the first result without doing the work again."""
+
+    def deprovision(self, *, key: str, nodes: list[str]) -> None:
+        """Tear the block down. Idempotent: tearing down what is gone is done."""
+
+    def extend(self, *, key: str, nodes: list[str], ends_at) -> None:  # type: ignore[no-untyped-def]
+        """Move the block's end."""
+
+    def health(self, *, nodes: list[str]) -> dict[str, str]:
+        """Each node's state: "ok", or why it is not."""
+
+
+def get_driver() -> Driver:
+    return import_string(settings.PROVISIONING_DRIVER)()

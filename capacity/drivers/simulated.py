@@ -1,0 +1,110 @@
+"""A simulated data center: configurable latency and failure rate, seeded so tests repeat,
+node state and every call's result kept in the database (so they outlive a killed worker)."""
+
+import random
+import secrets
+import time
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from ..models import SimulatedCall, SimulatedNode
+from . import Access, NodeAccess, PermanentDriverError, TransientDriverError
+
+DOMAIN = "hyperblock.example"
+
+
+class SimulatedDriver:
+    def _attempt(self, key: str, nodes: list[str]) -> SimulatedCall:
+        """Count the attempt in its own transaction, before any work: a crash after it still
+        shows that the attempt happened."""
+        with transaction.atomic():
+            call, _ = SimulatedCall.objects.select_for_update().get_or_create(
+                key=key, defaults={"nodes": nodes}
+            )
+            call.attempts += 1
+            call.save(update_fields=["attempts"])
+        return call
+
+    def _work(self, key: str, attempt: int) -> None:
+        time.sleep(settings.PROVISIONING_SIMULATED_LATENCY)
+        dice = random.Random(f"{settings.PROVISIONING_SIMULATED_SEED}:{key}:{attempt}").random()
+        if dice < settings.PROVISIONING_SIMULATED_FAILURE_RATE:
+            raise TransientDriverError(f"Simulated timeout talking to the fabric manager ({key}).")
+
+    def provision(self, *, key: str, account: str, nodes: list[str], starts_at, ends_at) -> Access:  # type: ignore[no-untyped-def]
+        call = self._attempt(key, nodes)
+        if call.completed_at is not None:
+            return _access(call.result)
+        broken = sorted(set(nodes) & set(settings.PROVISIONING_SIMULATED_BROKEN_NODES))
+        if broken:
+            raise PermanentDriverError(f"Nodes {', '.join(broken)} do not answer their BMC.")
+        self._work(key, call.attempts)
+        block = key.split(":", 1)[-1]
+        result = {
+            "nodes": [
+                {
+                    "hostname": n,
+                    "ssh_host": f"{n}.ssh.{DOMAIN}",
+                    "ssh_port": 22,
+                    "ssh_user": "ubuntu",
+                }
+                for n in nodes
+            ],
+            "instructions": (
+                f"Your block {block}: ssh ubuntu@<node>.ssh.{DOMAIN}, or use kubectl with "
+                "the kubeconfig."
+            ),
+            "secret": _kubeconfig(block, account),
+        }
+        with transaction.atomic():
+            locked = SimulatedCall.objects.select_for_update().get(pk=call.pk)
+            if locked.completed_at is not None:  # a concurrent attempt finished first
+                return _access(locked.result)
+            for hostname in nodes:
+                SimulatedNode.objects.update_or_create(hostname=hostname, defaults={"block": block})
+            locked.result = result
+            locked.completed_at = timezone.now()
+            locked.completions += 1
+            locked.save(update_fields=["result", "completed_at", "completions"])
+        return _access(result)
+
+    def deprovision(self, *, key: str, nodes: list[str]) -> None:
+        call = self._attempt(key, nodes)
+        if call.completed_at is not None:
+            return
+        self._work(key, call.attempts)
+        with transaction.atomic():
+            SimulatedNode.objects.filter(hostname__in=nodes).update(block="")
+            SimulatedCall.objects.filter(pk=call.pk, completed_at__isnull=True).update(
+                completed_at=timezone.now(), completions=1
+            )
+
+    def extend(self, *, key: str, nodes: list[str], ends_at) -> None:  # type: ignore[no-untyped-def]
+        self._attempt(key, nodes)
+
+    def health(self, *, nodes: list[str]) -> dict[str, str]:
+        faults = dict(
+            SimulatedNode.objects.filter(hostname__in=nodes).values_list("hostname", "fault")
+        )
+        return {node: faults.get(node) or "ok" for node in nodes}
+
+
+def _kubeconfig(block: str, account: str) -> str:
+    token = secrets.token_urlsafe(32)
+    return (
+        "apiVersion: v1\nkind: Config\n"
+        f"clusters:\n- name: {block}\n  cluster:\n    server: https://{block}.k8s.{DOMAIN}:6443\n"
+        f"users:\n- name: {account}\n  user:\n    token: {token}\n"
+        f"contexts:\n- name: {block}\n  context:\n    cluster: {block}\n    user: {account}\n"
+        f"current-context: {block}\n"
+    )
+
+
+def _access(result: dict) -> Access:
+    return Access(
+        nodes=[NodeAccess(**node) for node in result.get("nodes", [])],
+        instructions=result.get("instructions", ""),
+        secret=result.get("secret", ""),
+    )

@@ -1,0 +1,276 @@
+"""The reservation lifecycle after payment: start, provision, end, remind, reconcile.
+
+Every function is safe to run twice: each step is a legal transition under the row lock, the
+driver is idempotent per key, and periodic sweeps pick up whatever a lost message, a killed
+worker or a broker outage left behind (a scheduled reservation past its start is started by
+`start_due` whether or not its task ever arrived).
+"""
+
+import logging
+from datetime import datetime
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from portal import audit, crypto
+from portal.celery import app as celery_app
+
+from . import lifecycle, notifications, selectors
+from .drivers import Access, get_driver
+from .models import Allocation, Incident, Node, Reservation
+
+logger = logging.getLogger(__name__)
+S = Reservation.State
+
+
+def _enqueue(task: str, reservation_id: int) -> None:
+    celery_app.signature(task, kwargs={"reservation_id": reservation_id}).apply_async()
+
+
+def _nodes(reservation: Reservation) -> list[str]:
+    return list(
+        Allocation.objects.filter(reservation=reservation, released_at__isnull=True)
+        .order_by("node__hostname")
+        .values_list("node__hostname", flat=True)
+    )
+
+
+# --- Start -------------------------------------------------------------------------------------
+def start(reservation: Reservation) -> bool:
+    """Move a scheduled reservation to provisioning and enqueue the work after commit."""
+    try:
+        lifecycle.transition(
+            reservation=reservation,
+            to=S.PROVISIONING,
+            actor=None,
+            reason="Starting: provisioning the nodes.",
+            after_commit=lambda: _enqueue("capacity.provision", reservation.pk),
+        )
+    except lifecycle.IllegalTransition:
+        return False
+    return True
+
+
+def start_due(now: datetime | None = None) -> int:
+    """Start every scheduled reservation whose start is within the lead time (or past)."""
+    now = now or timezone.now()
+    due = Reservation.objects.filter(
+        state=S.SCHEDULED, starts_at__lte=now + settings.PROVISIONING_LEAD
+    ).order_by("starts_at")
+    return sum(start(reservation) for reservation in due)
+
+
+# --- Provision ----------------------------------------------------------------------------------
+def provision(reservation_id: int) -> str:
+    """Bring the nodes up. Raises the driver's TransientDriverError for the task to retry."""
+    reservation = Reservation.objects.select_related("organization").get(pk=reservation_id)
+    if reservation.state != S.PROVISIONING:
+        return reservation.state
+    access = get_driver().provision(
+        key=f"provision:{reservation.public_id}",
+        account=reservation.organization.slug,
+        nodes=_nodes(reservation),
+        starts_at=reservation.starts_at,
+        ends_at=reservation.ends_at,
+    )
+    with transaction.atomic():
+        locked = Reservation.objects.select_for_update().get(pk=reservation_id)
+        if locked.state != S.PROVISIONING:
+            # Canceled while the nodes came up: take them down again.
+            transaction.on_commit(lambda: _deprovision(locked))
+            return locked.state
+        lifecycle.transition(
+            reservation=locked,
+            to=S.ACTIVE,
+            actor=None,
+            reason="The nodes are up.",
+            fields={
+                "access_details": _public_access(access),
+                "access_secret": crypto.encrypt(access.secret),
+            },
+        )
+    return S.ACTIVE
+
+
+def _public_access(access: Access) -> dict:
+    return {
+        "nodes": [vars(node) for node in access.nodes],
+        "instructions": access.instructions,
+    }
+
+
+def provisioning_failed(reservation_id: int, reason: str) -> None:
+    """Give up: fail the reservation (freeing its nodes), refund it, tell everyone."""
+    reservation = Reservation.objects.get(pk=reservation_id)
+    try:
+        failed = lifecycle.transition(
+            reservation=reservation,
+            to=S.FAILED,
+            actor=None,
+            reason=f"Provisioning failed: {reason}",
+            after_commit=lambda: (
+                _enqueue("billing.settle_reservation", reservation_id),
+                _deprovision(reservation),
+            ),
+        )
+    except lifecycle.IllegalTransition:
+        return
+    Incident.objects.create(
+        kind=Incident.Kind.PROVISIONING_FAILED, reservation=failed, detail=reason
+    )
+    logger.error("provisioning %s failed: %s", failed.public_id, reason)
+
+
+def _deprovision(reservation: Reservation) -> None:
+    try:
+        get_driver().deprovision(
+            key=f"deprovision:{reservation.public_id}",
+            nodes=[a.node.hostname for a in reservation.allocations.select_related("node")],
+        )
+    except Exception:  # best effort; reconcile finds leftovers through node health
+        logger.exception("tearing down %s failed", reservation.public_id)
+
+
+# --- End -----------------------------------------------------------------------------------------
+def end_due(now: datetime | None = None) -> int:
+    now = now or timezone.now()
+    due = Reservation.objects.filter(
+        state=S.ACTIVE, ends_at__lte=now + settings.PROVISIONING_CLEANUP_BUFFER
+    )
+    ended = 0
+    for reservation in due:
+        try:
+            lifecycle.transition(
+                reservation=reservation,
+                to=S.RELEASING,
+                actor=None,
+                reason="The block ended: releasing the nodes.",
+                after_commit=lambda r=reservation: _enqueue("capacity.release", r.pk),
+            )
+        except lifecycle.IllegalTransition:
+            continue
+        ended += 1
+    return ended
+
+
+def release(reservation_id: int) -> str:
+    reservation = Reservation.objects.get(pk=reservation_id)
+    if reservation.state != S.RELEASING:
+        return reservation.state
+    get_driver().deprovision(key=f"deprovision:{reservation.public_id}", nodes=_nodes(reservation))
+    try:
+        lifecycle.transition(
+            reservation=reservation, to=S.COMPLETED, actor=None, reason="Released."
+        )
+    except lifecycle.IllegalTransition:
+        return Reservation.objects.get(pk=reservation_id).state
+    return S.COMPLETED
+
+
+# --- Reminders ------------------------------------------------------------------------------------
+def remind(now: datetime | None = None) -> int:
+    """Tell customers their block ends soon: once per configured lead (24 h and 1 h)."""
+    now = now or timezone.now()
+    sent = 0
+    for lead in settings.REMINDERS_BEFORE_END:
+        label = f"{int(lead.total_seconds() // 3600)}h"
+        due = Reservation.objects.filter(state=S.ACTIVE, ends_at__gt=now, ends_at__lte=now + lead)
+        for reservation in due:
+            with transaction.atomic():
+                locked = Reservation.objects.select_for_update().get(pk=reservation.pk)
+                if label in locked.reminders_sent or locked.state != S.ACTIVE:
+                    continue
+                locked.reminders_sent = [*locked.reminders_sent, label]
+                locked.save(update_fields=["reminders_sent", "updated_at"])
+                notifications.notify(locked, "reservation_ending", lead=label)
+                sent += 1
+    return sent
+
+
+# --- Reconcile ------------------------------------------------------------------------------------
+def reconcile(now: datetime | None = None) -> dict[str, int]:
+    """Retry reservations stuck in a transition; take unhealthy nodes out and heal blocks."""
+    now = now or timezone.now()
+    stuck_before = now - settings.PROVISIONING_STUCK_AFTER
+    retried = 0
+    for state, task in ((S.PROVISIONING, "capacity.provision"), (S.RELEASING, "capacity.release")):
+        for reservation in Reservation.objects.filter(state=state, updated_at__lt=stuck_before):
+            _enqueue(task, reservation.pk)
+            Reservation.objects.filter(pk=reservation.pk).update(updated_at=now)  # once per period
+            retried += 1
+    return {"retried": retried, **_check_health()}
+
+
+def _check_health() -> dict[str, int]:
+    nodes = {n.hostname: n for n in Node.objects.filter(status=Node.Status.AVAILABLE)}
+    if not nodes:
+        return {"unhealthy": 0, "healed": 0}
+    report = get_driver().health(nodes=sorted(nodes))
+    unhealthy = healed = 0
+    for hostname, state in sorted(report.items()):
+        if state == "ok":
+            continue
+        unhealthy += 1
+        healed += _take_out(nodes[hostname], state)
+    return {"unhealthy": unhealthy, "healed": healed}
+
+
+@transaction.atomic
+def _take_out(node: Node, reason: str) -> int:
+    """Put a node in maintenance; swap it out of running blocks where the cluster has a spare."""
+    node = Node.objects.select_for_update().get(pk=node.pk)
+    node.status = Node.Status.MAINTENANCE
+    node.status_reason = reason[:200]
+    node.save(update_fields=["status", "status_reason"])
+    Incident.objects.create(kind=Incident.Kind.NODE_UNHEALTHY, node=node, detail=reason)
+    audit.record(action="node.maintenance", actor=None, target=node, reason=reason)
+    healed = 0
+    now = timezone.now()
+    affected = Allocation.objects.filter(
+        node=node,
+        released_at__isnull=True,
+        ends_at__gt=now,
+        reservation__state__in=[S.ACTIVE, S.SCHEDULED],
+    ).select_related("reservation")
+    for allocation in affected:
+        start = max(allocation.starts_at, now)
+        spares = selectors.free_node_ids(node.cluster, start, allocation.ends_at)
+        reservation = allocation.reservation
+        if not spares:
+            Incident.objects.create(
+                kind=Incident.Kind.NODE_UNHEALTHY,
+                node=node,
+                reservation=reservation,
+                detail=(
+                    f"{node.hostname} failed under {reservation.public_id}; "
+                    f"no spare in {node.cluster.code}."
+                ),
+            )
+            continue
+        spare = Node.objects.get(pk=spares[0])
+        Allocation.objects.filter(pk=allocation.pk).update(released_at=now)
+        Allocation.objects.create(
+            reservation=reservation,
+            node=spare,
+            cluster=node.cluster,
+            starts_at=start,
+            ends_at=allocation.ends_at,
+        )
+        Incident.objects.create(
+            kind=Incident.Kind.NODE_SWAPPED,
+            node=node,
+            reservation=reservation,
+            detail=f"{node.hostname} replaced by {spare.hostname} in {reservation.public_id}.",
+            resolved_at=now,
+        )
+        audit.record(
+            action="reservation.node_swapped",
+            actor=None,
+            organization=reservation.organization,
+            target=reservation,
+            data={"from": node.hostname, "to": spare.hostname},
+            reason=reason,
+        )
+        healed += 1
+    return healed

@@ -1,0 +1,16 @@
+// Small progressive enhancements shared by every page.
+(function () {
+  "use strict";
+  // Copy buttons: <button data-copy="#selector">; the text of the target goes to the clipboard.
+  document.addEventListener("click", function (event) {
+    var button = event.target.closest("[data-copy]");
+    if (!button || !navigator.clipboard) { return; }
+    var target = document.querySelector(button.dataset.copy);
+    if (!target) { return; }
+    navigator.clipboard.writeText(target.textContent.trim()).then(function () {
+      var label = button.textContent;
+      button.textContent = "Copied";
+      setTimeout(function () { button.textContent = label; }, 1500);
+    });
+  });
+})();
