@@ -1,4 +1,4 @@
-from celery import Task, shared_task
+from celery import shared_task
 from django.conf import settings
 
 from . import provisioning, services
@@ -31,27 +31,40 @@ def reconcile() -> dict[str, int]:
     return provisioning.reconcile()
 
 
-@shared_task(name="capacity.provision", bind=True, acks_late=True, reject_on_worker_lost=True)
-def provision(self: Task, *, reservation_id: int) -> str:
-    """Provision with exponential backoff on transient driver errors only; give up (fail and
-    refund) after PROVISIONING_MAX_RETRIES or on a permanent error."""
+def _backoff(attempt: int) -> int:
+    return min(600, 5 * 2**attempt)
+
+
+@shared_task(name="capacity.provision", acks_late=True, reject_on_worker_lost=True)
+def provision(*, reservation_id: int, attempt: int = 0) -> str:
+    """Provision; on a transient driver error try again later with exponential backoff (a new
+    message, so this one is acknowledged), and give up (fail and refund) after
+    PROVISIONING_MAX_RETRIES retries or at once on a permanent error."""
     try:
         return provisioning.provision(reservation_id)
     except TransientDriverError as exc:
-        if self.request.retries >= settings.PROVISIONING_MAX_RETRIES:
+        if attempt >= settings.PROVISIONING_MAX_RETRIES:
             provisioning.provisioning_failed(reservation_id, f"{exc} (gave up after retries)")
             return "failed"
-        raise self.retry(exc=exc, countdown=min(600, 5 * 2**self.request.retries)) from exc
+        provision.apply_async(
+            kwargs={"reservation_id": reservation_id, "attempt": attempt + 1},
+            countdown=_backoff(attempt),
+        )
+        return "retrying"
     except PermanentDriverError as exc:
         provisioning.provisioning_failed(reservation_id, str(exc))
         return "failed"
 
 
-@shared_task(name="capacity.release", bind=True, acks_late=True, reject_on_worker_lost=True)
-def release(self: Task, *, reservation_id: int) -> str:
+@shared_task(name="capacity.release", acks_late=True, reject_on_worker_lost=True)
+def release(*, reservation_id: int, attempt: int = 0) -> str:
+    """Tear down; transient errors are retried for as long as it takes (the nodes must come
+    back), and reconcile re-enqueues a release that stays stuck."""
     try:
         return provisioning.release(reservation_id)
-    except TransientDriverError as exc:
-        raise self.retry(
-            exc=exc, countdown=min(600, 5 * 2**self.request.retries), max_retries=20
-        ) from exc
+    except TransientDriverError:
+        release.apply_async(
+            kwargs={"reservation_id": reservation_id, "attempt": attempt + 1},
+            countdown=_backoff(min(attempt, 7)),
+        )
+        return "retrying"
