@@ -170,22 +170,33 @@ def release(reservation_id: int) -> str:
 
 # --- Reminders ------------------------------------------------------------------------------------
 def remind(now: datetime | None = None) -> int:
-    """Tell customers their block ends soon: once per configured lead (24 h and 1 h)."""
+    """Tell customers their block ends soon, once per configured lead (24 h, 1 h). When more
+    than one lead is due at once (a short block), only the nearest is sent."""
     now = now or timezone.now()
+    leads = sorted(settings.REMINDERS_BEFORE_END)
+    longest = leads[-1] if leads else None
     sent = 0
-    for lead in settings.REMINDERS_BEFORE_END:
-        label = f"{int(lead.total_seconds() // 3600)}h"
-        due = Reservation.objects.filter(state=S.ACTIVE, ends_at__gt=now, ends_at__lte=now + lead)
-        for reservation in due:
-            with transaction.atomic():
-                locked = Reservation.objects.select_for_update().get(pk=reservation.pk)
-                if label in locked.reminders_sent or locked.state != S.ACTIVE:
-                    continue
-                locked.reminders_sent = [*locked.reminders_sent, label]
-                locked.save(update_fields=["reminders_sent", "updated_at"])
-                notifications.notify(locked, "reservation_ending", lead=label)
-                sent += 1
+    if longest is None:
+        return 0
+    candidates = Reservation.objects.filter(
+        state=S.ACTIVE, ends_at__gt=now, ends_at__lte=now + longest
+    ).values_list("pk", flat=True)
+    for pk in candidates:
+        with transaction.atomic():
+            locked = Reservation.objects.select_for_update().get(pk=pk)
+            due = [lead for lead in leads if locked.ends_at <= now + lead]
+            labels = [_label(lead) for lead in due]
+            if locked.state != S.ACTIVE or not due or labels[0] in locked.reminders_sent:
+                continue
+            locked.reminders_sent = sorted({*locked.reminders_sent, *labels})
+            locked.save(update_fields=["reminders_sent", "updated_at"])
+            notifications.notify(locked, "reservation_ending", lead=labels[0])
+            sent += 1
     return sent
+
+
+def _label(lead) -> str:  # type: ignore[no-untyped-def]
+    return f"{int(lead.total_seconds() // 3600)}h"
 
 
 # --- Reconcile ------------------------------------------------------------------------------------

@@ -86,9 +86,9 @@ def _wait(condition, seconds: float, what: str) -> None:
 
 
 def test_provisioning_survives_a_killed_worker(catalog, organization, owner, tmp_path, monkeypatch):
-    monkeypatch.setattr(celery_app.conf, "task_always_eager", False)
     reservation = scheduled(organization, owner, catalog)
     lifecycle.transition(reservation=reservation, to=Reservation.State.PROVISIONING, actor=None)
+    monkeypatch.setattr(celery_app.conf, "task_always_eager", False)  # only the job goes out
     provision.apply_async(kwargs={"reservation_id": reservation.pk})
     key = f"provision:{reservation.public_id}"
 

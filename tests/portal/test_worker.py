@@ -47,6 +47,7 @@ def test_a_task_queued_before_the_worker_starts_is_delivered_once(
     worker_env, monkeypatch, tmp_path
 ):
     monkeypatch.setattr(celery_app.conf, "task_always_eager", False)
+    celery_app.control.purge()  # whatever earlier tests left on the broker
     send_email.apply_async(
         kwargs={"to": "ops@example.com", "subject": "Queued first", "body": "Hello from the queue."}
     )
