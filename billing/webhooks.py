@@ -12,6 +12,8 @@ from collections.abc import Callable
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from portal.celery import enqueue_after_commit
+
 from . import gateway, services
 from .models import WebhookEvent, WebhookProcessing
 
@@ -48,9 +50,7 @@ def receive(payload: bytes, signature: str) -> tuple[WebhookEvent, bool]:
             )
     except IntegrityError:
         return WebhookEvent.objects.get(stripe_event_id=event_id), False
-    from .tasks import process_webhook_event
-
-    process_webhook_event.delay_on_commit(event_id=stored.pk)
+    enqueue_after_commit("billing.process_webhook_event", event_id=stored.pk)
     return stored, True
 
 

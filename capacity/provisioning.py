@@ -14,7 +14,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from portal import audit, crypto
-from portal.celery import app as celery_app
+from portal.celery import enqueue_after_commit
 
 from . import lifecycle, notifications, selectors
 from .drivers import Access, get_driver
@@ -24,8 +24,8 @@ logger = logging.getLogger(__name__)
 S = Reservation.State
 
 
-def _enqueue(task: str, reservation_id: int) -> None:
-    celery_app.signature(task, kwargs={"reservation_id": reservation_id}).apply_async()
+def _enqueue_after_commit(task: str, reservation_id: int) -> None:
+    enqueue_after_commit(task, reservation_id=reservation_id)
 
 
 def _nodes(reservation: Reservation) -> list[str]:
@@ -45,10 +45,10 @@ def start(reservation: Reservation) -> bool:
             to=S.PROVISIONING,
             actor=None,
             reason="Starting: provisioning the nodes.",
-            after_commit=lambda: _enqueue("capacity.provision", reservation.pk),
         )
     except lifecycle.IllegalTransition:
         return False
+    _enqueue_after_commit("capacity.provision", reservation.pk)
     return True
 
 
@@ -109,11 +109,9 @@ def provisioning_failed(reservation_id: int, reason: str) -> None:
             to=S.FAILED,
             actor=None,
             reason=f"Provisioning failed: {reason}",
-            after_commit=lambda: (
-                _enqueue("billing.settle_reservation", reservation_id),
-                _deprovision(reservation),
-            ),
+            after_commit=lambda: _deprovision(reservation),
         )
+        _enqueue_after_commit("billing.settle_reservation", reservation_id)
     except lifecycle.IllegalTransition:
         return
     Incident.objects.create(
@@ -146,10 +144,10 @@ def end_due(now: datetime | None = None) -> int:
                 to=S.RELEASING,
                 actor=None,
                 reason="The block ended: releasing the nodes.",
-                after_commit=lambda r=reservation: _enqueue("capacity.release", r.pk),
             )
         except lifecycle.IllegalTransition:
             continue
+        _enqueue_after_commit("capacity.release", reservation.pk)
         ended += 1
     return ended
 
@@ -207,7 +205,7 @@ def reconcile(now: datetime | None = None) -> dict[str, int]:
     retried = 0
     for state, task in ((S.PROVISIONING, "capacity.provision"), (S.RELEASING, "capacity.release")):
         for reservation in Reservation.objects.filter(state=state, updated_at__lt=stuck_before):
-            _enqueue(task, reservation.pk)
+            _enqueue_after_commit(task, reservation.pk)  # at once: no transaction here
             Reservation.objects.filter(pk=reservation.pk).update(updated_at=now)  # once per period
             retried += 1
     return {"retried": retried, **_check_health()}

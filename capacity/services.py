@@ -22,7 +22,7 @@ from accounts.services import (
     require_verified_email,
 )
 from portal import audit
-from portal.celery import app as celery_app
+from portal.celery import enqueue_after_commit
 from portal.errors import Conflict, ServiceError
 
 from . import lifecycle, offerings, pricing, provisioning, selectors
@@ -48,13 +48,7 @@ def settle_money_after_commit(reservation_id: int) -> None:
     """Ask billing (by task name: capacity does not import billing) to refund or invoice what
     this reservation's new state calls for, once the state change is committed. Billing's
     periodic sweep does the same, so a lost message only delays it."""
-
-    def enqueue() -> None:
-        celery_app.signature(
-            "billing.settle_reservation", kwargs={"reservation_id": reservation_id}
-        ).apply_async()
-
-    transaction.on_commit(enqueue)
+    enqueue_after_commit("billing.settle_reservation", reservation_id=reservation_id)
 
 
 def _after_candidates() -> None:

@@ -4,6 +4,7 @@ from decimal import Decimal
 
 import pytest
 import requests
+import time_machine
 from django.urls import reverse
 
 from billing import services
@@ -196,7 +197,6 @@ def test_webhook_secret_is_the_one_configured(settings, client):
 
 def test_events_that_missed_the_broker_are_processed_by_the_sweep(client):
     """The broker was down when the event came in: it is stored, and the sweep finds it."""
-    import time_machine
     from django.utils import timezone
 
     from billing.tasks import retry_webhooks
@@ -209,3 +209,34 @@ def test_events_that_missed_the_broker_are_processed_by_the_sweep(client):
         assert retry_webhooks() == 1
     assert WebhookProcessing.objects.get().status == "ignored"
     assert retry_webhooks() == 0
+
+
+def test_a_broker_outage_loses_no_event(
+    client, monkeypatch, django_capture_on_commit_callbacks, caplog
+):
+    """The broker is down when Stripe calls: the event is stored and acknowledged all the
+    same, and the sweep processes it once the broker is back."""
+    from celery import Celery
+    from django.utils import timezone
+
+    from billing.tasks import retry_webhooks
+
+    monkeypatch.delenv("CELERY_BROKER_URL", raising=False)  # Celery would prefer it
+    down = Celery("down", broker="redis://127.0.0.1:9/0", set_as_current=False)
+    down.conf.update(
+        task_publish_retry=False, broker_connection_timeout=1, broker_connection_retry=False
+    )
+    monkeypatch.setattr("portal.celery.app", down)
+    body, signature = signed(event("evt_outage", "customer.updated", "cus_1", "customer"))
+    with (
+        time_machine.travel(timezone.now() - timezone.timedelta(minutes=5)),
+        django_capture_on_commit_callbacks(execute=True) as sent,
+    ):
+        assert post(client, body, signature).status_code == 200
+    assert len(sent) == 1  # the send was tried and failed on the dead broker
+    assert "broker unavailable, billing.process_webhook_event left for the sweep" in caplog.text
+    assert WebhookEvent.objects.filter(stripe_event_id="evt_outage").exists()
+    assert WebhookProcessing.objects.count() == 0
+    monkeypatch.undo()  # the broker is back
+    assert retry_webhooks() == 1
+    assert WebhookProcessing.objects.get().status == "ignored"
