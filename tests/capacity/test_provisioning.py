@@ -202,13 +202,14 @@ def test_an_unhealthy_node_goes_to_maintenance_and_is_swapped(
     assert provisioning.reconcile() == {"retried": 0, "unhealthy": 0, "healed": 0}  # twice
 
 
-def test_a_stuck_provisioning_is_retried_by_reconcile(catalog, organization, owner, frozen_clock):
+def test_a_stuck_provisioning_is_retried_by_reconcile(
+    catalog, organization, owner, frozen_clock, django_capture_on_commit_callbacks
+):
     reservation = scheduled(organization, owner, catalog)
-    lifecycle.transition(
-        reservation=reservation, to=S.PROVISIONING, actor=None
-    )  # its task was lost
+    lifecycle.transition(reservation=reservation, to=S.PROVISIONING, actor=None)  # its task was lost
     frozen_clock.shift(timedelta(minutes=16))
-    assert provisioning.reconcile()["retried"] == 1
+    with django_capture_on_commit_callbacks(execute=True):
+        assert provisioning.reconcile()["retried"] == 1
     assert state(reservation) == S.ACTIVE
     assert provisioning.reconcile()["retried"] == 0
 
