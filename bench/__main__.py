@@ -31,7 +31,7 @@ DB_LABELS = {"sqlite": "SQLite", "postgres": "PostgreSQL"}
 
 @dataclass(frozen=True)
 class Job:
-    suite: str  # "search", "throughput" or "webhooks"
+    suite: str  # "search", "throughput", "webhooks" or "provisioning"
     db: str
     module: str
     args: tuple[str, ...] = ()
@@ -42,6 +42,7 @@ JOBS = (
     Job("search", "postgres", "bench.search", ("--db", "postgres")),
     Job("throughput", "postgres", "bench.throughput"),
     Job("webhooks", "postgres", "bench.webhooks"),
+    Job("provisioning", "postgres", "bench.provisioning"),
 )
 
 
@@ -187,6 +188,21 @@ def webhooks_report(result: dict) -> list[str]:
     ]
 
 
+def provisioning_report(result: dict) -> list[str]:
+    if "error" in result:
+        return [f"  PostgreSQL: ERROR {result['error']}"]
+    latency = result["webhook_to_active_ms"]
+    outcomes = ", ".join(f"{k} {v}" for k, v in result["outcomes"].items())
+    if not latency.get("n"):
+        return [f"  {result['reservations']} reservations: {outcomes}; no latencies"]
+    return [
+        f"  {result['reservations']} reservations, simulated driver at zero latency: {outcomes}",
+        f"    payment webhook to active: p50 {latency['p50']:.0f} ms, p95 {latency['p95']:.0f} ms, "
+        f"max {latency['max']:.0f} ms; target p95 < {result['target_p95_ms'] / 1000:.0f} s: "
+        f"{_verdict(result['passed'])}",
+    ]
+
+
 def report(results: dict) -> str:
     meta = results["meta"]
     lines = [
@@ -204,12 +220,15 @@ def report(results: dict) -> str:
     if "webhooks" in results:
         lines += ["", "Webhook intake (POST /stripe/webhook/)"]
         lines += webhooks_report(results["webhooks"]["postgres"])
+    if "provisioning" in results:
+        lines += ["", "From payment to active (webhook, worker, simulated data center)"]
+        lines += provisioning_report(results["provisioning"]["postgres"])
     return "\n".join(lines)
 
 
 def succeeded(results: dict) -> bool:
     """Every benchmark ran, and neither the dataset nor the run oversold a node."""
-    for suite in ("search", "throughput", "webhooks"):
+    for suite in ("search", "throughput", "webhooks", "provisioning"):
         for result in results.get(suite, {}).values():
             if "error" in result:
                 return False
@@ -223,7 +242,7 @@ def succeeded(results: dict) -> bool:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     parser.add_argument(
-        "--only", choices=("search", "throughput", "webhooks"), help="run one suite"
+        "--only", choices=("search", "throughput", "webhooks", "provisioning"), help="run one suite"
     )
     parser.add_argument("--quick", action="store_true", help="smaller data, for a smoke run")
     args = parser.parse_args()

@@ -23,7 +23,7 @@ from .database import progress
 from .stats import summarize_ms
 
 ROOT = Path(__file__).resolve().parent.parent
-SECRET = "whsec_bench_only"  # noqa: S105 - a throw-away signing secret for this run
+SECRET = "whsec_bench_only"
 TARGET_P99_MS = 50.0
 CONCURRENCY = 4  # Stripe delivers to one endpoint a few requests at a time
 WEB_WORKERS = 2
