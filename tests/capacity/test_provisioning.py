@@ -206,7 +206,8 @@ def test_a_stuck_provisioning_is_retried_by_reconcile(
     catalog, organization, owner, frozen_clock, django_capture_on_commit_callbacks
 ):
     reservation = scheduled(organization, owner, catalog)
-    lifecycle.transition(reservation=reservation, to=S.PROVISIONING, actor=None)  # its task was lost
+    # Its task was lost: nothing provisions it until the sweep notices.
+    lifecycle.transition(reservation=reservation, to=S.PROVISIONING, actor=None)
     frozen_clock.shift(timedelta(minutes=16))
     with django_capture_on_commit_callbacks(execute=True):
         assert provisioning.reconcile()["retried"] == 1
