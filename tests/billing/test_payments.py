@@ -332,3 +332,25 @@ def test_only_cards_the_customer_asked_to_keep_stay_saved(catalog, organization,
         account.default_payment_method_id
         == services.gateway.payment_intent_retrieve(kept.stripe_payment_intent_id).payment_method
     )
+
+
+def test_failed_provisioning_is_refunded_in_full(
+    catalog, organization, owner, stripe_api, settings, django_capture_on_commit_callbacks
+):
+    settings.PROVISIONING_SIMULATED_FAILURE_RATE = 1.0
+    settings.PROVISIONING_MAX_RETRIES = 1
+    from capacity import provisioning
+
+    reservation = held_reservation(organization, owner, catalog)
+    payment = pay(reservation, owner, stripe_api)
+    reservation.refresh_from_db()
+    with django_capture_on_commit_callbacks(execute=True):
+        provisioning.start(reservation)  # its start has come
+    reservation.refresh_from_db()
+    payment.refresh_from_db()
+    assert reservation.state == S.FAILED
+    assert (payment.amount_refunded, Refund.objects.get().reason) == (
+        payment.amount,
+        "Provisioning failed: full refund.",
+    )
+    assert selectors.balance(organization) == Decimal("0.00")
