@@ -236,7 +236,10 @@ def reservation_status(request: HttpRequest, public_id: str) -> HttpResponse:
     reservation = _reservation(request, public_id)
     if reservation is None:
         return render(request, "404.html", status=404)
-    return render(request, "capacity/_live.html", _detail_context(request, reservation))
+    response = render(request, "capacity/_live.html", _detail_context(request, reservation))
+    if request.GET.get("shown") not in (None, reservation.state):
+        response["HX-Refresh"] = "true"  # the state moved on: redraw the whole page once
+    return response
 
 
 @org_member(Permission.VIEW_RESERVATIONS)

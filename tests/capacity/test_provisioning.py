@@ -244,3 +244,8 @@ def test_live_panel_polls_only_while_a_transition_runs(catalog, organization, ow
     assert 'hx-trigger="every 3s"' not in client_for(owner).get(url).content.decode()
     lifecycle.transition(reservation=reservation, to=S.PROVISIONING, actor=None)
     assert 'hx-trigger="every 3s"' in client_for(owner).get(url).content.decode()
+    # A page drawn while scheduled is redrawn once the state has moved on.
+    moved = client_for(owner).get(url, {"shown": "scheduled"}, HTTP_HX_REQUEST="true")
+    assert moved["HX-Refresh"] == "true"
+    same = client_for(owner).get(url, {"shown": "provisioning"}, HTTP_HX_REQUEST="true")
+    assert "HX-Refresh" not in same
