@@ -5,7 +5,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from datetime import timedelta
@@ -23,13 +22,11 @@ from capacity.models import Reservation
 from capacity.windows import Window
 from portal.money import to_minor
 
-from . import fixtures
+from . import fixtures, stack
 from ._webhooks import SECRET as WEBHOOK_SECRET
-from ._webhooks import _free_port, _sign
-from .database import progress
+from .database import Database, progress
 from .stats import summarize_ms
 
-ROOT = Path(__file__).resolve().parent.parent
 SECRET_KEY = "sk_test_bench_only"
 BROKER_URL = os.environ.get("BENCH_BROKER_URL", "redis://127.0.0.1:6379/13")
 TARGET_P95_S = 3.0
@@ -38,55 +35,48 @@ TARGET_P95_S = 3.0
 def _start(
     env: dict[str, str], web_port: int, stripe_port: int, logs: Path
 ) -> list[subprocess.Popen]:
-    commands = {
-        "stripe": [sys.executable, "-m", "billing.localstripe_server", "--port", str(stripe_port)],
-        "web": [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "portal.wsgi",
-            "--workers",
-            "2",
-            "--bind",
-            f"127.0.0.1:{web_port}",
-            "--log-level",
-            "warning",
-        ],
-        "worker": [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "portal",
-            "worker",
-            "--concurrency",
-            "2",
-            "--without-gossip",
-            "--without-mingle",
-            "--without-heartbeat",
-            "--loglevel",
-            "WARNING",
-        ],
-    }
-    processes = []
-    for name, command in commands.items():
-        with (logs / f"{name}.log").open("w") as log:
-            processes.append(
-                subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-            )
-    for url in (
-        f"http://127.0.0.1:{web_port}/healthz",
-        f"http://127.0.0.1:{stripe_port}/v1/customers",
-    ):
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                requests.get(url, timeout=1, auth=(SECRET_KEY, ""))
-                break
-            except requests.RequestException:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"{url} did not answer; logs in {logs}") from None
-                time.sleep(0.2)
+    processes = stack.start(
+        {
+            "stripe": [
+                stack.PYTHON,
+                "-m",
+                "billing.localstripe_server",
+                "--port",
+                str(stripe_port),
+            ],
+            "web": [
+                stack.PYTHON,
+                "-m",
+                "gunicorn",
+                "portal.wsgi",
+                "--workers",
+                "2",
+                "--bind",
+                f"127.0.0.1:{web_port}",
+                "--log-level",
+                "warning",
+            ],
+            "worker": [
+                stack.PYTHON,
+                "-m",
+                "celery",
+                "-A",
+                "portal",
+                "worker",
+                "--concurrency",
+                "2",
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+                "--loglevel",
+                "WARNING",
+            ],
+        },
+        env,
+        logs,
+    )
+    stack.wait_for(f"http://127.0.0.1:{web_port}/healthz", logs)
+    stack.wait_for(f"http://127.0.0.1:{stripe_port}/v1/customers", logs, auth=(SECRET_KEY, ""))
     return processes
 
 
@@ -137,10 +127,11 @@ def _webhook(intent_id: str, n: int) -> bytes:
     ).encode()
 
 
-def run(*, url: str, quick: bool) -> dict:
+def run(*, db: Database, quick: bool) -> dict:
+    url = db.url
     count = 40 if quick else 200
     scratch = Path(tempfile.mkdtemp(prefix="hb-bench-provisioning-"))
-    web_port, stripe_port = _free_port(), _free_port()
+    web_port, stripe_port = stack.free_port(), stack.free_port()
     api = f"http://127.0.0.1:{stripe_port}"
     settings.STRIPE_SECRET_KEY, settings.STRIPE_API_BASE = SECRET_KEY, api
     env = {
@@ -183,7 +174,10 @@ def run(*, url: str, quick: bool) -> dict:
                 f"http://127.0.0.1:{web_port}/stripe/webhook/",
                 data=body,
                 timeout=30,
-                headers={"Content-Type": "application/json", "Stripe-Signature": _sign(body)},
+                headers={
+                    "Content-Type": "application/json",
+                    "Stripe-Signature": stack.sign(body, WEBHOOK_SECRET),
+                },
             ).raise_for_status()
             state = Reservation.objects.filter(pk=reservation.pk)
             deadline = time.monotonic() + 30
@@ -196,10 +190,7 @@ def run(*, url: str, quick: bool) -> dict:
                 outcomes["active"] += 1
                 latencies.append(time.perf_counter() - began)
     finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            process.wait(timeout=30)
+        stack.stop(processes)
         shutil.rmtree(scratch, ignore_errors=True)
     summary = summarize_ms(latencies)
     return {

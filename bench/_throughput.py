@@ -24,7 +24,7 @@ from capacity.windows import Window, ceil_hour, window_for
 from portal.errors import ServiceError
 
 from . import fixtures
-from .database import progress
+from .database import Database, progress
 from .stats import summarize_ms
 
 TARGET_PER_SECOND = 100.0
@@ -218,7 +218,7 @@ def _statements(customer: Customer, pool: fixtures.Pool, seed: int) -> dict:
     }
 
 
-def run(*, quick: bool, seed: int = 20_261_126) -> dict:
+def run(*, db: Database, quick: bool, seed: int = 20_261_126) -> dict:
     shape = QUICK if quick else FULL
     gpu_models, regions = fixtures.load_catalog(gpu_models=1, regions=1)
     (pool,) = fixtures.load_pools(gpu_models, regions, clusters_per_pool=shape.clusters)
@@ -238,6 +238,7 @@ def run(*, quick: bool, seed: int = 20_261_126) -> dict:
     reserved = outcomes["reserved"]
     per_second = reserved / wall if wall else 0.0
     return {
+        "db_options": db.options,
         "pool": {"nodes": shape.nodes, "clusters": shape.clusters},
         "clients": shape.clients,
         "attempts": sum(outcomes.values()),

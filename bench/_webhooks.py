@@ -1,15 +1,11 @@
 """The webhook intake benchmark, run inside a process whose Django is set up on the bench
 database (it reads the results from there; gunicorn and the worker are separate processes)."""
 
-import hashlib
-import hmac
 import json
 import os
 import random
 import shutil
-import socket
 import subprocess
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -19,10 +15,10 @@ import requests
 
 from billing.models import WebhookEvent, WebhookProcessing
 
-from .database import progress
+from . import stack
+from .database import Database, progress
 from .stats import summarize_ms
 
-ROOT = Path(__file__).resolve().parent.parent
 SECRET = "whsec_bench_only"
 TARGET_P99_MS = 50.0
 CONCURRENCY = 4  # Stripe delivers to one endpoint a few requests at a time
@@ -30,16 +26,8 @@ WEB_WORKERS = 2
 BROKER_URL = os.environ.get("BENCH_BROKER_URL", "redis://127.0.0.1:6379/13")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _sign(body: bytes) -> str:
-    timestamp = int(time.time())
-    digest = hmac.new(SECRET.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
-    return f"t={timestamp},v1={digest}"
+    return stack.sign(body, SECRET)
 
 
 def _events(unique: int, duplicates: int, rng: random.Random) -> list[bytes]:
@@ -62,53 +50,43 @@ def _events(unique: int, duplicates: int, rng: random.Random) -> list[bytes]:
 
 
 def _start(env: dict[str, str], port: int, logs: Path) -> list[subprocess.Popen]:
-    commands = {
-        "web": [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "portal.wsgi",
-            "--workers",
-            str(WEB_WORKERS),
-            "--bind",
-            f"127.0.0.1:{port}",
-            "--log-level",
-            "warning",
-        ],
-        "worker": [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "portal",
-            "worker",
-            "--queues",
-            "billing",
-            "--concurrency",
-            "2",
-            "--without-gossip",
-            "--without-mingle",
-            "--without-heartbeat",
-            "--loglevel",
-            "WARNING",
-        ],
-    }
-    processes = []
-    for name, command in commands.items():
-        with (logs / f"{name}.log").open("w") as log:
-            processes.append(
-                subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-            )
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                return processes
-        except requests.RequestException:
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"gunicorn did not start; see {logs / 'web.log'}")
-        time.sleep(0.2)
+    processes = stack.start(
+        {
+            "web": [
+                stack.PYTHON,
+                "-m",
+                "gunicorn",
+                "portal.wsgi",
+                "--workers",
+                str(WEB_WORKERS),
+                "--bind",
+                f"127.0.0.1:{port}",
+                "--log-level",
+                "warning",
+            ],
+            "worker": [
+                stack.PYTHON,
+                "-m",
+                "celery",
+                "-A",
+                "portal",
+                "worker",
+                "--queues",
+                "billing",
+                "--concurrency",
+                "2",
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+                "--loglevel",
+                "WARNING",
+            ],
+        },
+        env,
+        logs,
+    )
+    stack.wait_for(f"http://127.0.0.1:{port}/healthz", logs)
+    return processes
 
 
 def _post(session_for, url: str, body: bytes) -> tuple[int, float]:
@@ -128,11 +106,12 @@ def _unfinished() -> int:
     return WebhookEvent.objects.count() - done
 
 
-def run(*, url: str, quick: bool, seed: int = 20_261_126) -> dict:
+def run(*, db: Database, quick: bool, seed: int = 20_261_126) -> dict:
+    url = db.url
     unique = 800 if quick else 4_000
     burst = _events(unique, unique // 4, random.Random(seed))  # duplicates are 20% of the burst
     scratch = Path(tempfile.mkdtemp(prefix="hb-bench-webhooks-"))
-    port = _free_port()
+    port = stack.free_port()
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "portal.settings.local",
@@ -177,10 +156,7 @@ def run(*, url: str, quick: bool, seed: int = 20_261_126) -> dict:
             time.sleep(0.5)
         processed_in = time.perf_counter() - began
     finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            process.wait(timeout=30)
+        stack.stop(processes)
         shutil.rmtree(scratch, ignore_errors=True)
     statuses: dict[int, int] = {}
     for status, _ in answers:

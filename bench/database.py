@@ -108,3 +108,26 @@ def prepared(kind: str) -> Iterator[Database]:
 def progress(message: str) -> None:
     """Progress goes to stderr so the parent can show it while keeping results separate."""
     print(f"  · {message}", file=sys.stderr, flush=True)
+
+
+def run_on_postgres(prog: str, quick_help: str, module: str) -> None:
+    """The command line of a PostgreSQL-only benchmark: a fresh database, then
+    `bench.<module>.run(db=..., quick=...)` (imported once Django is set up), its result as
+    JSON to --out or the screen."""
+    import argparse
+    import importlib
+    import json
+    from pathlib import Path
+
+    parser = argparse.ArgumentParser(prog=prog)
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument("--out", type=Path, help="write the result here as JSON")
+    args = parser.parse_args()
+    with prepared("postgres") as db:
+        runner = importlib.import_module(f"bench.{module}")
+        result = {"database": "postgres", **runner.run(db=db, quick=args.quick)}
+    text = json.dumps(result, indent=2, default=str)
+    if args.out:
+        args.out.write_text(text)
+    else:
+        print(text)

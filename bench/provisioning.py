@@ -6,27 +6,13 @@ latency: for each of 200 reservations Stripe charges the card, its signed
 reservation is active.
 """
 
-import argparse
-import json
-from pathlib import Path
-
-from . import database
+from .database import run_on_postgres
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.provisioning")
-    parser.add_argument("--quick", action="store_true", help="40 reservations instead of 200")
-    parser.add_argument("--out", type=Path, help="write the result here as JSON")
-    args = parser.parse_args()
-    with database.prepared("postgres") as db:
-        from . import _provisioning  # imports models: only once Django is set up
-
-        result = {"database": "postgres", **_provisioning.run(url=db.url, quick=args.quick)}
-    text = json.dumps(result, indent=2, default=str)
-    if args.out:
-        args.out.write_text(text)
-    else:
-        print(text)
+    run_on_postgres(
+        "python -m bench.provisioning", "40 reservations instead of 200", "_provisioning"
+    )
 
 
 if __name__ == "__main__":

@@ -5,27 +5,11 @@ worker on Redis: how fast events are acknowledged, and whether every event was s
 processed exactly once.
 """
 
-import argparse
-import json
-from pathlib import Path
-
-from . import database
+from .database import run_on_postgres
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.webhooks")
-    parser.add_argument("--quick", action="store_true", help="1,000 events instead of 5,000")
-    parser.add_argument("--out", type=Path, help="write the result here as JSON")
-    args = parser.parse_args()
-    with database.prepared("postgres") as db:
-        from . import _webhooks  # imports models: only once Django is set up
-
-        result = {"database": "postgres", **_webhooks.run(url=db.url, quick=args.quick)}
-    text = json.dumps(result, indent=2, default=str)
-    if args.out:
-        args.out.write_text(text)
-    else:
-        print(text)
+    run_on_postgres("python -m bench.webhooks", "1,000 events instead of 5,000", "_webhooks")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,59 @@
+"""Starting the app's own processes (gunicorn, a Celery worker, localstripe) for a benchmark,
+on loopback, with their logs in a scratch folder; and signing webhook bodies like Stripe."""
+
+import hashlib
+import hmac
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start(
+    commands: dict[str, list[str]], env: dict[str, str], logs: Path
+) -> list[subprocess.Popen]:
+    processes = []
+    for name, command in commands.items():
+        with (logs / f"{name}.log").open("w") as log:  # the child keeps its own copy
+            processes.append(
+                subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+            )
+    return processes
+
+
+def wait_for(url: str, logs: Path, auth: tuple[str, str] | None = None) -> None:
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            requests.get(url, timeout=1, auth=auth)
+            return
+        except requests.RequestException:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{url} did not answer; logs in {logs}") from None
+            time.sleep(0.2)
+
+
+def stop(processes: list[subprocess.Popen]) -> None:
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        process.wait(timeout=30)
+
+
+def sign(body: bytes, secret: str) -> str:
+    """A Stripe-Signature header for `body`, as Stripe computes it."""
+    timestamp = int(time.time())
+    digest = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+    return f"t={timestamp},v1={digest}"
