@@ -244,6 +244,39 @@ def pay_by_card(
     return payment_sync(payment_intent_id=intent.id) or payment
 
 
+def payment_intent_open(
+    *, reservation: Reservation, actor: User, attempt_token: str
+) -> tuple[Payment, str]:
+    """For API clients that confirm the payment themselves (Stripe.js or a Stripe SDK): an
+    unconfirmed PaymentIntent and its client secret. One attempt token is one PaymentIntent."""
+    require_may_pay(actor=actor, organization=reservation.organization)
+    require_active_organization(reservation.organization)
+    _payable(reservation)
+    if not attempt_token or len(attempt_token) > 64:
+        raise ServiceError("Send an attempt token of at most 64 characters.", param="client_token")
+    account = billing_account_for(reservation.organization)
+    payment, _ = Payment.objects.get_or_create(
+        reservation=reservation,
+        attempt_token=attempt_token,
+        defaults={
+            "organization": reservation.organization,
+            "created_by": actor,
+            "amount": reservation.total,
+            "currency": reservation.currency,
+        },
+    )
+    intent = gateway.payment_intent_create(
+        amount_minor=to_minor(payment.amount, payment.currency),
+        currency=payment.currency,
+        customer_id=account.stripe_customer_id,
+        metadata=_metadata(payment),
+        idempotency_key=f"payment:{payment.public_id}",
+    )
+    Payment.objects.filter(pk=payment.pk).update(stripe_payment_intent_id=intent.id)
+    payment.stripe_payment_intent_id = intent.id
+    return payment, intent.client_secret
+
+
 def pay_with_saved_card(*, reservation: Reservation, actor: User, attempt_token: str) -> Payment:
     """Charge the organization's default card off-session."""
     account = billing_account_for(reservation.organization)

@@ -8,6 +8,7 @@ urlpatterns = [
     path("healthz", views.healthz, name="healthz"),
     path("readyz", views.readyz, name="readyz"),
     path("admin/", admin.site.urls),
+    path("api/v1/", include("portal.api_urls")),
     path("o/<slug:slug>/", views.dashboard, name="dashboard"),
     path("", include("accounts.urls")),
     path("", include("capacity.urls")),

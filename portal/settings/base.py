@@ -39,6 +39,8 @@ INSTALLED_APPS = [
     "django_countries",
     "axes",
     "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
     "accounts",
     "capacity",
     "billing",
@@ -153,6 +155,7 @@ SILENCED_SYSTEM_CHECKS = [
 
 EMAIL_VERIFICATION_MAX_AGE = timedelta(days=3)
 INVITATION_TTL = timedelta(days=7)
+API_KEY_CACHE_SECONDS = 5  # a revoked key stops working within this
 # Sensitive actions (API keys, payment methods, roles) ask for the password again after this.
 REAUTHENTICATION_MAX_AGE = timedelta(minutes=10)
 
@@ -258,6 +261,35 @@ CELERY_BEAT_SCHEDULE = {
         "task": "accounts.clean_login_attempts",
         "schedule": crontab(minute="*/15"),
     },
+}
+
+# --- API ----------------------------------------------------------------------------------
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "portal.api_auth.ApiKeyAuthentication",
+        "portal.api_auth.PortalSession",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": [
+        "rest_framework.permissions.IsAuthenticated",
+        "portal.api_auth.HasScope",
+    ],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PAGINATION_CLASS": "portal.api.Cursor",
+    "EXCEPTION_HANDLER": "portal.api.exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DATETIME_FORMAT": "%Y-%m-%dT%H:%M:%SZ",
+    "COERCE_DECIMAL_TO_STRING": True,
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Hyperblock API",
+    "DESCRIPTION": "Reserve GPU capacity, pay for it and report token usage. "
+    "Authenticate with `Authorization: Bearer <API key>`.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }
 
 # --- Capacity -------------------------------------------------------------------------------

@@ -1,0 +1,246 @@
+"""REST API v1 for capacity: offerings search and reservations (list, create, retrieve, cancel,
+extend). Every read is scoped to the caller's organization; another's ids are 404."""
+
+from django.http import QueryDict
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from rest_framework import serializers
+from rest_framework.generics import ListAPIView
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from accounts.models import ApiKey
+from accounts.selectors import membership_for
+from portal.errors import NotAllowed, NotFound
+
+from . import offerings, selectors, services
+from .forms import OfferingSearchForm
+from .models import Reservation
+
+READ, WRITE = ApiKey.Scope.RESERVATIONS_READ, ApiKey.Scope.RESERVATIONS_WRITE
+
+
+def organization_of(request: Request):  # type: ignore[no-untyped-def]
+    """The key's organization, or for a portal session the one named by `org`."""
+    if isinstance(request.auth, ApiKey):
+        return request.auth.organization
+    slug = request.query_params.get("org") or (
+        request.data.get("org") if isinstance(request.data, dict) else None
+    )
+    membership = membership_for(user=request.user, slug=slug or "")
+    if membership is None:
+        raise NotFound(
+            "Name your organization with `org`." if not slug else "No such organization.",
+            param="org",
+        )
+    return membership.organization
+
+
+def actor_of(request: Request):  # type: ignore[no-untyped-def]
+    """Who acts: the signed-in user, or the member who made the key."""
+    user = request.user
+    if getattr(user, "pk", None) is None:
+        raise NotAllowed(
+            "This key was made by an operator and cannot act for a person.", code="no_key_owner"
+        )
+    return user
+
+
+class ReservationSerializer(serializers.ModelSerializer):
+    id = serializers.CharField(source="public_id")
+    gpu_model = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    region = serializers.SlugRelatedField(slug_field="code", read_only=True)
+    price = serializers.DecimalField(source="total", max_digits=14, decimal_places=2)
+    duration_hours = serializers.IntegerField()
+    starts_on_payment = serializers.BooleanField()
+    refund_due = serializers.DecimalField(max_digits=14, decimal_places=2, allow_null=True)
+
+    class Meta:
+        model = Reservation
+        fields = [
+            "id",
+            "state",
+            "gpu_model",
+            "region",
+            "node_count",
+            "starts_at",
+            "ends_at",
+            "duration_hours",
+            "starts_on_payment",
+            "hold_expires_at",
+            "price",
+            "currency",
+            "price_lines",
+            "refund_due",
+            "created_at",
+        ]
+        read_only_fields = fields
+
+
+class OfferingSerializer(serializers.Serializer):
+    kind = serializers.CharField()
+    gpu_model = serializers.CharField(source="gpu_model.slug")
+    region = serializers.CharField(source="region.code")
+    node_count = serializers.IntegerField()
+    starts_at = serializers.DateTimeField()
+    ends_at = serializers.DateTimeField()
+    duration_hours = serializers.IntegerField()
+    starts_on_payment = serializers.BooleanField()
+    available_nodes = serializers.IntegerField()
+    price = serializers.DecimalField(source="quote.total", max_digits=14, decimal_places=2)
+    currency = serializers.CharField(source="quote.currency")
+
+
+def _search_form(data: QueryDict | dict) -> OfferingSearchForm:
+    form = OfferingSearchForm(data)
+    if not form.is_valid():
+        field, errors = next(iter(form.errors.as_data().items()))
+        first = errors[0]
+        detail = serializers.ErrorDetail(" ".join(first.messages), code=first.code or "invalid")
+        raise serializers.ValidationError(
+            {"non_field_errors" if field == "__all__" else field: [detail]}
+        )
+    return form
+
+
+SEARCH_PARAMETERS = [
+    OpenApiParameter("gpu_model", str, required=True, description="GPU model slug, e.g. h100-sxm"),
+    OpenApiParameter("region", str, description="Region code; any region when omitted"),
+    OpenApiParameter("node_count", int, required=True),
+    OpenApiParameter("starts_at", str, description="ISO 8601 on the hour; now when omitted"),
+    OpenApiParameter("duration_hours", int, required=True),
+]
+
+
+class Offerings(APIView):
+    required_scopes = {"GET": READ}
+
+    @extend_schema(parameters=SEARCH_PARAMETERS, responses=OfferingSerializer(many=True))
+    def get(self, request: Request) -> Response:
+        data = _search_form(request.query_params).cleaned_data
+        results = offerings.search(
+            organization=organization_of(request),
+            gpu_model=data["gpu_model"],
+            region=data["region"],
+            node_count=data["node_count"],
+            window=data["window"],
+        )
+        return Response(OfferingSerializer(results, many=True).data)
+
+
+class CreateReservation(serializers.Serializer):
+    gpu_model = serializers.CharField()
+    region = serializers.CharField()
+    node_count = serializers.IntegerField()
+    starts_at = serializers.DateTimeField(required=False, allow_null=True)
+    duration_hours = serializers.IntegerField()
+    client_token = serializers.CharField(required=False, max_length=64, help_text="Retry safely")
+
+
+class Reservations(ListAPIView):
+    required_scopes = {"GET": READ, "POST": WRITE}
+    serializer_class = ReservationSerializer
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("state", str, enum=Reservation.State.values),
+            OpenApiParameter("starts_after", str),
+            OpenApiParameter("starts_before", str),
+        ]
+    )
+    def get(self, request: Request, *args: object, **kwargs: object) -> Response:
+        return super().get(request, *args, **kwargs)
+
+    def get_queryset(self):  # type: ignore[no-untyped-def]
+        reservations = selectors.reservations_for_org(organization_of(self.request))
+        params = self.request.query_params
+        if params.get("state"):
+            if params["state"] not in Reservation.State.values:
+                raise serializers.ValidationError({"state": ["Unknown state."]})
+            reservations = reservations.filter(state=params["state"])
+        for param, lookup in (
+            ("starts_after", "starts_at__gte"),
+            ("starts_before", "starts_at__lt"),
+        ):
+            if params.get(param):
+                value = serializers.DateTimeField().to_internal_value(params[param])
+                reservations = reservations.filter(**{lookup: value})
+        return reservations
+
+    @extend_schema(request=CreateReservation, responses={201: ReservationSerializer})
+    def post(self, request: Request) -> Response:
+        body = CreateReservation(data=request.data)
+        body.is_valid(raise_exception=True)
+        raw = {k: v for k, v in request.data.items() if k in OfferingSearchForm.base_fields}
+        if raw.get("starts_at") is None:
+            raw.pop("starts_at", None)
+        data = _search_form(raw).cleaned_data
+        if data["region"] is None:
+            raise serializers.ValidationError({"region": ["Choose a region."]})
+        reservation = services.reservation_create(
+            organization=organization_of(request),
+            user=actor_of(request),
+            gpu_model=data["gpu_model"],
+            region=data["region"],
+            node_count=data["node_count"],
+            window=data["window"],
+            request_token=body.validated_data.get("client_token"),
+        )
+        return Response(ReservationSerializer(reservation).data, status=201)
+
+
+def _reservation(request: Request, public_id: str) -> Reservation:
+    reservation = selectors.reservation_for_org(organization_of(request), public_id)
+    if reservation is None:
+        raise NotFound("No such reservation.")
+    return reservation
+
+
+class ReservationDetail(APIView):
+    required_scopes = {"GET": READ}
+
+    @extend_schema(responses=ReservationSerializer)
+    def get(self, request: Request, public_id: str) -> Response:
+        return Response(ReservationSerializer(_reservation(request, public_id)).data)
+
+
+class CancelReservation(APIView):
+    required_scopes = {"POST": WRITE}
+
+    @extend_schema(
+        request=inline_serializer(
+            "CancelRequest", {"reason": serializers.CharField(required=False)}
+        ),
+        responses=ReservationSerializer,
+    )
+    def post(self, request: Request, public_id: str) -> Response:
+        reason = request.data.get("reason", "") if isinstance(request.data, dict) else ""
+        canceled = services.reservation_cancel(
+            reservation=_reservation(request, public_id),
+            actor=actor_of(request),
+            reason=str(reason),
+        )
+        return Response(ReservationSerializer(canceled).data)
+
+
+class _Extend(serializers.Serializer):
+    hours = serializers.IntegerField(min_value=1)
+
+
+class ExtendReservation(APIView):
+    required_scopes = {"POST": WRITE}
+
+    @extend_schema(
+        request=inline_serializer(
+            "ExtendRequest", {"hours": serializers.IntegerField(min_value=1)}
+        ),
+        responses=ReservationSerializer,
+    )
+    def post(self, request: Request, public_id: str) -> Response:
+        body = _Extend(data=request.data)
+        body.is_valid(raise_exception=True)
+        hours = body.validated_data["hours"]
+        extended = services.reservation_extend(
+            reservation=_reservation(request, public_id), actor=actor_of(request), hours=hours
+        )
+        return Response(ReservationSerializer(extended).data)

@@ -1,0 +1,40 @@
+from django.urls import path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from accounts.api import VerifyKey
+from billing.api import PayReservation
+from capacity import api as capacity_api
+
+urlpatterns = [
+    path(
+        "schema/",
+        SpectacularAPIView.as_view(permission_classes=[], authentication_classes=[]),
+        name="api-schema",
+    ),
+    path(
+        "docs/",
+        SpectacularSwaggerView.as_view(
+            url_name="api-schema", permission_classes=[], authentication_classes=[]
+        ),
+        name="api-docs",
+    ),
+    path("offerings/", capacity_api.Offerings.as_view(), name="api-offerings"),
+    path("reservations/", capacity_api.Reservations.as_view(), name="api-reservations"),
+    path(
+        "reservations/<str:public_id>/",
+        capacity_api.ReservationDetail.as_view(),
+        name="api-reservation",
+    ),
+    path(
+        "reservations/<str:public_id>/cancel/",
+        capacity_api.CancelReservation.as_view(),
+        name="api-cancel",
+    ),
+    path(
+        "reservations/<str:public_id>/extend/",
+        capacity_api.ExtendReservation.as_view(),
+        name="api-extend",
+    ),
+    path("reservations/<str:public_id>/pay/", PayReservation.as_view(), name="api-pay"),
+    path("keys/verify/", VerifyKey.as_view(), name="api-keys-verify"),
+]

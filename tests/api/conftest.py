@@ -1,0 +1,1 @@
+from tests.capacity.conftest import catalog, frozen_clock  # noqa: F401

@@ -1,0 +1,278 @@
+from datetime import timedelta
+from io import StringIO
+
+import pytest
+from django.core.management import call_command
+from django.test import Client
+from django.utils import timezone
+
+from accounts import api_keys, keys
+from accounts.models import ApiKey
+from accounts.permissions import Role
+from capacity import lifecycle
+from capacity.models import Reservation
+from tests.capacity.conftest import NEXT_HOUR
+from tests.capacity.test_reservations import reserve
+from tests.conftest import member_of
+
+ALL = [s.value for s in ApiKey.Scope]
+BLOCK = {
+    "gpu_model": "h100",
+    "region": "us-east",
+    "node_count": 2,
+    "duration_hours": 24,
+    "starts_at": "2026-12-01T10:00:00Z",
+}
+
+
+def key_for(org, user, scopes=ALL):
+    return api_keys.api_key_create(organization=org, actor=user, name="ci", scopes=scopes)[1]
+
+
+def api(key=None, **headers):
+    client = Client()
+    if key:
+        headers["HTTP_AUTHORIZATION"] = f"Bearer {key}"
+    client.defaults.update(headers)
+    return client
+
+
+def error(response):
+    return response.status_code, response.json()["error"]["code"]
+
+
+@pytest.mark.parametrize(
+    ("header", "code"),
+    [
+        (None, "not_authenticated"),
+        ("Basic abc", "malformed_header"),
+        ("Bearer hbk_short", "malformed_key"),
+        ("Bearer " + keys.generate()[0][:-1] + "x", "malformed_key"),  # checksum off
+        ("Bearer " + keys.generate()[0], "unknown_key"),  # well formed, never issued
+    ],
+)
+def test_bad_credentials_are_401_in_one_shape(db, header, code):
+    client = Client(HTTP_AUTHORIZATION=header) if header else Client()
+    response = client.get("/api/v1/reservations/")
+    assert error(response) == (401, code)
+    assert set(response.json()["error"]) == {"type", "code", "message", "param"}
+    assert response["WWW-Authenticate"] == 'Bearer realm="api"'
+
+
+def test_revoked_and_expired_keys_stop_working(catalog, organization, owner, frozen_clock):
+    key = key_for(organization, owner)
+    assert api(key).get("/api/v1/reservations/").status_code == 200
+    record = ApiKey.objects.get()
+    api_keys.api_key_revoke(api_key=record, actor=owner)
+    # Another process's cached copy may still pass for up to 5 seconds, never longer.
+    frozen_clock.shift(timedelta(seconds=6))
+    assert error(api(key).get("/api/v1/reservations/")) == (401, "revoked_key")
+    _expiring, raw = api_keys.api_key_create(
+        organization=organization,
+        actor=owner,
+        name="short",
+        scopes=ALL,
+        expires_at=timezone.now() + timedelta(hours=1),
+    )
+    frozen_clock.shift(timedelta(hours=2))
+    assert error(api(raw).get("/api/v1/reservations/")) == (401, "expired_key")
+
+
+def test_revoking_clears_this_process_cache_at_once(
+    catalog, organization, owner, django_capture_on_commit_callbacks
+):
+    key = key_for(organization, owner)
+    assert api(key).get("/api/v1/reservations/").status_code == 200  # now cached
+    with django_capture_on_commit_callbacks(execute=True):
+        api_keys.api_key_revoke(api_key=ApiKey.objects.get(), actor=owner)
+    assert error(api(key).get("/api/v1/reservations/")) == (401, "revoked_key")
+
+
+def test_rotation_keeps_the_old_key_for_the_grace_period(
+    catalog, organization, owner, frozen_clock
+):
+    old = key_for(organization, owner)
+    _new_record, new = api_keys.api_key_rotate(
+        api_key=ApiKey.objects.get(), actor=owner, grace=timedelta(hours=1)
+    )
+    assert api(old).get("/api/v1/reservations/").status_code == 200
+    assert api(new).get("/api/v1/reservations/").status_code == 200
+    frozen_clock.shift(timedelta(hours=1, seconds=6))  # past the grace and the 5 s cache
+    assert error(api(old).get("/api/v1/reservations/")) == (401, "revoked_key")
+    assert api(new).get("/api/v1/reservations/").status_code == 200
+
+
+def test_a_missing_scope_is_403(catalog, organization, owner):
+    key = key_for(organization, owner, scopes=["billing:read"])
+    assert error(api(key).get("/api/v1/reservations/")) == (403, "missing_scope")
+    assert error(
+        api(key).post("/api/v1/reservations/", BLOCK, content_type="application/json")
+    ) == (
+        403,
+        "missing_scope",
+    )
+    assert Reservation.objects.count() == 0
+
+
+def test_reserve_list_retrieve_and_cancel_by_api(catalog, organization, owner):
+    client = api(key_for(organization, owner))
+    created = client.post(
+        "/api/v1/reservations/", {**BLOCK, "client_token": "t1"}, content_type="application/json"
+    )
+    assert created.status_code == 201
+    body = created.json()
+    assert {
+        k: body[k] for k in ("state", "gpu_model", "region", "node_count", "price", "currency")
+    } == {
+        "state": "held",
+        "gpu_model": "h100",
+        "region": "us-east",
+        "node_count": 2,
+        "price": "768.00",
+        "currency": "usd",
+    }
+    assert (body["starts_at"], body["ends_at"]) == ("2026-12-01T10:00:00Z", "2026-12-02T10:00:00Z")
+    again = client.post(
+        "/api/v1/reservations/", {**BLOCK, "client_token": "t1"}, content_type="application/json"
+    )
+    assert again.json()["id"] == body["id"]  # the same client token: the same reservation
+    listed = client.get("/api/v1/reservations/", {"state": "held"}).json()
+    assert [r["id"] for r in listed["results"]] == [body["id"]]
+    assert client.get(f"/api/v1/reservations/{body['id']}/").json()["id"] == body["id"]
+    canceled = client.post(
+        f"/api/v1/reservations/{body['id']}/cancel/", {}, content_type="application/json"
+    )
+    assert canceled.json()["state"] == "canceled"
+
+
+@pytest.mark.parametrize(
+    ("changes", "param", "code"),
+    [
+        ({"gpu_model": "h900"}, "gpu_model", "invalid_choice"),
+        ({"starts_at": "2026-12-01T10:30:00Z"}, "starts_at", None),
+        ({"node_count": 0}, "node_count", None),
+        ({"duration_hours": "x"}, "duration_hours", "invalid"),
+    ],
+)
+def test_bad_reservations_are_400_with_the_field(
+    catalog, organization, owner, changes, param, code
+):
+    response = api(key_for(organization, owner)).post(
+        "/api/v1/reservations/", {**BLOCK, **changes}, content_type="application/json"
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == param
+    if code:
+        assert response.json()["error"]["code"] == code
+    assert Reservation.objects.count() == 0
+
+
+def test_sold_out_is_409(catalog, organization, owner):
+    client = api(key_for(organization, owner))
+    for nodes in (8, 4):
+        client.post(
+            "/api/v1/reservations/", {**BLOCK, "node_count": nodes}, content_type="application/json"
+        )
+    response = client.post("/api/v1/reservations/", BLOCK, content_type="application/json")
+    assert error(response) == (409, "capacity_unavailable")
+
+
+@pytest.mark.parametrize(
+    "method_path",
+    [
+        ("get", "/api/v1/reservations/{id}/"),
+        ("post", "/api/v1/reservations/{id}/cancel/"),
+        ("post", "/api/v1/reservations/{id}/extend/"),
+        ("post", "/api/v1/reservations/{id}/pay/"),
+    ],
+)
+def test_another_organizations_reservation_is_404_and_untouched(
+    catalog, organization, owner, other_organization, method_path
+):
+    theirs = reserve(other_organization, other_organization.memberships.get().user, catalog)
+    theirs = lifecycle.transition(reservation=theirs, to=Reservation.State.SCHEDULED, actor=None)
+    method, path = method_path
+    client = api(key_for(organization, owner))
+    body = {"hours": 1, "client_token": "x"}
+    response = getattr(client, method)(
+        path.format(id=theirs.public_id), body, content_type="application/json"
+    )
+    assert error(response) == (404, "not_found")
+    theirs.refresh_from_db()
+    assert (theirs.state, theirs.ends_at) == ("scheduled", NEXT_HOUR + timedelta(hours=24))
+    listed = client.get("/api/v1/reservations/").json()["results"]
+    assert theirs.public_id not in [r["id"] for r in listed]
+
+
+def test_offerings_search(catalog, organization, owner):
+    response = api(key_for(organization, owner)).get("/api/v1/offerings/", {**BLOCK, "region": ""})
+    assert [(o["kind"], o["region"], o["price"]) for o in response.json()] == [
+        ("exact", "us-west", "576.00"),
+        ("exact", "us-east", "768.00"),
+    ]
+
+
+def test_session_users_name_their_organization(catalog, organization, owner):
+    client = Client()
+    client.force_login(owner)
+    assert error(client.get("/api/v1/reservations/")) == (404, "not_found")
+    assert client.get("/api/v1/reservations/", {"org": organization.slug}).status_code == 200
+
+
+def test_key_verification_for_the_model_gateway(catalog, organization, owner):
+    gateway = key_for(organization, owner, scopes=["usage:write"])
+    customer = key_for(organization, member_of(organization, Role.MEMBER), scopes=["inference"])
+    answer = api(gateway).post(
+        "/api/v1/keys/verify/", {"key": customer}, content_type="application/json"
+    )
+    assert answer.json() == {
+        "valid": True,
+        "organization": organization.slug,
+        "scopes": ["inference"],
+        "inference_allowed": True,
+        "reason": None,
+    }
+    bogus = api(gateway).post(
+        "/api/v1/keys/verify/", {"key": "hbk_nope"}, content_type="application/json"
+    )
+    assert bogus.json()["reason"] == "malformed_key"
+
+
+def test_last_use_is_written_at_most_once_a_minute(catalog, organization, owner, frozen_clock):
+    key = key_for(organization, owner)
+    api(key).get("/api/v1/reservations/")
+    first = ApiKey.objects.get().last_used_at
+    frozen_clock.shift(timedelta(seconds=30))
+    api(key).get("/api/v1/reservations/")
+    assert ApiKey.objects.get().last_used_at == first
+    frozen_clock.shift(timedelta(seconds=31))
+    api(key).get("/api/v1/reservations/")
+    assert ApiKey.objects.get().last_used_at == first + timedelta(seconds=61)
+
+
+def test_schema_and_docs_are_served(db):
+    schema = Client().get("/api/v1/schema/")
+    assert schema.status_code == 200
+    assert b"/api/v1/reservations/{public_id}/pay/" in schema.content
+    docs = Client().get("/api/v1/docs/")
+    assert docs.status_code == 200
+    assert b"swagger-ui" in docs.content
+
+
+def test_operators_create_keys_from_the_command_line(organization):
+    out, err = StringIO(), StringIO()
+    call_command(
+        "create_api_key",
+        "--org",
+        organization.slug,
+        "--name",
+        "ops",
+        "--scope",
+        "reservations:read",
+        stdout=out,
+        stderr=err,
+    )
+    key = out.getvalue().strip()
+    assert keys.parse(key) == ApiKey.objects.get().public_id
+    assert api(key).get("/api/v1/reservations/").status_code == 200
+    assert "It is shown once" in err.getvalue()
