@@ -10,7 +10,7 @@ from portal.errors import ServiceError
 
 from . import services
 from .emails import queue_email
-from .models import Organization, User
+from .models import ApiKey, Organization, User
 from .permissions import Permission, Role, can
 from .validators import validate_org_slug
 
@@ -149,3 +149,18 @@ class InviteForm(forms.Form):
 
 class RoleForm(forms.Form):
     role = forms.ChoiceField(choices=Role.choices)
+
+
+class ApiKeyForm(forms.Form):
+    name = forms.CharField(max_length=80, help_text="Where it is used, e.g. “CI runner”.")
+    scopes = forms.MultipleChoiceField(
+        choices=ApiKey.Scope.choices,
+        widget=forms.CheckboxSelectMultiple,
+        initial=[ApiKey.Scope.RESERVATIONS_READ],
+    )
+    expires_at = forms.DateTimeField(
+        required=False,
+        label="Expires (UTC)",
+        widget=forms.DateTimeInput(attrs={"type": "datetime-local"}),
+        help_text="Leave empty for a key that does not expire.",
+    )

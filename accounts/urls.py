@@ -18,6 +18,13 @@ urlpatterns = [
         name="password_reset_confirm",
     ),
     path("account/", views.profile, name="profile"),
+    path("account/confirm-password/", views.confirm_password, name="confirm-password"),
+    path("o/<slug:slug>/api-keys/", views.api_keys_page, name="api-keys"),
+    path(
+        "o/<slug:slug>/api-keys/<str:public_id>/<str:action>/",
+        views.api_key_action,
+        name="api-key-action",
+    ),
     path("invitations/<str:token>/", views.invitation, name="invitation"),
     path("organizations/new/", views.organization_create, name="organization-create"),
     path("o/<slug:slug>/settings/", views.organization_settings, name="organization-settings"),

@@ -1,3 +1,6 @@
+from datetime import timedelta
+
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import login, update_session_auth_hash
 from django.contrib.auth import views as auth_views
@@ -6,14 +9,16 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse, reverse_lazy
 from django.utils import timezone
+from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from portal.errors import ServiceError
 from portal.forms import add_service_error
 
-from . import selectors, services
+from . import api_keys, selectors, services
 from .decorators import org_member
 from .forms import (
+    ApiKeyForm,
     InvitationSignupForm,
     InviteForm,
     LoginForm,
@@ -394,3 +399,111 @@ def invitation(request: HttpRequest, token: str) -> HttpResponse:
             ],
         },
     )
+
+
+# --- Re-authentication and API keys -----------------------------------------------------------
+REAUTH_SESSION_KEY = "reauthenticated_at"
+
+
+def recently_reauthenticated(request: HttpRequest) -> bool:
+    stamp = request.session.get(REAUTH_SESSION_KEY)
+    return (
+        bool(stamp)
+        and timezone.now().timestamp() - stamp < settings.REAUTHENTICATION_MAX_AGE.total_seconds()
+    )
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def confirm_password(request: HttpRequest) -> HttpResponse:
+    """Ask for the password again before a sensitive action (API keys, payment methods)."""
+    next_url = request.POST.get("next") or request.GET.get("next") or "/"
+    if not url_has_allowed_host_and_scheme(next_url, allowed_hosts={request.get_host()}):
+        next_url = "/"
+    error = ""
+    if request.method == "POST":
+        if request.user.check_password(request.POST.get("password", "")):
+            request.session[REAUTH_SESSION_KEY] = timezone.now().timestamp()
+            return redirect(next_url)
+        error = "That password is not right."
+    return render(
+        request,
+        "accounts/confirm_password.html",
+        {"next": next_url, "error": error},
+        status=400 if error else 200,
+    )
+
+
+@org_member(Permission.VIEW_ORGANIZATION)
+@require_http_methods(["GET", "POST"])
+def api_keys_page(request: HttpRequest) -> HttpResponse:
+    organization = request.organization
+    may_manage = can(request.membership.role, Permission.MANAGE_API_KEYS)
+    created_key = ""
+    form = ApiKeyForm(request.POST or None)
+    if request.method == "POST":
+        if not may_manage:
+            return render(
+                request, "403.html", {"message": "Your role cannot create API keys."}, status=403
+            )
+        if not recently_reauthenticated(request):
+            return redirect(f"{reverse('confirm-password')}?next={request.path}")
+        if form.is_valid():
+            try:
+                _key, created_key = api_keys.api_key_create(
+                    organization=organization,
+                    actor=request.user,
+                    name=form.cleaned_data["name"],
+                    scopes=form.cleaned_data["scopes"],
+                    expires_at=form.cleaned_data["expires_at"],
+                )
+            except ServiceError as exc:
+                add_service_error(form, exc)
+            else:
+                form = ApiKeyForm()
+    return render(
+        request,
+        "accounts/api_keys.html",
+        {
+            "keys": api_keys.keys_for_org(organization),
+            "form": form,
+            "created_key": created_key,
+            "may_manage": may_manage,
+            "now": timezone.now(),
+        },
+        status=400 if form.errors else 200,
+    )
+
+
+@org_member(Permission.MANAGE_API_KEYS)
+@require_POST
+def api_key_action(request: HttpRequest, public_id: str, action: str) -> HttpResponse:
+    if action not in ("revoke", "rotate"):
+        return render(request, "404.html", status=404)
+    page = reverse("api-keys", args=[request.organization.slug])
+    if not recently_reauthenticated(request):
+        return redirect(f"{reverse('confirm-password')}?next={page}")
+    try:
+        api_key = api_keys.key_for_org(request.organization, public_id)
+        if action == "revoke":
+            api_keys.api_key_revoke(api_key=api_key, actor=request.user)
+            messages.success(request, f"Key {api_key.name} revoked.")
+        else:
+            _new, key = api_keys.api_key_rotate(
+                api_key=api_key, actor=request.user, grace=timedelta(hours=24)
+            )
+            return render(
+                request,
+                "accounts/api_keys.html",
+                {
+                    "keys": api_keys.keys_for_org(request.organization),
+                    "form": ApiKeyForm(),
+                    "created_key": key,
+                    "rotated": api_key,
+                    "may_manage": True,
+                    "now": timezone.now(),
+                },
+            )
+    except ServiceError as exc:
+        messages.error(request, exc.message)
+    return redirect("api-keys", slug=request.organization.slug)

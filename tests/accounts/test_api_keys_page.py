@@ -1,0 +1,98 @@
+import re
+
+import pytest
+from django.urls import reverse
+
+from accounts import keys
+from accounts.models import ApiKey
+from accounts.permissions import Role
+from tests.conftest import client_for, member_of
+from tests.factories import PASSWORD
+
+
+def page(org):
+    return reverse("api-keys", args=[org.slug])
+
+
+def reauthenticated(user):
+    client = client_for(user)
+    client.post(reverse("confirm-password"), {"password": PASSWORD, "next": "/"})
+    return client
+
+
+def test_creating_a_key_asks_for_the_password_then_shows_the_key_once(organization, owner):
+    client = client_for(owner)
+    asked = client.post(page(organization), {"name": "CI", "scopes": ["reservations:read"]})
+    assert asked.status_code == 302
+    assert asked["Location"] == f"{reverse('confirm-password')}?next={page(organization)}"
+    assert ApiKey.objects.count() == 0
+    wrong = client.post(
+        reverse("confirm-password"), {"password": "nope", "next": page(organization)}
+    )
+    assert wrong.status_code == 400
+    client.post(reverse("confirm-password"), {"password": PASSWORD, "next": page(organization)})
+    created = client.post(
+        page(organization), {"name": "CI", "scopes": ["reservations:read", "usage:write"]}
+    )
+    shown = re.search(r'id="new-key">(hbk_[^<]+)<', created.content.decode()).group(1)
+    record = ApiKey.objects.get()
+    assert keys.parse(shown) == record.public_id
+    assert (record.name, record.scopes, record.created_by) == (
+        "CI",
+        ["reservations:read", "usage:write"],
+        owner,
+    )
+    assert shown not in client.get(page(organization)).content.decode()  # never again
+
+
+def test_the_password_check_lapses_after_ten_minutes(organization, owner, settings):
+    settings.REAUTHENTICATION_MAX_AGE = settings.REAUTHENTICATION_MAX_AGE * 0
+    client = reauthenticated(owner)
+    assert (
+        client.post(page(organization), {"name": "CI", "scopes": ["inference"]}).status_code == 302
+    )
+    assert ApiKey.objects.count() == 0
+
+
+@pytest.mark.parametrize(
+    ("role", "allowed"), [(Role.ADMIN, True), (Role.MEMBER, True), (Role.BILLING, False)]
+)
+def test_who_may_create_keys(organization, owner, role, allowed):
+    client = reauthenticated(member_of(organization, role))
+    response = client.post(page(organization), {"name": "k", "scopes": ["inference"]})
+    assert response.status_code == (200 if allowed else 403)
+    assert ApiKey.objects.count() == (1 if allowed else 0)
+
+
+def test_bad_key_requests_change_nothing(organization, owner):
+    client = reauthenticated(owner)
+    response = client.post(page(organization), {"name": "", "scopes": ["root"]})
+    assert response.status_code == 400
+    assert set(response.context["form"].errors) == {"name", "scopes"}
+    assert ApiKey.objects.count() == 0
+
+
+def test_revoke_and_rotate_from_the_page(organization, owner):
+    client = reauthenticated(owner)
+    client.post(page(organization), {"name": "CI", "scopes": ["inference"]})
+    record = ApiKey.objects.get()
+    rotated = client.post(
+        reverse("api-key-action", args=[organization.slug, record.public_id, "rotate"])
+    )
+    assert "The old key keeps working for 24 hours." in rotated.content.decode()
+    new = ApiKey.objects.exclude(pk=record.pk).get()
+    client.post(reverse("api-key-action", args=[organization.slug, new.public_id, "revoke"]))
+    new.refresh_from_db()
+    assert new.revoked_at is not None
+
+
+def test_another_organizations_keys_cannot_be_touched(organization, owner, other_organization):
+    theirs_owner = other_organization.memberships.get().user
+    client = reauthenticated(theirs_owner)
+    client.post(page(other_organization), {"name": "theirs", "scopes": ["inference"]})
+    theirs = ApiKey.objects.get()
+    mine = reauthenticated(owner)
+    mine.post(reverse("api-key-action", args=[organization.slug, theirs.public_id, "revoke"]))
+    assert mine.get(page(other_organization)).status_code == 404
+    theirs.refresh_from_db()
+    assert theirs.revoked_at is None
