@@ -2,7 +2,8 @@ from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.views import APIView
+
+from portal.api import ApiView as APIView
 
 from . import api_keys
 from .models import ApiKey

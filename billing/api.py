@@ -2,10 +2,10 @@ from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.views import APIView
 
 from accounts.models import ApiKey
 from capacity.api import _reservation, actor_of
+from portal.api import ApiView as APIView
 
 from . import services
 

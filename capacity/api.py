@@ -7,10 +7,10 @@ from rest_framework import serializers
 from rest_framework.generics import ListAPIView
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.views import APIView
 
 from accounts.models import ApiKey
 from accounts.selectors import membership_for
+from portal.api import ApiView as APIView
 from portal.errors import NotAllowed, NotFound
 
 from . import offerings, selectors, services
@@ -137,7 +137,7 @@ class CreateReservation(serializers.Serializer):
     client_token = serializers.CharField(required=False, max_length=64, help_text="Retry safely")
 
 
-class Reservations(ListAPIView):
+class Reservations(APIView, ListAPIView):
     required_scopes = {"GET": READ, "POST": WRITE}
     serializer_class = ReservationSerializer
 

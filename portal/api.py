@@ -1,13 +1,25 @@
 """What every API endpoint shares: one JSON error shape and cursor pagination (authentication
 and scopes are in portal/api_auth.py, which DRF's settings import early)."""
 
+import hashlib
+import time
+from datetime import timedelta
+
+from django.conf import settings
+from django.core.cache import cache
+from django.db import IntegrityError, transaction
 from django.http import Http404
+from django.utils import timezone
 from rest_framework import exceptions
 from rest_framework.pagination import CursorPagination
+from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.throttling import BaseThrottle
+from rest_framework.views import APIView
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from portal.errors import ServiceError
+from portal.models import IdempotencyRecord
 
 
 class Cursor(CursorPagination):
@@ -76,3 +88,121 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
         if header in response:
             shaped[header] = response[header]
     return shaped
+
+
+# --- Idempotency and rate limits -------------------------------------------------------------
+IDEMPOTENCY_WINDOW = timedelta(hours=24)
+
+
+class KeyRateThrottle(BaseThrottle):
+    """A token bucket per API key (or user) in the shared cache: API_RATE_LIMIT requests
+    refill over API_RATE_WINDOW seconds, bursts up to the full bucket. 429 with Retry-After
+    when empty; every answer says how much is left."""
+
+    def allow_request(self, request: Request, view) -> bool:  # type: ignore[no-untyped-def]
+        capacity = settings.API_RATE_LIMIT
+        rate = capacity / settings.API_RATE_WINDOW  # tokens per second
+        now = time.time()
+        key = f"rate:{_owner(request)}"
+        tokens, stamp = cache.get(key, (capacity, now))
+        tokens = min(capacity, tokens + max(0.0, now - stamp) * rate)  # clocks can step back
+        allowed = tokens >= 1
+        if allowed:
+            tokens -= 1
+        cache.set(key, (tokens, now), settings.API_RATE_WINDOW * 2)
+        request.rate_limit = (capacity, int(tokens))
+        self.wait_seconds = 0 if allowed else (1 - tokens) / rate
+        return allowed
+
+    def wait(self) -> float:
+        return self.wait_seconds
+
+
+class _Replay(exceptions.APIException):
+    """Carries a stored response out of `initial`, where DRF lets us stop a request early."""
+
+    def __init__(self, response: Response) -> None:
+        super().__init__()
+        self.response = response
+
+
+def _owner(request: Request) -> str:
+    auth = request.auth
+    return f"key:{auth.pk}" if getattr(auth, "pk", None) else f"user:{request.user.pk}"
+
+
+class ApiView(APIView):
+    """Base of every endpoint: Idempotency-Key on POST, and a per-key rate limit."""
+
+    throttle_classes = [KeyRateThrottle]
+
+    def initial(self, request: Request, *args: object, **kwargs: object) -> None:
+        super().initial(request, *args, **kwargs)
+        self._idempotency = None
+        key = request.headers.get("Idempotency-Key")
+        if request.method != "POST" or not key:
+            return
+        if len(key) > 255:
+            raise exceptions.ValidationError({"Idempotency-Key": ["Use at most 255 characters."]})
+        fingerprint = hashlib.sha256(
+            b" ".join([request.method.encode(), request.path.encode(), request.body])
+        ).hexdigest()
+        owner = _owner(request)
+        fresh = timezone.now() - IDEMPOTENCY_WINDOW
+        IdempotencyRecord.objects.filter(owner=owner, key=key, created_at__lt=fresh).delete()
+        try:
+            with transaction.atomic():
+                self._idempotency = IdempotencyRecord.objects.create(
+                    owner=owner, key=key, request_hash=fingerprint
+                )
+            return
+        except IntegrityError:
+            earlier = IdempotencyRecord.objects.get(owner=owner, key=key)
+        if earlier.request_hash != fingerprint:
+            raise exceptions.APIException(
+                detail=exceptions.ErrorDetail(
+                    "This Idempotency-Key was used with a different request.",
+                    code="idempotency_key_reused",
+                )
+            ) from None
+        if earlier.status_code is None:
+            raise exceptions.APIException(
+                detail=exceptions.ErrorDetail(
+                    "A request with this Idempotency-Key is still being processed.",
+                    code="idempotency_key_in_use",
+                )
+            ) from None
+        replay = Response(earlier.body, status=earlier.status_code)
+        replay["Idempotent-Replayed"] = "true"
+        raise _Replay(replay)
+
+    def handle_exception(self, exc: Exception) -> Response:
+        if isinstance(exc, _Replay):
+            return exc.response
+        response = super().handle_exception(exc)
+        if response is not None and getattr(exc, "detail", None) is not None:
+            code = getattr(exc.detail, "code", None)
+            if code in ("idempotency_key_reused", "idempotency_key_in_use"):
+                response.status_code = 409
+                response.data["error"]["type"] = "conflict"
+        return response
+
+    def finalize_response(
+        self, request: Request, response: Response, *args: object, **kwargs: object
+    ) -> Response:
+        limit = getattr(request, "rate_limit", None)
+        if limit is not None:
+            response["X-RateLimit-Limit"], response["X-RateLimit-Remaining"] = (
+                str(limit[0]),
+                str(limit[1]),
+            )
+        record = getattr(self, "_idempotency", None)
+        if record is not None:
+            if response.status_code >= 500:
+                record.delete()  # a crash is not an answer: let the client retry
+            else:
+                IdempotencyRecord.objects.filter(pk=record.pk).update(
+                    status_code=response.status_code, body=response.data
+                )
+            self._idempotency = None
+        return super().finalize_response(request, response, *args, **kwargs)

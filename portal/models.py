@@ -66,3 +66,23 @@ class AuditEvent(AppendOnly):
 
     def __str__(self) -> str:
         return f"{self.action} {self.object_repr}".strip()
+
+
+class IdempotencyRecord(models.Model):
+    """The first response to a POST sent with an Idempotency-Key, replayed for 24 hours."""
+
+    owner = models.CharField(max_length=80, help_text="The API key or user that sent it.")
+    key = models.CharField(max_length=255)
+    request_hash = models.CharField(max_length=64)
+    status_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    body = models.JSONField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["owner", "key"], name="portal_idempotency_once"),
+        ]
+        indexes = [models.Index(fields=["created_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.owner}: {self.key}"

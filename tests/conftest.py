@@ -25,6 +25,14 @@ def _no_outside_network(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(socket.socket, "connect", guarded)
 
 
+@pytest.fixture(autouse=True)
+def _empty_cache() -> None:
+    """Each test starts with an empty cache (rate buckets, cached API keys)."""
+    from django.core.cache import cache
+
+    cache.clear()
+
+
 @pytest.fixture
 def password() -> str:
     return PASSWORD

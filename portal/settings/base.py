@@ -156,6 +156,8 @@ SILENCED_SYSTEM_CHECKS = [
 EMAIL_VERIFICATION_MAX_AGE = timedelta(days=3)
 INVITATION_TTL = timedelta(days=7)
 API_KEY_CACHE_SECONDS = 5  # a revoked key stops working within this
+API_RATE_LIMIT = env.int("API_RATE_LIMIT", default=600)  # requests per key per window
+API_RATE_WINDOW = 60  # seconds
 # Sensitive actions (API keys, payment methods, roles) ask for the password again after this.
 REAUTHENTICATION_MAX_AGE = timedelta(minutes=10)
 

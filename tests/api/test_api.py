@@ -276,3 +276,70 @@ def test_operators_create_keys_from_the_command_line(organization):
     assert keys.parse(key) == ApiKey.objects.get().public_id
     assert api(key).get("/api/v1/reservations/").status_code == 200
     assert "It is shown once" in err.getvalue()
+
+
+def test_idempotency_key_replays_the_first_answer(catalog, organization, owner):
+    client = api(key_for(organization, owner))
+    first = client.post(
+        "/api/v1/reservations/", BLOCK, content_type="application/json", HTTP_IDEMPOTENCY_KEY="k-1"
+    )
+    again = client.post(
+        "/api/v1/reservations/", BLOCK, content_type="application/json", HTTP_IDEMPOTENCY_KEY="k-1"
+    )
+    assert (first.status_code, again.status_code) == (201, 201)
+    assert again.json() == first.json()
+    assert again["Idempotent-Replayed"] == "true"
+    assert Reservation.objects.count() == 1
+    other = client.post(
+        "/api/v1/reservations/",
+        {**BLOCK, "node_count": 1},
+        content_type="application/json",
+        HTTP_IDEMPOTENCY_KEY="k-1",
+    )
+    assert error(other) == (409, "idempotency_key_reused")
+    assert Reservation.objects.count() == 1
+
+
+def test_an_idempotency_key_in_flight_is_409(catalog, organization, owner):
+    from portal.models import IdempotencyRecord
+
+    client = api(key_for(organization, owner))
+    record_owner = f"key:{ApiKey.objects.get().pk}"
+    import hashlib
+
+    body = b'{"gpu_model": "h100"}'
+    fingerprint = hashlib.sha256(b"POST /api/v1/reservations/ " + body).hexdigest()
+    IdempotencyRecord.objects.create(owner=record_owner, key="busy", request_hash=fingerprint)
+    response = client.post(
+        "/api/v1/reservations/", body, content_type="application/json", HTTP_IDEMPOTENCY_KEY="busy"
+    )
+    assert error(response) == (409, "idempotency_key_in_use")
+
+
+def test_an_idempotency_key_expires_after_a_day(catalog, organization, owner, frozen_clock):
+    client = api(key_for(organization, owner))
+    client.post(
+        "/api/v1/reservations/",
+        {**BLOCK, "node_count": 1},
+        content_type="application/json",
+        HTTP_IDEMPOTENCY_KEY="d",
+    )
+    frozen_clock.shift(timedelta(hours=24, seconds=1))
+    later = {**BLOCK, "node_count": 1, "starts_at": "2026-12-03T10:00:00Z"}
+    again = client.post(
+        "/api/v1/reservations/", later, content_type="application/json", HTTP_IDEMPOTENCY_KEY="d"
+    )
+    assert again.status_code == 201
+    assert Reservation.objects.count() == 2
+
+
+def test_the_rate_limit_answers_429_with_retry_after(catalog, organization, owner, settings):
+    settings.API_RATE_LIMIT = 3
+    client = api(key_for(organization, owner))
+    answers = [client.get("/api/v1/reservations/") for _ in range(4)]
+    assert [a.status_code for a in answers] == [200, 200, 200, 429]
+    assert [a["X-RateLimit-Remaining"] for a in answers[:3]] == ["2", "1", "0"]
+    assert error(answers[3]) == (429, "throttled")
+    assert int(answers[3]["Retry-After"]) == 20
+    # Another key has its own bucket.
+    assert api(key_for(organization, owner)).get("/api/v1/reservations/").status_code == 200
