@@ -129,6 +129,10 @@ class Organization(models.Model):
         limit_choices_to={"is_staff": True},
         help_text="The salesperson who looks after this customer.",
     )
+    is_platform = models.BooleanField(
+        default=False,
+        help_text="Our own services (the model gateway): its usage keys report for customers.",
+    )
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:

@@ -1,13 +1,21 @@
-from drf_spectacular.utils import extend_schema, inline_serializer
+from datetime import timedelta
+
+from django.utils import timezone
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import serializers
+from rest_framework.generics import ListAPIView
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from accounts.models import ApiKey
-from capacity.api import _reservation, actor_of
+from accounts.permissions import Permission, can
+from accounts.selectors import membership_for
+from capacity.api import _reservation, actor_of, organization_of
 from portal.api import ApiView as APIView
+from portal.errors import NotAllowed
 
-from . import services
+from . import metering, selectors, services
+from .models import Invoice, Payment, Refund
 
 
 class _Pay(serializers.Serializer):
@@ -56,3 +64,161 @@ class PayReservation(APIView):
                 "client_secret": secret,
             }
         )
+
+
+class Usage(APIView):
+    """POST: the model gateway reports token usage (up to 1,000 events). GET: a summary."""
+
+    required_scopes = {"POST": ApiKey.Scope.USAGE_WRITE, "GET": ApiKey.Scope.BILLING_READ}
+
+    @extend_schema(
+        request=inline_serializer(
+            "UsageBatch",
+            {
+                "events": serializers.ListField(
+                    child=inline_serializer(
+                        "UsageEventIn",
+                        {
+                            "id": serializers.CharField(),
+                            "key": serializers.CharField(required=False, help_text="Public id"),
+                            "model": serializers.CharField(),
+                            "input_tokens": serializers.IntegerField(),
+                            "output_tokens": serializers.IntegerField(),
+                            "time": serializers.DateTimeField(),
+                        },
+                    )
+                )
+            },
+        ),
+        responses=inline_serializer(
+            "UsageAccepted",
+            {
+                "accepted": serializers.IntegerField(),
+                "duplicates": serializers.IntegerField(),
+                "errors": serializers.ListField(child=serializers.DictField()),
+            },
+        ),
+    )
+    def post(self, request: Request) -> Response:
+        if not isinstance(request.auth, ApiKey):
+            raise serializers.ValidationError({"events": ["Usage is reported with an API key."]})
+        events = request.data.get("events") if isinstance(request.data, dict) else None
+        try:
+            result = metering.ingest(reporter=request.auth, events=events)
+        except ValueError as exc:
+            raise serializers.ValidationError({"events": [str(exc)]}) from exc
+        return Response(result, status=207 if result["errors"] else 200)
+
+    @extend_schema(
+        parameters=[OpenApiParameter("days", int, description="How far back, 1 to 90 (30)")],
+        responses=inline_serializer(
+            "UsageSummary",
+            {"days": serializers.ListField(child=serializers.DictField())},
+        ),
+    )
+    def get(self, request: Request) -> Response:
+        days = request.query_params.get("days", "30")
+        if not days.isdigit() or not 1 <= int(days) <= 90:
+            raise serializers.ValidationError(
+                {"days": ["Give a whole number of days from 1 to 90."]}
+            )
+        since = timezone.now() - timedelta(days=int(days))
+        rows = metering.spend_by_day_and_model(organization_of(request), since)
+        return Response(
+            {
+                "days": [
+                    {
+                        "date": r["hour__date"].isoformat(),
+                        "model": r["model"],
+                        "input_tokens": r["input_tokens"],
+                        "output_tokens": r["output_tokens"],
+                        "cost": f"{r['cost']:.2f}",
+                    }
+                    for r in rows
+                ]
+            }
+        )
+
+
+class PaymentSerializer(serializers.ModelSerializer):
+    id = serializers.CharField(source="public_id")
+    reservation = serializers.CharField(source="reservation.public_id")
+
+    class Meta:
+        model = Payment
+        fields = [
+            "id",
+            "reservation",
+            "status",
+            "amount",
+            "amount_refunded",
+            "currency",
+            "card_brand",
+            "card_last4",
+            "created_at",
+            "succeeded_at",
+        ]
+        read_only_fields = fields
+
+
+class RefundSerializer(serializers.ModelSerializer):
+    id = serializers.CharField(source="public_id")
+    payment = serializers.CharField(source="payment.public_id")
+
+    class Meta:
+        model = Refund
+        fields = ["id", "payment", "status", "amount", "currency", "reason", "created_at"]
+        read_only_fields = fields
+
+
+class InvoiceSerializer(serializers.ModelSerializer):
+    reservation = serializers.CharField(source="reservation.public_id")
+
+    class Meta:
+        model = Invoice
+        fields = [
+            "number",
+            "reservation",
+            "status",
+            "amount",
+            "currency",
+            "due_at",
+            "hosted_invoice_url",
+            "created_at",
+            "paid_at",
+        ]
+        read_only_fields = fields
+
+
+class _BillingList(APIView, ListAPIView):
+    required_scopes = {"GET": ApiKey.Scope.BILLING_READ}
+    selector = None
+
+    def get_queryset(self):  # type: ignore[no-untyped-def]
+        organization = organization_of(self.request)
+        role_check(self.request, organization)
+        return type(self).selector(organization)
+
+
+def role_check(request: Request, organization) -> None:  # type: ignore[no-untyped-def]
+    """Session users need a billing role; keys carry the billing:read scope instead."""
+    if isinstance(request.auth, ApiKey):
+        return
+    membership = membership_for(user=request.user, slug=organization.slug)
+    if membership is None or not can(membership.role, Permission.VIEW_BILLING):
+        raise NotAllowed("Your role cannot see billing.")
+
+
+class Payments(_BillingList):
+    serializer_class = PaymentSerializer
+    selector = staticmethod(selectors.payments_for_org)
+
+
+class Refunds(_BillingList):
+    serializer_class = RefundSerializer
+    selector = staticmethod(selectors.refunds_for_org)
+
+
+class Invoices(_BillingList):
+    serializer_class = InvoiceSerializer
+    selector = staticmethod(selectors.invoices_for_org)

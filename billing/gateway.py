@@ -311,3 +311,19 @@ def verify_webhook(payload: bytes, signature: str) -> None:
         )
     except (stripe.SignatureVerificationError, UnicodeDecodeError) as exc:
         raise WebhookSignatureError(str(exc)) from exc
+
+
+def meter_event(
+    *, event_name: str, customer_id: str, value: int, timestamp: int, identifier: str
+) -> Any:
+    """A Billing Meter event; Stripe ignores a second one with the same identifier."""
+    return _call(
+        _client().v1.billing.meter_events.create,
+        {
+            "event_name": event_name,
+            "payload": {"stripe_customer_id": customer_id, "value": str(value)},
+            "timestamp": timestamp,
+            "identifier": identifier,
+        },
+        f"meter:{identifier}",
+    )

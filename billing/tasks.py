@@ -5,7 +5,7 @@ from django.utils import timezone
 
 from capacity.models import Reservation
 
-from . import gateway, reconciliation, services, webhooks
+from . import gateway, metering, reconciliation, services, webhooks
 from .models import Refund, WebhookEvent, WebhookProcessing
 
 TRANSIENT = (gateway.GatewayUnavailable,)
@@ -78,3 +78,9 @@ def retry_webhooks() -> int:
 @shared_task(name="billing.reconcile", autoretry_for=TRANSIENT, retry_backoff=60, max_retries=5)
 def reconcile() -> int:
     return reconciliation.reconcile()
+
+
+@shared_task(name="billing.aggregate_usage")
+def aggregate_usage() -> int:
+    """Hourly: book the last hours' token usage and report it to Stripe; safe to run twice."""
+    return metering.aggregate()

@@ -2,7 +2,7 @@ from django.urls import path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from accounts.api import VerifyKey
-from billing.api import PayReservation
+from billing import api as billing_api
 from capacity import api as capacity_api
 
 urlpatterns = [
@@ -35,6 +35,10 @@ urlpatterns = [
         capacity_api.ExtendReservation.as_view(),
         name="api-extend",
     ),
-    path("reservations/<str:public_id>/pay/", PayReservation.as_view(), name="api-pay"),
+    path("reservations/<str:public_id>/pay/", billing_api.PayReservation.as_view(), name="api-pay"),
+    path("usage/", billing_api.Usage.as_view(), name="api-usage"),
+    path("payments/", billing_api.Payments.as_view(), name="api-payments"),
+    path("refunds/", billing_api.Refunds.as_view(), name="api-refunds"),
+    path("invoices/", billing_api.Invoices.as_view(), name="api-invoices"),
     path("keys/verify/", VerifyKey.as_view(), name="api-keys-verify"),
 ]

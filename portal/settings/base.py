@@ -257,6 +257,7 @@ CELERY_BEAT_SCHEDULE = {
     "capacity.remind": {"task": "capacity.remind", "schedule": 300.0},
     "capacity.reconcile": {"task": "capacity.reconcile", "schedule": 300.0},
     "billing.settle_pending": {"task": "billing.settle_pending", "schedule": 300.0},
+    "billing.aggregate_usage": {"task": "billing.aggregate_usage", "schedule": crontab(minute=5)},
     "billing.retry_webhooks": {"task": "billing.retry_webhooks", "schedule": 120.0},
     "billing.reconcile": {"task": "billing.reconcile", "schedule": crontab(hour=3, minute=17)},
     "accounts.clean_login_attempts": {
@@ -341,6 +342,8 @@ STRIPE_JS_URL = env.str(
 STRIPE_TIMEOUT_SECONDS = 15
 STRIPE_MAX_NETWORK_RETRIES = 2  # safe: every write carries an idempotency key
 STRIPE_WEBHOOK_TOLERANCE_SECONDS = 300  # older signatures are refused as replays
+STRIPE_USAGE_METER_EVENT = env.str("STRIPE_USAGE_METER_EVENT", default="hyperblock_tokens")
+USAGE_MAX_AGE = timedelta(days=7)  # usage events older than this are refused
 
 # --- Logging --------------------------------------------------------------------------------
 LOGGING = {
