@@ -28,8 +28,8 @@ def _target(reporter: ApiKey, item: dict) -> tuple[Organization, ApiKey | None]:
     """Whose usage this is. A platform key (the model gateway) names the customer's key;
     any other key reports only for its own organization."""
     public_id = item.get("key")
-    if public_id is None:
-        return reporter.organization, None
+    if public_id is None:  # the reporting key's own usage
+        return reporter.organization, reporter
     if not isinstance(public_id, str):
         raise ValueError("key must be the public id of an API key")
     key = ApiKey.objects.select_related("organization").filter(public_id=public_id).first()
@@ -188,4 +188,13 @@ def spend_by_day_and_model(organization: Organization, since: datetime) -> list[
             input_tokens=Sum("input_tokens"), output_tokens=Sum("output_tokens"), cost=Sum("cost")
         )
         .order_by("hour__date", "model")
+    )
+
+
+def usage_by_key(organization: Organization, since: datetime) -> list[dict]:
+    return list(
+        UsageEvent.objects.filter(organization=organization, occurred_at__gte=since)
+        .values("api_key__name", "api_key__public_id", "model")
+        .annotate(input_tokens=Sum("input_tokens"), output_tokens=Sum("output_tokens"))
+        .order_by("api_key__name", "model")
     )

@@ -15,6 +15,7 @@ urlpatterns = [
         name="payment-status",
     ),
     path("o/<slug:slug>/billing/", views.billing, name="billing"),
+    path("o/<slug:slug>/usage/", views.usage, name="usage"),
     path("o/<slug:slug>/billing/cards/new/", views.card_add, name="card-add"),
     path(
         "o/<slug:slug>/billing/cards/<str:payment_method_id>/default/",

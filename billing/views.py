@@ -1,6 +1,8 @@
 import contextlib
 import logging
 import secrets
+from datetime import timedelta
+from decimal import Decimal
 
 from django.conf import settings
 from django.contrib import messages
@@ -17,7 +19,7 @@ from capacity import selectors as capacity_selectors
 from capacity.models import Reservation
 from portal.errors import ServiceError
 
-from . import gateway, payment_methods, selectors, services, webhooks
+from . import gateway, metering, payment_methods, selectors, services, webhooks
 from .models import Payment
 
 logger = logging.getLogger(__name__)
@@ -312,3 +314,36 @@ def receipt(request: HttpRequest, payment_id: str) -> HttpResponse:
             f'attachment; filename="hyperblock-receipt-{payment.public_id}.html"'
         )
     return response
+
+
+@org_member(Permission.VIEW_USAGE)
+@require_GET
+def usage(request: HttpRequest) -> HttpResponse:
+    """Tokens and spend per day and model (an SVG bar chart), and per key, for 30 days."""
+    since = timezone.now() - timedelta(days=30)
+    rows = metering.spend_by_day_and_model(request.organization, since)
+    by_day: dict = {}
+    for row in rows:
+        by_day.setdefault(row["hour__date"], []).append(row)
+    peak = max((sum(r["cost"] for r in day) for day in by_day.values()), default=Decimal(0))
+    days = []
+    for index, (day, models) in enumerate(sorted(by_day.items())):
+        total = sum(r["cost"] for r in models)
+        height = int(160 * total / peak) if peak else 0
+        days.append(
+            {
+                "date": day,
+                "total": total,
+                "models": models,
+                "x": index * 22,
+                "height": height,
+                "y": 170 - height,
+                "tokens": sum(r["input_tokens"] + r["output_tokens"] for r in models),
+            }
+        )
+    per_key = metering.usage_by_key(request.organization, since)
+    return render(
+        request,
+        "billing/usage.html",
+        {"days": days, "per_key": per_key, "rows": rows, "width": max(22 * len(days), 22)},
+    )

@@ -149,3 +149,35 @@ def test_usage_summary(organization, owner, prices, stripe_api):
             }
         ]
     }
+
+
+def test_usage_page_charts_days_and_keys(
+    organization, owner, prices, stripe_api, other_organization
+):
+    from django.urls import reverse
+
+    from tests.conftest import client_for
+
+    services.billing_account_for(organization)
+    record, raw = key(organization, owner, ["usage:write", "inference"])
+    post(raw, [event(1), event(2)])
+    with responses.RequestsMock() as fake:
+        fake.add_passthru(stripe_api)
+        fake.add(
+            responses.POST,
+            f"{stripe_api}/v1/billing/meter_events",
+            json={"object": "billing.meter_event"},
+        )
+        metering.aggregate()
+    page = client_for(owner).get(reverse("usage", args=[organization.slug]))
+    html = page.content.decode()
+    assert page.status_code == 200
+    assert 'data-testid="usage-chart"' in html
+    assert [d["tokens"] for d in page.context["days"]] == [3000]
+    assert [(r["api_key__public_id"], r["input_tokens"]) for r in page.context["per_key"]] == [
+        (record.public_id, 2000)
+    ]
+    theirs = client_for(other_organization.memberships.get().user).get(
+        reverse("usage", args=[other_organization.slug])
+    )
+    assert theirs.context["days"] == []
