@@ -1,5 +1,6 @@
-from drf_spectacular.utils import extend_schema, inline_serializer
+from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
+from rest_framework.generics import ListAPIView
 from rest_framework.request import Request
 from rest_framework.response import Response
 
@@ -9,52 +10,41 @@ from . import api_keys
 from .models import ApiKey
 
 
-class VerifyKey(APIView):
-    """For the model gateway: is this customer key good, and what may it do?"""
+class KeySerializer(serializers.ModelSerializer):
+    id = serializers.CharField(source="public_id")
+    created_by = serializers.EmailField(source="created_by.email", allow_null=True)
 
-    required_scopes = {"POST": ApiKey.Scope.USAGE_WRITE}
+    class Meta:
+        model = ApiKey
+        fields = [
+            "id",
+            "name",
+            "scopes",
+            "created_by",
+            "created_at",
+            "expires_at",
+            "revoked_at",
+            "last_used_at",
+        ]
+        read_only_fields = fields
 
-    @extend_schema(
-        request=inline_serializer("VerifyKeyRequest", {"key": serializers.CharField()}),
-        responses=inline_serializer(
-            "VerifyKeyResponse",
-            {
-                "valid": serializers.BooleanField(),
-                "organization": serializers.CharField(allow_null=True),
-                "scopes": serializers.ListField(child=serializers.CharField()),
-                "inference_allowed": serializers.BooleanField(),
-                "reason": serializers.CharField(allow_null=True),
-            },
-        ),
-    )
-    def post(self, request: Request) -> Response:
-        raw = request.data.get("key") if isinstance(request.data, dict) else None
-        if not isinstance(raw, str) or not raw:
-            raise serializers.ValidationError({"key": ["Send the key to check as `key`."]})
-        try:
-            found = api_keys.authenticate(raw)
-        except api_keys.KeyRefused as exc:
-            return Response(
-                {
-                    "valid": False,
-                    "organization": None,
-                    "scopes": [],
-                    "inference_allowed": False,
-                    "reason": exc.code,
-                }
-            )
-        key = found.api_key
-        inference = (
-            ApiKey.Scope.INFERENCE in key.scopes
-            and key.created_by is not None
-            and (key.created_by.is_verified)
-        )
-        return Response(
-            {
-                "valid": True,
-                "organization": found.organization.slug,
-                "scopes": key.scopes,
-                "inference_allowed": bool(inference),
-                "reason": None if inference else "no_inference_scope_or_unverified",
-            }
-        )
+
+class Keys(APIView, ListAPIView):
+    """The organization's API keys (never the secrets)."""
+
+    serializer_class = KeySerializer
+
+    def get_queryset(self):  # type: ignore[no-untyped-def]
+        from capacity.api import organization_of
+
+        return api_keys.keys_for_org(organization_of(self.request))
+
+
+class RevokeKey(APIView):
+    @extend_schema(request=None, responses=KeySerializer)
+    def post(self, request: Request, public_id: str) -> Response:
+        from capacity.api import actor_of, organization_of
+
+        api_key = api_keys.key_for_org(organization_of(request), public_id)
+        revoked = api_keys.api_key_revoke(api_key=api_key, actor=actor_of(request))
+        return Response(KeySerializer(revoked).data)

@@ -7,6 +7,7 @@ from rest_framework.generics import ListAPIView
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from accounts import api_keys
 from accounts.models import ApiKey
 from accounts.permissions import Permission, can
 from accounts.selectors import membership_for
@@ -222,3 +223,62 @@ class Refunds(_BillingList):
 class Invoices(_BillingList):
     serializer_class = InvoiceSerializer
     selector = staticmethod(selectors.invoices_for_org)
+
+
+def _inference(key: ApiKey, organization) -> tuple[bool, str | None]:  # type: ignore[no-untyped-def]
+    """May this key call hosted models: its scope, a verified owner, and no unpaid balance
+    over the organization's credit limit."""
+    if ApiKey.Scope.INFERENCE not in key.scopes:
+        return False, "no_inference_scope"
+    if key.created_by is None or not key.created_by.is_verified:
+        return False, "owner_unverified"
+    if selectors.balance(organization) > organization.credit_limit:
+        return False, "over_credit_limit"
+    return True, None
+
+
+class VerifyKey(APIView):
+    """For the model gateway: is this customer key good, and what may it do?"""
+
+    required_scopes = {"POST": ApiKey.Scope.USAGE_WRITE}
+
+    @extend_schema(
+        request=inline_serializer("VerifyKeyRequest", {"key": serializers.CharField()}),
+        responses=inline_serializer(
+            "VerifyKeyResponse",
+            {
+                "valid": serializers.BooleanField(),
+                "organization": serializers.CharField(allow_null=True),
+                "scopes": serializers.ListField(child=serializers.CharField()),
+                "inference_allowed": serializers.BooleanField(),
+                "reason": serializers.CharField(allow_null=True),
+            },
+        ),
+    )
+    def post(self, request: Request) -> Response:
+        raw = request.data.get("key") if isinstance(request.data, dict) else None
+        if not isinstance(raw, str) or not raw:
+            raise serializers.ValidationError({"key": ["Send the key to check as `key`."]})
+        try:
+            found = api_keys.authenticate(raw)
+        except api_keys.KeyRefused as exc:
+            return Response(
+                {
+                    "valid": False,
+                    "organization": None,
+                    "scopes": [],
+                    "inference_allowed": False,
+                    "reason": exc.code,
+                }
+            )
+        key = found.api_key
+        inference, reason = _inference(key, found.organization)
+        return Response(
+            {
+                "valid": True,
+                "organization": found.organization.slug,
+                "scopes": key.scopes,
+                "inference_allowed": bool(inference),
+                "reason": reason,
+            }
+        )

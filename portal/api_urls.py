@@ -1,7 +1,7 @@
 from django.urls import path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from accounts.api import VerifyKey
+from accounts import api as accounts_api
 from billing import api as billing_api
 from capacity import api as capacity_api
 
@@ -40,5 +40,7 @@ urlpatterns = [
     path("payments/", billing_api.Payments.as_view(), name="api-payments"),
     path("refunds/", billing_api.Refunds.as_view(), name="api-refunds"),
     path("invoices/", billing_api.Invoices.as_view(), name="api-invoices"),
-    path("keys/verify/", VerifyKey.as_view(), name="api-keys-verify"),
+    path("keys/", accounts_api.Keys.as_view(), name="api-keys-list"),
+    path("keys/verify/", billing_api.VerifyKey.as_view(), name="api-keys-verify"),
+    path("keys/<str:public_id>/revoke/", accounts_api.RevokeKey.as_view(), name="api-key-revoke"),
 ]

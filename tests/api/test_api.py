@@ -343,3 +343,49 @@ def test_the_rate_limit_answers_429_with_retry_after(catalog, organization, owne
     assert int(answers[3]["Retry-After"]) == 20
     # Another key has its own bucket.
     assert api(key_for(organization, owner)).get("/api/v1/reservations/").status_code == 200
+
+
+def test_inference_stops_when_the_unpaid_balance_passes_the_credit_limit(
+    catalog, organization, owner
+):
+    from billing.models import LedgerEntry
+
+    gateway = key_for(organization, owner, scopes=["usage:write"])
+    customer = key_for(organization, owner, scopes=["inference"])
+
+    def ask():
+        return api(gateway).post(
+            "/api/v1/keys/verify/", {"key": customer}, content_type="application/json"
+        )
+
+    assert ask().json()["inference_allowed"] is True
+    LedgerEntry.objects.create(
+        organization=organization, kind="usage", amount="0.01", currency="usd", description="x"
+    )
+    assert (ask().json()["inference_allowed"], ask().json()["reason"]) == (
+        False,
+        "over_credit_limit",
+    )
+
+
+def test_keys_are_listed_without_secrets_and_revoked_by_api(
+    catalog, organization, owner, other_organization
+):
+    raw = key_for(organization, owner)
+    client = api(raw)
+    listed = client.get("/api/v1/keys/").json()["results"]
+    assert [k["name"] for k in listed] == ["ci"]
+    assert raw not in str(listed)
+    theirs = api_keys.api_key_create(
+        organization=other_organization,
+        actor=other_organization.memberships.get().user,
+        name="t",
+        scopes=ALL,
+    )[0]
+    assert error(client.post(f"/api/v1/keys/{theirs.public_id}/revoke/")) == (404, "not_found")
+    second = api_keys.api_key_create(
+        organization=organization, actor=owner, name="second", scopes=ALL
+    )[0]
+    assert client.post(f"/api/v1/keys/{second.public_id}/revoke/").json()["revoked_at"] is not None
+    theirs.refresh_from_db()
+    assert theirs.revoked_at is None
