@@ -24,4 +24,5 @@ trap 'kill $web_pid $stripe_pid 2>/dev/null || true; rm -rf "$work"' EXIT
 for _ in $(seq 1 60); do curl -fs "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.5; done
 .venv/bin/st run "http://127.0.0.1:$port/api/v1/schema/" \
   --header "Authorization: Bearer $key" --checks not_a_server_error \
-  --max-examples "${FUZZ_EXAMPLES:-30}" --request-timeout 20
+  --max-examples "${FUZZ_EXAMPLES:-30}" --request-timeout 20 \
+  --seed "${FUZZ_SEED:-20261126}" --generation-deterministic
