@@ -30,7 +30,7 @@ run: migrate
 	$(BIN)/python bin/run.py
 
 test: install
-	$(BIN)/python manage.py makemigrations --check --dry-run --settings=portal.settings.test
+	env -u DATABASE_URL $(BIN)/python manage.py makemigrations --check --dry-run --settings=portal.settings.test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -31,7 +31,7 @@ DB_LABELS = {"sqlite": "SQLite", "postgres": "PostgreSQL"}
 
 @dataclass(frozen=True)
 class Job:
-    suite: str  # "search", "throughput", "webhooks" or "provisioning"
+    suite: str  # "search", "throughput", "webhooks", "provisioning" or "api"
     db: str
     module: str
     args: tuple[str, ...] = ()
@@ -43,6 +43,7 @@ JOBS = (
     Job("throughput", "postgres", "bench.throughput"),
     Job("webhooks", "postgres", "bench.webhooks"),
     Job("provisioning", "postgres", "bench.provisioning"),
+    Job("api", "postgres", "bench.api"),
 )
 
 
@@ -203,6 +204,23 @@ def provisioning_report(result: dict) -> list[str]:
     ]
 
 
+def api_report(result: dict) -> list[str]:
+    if "error" in result:
+        return [f"  PostgreSQL: ERROR {result['error']}"]
+    listing, bare, usage = result["reservation_list"], result["bare_view"], result["usage"]
+    share = f"{result['share_of_ceiling']:.0%}"
+    return [
+        f"  GET /api/v1/reservations/ (20 items, API key): "
+        f"{listing['requests_per_second']:.0f} req/s, p99 {listing['latency_ms']['p99']:.1f} ms, "
+        f"errors {listing['errors']}",
+        f"  bare Django JSON view (/healthz): {bare['requests_per_second']:.0f} req/s, "
+        f"p99 {bare['latency_ms']['p99']:.1f} ms",
+        f"    {share} of the ceiling, target >= 50%: {_verdict(result['list_passed'])}",
+        f"  POST /api/v1/usage/: {usage['events_per_second']:,} events/s "
+        f"({usage['stored']:,} stored), target >= 10,000/s: {_verdict(usage['passed'])}",
+    ]
+
+
 def report(results: dict) -> str:
     meta = results["meta"]
     lines = [
@@ -220,6 +238,9 @@ def report(results: dict) -> str:
     if "webhooks" in results:
         lines += ["", "Webhook intake (POST /stripe/webhook/)"]
         lines += webhooks_report(results["webhooks"]["postgres"])
+    if "api" in results:
+        lines += ["", "REST API under gunicorn (2 workers)"]
+        lines += api_report(results["api"]["postgres"])
     if "provisioning" in results:
         lines += ["", "From payment to active (webhook, worker, simulated data center)"]
         lines += provisioning_report(results["provisioning"]["postgres"])
@@ -228,7 +249,7 @@ def report(results: dict) -> str:
 
 def succeeded(results: dict) -> bool:
     """Every benchmark ran, and neither the dataset nor the run oversold a node."""
-    for suite in ("search", "throughput", "webhooks", "provisioning"):
+    for suite in ("search", "throughput", "webhooks", "provisioning", "api"):
         for result in results.get(suite, {}).values():
             if "error" in result:
                 return False
@@ -242,7 +263,9 @@ def succeeded(results: dict) -> bool:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     parser.add_argument(
-        "--only", choices=("search", "throughput", "webhooks", "provisioning"), help="run one suite"
+        "--only",
+        choices=("search", "throughput", "webhooks", "provisioning", "api"),
+        help="run one suite",
     )
     parser.add_argument("--quick", action="store_true", help="smaller data, for a smoke run")
     args = parser.parse_args()

@@ -1,6 +1,8 @@
 """REST API v1 for capacity: offerings search and reservations (list, create, retrieve, cancel,
 extend). Every read is scoped to the caller's organization; another's ids are 404."""
 
+from datetime import UTC
+
 from django.http import QueryDict
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import serializers
@@ -46,6 +48,10 @@ def actor_of(request: Request):  # type: ignore[no-untyped-def]
     return user
 
 
+def _utc(moment):  # type: ignore[no-untyped-def]
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if moment else None
+
+
 class ReservationSerializer(serializers.ModelSerializer):
     id = serializers.CharField(source="public_id")
     gpu_model = serializers.SlugRelatedField(slug_field="slug", read_only=True)
@@ -54,6 +60,27 @@ class ReservationSerializer(serializers.ModelSerializer):
     duration_hours = serializers.IntegerField()
     starts_on_payment = serializers.BooleanField()
     refund_due = serializers.DecimalField(max_digits=14, decimal_places=2, allow_null=True)
+
+    def to_representation(self, instance: Reservation) -> dict:
+        """Hand-built: the declared fields document the shape, this writes it several times
+        faster than field-by-field serialization (lists are the API's hottest path)."""
+        return {
+            "id": instance.public_id,
+            "state": instance.state,
+            "gpu_model": instance.gpu_model.slug,
+            "region": instance.region.code,
+            "node_count": instance.node_count,
+            "starts_at": _utc(instance.starts_at),
+            "ends_at": _utc(instance.ends_at),
+            "duration_hours": instance.duration_hours,
+            "starts_on_payment": instance.starts_on_payment,
+            "hold_expires_at": _utc(instance.hold_expires_at),
+            "price": f"{instance.total:.2f}",
+            "currency": instance.currency,
+            "price_lines": instance.price_lines,
+            "refund_due": None if instance.refund_due is None else f"{instance.refund_due:.2f}",
+            "created_at": _utc(instance.created_at),
+        }
 
     class Meta:
         model = Reservation
@@ -152,7 +179,11 @@ class Reservations(APIView, ListAPIView):
         return super().get(request, *args, **kwargs)
 
     def get_queryset(self):  # type: ignore[no-untyped-def]
-        reservations = selectors.reservations_for_org(organization_of(self.request))
+        reservations = (
+            selectors.reservations_for_org(organization_of(self.request))
+            .select_related(None)
+            .select_related("gpu_model", "region")
+        )
         params = self.request.query_params
         if params.get("state"):
             if params["state"] not in Reservation.State.values:
