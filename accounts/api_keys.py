@@ -178,7 +178,11 @@ def authenticate(raw: str, *, ip: str | None = None) -> Authenticated:
     digest = keys.digest(raw)
     api_key = cache.get(_cache_key(digest))
     if api_key is None:
-        api_key = ApiKey.objects.select_related("organization").filter(digest=digest).first()
+        api_key = (
+            ApiKey.objects.select_related("organization", "created_by")
+            .filter(digest=digest)
+            .first()
+        )
         if api_key is None:
             raise KeyRefused("unknown_key", "The API key is not valid.")
         cache.set(_cache_key(digest), api_key, settings.API_KEY_CACHE_SECONDS)

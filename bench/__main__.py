@@ -31,7 +31,7 @@ DB_LABELS = {"sqlite": "SQLite", "postgres": "PostgreSQL"}
 
 @dataclass(frozen=True)
 class Job:
-    suite: str  # "search", "throughput", "webhooks", "provisioning" or "api"
+    suite: str  # which benchmark: search, throughput, webhooks, provisioning, api or keys
     db: str
     module: str
     args: tuple[str, ...] = ()
@@ -44,6 +44,7 @@ JOBS = (
     Job("webhooks", "postgres", "bench.webhooks"),
     Job("provisioning", "postgres", "bench.provisioning"),
     Job("api", "postgres", "bench.api"),
+    Job("keys", "postgres", "bench.keys"),
 )
 
 
@@ -221,6 +222,20 @@ def api_report(result: dict) -> list[str]:
     ]
 
 
+def keys_report(result: dict) -> list[str]:
+    if "error" in result:
+        return [f"  PostgreSQL: ERROR {result['error']}"]
+    ours, theirs = result["ours"], result["has_api_key"]
+    return [
+        f"  ours: p50 {ours['p50'] * 1000:.0f} µs, p99 {ours['p99'] * 1000:.0f} µs; queries "
+        f"{ours['queries_cached']} cached, {ours['queries_cold']} cold",
+        f"  djangorestframework-api-key HasAPIKey: p50 {theirs['p50'] * 1000:.0f} µs, "
+        f"p99 {theirs['p99'] * 1000:.0f} µs; queries {theirs['queries']}",
+        f"    ours is {result['median_ratio']}x cheaper at the median, target >= 10x and at most "
+        f"one query: {_verdict(result['passed'])}",
+    ]
+
+
 def report(results: dict) -> str:
     meta = results["meta"]
     lines = [
@@ -241,6 +256,9 @@ def report(results: dict) -> str:
     if "api" in results:
         lines += ["", "REST API under gunicorn (2 workers)"]
         lines += api_report(results["api"]["postgres"])
+    if "keys" in results:
+        lines += ["", "API key authentication per request"]
+        lines += keys_report(results["keys"]["postgres"])
     if "provisioning" in results:
         lines += ["", "From payment to active (webhook, worker, simulated data center)"]
         lines += provisioning_report(results["provisioning"]["postgres"])
@@ -249,7 +267,7 @@ def report(results: dict) -> str:
 
 def succeeded(results: dict) -> bool:
     """Every benchmark ran, and neither the dataset nor the run oversold a node."""
-    for suite in ("search", "throughput", "webhooks", "provisioning", "api"):
+    for suite in ("search", "throughput", "webhooks", "provisioning", "api", "keys"):
         for result in results.get(suite, {}).values():
             if "error" in result:
                 return False
@@ -264,7 +282,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     parser.add_argument(
         "--only",
-        choices=("search", "throughput", "webhooks", "provisioning", "api"),
+        choices=("search", "throughput", "webhooks", "provisioning", "api", "keys"),
         help="run one suite",
     )
     parser.add_argument("--quick", action="store_true", help="smaller data, for a smoke run")

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 from psycopg import sql
 
-SETTINGS = "portal.settings.test"
+SETTINGS = "bench.settings"
 DEFAULT_POSTGRES_URL = "postgres://postgres@127.0.0.1:5432/hyperblock_bench"
 DATABASES = ("sqlite", "postgres")
 
