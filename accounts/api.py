@@ -5,6 +5,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from portal.api import ApiView as APIView
+from portal.api import actor_of, organization_of
 
 from . import api_keys
 from .models import ApiKey
@@ -35,16 +36,12 @@ class Keys(APIView, ListAPIView):
     serializer_class = KeySerializer
 
     def get_queryset(self):  # type: ignore[no-untyped-def]
-        from capacity.api import organization_of
-
         return api_keys.keys_for_org(organization_of(self.request))
 
 
 class RevokeKey(APIView):
     @extend_schema(request=None, responses=KeySerializer)
     def post(self, request: Request, public_id: str) -> Response:
-        from capacity.api import actor_of, organization_of
-
         api_key = api_keys.key_for_org(organization_of(request), public_id)
         revoked = api_keys.api_key_revoke(api_key=api_key, actor=actor_of(request))
         return Response(KeySerializer(revoked).data)

@@ -11,8 +11,9 @@ from accounts import api_keys
 from accounts.models import ApiKey
 from accounts.permissions import Permission, can
 from accounts.selectors import membership_for
-from capacity.api import _reservation, actor_of, organization_of
+from capacity.api import _reservation
 from portal.api import ApiView as APIView
+from portal.api import actor_of, organization_of
 from portal.errors import NotAllowed
 
 from . import metering, selectors, services

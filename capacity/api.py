@@ -11,41 +11,15 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from accounts.models import ApiKey
-from accounts.selectors import membership_for
 from portal.api import ApiView as APIView
-from portal.errors import NotAllowed, NotFound
+from portal.api import actor_of, organization_of
+from portal.errors import NotFound
 
 from . import offerings, selectors, services
 from .forms import OfferingSearchForm
 from .models import Reservation
 
 READ, WRITE = ApiKey.Scope.RESERVATIONS_READ, ApiKey.Scope.RESERVATIONS_WRITE
-
-
-def organization_of(request: Request):  # type: ignore[no-untyped-def]
-    """The key's organization, or for a portal session the one named by `org`."""
-    if isinstance(request.auth, ApiKey):
-        return request.auth.organization
-    slug = request.query_params.get("org") or (
-        request.data.get("org") if isinstance(request.data, dict) else None
-    )
-    membership = membership_for(user=request.user, slug=slug or "")
-    if membership is None:
-        raise NotFound(
-            "Name your organization with `org`." if not slug else "No such organization.",
-            param="org",
-        )
-    return membership.organization
-
-
-def actor_of(request: Request):  # type: ignore[no-untyped-def]
-    """Who acts: the signed-in user, or the member who made the key."""
-    user = request.user
-    if getattr(user, "pk", None) is None:
-        raise NotAllowed(
-            "This key was made by an operator and cannot act for a person.", code="no_key_owner"
-        )
-    return user
 
 
 def _utc(moment):  # type: ignore[no-untyped-def]

@@ -18,8 +18,36 @@ from rest_framework.throttling import BaseThrottle
 from rest_framework.views import APIView
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from portal.errors import ServiceError
+from accounts.models import ApiKey
+from accounts.selectors import membership_for
+from portal.errors import NotAllowed, NotFound, ServiceError
 from portal.models import IdempotencyRecord
+
+
+def organization_of(request: Request):  # type: ignore[no-untyped-def]
+    """The key's organization, or for a portal session the one named by `org`."""
+    if isinstance(request.auth, ApiKey):
+        return request.auth.organization
+    slug = request.query_params.get("org") or (
+        request.data.get("org") if isinstance(request.data, dict) else None
+    )
+    membership = membership_for(user=request.user, slug=slug or "")
+    if membership is None:
+        raise NotFound(
+            "Name your organization with `org`." if not slug else "No such organization.",
+            param="org",
+        )
+    return membership.organization
+
+
+def actor_of(request: Request):  # type: ignore[no-untyped-def]
+    """Who acts: the signed-in user, or the member who made the key."""
+    user = request.user
+    if getattr(user, "pk", None) is None:
+        raise NotAllowed(
+            "This key was made by an operator and cannot act for a person.", code="no_key_owner"
+        )
+    return user
 
 
 class Cursor(CursorPagination):
