@@ -3,6 +3,7 @@ extend). Every read is scoped to the caller's organization; another's ids are 40
 
 from datetime import UTC
 
+from django.db.models import F
 from django.http import QueryDict
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import serializers
@@ -26,6 +27,45 @@ def _utc(moment):  # type: ignore[no-untyped-def]
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if moment else None
 
 
+# The columns a reservation's document is written from; the list reads only these.
+COLUMNS = (
+    "public_id",
+    "state",
+    "node_count",
+    "starts_at",
+    "ends_at",
+    "starts_on_payment",
+    "hold_expires_at",
+    "total",
+    "currency",
+    "price_lines",
+    "refund_due",
+    "created_at",
+)
+
+
+def _document(row: dict) -> dict:
+    """Hand-built: the serializer's declared fields document the shape, this writes it several
+    times faster than field-by-field serialization (lists are the API's hottest path)."""
+    return {
+        "id": row["public_id"],
+        "state": row["state"],
+        "gpu_model": row["gpu_model_slug"],
+        "region": row["region_code"],
+        "node_count": row["node_count"],
+        "starts_at": _utc(row["starts_at"]),
+        "ends_at": _utc(row["ends_at"]),
+        "duration_hours": int((row["ends_at"] - row["starts_at"]).total_seconds() // 3600),
+        "starts_on_payment": row["starts_on_payment"],
+        "hold_expires_at": _utc(row["hold_expires_at"]),
+        "price": f"{row['total']:.2f}",
+        "currency": row["currency"],
+        "price_lines": row["price_lines"],
+        "refund_due": None if row["refund_due"] is None else f"{row['refund_due']:.2f}",
+        "created_at": _utc(row["created_at"]),
+    }
+
+
 class ReservationSerializer(serializers.ModelSerializer):
     id = serializers.CharField(source="public_id")
     gpu_model = serializers.SlugRelatedField(slug_field="slug", read_only=True)
@@ -35,26 +75,13 @@ class ReservationSerializer(serializers.ModelSerializer):
     starts_on_payment = serializers.BooleanField()
     refund_due = serializers.DecimalField(max_digits=14, decimal_places=2, allow_null=True)
 
-    def to_representation(self, instance: Reservation) -> dict:
-        """Hand-built: the declared fields document the shape, this writes it several times
-        faster than field-by-field serialization (lists are the API's hottest path)."""
-        return {
-            "id": instance.public_id,
-            "state": instance.state,
-            "gpu_model": instance.gpu_model.slug,
-            "region": instance.region.code,
-            "node_count": instance.node_count,
-            "starts_at": _utc(instance.starts_at),
-            "ends_at": _utc(instance.ends_at),
-            "duration_hours": instance.duration_hours,
-            "starts_on_payment": instance.starts_on_payment,
-            "hold_expires_at": _utc(instance.hold_expires_at),
-            "price": f"{instance.total:.2f}",
-            "currency": instance.currency,
-            "price_lines": instance.price_lines,
-            "refund_due": None if instance.refund_due is None else f"{instance.refund_due:.2f}",
-            "created_at": _utc(instance.created_at),
-        }
+    def to_representation(self, instance: Reservation | dict) -> dict:
+        if isinstance(instance, dict):  # a row of the list's values() query
+            return _document(instance)
+        row = {column: getattr(instance, column) for column in COLUMNS}
+        row["gpu_model_slug"] = instance.gpu_model.slug
+        row["region_code"] = instance.region.code
+        return _document(row)
 
     class Meta:
         model = Reservation
@@ -153,10 +180,12 @@ class Reservations(APIView, ListAPIView):
         return super().get(request, *args, **kwargs)
 
     def get_queryset(self):  # type: ignore[no-untyped-def]
+        # Rows rather than models: the list is the API's hottest read, and building model
+        # instances with their related rows cost more than the query itself.
         reservations = (
             selectors.reservations_for_org(organization_of(self.request))
             .select_related(None)
-            .select_related("gpu_model", "region")
+            .values(*COLUMNS, gpu_model_slug=F("gpu_model__slug"), region_code=F("region__code"))
         )
         params = self.request.query_params
         if params.get("state"):

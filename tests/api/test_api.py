@@ -145,6 +145,37 @@ def test_reserve_list_retrieve_and_cancel_by_api(catalog, organization, owner):
     assert canceled.json()["state"] == "canceled"
 
 
+def test_the_list_pages_by_cursor_filters_and_matches_each_reservations_own_document(
+    catalog, organization, owner, frozen_clock
+):
+    made = []
+    for n in range(3):
+        made.append(
+            reserve(
+                organization,
+                owner,
+                catalog,
+                nodes=1,
+                start=NEXT_HOUR + timedelta(hours=n),
+                length=1,
+            )
+        )
+        frozen_clock.shift(timedelta(seconds=1))
+    client = api(key_for(organization, owner))
+    first = client.get("/api/v1/reservations/", {"limit": 2}).json()
+    second = client.get(first["next"]).json()
+    listed = first["results"] + second["results"]
+    assert [r["id"] for r in listed] == [r.public_id for r in reversed(made)]  # newest first
+    assert second["next"] is None
+    for document in listed:
+        assert client.get(f"/api/v1/reservations/{document['id']}/").json() == document
+    assert listed[-1]["duration_hours"] == 1
+    later = client.get(
+        "/api/v1/reservations/", {"starts_after": (NEXT_HOUR + timedelta(hours=1)).isoformat()}
+    ).json()
+    assert [r["id"] for r in later["results"]] == [made[2].public_id, made[1].public_id]
+
+
 @pytest.mark.parametrize(
     ("changes", "param", "code"),
     [
