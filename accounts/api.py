@@ -34,12 +34,15 @@ class Keys(APIView, ListAPIView):
     """The organization's API keys (never the secrets)."""
 
     serializer_class = KeySerializer
+    required_scopes = {"GET": ApiKey.Scope.KEYS_READ}
 
     def get_queryset(self):  # type: ignore[no-untyped-def]
         return api_keys.keys_for_org(organization_of(self.request))
 
 
 class RevokeKey(APIView):
+    required_scopes = {"POST": ApiKey.Scope.KEYS_WRITE}
+
     @extend_schema(request=None, responses=KeySerializer)
     def post(self, request: Request, public_id: str) -> Response:
         api_key = api_keys.key_for_org(organization_of(request), public_id)

@@ -247,6 +247,8 @@ class ApiKey(models.Model):
         BILLING_READ = "billing:read", "Read payments, refunds and invoices"
         USAGE_WRITE = "usage:write", "Report token usage (model gateway)"
         INFERENCE = "inference", "Call hosted models"
+        KEYS_READ = "keys:read", "List the organization's API keys"
+        KEYS_WRITE = "keys:write", "Revoke API keys"
 
     organization = models.ForeignKey(
         Organization, on_delete=models.CASCADE, related_name="api_keys"
