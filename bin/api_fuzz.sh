@@ -15,7 +15,7 @@ export STRIPE_WEBHOOK_SECRET=whsec_fuzz DEMO_PASSWORD=fuzz-only-password
 .venv/bin/python manage.py seed_demo >/dev/null
 key=$(.venv/bin/python manage.py create_api_key --org demo --name fuzz \
   --scope reservations:read --scope reservations:write --scope billing:read \
-  --scope usage:write --scope inference 2>/dev/null)
+  --scope usage:write --scope inference --scope keys:read --scope keys:write 2>/dev/null)
 .venv/bin/python -m billing.localstripe_server --port "$stripe_port" >"$work/stripe.log" 2>&1 &
 stripe_pid=$!
 .venv/bin/python -m gunicorn portal.wsgi --workers 2 --bind "127.0.0.1:$port" >"$work/web.log" 2>&1 &
