@@ -177,6 +177,25 @@ def _customer_card(account: BillingAccount, payment_method_id: str) -> str:
     return payment_method_id
 
 
+def _attempt(
+    reservation: Reservation, actor: User, attempt_token: str, *, keep_card: bool = False
+) -> tuple[Payment, bool]:
+    """The payment of one attempt (one click, one API call's client token), and whether it is
+    new. Copies of an attempt racing each other get the same payment: get_or_create falls back
+    to reading the row when its insert meets the unique (reservation, attempt_token)."""
+    return Payment.objects.get_or_create(
+        reservation=reservation,
+        attempt_token=attempt_token,
+        defaults={
+            "organization": reservation.organization,
+            "created_by": actor,
+            "amount": reservation.total,
+            "currency": reservation.currency,
+            "keep_card": keep_card,
+        },
+    )
+
+
 def pay_by_card(
     *,
     reservation: Reservation,
@@ -202,24 +221,7 @@ def pay_by_card(
         raise ServiceError("Reload the page and try again.", code="invalid_attempt")
     account = billing_account_for(reservation.organization)
     method = _customer_card(account, payment_method_id)
-    try:
-        with transaction.atomic():
-            payment, created = Payment.objects.get_or_create(
-                reservation=reservation,
-                attempt_token=attempt_token,
-                defaults={
-                    "organization": reservation.organization,
-                    "created_by": actor,
-                    "amount": reservation.total,
-                    "currency": reservation.currency,
-                    "keep_card": keep_card,
-                },
-            )
-    except IntegrityError:  # the same click, racing itself
-        payment, created = (
-            Payment.objects.get(reservation=reservation, attempt_token=attempt_token),
-            False,
-        )
+    payment, created = _attempt(reservation, actor, attempt_token, keep_card=keep_card)
     if not created and payment.stripe_payment_intent_id:
         return payment_sync(payment_intent_id=payment.stripe_payment_intent_id) or payment
     try:
@@ -255,16 +257,7 @@ def payment_intent_open(
     if not attempt_token or len(attempt_token) > 64:
         raise ServiceError("Send an attempt token of at most 64 characters.", param="client_token")
     account = billing_account_for(reservation.organization)
-    payment, _ = Payment.objects.get_or_create(
-        reservation=reservation,
-        attempt_token=attempt_token,
-        defaults={
-            "organization": reservation.organization,
-            "created_by": actor,
-            "amount": reservation.total,
-            "currency": reservation.currency,
-        },
-    )
+    payment, _ = _attempt(reservation, actor, attempt_token)
     intent = gateway.payment_intent_create(
         amount_minor=to_minor(payment.amount, payment.currency),
         currency=payment.currency,
