@@ -19,6 +19,7 @@ from portal.errors import NotFound
 from . import offerings, selectors, services
 from .forms import OfferingSearchForm
 from .models import Reservation
+from .windows import Window
 
 READ, WRITE = ApiKey.Scope.RESERVATIONS_READ, ApiKey.Scope.RESERVATIONS_WRITE
 
@@ -55,7 +56,7 @@ def _document(row: dict) -> dict:
         "node_count": row["node_count"],
         "starts_at": _utc(row["starts_at"]),
         "ends_at": _utc(row["ends_at"]),
-        "duration_hours": int((row["ends_at"] - row["starts_at"]).total_seconds() // 3600),
+        "duration_hours": Window(row["starts_at"], row["ends_at"]).hours,
         "starts_on_payment": row["starts_on_payment"],
         "hold_expires_at": _utc(row["hold_expires_at"]),
         "price": f"{row['total']:.2f}",

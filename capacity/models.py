@@ -7,6 +7,8 @@ from django.utils import timezone
 
 from portal.ids import public_id
 
+from .windows import Window
+
 
 class GpuModel(models.Model):
     slug = models.SlugField(max_length=40, unique=True)
@@ -258,7 +260,7 @@ class Reservation(models.Model):
 
     @property
     def duration_hours(self) -> int:
-        return int((self.ends_at - self.starts_at).total_seconds() // 3600)
+        return Window(self.starts_at, self.ends_at).hours
 
     @property
     def gpu_count(self) -> int:

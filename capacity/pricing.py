@@ -8,6 +8,7 @@ from accounts.models import Organization
 from portal.money import format_money
 
 from .models import DurationDiscount, GpuModel, ListPrice, NegotiatedRate, Region
+from .windows import Window
 
 CENT = Decimal("0.01")
 
@@ -90,7 +91,7 @@ def quote(
 
     `list_price`, `discounts` and `rates` may be passed in when pricing many offerings at once.
     """
-    hours = int((ends_at - starts_at).total_seconds() // 3600)
+    hours = Window(starts_at, ends_at).hours
     gpu_hours = node_count * gpu_model.gpus_per_node * hours
     if list_price is None:
         list_price = ListPrice.objects.filter(gpu_model=gpu_model, region=region).first()
