@@ -134,9 +134,24 @@ class Organization(models.Model):
         help_text="Our own services (the model gateway): its usage keys report for customers.",
     )
     created_at = models.DateTimeField(default=timezone.now)
+    # Sales looks at every new customer once; until then it waits on the back-office dashboard.
+    reviewed_at = models.DateTimeField(null=True, blank=True)
+    reviewed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        limit_choices_to={"is_staff": True},
+    )
 
     class Meta:
         ordering = ["name"]
+        permissions = [
+            ("approve_terms", "Can approve invoice terms and credit limits"),
+            ("suspend_organization", "Can suspend and reactivate organizations"),
+            ("review_organization", "Can mark new organizations reviewed"),
+        ]
         constraints = [
             models.CheckConstraint(
                 condition=models.Q(credit_limit__gte=0), name="accounts_org_credit_limit_gte_0"
@@ -146,7 +161,12 @@ class Organization(models.Model):
                 name="accounts_org_status_valid",
             ),
         ]
-        indexes = [models.Index(fields=["status", "tier"])]
+        indexes = [
+            models.Index(fields=["status", "tier"]),
+            models.Index(fields=["country"]),
+            models.Index(fields=["created_at"]),
+            models.Index(fields=["reviewed_at", "created_at"]),
+        ]
 
     def __str__(self) -> str:
         return self.name

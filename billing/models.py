@@ -75,7 +75,9 @@ class Payment(models.Model):
         indexes = [
             models.Index(fields=["organization", "-created_at"]),
             models.Index(fields=["status", "created_at"]),
+            models.Index(fields=["created_at"]),
         ]
+        permissions = [("issue_refund", "Can refund payments")]
         constraints = [
             models.CheckConstraint(
                 condition=models.Q(amount__gt=0), name="billing_payment_amount_positive"
@@ -211,7 +213,11 @@ class LedgerEntry(AppendOnly):
 
     class Meta:
         ordering = ["-created_at", "-id"]
-        indexes = [models.Index(fields=["organization", "-created_at"])]
+        indexes = [
+            models.Index(fields=["organization", "-created_at"]),
+            models.Index(fields=["kind", "created_at"]),
+            models.Index(fields=["created_at"]),
+        ]
         verbose_name_plural = "ledger entries"
         constraints = [
             # One entry of each kind per money object: replays cannot book twice.
@@ -247,7 +253,11 @@ class WebhookEvent(AppendOnly):
 
     class Meta:
         ordering = ["-received_at", "-id"]
-        indexes = [models.Index(fields=["type", "received_at"])]
+        indexes = [
+            models.Index(fields=["type", "received_at"]),
+            models.Index(fields=["received_at"]),
+        ]
+        permissions = [("replay_webhookevent", "Can replay Stripe webhook events")]
 
     def __str__(self) -> str:
         return f"{self.type} {self.stripe_event_id}"
@@ -303,9 +313,12 @@ class FinanceFlag(models.Model):
     resolved_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
+    resolution = models.TextField(blank=True, help_text="What finance did about it.")
 
     class Meta:
         ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["resolved_at", "created_at"])]
+        permissions = [("resolve_financeflag", "Can resolve finance flags")]
         constraints = [
             models.UniqueConstraint(
                 fields=["kind", "stripe_object_id"], name="billing_flag_once_per_object"

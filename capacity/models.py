@@ -71,7 +71,8 @@ class Node(models.Model):
 
     class Meta:
         ordering = ["hostname"]
-        indexes = [models.Index(fields=["cluster", "status"])]
+        indexes = [models.Index(fields=["cluster", "status"]), models.Index(fields=["status"])]
+        permissions = [("drain_node", "Can drain nodes into maintenance and bring them back")]
 
     def __str__(self) -> str:
         return self.hostname
@@ -214,6 +215,11 @@ class Reservation(models.Model):
     access_details = models.JSONField(default=dict, blank=True)
     access_secret = models.TextField(blank=True, help_text="Encrypted (portal.crypto).")
     reminders_sent = models.JSONField(default=list, blank=True)
+    # A quote: made by sales on the customer's behalf, held at the price sales set.
+    quoted_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    quote_note = models.TextField(blank=True)
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -223,6 +229,12 @@ class Reservation(models.Model):
             models.Index(fields=["organization", "-created_at"]),
             models.Index(fields=["state", "hold_expires_at"]),
             models.Index(fields=["state", "starts_at"]),
+            models.Index(fields=["starts_at"]),
+            models.Index(fields=["created_at"]),
+        ]
+        permissions = [
+            ("create_quote", "Can make quotes (held reservations) for customers"),
+            ("operate_reservation", "Can cancel, extend, retry and release any reservation"),
         ]
         constraints = [
             models.CheckConstraint(

@@ -27,7 +27,8 @@ SECRET_KEY = env.str("DJANGO_SECRET_KEY", default="")
 ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=[])
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    # The back office: Django's admin with the staff second factor and the dashboard.
+    "portal.apps.BackOfficeConfig",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -38,6 +39,8 @@ INSTALLED_APPS = [
     "django_htmx",
     "django_countries",
     "axes",
+    "django_otp",
+    "django_otp.plugins.otp_totp",
     "rest_framework",
     "drf_spectacular",
     "drf_spectacular_sidecar",
@@ -55,6 +58,7 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django_otp.middleware.OTPMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
@@ -160,6 +164,12 @@ API_RATE_LIMIT = env.int("API_RATE_LIMIT", default=600)  # requests per key per 
 API_RATE_WINDOW = 60  # seconds
 # Sensitive actions (API keys, payment methods, roles) ask for the password again after this.
 REAUTHENTICATION_MAX_AGE = timedelta(minutes=10)
+
+# --- Back office ----------------------------------------------------------------------------
+# Staff sign in to /admin/ with a password and a TOTP code; only the local settings relax it.
+STAFF_OTP_REQUIRED = True
+OTP_TOTP_ISSUER = "Hyperblock back office"
+OTP_TOTP_TOLERANCE = 1  # one 30-second step either side, for clocks a little off
 
 # --- E-mail ---------------------------------------------------------------------------------
 vars().update(env.email_url("EMAIL_URL", default="consolemail://"))

@@ -10,6 +10,9 @@ STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
 }
+# The staff second factor is asked for unless STAFF_OTP_REQUIRED=false; seed_demo prints each
+# demo staff member's TOTP secret so an authenticator app can be set up in a minute.
+STAFF_OTP_REQUIRED = env.bool("STAFF_OTP_REQUIRED", default=True)
 # seed_demo refuses to run unless this is set; production never sets it.
 DEMO_DATA_ALLOWED = True
 # Serve static files straight from the apps, without collectstatic.

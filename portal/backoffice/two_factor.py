@@ -1,0 +1,99 @@
+"""The staff second factor: a TOTP code after the password, with enrollment on first sign-in.
+
+A staff member without a confirmed authenticator is shown a new secret (as a QR code and as
+text) and confirms it with a first code; from then on a code is asked after every password
+sign-in. django-otp throttles wrong codes per device.
+"""
+
+import segno
+from django import forms
+from django.contrib.auth import REDIRECT_FIELD_NAME
+from django.db import transaction
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect
+from django.template.response import TemplateResponse
+from django.urls import reverse
+from django.utils.http import urlencode
+from django.views.decorators.cache import never_cache
+from django.views.decorators.csrf import csrf_protect
+from django_otp import login as otp_login
+from django_otp.plugins.otp_totp.models import TOTPDevice
+
+from portal import audit
+
+from .site import needs_second_factor, safe_next
+
+DEVICE_NAME = "Authenticator app"
+
+
+class CodeForm(forms.Form):
+    code = forms.RegexField(
+        regex=r"^\s*\d{6}\s*$",
+        label="6-digit code",
+        error_messages={"invalid": "Enter the 6 digits your authenticator app shows."},
+        widget=forms.TextInput(
+            attrs={"autocomplete": "one-time-code", "inputmode": "numeric", "autofocus": True}
+        ),
+    )
+
+
+def pending_device(user: object) -> TOTPDevice:
+    """The unconfirmed device being set up (one per user, kept across reloads of the page)."""
+    device = TOTPDevice.objects.filter(user=user, confirmed=False).order_by("pk").first()
+    return device or TOTPDevice.objects.create(user=user, name=DEVICE_NAME, confirmed=False)
+
+
+def qr_svg(device: TOTPDevice) -> str:
+    return segno.make(device.config_url, error="m").svg_inline(scale=4, dark="#0f172a")
+
+
+@never_cache
+@csrf_protect
+def verify(request: HttpRequest) -> HttpResponse:
+    from django.contrib import admin
+
+    index = reverse("admin:index")
+    user = request.user
+    if not (user.is_authenticated and user.is_active and user.is_staff):
+        return redirect(f"{reverse('admin:login')}?{urlencode({REDIRECT_FIELD_NAME: index})}")
+    next_url = safe_next(request, index)
+    if not needs_second_factor(request):
+        return redirect(next_url)
+    confirmed = TOTPDevice.objects.filter(user=user, confirmed=True).order_by("pk").first()
+    device = confirmed or pending_device(user)
+    form = CodeForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        allowed, _ = device.verify_is_allowed()
+        if not allowed:
+            form.add_error("code", "Too many wrong codes. Wait a minute and try again.")
+        elif device.verify_token(form.cleaned_data["code"].strip()):
+            with transaction.atomic():
+                if not device.confirmed:
+                    device.confirmed = True
+                    device.save(update_fields=["confirmed"])
+                    audit.record(action="staff.second_factor_enrolled", actor=user, target=user)
+                otp_login(request, device)
+                audit.record(action="staff.signed_in", actor=user, target=user)
+            return redirect(next_url)
+        else:
+            form.add_error("code", "That code is not right. Check the time on your device.")
+    context = {
+        **admin.site.each_context(request),
+        "title": "Two-factor sign-in" if confirmed else "Set up two-factor sign-in",
+        "form": form,
+        "enrolling": confirmed is None,
+        "next": next_url,
+    }
+    if confirmed is None:
+        context["secret"] = device_secret(device)
+        context["qr"] = qr_svg(device)
+        context["config_url"] = device.config_url
+    return TemplateResponse(request, "admin/two_factor.html", context)
+
+
+def device_secret(device: TOTPDevice) -> str:
+    """The base32 secret, in groups of four, for typing into an authenticator by hand."""
+    from base64 import b32encode
+
+    secret = b32encode(device.bin_key).decode().rstrip("=")
+    return " ".join(secret[i : i + 4] for i in range(0, len(secret), 4))
