@@ -1,7 +1,7 @@
 from django.contrib import admin
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 
-from .models import Invitation, Membership, Organization, User
+from .models import Invitation, User
 
 
 @admin.register(User)
@@ -21,21 +21,6 @@ class UserAdmin(DjangoUserAdmin):
         ("Dates", {"fields": ["last_login", "date_joined"]}),
     ]
     add_fieldsets = [(None, {"classes": ["wide"], "fields": ["email", "password1", "password2"]})]
-
-
-class MembershipInline(admin.TabularInline):
-    model = Membership
-    extra = 0
-    raw_id_fields = ["user"]
-
-
-@admin.register(Organization)
-class OrganizationAdmin(admin.ModelAdmin):
-    list_display = ["name", "slug", "country", "tier", "status", "payment_terms", "created_at"]
-    list_filter = ["tier", "status", "payment_terms", "country"]
-    search_fields = ["name", "slug", "legal_name", "billing_email"]
-    list_select_related = ["account_owner"]
-    inlines = [MembershipInline]
 
 
 @admin.register(Invitation)

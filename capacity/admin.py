@@ -6,7 +6,6 @@ from .models import (
     DurationDiscount,
     GpuModel,
     ListPrice,
-    NegotiatedRate,
     Node,
     Region,
     Reservation,
@@ -47,20 +46,6 @@ class ListPriceAdmin(admin.ModelAdmin):
 @admin.register(DurationDiscount)
 class DurationDiscountAdmin(admin.ModelAdmin):
     list_display = ["label", "min_hours", "percent"]
-
-
-@admin.register(NegotiatedRate)
-class NegotiatedRateAdmin(admin.ModelAdmin):
-    list_display = [
-        "organization",
-        "gpu_model",
-        "region",
-        "price_per_gpu_hour",
-        "valid_from",
-        "valid_until",
-    ]
-    list_select_related = ["organization", "gpu_model", "region"]
-    raw_id_fields = ["organization"]
 
 
 class AllocationInline(admin.TabularInline):

@@ -30,3 +30,7 @@ class AuditEventAdmin(ReadOnlyAdmin):
     search_fields = ["actor_email", "object_id", "object_repr", "organization__name", "request_id"]
     list_select_related = ["organization"]
     date_hierarchy = "created_at"
+
+
+# The back office's cross-app admin pages register themselves on import.
+from .backoffice import sales  # noqa: E402, F401

@@ -108,8 +108,6 @@ def sync_staff_groups(apps: Any) -> None:
         for label in sorted(wanted):
             app_label, codename = label.split(".")
             permissions.append(
-                permission_model.objects.get(
-                    content_type__app_label=app_label, codename=codename
-                )
+                permission_model.objects.get(content_type__app_label=app_label, codename=codename)
             )
         group.permissions.set(permissions)
