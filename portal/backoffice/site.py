@@ -6,10 +6,27 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect
 from django.urls import URLPattern, path, reverse
 from django.utils.http import url_has_allowed_host_and_scheme, urlencode
+from django_otp import DEVICE_ID_SESSION_KEY
+from django_otp.models import Device
 
 
 def otp_required() -> bool:
     return settings.STAFF_OTP_REQUIRED
+
+
+def second_factor_device(request: HttpRequest) -> Device | None:
+    """The confirmed device this session passed the second factor with, if any.
+
+    Read from the session here rather than by django-otp's middleware, which would shadow
+    `User.is_verified` (the e-mail address check) with its own method.
+    """
+    persistent_id = request.session.get(DEVICE_ID_SESSION_KEY)
+    if not persistent_id:
+        return None
+    device = Device.from_persistent_id(persistent_id)
+    if device is None or device.user_id != request.user.pk or not device.confirmed:
+        return None
+    return device
 
 
 def needs_second_factor(request: HttpRequest) -> bool:
@@ -19,7 +36,7 @@ def needs_second_factor(request: HttpRequest) -> bool:
         and user.is_authenticated
         and user.is_active
         and user.is_staff
-        and not user.is_verified()
+        and second_factor_device(request) is None
     )
 
 
