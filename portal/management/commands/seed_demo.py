@@ -8,14 +8,9 @@ from django.utils import timezone
 from accounts.models import Membership, Organization, User
 from accounts.permissions import Role
 from capacity import demo
+from portal.backoffice import demo as backoffice_demo
 
 DEFAULT_PASSWORD = "hyperblock-demo"  # noqa: S105 - development only; refused in production
-STAFF = [
-    ("sales@example.com", "Sam Sales", False),
-    ("ops@example.com", "Olive Operations", False),
-    ("finance@example.com", "Fin Finance", False),
-    ("admin@example.com", "Ada Admin", True),
-]
 
 
 class Command(BaseCommand):
@@ -40,18 +35,28 @@ class Command(BaseCommand):
             Membership.objects.update_or_create(
                 user=customer, organization=organization, defaults={"role": Role.OWNER}
             )
-            for email, name, superuser in STAFF:
-                self._user(email, name, password, staff=True, superuser=superuser)
+            staff = backoffice_demo.load_staff(password, self._user)
             nodes = demo.load_catalog()
             bookings = demo.load_bookings(password)
+            # The other customer was looked at by sales long ago; Demo Labs waits for review.
+            Organization.objects.filter(slug="northwind", reviewed_at__isnull=True).update(
+                reviewed_at=timezone.now()
+            )
         self.stdout.write(self.style.SUCCESS("Demo data ready."))
         self.stdout.write(
             f"  Inventory: {nodes} GPU nodes; {bookings} new bookings by Northwind AI."
         )
         self.stdout.write(f"  Customer: demo@example.com / {password}  (organization /o/demo/)")
-        for email, _name, superuser in STAFF:
-            note = "  superuser" if superuser else ""
-            self.stdout.write(f"  Staff:    {email} / {password}{note}")
+        for user, key in staff:
+            groups = ", ".join(user.groups.values_list("name", flat=True)) or "superuser"
+            self.stdout.write(f"  Staff:    {user.email} / {password}  ({groups}; TOTP key {key})")
+        if settings.STAFF_OTP_REQUIRED:
+            self.stdout.write(
+                "  Staff sign in at /admin/ with a code from an authenticator app: add the TOTP\n"
+                "  key above to the app, or print the current code with\n"
+                "  `manage.py demo_totp_code sales@example.com`. STAFF_OTP_REQUIRED=false turns\n"
+                "  the second factor off in development."
+            )
 
     def _user(
         self, email: str, name: str, password: str, *, staff: bool = False, superuser: bool = False
