@@ -19,7 +19,12 @@ from portal.errors import NotFound, ServiceError
 from . import keys
 from .models import ApiKey, Organization, User
 from .permissions import Permission
-from .services import require_active_organization, require_permission, require_verified_email
+from .services import (
+    require_active_organization,
+    require_permission,
+    require_verified_email,
+    suspension_message,
+)
 
 SCOPES = frozenset(ApiKey.Scope.values)
 LAST_USED_EVERY = timedelta(minutes=1)
@@ -160,10 +165,14 @@ class Authenticated:
 
 
 class KeyRefused(Exception):
-    def __init__(self, code: str, message: str) -> None:
+    """`status` 401 for a key that is not (or no longer) good, 403 for a good key whose
+    organization may not use it."""
+
+    def __init__(self, code: str, message: str, *, status: int = 401) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.status = status
 
 
 def _cache_key(digest: str) -> str:
@@ -194,7 +203,9 @@ def authenticate(raw: str, *, ip: str | None = None) -> Authenticated:
     if api_key.expires_at is not None and api_key.expires_at <= now:
         raise KeyRefused("expired_key", "The API key has expired.")
     if not api_key.organization.is_active:
-        raise KeyRefused("organization_suspended", f"{api_key.organization.name} is suspended.")
+        raise KeyRefused(
+            "organization_suspended", suspension_message(api_key.organization), status=403
+        )
     if api_key.last_used_at is None or api_key.last_used_at < now - LAST_USED_EVERY:
         _touch(api_key, now, ip)
     return Authenticated(api_key=api_key, organization=api_key.organization)
@@ -207,6 +218,15 @@ def _touch(api_key: ApiKey, now: datetime, ip: str | None) -> None:
     )
     api_key.last_used_at, api_key.last_used_ip = now, ip
     cache.set(_cache_key(api_key.digest), api_key, settings.API_KEY_CACHE_SECONDS)
+
+
+def forget_cached_keys(*, organization_id: int) -> None:
+    """Drop the organization's keys from the cache, so a change to the organization (a
+    suspension) reaches the next request instead of waiting for the cache to lapse."""
+    digests = ApiKey.objects.filter(organization_id=organization_id).values_list(
+        "digest", flat=True
+    )
+    cache.delete_many([_cache_key(digest) for digest in digests])
 
 
 def keys_for_org(organization: Organization):  # type: ignore[no-untyped-def]

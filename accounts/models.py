@@ -166,6 +166,9 @@ class Organization(models.Model):
             models.Index(fields=["country"]),
             models.Index(fields=["created_at"]),
             models.Index(fields=["reviewed_at", "created_at"]),
+            models.Index(fields=["payment_terms"]),
+            # On PostgreSQL, migration 0005 adds UPPER(...) pattern indexes for the back
+            # office's prefix search on name, slug, legal name and billing e-mail.
         ]
 
     def __str__(self) -> str:

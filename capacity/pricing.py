@@ -30,7 +30,7 @@ class QuoteLine:
 class Quote:
     currency: str
     price_per_gpu_hour: Decimal
-    price_source: str  # "list" or "negotiated"
+    price_source: str  # "list", "negotiated" or "quote"
     gpu_hours: int
     subtotal: Decimal
     discount: Decimal
@@ -51,6 +51,11 @@ class Quote:
 
 class PriceUnavailable(LookupError):
     """No list price exists for this GPU model in this region."""
+
+
+def _places(price: Decimal) -> int:
+    """Cents, or as many places as the price has (a quoted 1.8750 shows all four)."""
+    return max(2, -price.normalize().as_tuple().exponent)
 
 
 def negotiated_rates(
@@ -85,9 +90,11 @@ def quote(
     list_price: ListPrice | None = None,
     discounts: list[DurationDiscount] | None = None,
     rates: list[NegotiatedRate] | None = None,
+    quoted_price: Decimal | None = None,
 ) -> Quote:
-    """Price a block. A negotiated rate valid at the start replaces the list price and its
-    duration discounts; otherwise the best duration discount applies to the list price.
+    """Price a block. A price sales quoted (`quoted_price`) wins; else a negotiated rate valid
+    at the start replaces the list price and its duration discounts; otherwise the best
+    duration discount applies to the list price.
 
     `list_price`, `discounts` and `rates` may be passed in when pricing many offerings at once.
     """
@@ -98,6 +105,25 @@ def quote(
     if list_price is None:
         raise PriceUnavailable(f"{gpu_model} has no price in {region.code}.")
     usage = f"{node_count} × {gpu_model.gpus_per_node} {gpu_model.name} × {hours} h"
+    if quoted_price is not None:
+        subtotal = money(gpu_hours * quoted_price)
+        return Quote(
+            currency=list_price.currency,
+            price_per_gpu_hour=quoted_price,
+            price_source="quote",
+            gpu_hours=gpu_hours,
+            subtotal=subtotal,
+            discount=Decimal("0.00"),
+            total=subtotal,
+            lines=[
+                QuoteLine(
+                    f"{usage} at the quoted "
+                    f"{format_money(quoted_price, list_price.currency, _places(quoted_price))}"
+                    "/GPU-h",
+                    subtotal,
+                )
+            ],
+        )
     if rates is None:
         rates = negotiated_rates(organization, gpu_model)
     rate = pick_rate(rates, region, starts_at)

@@ -155,20 +155,56 @@ def reservation_create(
         raise ServiceError(
             f"{gpu_model.name} is not sold in {region.name}.", param="region"
         ) from exc
+    return hold_capacity(
+        organization=organization,
+        created_by=user,
+        gpu_model=gpu_model,
+        region=region,
+        node_count=node_count,
+        window=window,
+        price=quote,
+        hold_expires_at=timezone.now() + settings.CAPACITY_HOLD,
+        request_token=request_token,
+    )
+
+
+def hold_capacity(
+    *,
+    organization: Organization,
+    created_by: User | None,
+    gpu_model: GpuModel,
+    region: Region,
+    node_count: int,
+    window: Window,
+    price: pricing.Quote,
+    hold_expires_at: datetime,
+    request_token: str | None = None,
+    quoted_by: User | None = None,
+    quote_note: str = "",
+) -> Reservation:
+    """Allocate nodes for a new held reservation under the pool lock, or raise SoldOut.
+
+    The one allocator behind customers' reservations and sales' quotes (capacity.quotes). A
+    customer's reservation on invoice terms is confirmed at once; a quote stays held until the
+    customer pays or accepts it. Callers check who may do this and validate the request.
+    """
     clusters = selectors.pool_clusters(gpu_model, region)
     if not clusters:
         raise ServiceError(f"{gpu_model.name} is not offered in {region.name}.", param="region")
     try:
         return _create_locked(
             organization=organization,
-            user=user,
+            user=created_by,
             gpu_model=gpu_model,
             region=region,
             node_count=node_count,
             window=window,
-            quote=quote,
+            quote=price,
             clusters=clusters,
             request_token=request_token,
+            hold_expires_at=hold_expires_at,
+            quoted_by=quoted_by,
+            quote_note=quote_note,
         )
     except _NoCapacity:
         raise _sold_out(organization, gpu_model, region, node_count, window) from None
@@ -182,7 +218,7 @@ class _NoCapacity(Exception):
 def _create_locked(
     *,
     organization: Organization,
-    user: User,
+    user: User | None,
     gpu_model: GpuModel,
     region: Region,
     node_count: int,
@@ -190,6 +226,9 @@ def _create_locked(
     quote: pricing.Quote,
     clusters: list[Cluster],
     request_token: str | None,
+    hold_expires_at: datetime,
+    quoted_by: User | None,
+    quote_note: str,
 ) -> Reservation:
     now = timezone.now()
     reservation = Reservation(
@@ -202,7 +241,7 @@ def _create_locked(
         ends_at=window.ends_at,
         starts_on_payment=window.starts_on_payment,
         state=S.HELD,
-        hold_expires_at=now + settings.CAPACITY_HOLD,
+        hold_expires_at=hold_expires_at,
         currency=quote.currency,
         price_per_gpu_hour=quote.price_per_gpu_hour,
         price_source=quote.price_source,
@@ -211,12 +250,14 @@ def _create_locked(
         total=quote.total,
         price_lines=quote.lines_json(),
         request_token=request_token or "",
+        quoted_by=quoted_by,
+        quote_note=quote_note,
     )
     # Validated before the lock, which every allocator of the pool waits for; the database's
     # constraints check the rest (uniqueness, the cluster chosen below) on insert.
     # The related objects are in hand, so their foreign keys need no lookups either.
     reservation.full_clean(
-        exclude=["cluster", "organization", "created_by", "gpu_model", "region"],
+        exclude=["cluster", "organization", "created_by", "gpu_model", "region", "quoted_by"],
         validate_unique=False,
         validate_constraints=False,
     )
@@ -245,6 +286,23 @@ def _create_locked(
         )
         for node_id in node_ids
     )
+    if quoted_by is not None:
+        audit.record(
+            action="reservation.quoted",
+            actor=quoted_by,
+            organization=organization,
+            target=reservation,
+            data={
+                "to": S.HELD,
+                "total": str(quote.total),
+                "currency": quote.currency,
+                "price_source": quote.price_source,
+                "price_per_gpu_hour": str(quote.price_per_gpu_hour),
+                "valid_until": hold_expires_at.isoformat(),
+            },
+            reason=quote_note,
+        )
+        return reservation
     audit.record(
         action="reservation.created",
         actor=user,

@@ -35,6 +35,8 @@ class ApiKeyAuthentication(BaseAuthentication):
         try:
             found = api_keys.authenticate(raw, ip=request.META.get("REMOTE_ADDR"))
         except api_keys.KeyRefused as exc:
+            if exc.status == 403:  # a good key its organization may not use (suspended)
+                raise exceptions.PermissionDenied(exc.message, code=exc.code) from exc
             raise exceptions.AuthenticationFailed(exc.message, code=exc.code) from exc
         return (found.api_key.created_by or _KeyUser(), found.api_key)
 

@@ -1,0 +1,235 @@
+"""Quotes: a held reservation that sales makes on a customer's behalf, at a price sales set
+(or the customer's own negotiated or list price), valid for up to two weeks.
+
+The nodes are allocated at once, under the same pool lock as every reservation, so a quote
+never overbooks and is really there when the customer says yes. The customer then pays it by
+card (the ordinary payment flow for held reservations), or accepts it on invoice terms, or
+declines it (cancels). The hold-expiry sweep expires it at the end of its validity.
+"""
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal, InvalidOperation
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from accounts.models import Organization, User
+from accounts.permissions import Permission
+from accounts.services import (
+    lock_organization,
+    require_active_organization,
+    require_permission,
+    require_staff_permission,
+    require_verified_email,
+)
+from portal.errors import Conflict, ServiceError
+from portal.money import format_money
+
+from . import lifecycle, pricing, provisioning, selectors, services
+from .models import GpuModel, Region, Reservation
+from .windows import Window, validate_node_count
+
+S = Reservation.State
+MAX_VALIDITY = timedelta(days=14)
+MIN_VALIDITY = timedelta(hours=1)
+NOTE_MAX = 2000
+MAX_PRICE = Decimal("999999.9999")
+
+
+def is_quote(reservation: Reservation) -> bool:
+    return reservation.quoted_by_id is not None or reservation.price_source == "quote"
+
+
+@dataclass(frozen=True)
+class QuotePreview:
+    """What a quote would be, for sales to look at before making it."""
+
+    price: pricing.Quote
+    standard: pricing.Quote  # the customer's own price for the same block, for comparison
+    valid_until: datetime
+    capped_at_start: bool  # the validity ends at the block's start, before the days asked
+    free_nodes: int
+
+
+def _quoted_price(value: object) -> Decimal | None:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    try:
+        price = Decimal(str(value).strip())
+    except InvalidOperation as exc:
+        raise ServiceError(
+            "Give the price per GPU-hour as an amount, e.g. 1.85.", param="price_per_gpu_hour"
+        ) from exc
+    if not price.is_finite() or price <= 0:
+        raise ServiceError(
+            "The price per GPU-hour must be more than 0.", param="price_per_gpu_hour"
+        )
+    if price > MAX_PRICE or price != price.quantize(Decimal("0.0001")):
+        raise ServiceError(
+            "Give the price per GPU-hour with at most 4 decimal places, below 1,000,000.",
+            param="price_per_gpu_hour",
+        )
+    return price
+
+
+def _valid_until(window: Window, valid_for: timedelta, now: datetime) -> tuple[datetime, bool]:
+    if not MIN_VALIDITY <= valid_for <= MAX_VALIDITY:
+        raise ServiceError(
+            f"A quote is valid for between 1 hour and {MAX_VALIDITY.days} days.",
+            param="valid_days",
+        )
+    if window.starts_on_payment:
+        raise ServiceError(
+            "Give the quote a start time: the customer needs to know when the block runs.",
+            param="starts_at",
+        )
+    until = now + valid_for
+    # A quote paid after its block started would charge for hours already gone.
+    if until > window.starts_at:
+        return window.starts_at, True
+    return until, False
+
+
+def quote_preview(
+    *,
+    organization: Organization,
+    gpu_model: GpuModel,
+    region: Region,
+    node_count: int,
+    window: Window,
+    price_per_gpu_hour: object = None,
+    valid_for: timedelta,
+) -> QuotePreview:
+    """Price a quote and check its inputs without holding anything."""
+    validate_node_count(node_count)
+    quoted = _quoted_price(price_per_gpu_hour)
+    valid_until, capped = _valid_until(window, valid_for, timezone.now())
+    try:
+        standard = pricing.quote(
+            organization=organization,
+            gpu_model=gpu_model,
+            region=region,
+            node_count=node_count,
+            starts_at=window.starts_at,
+            ends_at=window.ends_at,
+        )
+        price = standard
+        if quoted is not None:
+            price = pricing.quote(
+                organization=organization,
+                gpu_model=gpu_model,
+                region=region,
+                node_count=node_count,
+                starts_at=window.starts_at,
+                ends_at=window.ends_at,
+                quoted_price=quoted,
+            )
+    except pricing.PriceUnavailable as exc:
+        raise ServiceError(
+            f"{gpu_model.name} is not sold in {region.name}.", param="region"
+        ) from exc
+    clusters = selectors.pool_clusters(gpu_model, region)
+    free = selectors.free_nodes_by_cluster(
+        [c.pk for c in clusters], window.starts_at, window.ends_at
+    )
+    return QuotePreview(
+        price=price,
+        standard=standard,
+        valid_until=valid_until,
+        capped_at_start=capped,
+        free_nodes=max(free.values(), default=0),
+    )
+
+
+def quote_create(
+    *,
+    organization: Organization,
+    actor: User,
+    gpu_model: GpuModel,
+    region: Region,
+    node_count: int,
+    window: Window,
+    valid_for: timedelta,
+    price_per_gpu_hour: object = None,
+    note: str = "",
+) -> Reservation:
+    """Hold `node_count` nodes for the organization at the quoted price until the validity
+    ends (at the latest when the block starts). Never confirmed on its own, not even on
+    invoice terms: the customer accepts it. Raises SoldOut when the pool has no room."""
+    require_staff_permission(actor, "capacity.create_quote", "make quotes")
+    require_active_organization(organization)
+    note = (note or "").strip()
+    if len(note) > NOTE_MAX:
+        raise ServiceError(f"Keep the note to {NOTE_MAX} characters.", param="note")
+    preview = quote_preview(
+        organization=organization,
+        gpu_model=gpu_model,
+        region=region,
+        node_count=node_count,
+        window=window,
+        price_per_gpu_hour=price_per_gpu_hour,
+        valid_for=valid_for,
+    )
+    return services.hold_capacity(
+        organization=organization,
+        created_by=None,  # lifecycle e-mails go to the customer's billing address, not to sales
+        gpu_model=gpu_model,
+        region=region,
+        node_count=node_count,
+        window=window,
+        price=preview.price,
+        hold_expires_at=preview.valid_until,
+        quoted_by=actor,
+        quote_note=note,
+    )
+
+
+def quote_accept(*, reservation: Reservation, actor: User) -> Reservation:
+    """The customer accepts a quote on invoice terms: it is confirmed (scheduled) and billing
+    invoices it after the commit. A card customer pays it instead."""
+    organization = reservation.organization
+    require_permission(
+        actor=actor, organization=organization, permission=Permission.MANAGE_RESERVATIONS
+    )
+    require_verified_email(actor)
+    accepted = _accept_locked(reservation=reservation, actor=actor)
+    if accepted.starts_at <= timezone.now() + settings.PROVISIONING_LEAD:
+        provisioning.start(accepted)
+    return accepted
+
+
+@transaction.atomic
+def _accept_locked(*, reservation: Reservation, actor: User) -> Reservation:
+    organization = lock_organization(reservation.organization)
+    require_active_organization(organization)
+    locked = Reservation.objects.select_for_update().get(pk=reservation.pk)
+    if not is_quote(locked):
+        raise Conflict("This reservation is not a quote.", code="not_a_quote")
+    if locked.state != S.HELD:
+        raise Conflict(
+            f"This quote is {locked.get_state_display().lower()}; it can no longer be accepted.",
+            code="not_acceptable",
+        )
+    if locked.hold_expires_at is not None and locked.hold_expires_at <= timezone.now():
+        raise Conflict(
+            f"This quote was valid until {locked.hold_expires_at:%d %b %Y, %H:%M} UTC. Ask your "
+            "account manager for a new one.",
+            code="quote_expired",
+        )
+    if not organization.on_invoice_terms:
+        raise Conflict(
+            f"{organization.name} pays by card: pay "
+            f"{format_money(locked.total, locked.currency)} to confirm this quote.",
+            code="pay_by_card",
+        )
+    confirmed = lifecycle.transition(
+        reservation=locked,
+        to=S.SCHEDULED,
+        actor=actor,
+        reason=f"Quote accepted on invoice terms (net {organization.payment_days}).",
+        data={"quote": True},
+    )
+    services.settle_money_after_commit(confirmed.pk)
+    return confirmed
