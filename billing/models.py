@@ -76,6 +76,11 @@ class Payment(models.Model):
             models.Index(fields=["organization", "-created_at"]),
             models.Index(fields=["status", "created_at"]),
             models.Index(fields=["created_at"]),
+            models.Index(
+                fields=["created_at"],
+                condition=models.Q(flagged=True),
+                name="billing_payment_flagged_idx",
+            ),
         ]
         permissions = [("issue_refund", "Can refund payments")]
         constraints = [
@@ -118,6 +123,7 @@ class Refund(models.Model):
     currency = models.CharField(max_length=3)
     reason = models.CharField(max_length=300)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    failure_message = models.CharField(max_length=300, blank=True)
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
@@ -125,6 +131,10 @@ class Refund(models.Model):
 
     class Meta:
         ordering = ["-created_at", "-id"]
+        indexes = [
+            models.Index(fields=["status", "created_at"]),
+            models.Index(fields=["created_at"]),
+        ]
         constraints = [
             models.CheckConstraint(
                 condition=models.Q(amount__gt=0), name="billing_refund_amount_positive"
@@ -165,7 +175,11 @@ class Invoice(models.Model):
 
     class Meta:
         ordering = ["-created_at", "-id"]
-        indexes = [models.Index(fields=["organization", "-created_at"])]
+        indexes = [
+            models.Index(fields=["organization", "-created_at"]),
+            models.Index(fields=["status", "due_at"]),
+            models.Index(fields=["created_at"]),
+        ]
 
     def __str__(self) -> str:
         return self.number or f"Invoice {self.pk}"
@@ -256,6 +270,7 @@ class WebhookEvent(AppendOnly):
         indexes = [
             models.Index(fields=["type", "received_at"]),
             models.Index(fields=["received_at"]),
+            models.Index(fields=["object_id"]),
         ]
         permissions = [("replay_webhookevent", "Can replay Stripe webhook events")]
 
@@ -317,7 +332,10 @@ class FinanceFlag(models.Model):
 
     class Meta:
         ordering = ["-created_at", "-id"]
-        indexes = [models.Index(fields=["resolved_at", "created_at"])]
+        indexes = [
+            models.Index(fields=["resolved_at", "created_at"]),
+            models.Index(fields=["kind", "created_at"]),
+        ]
         permissions = [("resolve_financeflag", "Can resolve finance flags")]
         constraints = [
             models.UniqueConstraint(

@@ -486,6 +486,12 @@ def _refund_in_full(payment: Payment, reason: str, *, tell_customer: bool = Fals
 def refund_issue(*, payment: Payment, amount: Decimal, reason: str, actor: User | None) -> Refund:
     """Refund `amount` of a successful payment. The row is written first; its id is the
     idempotency key, so retrying a refund that timed out cannot pay out twice."""
+    return refund_send(refund_open(payment=payment, amount=amount, reason=reason, actor=actor))
+
+
+def refund_open(*, payment: Payment, amount: Decimal, reason: str, actor: User | None) -> Refund:
+    """Write a pending refund after checking that it fits in what is left of the payment (under
+    the payment's lock). Nothing is sent: `refund_send` does that, outside any transaction."""
     if amount <= 0:
         raise ServiceError("Refund a positive amount.", param="amount")
     with transaction.atomic():
@@ -511,10 +517,10 @@ def refund_issue(*, payment: Payment, amount: Decimal, reason: str, actor: User 
             reason=reason[:300],
             created_by=actor,
         )
-    return _refund_send(refund)
+    return refund
 
 
-def _refund_send(refund: Refund) -> Refund:
+def refund_send(refund: Refund) -> Refund:
     payment = refund.payment
     stripe_refund = gateway.refund_create(
         payment_intent_id=payment.stripe_payment_intent_id,
@@ -622,7 +628,7 @@ def settle_reservation(*, reservation_id: int) -> None:
     for refund in Refund.objects.filter(
         payment__reservation=reservation, status=Refund.Status.PENDING
     ):
-        _refund_send(refund)
+        refund_send(refund)
 
 
 def _settle_refund(reservation: Reservation, amount: Decimal | None, reason: str) -> None:
