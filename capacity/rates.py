@@ -182,7 +182,7 @@ def negotiated_rate_update(
         exclude_pk=rate.pk,
     )
     locked = (
-        NegotiatedRate.objects.select_for_update()
+        NegotiatedRate.objects.select_for_update(of=("self",))
         .select_related("gpu_model", "region")
         .get(pk=rate.pk)
     )
