@@ -8,6 +8,7 @@ worker or a broker outage left behind (a scheduled reservation past its start is
 
 import logging
 from datetime import datetime
+from typing import Any
 
 from django.conf import settings
 from django.db import transaction
@@ -227,8 +228,15 @@ def _check_health() -> dict[str, int]:
 
 @transaction.atomic
 def _take_out(node: Node, reason: str) -> int:
-    """Put a node in maintenance; swap it out of running blocks where the cluster has a spare."""
-    node = Node.objects.select_for_update().get(pk=node.pk)
+    """Put a node in maintenance; swap it out of running blocks where the cluster has a spare.
+
+    Takes the pool lock first, like every allocator, so a spare cannot be booked meanwhile."""
+    from .services import lock_pool  # services imports this module
+
+    lock_pool(selectors.pool_of(node.cluster))
+    node = Node.objects.select_for_update().select_related("cluster").get(pk=node.pk)
+    if node.status != Node.Status.AVAILABLE:  # drained by staff meanwhile
+        return 0
     node.status = Node.Status.MAINTENANCE
     node.status_reason = reason[:200]
     node.save(update_fields=["status", "status_reason"])
@@ -236,17 +244,9 @@ def _take_out(node: Node, reason: str) -> int:
     audit.record(action="node.maintenance", actor=None, target=node, reason=reason)
     healed = 0
     now = timezone.now()
-    affected = Allocation.objects.filter(
-        node=node,
-        released_at__isnull=True,
-        ends_at__gt=now,
-        reservation__state__in=[S.ACTIVE, S.SCHEDULED],
-    ).select_related("reservation")
-    for allocation in affected:
-        start = max(allocation.starts_at, now)
-        spares = selectors.free_node_ids(node.cluster, start, allocation.ends_at)
-        reservation = allocation.reservation
-        if not spares:
+    for move in selectors.plan_moves(node, now, states=(S.ACTIVE, S.SCHEDULED)):
+        reservation = move.allocation.reservation
+        if move.spare_id is None:
             Incident.objects.create(
                 kind=Incident.Kind.NODE_UNHEALTHY,
                 node=node,
@@ -257,15 +257,7 @@ def _take_out(node: Node, reason: str) -> int:
                 ),
             )
             continue
-        spare = Node.objects.get(pk=spares[0])
-        Allocation.objects.filter(pk=allocation.pk).update(released_at=now)
-        Allocation.objects.create(
-            reservation=reservation,
-            node=spare,
-            cluster=node.cluster,
-            starts_at=start,
-            ends_at=allocation.ends_at,
-        )
+        spare = move_allocation(move=move, now=now, actor=None, reason=reason)
         Incident.objects.create(
             kind=Incident.Kind.NODE_SWAPPED,
             node=node,
@@ -273,13 +265,31 @@ def _take_out(node: Node, reason: str) -> int:
             detail=f"{node.hostname} replaced by {spare.hostname} in {reservation.public_id}.",
             resolved_at=now,
         )
-        audit.record(
-            action="reservation.node_swapped",
-            actor=None,
-            organization=reservation.organization,
-            target=reservation,
-            data={"from": node.hostname, "to": spare.hostname},
-            reason=reason,
-        )
         healed += 1
     return healed
+
+
+def move_allocation(*, move: selectors.Move, now: datetime, actor: Any | None, reason: str) -> Node:
+    """Give what is left of a live allocation to the move's spare node: the old row is released
+    at `now`, a new one covers [move.starts_at, ends_at). Call in a transaction holding the
+    pool lock, with a move planned under it (selectors.plan_moves)."""
+    allocation = move.allocation
+    reservation = allocation.reservation
+    spare = Node.objects.get(pk=move.spare_id)
+    Allocation.objects.filter(pk=allocation.pk).update(released_at=now)
+    Allocation.objects.create(
+        reservation=reservation,
+        node=spare,
+        cluster_id=allocation.cluster_id,
+        starts_at=move.starts_at,
+        ends_at=allocation.ends_at,
+    )
+    audit.record(
+        action="reservation.node_swapped",
+        actor=actor,
+        organization=reservation.organization,
+        target=reservation,
+        data={"from": allocation.node.hostname, "to": spare.hostname},
+        reason=reason,
+    )
+    return spare

@@ -219,3 +219,122 @@ def other_live_allocations(
         starts_at__lt=ends_at,
         ends_at__gt=starts_at,
     )
+
+
+# --- Operations: draining nodes, the cluster timeline -----------------------------------------
+MOVABLE_STATES = ("held", "scheduled", "provisioning", "active")
+
+
+def pool_of(cluster: Cluster) -> list[Cluster]:
+    """The clusters an allocator of `cluster`'s pool locks, with `cluster` itself even when it
+    is no longer active (its rows still need the same lock before nodes move)."""
+    pool = Cluster.objects.filter(
+        gpu_model_id=cluster.gpu_model_id,
+        region_id=cluster.region_id,
+        is_active=True,
+        region__is_active=True,
+    )
+    clusters = {c.pk: c for c in pool}
+    clusters.setdefault(cluster.pk, cluster)
+    return [clusters[pk] for pk in sorted(clusters)]
+
+
+def node_commitments(
+    node: Node, now: datetime, states: Iterable[str] = MOVABLE_STATES
+) -> QuerySet[Allocation]:
+    """Live allocations `node` holds now or later for reservations in `states`, soonest first."""
+    return (
+        Allocation.objects.filter(
+            node=node, released_at__isnull=True, ends_at__gt=now, reservation__state__in=states
+        )
+        .select_related("node", "reservation__organization")
+        .order_by("starts_at", "pk")
+    )
+
+
+@dataclass(frozen=True)
+class Move:
+    """What is left of one allocation ([starts_at, allocation.ends_at)) and the free node of
+    the same cluster that can take it (None: no spare)."""
+
+    allocation: Allocation
+    starts_at: datetime
+    spare_id: int | None
+
+
+def plan_moves(
+    node: Node,
+    now: datetime,
+    *,
+    states: Iterable[str] = MOVABLE_STATES,
+    avoid: Iterable[int] = (),
+    claimed: list[tuple[int, datetime, datetime]] | None = None,
+) -> list[Move]:
+    """A spare for every commitment of `node`: the first free node of its cluster in hostname
+    order that is not in `avoid`, has never been one of the reservation's nodes (a reservation
+    holds a node at most once), and is not in `claimed` for an overlapping period. `claimed`
+    (spare, start, end) grows with each pick, so the plans of several nodes drained one after
+    the other, sharing one list, propose what the drains will do. Read under the pool lock to
+    act on it."""
+    commitments = list(node_commitments(node, now, states))
+    if not commitments:
+        return []
+    avoid = {*avoid, node.pk}
+    held_before: dict[int, set[int]] = {}
+    for reservation_id, node_id in Allocation.objects.filter(
+        reservation_id__in={a.reservation_id for a in commitments}
+    ).values_list("reservation_id", "node_id"):
+        held_before.setdefault(reservation_id, set()).add(node_id)
+    picked = claimed if claimed is not None else []
+    moves = []
+    for allocation in commitments:
+        starts_at = max(allocation.starts_at, now)
+        ends_at = allocation.ends_at
+        taken = {n for n, s, e in picked if s < ends_at and e > starts_at}
+        excluded = avoid | held_before[allocation.reservation_id] | taken
+        spare = next(
+            (
+                n
+                for n in free_nodes_in_pool([node.cluster_id], starts_at, ends_at).get(
+                    node.cluster_id, []
+                )
+                if n not in excluded
+            ),
+            None,
+        )
+        if spare is not None:
+            picked.append((spare, starts_at, ends_at))
+        moves.append(Move(allocation=allocation, starts_at=starts_at, spare_id=spare))
+    return moves
+
+
+@dataclass(frozen=True)
+class TimelineData:
+    nodes: list[dict]  # pk, hostname, status, status_reason
+    allocations: list[dict]  # node_id, starts_at, ends_at and the reservation's fields
+
+
+def cluster_timeline(cluster: Cluster, starts_at: datetime, ends_at: datetime) -> TimelineData:
+    """The nodes of a cluster and the live allocations overlapping [starts_at, ends_at): two
+    queries, whatever the number of nodes or reservations."""
+    nodes = list(
+        Node.objects.filter(cluster=cluster)
+        .order_by("hostname")
+        .values("pk", "hostname", "status", "status_reason")
+    )
+    allocations = list(
+        Allocation.objects.filter(
+            cluster=cluster, released_at__isnull=True, starts_at__lt=ends_at, ends_at__gt=starts_at
+        )
+        .order_by("node_id", "starts_at")
+        .values(
+            "node_id",
+            "starts_at",
+            "ends_at",
+            "reservation_id",
+            "reservation__public_id",
+            "reservation__state",
+            "reservation__organization__name",
+        )
+    )
+    return TimelineData(nodes=nodes, allocations=allocations)

@@ -1,0 +1,548 @@
+"""Operations in the back office: draining nodes, operating reservations, incidents, timelines."""
+
+from decimal import Decimal
+
+import pytest
+from django.contrib.messages import get_messages
+
+from capacity import lifecycle, operations, services
+from capacity.models import Allocation, Incident, Node, Reservation
+from capacity.windows import Window
+from portal.backoffice.roles import FINANCE, OPERATIONS, SALES
+from portal.errors import Conflict, NotAllowed, ServiceError
+from portal.models import AuditEvent
+from tests.capacity.conftest import NEXT_HOUR, NOW, catalog, frozen_clock, hours  # noqa: F401
+
+S = Reservation.State
+ACTION = "_selected_action"
+
+
+# --- Small factories -----------------------------------------------------------------------------
+def reserve(org, user, pool, *, nodes=2, start=NEXT_HOUR, length=24) -> Reservation:
+    return services.reservation_create(
+        organization=org,
+        user=user,
+        gpu_model=pool.h100,
+        region=pool.east,
+        node_count=nodes,
+        window=Window(start, start + hours(length)),
+    )
+
+
+def scheduled(org, user, pool, **kwargs) -> Reservation:
+    reservation = reserve(org, user, pool, **kwargs)
+    return lifecycle.transition(reservation=reservation, to=S.SCHEDULED, actor=None)
+
+
+def advance(reservation: Reservation, *states: str) -> Reservation:
+    for state in states:
+        reservation = lifecycle.transition(reservation=reservation, to=state, actor=None)
+    return reservation
+
+
+def running(org, user, pool, clock, **kwargs) -> Reservation:
+    """Scheduled for 10:00, then the clock moves to 11:00 and the block is active."""
+    reservation = scheduled(org, user, pool, **kwargs)
+    clock.move_to(NEXT_HOUR + hours(1))
+    return advance(reservation, S.PROVISIONING, S.ACTIVE)
+
+
+def node(hostname: str) -> Node:
+    return Node.objects.get(hostname=hostname)
+
+
+def live_hosts(reservation: Reservation) -> list[str]:
+    return sorted(
+        Allocation.objects.filter(reservation=reservation, released_at__isnull=True).values_list(
+            "node__hostname", flat=True
+        )
+    )
+
+
+def snapshot() -> tuple:
+    """Everything a refused operation must leave as it was."""
+    return (
+        list(Node.objects.order_by("pk").values_list("pk", "status", "status_reason")),
+        list(
+            Allocation.objects.order_by("pk").values_list(
+                "pk", "reservation_id", "node_id", "starts_at", "ends_at", "released_at"
+            )
+        ),
+        list(
+            Reservation.objects.order_by("pk").values_list(
+                "pk", "state", "ends_at", "total", "refund_due"
+            )
+        ),
+        AuditEvent.objects.count(),
+        Incident.objects.count(),
+    )
+
+
+def events(*actions: str) -> list[tuple]:
+    return list(
+        AuditEvent.objects.filter(action__in=actions)
+        .order_by("id")
+        .values_list("action", "actor_kind", "actor_email", "object_repr", "data", "reason")
+    )
+
+
+def texts(response) -> list[str]:
+    return [str(m) for m in get_messages(response.wsgi_request)]
+
+
+def window(reservation: Reservation) -> str:
+    return f"{reservation.starts_at:%d %b %H:%M}–{reservation.ends_at:%d %b %H:%M} UTC"
+
+
+# --- Draining a node ---------------------------------------------------------------------------
+def test_draining_moves_each_reservation_to_a_spare_for_what_is_left(
+    catalog, organization, owner, staff, frozen_clock
+):
+    ops = staff(OPERATIONS, email="ops-one@example.com")
+    later = scheduled(organization, owner, catalog, nodes=1, start=NEXT_HOUR + hours(48))
+    block = running(organization, owner, catalog, frozen_clock, nodes=2)
+    assert (live_hosts(later), live_hosts(block)) == (["east-a-n00"], ["east-a-n00", "east-a-n01"])
+    old = Allocation.objects.get(reservation=block, node__hostname="east-a-n00")
+
+    result = operations.node_drain(node=node("east-a-n00"), actor=ops, reason="Firmware upgrade")
+
+    assert result.swapped == [(block.public_id, "east-a-n02"), (later.public_id, "east-a-n01")]
+    assert result.flagged == []
+    drained = node("east-a-n00")
+    assert (drained.status, drained.status_reason) == ("maintenance", "Firmware upgrade")
+    assert (live_hosts(block), live_hosts(later)) == (["east-a-n01", "east-a-n02"], ["east-a-n01"])
+    # The running block moves for the rest of its period; the old row ends now.
+    old.refresh_from_db()
+    new = Allocation.objects.get(reservation=block, node__hostname="east-a-n02")
+    assert (old.released_at, new.starts_at, new.ends_at) == (
+        NEXT_HOUR + hours(1),
+        NEXT_HOUR + hours(1),
+        NEXT_HOUR + hours(24),
+    )
+    moved_later = Allocation.objects.get(reservation=later, released_at__isnull=True)
+    assert (moved_later.starts_at, moved_later.ends_at) == (
+        NEXT_HOUR + hours(48),
+        NEXT_HOUR + hours(72),
+    )
+    assert events("node.drained", "reservation.node_swapped") == [
+        (
+            "reservation.node_swapped",
+            "staff",
+            "ops-one@example.com",
+            block.public_id,
+            {"from": "east-a-n00", "to": "east-a-n02"},
+            "Firmware upgrade",
+        ),
+        (
+            "reservation.node_swapped",
+            "staff",
+            "ops-one@example.com",
+            later.public_id,
+            {"from": "east-a-n00", "to": "east-a-n01"},
+            "Firmware upgrade",
+        ),
+        (
+            "node.drained",
+            "staff",
+            "ops-one@example.com",
+            "east-a-n00",
+            {
+                "swapped": {block.public_id: "east-a-n02", later.public_id: "east-a-n01"},
+                "flagged": [],
+            },
+            "Firmware upgrade",
+        ),
+    ]
+    assert Incident.objects.count() == 0
+
+
+def test_a_drain_without_a_spare_is_refused_and_changes_nothing(
+    catalog, organization, owner, staff
+):
+    full = scheduled(organization, owner, catalog, nodes=4)  # all of east-a
+    before = snapshot()
+    with pytest.raises(operations.DrainRefused) as refused:
+        operations.node_drain(node=node("east-a-n00"), actor=staff(OPERATIONS), reason="Fans")
+    assert refused.value.message == (
+        f"east-a-n00 was not drained: no free node of its cluster can take {full.public_id} "
+        f"({organization.name}, scheduled, 01 Dec 10:00–02 Dec 10:00 UTC). Nothing was changed."
+    )
+    assert snapshot() == before
+
+
+def test_drain_anyway_leaves_the_reservation_on_the_node_and_opens_an_incident(
+    catalog, organization, owner, staff
+):
+    ops = staff(OPERATIONS, email="ops-two@example.com")
+    full = scheduled(organization, owner, catalog, nodes=4)
+    result = operations.node_drain(
+        node=node("east-a-n00"), actor=ops, reason="PSU failing", flag_unswappable=True
+    )
+    assert (result.swapped, result.flagged) == ([], [full.public_id])
+    assert node("east-a-n00").status == "maintenance"
+    assert live_hosts(full) == ["east-a-n00", "east-a-n01", "east-a-n02", "east-a-n03"]
+    incident = Incident.objects.get()
+    assert (incident.kind, incident.node, incident.reservation, incident.resolved_at) == (
+        "node_unhealthy",
+        node("east-a-n00"),
+        full,
+        None,
+    )
+    assert incident.detail == (
+        f"east-a-n00 was drained into maintenance (PSU failing) while {full.public_id} "
+        "(scheduled, 01 Dec 10:00–02 Dec 10:00 UTC) holds it: no spare in east-a."
+    )
+    assert events("node.drained", "reservation.node_drained") == [
+        (
+            "reservation.node_drained",
+            "staff",
+            "ops-two@example.com",
+            full.public_id,
+            {"node": "east-a-n00", "spare": None},
+            "PSU failing",
+        ),
+        (
+            "node.drained",
+            "staff",
+            "ops-two@example.com",
+            "east-a-n00",
+            {"swapped": {}, "flagged": [full.public_id]},
+            "PSU failing",
+        ),
+    ]
+
+
+def test_nodes_drained_together_never_take_each_others_work(catalog, organization, owner, staff):
+    block = scheduled(organization, owner, catalog, nodes=2)  # east-a n00, n01
+    avoid = (node("east-a-n00").pk, node("east-a-n02").pk)
+    result = operations.node_drain(
+        node=node("east-a-n00"), actor=staff(OPERATIONS), reason="Rack move", avoid=avoid
+    )
+    assert result.swapped == [(block.public_id, "east-a-n03")]
+
+
+def test_one_spare_serves_reservations_that_follow_each_other(catalog, organization, owner, staff):
+    first = scheduled(organization, owner, catalog, nodes=1)  # n00, 10:00 for 24 h
+    second = scheduled(organization, owner, catalog, nodes=1, start=NEXT_HOUR + hours(24))
+    assert (live_hosts(first), live_hosts(second)) == (["east-a-n00"], ["east-a-n00"])
+    result = operations.node_drain(node=node("east-a-n00"), actor=staff(OPERATIONS), reason="x")
+    assert result.swapped == [(first.public_id, "east-a-n01"), (second.public_id, "east-a-n01")]
+
+
+def test_a_batch_preview_proposes_what_its_drains_then_do(catalog, organization, owner, staff):
+    ops = staff(OPERATIONS)
+    first = scheduled(organization, owner, catalog, nodes=1)  # n00
+    second = scheduled(organization, owner, catalog, nodes=1)  # n01, same period
+    nodes = [node("east-a-n00"), node("east-a-n01")]
+    avoid = tuple(n.pk for n in nodes)
+    claimed: list = []
+    proposed = [
+        [(m.allocation.reservation.public_id, plan.spare_hostname(m)) for m in plan.moves]
+        for plan in (operations.drain_plan(node=n, avoid=avoid, claimed=claimed) for n in nodes)
+    ]
+    assert proposed == [[(first.public_id, "east-a-n02")], [(second.public_id, "east-a-n03")]]
+    done = [
+        operations.node_drain(node=n, actor=ops, reason="Rack", avoid=avoid).swapped for n in nodes
+    ]
+    assert done == proposed
+
+
+def test_a_node_already_in_maintenance_is_not_drained_again(catalog, staff):
+    Node.objects.filter(hostname="east-a-n00").update(status="maintenance", status_reason="Old")
+    before = snapshot()
+    with pytest.raises(Conflict) as conflict:
+        operations.node_drain(node=node("east-a-n00"), actor=staff(OPERATIONS), reason="Again")
+    assert conflict.value.message == "east-a-n00 is already maintenance."
+    assert snapshot() == before
+
+
+def test_a_drain_needs_a_reason(catalog, staff):
+    before = snapshot()
+    with pytest.raises(ServiceError) as error:
+        operations.node_drain(node=node("east-a-n00"), actor=staff(OPERATIONS), reason="  ")
+    assert (error.value.message, error.value.param) == (
+        "Say why: the reason goes into the audit log.",
+        "reason",
+    )
+    assert snapshot() == before
+
+
+def test_restoring_brings_a_node_back_into_the_pool(catalog, staff):
+    ops = staff(OPERATIONS, email="ops-three@example.com")
+    operations.node_drain(node=node("east-a-n00"), actor=ops, reason="Cabling")
+    operations.node_restore(node=node("east-a-n00"), actor=ops, reason="Cabling fixed")
+    restored = node("east-a-n00")
+    assert (restored.status, restored.status_reason) == ("available", "")
+    assert events("node.restored") == [
+        (
+            "node.restored",
+            "staff",
+            "ops-three@example.com",
+            "east-a-n00",
+            {"maintenance_reason": "Cabling"},
+            "Cabling fixed",
+        )
+    ]
+    with pytest.raises(Conflict) as conflict:
+        operations.node_restore(node=restored, actor=ops)
+    assert conflict.value.message == "east-a-n00 is available, not in maintenance."
+
+
+@pytest.mark.parametrize("group", [SALES, FINANCE, None])
+def test_only_operations_may_drain_restore_and_operate(
+    catalog, organization, owner, staff, group, frozen_clock
+):
+    actor = staff(group) if group else owner  # None: the customer who owns the reservation
+    block = running(organization, owner, catalog, frozen_clock, nodes=1)
+    Node.objects.filter(hostname="east-b-n00").update(status="maintenance")
+    incident = Incident.objects.create(kind="stuck", reservation=block, detail="Stuck")
+    before = snapshot()
+    calls = [
+        lambda: operations.node_drain(node=node("east-a-n03"), actor=actor, reason="r"),
+        lambda: operations.node_restore(node=node("east-b-n00"), actor=actor),
+        lambda: operations.reservation_cancel(
+            reservation=block, actor=actor, reason="r", refund="full"
+        ),
+        lambda: operations.reservation_extend(reservation=block, actor=actor, hours=1, reason="r"),
+        lambda: operations.reservation_retry(reservation=block, actor=actor),
+        lambda: operations.reservation_release(reservation=block, actor=actor, reason="r"),
+        lambda: operations.incident_resolve(incident=incident, actor=actor),
+    ]
+    for call in calls:
+        with pytest.raises(NotAllowed):
+            call()
+    assert snapshot() == before
+    incident.refresh_from_db()
+    assert incident.resolved_at is None
+
+
+# --- Reservations ------------------------------------------------------------------------------
+@pytest.fixture
+def settlements(monkeypatch) -> list[tuple[str, dict]]:
+    """The settlement requests capacity sends billing (by task name) after commit."""
+    sent: list[tuple[str, dict]] = []
+    monkeypatch.setattr(
+        services, "enqueue_after_commit", lambda name, **kwargs: sent.append((name, kwargs))
+    )
+    return sent
+
+
+@pytest.mark.parametrize(
+    ("refund", "due", "percent"),
+    [("policy", Decimal("384.00"), 50), ("full", Decimal("768.00"), 100)],
+)
+def test_cancelling_a_scheduled_reservation_refunds_what_staff_chose(
+    catalog, organization, owner, staff, settlements, refund, due, percent
+):
+    ops = staff(OPERATIONS, email="ops-four@example.com")
+    reservation = scheduled(organization, owner, catalog)  # $768, starts in half an hour
+    canceled = operations.reservation_cancel(
+        reservation=reservation, actor=ops, reason="Customer called: wrong region", refund=refund
+    )
+    assert (canceled.state, canceled.refund_due) == ("canceled", due)
+    assert live_hosts(reservation) == []
+    assert settlements == [("billing.settle_reservation", {"reservation_id": reservation.pk})]
+    [event] = events("reservation.transition")[-1:]
+    assert event == (
+        "reservation.transition",
+        "staff",
+        "ops-four@example.com",
+        reservation.public_id,
+        {
+            "from": "scheduled",
+            "to": "canceled",
+            "refund_due": str(due),
+            "refund_percent": percent,
+            "refund_basis": refund,
+        },
+        "Customer called: wrong region",
+    )
+
+
+def test_cancelling_a_hold_refunds_nothing(catalog, organization, owner, staff, settlements):
+    held = reserve(organization, owner, catalog)
+    canceled = operations.reservation_cancel(
+        reservation=held, actor=staff(OPERATIONS), reason="Duplicate", refund="full"
+    )
+    assert (canceled.state, canceled.refund_due) == ("canceled", None)
+    assert settlements == []
+
+
+def test_cancelling_during_provisioning_tears_the_nodes_down(
+    catalog, organization, owner, staff, settlements, django_capture_on_commit_callbacks
+):
+    from capacity.models import SimulatedCall
+
+    reservation = advance(scheduled(organization, owner, catalog), S.PROVISIONING)
+    with django_capture_on_commit_callbacks(execute=True):
+        canceled = operations.reservation_cancel(
+            reservation=reservation, actor=staff(OPERATIONS), reason="Bad image", refund="full"
+        )
+    assert (canceled.state, canceled.refund_due) == ("canceled", Decimal("768.00"))
+    assert live_hosts(reservation) == []
+    assert SimulatedCall.objects.filter(key=f"deprovision:{reservation.public_id}").count() == 1
+
+
+def test_an_active_reservation_cannot_be_canceled_only_released(
+    catalog, organization, owner, staff, frozen_clock
+):
+    block = running(organization, owner, catalog, frozen_clock)
+    before = snapshot()
+    with pytest.raises(Conflict) as conflict:
+        operations.reservation_cancel(
+            reservation=block, actor=staff(OPERATIONS), reason="r", refund="policy"
+        )
+    assert conflict.value.message == (
+        f"{block.public_id} is active and cannot be canceled. Release it instead."
+    )
+    assert snapshot() == before
+
+
+@pytest.mark.parametrize(
+    ("reason", "refund", "message"),
+    [
+        ("", "policy", "Say why: the reason goes into the audit log."),
+        ("ok", "half", "Choose the policy refund or a full refund."),
+    ],
+)
+def test_a_cancellation_needs_a_reason_and_a_known_refund(
+    catalog, organization, owner, staff, reason, refund, message
+):
+    reservation = scheduled(organization, owner, catalog)
+    before = snapshot()
+    with pytest.raises(ServiceError) as error:
+        operations.reservation_cancel(
+            reservation=reservation, actor=staff(OPERATIONS), reason=reason, refund=refund
+        )
+    assert error.value.message == message
+    assert snapshot() == before
+
+
+def test_extending_keeps_the_nodes_and_prices_the_extra_hours(
+    catalog, organization, owner, staff, frozen_clock
+):
+    ops = staff(OPERATIONS, email="ops-five@example.com")
+    block = running(organization, owner, catalog, frozen_clock)
+    extended = operations.reservation_extend(
+        reservation=block, actor=ops, hours=6, reason="Compensation for the outage"
+    )
+    assert (extended.ends_at, extended.total) == (NEXT_HOUR + hours(30), Decimal("960.00"))
+    assert live_hosts(block) == ["east-a-n00", "east-a-n01"]
+    assert set(
+        Allocation.objects.filter(reservation=block, released_at__isnull=True).values_list(
+            "ends_at", flat=True
+        )
+    ) == {NEXT_HOUR + hours(30)}
+    assert events("reservation.extended", "reservation.extended_by_staff") == [
+        (
+            "reservation.extended",
+            "staff",
+            "ops-five@example.com",
+            block.public_id,
+            {
+                "hours": 6,
+                "from": "2026-12-02T10:00:00+00:00",
+                "to": "2026-12-02T16:00:00+00:00",
+                "amount": "192.00",
+                "currency": "usd",
+            },
+            "",
+        ),
+        (
+            "reservation.extended_by_staff",
+            "staff",
+            "ops-five@example.com",
+            block.public_id,
+            {"hours": 6},
+            "Compensation for the outage",
+        ),
+    ]
+
+
+def test_an_extension_into_a_booked_node_is_refused(catalog, organization, owner, staff):
+    block = scheduled(organization, owner, catalog, nodes=4)  # all of east-a
+    after = scheduled(organization, owner, catalog, nodes=4, start=NEXT_HOUR + hours(24))
+    assert live_hosts(after) == live_hosts(block)
+    before = snapshot()
+    with pytest.raises(Conflict) as conflict:
+        operations.reservation_extend(
+            reservation=block, actor=staff(OPERATIONS), hours=2, reason="Asked by phone"
+        )
+    assert conflict.value.message == (
+        f"{block.public_id} cannot be extended by 2 h: another reservation holds some of its "
+        "nodes in 02 Dec 10:00–02 Dec 12:00 UTC."
+    )
+    assert snapshot() == before
+
+
+def test_retrying_a_stuck_provisioning_enqueues_it_again(
+    catalog, organization, owner, staff, django_capture_on_commit_callbacks
+):
+    reservation = advance(scheduled(organization, owner, catalog), S.PROVISIONING)
+    with django_capture_on_commit_callbacks(execute=True):
+        task = operations.reservation_retry(reservation=reservation, actor=staff(OPERATIONS))
+    assert task == "capacity.provision"
+    reservation.refresh_from_db()
+    assert reservation.state == "active"  # the task ran (eagerly, in tests)
+    assert [e[4] for e in events("reservation.retried")] == [
+        {"state": "provisioning", "task": "capacity.provision"}
+    ]
+
+
+def test_only_stuck_reservations_are_retried(catalog, organization, owner, staff):
+    reservation = scheduled(organization, owner, catalog)
+    before = snapshot()
+    with pytest.raises(Conflict) as conflict:
+        operations.reservation_retry(reservation=reservation, actor=staff(OPERATIONS))
+    assert conflict.value.message == (
+        f"{reservation.public_id} is scheduled: only reservations stuck in provisioning or "
+        "releasing can be retried."
+    )
+    assert snapshot() == before
+
+
+def test_force_release_ends_an_active_block_now(
+    catalog, organization, owner, staff, frozen_clock, django_capture_on_commit_callbacks
+):
+    ops = staff(OPERATIONS, email="ops-six@example.com")
+    block = running(organization, owner, catalog, frozen_clock)
+    with django_capture_on_commit_callbacks(execute=True):
+        operations.reservation_release(reservation=block, actor=ops, reason="Abuse report")
+    block.refresh_from_db()
+    assert block.state == "completed"
+    assert live_hosts(block) == []
+    transitions = [
+        (e[1], e[4]["from"], e[4]["to"], e[5])
+        for e in events("reservation.transition")
+        if e[3] == block.public_id
+    ]
+    assert transitions[-2:] == [
+        ("staff", "active", "releasing", "Abuse report"),
+        ("system", "releasing", "completed", "Released."),
+    ]
+    with pytest.raises(Conflict) as conflict:
+        operations.reservation_release(reservation=block, actor=ops, reason="Again")
+    assert conflict.value.message == (
+        f"{block.public_id} is completed: only active reservations can be released."
+    )
+
+
+def test_resolving_an_incident(catalog, organization, owner, staff):
+    ops = staff(OPERATIONS, email="ops-seven@example.com")
+    reservation = scheduled(organization, owner, catalog)
+    incident = Incident.objects.create(kind="stuck", reservation=reservation, detail="Stuck")
+    operations.incident_resolve(incident=incident, actor=ops, note="Driver restarted")
+    incident.refresh_from_db()
+    assert incident.resolved_at == NOW
+    assert events("incident.resolved") == [
+        (
+            "incident.resolved",
+            "staff",
+            "ops-seven@example.com",
+            str(incident),
+            {"kind": "stuck"},
+            "Driver restarted",
+        )
+    ]
+    with pytest.raises(Conflict):
+        operations.incident_resolve(incident=incident, actor=ops)
