@@ -1,40 +1,54 @@
-from django.contrib import admin
+"""Operations in the back office: inventory, reservations, incidents and the node timeline.
 
+Every action calls a service in capacity.operations (which checks the staff permission and
+writes the audit events); destructive ones show an intermediate page first, and a batch reports
+each row that failed with its reason. Change lists read their related rows in the same query
+(list_select_related or annotations), so their query count does not grow with the page.
+"""
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from django import forms
+from django.conf import settings
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
+from django.db.models import Count, Q, QuerySet
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404
+from django.template.response import TemplateResponse
+from django.urls import URLPattern, path, reverse
+from django.utils import timezone
+from django.utils.html import format_html
+from django.utils.safestring import SafeString
+
+from accounts.models import Organization
+from portal.errors import ServiceError
+from portal.models import AuditEvent
+
+from . import operations, selectors, timeline
 from .models import (
     Allocation,
     Cluster,
     DurationDiscount,
     GpuModel,
+    Incident,
     ListPrice,
     Node,
     Region,
     Reservation,
 )
+from .services import EXTENDABLE
+
+S = Reservation.State
 
 
+# --- Catalog (read by everyone, edited by whoever holds the model permissions) ----------------
 @admin.register(GpuModel)
 class GpuModelAdmin(admin.ModelAdmin):
     list_display = ["name", "slug", "memory_gb", "gpus_per_node", "is_active"]
-
-
-@admin.register(Region)
-class RegionAdmin(admin.ModelAdmin):
-    list_display = ["code", "name", "location", "is_active"]
-
-
-@admin.register(Cluster)
-class ClusterAdmin(admin.ModelAdmin):
-    list_display = ["code", "region", "gpu_model", "fabric", "is_active"]
-    list_filter = ["region", "gpu_model"]
-    list_select_related = ["region", "gpu_model"]
-
-
-@admin.register(Node)
-class NodeAdmin(admin.ModelAdmin):
-    list_display = ["hostname", "cluster", "gpu_count", "status", "status_reason"]
-    list_filter = ["status", "cluster__region", "cluster__gpu_model"]
-    search_fields = ["hostname"]
-    list_select_related = ["cluster"]
 
 
 @admin.register(ListPrice)
@@ -48,34 +62,894 @@ class DurationDiscountAdmin(admin.ModelAdmin):
     list_display = ["label", "min_hours", "percent"]
 
 
+# --- Shared: intermediate pages and per-row results --------------------------------------------
+@dataclass(frozen=True)
+class Section:
+    """One block of an intermediate page: a heading, a table, and what stops it (if anything)."""
+
+    title: SafeString | str
+    headers: list[str]
+    rows: list[list[Any]]
+    problem: str = ""
+    note: str = ""
+
+
+class ReasonForm(forms.Form):
+    reason = forms.CharField(
+        label="Reason",
+        max_length=500,
+        widget=forms.Textarea(attrs={"rows": 2, "cols": 70}),
+        help_text="Recorded in the audit log with your name.",
+        error_messages={"required": "Say why: the reason goes into the audit log."},
+    )
+
+
+class CancelForm(ReasonForm):
+    refund = forms.ChoiceField(
+        label="Refund",
+        choices=operations.RefundBasis.choices,
+        initial=operations.RefundBasis.POLICY,
+        widget=forms.RadioSelect,
+    )
+    field_order = ["refund", "reason"]
+
+
+class ExtendForm(ReasonForm):
+    hours = forms.IntegerField(
+        label="Extend by (hours)", min_value=1, max_value=settings.CAPACITY_MAX_HOURS
+    )
+    field_order = ["hours", "reason"]
+
+
+class DrainForm(ReasonForm):
+    flag_unswappable = forms.BooleanField(
+        label="Drain anyway",
+        required=False,
+        help_text=(
+            "Leave reservations that have no spare on the node in maintenance and open an "
+            "incident for each. Without this, a node with such a reservation is not drained."
+        ),
+    )
+
+
+class OperationsMixin:
+    """Intermediate pages and per-row reporting for the actions of an operations admin."""
+
+    confirm_template = "admin/capacity/confirm_action.html"
+
+    def confirmation(
+        self,
+        request: HttpRequest,
+        queryset: Iterable[Any],
+        *,
+        action: str,
+        title: str,
+        intro: str,
+        form: forms.Form,
+        sections: list[Section],
+        submit: str,
+    ) -> TemplateResponse:
+        opts = self.model._meta  # type: ignore[attr-defined]
+        context = {
+            **self.admin_site.each_context(request),  # type: ignore[attr-defined]
+            "title": title,
+            "subtitle": None,
+            "opts": opts,
+            "app_label": opts.app_label,
+            "action": action,
+            "ids": [obj.pk for obj in queryset],
+            "intro": intro,
+            "form": form,
+            "sections": sections,
+            "submit": submit,
+            "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME,
+            "changelist_url": request.get_full_path(),
+        }
+        return TemplateResponse(request, self.confirm_template, context)
+
+    def run_each(
+        self,
+        request: HttpRequest,
+        objects: Iterable[Any],
+        call: Callable[[Any], str],
+        *,
+        done: str,
+    ) -> None:
+        """Call the service for each object; one error message per failed row, then one
+        success message listing the rows done."""
+        succeeded = []
+        for obj in objects:
+            try:
+                succeeded.append(call(obj))
+            except ServiceError as exc:
+                messages.error(request, f"{obj}: {exc.message}")
+        if succeeded:
+            messages.success(request, f"{done}: {'; '.join(succeeded)}.")
+
+
+def _bound(form_class: type[forms.Form], request: HttpRequest) -> forms.Form:
+    """The action's form, bound only when its intermediate page was submitted."""
+    return form_class(request.POST) if "apply" in request.POST else form_class()
+
+
+def _window(starts_at: datetime, ends_at: datetime) -> str:
+    return f"{starts_at:%d %b %H:%M} – {ends_at:%d %b %H:%M} UTC"
+
+
+def _reservation_link(reservation: Reservation) -> SafeString:
+    return format_html(
+        '<a href="{}">{}</a>',
+        reverse("admin:capacity_reservation_change", args=[reservation.pk]),
+        reservation.public_id,
+    )
+
+
+# --- Inventory ----------------------------------------------------------------------------------
+@admin.register(Region)
+class RegionAdmin(admin.ModelAdmin):
+    list_display = ["code", "name", "location", "cluster_count", "is_active"]
+    list_filter = ["is_active"]
+    search_fields = ["^code", "name"]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Region]:
+        return super().get_queryset(request).annotate(clusters_n=Count("clusters"))
+
+    @admin.display(description="Clusters", ordering="clusters_n")
+    def cluster_count(self, region: Region) -> int:
+        return region.clusters_n  # type: ignore[attr-defined]
+
+
+@admin.register(Cluster)
+class ClusterAdmin(admin.ModelAdmin):
+    list_display = [
+        "code",
+        "region",
+        "gpu_model",
+        "fabric",
+        "nodes_total",
+        "nodes_available",
+        "nodes_maintenance",
+        "timeline_link",
+        "is_active",
+    ]
+    list_filter = ["region", "gpu_model", "is_active"]
+    list_select_related = ["region", "gpu_model"]
+    search_fields = ["^code"]
+    change_form_template = "admin/capacity/cluster/change_form.html"
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Cluster]:
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(
+                nodes_n=Count("nodes"),
+                available_n=Count("nodes", filter=Q(nodes__status=Node.Status.AVAILABLE)),
+                maintenance_n=Count("nodes", filter=Q(nodes__status=Node.Status.MAINTENANCE)),
+            )
+        )
+
+    @admin.display(description="Nodes", ordering="nodes_n")
+    def nodes_total(self, cluster: Cluster) -> int:
+        return cluster.nodes_n  # type: ignore[attr-defined]
+
+    @admin.display(description="Available", ordering="available_n")
+    def nodes_available(self, cluster: Cluster) -> int:
+        return cluster.available_n  # type: ignore[attr-defined]
+
+    @admin.display(description="Maintenance", ordering="maintenance_n")
+    def nodes_maintenance(self, cluster: Cluster) -> int:
+        return cluster.maintenance_n  # type: ignore[attr-defined]
+
+    @admin.display(description="Timeline")
+    def timeline_link(self, cluster: Cluster) -> SafeString:
+        url = reverse("admin:capacity_cluster_timeline", args=[cluster.pk])
+        return format_html('<a href="{}">Node timeline</a>', url)
+
+    def get_urls(self) -> list[URLPattern]:
+        return [
+            path(
+                "<int:object_id>/timeline/",
+                self.admin_site.admin_view(self.timeline_view),
+                name="capacity_cluster_timeline",
+            ),
+            *super().get_urls(),
+        ]
+
+    def timeline_view(self, request: HttpRequest, object_id: int) -> HttpResponse:
+        """Which reservation holds which node of the cluster when, as a server-rendered SVG."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        cluster = get_object_or_404(
+            Cluster.objects.select_related("region", "gpu_model"), pk=object_id
+        )
+        days = timeline.parse_days(request.GET.get("days"))
+        now = timezone.now()
+        start, end = timeline.window(now, days)
+        data = selectors.cluster_timeline(cluster, start, end)
+        linked = request.user.has_perm("capacity.view_reservation")
+        # One reverse for every bar: the pk goes where the placeholder is.
+        url = reverse("admin:capacity_reservation_change", args=[0]).replace("/0/", "/{}/")
+        chart = timeline.layout(
+            lanes=[
+                timeline.Lane(n["pk"], n["hostname"], n["status"], n["status_reason"])
+                for n in data.nodes
+            ],
+            bookings=[
+                timeline.Booking(
+                    node_id=a["node_id"],
+                    starts_at=a["starts_at"],
+                    ends_at=a["ends_at"],
+                    public_id=a["reservation__public_id"],
+                    organization=a["reservation__organization__name"],
+                    state=a["reservation__state"],
+                    url=url.format(a["reservation_id"]) if linked else "",
+                )
+                for a in data.allocations
+            ],
+            start=start,
+            end=end,
+            now=now,
+        )
+        statuses = [n["status"] for n in data.nodes]
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"Node timeline: {cluster.code}",
+            "subtitle": None,
+            "opts": self.opts,
+            "cluster": cluster,
+            "chart": chart,
+            "days": days,
+            "day_choices": timeline.DAY_CHOICES,
+            "legend": [(state, timeline.STATE_COLOURS[state]) for state in timeline.STATE_COLOURS],
+            "nodes_total": len(statuses),
+            "nodes_maintenance": statuses.count(Node.Status.MAINTENANCE),
+            "reservations_shown": len({a["reservation_id"] for a in data.allocations}),
+        }
+        return TemplateResponse(request, "admin/capacity/cluster_timeline.html", context)
+
+
+class HostnameSearch:
+    """Hostnames are lower case and unique: a prefix lookup reads the unique index."""
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet, search_term: str
+    ) -> tuple[QuerySet, bool]:
+        term = search_term.strip().lower()
+        if not term:
+            return queryset, False
+        return queryset.filter(**{self.hostname_lookup: term}), False  # type: ignore[attr-defined]
+
+
+@admin.register(Node)
+class NodeAdmin(OperationsMixin, HostnameSearch, admin.ModelAdmin):
+    list_display = [
+        "hostname",
+        "cluster",
+        "region",
+        "gpu_model",
+        "gpu_count",
+        "status",
+        "status_reason",
+    ]
+    list_filter = ["status", "cluster__region", "cluster__gpu_model", "cluster"]
+    list_select_related = ["cluster__region", "cluster__gpu_model"]
+    search_fields = ["hostname"]
+    search_help_text = "Hostname, or its beginning."
+    hostname_lookup = "hostname__startswith"
+    readonly_fields = ["status", "status_reason", "created_at"]
+    fields = ["hostname", "cluster", "gpu_count", "status", "status_reason", "created_at"]
+    actions = ["drain", "restore"]
+    show_full_result_count = False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Node | None = None) -> bool:
+        return False  # nodes are retired, never deleted: allocations refer to them
+
+    def has_drain_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm(operations.DRAIN)
+
+    @admin.display(description="Region", ordering="cluster__region__code")
+    def region(self, node: Node) -> str:
+        return node.cluster.region.code
+
+    @admin.display(description="GPU model", ordering="cluster__gpu_model__name")
+    def gpu_model(self, node: Node) -> str:
+        return node.cluster.gpu_model.name
+
+    @admin.action(description="Drain into maintenance…", permissions=["drain"])
+    def drain(self, request: HttpRequest, queryset: QuerySet[Node]) -> HttpResponse | None:
+        nodes = list(queryset.select_related("cluster").order_by("hostname"))
+        avoid = tuple(n.pk for n in nodes)
+        form = _bound(DrainForm, request)
+        if form.is_bound and form.is_valid():
+            reason = form.cleaned_data["reason"]
+            flag = form.cleaned_data["flag_unswappable"]
+
+            def drain_one(node: Node) -> str:
+                result = operations.node_drain(
+                    node=node, actor=request.user, reason=reason, flag_unswappable=flag, avoid=avoid
+                )
+                moved = ", ".join(f"{p} to {h}" for p, h in result.swapped)
+                parts = [f"{node.hostname} is in maintenance"]
+                if moved:
+                    parts.append(f"moved {moved}")
+                if result.flagged:
+                    parts.append(f"flagged {', '.join(result.flagged)} (no spare)")
+                return ", ".join(parts)
+
+            self.run_each(request, nodes, drain_one, done="Drained")
+            return None
+        sections = []
+        claimed: list = []  # spares the earlier nodes of the batch will take
+        for node in nodes:
+            if node.status != Node.Status.AVAILABLE:
+                sections.append(
+                    Section(
+                        title=f"{node.hostname} ({node.cluster.code})",
+                        headers=[],
+                        rows=[],
+                        problem=f"Already {node.get_status_display().lower()}: it will be skipped.",
+                    )
+                )
+                continue
+            plan = operations.drain_plan(node=node, avoid=avoid, claimed=claimed)
+            rows = [
+                [
+                    _reservation_link(m.allocation.reservation),
+                    m.allocation.reservation.organization.name,
+                    m.allocation.reservation.get_state_display(),
+                    _window(m.starts_at, m.allocation.ends_at),
+                    plan.spare_hostname(m)
+                    or format_html('<strong class="no-spare">{}</strong>', "no spare"),
+                ]
+                for m in plan.moves
+            ]
+            sections.append(
+                Section(
+                    title=f"{node.hostname} ({node.cluster.code})",
+                    headers=["Reservation", "Organization", "State", "Period to move", "Moves to"],
+                    rows=rows,
+                    problem=(
+                        f"{len(plan.stranded)} reservation(s) have no spare: the drain is refused "
+                        "unless you choose “Drain anyway”."
+                        if plan.stranded
+                        else ""
+                    ),
+                    note="" if rows else "No reservations hold this node now or later.",
+                )
+            )
+        return self.confirmation(
+            request,
+            nodes,
+            action="drain",
+            title="Drain nodes into maintenance",
+            intro=(
+                "Each reservation these nodes hold now or later moves to a free node of the same "
+                "cluster for what is left of its period."
+            ),
+            form=form,
+            sections=sections,
+            submit="Drain",
+        )
+
+    @admin.action(description="Bring back from maintenance", permissions=["drain"])
+    def restore(self, request: HttpRequest, queryset: QuerySet[Node]) -> None:
+        self.run_each(
+            request,
+            queryset.order_by("hostname"),
+            lambda node: operations.node_restore(node=node, actor=request.user).hostname,
+            done="Available again",
+        )
+
+
+# --- Reservations -------------------------------------------------------------------------------
+class OrganizationFilter(admin.SimpleListFilter):
+    """A box for the organization's slug or name, instead of a list of every customer."""
+
+    title = "organization"
+    parameter_name = "org"
+    template = "admin/capacity/input_filter.html"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list:
+        return []
+
+    def has_output(self) -> bool:
+        return True
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        value = (self.value() or "").strip()
+        if not value:
+            return queryset
+        organizations = Organization.objects.filter(Q(slug=value.lower()) | Q(name__iexact=value))
+        return queryset.filter(organization__in=organizations)
+
+    def choices(self, changelist: Any) -> Iterable[dict]:
+        yield {
+            "value": self.value() or "",
+            "hidden": [
+                (key, value)
+                for key, value in changelist.params.items()
+                if key not in (self.parameter_name, "p")
+            ],
+            "clear_url": changelist.get_query_string(remove=[self.parameter_name]),
+        }
+
+
+class WhenFilter(admin.SimpleListFilter):
+    title = "when"
+    parameter_name = "when"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list:
+        return [
+            ("running", "Running now"),
+            ("today", "Starts today"),
+            ("next7", "Starts in the next 7 days"),
+            ("later", "Starts later"),
+            ("past7", "Ended in the past 7 days"),
+            ("past", "Ended"),
+        ]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        now = timezone.now()
+        midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
+        week = timedelta(days=7)
+        match self.value():
+            case "running":
+                return queryset.filter(starts_at__lte=now, ends_at__gt=now)
+            case "today":
+                return queryset.filter(
+                    starts_at__gte=midnight, starts_at__lt=midnight + timedelta(days=1)
+                )
+            case "next7":
+                return queryset.filter(starts_at__gte=now, starts_at__lt=now + week)
+            case "later":
+                return queryset.filter(starts_at__gte=now)
+            case "past7":
+                return queryset.filter(ends_at__lte=now, ends_at__gt=now - week)
+            case "past":
+                return queryset.filter(ends_at__lte=now)
+        return queryset
+
+
 class AllocationInline(admin.TabularInline):
     model = Allocation
     extra = 0
     can_delete = False
-    readonly_fields = ["node", "cluster", "starts_at", "ends_at", "released_at"]
+    fields = ["node", "cluster", "starts_at", "ends_at", "released_at"]
+    readonly_fields = fields
+    ordering = ["released_at", "node__hostname"]
 
-    def has_add_permission(self, request: object, obj: object = None) -> bool:
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Allocation]:
+        return super().get_queryset(request).select_related("node", "cluster")
+
+    def has_add_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
         return False
 
 
+@dataclass(frozen=True)
+class TimelineEntry:
+    at: datetime
+    what: str
+    who: str
+    why: str
+    ip: str
+
+
+def describe(event: AuditEvent) -> str:
+    """One line for an event of the reservation's timeline."""
+    data = event.data or {}
+    match event.action:
+        case "reservation.created":
+            return f"Created: held, {data.get('total')} {data.get('currency', '').upper()}"
+        case "reservation.transition":
+            text = f"{data.get('from')} → {data.get('to')}"
+            if data.get("refund_due"):
+                basis = f", {data['refund_basis']}" if data.get("refund_basis") else ""
+                text += f" (refund due {data['refund_due']}{basis})"
+            return text
+        case "reservation.extended":
+            return (
+                f"Extended by {data.get('hours')} h to {data.get('to', '')[:16].replace('T', ' ')}"
+                f" (+{data.get('amount')} {data.get('currency', '').upper()})"
+            )
+        case "reservation.extended_by_staff":
+            return f"Extension by {data.get('hours')} h made by staff"
+        case "reservation.node_swapped":
+            return f"Node {data.get('from')} replaced by {data.get('to')}"
+        case "reservation.node_drained":
+            return f"Node {data.get('node')} drained with no spare (incident opened)"
+        case "reservation.retried":
+            return f"Retried: {data.get('task')} enqueued again"
+    return event.action
+
+
+def timeline_entries(events: Iterable[AuditEvent]) -> list[TimelineEntry]:
+    kinds = dict(AuditEvent.ActorKind.choices)
+    return [
+        TimelineEntry(
+            at=event.created_at,
+            what=describe(event),
+            who=" · ".join(p for p in (kinds.get(event.actor_kind, ""), event.actor_email) if p),
+            why=event.reason,
+            ip=event.ip_address or "",
+        )
+        for event in events
+    ]
+
+
 @admin.register(Reservation)
-class ReservationAdmin(admin.ModelAdmin):
+class ReservationAdmin(OperationsMixin, admin.ModelAdmin):
     list_display = [
         "public_id",
         "organization",
         "state",
         "gpu_model",
         "region",
+        "cluster",
         "node_count",
         "starts_at",
         "ends_at",
         "total",
     ]
-    list_filter = ["state", "region", "gpu_model"]
-    search_fields = ["public_id", "organization__name", "organization__slug"]
-    list_select_related = ["organization", "gpu_model", "region"]
-    readonly_fields = [f.name for f in Reservation._meta.fields]
+    list_filter = ["state", WhenFilter, "region", "gpu_model", OrganizationFilter]
+    list_select_related = ["organization", "gpu_model", "region", "cluster"]
+    date_hierarchy = "starts_at"
+    search_fields = ["public_id"]
+    search_help_text = "Public id (rsv_…), or its beginning. Filter by organization on the right."
+    show_full_result_count = False
+    fieldsets = [
+        (
+            None,
+            {
+                "fields": [
+                    "public_id",
+                    "organization",
+                    "state",
+                    "created_by",
+                    "created_at",
+                    "updated_at",
+                ]
+            },
+        ),
+        (
+            "Capacity",
+            {
+                "fields": [
+                    "gpu_model",
+                    "region",
+                    "cluster",
+                    "node_count",
+                    "starts_at",
+                    "ends_at",
+                    "starts_on_payment",
+                    "hold_expires_at",
+                ]
+            },
+        ),
+        (
+            "Price",
+            {
+                "fields": [
+                    "currency",
+                    "price_per_gpu_hour",
+                    "price_source",
+                    "subtotal",
+                    "discount",
+                    "total",
+                    "refund_due",
+                    "price_lines",
+                ]
+            },
+        ),
+        ("Quote", {"fields": ["quoted_by", "quote_note"], "classes": ["collapse"]}),
+        ("Access", {"fields": ["access_details", "reminders_sent"], "classes": ["collapse"]}),
+    ]
+    readonly_fields = [
+        f.name for f in Reservation._meta.fields if f.name not in ("access_secret", "request_token")
+    ]
     inlines = [AllocationInline]
+    actions = ["cancel_with_refund", "extend", "retry", "force_release"]
+    change_form_template = "admin/capacity/reservation/change_form.html"
 
-    def has_add_permission(self, request: object) -> bool:
+    def has_add_permission(self, request: HttpRequest) -> bool:
         return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Reservation | None = None) -> bool:
+        return False  # the audit trail and the ledger refer to reservations
+
+    def has_operate_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm(operations.OPERATE)
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet, search_term: str
+    ) -> tuple[QuerySet, bool]:
+        term = search_term.strip().lower()
+        if not term:
+            return queryset, False
+        if not term.startswith("rsv_"):
+            term = f"rsv_{term}"
+        if len(term) == len("rsv_") + 14:
+            return queryset.filter(public_id=term), False
+        return queryset.filter(public_id__startswith=term), False
+
+    def render_change_form(
+        self,
+        request: HttpRequest,
+        context: dict,
+        add: bool = False,
+        change: bool = False,
+        form_url: str = "",
+        obj: Reservation | None = None,
+    ) -> HttpResponse:
+        if obj is not None:
+            context["timeline"] = timeline_entries(selectors.reservation_timeline(obj))
+            context["can_operate"] = self.has_operate_permission(request)
+            context["operations"] = [
+                (name, label)
+                for name, label, states in (
+                    ("cancel_with_refund", "Cancel with refund…", operations.CANCELABLE),
+                    ("extend", "Extend…", EXTENDABLE),
+                    ("retry", "Retry", tuple(operations.RETRY_TASKS)),
+                    ("force_release", "Force release…", (S.ACTIVE,)),
+                )
+                if obj.state in states
+            ]
+            context["changelist_url"] = reverse("admin:capacity_reservation_changelist")
+            context["timeline_url"] = reverse(
+                "admin:capacity_cluster_timeline", args=[obj.cluster_id]
+            )
+        return super().render_change_form(request, context, add, change, form_url, obj)
+
+    def _rows(self, reservations: list[Reservation], extra: Callable[[Reservation], list]) -> list:
+        return [
+            [
+                _reservation_link(r),
+                r.organization.name,
+                r.get_state_display(),
+                _window(r.starts_at, r.ends_at),
+                *extra(r),
+            ]
+            for r in reservations
+        ]
+
+    @admin.action(description="Cancel with refund…", permissions=["operate"])
+    def cancel_with_refund(self, request: HttpRequest, queryset: QuerySet) -> HttpResponse | None:
+        reservations = list(queryset.select_related("organization").order_by("starts_at", "pk"))
+        form = _bound(CancelForm, request)
+        if form.is_bound and form.is_valid():
+            refund, reason = form.cleaned_data["refund"], form.cleaned_data["reason"]
+
+            def cancel(r: Reservation) -> str:
+                canceled = operations.reservation_cancel(
+                    reservation=r, actor=request.user, reason=reason, refund=refund
+                )
+                due = canceled.refund_due
+                return (
+                    f"{r.public_id} (refund due {due} {r.currency.upper()})" if due else r.public_id
+                )
+
+            self.run_each(request, reservations, cancel, done="Canceled")
+            return None
+
+        def refunds(r: Reservation) -> list:
+            if r.state not in operations.CANCELABLE:
+                return [
+                    "—",
+                    "—",
+                    "cannot be canceled" + (": release it instead" if r.state == S.ACTIVE else ""),
+                ]
+            policy, percent = operations.refund_for(r, operations.RefundBasis.POLICY)
+            full, _ = operations.refund_for(r, operations.RefundBasis.FULL)
+            if policy is None:
+                return ["nothing paid", "nothing paid", ""]
+            return [f"{policy} ({percent} %)", f"{full}", ""]
+
+        return self.confirmation(
+            request,
+            reservations,
+            action="cancel_with_refund",
+            title="Cancel reservations",
+            intro=(
+                "The nodes are released at once, the customer is told by e-mail, and billing "
+                "pays back the refund due. Held reservations have nothing to refund."
+            ),
+            form=form,
+            sections=[
+                Section(
+                    title="Reservations",
+                    headers=[
+                        "Reservation",
+                        "Organization",
+                        "State",
+                        "Window",
+                        "Policy refund",
+                        "Full refund",
+                        "",
+                    ],
+                    rows=self._rows(reservations, refunds),
+                )
+            ],
+            submit="Cancel these reservations",
+        )
+
+    @admin.action(description="Extend…", permissions=["operate"])
+    def extend(self, request: HttpRequest, queryset: QuerySet) -> HttpResponse | None:
+        reservations = list(
+            queryset.select_related("organization", "gpu_model").order_by("starts_at", "pk")
+        )
+        form = _bound(ExtendForm, request)
+        if form.is_bound and form.is_valid():
+            hours, reason = form.cleaned_data["hours"], form.cleaned_data["reason"]
+
+            def extend_one(r: Reservation) -> str:
+                extended = operations.reservation_extend(
+                    reservation=r, actor=request.user, hours=hours, reason=reason
+                )
+                return f"{r.public_id} to {extended.ends_at:%d %b %H:%M} UTC"
+
+            self.run_each(request, reservations, extend_one, done=f"Extended by {hours} h")
+            return None
+        return self.confirmation(
+            request,
+            reservations,
+            action="extend",
+            title="Extend reservations",
+            intro=(
+                "Each reservation keeps its nodes for the extra hours if nobody holds them right "
+                "after its end, and its price grows by the extension at its own rate."
+            ),
+            form=form,
+            sections=[
+                Section(
+                    title="Reservations",
+                    headers=["Reservation", "Organization", "State", "Window"],
+                    rows=self._rows(reservations, lambda r: []),
+                )
+            ],
+            submit="Extend",
+        )
+
+    @admin.action(description="Retry provisioning or release", permissions=["operate"])
+    def retry(self, request: HttpRequest, queryset: QuerySet) -> None:
+        def retry_one(r: Reservation) -> str:
+            task = operations.reservation_retry(reservation=r, actor=request.user)
+            return f"{r.public_id} ({task})"
+
+        self.run_each(request, queryset.order_by("pk"), retry_one, done="Retried")
+
+    @admin.action(description="Force release…", permissions=["operate"])
+    def force_release(self, request: HttpRequest, queryset: QuerySet) -> HttpResponse | None:
+        reservations = list(queryset.select_related("organization").order_by("starts_at", "pk"))
+        form = _bound(ReasonForm, request)
+        if form.is_bound and form.is_valid():
+            reason = form.cleaned_data["reason"]
+            self.run_each(
+                request,
+                reservations,
+                lambda r: (
+                    operations.reservation_release(
+                        reservation=r, actor=request.user, reason=reason
+                    ).public_id
+                ),
+                done="Releasing",
+            )
+            return None
+        return self.confirmation(
+            request,
+            reservations,
+            action="force_release",
+            title="Force release",
+            intro=(
+                "Active blocks end now: the nodes are torn down and freed. Nothing is refunded "
+                "here; a refund for unused time is finance's decision."
+            ),
+            form=form,
+            sections=[
+                Section(
+                    title="Reservations",
+                    headers=["Reservation", "Organization", "State", "Window", ""],
+                    rows=self._rows(
+                        reservations,
+                        lambda r: ["" if r.state == S.ACTIVE else "not active: will be skipped"],
+                    ),
+                )
+            ],
+            submit="Release now",
+        )
+
+
+@admin.register(Allocation)
+class AllocationAdmin(HostnameSearch, admin.ModelAdmin):
+    list_display = [
+        "reservation",
+        "organization",
+        "node",
+        "cluster",
+        "starts_at",
+        "ends_at",
+        "released_at",
+    ]
+    list_filter = ["cluster"]
+    list_select_related = ["reservation__organization", "node", "cluster"]
+    search_fields = ["node__hostname"]
+    search_help_text = "Node hostname, or its beginning."
+    hostname_lookup = "node__hostname__startswith"
+    show_full_result_count = False
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Allocation | None = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Allocation | None = None) -> bool:
+        return False
+
+    @admin.display(description="Organization", ordering="reservation__organization__name")
+    def organization(self, allocation: Allocation) -> str:
+        return allocation.reservation.organization.name
+
+
+# --- Incidents ----------------------------------------------------------------------------------
+class OpenFilter(admin.SimpleListFilter):
+    title = "status"
+    parameter_name = "open"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list:
+        return [("yes", "Open"), ("no", "Resolved")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        if self.value() == "yes":
+            return queryset.filter(resolved_at__isnull=True)
+        if self.value() == "no":
+            return queryset.filter(resolved_at__isnull=False)
+        return queryset
+
+
+@admin.register(Incident)
+class IncidentAdmin(OperationsMixin, admin.ModelAdmin):
+    list_display = ["created_at", "kind", "node", "reservation", "summary", "resolved_at"]
+    list_filter = [OpenFilter, "kind"]
+    list_select_related = ["node", "reservation"]
+    search_fields = ["detail"]
+    search_help_text = "Reservation id (rsv_…), node hostname, or words of the detail."
+    # Resolved by the action (a service, audited), never edited in the form.
+    readonly_fields = ["kind", "node", "reservation", "detail", "created_at", "resolved_at"]
+    actions = ["resolve"]
+    show_full_result_count = False
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Incident | None = None) -> bool:
+        return False
+
+    def has_resolve_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm(operations.RESOLVE)
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet, search_term: str
+    ) -> tuple[QuerySet, bool]:
+        term = search_term.strip()
+        if not term:
+            return queryset, False
+        if term.lower().startswith("rsv_"):
+            return queryset.filter(reservation__public_id__startswith=term.lower()), False
+        return (
+            queryset.filter(Q(node__hostname__startswith=term.lower()) | Q(detail__icontains=term)),
+            False,
+        )
+
+    @admin.display(description="Detail")
+    def summary(self, incident: Incident) -> str:
+        return incident.detail if len(incident.detail) <= 90 else f"{incident.detail[:89]}…"
+
+    @admin.action(description="Mark resolved", permissions=["resolve"])
+    def resolve(self, request: HttpRequest, queryset: QuerySet[Incident]) -> None:
+        def resolve_one(incident: Incident) -> str:
+            operations.incident_resolve(incident=incident, actor=request.user)
+            return f"#{incident.pk}"
+
+        self.run_each(request, queryset.order_by("pk"), resolve_one, done="Resolved")

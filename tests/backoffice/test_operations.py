@@ -4,14 +4,20 @@ from decimal import Decimal
 
 import pytest
 from django.contrib.messages import get_messages
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.urls import reverse
 
 from capacity import lifecycle, operations, services
-from capacity.models import Allocation, Incident, Node, Reservation
+from capacity.models import Allocation, Cluster, Incident, Node, Region, Reservation
 from capacity.windows import Window
 from portal.backoffice.roles import FINANCE, OPERATIONS, SALES
 from portal.errors import Conflict, NotAllowed, ServiceError
 from portal.models import AuditEvent
 from tests.capacity.conftest import NEXT_HOUR, NOW, catalog, frozen_clock, hours  # noqa: F401
+from tests.factories import OrganizationFactory
+
+from .conftest import GROUPS, make_staff, verified_client
 
 S = Reservation.State
 ACTION = "_selected_action"
@@ -546,3 +552,412 @@ def test_resolving_an_incident(catalog, organization, owner, staff):
     ]
     with pytest.raises(Conflict):
         operations.incident_resolve(incident=incident, actor=ops)
+
+
+# --- The admin: who sees which action -----------------------------------------------------------
+RESERVATIONS = "/admin/capacity/reservation/"
+NODES = "/admin/capacity/node/"
+INCIDENTS = "/admin/capacity/incident/"
+
+
+def action_names(response) -> list[str]:
+    form = response.context["action_form"]  # None: no action at all
+    return [name for name, _ in form.fields["action"].choices if name] if form else []
+
+
+@pytest.mark.parametrize("group", GROUPS)
+def test_only_operations_sees_the_reservation_actions(catalog, staff_client, group):
+    response = staff_client(group).get(RESERVATIONS)
+    assert response.status_code == 200
+    expected = ["cancel_with_refund", "extend", "retry", "force_release"]
+    assert action_names(response) == (expected if group == OPERATIONS else [])
+
+
+@pytest.mark.parametrize("group", GROUPS)
+def test_only_operations_opens_nodes_incidents_and_the_timeline(catalog, staff_client, group):
+    client = staff_client(group)
+    timeline = reverse("admin:capacity_cluster_timeline", args=[catalog.east_a.pk])
+    statuses = [client.get(url).status_code for url in (NODES, INCIDENTS, timeline)]
+    assert statuses == ([200, 200, 200] if group == OPERATIONS else [403, 403, 403])
+    if group == OPERATIONS:
+        assert action_names(client.get(NODES)) == ["drain", "restore"]
+        assert action_names(client.get(INCIDENTS)) == ["resolve"]
+
+
+@pytest.mark.parametrize("group", [SALES, FINANCE])
+def test_posting_an_operation_without_the_permission_changes_nothing(
+    catalog, organization, owner, staff_client, group
+):
+    reservation = scheduled(organization, owner, catalog)
+    client = staff_client(group)
+    before = snapshot()
+    for action, extra in (
+        ("cancel_with_refund", {"refund": "full", "reason": "r"}),
+        ("extend", {"hours": "2", "reason": "r"}),
+        ("retry", {}),
+        ("force_release", {"reason": "r"}),
+    ):
+        response = client.post(
+            RESERVATIONS, {"action": action, ACTION: [reservation.pk], "apply": "yes", **extra}
+        )
+        # With no action to offer, the change list ignores the post and shows itself.
+        assert (response.status_code, texts(response)) == (200, [])
+    drain = client.post(
+        NODES, {"action": "drain", ACTION: [node("east-a-n00").pk], "apply": "yes", "reason": "r"}
+    )
+    assert drain.status_code == 403
+    assert snapshot() == before
+
+
+# --- The admin: draining -------------------------------------------------------------------------
+def test_the_drain_page_shows_each_nodes_reservations_and_their_spares(
+    catalog, organization, owner, staff_client
+):
+    fits = scheduled(organization, owner, catalog, nodes=2)  # east-a n00, n01
+    scheduled(organization, owner, catalog, nodes=8)  # all of east-b
+    client = staff_client(OPERATIONS)
+    before = snapshot()
+    ids = [node("east-a-n00").pk, node("east-b-n00").pk, node("east-a-n01").pk]
+    response = client.post(NODES, {"action": "drain", ACTION: ids})
+    assert response.status_code == 200
+    sections = response.context["sections"]
+    assert [s.title for s in sections] == [
+        "east-a-n00 (east-a)",
+        "east-a-n01 (east-a)",
+        "east-b-n00 (east-b)",
+    ]
+    assert [[(str(r[1]), str(r[2]), str(r[3]), str(r[4])) for r in s.rows] for s in sections] == [
+        [(organization.name, "Scheduled", "01 Dec 10:00 – 02 Dec 10:00 UTC", "east-a-n02")],
+        [(organization.name, "Scheduled", "01 Dec 10:00 – 02 Dec 10:00 UTC", "east-a-n03")],
+        [
+            (
+                organization.name,
+                "Scheduled",
+                "01 Dec 10:00 – 02 Dec 10:00 UTC",
+                '<strong class="no-spare">no spare</strong>',
+            )
+        ],
+    ]
+    assert [s.problem for s in sections] == [
+        "",
+        "",
+        "1 reservation(s) have no spare: the drain is refused unless you choose “Drain anyway”.",
+    ]
+    assert fits.public_id in response.content.decode()
+    assert snapshot() == before  # the page only shows
+
+
+def test_draining_from_the_admin_reports_each_node_that_failed(
+    catalog, organization, owner, staff_client
+):
+    fits = scheduled(organization, owner, catalog, nodes=2)  # east-a n00, n01
+    stuck = scheduled(organization, owner, catalog, nodes=8)  # all of east-b
+    client = staff_client(OPERATIONS)
+    ids = [node("east-a-n00").pk, node("east-b-n00").pk]
+    response = client.post(
+        NODES, {"action": "drain", ACTION: ids, "apply": "yes", "reason": "Kernel update"}
+    )
+    assert response.status_code == 302
+    assert texts(response) == [
+        f"east-b-n00: east-b-n00 was not drained: no free node of its cluster can take "
+        f"{stuck.public_id} ({organization.name}, scheduled, {window(stuck)}). "
+        "Nothing was changed.",
+        f"Drained: east-a-n00 is in maintenance, moved {fits.public_id} to east-a-n02.",
+    ]
+    assert [node("east-a-n00").status, node("east-b-n00").status] == ["maintenance", "available"]
+    assert live_hosts(stuck) == [f"east-b-n{i:02d}" for i in range(8)]
+
+
+def test_the_drain_page_insists_on_a_reason(catalog, staff_client):
+    client = staff_client(OPERATIONS)
+    before = snapshot()
+    response = client.post(
+        NODES, {"action": "drain", ACTION: [node("east-a-n00").pk], "apply": "yes", "reason": ""}
+    )
+    assert response.status_code == 200
+    assert response.context["form"].errors == {
+        "reason": ["Say why: the reason goes into the audit log."]
+    }
+    assert snapshot() == before
+
+
+def test_drain_anyway_from_the_admin_flags_the_reservation(
+    catalog, organization, owner, staff_client
+):
+    stuck = scheduled(organization, owner, catalog, nodes=4)  # all of east-a
+    response = staff_client(OPERATIONS).post(
+        NODES,
+        {
+            "action": "drain",
+            ACTION: [node("east-a-n00").pk],
+            "apply": "yes",
+            "reason": "Smoke",
+            "flag_unswappable": "on",
+        },
+    )
+    assert texts(response) == [
+        f"Drained: east-a-n00 is in maintenance, flagged {stuck.public_id} (no spare)."
+    ]
+    assert Incident.objects.get().reservation == stuck
+
+
+def test_restoring_from_the_admin(catalog, staff_client):
+    Node.objects.filter(hostname="east-a-n00").update(status="maintenance", status_reason="x")
+    client = staff_client(OPERATIONS)
+    ids = [node("east-a-n00").pk, node("east-a-n01").pk]
+    response = client.post(NODES, {"action": "restore", "index": "0", ACTION: ids})
+    assert texts(response) == [
+        "east-a-n01: east-a-n01 is available, not in maintenance.",
+        "Available again: east-a-n00.",
+    ]
+    assert node("east-a-n00").status == "available"
+
+
+def test_node_status_is_not_edited_in_the_form(catalog, staff_client):
+    target = node("east-a-n00")
+    url = reverse("admin:capacity_node_change", args=[target.pk])
+    response = staff_client(OPERATIONS).post(
+        url,
+        {
+            "hostname": "east-a-n00",
+            "cluster": catalog.east_a.pk,
+            "gpu_count": "8",
+            "status": "maintenance",
+            "status_reason": "sneaky",
+        },
+    )
+    assert response.status_code == 302
+    target.refresh_from_db()
+    assert (target.status, target.status_reason) == ("available", "")
+
+
+# --- The admin: reservations ---------------------------------------------------------------------
+def test_cancel_from_the_admin_confirms_then_reports_each_row(
+    catalog, organization, owner, staff_client, frozen_clock, settlements
+):
+    paid = scheduled(organization, owner, catalog, nodes=1, start=NEXT_HOUR + hours(24 * 8))
+    block = running(organization, owner, catalog, frozen_clock, nodes=1)
+    client = staff_client(OPERATIONS)
+    before = snapshot()
+    page = client.post(RESERVATIONS, {"action": "cancel_with_refund", ACTION: [paid.pk, block.pk]})
+    assert page.status_code == 200
+    [section] = page.context["sections"]
+    assert [[str(c) for c in row[4:]] for row in section.rows] == [
+        ["—", "—", "cannot be canceled: release it instead"],
+        ["384.00 (100 %)", "384.00", ""],
+    ]
+    assert snapshot() == before
+    response = client.post(
+        RESERVATIONS,
+        {
+            "action": "cancel_with_refund",
+            ACTION: [paid.pk, block.pk],
+            "apply": "yes",
+            "refund": "policy",
+            "reason": "Customer asked",
+        },
+    )
+    assert texts(response) == [
+        f"{block.public_id}: {block.public_id} is active and cannot be canceled. "
+        "Release it instead.",
+        f"Canceled: {paid.public_id} (refund due 384.00 USD).",
+    ]
+    paid.refresh_from_db()
+    assert (paid.state, paid.refund_due) == ("canceled", Decimal("384.00"))
+    assert settlements == [("billing.settle_reservation", {"reservation_id": paid.pk})]
+
+
+def test_extend_from_the_admin_validates_the_hours(
+    catalog, organization, owner, staff_client, frozen_clock
+):
+    block = running(organization, owner, catalog, frozen_clock)
+    client = staff_client(OPERATIONS)
+    before = snapshot()
+    response = client.post(
+        RESERVATIONS,
+        {"action": "extend", ACTION: [block.pk], "apply": "yes", "hours": "0", "reason": "x"},
+    )
+    assert response.context["form"].errors == {
+        "hours": ["Ensure this value is greater than or equal to 1."]
+    }
+    assert snapshot() == before
+    response = client.post(
+        RESERVATIONS,
+        {"action": "extend", ACTION: [block.pk], "apply": "yes", "hours": "3", "reason": "Asked"},
+    )
+    assert texts(response) == [f"Extended by 3 h: {block.public_id} to 02 Dec 13:00 UTC."]
+
+
+def test_force_release_from_the_admin(
+    catalog, organization, owner, staff_client, frozen_clock, django_capture_on_commit_callbacks
+):
+    block = running(organization, owner, catalog, frozen_clock)
+    held = reserve(organization, owner, catalog, nodes=1, start=NEXT_HOUR + hours(48))
+    with django_capture_on_commit_callbacks(execute=True):
+        response = staff_client(OPERATIONS).post(
+            RESERVATIONS,
+            {
+                "action": "force_release",
+                ACTION: [block.pk, held.pk],
+                "apply": "yes",
+                "reason": "Abuse",
+            },
+        )
+    assert texts(response) == [
+        f"{held.public_id}: {held.public_id} is held: only active reservations can be released.",
+        f"Releasing: {block.public_id}.",
+    ]
+    block.refresh_from_db()
+    assert block.state == "completed"
+
+
+def test_the_reservation_page_shows_its_timeline_without_a_query_per_event(
+    catalog, organization, owner, staff, frozen_clock
+):
+    ops = staff(OPERATIONS, email="ops-eight@example.com")
+    client = verified_client(ops)
+    block = running(organization, owner, catalog, frozen_clock)
+    url = reverse("admin:capacity_reservation_change", args=[block.pk])
+
+    def queries() -> int:
+        with CaptureQueriesContext(connection) as captured:
+            assert client.get(url).status_code == 200
+        return len(captured)
+
+    queries()  # the session's first request saves it
+    few = queries()
+    for _ in range(4):
+        operations.reservation_extend(reservation=block, actor=ops, hours=1, reason="More time")
+    assert queries() == few
+    response = client.get(url)
+    rows = [(e.what, e.who, e.why) for e in response.context["timeline"]]
+    assert rows[:4] == [
+        ("Created: held, 768.00 USD", f"Customer · {owner.email}", ""),
+        ("held → scheduled", "System", ""),
+        ("scheduled → provisioning", "System", ""),
+        ("provisioning → active", "System", ""),
+    ]
+    assert rows[4:6] == [
+        ("Extended by 1 h to 2026-12-02 11:00 (+32.00 USD)", "Staff · ops-eight@example.com", ""),
+        ("Extension by 1 h made by staff", "Staff · ops-eight@example.com", "More time"),
+    ]
+    assert len(rows) == 12
+    assert [name for name, _ in response.context["operations"]] == ["extend", "force_release"]
+
+
+def test_searching_reservations_by_public_id_and_filtering_by_organization(
+    catalog, organization, owner, staff_client
+):
+    mine = scheduled(organization, owner, catalog, nodes=1)
+    other = OrganizationFactory(name="Zeta Compute", slug="zeta")
+    theirs = Reservation.objects.create(
+        **{
+            f.name: getattr(mine, f.name)
+            for f in Reservation._meta.fields
+            if f.name not in ("id", "public_id", "organization", "request_token")
+        },
+        organization=other,
+    )
+    client = staff_client(OPERATIONS)
+
+    def found(query: str) -> list[str]:
+        response = client.get(RESERVATIONS + query)
+        return sorted(r.public_id for r in response.context["cl"].result_list)
+
+    assert found(f"?q={mine.public_id}") == [mine.public_id]
+    assert found(f"?q={mine.public_id[:8].upper()}") == sorted(
+        r.public_id for r in (mine, theirs) if r.public_id.startswith(mine.public_id[:8])
+    )
+    assert found("?org=zeta") == [theirs.public_id]
+    assert found("?org=Zeta+Compute") == [theirs.public_id]
+    assert found(f"?org={organization.slug}&state=scheduled") == [mine.public_id]
+    assert found("?when=today") == sorted([mine.public_id, theirs.public_id])
+    assert found("?when=past") == []
+
+
+# --- The admin: incidents -------------------------------------------------------------------------
+def test_resolving_incidents_from_the_admin(catalog, staff_client):
+    first = Incident.objects.create(kind="stuck", detail="One")
+    done = Incident.objects.create(kind="stuck", detail="Two", resolved_at=NOW)
+    response = staff_client(OPERATIONS).post(
+        INCIDENTS, {"action": "resolve", "index": "0", ACTION: [first.pk, done.pk]}
+    )
+    assert texts(response) == [
+        f"Reservation stuck: Two: Incident {done.pk} was already resolved on 01 Dec 09:30 UTC.",
+        f"Resolved: #{first.pk}.",
+    ]
+
+
+# --- The admin: change lists stay flat as rows grow ---------------------------------------------
+def many(count: int, catalog) -> None:
+    """`count` rows of every operations model, related rows included."""
+    region = Region.objects.create(code=f"r{count}", name=f"Region {count}")
+    for i in range(count):
+        Cluster.objects.create(code=f"c{count}-{i}", region=region, gpu_model=catalog.h100)
+    Node.objects.bulk_create(
+        Node(cluster=catalog.east_b, hostname=f"bulk{count}-{i}") for i in range(count)
+    )
+    org = OrganizationFactory()
+    template = {
+        "gpu_model": catalog.h100,
+        "region": catalog.east,
+        "cluster": catalog.east_b,
+        "node_count": 1,
+        "starts_at": NEXT_HOUR,
+        "ends_at": NEXT_HOUR + hours(1),
+        "state": "scheduled",
+        "currency": "usd",
+        "price_per_gpu_hour": Decimal("2"),
+        "price_source": "list",
+        "subtotal": Decimal("16"),
+        "discount": Decimal("0"),
+        "total": Decimal("16"),
+    }
+    reservations = Reservation.objects.bulk_create(
+        Reservation(organization=org, public_id=f"rsv_bulk{count}x{i:05d}", **template)
+        for i in range(count)
+    )
+    nodes = list(Node.objects.filter(hostname__startswith=f"bulk{count}-").order_by("pk"))
+    Allocation.objects.bulk_create(
+        Allocation(
+            reservation=r,
+            node=n,
+            cluster=catalog.east_b,
+            starts_at=NEXT_HOUR,
+            ends_at=NEXT_HOUR + hours(1),
+        )
+        for r, n in zip(reservations, nodes, strict=True)
+    )
+    Incident.objects.bulk_create(
+        Incident(kind="stuck", reservation=r, node=n, detail="x")
+        for r, n in zip(reservations, nodes, strict=True)
+    )
+    Region.objects.bulk_create(Region(code=f"x{count}-{i}", name="x") for i in range(count))
+
+
+CHANGE_LISTS = [
+    "/admin/capacity/reservation/",
+    "/admin/capacity/reservation/?state=scheduled&when=today&org=nobody",
+    "/admin/capacity/node/",
+    "/admin/capacity/cluster/",
+    "/admin/capacity/region/",
+    "/admin/capacity/incident/?open=yes",
+    "/admin/capacity/allocation/",
+]
+
+
+def test_change_lists_make_as_many_queries_for_5_rows_as_for_60(catalog):
+    client = verified_client(make_staff(OPERATIONS))
+
+    def counts() -> list[int]:
+        result = []
+        for url in CHANGE_LISTS:
+            with CaptureQueriesContext(connection) as captured:
+                assert client.get(url).status_code == 200, url
+            result.append(len(captured))
+        return result
+
+    many(5, catalog)
+    few = counts()
+    many(55, catalog)
+    assert counts() == few
