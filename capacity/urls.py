@@ -32,4 +32,9 @@ urlpatterns = [
         views.reservation_extend,
         name="reservation-extend",
     ),
+    path(
+        "o/<slug:slug>/reservations/<str:public_id>/accept/",
+        views.quote_accept,
+        name="reservation-quote-accept",
+    ),
 ]

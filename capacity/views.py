@@ -12,7 +12,7 @@ from portal import audit, crypto
 from portal.errors import ServiceError
 from portal.forms import add_service_error
 
-from . import availability, offerings, pricing, selectors, services
+from . import availability, offerings, pricing, quotes, selectors, services
 from .forms import CancelForm, ExtendForm, OfferingSearchForm, ReserveForm, new_request_token
 from .lifecycle import SETTLED
 from .models import Reservation
@@ -187,7 +187,7 @@ def _quote_or_none(request: HttpRequest, data: dict) -> dict | None:
 @require_GET
 def reservation_list(request: HttpRequest) -> HttpResponse:
     state = request.GET.get("state", "")
-    reservations = selectors.reservations_for_org(request.organization)
+    reservations = selectors.reservations_for_org(request.organization).select_related("quoted_by")
     if state in Reservation.State.values:
         reservations = reservations.filter(state=state)
     else:
@@ -201,8 +201,17 @@ def reservation_list(request: HttpRequest) -> HttpResponse:
 
 def _detail_context(request: HttpRequest, reservation: Reservation) -> dict:
     may_manage = can(request.membership.role, Permission.MANAGE_RESERVATIONS)
+    now = timezone.now()
+    is_quote = quotes.is_quote(reservation)
+    open_quote = (
+        is_quote
+        and reservation.state == Reservation.State.HELD
+        and (reservation.hold_expires_at is None or reservation.hold_expires_at > now)
+    )
     return {
         "reservation": reservation,
+        "is_quote": is_quote,
+        "may_accept": may_manage and open_quote and request.organization.on_invoice_terms,
         "timeline": selectors.reservation_timeline(reservation).select_related("actor"),
         "may_cancel": may_manage and reservation.state in services.CANCELABLE,
         "may_extend": may_manage and reservation.state in services.EXTENDABLE,
@@ -210,7 +219,7 @@ def _detail_context(request: HttpRequest, reservation: Reservation) -> dict:
         "refund_amount": services.refund_amount(reservation),
         "settled": reservation.state in SETTLED,
         "extend_form": ExtendForm(),
-        "now": timezone.now(),
+        "now": now,
     }
 
 
@@ -273,15 +282,21 @@ def reservation_cancel(request: HttpRequest, public_id: str) -> HttpResponse:
     if reservation is None:
         return render(request, "404.html", status=404)
     form = CancelForm(request.POST or None)
+    declining = quotes.is_quote(reservation) and reservation.state == Reservation.State.HELD
     if request.method == "POST" and form.is_valid():
+        reason = form.cleaned_data["reason"]
+        if declining:
+            reason = f"Quote declined: {reason}" if reason else "Quote declined by the customer."
         try:
             reservation = services.reservation_cancel(
-                reservation=reservation, actor=request.user, reason=form.cleaned_data["reason"]
+                reservation=reservation, actor=request.user, reason=reason
             )
         except ServiceError as exc:
             messages.error(request, exc.message)
         else:
-            if reservation.refund_due:
+            if declining:
+                messages.success(request, "Quote declined. The nodes are released.")
+            elif reservation.refund_due:
                 messages.success(
                     request,
                     f"Canceled. {reservation.currency.upper()} {reservation.refund_due} will be "
@@ -290,8 +305,28 @@ def reservation_cancel(request: HttpRequest, public_id: str) -> HttpResponse:
             else:
                 messages.success(request, "Canceled. The nodes are released.")
         return redirect("reservation-detail", slug=request.organization.slug, public_id=public_id)
-    context = {**_detail_context(request, reservation), "form": form}
+    context = {**_detail_context(request, reservation), "form": form, "declining": declining}
     return render(request, "capacity/reservation_cancel.html", context)
+
+
+@org_member(Permission.MANAGE_RESERVATIONS)
+@require_POST
+def quote_accept(request: HttpRequest, public_id: str) -> HttpResponse:
+    """Accept a quote on invoice terms (card customers pay it instead)."""
+    reservation = _reservation(request, public_id)
+    if reservation is None:
+        return render(request, "404.html", status=404)
+    try:
+        quotes.quote_accept(reservation=reservation, actor=request.user)
+    except ServiceError as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(
+            request,
+            "Quote accepted and the reservation confirmed. It is invoiced on your terms "
+            f"(net {request.organization.payment_days} days).",
+        )
+    return redirect("reservation-detail", slug=request.organization.slug, public_id=public_id)
 
 
 @org_member(Permission.MANAGE_RESERVATIONS)
