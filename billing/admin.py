@@ -19,7 +19,7 @@ from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils import timezone
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 
 from portal.admin import ReadOnlyAdmin
 from portal.errors import ServiceError
@@ -39,6 +39,9 @@ from .models import (
     WebhookProcessing,
 )
 
+PENDING_NOTE = (
+    "Stripe could not be reached; the refund is saved as pending and is sent again automatically."
+)
 # Bulk actions work on at most this many rows at once: each row is a call to Stripe or a task.
 BULK_LIMIT = 100
 
@@ -63,6 +66,7 @@ class FinanceAdmin(IdSearch, ReadOnlyAdmin):
     """Read-only, with helpers for actions that confirm first and report per row."""
 
     show_full_result_count = False  # a second COUNT(*) over a large table is not worth it
+    show_facets = admin.ShowFacets.NEVER  # a COUNT per filter choice, on every page load
 
     def confirm_page(
         self,
@@ -159,32 +163,6 @@ class BillingAccountAdmin(FinanceAdmin):
 
 
 # --- Payments and refunds -----------------------------------------------------------------------
-class RefundInline(admin.TabularInline):
-    model = Refund
-    extra = 0
-    can_delete = False
-    fields = [
-        "public_id",
-        "amount",
-        "status",
-        "reason",
-        "failure_message",
-        "created_by",
-        "created_at",
-    ]
-    readonly_fields = fields
-    show_change_link = True
-
-    def get_queryset(self, request: HttpRequest) -> QuerySet:
-        return super().get_queryset(request).select_related("created_by")
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-
 class AmountForm(forms.Form):
     amount = forms.CharField(
         max_length=20,
@@ -238,11 +216,10 @@ class PaymentAdmin(FinanceAdmin):
         "public_id",
         "organization_link",
         "reservation",
-        "status",
+        "state",
         "paid",
         "refunded",
         "card",
-        "flagged",
         "created_at",
     ]
     list_filter = ["status", FlaggedFilter, "currency", ("created_at", admin.DateFieldListFilter)]
@@ -258,13 +235,10 @@ class PaymentAdmin(FinanceAdmin):
         "or the start of an organization's name."
     )
     actions = ["refund_in_full"]
-    inlines = [RefundInline]
     fieldsets = [
         (None, {"fields": ["public_id", "organization", "reservation", "status", "created_by"]}),
-        (
-            "Money",
-            {"fields": ["amount", "currency", "amount_refunded", "stripe_payment_intent_id"]},
-        ),
+        ("Money", {"fields": ["paid", "refunded", "can_refund", "stripe_payment_intent_id"]}),
+        ("Refunds", {"fields": ["refunds_table"]}),
         ("Card", {"fields": ["card_brand", "card_last4", "keep_card", "failure_message"]}),
         ("Finance", {"fields": ["flagged", "flag_reason"]}),
         ("Times", {"fields": ["created_at", "succeeded_at", "updated_at"]}),
@@ -284,7 +258,59 @@ class PaymentAdmin(FinanceAdmin):
 
     @admin.display(description="card")
     def card(self, obj: Payment) -> str:
-        return f"{obj.card_brand} •••• {obj.card_last4}" if obj.card_last4 else "—"
+        if not obj.card_last4:
+            return "—"
+        return format_html(
+            '<span style="white-space: nowrap">{} ·{}</span>', obj.card_brand, obj.card_last4
+        )
+
+    @admin.display(description="status", ordering="status")
+    def state(self, obj: Payment) -> str:
+        if not obj.flagged:
+            return obj.get_status_display()
+        return format_html(
+            '{} <strong title="{}" style="color: var(--error-fg)">· flagged</strong>',
+            obj.get_status_display(),
+            obj.flag_reason,
+        )
+
+    @admin.display(description="can still be refunded")
+    def can_refund(self, obj: Payment) -> str:
+        if obj.status != Payment.Status.SUCCEEDED:
+            return "— (not paid)"
+        position = finance.refund_position(obj)
+        text = money(position.refundable, obj.currency)
+        if position.pending:
+            text += f" ({money(position.pending, obj.currency)} on its way)"
+        return text
+
+    @admin.display(description="refunds")
+    def refunds_table(self, obj: Payment) -> str:
+        refunds = list(obj.refunds.select_related("created_by").order_by("created_at", "pk"))
+        if not refunds:
+            return "None yet."
+        rows = format_html_join(
+            "",
+            '<tr><td><a href="{}">{}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>'
+            "<td>{}</td></tr>",
+            (
+                (
+                    reverse("admin:billing_refund_change", args=[r.pk]),
+                    r.public_id,
+                    money(r.amount, r.currency),
+                    ": ".join(filter(None, [r.get_status_display(), r.failure_message])),
+                    r.reason,
+                    r.created_by.email if r.created_by else "system",
+                    f"{r.created_at:%Y-%m-%d %H:%M}",
+                )
+                for r in refunds
+            ),
+        )
+        return format_html(
+            "<table><thead><tr><th>Refund</th><th>Amount</th><th>Status</th><th>Reason</th>"
+            "<th>By</th><th>At (UTC)</th></tr></thead><tbody>{}</tbody></table>",
+            rows,
+        )
 
     def has_issue_refund_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return request.user.has_perm("billing.issue_refund")
@@ -364,12 +390,8 @@ class PaymentAdmin(FinanceAdmin):
             refund = finance.refund_by_staff(
                 payment=payment, amount=amount, reason=reason, actor=request.user
             )
-        except gateway.GatewayUnavailable as exc:
-            messages.warning(
-                request,
-                f"{exc.message} The refund of {money(amount, payment.currency)} is saved as "
-                "pending and is sent to Stripe again automatically.",
-            )
+        except gateway.GatewayUnavailable:
+            messages.warning(request, PENDING_NOTE)
         except gateway.PaymentError as exc:
             messages.error(
                 request, f"Stripe refused the refund: {exc.message} It is marked failed."
@@ -408,6 +430,9 @@ class PaymentAdmin(FinanceAdmin):
                         reason=form.cleaned_data["reason"],
                         actor=request.user,
                     )
+                except gateway.GatewayUnavailable:
+                    failed.append((payment.public_id, PENDING_NOTE))
+                    continue
                 except ServiceError as exc:
                     failed.append((payment.public_id, exc.message))
                     continue
@@ -964,6 +989,7 @@ def resolve_row(flag: FinanceFlag) -> list[Any]:
 class ModelPriceAdmin(admin.ModelAdmin):
     """Finance sets the price of each hosted model; changes are audited."""
 
+    show_facets = admin.ShowFacets.NEVER
     list_display = ["model", "input_per_million", "output_per_million", "currency"]
     search_fields = ["^model"]
 

@@ -305,9 +305,16 @@ def test_a_refund_that_cannot_reach_stripe_stays_pending_for_the_sweep(
         refund_url(payment), {"amount": "100.00", "reason": "Goodwill", "confirm": "yes"}
     )
     assert texts(response) == [
-        "The payment provider is not reachable right now. Try again shortly. The refund of "
-        "$100.00 is saved as pending and is sent to Stripe again automatically."
+        "Stripe could not be reached; the refund is saved as pending and is sent again "
+        "automatically."
     ]
+    # A second try while it is pending cannot pay out twice: the pending refund counts.
+    again = client.post(
+        refund_url(payment), {"amount": "668.01", "reason": "Goodwill", "confirm": "yes"}
+    )
+    assert again.context["form"].errors == {
+        "amount": ["At most $668.00 can still be refunded on this payment."]
+    }
     assert list(Refund.objects.values_list("amount", "status")) == [(Decimal("100.00"), "pending")]
     settings.STRIPE_API_BASE = stripe_api
     services.settle_reservation(reservation_id=payment.reservation_id)
