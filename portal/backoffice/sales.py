@@ -134,6 +134,7 @@ class CountryFilter(admin.SimpleListFilter):
 
 # --- Inlines ------------------------------------------------------------------------------------
 class _ReadOnlyInline(admin.TabularInline):
+    template = "admin/sales/readonly_tabular.html"
     extra = 0
     can_delete = False
     show_change_link = False
@@ -238,16 +239,13 @@ Outcome = Callable[[Organization], object]
 class OrganizationAdmin(admin.ModelAdmin):
     list_display = [
         "name",
-        "slug",
         "tier",
         "status_label",
-        "payment_terms",
-        "credit_limit_label",
+        "terms_label",
         "spend_label",
         "member_count",
-        "account_owner",
+        "owner_label",
         "review_label",
-        "created_at",
     ]
     list_filter = [
         "tier",
@@ -337,13 +335,19 @@ class OrganizationAdmin(admin.ModelAdmin):
             return "Active"
         return format_html('<strong style="color:#ba2121">{}</strong>', "Suspended")
 
-    @admin.display(description="credit limit", ordering="credit_limit")
-    def credit_limit_label(self, org: Organization) -> str:
-        return format_money(org.credit_limit, org.currency) if org.on_invoice_terms else "—"
+    @admin.display(description="terms", ordering="payment_terms")
+    def terms_label(self, org: Organization) -> str:
+        if not org.on_invoice_terms:
+            return "Card"
+        return f"Net {org.payment_days}, limit {format_money(org.credit_limit, org.currency)}"
 
     @admin.display(description="spend", ordering="spend")
     def spend_label(self, org: Organization) -> str:
         return format_money(org.spend, org.currency)
+
+    @admin.display(description="owner", ordering="account_owner__email")
+    def owner_label(self, org: Organization) -> str:
+        return org.account_owner.get_short_name() if org.account_owner else "—"
 
     @admin.display(description="members", ordering="members")
     def member_count(self, org: Organization) -> int:
@@ -747,6 +751,12 @@ class NegotiatedRateForm(forms.ModelForm):
 
     class Meta:
         model = NegotiatedRate
+        labels = {"price_per_gpu_hour": "Price per GPU-hour", "gpu_model": "GPU model"}
+        help_texts = {
+            "valid_from": "UTC. Reservations starting from then get this price.",
+            "valid_until": "UTC, exclusive.",
+            "region": "Empty means every region; a region's own rate beats an every-region one.",
+        }
         fields = [
             "organization",
             "gpu_model",
@@ -875,6 +885,11 @@ class NegotiatedRateAdmin(admin.ModelAdmin):
             )
         obj.pk, obj.created_by, obj.created_at = saved.pk, saved.created_by, saved.created_at
         obj._state.adding = False
+
+    def get_fields(self, request: HttpRequest, obj: object = None) -> list[str]:
+        if obj is None:  # who made it and when are filled in by the service
+            return [f for f in self.fields if f not in ("created_by", "created_at")]
+        return self.fields
 
     def get_readonly_fields(self, request: HttpRequest, obj: object = None) -> list[str]:
         # A rate stays with its organization; a rate for another one is a new rate.
