@@ -21,8 +21,8 @@ from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils import timezone
-from django.utils.html import format_html
-from django.utils.safestring import SafeString
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import SafeString, mark_safe
 
 from accounts.models import Organization
 from portal.errors import ServiceError
@@ -176,6 +176,13 @@ def _window(starts_at: datetime, ends_at: datetime) -> str:
     return f"{starts_at:%d %b %H:%M} – {ends_at:%d %b %H:%M} UTC"
 
 
+def _stranded(count: int) -> str:
+    if not count:
+        return ""
+    which = "1 reservation has" if count == 1 else f"{count} reservations have"
+    return f"{which} no spare: the drain is refused unless you choose “Drain anyway”."
+
+
 def _reservation_link(reservation: Reservation) -> SafeString:
     return format_html(
         '<a href="{}">{}</a>',
@@ -289,6 +296,7 @@ class ClusterAdmin(admin.ModelAdmin):
             start=start,
             end=end,
             now=now,
+            name_prefix=f"{cluster.code}-",
         )
         statuses = [n["status"] for n in data.nodes]
         context = {
@@ -322,6 +330,7 @@ class HostnameSearch:
 
 @admin.register(Node)
 class NodeAdmin(OperationsMixin, HostnameSearch, admin.ModelAdmin):
+    change_list_template = "admin/capacity/change_list_compact.html"
     list_display = [
         "hostname",
         "cluster",
@@ -408,12 +417,7 @@ class NodeAdmin(OperationsMixin, HostnameSearch, admin.ModelAdmin):
                     title=f"{node.hostname} ({node.cluster.code})",
                     headers=["Reservation", "Organization", "State", "Period to move", "Moves to"],
                     rows=rows,
-                    problem=(
-                        f"{len(plan.stranded)} reservation(s) have no spare: the drain is refused "
-                        "unless you choose “Drain anyway”."
-                        if plan.stranded
-                        else ""
-                    ),
+                    problem=_stranded(len(plan.stranded)),
                     note="" if rows else "No reservations hold this node now or later.",
                 )
             )
@@ -581,20 +585,20 @@ def timeline_entries(events: Iterable[AuditEvent]) -> list[TimelineEntry]:
 
 @admin.register(Reservation)
 class ReservationAdmin(OperationsMixin, admin.ModelAdmin):
+    change_list_template = "admin/capacity/change_list_compact.html"
     list_display = [
         "public_id",
         "organization",
         "state",
         "gpu_model",
-        "region",
-        "cluster",
-        "node_count",
-        "starts_at",
-        "ends_at",
+        "region_code",
+        "nodes",
+        "starts",
+        "hours",
         "total",
     ]
     list_filter = ["state", WhenFilter, "region", "gpu_model", OrganizationFilter]
-    list_select_related = ["organization", "gpu_model", "region", "cluster"]
+    list_select_related = ["organization", "gpu_model", "region"]
     date_hierarchy = "starts_at"
     search_fields = ["public_id"]
     search_help_text = "Public id (rsv_…), or its beginning. Filter by organization on the right."
@@ -639,7 +643,7 @@ class ReservationAdmin(OperationsMixin, admin.ModelAdmin):
                     "discount",
                     "total",
                     "refund_due",
-                    "price_lines",
+                    "price_lines_text",
                 ]
             },
         ),
@@ -647,7 +651,12 @@ class ReservationAdmin(OperationsMixin, admin.ModelAdmin):
         ("Access", {"fields": ["access_details", "reminders_sent"], "classes": ["collapse"]}),
     ]
     readonly_fields = [
-        f.name for f in Reservation._meta.fields if f.name not in ("access_secret", "request_token")
+        *(
+            f.name
+            for f in Reservation._meta.fields
+            if f.name not in ("access_secret", "request_token")
+        ),
+        "price_lines_text",
     ]
     inlines = [AllocationInline]
     actions = ["cancel_with_refund", "extend", "retry", "force_release"]
@@ -661,6 +670,33 @@ class ReservationAdmin(OperationsMixin, admin.ModelAdmin):
 
     def has_operate_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm(operations.OPERATE)
+
+    @admin.display(description="Region", ordering="region__code")
+    def region_code(self, reservation: Reservation) -> str:
+        return reservation.region.code
+
+    @admin.display(description="Nodes", ordering="node_count")
+    def nodes(self, reservation: Reservation) -> int:
+        return reservation.node_count
+
+    @admin.display(description="Starts (UTC)", ordering="starts_at")
+    def starts(self, reservation: Reservation) -> str:
+        return f"{reservation.starts_at:%d %b %Y %H:%M}"
+
+    @admin.display(description="Hours")
+    def hours(self, reservation: Reservation) -> int:
+        return reservation.duration_hours
+
+    @admin.display(description="Price lines")
+    def price_lines_text(self, reservation: Reservation) -> SafeString:
+        return format_html_join(
+            mark_safe("<br>"),
+            "{}: {}",
+            (
+                (line.get("description", ""), line.get("amount", ""))
+                for line in reservation.price_lines
+            ),
+        )
 
     def get_search_results(
         self, request: HttpRequest, queryset: QuerySet, search_term: str
@@ -862,6 +898,7 @@ class ReservationAdmin(OperationsMixin, admin.ModelAdmin):
 
 @admin.register(Allocation)
 class AllocationAdmin(HostnameSearch, admin.ModelAdmin):
+    change_list_template = "admin/capacity/change_list_compact.html"
     list_display = [
         "reservation",
         "organization",

@@ -12,7 +12,8 @@ DAY = timedelta(days=1)
 DAY_CHOICES = (7, 14, 28, 56)
 DEFAULT_DAYS = 14
 
-LABEL_WIDTH = 200  # hostname and status, left of the plot
+HOST_CHAR_WIDTH = 7.2  # of the 12 px hostname font
+MIN_LABEL_WIDTH, MAX_LABEL_WIDTH = 80, 220  # the node names, left of the plot
 RIGHT_MARGIN = 16
 AXIS_HEIGHT = 40
 ROW_HEIGHT = 24
@@ -54,6 +55,7 @@ class Row:
     y: float
     text_y: float
     hostname: str
+    label: str  # the hostname without the cluster's prefix
     status: str
     status_reason: str
     shaded: bool  # every other row, for reading across
@@ -75,6 +77,10 @@ class Bar:
     state: str
     continues_before: bool  # started before the chart
     continues_after: bool  # ends after the chart
+
+    @property
+    def right(self) -> float:
+        return round(self.x + self.width, 1)
 
 
 @dataclass(frozen=True)
@@ -134,9 +140,16 @@ def layout(
     start: datetime,
     end: datetime,
     now: datetime,
-    width: int = 1200,
+    width: int = 1100,
+    name_prefix: str = "",
 ) -> Chart:
-    plot_left, plot_right = LABEL_WIDTH, width - RIGHT_MARGIN
+    """Rows for `lanes` in order, a bar per booking on a known lane within [start, end) (clipped
+    to it), a tick per day and the now line. `name_prefix` (the cluster's "code-") is left out
+    of the row labels, so the plot gets the room."""
+    labels = [lane.hostname.removeprefix(name_prefix) or lane.hostname for lane in lanes]
+    longest = max((len(label) for label in labels), default=0)
+    plot_left = int(min(max(longest * HOST_CHAR_WIDTH + 24, MIN_LABEL_WIDTH), MAX_LABEL_WIDTH))
+    plot_right = width - RIGHT_MARGIN
     span = (end - start).total_seconds()
 
     def x(at: datetime) -> float:
@@ -155,6 +168,7 @@ def layout(
                 y=y,
                 text_y=y + ROW_HEIGHT - 8,
                 hostname=lane.hostname,
+                label=labels[index],
                 status=lane.status,
                 status_reason=lane.status_reason,
                 shaded=index % 2 == 1,
@@ -194,9 +208,14 @@ def layout(
     ticks = []
     for offset in range(days + 1):
         day = start + offset * DAY
-        # Wide days get a label each; narrow ones only on Mondays.
-        labelled = day_width >= 44 or day.weekday() == 0
-        ticks.append(Tick(x=x(day), label=f"{day:%a %d %b}" if labelled and offset < days else ""))
+        # Wide days get a label each ("Tue 1", the month on the first and on the 1st); narrow
+        # ones only on Mondays, with the month.
+        daily = day_width >= 56
+        label = ""
+        if offset < days and (daily or day.weekday() == 0):
+            with_month = not daily or offset == 0 or day.day == 1
+            label = f"{day:%a} {day.day}" + (f" {day:%b}" if with_month else "")
+        ticks.append(Tick(x=x(day), label=label))
     height = AXIS_HEIGHT + len(lanes) * ROW_HEIGHT + 8
     return Chart(
         width=width,

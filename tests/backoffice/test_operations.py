@@ -641,7 +641,7 @@ def test_the_drain_page_shows_each_nodes_reservations_and_their_spares(
     assert [s.problem for s in sections] == [
         "",
         "",
-        "1 reservation(s) have no spare: the drain is refused unless you choose “Drain anyway”.",
+        "1 reservation has no spare: the drain is refused unless you choose “Drain anyway”.",
     ]
     assert fits.public_id in response.content.decode()
     assert snapshot() == before  # the page only shows

@@ -14,7 +14,7 @@ from tests.backoffice.conftest import make_staff, verified_client
 from .conftest import NEXT_HOUR, NOW, hours
 
 START = datetime(2026, 11, 30, tzinfo=UTC)
-END = START + timedelta(days=10)  # 10 days over 1000 px: 100 px a day, 25/6 px an hour
+END = START + timedelta(days=10)  # 10 days over 1000 px (80 to 1080): 100 px a day
 LANES = [
     Lane(1, "n-01", "available"),
     Lane(2, "n-02", "maintenance", "Fans"),
@@ -29,18 +29,31 @@ def booking(node_id: int, start: datetime, end: datetime, **kwargs) -> Booking:
 
 def chart(bookings: list[Booking], now: datetime = START + timedelta(days=1, hours=12)):
     return timeline.layout(
-        lanes=LANES, bookings=bookings, start=START, end=END, now=now, width=1216
+        lanes=LANES, bookings=bookings, start=START, end=END, now=now, width=1096
     )
 
 
 def test_rows_are_the_nodes_in_order_with_their_status():
     rows = chart([]).rows
-    assert [(r.y, r.hostname, r.status, r.status_reason, r.shaded) for r in rows] == [
+    assert [(r.y, r.label, r.status, r.status_reason, r.shaded) for r in rows] == [
         (40, "n-01", "available", "", False),
         (64, "n-02", "maintenance", "Fans", True),
         (88, "n-03", "available", "", False),
     ]
     assert (chart([]).height, chart([]).plot_width) == (40 + 3 * 24 + 8, 1000)
+
+
+def test_the_label_column_fits_the_names_without_the_clusters_prefix():
+    lanes = [Lane(1, "east-a-n00", "available"), Lane(2, "east-a-n100", "available")]
+    plain = timeline.layout(lanes=lanes, bookings=[], start=START, end=END, now=START)
+    short = timeline.layout(
+        lanes=lanes, bookings=[], start=START, end=END, now=START, name_prefix="east-a-"
+    )
+    assert [(r.hostname, r.label) for r in short.rows] == [
+        ("east-a-n00", "n00"),
+        ("east-a-n100", "n100"),
+    ]
+    assert (plain.plot_left, short.plot_left) == (103, 80)  # 11 characters: 79.2 + 24 px
 
 
 def test_bars_sit_on_their_node_at_their_time_coloured_by_state():
@@ -51,7 +64,7 @@ def test_bars_sit_on_their_node_at_their_time_coloured_by_state():
             )
         ]
     ).bars
-    assert (bar.x, bar.y, bar.width, bar.height) == (400.0, 92.0, 250.0, 16)
+    assert (bar.x, bar.y, bar.width, bar.height) == (280.0, 92.0, 250.0, 16)
     assert (bar.fill, bar.ink, bar.state) == ("#bfdbfe", "#1e3a8a", "scheduled")
     assert (bar.continues_before, bar.continues_after) == (False, False)
     assert bar.title == "rsv_aaaaaaaaaaaaaa · Acme · scheduled · 02 Dec 00:00 – 04 Dec 12:00 UTC"
@@ -64,8 +77,8 @@ def test_bars_are_clipped_to_the_chart_and_say_so():
     unknown = booking(99, START, END)  # a node of another cluster
     bars = chart([before, after, outside, unknown]).bars
     assert [(b.x, b.width, b.continues_before, b.continues_after) for b in bars] == [
-        (200.0, 100.0, True, False),
-        (1100.0, 100.0, False, True),
+        (80.0, 100.0, True, False),
+        (980.0, 100.0, False, True),
     ]
 
 
@@ -85,21 +98,30 @@ def test_a_label_shows_as_much_as_fits(width, label):
 def test_days_are_ticked_and_labelled_and_now_is_marked():
     drawn = chart([])
     assert [(t.x, t.label) for t in drawn.ticks[:3]] == [
-        (200.0, "Mon 30 Nov"),
-        (300.0, "Tue 01 Dec"),
-        (400.0, "Wed 02 Dec"),
+        (80.0, "Mon 30 Nov"),
+        (180.0, "Tue 1 Dec"),
+        (280.0, "Wed 2"),
     ]
-    assert (len(drawn.ticks), drawn.ticks[-1]) == (11, timeline.Tick(x=1200.0, label=""))
-    assert drawn.now_x == 350.0
+    assert (len(drawn.ticks), drawn.ticks[-1]) == (11, timeline.Tick(x=1080.0, label=""))
+    assert drawn.now_x == 230.0
     assert chart([], now=END + timedelta(hours=1)).now_x is None
 
 
 def test_narrow_days_are_labelled_on_mondays_only():
     drawn = timeline.layout(
-        lanes=LANES, bookings=[], start=START, end=START + timedelta(days=56), now=START, width=1216
+        lanes=LANES, bookings=[], start=START, end=START + timedelta(days=56), now=START, width=1096
     )
     labelled = [t.label for t in drawn.ticks if t.label]
-    assert labelled == [f"Mon {d:%d %b}" for d in (START + timedelta(weeks=w) for w in range(8))]
+    assert labelled == [
+        "Mon 30 Nov",
+        "Mon 7 Dec",
+        "Mon 14 Dec",
+        "Mon 21 Dec",
+        "Mon 28 Dec",
+        "Mon 4 Jan",
+        "Mon 11 Jan",
+        "Mon 18 Jan",
+    ]
 
 
 @pytest.mark.parametrize(
