@@ -8,12 +8,23 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
+from billing import services as billing
+from billing.models import Refund
 from capacity import lifecycle, operations, services
-from capacity.models import Allocation, Cluster, Incident, Node, Region, Reservation
+from capacity.models import (
+    Allocation,
+    Cluster,
+    Incident,
+    Node,
+    Region,
+    Reservation,
+    SimulatedCall,
+)
 from capacity.windows import Window
 from portal.backoffice.roles import FINANCE, OPERATIONS, SALES
 from portal.errors import Conflict, NotAllowed, ServiceError
 from portal.models import AuditEvent
+from tests.billing.conftest import card, localstripe_url, stripe_api  # noqa: F401
 from tests.capacity.conftest import NEXT_HOUR, NOW, catalog, frozen_clock, hours  # noqa: F401
 from tests.factories import OrganizationFactory
 
@@ -377,8 +388,6 @@ def test_cancelling_a_hold_refunds_nothing(catalog, organization, owner, staff, 
 def test_cancelling_during_provisioning_tears_the_nodes_down(
     catalog, organization, owner, staff, settlements, django_capture_on_commit_callbacks
 ):
-    from capacity.models import SimulatedCall
-
     reservation = advance(scheduled(organization, owner, catalog), S.PROVISIONING)
     with django_capture_on_commit_callbacks(execute=True):
         canceled = operations.reservation_cancel(
@@ -961,3 +970,32 @@ def test_change_lists_make_as_many_queries_for_5_rows_as_for_60(catalog):
     few = counts()
     many(55, catalog)
     assert counts() == few
+
+
+# --- End to end: a staff cancellation refunds the card through Stripe ---------------------------
+def test_a_full_refund_by_staff_reaches_stripe(
+    catalog,
+    organization,
+    owner,
+    staff,
+    localstripe_url,
+    stripe_api,
+    django_capture_on_commit_callbacks,
+):
+    held = reserve(organization, owner, catalog)  # $768, starts in half an hour
+    with django_capture_on_commit_callbacks(execute=True):
+        billing.pay_by_card(
+            reservation=held, actor=owner, payment_method_id=card(stripe_api), attempt_token="a1"
+        )
+    held.refresh_from_db()
+    assert held.state == "scheduled"
+    with django_capture_on_commit_callbacks(execute=True):
+        operations.reservation_cancel(
+            reservation=held, actor=staff(OPERATIONS), reason="Outage on our side", refund="full"
+        )
+    refund = Refund.objects.get()
+    assert (refund.amount, refund.currency, refund.status) == (
+        Decimal("768.00"),
+        "usd",
+        "succeeded",
+    )
