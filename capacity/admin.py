@@ -339,6 +339,7 @@ class NodeAdmin(OperationsMixin, HostnameSearch, admin.ModelAdmin):
         "gpu_count",
         "status",
         "status_reason",
+        "commitments",
     ]
     list_filter = ["status", "cluster__region", "cluster__gpu_model", "cluster"]
     list_select_related = ["cluster__region", "cluster__gpu_model"]
@@ -355,6 +356,20 @@ class NodeAdmin(OperationsMixin, HostnameSearch, admin.ModelAdmin):
 
     def has_drain_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm(operations.DRAIN)
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Node]:
+        live = Q(
+            allocations__released_at__isnull=True,
+            allocations__ends_at__gt=timezone.now(),
+            allocations__reservation__state__in=selectors.MOVABLE_STATES,
+        )
+        return (
+            super().get_queryset(request).annotate(commitments_n=Count("allocations", filter=live))
+        )
+
+    @admin.display(description="Reservations now or later", ordering="commitments_n")
+    def commitments(self, node: Node) -> int:
+        return node.commitments_n  # type: ignore[attr-defined]
 
     @admin.display(description="Region", ordering="cluster__region__code")
     def region(self, node: Node) -> str:

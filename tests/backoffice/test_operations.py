@@ -264,6 +264,20 @@ def test_a_batch_preview_proposes_what_its_drains_then_do(catalog, organization,
     assert done == proposed
 
 
+def test_a_reservation_never_moves_back_to_a_node_it_held_before(
+    catalog, organization, owner, staff
+):
+    """A reservation holds a node at most once (one allocation row per pair, released or not),
+    so a node it left and that came back is no spare for it."""
+    ops = staff(OPERATIONS)
+    block = scheduled(organization, owner, catalog, nodes=2)  # n00, n01
+    operations.node_drain(node=node("east-a-n00"), actor=ops, reason="One")
+    operations.node_restore(node=node("east-a-n00"), actor=ops)
+    result = operations.node_drain(node=node("east-a-n02"), actor=ops, reason="Two")
+    assert result.swapped == [(block.public_id, "east-a-n03")]
+    assert live_hosts(block) == ["east-a-n01", "east-a-n03"]
+
+
 def test_a_node_already_in_maintenance_is_not_drained_again(catalog, staff):
     Node.objects.filter(hostname="east-a-n00").update(status="maintenance", status_reason="Old")
     before = snapshot()
@@ -674,6 +688,12 @@ def test_draining_from_the_admin_reports_each_node_that_failed(
         f"Drained: east-a-n00 is in maintenance, moved {fits.public_id} to east-a-n02.",
     ]
     assert [node("east-a-n00").status, node("east-b-n00").status] == ["maintenance", "available"]
+    drained = AuditEvent.objects.get(action="node.drained")
+    assert (drained.actor_kind, drained.reason, drained.ip_address) == (
+        "staff",
+        "Kernel update",
+        "127.0.0.1",
+    )
     assert live_hosts(stuck) == [f"east-b-n{i:02d}" for i in range(8)]
 
 
@@ -999,3 +1019,15 @@ def test_a_full_refund_by_staff_reaches_stripe(
         "usd",
         "succeeded",
     )
+
+
+def test_the_node_list_counts_what_each_node_holds_now_or_later(
+    catalog, organization, owner, staff_client
+):
+    scheduled(organization, owner, catalog, nodes=2)  # east-a n00, n01
+    scheduled(organization, owner, catalog, nodes=1, start=NEXT_HOUR + hours(48))  # n00 again
+    canceled = scheduled(organization, owner, catalog, nodes=1, start=NEXT_HOUR + hours(96))
+    advance(canceled, S.CANCELED)  # gave its node back
+    response = staff_client(OPERATIONS).get(NODES, {"q": "east-a"})
+    rows = [(n.hostname, n.commitments_n) for n in response.context["cl"].result_list]
+    assert rows == [("east-a-n00", 2), ("east-a-n01", 1), ("east-a-n02", 0), ("east-a-n03", 0)]
