@@ -23,6 +23,7 @@ from django.urls import URLPattern, path, reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString, mark_safe
+from django.utils.text import capfirst
 
 from accounts.models import Organization
 from portal.errors import ServiceError
@@ -162,9 +163,22 @@ class OperationsMixin:
             try:
                 succeeded.append(call(obj))
             except ServiceError as exc:
-                messages.error(request, f"{obj}: {exc.message}")
+                messages.error(request, self.failure(obj, exc.message))
         if succeeded:
             messages.success(request, f"{done}: {'; '.join(succeeded)}.")
+
+    def failure(self, obj: Any, message: str) -> str:
+        """ "Node east-a-n00 was not drained: …", or "Reservation rsv_…: …" when the service's
+        message does not begin with the object's name. The kind of object comes first, so the
+        admin's capitalized first letter falls on it and not on a hostname."""
+        kind = capfirst(self.model._meta.verbose_name)  # type: ignore[attr-defined]
+        name = self.row_name(obj)
+        return (
+            f"{kind} {message}" if message.startswith(f"{name} ") else f"{kind} {name}: {message}"
+        )
+
+    def row_name(self, obj: Any) -> str:
+        return str(obj)
 
 
 def _bound(form_class: type[forms.Form], request: HttpRequest) -> forms.Form:
@@ -981,6 +995,9 @@ class IncidentAdmin(OperationsMixin, admin.ModelAdmin):
     def has_resolve_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm(operations.RESOLVE)
 
+    def row_name(self, obj: Any) -> str:
+        return str(obj.pk)
+
     def get_search_results(
         self, request: HttpRequest, queryset: QuerySet, search_term: str
     ) -> tuple[QuerySet, bool]:
@@ -1002,6 +1019,6 @@ class IncidentAdmin(OperationsMixin, admin.ModelAdmin):
     def resolve(self, request: HttpRequest, queryset: QuerySet[Incident]) -> None:
         def resolve_one(incident: Incident) -> str:
             operations.incident_resolve(incident=incident, actor=request.user)
-            return f"#{incident.pk}"
+            return str(incident.pk)
 
         self.run_each(request, queryset.order_by("pk"), resolve_one, done="Resolved")

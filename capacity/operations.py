@@ -370,7 +370,7 @@ def incident_resolve(*, incident: Incident, actor: Any, note: str = "") -> Incid
     locked = Incident.objects.select_for_update().select_related("reservation").get(pk=incident.pk)
     if locked.resolved_at is not None:
         raise Conflict(
-            f"Incident {locked.pk} was already resolved on {locked.resolved_at:%d %b %H:%M} UTC.",
+            f"{locked.pk} was already resolved on {locked.resolved_at:%d %b %H:%M} UTC.",
             code="already_resolved",
         )
     locked.resolved_at = timezone.now()
