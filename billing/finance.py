@@ -174,7 +174,11 @@ def flag_resolve(*, flag: FinanceFlag, actor: User, resolution: str) -> FinanceF
         raise ServiceError(
             "Say what was done about it; the resolution is kept.", param="resolution"
         )
-    locked = FinanceFlag.objects.select_for_update().select_related("resolved_by").get(pk=flag.pk)
+    locked = (
+        FinanceFlag.objects.select_for_update(of=("self",))
+        .select_related("resolved_by")
+        .get(pk=flag.pk)
+    )
     if locked.resolved_at is not None:
         who = locked.resolved_by.email if locked.resolved_by else "someone"
         raise Conflict(

@@ -128,7 +128,7 @@ def node_drain(
     reason = _reason(reason)
     cluster = node.cluster
     services.lock_pool(selectors.pool_of(cluster))
-    locked = Node.objects.select_for_update().select_related("cluster").get(pk=node.pk)
+    locked = Node.objects.select_for_update(of=("self",)).select_related("cluster").get(pk=node.pk)
     if locked.status != Node.Status.AVAILABLE:
         raise Conflict(
             f"{locked.hostname} is already {locked.get_status_display().lower()}.",
@@ -367,7 +367,11 @@ def reservation_release(*, reservation: Reservation, actor: Any, reason: str) ->
 def incident_resolve(*, incident: Incident, actor: Any, note: str = "") -> Incident:
     _require(actor, RESOLVE, "resolve incidents")
     note = _reason(note, required=False)
-    locked = Incident.objects.select_for_update().select_related("reservation").get(pk=incident.pk)
+    locked = (
+        Incident.objects.select_for_update(of=("self",))
+        .select_related("reservation")
+        .get(pk=incident.pk)
+    )
     if locked.resolved_at is not None:
         raise Conflict(
             f"{locked.pk} was already resolved on {locked.resolved_at:%d %b %H:%M} UTC.",
