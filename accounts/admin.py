@@ -9,7 +9,7 @@ class UserAdmin(DjangoUserAdmin):
     ordering = ["email"]
     list_display = ["email", "full_name", "is_staff", "email_verified_at", "date_joined"]
     list_filter = ["is_staff", "is_superuser", "is_active", "groups"]
-    search_fields = ["email", "full_name"]
+    search_fields = ["^email", "^full_name"]
     readonly_fields = ["date_joined", "last_login"]
     fieldsets = [
         (None, {"fields": ["email", "password"]}),
@@ -35,7 +35,7 @@ class InvitationAdmin(admin.ModelAdmin):
         "revoked_at",
     ]
     list_select_related = ["organization"]
-    search_fields = ["email", "organization__name"]
+    search_fields = ["^email", "^organization__name"]
     readonly_fields = [f.name for f in Invitation._meta.fields]
 
     def has_add_permission(self, request: object) -> bool:

@@ -59,6 +59,12 @@ class User(AbstractBaseUser, PermissionsMixin):
         constraints = [
             models.UniqueConstraint(Lower("email"), name="accounts_user_email_ci_unique"),
         ]
+        # The back office's user list filters on these.
+        indexes = [
+            models.Index(fields=["is_staff"]),
+            models.Index(fields=["is_superuser"]),
+            models.Index(fields=["is_active"]),
+        ]
 
     def __str__(self) -> str:
         return self.email

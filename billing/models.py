@@ -76,6 +76,7 @@ class Payment(models.Model):
             models.Index(fields=["organization", "-created_at"]),
             models.Index(fields=["status", "created_at"]),
             models.Index(fields=["created_at"]),
+            models.Index(fields=["currency", "created_at"]),
             models.Index(
                 fields=["created_at"],
                 condition=models.Q(flagged=True),
@@ -134,6 +135,7 @@ class Refund(models.Model):
         indexes = [
             models.Index(fields=["status", "created_at"]),
             models.Index(fields=["created_at"]),
+            models.Index(fields=["currency", "created_at"]),
         ]
         constraints = [
             models.CheckConstraint(
@@ -179,6 +181,7 @@ class Invoice(models.Model):
             models.Index(fields=["organization", "-created_at"]),
             models.Index(fields=["status", "due_at"]),
             models.Index(fields=["created_at"]),
+            models.Index(fields=["payment_failed", "created_at"]),
         ]
 
     def __str__(self) -> str:
@@ -231,6 +234,7 @@ class LedgerEntry(AppendOnly):
             models.Index(fields=["organization", "-created_at"]),
             models.Index(fields=["kind", "created_at"]),
             models.Index(fields=["created_at"]),
+            models.Index(fields=["currency", "created_at"]),
         ]
         verbose_name_plural = "ledger entries"
         constraints = [

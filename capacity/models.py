@@ -34,6 +34,7 @@ class Region(models.Model):
 
     class Meta:
         ordering = ["code"]
+        indexes = [models.Index(fields=["is_active"])]
 
     def __str__(self) -> str:
         return f"{self.name} ({self.code})"
@@ -50,7 +51,7 @@ class Cluster(models.Model):
 
     class Meta:
         ordering = ["code"]
-        indexes = [models.Index(fields=["gpu_model", "region"])]
+        indexes = [models.Index(fields=["gpu_model", "region"]), models.Index(fields=["is_active"])]
 
     def __str__(self) -> str:
         return self.code

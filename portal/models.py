@@ -62,6 +62,7 @@ class AuditEvent(AppendOnly):
             models.Index(fields=["object_type", "object_id"]),
             models.Index(fields=["actor", "-created_at"]),
             models.Index(fields=["action"]),
+            models.Index(fields=["actor_kind", "-created_at"]),
         ]
 
     def __str__(self) -> str:
