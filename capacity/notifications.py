@@ -14,6 +14,24 @@ TEMPLATES = {
 }
 
 
+def notify_quote(reservation: Reservation) -> None:
+    """Tell the organization's owners and billing address that sales made them a quote."""
+    from accounts.models import Membership
+    from accounts.permissions import Role
+
+    organization = reservation.organization
+    owners = Membership.objects.filter(organization=organization, role=Role.OWNER).values_list(
+        "user__email", flat=True
+    )
+    url = reverse("reservation-detail", args=[organization.slug, reservation.public_id])
+    for to in sorted({organization.billing_email, *owners}):
+        queue_email(
+            to=to,
+            template="quote_created",
+            context={"reservation": reservation, "organization": organization, "url": url},
+        )
+
+
 def notify(reservation: Reservation, template: str, **context: object) -> None:
     """Mail whoever made the reservation (else the billing address) after the commit."""
     to = (

@@ -27,7 +27,7 @@ from accounts.services import (
 from portal.errors import Conflict, ServiceError
 from portal.money import format_money
 
-from . import lifecycle, pricing, provisioning, selectors, services
+from . import lifecycle, notifications, pricing, provisioning, selectors, services
 from .models import GpuModel, Region, Reservation
 from .windows import Window, validate_node_count
 
@@ -172,7 +172,7 @@ def quote_create(
         price_per_gpu_hour=price_per_gpu_hour,
         valid_for=valid_for,
     )
-    return services.hold_capacity(
+    quote = services.hold_capacity(
         organization=organization,
         created_by=None,  # lifecycle e-mails go to the customer's billing address, not to sales
         gpu_model=gpu_model,
@@ -184,6 +184,8 @@ def quote_create(
         quoted_by=actor,
         quote_note=note,
     )
+    notifications.notify_quote(quote)
+    return quote
 
 
 def quote_accept(*, reservation: Reservation, actor: User) -> Reservation:

@@ -353,3 +353,22 @@ def test_a_member_role_without_reserving_rights_cannot_accept_in_the_portal(cata
     reservation.refresh_from_db()
     assert reservation.state == S.HELD
     assert timezone.now() == NOW
+
+
+def test_the_owners_and_billing_address_hear_of_a_new_quote(
+    catalog, organization, owner, mailoutbox, django_capture_on_commit_callbacks
+):
+    second_owner = member_of(organization, Role.OWNER)
+    member_of(organization, Role.MEMBER)  # not told: owners decide on quotes
+    with django_capture_on_commit_callbacks(execute=True):
+        reservation = quote(organization, catalog, note="As agreed on the call.")
+    assert sorted(m.to[0] for m in mailoutbox) == sorted(
+        [organization.billing_email, owner.email, second_owner.email]
+    )
+    mail = mailoutbox[0]
+    assert mail.subject == "A quote for 2 × H100 from Hyperblock"
+    assert "2 × H100 in US East, from 10 Dec 2026 00:00 UTC for 24 hours" in mail.body
+    assert "$710.40 ($1.85 per GPU-hour)" in mail.body
+    assert "As agreed on the call." in mail.body
+    assert "held for you until 8 Dec 2026 09:30 UTC. Pay for it to confirm it." in mail.body
+    assert f"/o/{organization.slug}/reservations/{reservation.public_id}/" in mail.body
