@@ -26,6 +26,7 @@ from django.utils.safestring import SafeString, mark_safe
 from django.utils.text import capfirst
 
 from accounts.models import Organization
+from portal.backoffice.audited import AuditedAdmin
 from portal.errors import ServiceError
 from portal.models import AuditEvent
 
@@ -48,18 +49,18 @@ S = Reservation.State
 
 # --- Catalog (read by everyone, edited by whoever holds the model permissions) ----------------
 @admin.register(GpuModel)
-class GpuModelAdmin(admin.ModelAdmin):
+class GpuModelAdmin(AuditedAdmin):
     list_display = ["name", "slug", "memory_gb", "gpus_per_node", "is_active"]
 
 
 @admin.register(ListPrice)
-class ListPriceAdmin(admin.ModelAdmin):
+class ListPriceAdmin(AuditedAdmin):
     list_display = ["gpu_model", "region", "price_per_gpu_hour", "currency"]
     list_select_related = ["gpu_model", "region"]
 
 
 @admin.register(DurationDiscount)
-class DurationDiscountAdmin(admin.ModelAdmin):
+class DurationDiscountAdmin(AuditedAdmin):
     list_display = ["label", "min_hours", "percent"]
 
 
@@ -207,7 +208,7 @@ def _reservation_link(reservation: Reservation) -> SafeString:
 
 # --- Inventory ----------------------------------------------------------------------------------
 @admin.register(Region)
-class RegionAdmin(admin.ModelAdmin):
+class RegionAdmin(AuditedAdmin):
     list_display = ["code", "name", "location", "cluster_count", "is_active"]
     list_filter = ["is_active"]
     search_fields = ["^code", "^name"]
@@ -221,7 +222,7 @@ class RegionAdmin(admin.ModelAdmin):
 
 
 @admin.register(Cluster)
-class ClusterAdmin(admin.ModelAdmin):
+class ClusterAdmin(AuditedAdmin):
     list_display = [
         "code",
         "region",
@@ -343,7 +344,7 @@ class HostnameSearch:
 
 
 @admin.register(Node)
-class NodeAdmin(OperationsMixin, HostnameSearch, admin.ModelAdmin):
+class NodeAdmin(OperationsMixin, HostnameSearch, AuditedAdmin):
     change_list_template = "admin/capacity/change_list_compact.html"
     list_display = [
         "hostname",

@@ -1,4 +1,6 @@
 from django.contrib import admin
+from django.contrib.auth.admin import GroupAdmin
+from django.contrib.auth.models import Group
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.urls import NoReverseMatch, reverse
@@ -6,6 +8,7 @@ from django.utils.html import format_html
 
 from accounts.models import Organization, User
 
+from .backoffice.audited import AuditedAdmin
 from .models import AuditEvent
 
 
@@ -158,6 +161,15 @@ class AuditEventAdmin(ReadOnlyAdmin):
     @admin.display(description="reason")
     def reason_short(self, event: AuditEvent) -> str:
         return (event.reason[:80] + "…") if len(event.reason) > 80 else event.reason
+
+
+admin.site.unregister(Group)
+
+
+@admin.register(Group)
+class AuditedGroupAdmin(AuditedAdmin, GroupAdmin):
+    """Staff groups: changes to who may do what are audited (the table in
+    portal/backoffice/roles.py is what the migration and seed_demo apply)."""
 
 
 # The back office's cross-app admin pages register themselves on import.

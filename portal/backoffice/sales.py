@@ -676,7 +676,7 @@ def related_links(request: HttpRequest, org: Organization) -> list[tuple[str, st
         ("billing", "payment", "Payments", f"organization__id__exact={org.pk}"),
         ("billing", "invoice", "Invoices", f"organization__id__exact={org.pk}"),
         ("billing", "ledgerentry", "Ledger", f"organization__id__exact={org.pk}"),
-        ("portal", "auditevent", "Audit log", f"organization__id__exact={org.pk}"),
+        ("portal", "auditevent", "Audit log", f"organization={org.pk}"),
     ]
     links = []
     for app_label, model, label, query in targets:

@@ -1,0 +1,99 @@
+"""Plain admin edits (catalog, inventory, users, groups) land in the audit log like services do."""
+
+from typing import Any
+
+from django.contrib import admin
+from django.db.models import Model, QuerySet
+from django.forms import ModelForm
+from django.http import HttpRequest
+
+from portal import audit
+
+
+def _plain(value: Any) -> str:
+    if isinstance(value, QuerySet | list | tuple | set):
+        return ", ".join(sorted(str(v) for v in value))
+    return "" if value is None else str(value)
+
+
+class AuditedAdmin(admin.ModelAdmin):
+    """Records who added, changed (which fields, from what to what) or deleted a row."""
+
+    def _organization(self, obj: Model) -> Any:
+        return getattr(obj, "organization", None)
+
+    def save_model(self, request: HttpRequest, obj: Model, form: ModelForm, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        self._record(request, obj, form, change)
+
+    def save_related(
+        self, request: HttpRequest, form: ModelForm, formsets: Any, change: bool
+    ) -> None:
+        super().save_related(request, form, formsets, change)
+        # Many-to-many fields (a user's groups) are only saved here.
+        m2m = [
+            name
+            for name in form.changed_data
+            if name in {f.name for f in form.instance._meta.many_to_many}
+        ]
+        if m2m:
+            audit.record(
+                action=f"{form.instance._meta.model_name}.updated",
+                actor=request.user,
+                organization=self._organization(form.instance),
+                target=form.instance,
+                data={
+                    "changes": {
+                        name: [_plain(form.initial.get(name)), _plain(form.cleaned_data.get(name))]
+                        for name in m2m
+                    }
+                },
+            )
+
+    def _record(self, request: HttpRequest, obj: Model, form: ModelForm, change: bool) -> None:
+        m2m = {f.name for f in obj._meta.many_to_many}
+        secret = {"password", "password1", "password2"}
+        if change:
+            fields = [name for name in form.changed_data if name not in m2m]
+            if not fields:
+                return
+            data = {
+                "changes": {
+                    name: ["…", "…"]
+                    if name in secret
+                    else [_plain(form.initial.get(name)), _plain(form.cleaned_data.get(name))]
+                    for name in fields
+                }
+            }
+        else:
+            data = {
+                "fields": {
+                    name: _plain(value)
+                    for name, value in form.cleaned_data.items()
+                    if name not in secret and name not in m2m
+                }
+            }
+        audit.record(
+            action=f"{obj._meta.model_name}.{'updated' if change else 'created'}",
+            actor=request.user,
+            organization=self._organization(obj),
+            target=obj,
+            data=data,
+        )
+
+    def delete_model(self, request: HttpRequest, obj: Model) -> None:
+        self._record_delete(request, obj)
+        super().delete_model(request, obj)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet) -> None:
+        for obj in queryset:
+            self._record_delete(request, obj)
+        super().delete_queryset(request, queryset)
+
+    def _record_delete(self, request: HttpRequest, obj: Model) -> None:
+        audit.record(
+            action=f"{obj._meta.model_name}.deleted",
+            actor=request.user,
+            organization=self._organization(obj),
+            target=obj,
+        )
