@@ -2,9 +2,10 @@
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 
 from accounts.models import Organization
+from portal.errors import ServiceError
 from portal.money import format_money
 
 from .models import DurationDiscount, GpuModel, ListPrice, NegotiatedRate, Region
@@ -163,3 +164,27 @@ def quote(
         total=subtotal - discount,
         lines=lines,
     )
+
+
+MAX_PRICE_PER_GPU_HOUR = Decimal("999999.9999")
+
+
+def parse_price_per_gpu_hour(value: object) -> Decimal:
+    """A price per GPU-hour typed by staff (a rate, a quote): a positive amount with at most
+    4 decimal places (the column's precision), or a ServiceError naming the field."""
+    try:
+        price = Decimal(str(value).strip())
+    except InvalidOperation as exc:
+        raise ServiceError(
+            "Give the price per GPU-hour as an amount, e.g. 1.85.", param="price_per_gpu_hour"
+        ) from exc
+    if not price.is_finite() or price <= 0:
+        raise ServiceError(
+            "The price per GPU-hour must be more than 0.", param="price_per_gpu_hour"
+        )
+    if price > MAX_PRICE_PER_GPU_HOUR or price != price.quantize(Decimal("0.0001")):
+        raise ServiceError(
+            "Give the price per GPU-hour with at most 4 decimal places, below 1,000,000.",
+            param="price_per_gpu_hour",
+        )
+    return price

@@ -9,7 +9,7 @@ declines it (cancels). The hold-expiry sweep expires it at the end of its validi
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 
 from django.conf import settings
 from django.db import transaction
@@ -35,7 +35,6 @@ S = Reservation.State
 MAX_VALIDITY = timedelta(days=14)
 MIN_VALIDITY = timedelta(hours=1)
 NOTE_MAX = 2000
-MAX_PRICE = Decimal("999999.9999")
 
 
 def is_quote(reservation: Reservation) -> bool:
@@ -55,23 +54,8 @@ class QuotePreview:
 
 def _quoted_price(value: object) -> Decimal | None:
     if value is None or (isinstance(value, str) and not value.strip()):
-        return None
-    try:
-        price = Decimal(str(value).strip())
-    except InvalidOperation as exc:
-        raise ServiceError(
-            "Give the price per GPU-hour as an amount, e.g. 1.85.", param="price_per_gpu_hour"
-        ) from exc
-    if not price.is_finite() or price <= 0:
-        raise ServiceError(
-            "The price per GPU-hour must be more than 0.", param="price_per_gpu_hour"
-        )
-    if price > MAX_PRICE or price != price.quantize(Decimal("0.0001")):
-        raise ServiceError(
-            "Give the price per GPU-hour with at most 4 decimal places, below 1,000,000.",
-            param="price_per_gpu_hour",
-        )
-    return price
+        return None  # the customer's own price
+    return pricing.parse_price_per_gpu_hour(value)
 
 
 def _valid_until(window: Window, valid_for: timedelta, now: datetime) -> tuple[datetime, bool]:

@@ -9,7 +9,7 @@ half of an overlap; on PostgreSQL an exclusion constraint (migration 0006) is th
 """
 
 from datetime import datetime
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 
 from django.db import transaction
 from django.utils import timezone
@@ -19,9 +19,8 @@ from accounts.services import lock_organization, require_staff_permission
 from portal import audit
 from portal.errors import Conflict, ServiceError
 
+from . import pricing
 from .models import GpuModel, NegotiatedRate, Region
-
-MAX_PRICE = Decimal("999999.9999")
 
 
 def overlapping_rates(
@@ -46,25 +45,6 @@ def overlapping_rates(
     return rates.order_by("valid_from")
 
 
-def _price(value: object) -> Decimal:
-    try:
-        price = Decimal(str(value).strip())
-    except InvalidOperation as exc:
-        raise ServiceError(
-            "Give the price per GPU-hour as an amount, e.g. 1.85.", param="price_per_gpu_hour"
-        ) from exc
-    if not price.is_finite() or price <= 0:
-        raise ServiceError(
-            "The price per GPU-hour must be more than 0.", param="price_per_gpu_hour"
-        )
-    if price > MAX_PRICE or price != price.quantize(Decimal("0.0001")):
-        raise ServiceError(
-            "Give the price per GPU-hour with at most 4 decimal places, below 1,000,000.",
-            param="price_per_gpu_hour",
-        )
-    return price
-
-
 def validate_rate(
     *,
     organization: Organization,
@@ -78,7 +58,7 @@ def validate_rate(
     """Check a rate as it would be saved and return its price; raise ServiceError saying what is
     wrong. Locks the organization's row, so call it in the transaction that then saves (the
     admin's form runs its validation and the save in one)."""
-    price = _price(price_per_gpu_hour)
+    price = pricing.parse_price_per_gpu_hour(price_per_gpu_hour)
     for name, moment in (("valid_from", valid_from), ("valid_until", valid_until)):
         if not isinstance(moment, datetime) or timezone.is_naive(moment):
             raise ServiceError("Give a date and time with a time zone.", param=name)
