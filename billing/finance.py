@@ -71,7 +71,8 @@ def refund_check(*, payment: Payment, amount: Decimal, reason: str, actor: User)
     if not amount.is_finite() or amount <= 0:
         raise ServiceError("Refund an amount above zero.", param="amount")
     places = 0 if payment.currency.lower() in ZERO_DECIMAL else 2
-    if amount != amount.quantize(Decimal(1).scaleb(-places)):
+    # The exponent, not quantize: quantizing a huge amount raises instead of answering.
+    if -amount.normalize().as_tuple().exponent > places:
         raise ServiceError(
             f"{payment.currency.upper()} amounts have at most {places} decimal places.",
             param="amount",

@@ -35,6 +35,7 @@ S = Reservation.State
 MAX_VALIDITY = timedelta(days=14)
 MIN_VALIDITY = timedelta(hours=1)
 NOTE_MAX = 2000
+MAX_TOTAL = Decimal("1000000000000")  # a reservation's total has 12 digits before the point
 
 
 def is_quote(reservation: Reservation) -> bool:
@@ -114,6 +115,12 @@ def quote_preview(
         raise ServiceError(
             f"{gpu_model.name} is not sold in {region.name}.", param="region"
         ) from exc
+    if price.total >= MAX_TOTAL:
+        raise ServiceError(
+            f"That quote would come to {format_money(price.total, price.currency)}, more than "
+            "one reservation can hold. Lower the price or split the block.",
+            param="price_per_gpu_hour",
+        )
     clusters = selectors.pool_clusters(gpu_model, region)
     free = selectors.free_nodes_by_cluster(
         [c.pk for c in clusters], window.starts_at, window.ends_at

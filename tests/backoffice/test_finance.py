@@ -175,6 +175,8 @@ def test_finance_refunds_part_of_a_payment_after_confirming(
         ("-5.00", "Goodwill", "amount", "Refund an amount above zero."),
         ("NaN", "Goodwill", "amount", "Refund an amount above zero."),
         ("10.005", "Goodwill", "amount", "USD amounts have at most 2 decimal places."),
+        ("1e30", "Goodwill", "amount", "At most $768.00 can still be refunded on this payment."),
+        ("1e-30", "Goodwill", "amount", "USD amounts have at most 2 decimal places."),
         ("ten", "Goodwill", "amount", "Enter the amount as a number, like 120.00."),
         ("", "Goodwill", "amount", "This field is required."),
         ("100.00", "", "reason", "Say why the money goes back; the reason is kept."),

@@ -372,3 +372,20 @@ def test_the_owners_and_billing_address_hear_of_a_new_quote(
     assert "As agreed on the call." in mail.body
     assert "held for you until 8 Dec 2026 09:30 UTC. Pay for it to confirm it." in mail.body
     assert f"/o/{organization.slug}/reservations/{reservation.public_id}/" in mail.body
+
+
+def test_a_quote_larger_than_a_reservation_can_hold_is_refused(catalog, organization):
+    from .conftest import _cluster
+
+    _cluster("east-big", catalog.east, catalog.h100, 64)
+    with pytest.raises(ServiceError) as refused:
+        quote(
+            organization, catalog, nodes=64, price="999999.9999",
+            window=Window(START, START + hours(4368)),
+        )  # fmt: skip
+    assert (refused.value.message, refused.value.param) == (
+        "That quote would come to $2,236,415,999,776.36, more than one reservation can hold. "
+        "Lower the price or split the block.",
+        "price_per_gpu_hour",
+    )
+    nothing_held()
