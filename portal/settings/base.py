@@ -335,6 +335,19 @@ PROVISIONING_SIMULATED_BROKEN_NODES: list[str] = []
 # Fernet key for secrets kept at rest (kubeconfigs); empty derives one from SECRET_KEY.
 FIELD_ENCRYPTION_KEY = env.str("FIELD_ENCRYPTION_KEY", default="")
 
+# --- Slurm -----------------------------------------------------------------------------------
+# PROVISIONING_DRIVER=capacity.drivers.slurm.SlurmDriver drives a Slurm controller: each block
+# is an advanced reservation on its nodes for its organization's account.
+SLURM_CONF = env.str("SLURM_CONF", default="")  # empty: Slurm's own default (/etc/slurm)
+SLURM_BIN_DIR = env.str("SLURM_BIN_DIR", default="")  # empty: scontrol, sinfo... from PATH
+SLURM_COMMAND_TIMEOUT = env.float("SLURM_COMMAND_TIMEOUT", default=15.0)  # seconds per command
+# With accounting (slurmdbd), each organization's account is made with sacctmgr first.
+SLURM_ACCOUNTING = env.bool("SLURM_ACCOUNTING", default=False)
+# Where customers log in to submit work to their block (shown with the access details).
+SLURM_LOGIN_HOST = env.str("SLURM_LOGIN_HOST", default="login.hyperblock.example")
+SLURM_LOGIN_PORT = env.int("SLURM_LOGIN_PORT", default=22)
+SLURM_LOGIN_USER = env.str("SLURM_LOGIN_USER", default="")  # empty: the organization's account
+
 # --- Stripe ---------------------------------------------------------------------------------
 STRIPE_SECRET_KEY = env.str("STRIPE_SECRET_KEY", default="")
 STRIPE_PUBLISHABLE_KEY = env.str("STRIPE_PUBLISHABLE_KEY", default="")
