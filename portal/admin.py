@@ -3,8 +3,10 @@ from django.contrib.auth.admin import GroupAdmin
 from django.contrib.auth.models import Group
 from django.db.models import QuerySet
 from django.http import HttpRequest
+from django.template.response import TemplateResponse
 from django.urls import NoReverseMatch, reverse
 from django.utils.html import format_html
+from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from accounts.models import Organization, User
 
@@ -164,6 +166,50 @@ class AuditEventAdmin(ReadOnlyAdmin):
 
 
 admin.site.unregister(Group)
+admin.site.unregister(TOTPDevice)
+
+
+@admin.register(TOTPDevice)
+class StaffAuthenticatorAdmin(ReadOnlyAdmin):
+    """Staff authenticators, without their keys: a lost phone is reset (the staff member sets
+    up a new one at the next sign-in), never copied or edited here."""
+
+    list_display = ["user", "name", "confirmed", "created_at", "last_used_at"]
+    list_filter = ["confirmed"]
+    search_fields = ["^user__email"]
+    list_select_related = ["user"]
+    fields = ["user", "name", "confirmed", "created_at", "last_used_at"]
+    actions = ["reset"]
+
+    def has_reset_permission(self, request: HttpRequest) -> bool:
+        return request.user.is_active and request.user.is_superuser
+
+    @admin.action(
+        description="Reset the second factor (set up again at next sign-in)", permissions=["reset"]
+    )
+    def reset(self, request: HttpRequest, queryset: QuerySet) -> TemplateResponse | None:
+        from .backoffice.two_factor import second_factor_reset
+
+        users = {device.user for device in queryset.select_related("user")}
+        reason = request.POST.get("reason", "").strip()
+        if request.POST.get("apply") and reason:
+            for user in sorted(users, key=lambda u: u.email):
+                second_factor_reset(user=user, actor=request.user, reason=reason)
+                self.message_user(request, f"Second factor reset for {user.email}.")
+            return None
+        return TemplateResponse(
+            request,
+            "admin/portal/reset_second_factor.html",
+            {
+                **self.admin_site.each_context(request),
+                "title": "Reset second factor",
+                "opts": self.model._meta,
+                "users": sorted(users, key=lambda u: u.email),
+                "selected": [device.pk for device in queryset],
+                "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME,
+                "missing_reason": bool(request.POST.get("apply")),
+            },
+        )
 
 
 @admin.register(Group)

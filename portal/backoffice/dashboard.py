@@ -9,6 +9,7 @@ from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 
+import numpy as np
 from django.conf import settings
 from django.db.models import Count, Q, Sum
 from django.db.models.functions import TruncMonth
@@ -111,11 +112,14 @@ def utilization(now: datetime) -> Heatmap:
     pools: dict[tuple[int, int], list[Cluster]] = {}
     for cluster in clusters:
         pools.setdefault((cluster.gpu_model_id, cluster.region_id), []).append(cluster)
+    # One read of every pool's nodes and allocations, split by pool here: the page costs the
+    # same queries however many GPU models and regions there are.
+    occupancy = capacity_selectors.occupancy(clusters, first, DAYS * 24)
     rows = []
     for members in pools.values():
-        occupancy = capacity_selectors.occupancy(members, first, DAYS * 24)
-        nodes = len(occupancy.node_ids)
-        booked_per_hour = occupancy.busy.sum(axis=0) if nodes else None
+        in_pool = np.isin(occupancy.cluster_ids, [c.pk for c in members])
+        nodes = int(in_pool.sum())
+        booked_per_hour = occupancy.busy[in_pool].sum(axis=0) if nodes else None
         cells = []
         for day in range(DAYS):
             if booked_per_hour is None:

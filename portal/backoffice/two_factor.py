@@ -72,6 +72,9 @@ def verify(request: HttpRequest) -> HttpResponse:
                     device.confirmed = True
                     device.save(update_fields=["confirmed"])
                     audit.record(action="staff.second_factor_enrolled", actor=user, target=user)
+                # A new session key once both factors pass: a cookie seen after the password
+                # alone never becomes a verified session.
+                request.session.cycle_key()
                 otp_login(request, device)
                 audit.record(action="staff.signed_in", actor=user, target=user)
             return redirect(next_url)
@@ -97,3 +100,25 @@ def device_secret(device: TOTPDevice) -> str:
 
     secret = b32encode(device.bin_key).decode().rstrip("=")
     return " ".join(secret[i : i + 4] for i in range(0, len(secret), 4))
+
+
+@transaction.atomic
+def second_factor_reset(*, user: object, actor: object, reason: str) -> int:
+    """Forget a staff member's authenticators (a lost phone): they set one up again at their
+    next sign-in, after the password. Superusers only; audited with the reason."""
+    from portal.errors import NotAllowed, ServiceError
+
+    if not (getattr(actor, "is_active", False) and getattr(actor, "is_superuser", False)):
+        raise NotAllowed("Only a superuser can reset a second factor.")
+    reason = (reason or "").strip()
+    if not reason:
+        raise ServiceError("Say why: the reason goes into the audit log.", param="reason")
+    removed, _ = TOTPDevice.objects.filter(user=user).delete()
+    audit.record(
+        action="staff.second_factor_reset",
+        actor=actor,
+        target=user,
+        data={"devices": removed},
+        reason=reason[:500],
+    )
+    return removed

@@ -145,3 +145,39 @@ def test_the_dashboard_costs_the_same_queries_with_more_data(catalog):
     with CaptureQueriesContext(connection) as many:
         assert client.get("/admin/").status_code == 200
     assert len(many) == len(few)
+
+
+@pytest.mark.parametrize("group", ["Sales", "Operations", "Finance"])
+def test_every_link_on_the_dashboard_opens_for_the_group_that_sees_it(catalog, group):
+    import re
+
+    from .conftest import make_staff
+
+    org = OrganizationFactory(name="Fresh Startup")
+    book(catalog, org, 1, NEXT_HOUR, 4)
+    client = verified_client(make_staff(group))
+    page = client.get("/admin/").content.decode()
+    links = set(re.findall(r'href="(/admin/[^"#]*)"', page)) - {"/admin/logout/"}
+    assert links  # the panels and the app list link somewhere
+    for link in sorted(links):
+        assert client.get(link.replace("&amp;", "&")).status_code == 200, link
+
+
+def test_the_heatmap_costs_the_same_queries_with_more_pools(catalog):
+    from capacity.models import Cluster, GpuModel, ListPrice, Node
+
+    from .conftest import make_staff
+
+    client = verified_client(make_staff(superuser=True))
+    client.get("/admin/")
+    with CaptureQueriesContext(connection) as two_pools:
+        client.get("/admin/")
+    for n in range(3):
+        gpu = GpuModel.objects.create(slug=f"gpu-{n}", name=f"GPU {n}", memory_gb=80)
+        ListPrice.objects.create(gpu_model=gpu, region=catalog.east, price_per_gpu_hour=1)
+        cluster = Cluster.objects.create(code=f"extra-{n}", region=catalog.east, gpu_model=gpu)
+        Node.objects.create(cluster=cluster, hostname=f"extra-{n}-n01")
+    with CaptureQueriesContext(connection) as five_pools:
+        response = client.get("/admin/")
+    assert len(response.context["heatmap"].rows) == 5
+    assert len(five_pools) == len(two_pools)

@@ -190,3 +190,58 @@ def test_seed_demo_puts_staff_in_groups_with_a_stable_authenticator(monkeypatch,
     )
     assert client.post("/admin/two-factor/", {"code": code}).url == "/admin/"
     assert client.get("/admin/").status_code == 200
+
+
+def test_the_session_key_changes_when_the_second_factor_passes():
+    user = make_staff("Sales")
+    device = TOTPDevice.objects.create(user=user, name="phone", confirmed=True)
+    client = Client()
+    password_login(client, user.email)
+    after_password = client.session.session_key
+    client.post("/admin/two-factor/", {"code": code_for(device)})
+    assert client.session.session_key != after_password
+    assert client.get("/admin/").status_code == 200
+
+
+def test_authenticator_keys_are_never_shown_and_a_superuser_resets_a_lost_one():
+    from .conftest import verified_client
+
+    staff = make_staff("Operations", email="olive@hyperblock.test")
+    device = TOTPDevice.objects.create(user=staff, name="phone", confirmed=True)
+    root = make_staff(superuser=True, email="ada@hyperblock.test")
+    client = verified_client(root)
+    listing = client.get("/admin/otp_totp/totpdevice/").content.decode()
+    detail = client.get(f"/admin/otp_totp/totpdevice/{device.pk}/change/").content.decode()
+    for page in (listing, detail):
+        assert device.key not in page
+        assert "otpauth://" not in page
+    config = client.get(f"/admin/otp_totp/totpdevice/{device.pk}/config/", follow=True)
+    assert device.key not in config.content.decode()  # no QR page: Django's redirect only
+    url = "/admin/otp_totp/totpdevice/"
+    ask = client.post(url, {"action": "reset", "_selected_action": [device.pk]})
+    assert b"olive@hyperblock.test" in ask.content
+    no_reason = client.post(
+        url, {"action": "reset", "_selected_action": [device.pk], "apply": "yes", "reason": " "}
+    )
+    assert b"Say why" in no_reason.content
+    assert TOTPDevice.objects.filter(user=staff).count() == 1
+    done = client.post(
+        url,
+        {
+            "action": "reset",
+            "_selected_action": [device.pk],
+            "apply": "yes",
+            "reason": "Lost phone",
+        },
+    )
+    assert done.status_code == 302
+    assert TOTPDevice.objects.filter(user=staff).count() == 0
+    event = AuditEvent.objects.get(action="staff.second_factor_reset")
+    assert (event.actor, event.object_repr, event.reason, event.data) == (
+        root,
+        "olive@hyperblock.test",
+        "Lost phone",
+        {"devices": 1},
+    )
+    # Staff outside the superusers cannot see the list at all.
+    assert verified_client(make_staff("Sales")).get(url).status_code == 403
