@@ -1,5 +1,6 @@
 from django.contrib import admin
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
+from django.db import transaction
 from django.http import HttpRequest, HttpResponse
 
 from portal import audit
@@ -29,10 +30,11 @@ class UserAdmin(AuditedAdmin, DjangoUserAdmin):
     def user_change_password(
         self, request: HttpRequest, id: str, form_url: str = ""
     ) -> HttpResponse:
-        response = super().user_change_password(request, id, form_url)
-        if request.method == "POST" and response.status_code == 302:
-            user = User.objects.get(pk=id)
-            audit.record(action="user.password_set_by_staff", actor=request.user, target=user)
+        with transaction.atomic():  # the new password and its audit event, or neither
+            response = super().user_change_password(request, id, form_url)
+            if request.method == "POST" and response.status_code == 302:
+                user = User.objects.get(pk=id)
+                audit.record(action="user.password_set_by_staff", actor=request.user, target=user)
         return response
 
 
@@ -49,7 +51,9 @@ class InvitationAdmin(admin.ModelAdmin):
     ]
     list_select_related = ["organization"]
     search_fields = ["^email", "^organization__name"]
-    readonly_fields = [f.name for f in Invitation._meta.fields]
+    # The token's digest is of no use to anyone reading this page; it stays out of it.
+    fields = [f.name for f in Invitation._meta.fields if f.name not in ("id", "token_digest")]
+    readonly_fields = fields
 
     def has_add_permission(self, request: object) -> bool:
         return False

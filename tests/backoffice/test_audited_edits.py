@@ -114,3 +114,19 @@ def test_deleting_a_discount_is_audited():
     assert events("durationdiscount.deleted") == [
         ("ada@hyperblock.test", "staff", "7+ days: 5.00%", {})
     ]
+
+
+def test_an_invitation_page_never_shows_its_token_digest():
+    from accounts.services import invitation_create
+    from tests.conftest import member_of
+    from tests.factories import OrganizationFactory
+
+    org = OrganizationFactory()
+    invitation, token = invitation_create(
+        organization=org, actor=member_of(org, "owner"), email="new@example.com", role="member"
+    )
+    client = verified_client(make_staff("Sales"))
+    page = client.get(f"/admin/accounts/invitation/{invitation.pk}/change/").content.decode()
+    assert "new@example.com" in page
+    assert invitation.token_digest not in page
+    assert token not in page
