@@ -292,6 +292,27 @@ def invoice_retrieve(invoice_id: str) -> Any:
     return _read(_client().v1.invoices.retrieve, invoice_id)
 
 
+def invoice_void(*, invoice_id: str, idempotency_key: str) -> Any:
+    """Void an open invoice: nothing is owed on it any more."""
+    client = _client()
+    return _call(
+        lambda params, options=None: client.v1.invoices.void_invoice(invoice_id, params, options),
+        {},
+        idempotency_key,
+    )
+
+
+def credit_note_create(
+    *, invoice_id: str, amount_minor: int, memo: str, paid: bool, idempotency_key: str
+) -> Any:
+    """Credit part of an invoice: an open one owes that much less; on a paid one the amount
+    goes to the customer's Stripe balance, which the next invoice uses up first."""
+    params: dict[str, Any] = {"invoice": invoice_id, "amount": amount_minor, "memo": memo}
+    if paid:
+        params["credit_amount"] = amount_minor
+    return _call(_client().v1.credit_notes.create, params, idempotency_key)
+
+
 def dispute_retrieve(dispute_id: str) -> Any:
     return _read(_client().v1.disputes.retrieve, dispute_id)
 

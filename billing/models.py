@@ -117,6 +117,13 @@ class Refund(models.Model):
         SUCCEEDED = "succeeded", "Refunded"
         FAILED = "failed", "Failed"
 
+    class Settles(models.TextChoices):
+        """What a refund made by the system settles; each happens once per payment."""
+
+        NOTHING = "", "Nothing (a refund staff chose)"
+        CANCELLATION = "cancellation", "The reservation's cancellation"
+        FAILURE = "failure", "The reservation's failed provisioning"
+
     public_id = models.CharField(max_length=24, unique=True, default=new_refund_id, editable=False)
     payment = models.ForeignKey(Payment, on_delete=models.PROTECT, related_name="refunds")
     stripe_refund_id = models.CharField(max_length=64, unique=True, null=True, blank=True)
@@ -125,6 +132,7 @@ class Refund(models.Model):
     reason = models.CharField(max_length=300)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
     failure_message = models.CharField(max_length=300, blank=True)
+    settles = models.CharField(max_length=16, choices=Settles.choices, blank=True, default="")
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
@@ -140,6 +148,12 @@ class Refund(models.Model):
         constraints = [
             models.CheckConstraint(
                 condition=models.Q(amount__gt=0), name="billing_refund_amount_positive"
+            ),
+            # A cancellation or a failure is refunded once, however often settlement runs.
+            models.UniqueConstraint(
+                fields=["payment", "settles"],
+                condition=~models.Q(settles=""),
+                name="billing_refund_settles_once",
             ),
         ]
 

@@ -483,15 +483,27 @@ def _refund_in_full(payment: Payment, reason: str, *, tell_customer: bool = Fals
 
 
 # --- Refunds ------------------------------------------------------------------------------------
-def refund_issue(*, payment: Payment, amount: Decimal, reason: str, actor: User | None) -> Refund:
+def refund_issue(
+    *, payment: Payment, amount: Decimal, reason: str, actor: User | None, settles: str = ""
+) -> Refund:
     """Refund `amount` of a successful payment. The row is written first; its id is the
     idempotency key, so retrying a refund that timed out cannot pay out twice."""
-    return refund_send(refund_open(payment=payment, amount=amount, reason=reason, actor=actor))
+    return refund_send(
+        refund_open(payment=payment, amount=amount, reason=reason, actor=actor, settles=settles)
+    )
 
 
-def refund_open(*, payment: Payment, amount: Decimal, reason: str, actor: User | None) -> Refund:
+class AlreadySettled(Conflict):
+    default_code = "already_settled"
+
+
+def refund_open(
+    *, payment: Payment, amount: Decimal, reason: str, actor: User | None, settles: str = ""
+) -> Refund:
     """Write a pending refund after checking that it fits in what is left of the payment (under
-    the payment's lock). Nothing is sent: `refund_send` does that, outside any transaction."""
+    the payment's lock). Nothing is sent: `refund_send` does that, outside any transaction.
+    A refund that `settles` a cancellation or a failure is made once per payment
+    (AlreadySettled otherwise; a unique constraint holds it)."""
     if amount <= 0:
         raise ServiceError("Refund a positive amount.", param="amount")
     with transaction.atomic():
@@ -510,12 +522,15 @@ def refund_open(*, payment: Payment, amount: Decimal, reason: str, actor: User |
                 code="refund_too_large",
                 param="amount",
             )
+        if settles and locked.refunds.filter(settles=settles).exists():
+            raise AlreadySettled("This payment has already been refunded for that.")
         refund = Refund.objects.create(
             payment=locked,
             amount=amount,
             currency=locked.currency,
             reason=reason[:300],
             created_by=actor,
+            settles=settles,
         )
     return refund
 
@@ -611,9 +626,16 @@ def settle_reservation(*, reservation_id: int) -> None:
     """Do what money a reservation's state asks for. Safe to run any number of times."""
     reservation = Reservation.objects.select_related("organization").get(pk=reservation_id)
     if reservation.state == S.CANCELED and reservation.refund_due:
-        _settle_refund(reservation, reservation.refund_due, "Cancellation refund per the policy.")
+        _settle_refund(
+            reservation,
+            reservation.refund_due,
+            "Cancellation refund per the policy.",
+            Refund.Settles.CANCELLATION,
+        )
     elif reservation.state == S.FAILED:
-        _settle_refund(reservation, None, "Provisioning failed: full refund.")
+        _settle_refund(
+            reservation, None, "Provisioning failed: full refund.", Refund.Settles.FAILURE
+        )
     elif reservation.state in (S.SCHEDULED, S.PROVISIONING, S.ACTIVE) and (
         reservation.organization.on_invoice_terms
     ):
@@ -631,14 +653,103 @@ def settle_reservation(*, reservation_id: int) -> None:
         refund_send(refund)
 
 
-def _settle_refund(reservation: Reservation, amount: Decimal | None, reason: str) -> None:
-    payment = reservation.payments.filter(status=Payment.Status.SUCCEEDED, flagged=False).first()
-    if payment is None or payment.refunds.exists():
+def _settle_refund(
+    reservation: Reservation, amount: Decimal | None, reason: str, settles: str
+) -> None:
+    """Give back what a canceled or failed reservation is due (`amount`, or everything): to the
+    card it was paid with, or as a credit on its invoice. Once, however often it runs; refunds
+    finance made before (goodwill, a partial refund) only lower what is left to give back."""
+    if Invoice.objects.filter(reservation=reservation).exists():
+        _credit_invoice(reservation, amount, reason)
         return
-    amount = payment.refundable if amount is None else min(amount, payment.refundable)
-    if amount > 0:
-        refund = refund_issue(payment=payment, amount=amount, reason=reason, actor=None)
-        _mail_billing(reservation.organization, "payment_refunded", payment=payment, refund=refund)
+    payment = reservation.payments.filter(status=Payment.Status.SUCCEEDED, flagged=False).first()
+    if payment is None or payment.refunds.filter(settles=settles).exists():
+        return
+    pending = sum(
+        payment.refunds.filter(status=Refund.Status.PENDING).values_list("amount", flat=True),
+        Decimal("0.00"),
+    )
+    left = payment.refundable - pending
+    amount = left if amount is None else min(amount, left)
+    if amount <= 0:
+        return
+    try:
+        refund = refund_issue(
+            payment=payment, amount=amount, reason=reason, actor=None, settles=settles
+        )
+    except AlreadySettled:  # a concurrent settlement made it first
+        return
+    _mail_billing(reservation.organization, "payment_refunded", payment=payment, refund=refund)
+
+
+def _credit_invoice(reservation: Reservation, amount: Decimal | None, reason: str) -> None:
+    """Credit the invoice of a canceled or failed reservation on invoice terms: void it when
+    nothing is owed any more and it is still open, else a Stripe credit note for the amount
+    (on a paid invoice, to the customer's balance). The ledger books the credit once."""
+    invoice = Invoice.objects.get(reservation=reservation)
+    if not invoice.stripe_invoice_id:
+        return  # never sent, nothing booked: invoice_for_reservation no longer sends it
+    if LedgerEntry.objects.filter(kind=LedgerEntry.Kind.CREDIT, invoice=invoice).exists():
+        return
+    credit = invoice.amount if amount is None else min(amount, invoice.amount)
+    if credit <= 0:
+        return
+    stripe_invoice = gateway.invoice_retrieve(invoice.stripe_invoice_id)
+    key = f"credit:{reservation.public_id}"
+    voided = stripe_invoice.status == "open" and credit == invoice.amount
+    try:
+        if voided:
+            gateway.invoice_void(invoice_id=invoice.stripe_invoice_id, idempotency_key=key)
+        elif stripe_invoice.status in ("open", "paid"):
+            gateway.credit_note_create(
+                invoice_id=invoice.stripe_invoice_id,
+                amount_minor=to_minor(credit, invoice.currency),
+                memo=reason,
+                paid=stripe_invoice.status == "paid",
+                idempotency_key=key,
+            )
+    except gateway.GatewayUnavailable:
+        raise  # transient: the task retries
+    except gateway.PaymentError as exc:
+        _flag(
+            FinanceFlag.Kind.RECONCILIATION,
+            f"credit:{invoice.stripe_invoice_id}",
+            f"Could not credit {format_money(credit, invoice.currency)} on invoice "
+            f"{invoice.number or invoice.stripe_invoice_id} for {reservation.public_id} "
+            f"({reason}): {exc.message}",
+            organization=invoice.organization,
+        )
+        return
+    with transaction.atomic():
+        locked = Invoice.objects.select_for_update().get(pk=invoice.pk)
+        if LedgerEntry.objects.filter(kind=LedgerEntry.Kind.CREDIT, invoice=locked).exists():
+            return
+        if voided:
+            locked.status = Invoice.Status.VOID
+            locked.save(update_fields=["status"])
+        LedgerEntry.objects.create(
+            organization=locked.organization,
+            kind=LedgerEntry.Kind.CREDIT,
+            amount=-credit,
+            currency=locked.currency,
+            reservation=reservation,
+            invoice=locked,
+            description=f"Credit on invoice {locked.number or locked.stripe_invoice_id}: {reason}"[
+                :300
+            ],
+        )
+        audit.record(
+            action="invoice.credited",
+            actor=None,
+            organization=locked.organization,
+            target=locked,
+            data={"amount": str(credit), "voided": voided, "reservation": reservation.public_id},
+            reason=reason,
+        )
+    _mail_billing(
+        reservation.organization, "invoice_credited", invoice=locked, credit=credit,
+        reservation=reservation, voided=voided,
+    )  # fmt: skip
 
 
 def invoice_for_reservation(*, reservation: Reservation) -> Invoice:
@@ -715,15 +826,21 @@ def invoice_sync(*, stripe_invoice_id: str) -> Invoice | None:
             invoice.status = Invoice.Status.PAID
             invoice.paid_at = timezone.now()
             invoice.save(update_fields=["status", "paid_at"])
-            LedgerEntry.objects.create(
-                organization=invoice.organization,
-                kind=LedgerEntry.Kind.INVOICE_PAYMENT,
-                amount=-invoice.amount,
-                currency=invoice.currency,
-                reservation=invoice.reservation,
-                invoice=invoice,
-                description=f"Payment of invoice {invoice.number or invoice.stripe_invoice_id}",
+            # What the customer paid: less than the amount when a credit note lowered it.
+            paid_minor = getattr(stripe_invoice, "amount_paid", None)
+            paid = (
+                invoice.amount if paid_minor is None else from_minor(paid_minor, invoice.currency)
             )
+            if paid > 0:
+                LedgerEntry.objects.create(
+                    organization=invoice.organization,
+                    kind=LedgerEntry.Kind.INVOICE_PAYMENT,
+                    amount=-paid,
+                    currency=invoice.currency,
+                    reservation=invoice.reservation,
+                    invoice=invoice,
+                    description=f"Payment of invoice {invoice.number or invoice.stripe_invoice_id}",
+                )
         elif (
             stripe_invoice.status in ("uncollectible", "void")
             and invoice.status != stripe_invoice.status

@@ -1,12 +1,13 @@
 from datetime import timedelta
 
 from celery import shared_task
+from django.db.models import Q
 from django.utils import timezone
 
 from capacity.models import Reservation
 
 from . import gateway, metering, reconciliation, services, webhooks
-from .models import Refund, WebhookEvent, WebhookProcessing
+from .models import LedgerEntry, Refund, WebhookEvent, WebhookProcessing
 
 TRANSIENT = (gateway.GatewayUnavailable,)
 
@@ -32,12 +33,22 @@ def settle_reservation(*, reservation_id: int) -> None:
 @shared_task(name="billing.settle_pending")
 def settle_pending() -> int:
     """Safety net for settle_reservation: refunds due, invoices missing, refunds half-sent."""
-    reservations = Reservation.objects.filter(
-        state=Reservation.State.CANCELED,
-        refund_due__gt=0,
-        payments__status="succeeded",
-        payments__refunds__isnull=True,
-    ).values_list("pk", flat=True)
+    # Canceled or failed and not yet given back: no settling refund on a card payment, or no
+    # credit on a sent invoice.
+    owed = Reservation.objects.filter(
+        Q(state=Reservation.State.CANCELED, refund_due__gt=0) | Q(state=Reservation.State.FAILED)
+    )
+    by_card = (
+        owed.filter(payments__status="succeeded", invoice__isnull=True)
+        .exclude(payments__refunds__settles__in=["cancellation", "failure"])
+        .values_list("pk", flat=True)
+    )
+    by_invoice = (
+        owed.filter(invoice__stripe_invoice_id__isnull=False)
+        .exclude(invoice__in=LedgerEntry.objects.filter(kind="credit").values("invoice"))
+        .values_list("pk", flat=True)
+    )
+    reservations = {*by_card, *by_invoice}
     invoiced = Reservation.objects.filter(
         organization__payment_terms="invoice",
         invoice__isnull=True,

@@ -1,0 +1,202 @@
+"""What a canceled or failed reservation gets back, given once however often settlement runs:
+a refund to the card (after any refund finance already made), or a credit on its invoice.
+
+localstripe has no invoices or credit notes, so those calls are answered at the HTTP boundary,
+shaped like Stripe's; everything else goes to the real localstripe."""
+
+import json
+import re
+from datetime import timedelta
+from decimal import Decimal
+from urllib.parse import parse_qsl
+
+import pytest
+import responses
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from accounts.models import Organization
+from billing import selectors, services, tasks
+from billing.models import Invoice, LedgerEntry, Payment, Refund
+from capacity import services as capacity_services
+from capacity.models import Reservation
+from portal.models import AuditEvent
+
+from .conftest import held_reservation
+from .test_invoices_and_disputes import invoice_json
+from .test_payments import pay
+
+S = Reservation.State
+pytestmark = pytest.mark.usefixtures("stripe_api")
+
+
+def ten_days_out() -> object:
+    return timezone.now().replace(minute=0, second=0, microsecond=0) + timedelta(days=10)
+
+
+def test_a_cancellation_refund_comes_after_a_goodwill_refund_and_only_once(
+    catalog, organization, owner, stripe_api
+):
+    reservation = held_reservation(organization, owner, catalog, start=ten_days_out())
+    payment = pay(reservation, owner, stripe_api)
+    services.refund_issue(payment=payment, amount=Decimal("100.00"), reason="Goodwill", actor=owner)
+    reservation.refresh_from_db()
+    capacity_services.reservation_cancel(reservation=reservation, actor=owner, reason="Plans")
+    for _ in range(3):
+        services.settle_reservation(reservation_id=reservation.pk)
+    payment.refresh_from_db()
+    assert sorted(Refund.objects.values_list("amount", "settles", "status")) == [
+        (Decimal("100.00"), "", "succeeded"),
+        (Decimal("668.00"), "cancellation", "succeeded"),  # all that was left of 768.00
+    ]
+    assert payment.amount_refunded == Decimal("768.00")
+    assert tasks.settle_pending() == 0  # nothing left for the sweep
+
+
+def test_the_database_holds_one_settling_refund_per_payment(
+    catalog, organization, owner, stripe_api
+):
+    payment = pay(held_reservation(organization, owner, catalog), owner, stripe_api)
+    Refund.objects.create(
+        payment=payment, amount=Decimal("1.00"), currency="usd", reason="x", settles="failure"
+    )
+    with pytest.raises(IntegrityError), transaction.atomic():
+        Refund.objects.create(
+            payment=payment, amount=Decimal("1.00"), currency="usd", reason="y", settles="failure"
+        )
+    with pytest.raises(services.AlreadySettled):
+        services.refund_open(
+            payment=payment, amount=Decimal("1.00"), reason="z", actor=None, settles="failure"
+        )
+    assert Refund.objects.filter(payment=payment).count() == 1
+
+
+@pytest.fixture
+def stripe_invoice(stripe_api):
+    """One Stripe invoice (in_test_1) with void and credit notes; its state is a dict."""
+    state = {"status": "open", "amount": 0, "paid": None, "calls": []}
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        mock.add_passthru(stripe_api)
+        base = re.escape(stripe_api)
+
+        def answer(request=None):
+            body = invoice_json("in_test_1", state["status"], "cus_1", state["amount"])
+            if state["paid"] is not None:
+                body["amount_paid"] = state["paid"]
+            return 200, {}, json.dumps(body)
+
+        def create(request):
+            state["calls"].append(("create", request.headers.get("Idempotency-Key"), {}))
+            return answer()
+
+        def item(request):
+            state["amount"] = int(dict(parse_qsl(request.body))["amount"])
+            return 200, {}, json.dumps({"id": "ii_1", "object": "invoiceitem"})
+
+        def void(request):
+            state["status"] = "void"
+            state["calls"].append(("void", request.headers.get("Idempotency-Key"), {}))
+            return answer()
+
+        def credit_note(request):
+            body = dict(parse_qsl(request.body))
+            state["calls"].append(("credit_note", request.headers.get("Idempotency-Key"), body))
+            return 200, {}, json.dumps({"id": "cn_1", "object": "credit_note", **body})
+
+        mock.add_callback(responses.POST, re.compile(base + r"/v1/invoices$"), callback=create)
+        mock.add_callback(responses.POST, re.compile(base + r"/v1/invoiceitems$"), callback=item)
+        for step in ("finalize", "send"):
+            mock.add_callback(
+                responses.POST, re.compile(base + rf"/v1/invoices/in_test_1/{step}$"), answer
+            )
+        mock.add_callback(
+            responses.POST, re.compile(base + r"/v1/invoices/in_test_1/void$"), callback=void
+        )
+        mock.add_callback(responses.GET, re.compile(base + r"/v1/invoices/in_test_1$"), answer)
+        mock.add_callback(
+            responses.POST, re.compile(base + r"/v1/credit_notes$"), callback=credit_note
+        )
+        yield state
+
+
+def invoiced(catalog, organization, owner) -> Reservation:
+    Organization.objects.filter(pk=organization.pk).update(
+        payment_terms="invoice", payment_days=30, credit_limit=Decimal("10000")
+    )
+    organization.refresh_from_db()
+    reservation = held_reservation(organization, owner, catalog, start=ten_days_out())
+    services.settle_reservation(reservation_id=reservation.pk)  # sends the invoice
+    assert Invoice.objects.get(reservation=reservation).stripe_invoice_id == "in_test_1"
+    assert selectors.balance(organization) == Decimal("768.00")
+    return reservation
+
+
+def credits(organization) -> list:
+    return list(
+        LedgerEntry.objects.filter(organization=organization, kind="credit").values_list(
+            "amount", "invoice__status"
+        )
+    )
+
+
+def test_canceling_an_invoiced_reservation_in_full_voids_its_open_invoice(
+    catalog, organization, owner, stripe_invoice
+):
+    reservation = invoiced(catalog, organization, owner)
+    capacity_services.reservation_cancel(reservation=reservation, actor=owner, reason="Plans")
+    for _ in range(2):
+        services.settle_reservation(reservation_id=reservation.pk)
+    assert [c[0] for c in stripe_invoice["calls"]] == ["create", "void"]
+    assert stripe_invoice["calls"][1][1] == f"credit:{reservation.public_id}"
+    assert credits(organization) == [(Decimal("-768.00"), "void")]
+    assert selectors.balance(organization) == Decimal("0.00")
+    assert Refund.objects.count() == Payment.objects.count() == 0
+    event = AuditEvent.objects.get(action="invoice.credited")
+    assert event.data == {"amount": "768.00", "voided": True, "reservation": reservation.public_id}
+    assert tasks.settle_pending() == 0
+
+
+def test_a_partial_credit_is_a_credit_note_and_the_payment_books_what_was_paid(
+    catalog, organization, owner, stripe_invoice, settings
+):
+    settings.CAPACITY_CANCELLATION_POLICY = [(timedelta(days=30), 100), (timedelta(0), 50)]
+    reservation = invoiced(catalog, organization, owner)
+    capacity_services.reservation_cancel(reservation=reservation, actor=owner, reason="Plans")
+    services.settle_reservation(reservation_id=reservation.pk)
+    services.settle_reservation(reservation_id=reservation.pk)
+    assert [
+        (c[0], c[2].get("amount"), c[2].get("credit_amount")) for c in stripe_invoice["calls"]
+    ] == [
+        ("create", None, None),
+        ("credit_note", "38400", None),
+    ]
+    assert credits(organization) == [(Decimal("-384.00"), "open")]
+    # The customer pays what the invoice still asks for.
+    stripe_invoice.update(status="paid", paid=38400)
+    services.invoice_sync(stripe_invoice_id="in_test_1")
+    services.invoice_sync(stripe_invoice_id="in_test_1")
+    assert list(
+        LedgerEntry.objects.filter(kind="invoice_payment").values_list("amount", flat=True)
+    ) == [Decimal("-384.00")]
+    assert selectors.balance(organization) == Decimal("0.00")
+
+
+def test_a_failed_block_on_a_paid_invoice_is_credited_to_the_customers_balance(
+    catalog, organization, owner, stripe_invoice
+):
+    reservation = invoiced(catalog, organization, owner)
+    stripe_invoice.update(status="paid", paid=76800)
+    services.invoice_sync(stripe_invoice_id="in_test_1")
+    assert selectors.balance(organization) == Decimal("0.00")
+    Reservation.objects.filter(pk=reservation.pk).update(state=S.FAILED)
+    assert tasks.settle_pending() == 1  # the sweep sees the credit owed
+    services.settle_reservation(reservation_id=reservation.pk)
+    note = stripe_invoice["calls"][-1]
+    assert (note[0], note[2]["amount"], note[2]["credit_amount"]) == (
+        "credit_note",
+        "76800",
+        "76800",
+    )
+    assert credits(organization) == [(Decimal("-768.00"), "paid")]
+    assert selectors.balance(organization) == Decimal("-768.00")  # a credit for next time
+    assert tasks.settle_pending() == 0
