@@ -68,10 +68,11 @@ def provision(reservation_id: int) -> str:
     reservation = Reservation.objects.select_related("organization").get(pk=reservation_id)
     if reservation.state != S.PROVISIONING:
         return reservation.state
+    nodes = _nodes(reservation)
     access = get_driver().provision(
         key=f"provision:{reservation.public_id}",
         account=reservation.organization.slug,
-        nodes=_nodes(reservation),
+        nodes=nodes,
         starts_at=reservation.starts_at,
         ends_at=reservation.ends_at,
     )
@@ -81,6 +82,9 @@ def provision(reservation_id: int) -> str:
             # Canceled while the nodes came up: take them down again.
             transaction.on_commit(lambda: _deprovision(locked))
             return locked.state
+        if _nodes(locked) != nodes or locked.ends_at != reservation.ends_at:
+            # A node was swapped (or the end moved) while the driver worked: catch up.
+            _enqueue_after_commit("capacity.sync_block", locked.pk)
         lifecycle.transition(
             reservation=locked,
             to=S.ACTIVE,
@@ -129,6 +133,39 @@ def _deprovision(reservation: Reservation) -> None:
         )
     except Exception:  # best effort; reconcile finds leftovers through node health
         logger.exception("tearing down %s failed", reservation.public_id)
+
+
+# --- Changes to a running block --------------------------------------------------------------
+def sync_block_after_commit(reservation: Reservation) -> None:
+    """An active block's end moved or one of its nodes was swapped: once committed, have the
+    driver make the running block match (the Slurm reservation's end and nodes)."""
+    if reservation.state == S.ACTIVE:
+        _enqueue_after_commit("capacity.sync_block", reservation.pk)
+
+
+def sync_block(reservation_id: int) -> str:
+    """Tell the driver an active block's current nodes and end. Idempotent: a block that
+    already matches is left alone. Raises the driver's errors for the task to handle."""
+    reservation = Reservation.objects.get(pk=reservation_id)
+    if reservation.state != S.ACTIVE:
+        return reservation.state
+    get_driver().extend(
+        key=f"extend:{reservation.public_id}",
+        nodes=_nodes(reservation),
+        ends_at=reservation.ends_at,
+    )
+    return "synced"
+
+
+def sync_failed(reservation_id: int, reason: str) -> None:
+    """The backend refused the change: operations must reconcile it by hand."""
+    reservation = Reservation.objects.get(pk=reservation_id)
+    Incident.objects.create(
+        kind=Incident.Kind.STUCK,
+        reservation=reservation,
+        detail=f"{reservation.public_id}: the backend did not take its new end or nodes: {reason}",
+    )
+    logger.error("syncing %s failed: %s", reservation.public_id, reason)
 
 
 # --- End -----------------------------------------------------------------------------------------
@@ -292,4 +329,5 @@ def move_allocation(*, move: selectors.Move, now: datetime, actor: Any | None, r
         data={"from": allocation.node.hostname, "to": spare.hostname},
         reason=reason,
     )
+    sync_block_after_commit(reservation)
     return spare

@@ -551,6 +551,7 @@ def _extend_locked(*, reservation: Reservation, actor: User, hours: int) -> Rese
             "currency": quote.currency,
         },
     )
+    provisioning.sync_block_after_commit(locked)  # a running block's backend must end later too
     return locked
 
 

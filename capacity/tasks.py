@@ -68,3 +68,23 @@ def release(*, reservation_id: int, attempt: int = 0) -> str:
             countdown=_backoff(min(attempt, 7)),
         )
         return "retrying"
+
+
+@shared_task(name="capacity.sync_block", acks_late=True, reject_on_worker_lost=True)
+def sync_block(*, reservation_id: int, attempt: int = 0) -> str:
+    """Make a running block's backend match its end and nodes (after an extension or a node
+    swap); transient errors are retried with backoff, a refusal opens an incident."""
+    try:
+        return provisioning.sync_block(reservation_id)
+    except TransientDriverError as exc:
+        if attempt >= settings.PROVISIONING_MAX_RETRIES:
+            provisioning.sync_failed(reservation_id, f"{exc} (gave up after retries)")
+            return "failed"
+        sync_block.apply_async(
+            kwargs={"reservation_id": reservation_id, "attempt": attempt + 1},
+            countdown=_backoff(attempt),
+        )
+        return "retrying"
+    except PermanentDriverError as exc:
+        provisioning.sync_failed(reservation_id, str(exc))
+        return "failed"

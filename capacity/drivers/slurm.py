@@ -70,8 +70,9 @@ PERMANENT_MARKERS = (
     "requested reservation is invalid",
     "invalid reservation",
 )
-# Down, failing or drained nodes, as sinfo --json reports them (base state or flag).
-UNHEALTHY_STATES = frozenset({"DOWN", "FAIL", "FAILING", "ERROR", "FUTURE", "UNKNOWN"})
+# Down, failing or drained nodes, as sinfo --json reports them (base state or flag). UNKNOWN is
+# not among them: every node is UNKNOWN for a moment after slurmctld restarts.
+UNHEALTHY_STATES = frozenset({"DOWN", "FAIL", "ERROR"})
 UNHEALTHY_FLAGS = frozenset({"DRAIN", "DRAINING", "DRAINED", "NOT_RESPONDING", "FAIL"})
 
 

@@ -157,12 +157,23 @@ class SlurmCluster:
         shutil.rmtree(self.root, ignore_errors=True)
 
     def start_controller(self) -> None:
+        running = self.procs.get("slurmctld")
+        if running is not None and running.poll() is None:
+            return
         self._spawn("slurmctld", ["slurmctld", "-D", "-i"])
         _wait(
             "slurmctld answers",
             lambda: self.scontrol("ping", check=False).stdout.count("is UP"),
             timeout=20,
         )
+        # A restarted controller knows its nodes again once their slurmd registers.
+        running = [n for n in self.node_names if f"slurmd:{n}" in self.procs]
+
+        def registered() -> bool:
+            states = self.node_states()
+            return all(states.get(n, ["UNKNOWN"])[0] != "UNKNOWN" for n in running)
+
+        _wait("slurmd registered again", registered, timeout=30, interval=0.2)
 
     def stop_controller(self) -> None:
         self._terminate("slurmctld")

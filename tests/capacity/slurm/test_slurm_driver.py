@@ -1,0 +1,293 @@
+"""The Slurm driver against a real controller with fake GPU nodes (conftest.py): every outcome
+is read back from Slurm's own view (`scontrol -o show res NAME`)."""
+
+import re
+from datetime import timedelta
+
+import pytest
+from django.core import mail
+
+from accounts.permissions import Role
+from capacity import operations, provisioning, services, tasks
+from capacity.drivers import PermanentDriverError, get_driver
+from capacity.drivers.slurm import Runner, format_time
+from capacity.models import Incident, Node, Reservation
+from tests.factories import MembershipFactory, UserFactory
+
+from .conftest import block
+
+S = Reservation.State
+pytestmark = pytest.mark.django_db
+
+
+def state(reservation: Reservation) -> str:
+    reservation.refresh_from_db()
+    return reservation.state
+
+
+def start(reservation: Reservation, capture) -> None:  # type: ignore[no-untyped-def]
+    """What the beat does at the start: provisioning, then the (eager) provision task."""
+    with capture(execute=True):
+        assert provisioning.start(reservation)
+
+
+def test_provision_extend_and_end_a_block(
+    slurm, slurm_org, inventory, django_capture_on_commit_callbacks
+):
+    cluster = inventory(["gpu001", "gpu002"])
+    owner = MembershipFactory(organization=slurm_org, role=Role.OWNER).user
+    reservation = block(slurm_org, cluster, ["gpu001", "gpu002"])
+    name = reservation.public_id
+
+    start(reservation, django_capture_on_commit_callbacks)
+    assert state(reservation) == S.ACTIVE
+    view = slurm.reservation(name)
+    assert (view["Nodes"], view["Accounts"], view["State"]) == (
+        "gpu[001-002]",
+        "acme-labs",
+        "ACTIVE",
+    )
+    assert view["EndTime"] == format_time(reservation.ends_at)
+    access = reservation.access_details
+    assert [(n["hostname"], n["ssh_host"], n["ssh_user"]) for n in access["nodes"]] == [
+        ("gpu001", "login.test.example", "acme-labs"),
+        ("gpu002", "login.test.example", "acme-labs"),
+    ]
+    assert f"sbatch --reservation={name} --account=acme-labs --nodes=2" in access["instructions"]
+    assert reservation.access_secret == ""
+
+    with django_capture_on_commit_callbacks(execute=True):
+        services.reservation_extend(reservation=reservation, actor=owner, hours=3)
+    reservation.refresh_from_db()
+    assert slurm.reservation(name)["EndTime"] == format_time(reservation.ends_at)
+    assert slurm.reservation(name)["Nodes"] == "gpu[001-002]"
+
+    with django_capture_on_commit_callbacks(execute=True):
+        assert provisioning.end_due(now=reservation.ends_at) == 1
+    assert state(reservation) == S.COMPLETED
+    assert slurm.reservation(name) is None
+
+
+def test_canceling_a_block_being_provisioned_deletes_its_slurm_reservation(
+    slurm, slurm_org, inventory, django_capture_on_commit_callbacks
+):
+    cluster = inventory(["gpu003"])
+    reservation = block(slurm_org, cluster, ["gpu003"], state=S.PROVISIONING)
+    # The worker made the Slurm reservation, then was lost before it recorded anything.
+    get_driver().provision(
+        key=f"provision:{reservation.public_id}",
+        account=slurm_org.slug,
+        nodes=["gpu003"],
+        starts_at=reservation.starts_at,
+        ends_at=reservation.ends_at,
+    )
+    assert slurm.reservation(reservation.public_id)["Nodes"] == "gpu003"
+    staff = UserFactory(is_staff=True, is_superuser=True)
+    with django_capture_on_commit_callbacks(execute=True):
+        operations.reservation_cancel(
+            reservation=reservation, actor=staff, reason="Customer asked", refund="full"
+        )
+    assert state(reservation) == S.CANCELED
+    assert slurm.reservation(reservation.public_id) is None
+
+
+def test_a_job_of_another_account_is_refused_on_a_reserved_node(
+    slurm, slurm_org, inventory, django_capture_on_commit_callbacks
+):
+    cluster = inventory(["gpu004"])
+    reservation = block(slurm_org, cluster, ["gpu004"])
+    start(reservation, django_capture_on_commit_callbacks)
+    name = reservation.public_id
+
+    refused = slurm.run(
+        "sbatch", f"--reservation={name}", "--account=other-co", "--wrap=true", check=False
+    )
+    assert refused.returncode == 1
+    assert refused.stderr.strip() == (
+        "sbatch: error: Batch job submission failed: Access denied to requested reservation"
+    )
+    outside = slurm.run(
+        "srun", "--immediate=2", "-w", "gpu004", "--account=other-co", "true", check=False
+    )
+    assert outside.returncode == 1
+    assert "Requested nodes are busy" in outside.stderr
+
+    ran = slurm.run(
+        "srun",
+        f"--reservation={name}",
+        "--account=acme-labs",
+        "printenv",
+        "SLURMD_NODENAME",
+        check=False,
+    )
+    assert (ran.returncode, ran.stdout.strip()) == (0, "gpu004")
+    jobs = slurm.run("squeue", "-h", "-o", "%A", check=False).stdout.split()
+    assert jobs == []
+
+
+def test_an_overlap_refused_by_slurm_fails_refunds_and_tells_operations(
+    slurm, slurm_org, inventory, django_capture_on_commit_callbacks
+):
+    cluster = inventory(["gpu005"])
+    reservation = block(slurm_org, cluster, ["gpu005"])
+    # Someone booked the node in Slurm behind our back.
+    slurm.scontrol(
+        "create",
+        "reservation",
+        "ReservationName=maint_gpu005",
+        "Nodes=gpu005",
+        "StartTime=now",
+        "Duration=600",
+        "Accounts=other-co",
+    )
+    mail.outbox.clear()
+    start(reservation, django_capture_on_commit_callbacks)
+    assert state(reservation) == S.FAILED
+    incident = Incident.objects.get(reservation=reservation)
+    assert (incident.kind, incident.detail) == (
+        Incident.Kind.PROVISIONING_FAILED,
+        "Slurm (scontrol): Error creating the reservation: "
+        "Requested reservation overlaps with another reservation",
+    )
+    assert [m.subject for m in mail.outbox] == [f"We could not bring up {reservation.public_id}"]
+    assert slurm.reservation(reservation.public_id) is None
+    assert slurm.reservation("maint_gpu005")["Nodes"] == "gpu005"  # theirs is untouched
+
+
+def test_the_controller_stopped_mid_provision_is_retried_and_succeeds_once_back(
+    slurm, slurm_org, inventory, monkeypatch, django_capture_on_commit_callbacks
+):
+    cluster = inventory(["gpu006"])
+    reservation = block(slurm_org, cluster, ["gpu006"])
+    real_call = Runner.__call__
+    stopped = []
+
+    def controller_dies_before_create(self, command, *args):  # type: ignore[no-untyped-def]
+        if args[:2] == ("create", "reservation") and not stopped:
+            slurm.stop_controller()
+            stopped.append(True)
+        return real_call(self, command, *args)
+
+    retries = []  # what the broker would deliver after the countdown
+    send = tasks.provision.apply_async
+
+    def broker(args=None, kwargs=None, **options):  # type: ignore[no-untyped-def]
+        if kwargs.get("attempt", 0) == 0:
+            return send(args, kwargs, **options)
+        retries.append({"kwargs": kwargs, **options})
+        return None
+
+    monkeypatch.setattr(Runner, "__call__", controller_dies_before_create)
+    monkeypatch.setattr(tasks.provision, "apply_async", broker)
+    try:
+        start(reservation, django_capture_on_commit_callbacks)
+        assert state(reservation) == S.PROVISIONING
+        assert retries == [
+            {"kwargs": {"reservation_id": reservation.pk, "attempt": 1}, "countdown": 5}
+        ]
+    finally:
+        slurm.start_controller()
+    assert slurm.reservation(reservation.public_id) is None
+
+    assert tasks.provision(**retries.pop()["kwargs"]) == S.ACTIVE
+    assert state(reservation) == S.ACTIVE
+    assert slurm.reservation(reservation.public_id)["Nodes"] == "gpu006"
+    assert Incident.objects.count() == 0
+
+
+def test_every_call_twice_changes_nothing_the_second_time(
+    slurm, slurm_org, inventory, django_capture_on_commit_callbacks
+):
+    cluster = inventory(["gpu007", "gpu008"])
+    reservation = block(slurm_org, cluster, ["gpu007", "gpu008"])
+    name = reservation.public_id
+    driver = get_driver()
+    kwargs = {
+        "key": f"provision:{name}",
+        "account": slurm_org.slug,
+        "nodes": ["gpu007", "gpu008"],
+        "starts_at": reservation.starts_at,
+        "ends_at": reservation.ends_at,
+    }
+    first = driver.provision(**kwargs)
+    view = slurm.scontrol("-o", "show", "res", name).stdout
+    assert driver.provision(**kwargs) == first
+    assert slurm.scontrol("-o", "show", "res", name).stdout == view
+
+    later = reservation.ends_at + timedelta(hours=2)
+    driver.extend(key=f"extend:{name}", nodes=["gpu007", "gpu008"], ends_at=later)
+    view = slurm.scontrol("-o", "show", "res", name).stdout
+    driver.extend(key=f"extend:{name}", nodes=["gpu007", "gpu008"], ends_at=later)
+    assert slurm.scontrol("-o", "show", "res", name).stdout == view
+    assert slurm.reservation(name)["EndTime"] == format_time(later)
+
+    # Provisioning the first window again now finds a different end: refused, not changed.
+    with pytest.raises(PermanentDriverError, match=f"reservation named {name} with end"):
+        driver.provision(**kwargs)
+    assert slurm.scontrol("-o", "show", "res", name).stdout == view
+
+    driver.deprovision(key=f"deprovision:{name}", nodes=["gpu007", "gpu008"])
+    assert slurm.reservation(name) is None
+    driver.deprovision(key=f"deprovision:{name}", nodes=["gpu007", "gpu008"])  # gone is done
+    assert slurm.reservation(name) is None
+
+    # The lifecycle too: starting twice provisions once.
+    start(reservation, django_capture_on_commit_callbacks)
+    with django_capture_on_commit_callbacks(execute=True):
+        assert provisioning.start(reservation) is False
+        assert tasks.provision(reservation_id=reservation.pk) == S.ACTIVE
+    assert slurm.reservations() == [name]
+
+
+def test_a_drained_node_goes_to_maintenance_with_slurms_reason_and_its_block_is_flagged(
+    slurm, slurm_org, inventory, django_capture_on_commit_callbacks
+):
+    cluster = inventory(["gpu009"])
+    reservation = block(slurm_org, cluster, ["gpu009"])
+    start(reservation, django_capture_on_commit_callbacks)
+    slurm.scontrol("update", "NodeName=gpu009", "State=DRAIN", "Reason=fan failure")
+    try:
+        with django_capture_on_commit_callbacks(execute=True):
+            assert provisioning.reconcile() == {"retried": 0, "unhealthy": 1, "healed": 0}
+        node = Node.objects.get(hostname="gpu009")
+        assert node.status == Node.Status.MAINTENANCE
+        # Slurm marks a node RESERVED some time after its reservation starts.
+        assert re.fullmatch(r"Slurm: IDLE\+DRAIN(\+RESERVED)?: fan failure", node.status_reason)
+        flagged = Incident.objects.get(reservation=reservation)
+        assert flagged.detail == (
+            f"gpu009 failed under {reservation.public_id}; no spare in slurm-test."
+        )
+        # Twice: the node is in maintenance now, nothing more happens.
+        with django_capture_on_commit_callbacks(execute=True):
+            assert provisioning.reconcile() == {"retried": 0, "unhealthy": 0, "healed": 0}
+        assert Incident.objects.count() == 2
+    finally:
+        slurm.scontrol("update", "NodeName=gpu009", "State=RESUME")
+
+
+def test_a_killed_slurmd_puts_its_node_into_maintenance_and_the_block_moves_to_a_spare(
+    slurm, slurm_org, inventory, django_capture_on_commit_callbacks
+):
+    cluster = inventory(["gpu011", "gpu012"])
+    reservation = block(slurm_org, cluster, ["gpu011"])
+    start(reservation, django_capture_on_commit_callbacks)
+    name = reservation.public_id
+    assert slurm.reservation(name)["Nodes"] == "gpu011"
+    slurm.kill_slurmd("gpu011")
+    try:
+        slurm.wait_state("gpu011", "NOT_RESPONDING", timeout=45)
+        with django_capture_on_commit_callbacks(execute=True):
+            assert provisioning.reconcile() == {"retried": 0, "unhealthy": 1, "healed": 1}
+        node = Node.objects.get(hostname="gpu011")
+        assert node.status == Node.Status.MAINTENANCE
+        assert node.status_reason.startswith("Slurm: ")
+        assert "NOT_RESPONDING" in node.status_reason
+        assert provisioning._nodes(reservation) == ["gpu012"]
+        assert slurm.reservation(name)["Nodes"] == "gpu012"  # Slurm's reservation moved too
+        assert state(reservation) == S.ACTIVE
+        assert list(Incident.objects.values_list("kind", "detail")) == [
+            (Incident.Kind.NODE_SWAPPED, f"gpu011 replaced by gpu012 in {name}."),
+            (Incident.Kind.NODE_UNHEALTHY, node.status_reason),
+        ]
+    finally:
+        slurm.start_slurmd("gpu011")
