@@ -239,6 +239,12 @@ class ClusterAdmin(AuditedAdmin):
     search_fields = ["^code"]
     change_form_template = "admin/capacity/cluster/change_form.html"
 
+    def get_readonly_fields(self, request: HttpRequest, obj: Cluster | None = None) -> list[str]:
+        # A cluster's nodes are booked as its GPU model in its region: moving the cluster would
+        # move bookings with it, so a different pool is a new cluster.
+        fixed = ["region", "gpu_model"] if obj is not None else []
+        return [*super().get_readonly_fields(request, obj), *fixed]
+
     def get_queryset(self, request: HttpRequest) -> QuerySet[Cluster]:
         return (
             super()
@@ -363,6 +369,12 @@ class NodeAdmin(OperationsMixin, HostnameSearch, AuditedAdmin):
     hostname_lookup = "hostname__startswith"
     readonly_fields = ["status", "status_reason", "created_at"]
     fields = ["hostname", "cluster", "gpu_count", "status", "status_reason", "created_at"]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Node | None = None) -> list[str]:
+        # Allocations carry the node's cluster (availability is read per cluster): a node that
+        # changed cluster under live bookings could be sold twice. It is retired and re-added.
+        return [*super().get_readonly_fields(request, obj), *(["cluster"] if obj else [])]
+
     actions = ["drain", "restore"]
     show_full_result_count = False
 
@@ -763,9 +775,10 @@ class ReservationAdmin(OperationsMixin, admin.ModelAdmin):
                 if obj.state in states
             ]
             context["changelist_url"] = reverse("admin:capacity_reservation_changelist")
-            context["timeline_url"] = reverse(
-                "admin:capacity_cluster_timeline", args=[obj.cluster_id]
-            )
+            if request.user.has_perm("capacity.view_cluster"):
+                context["timeline_url"] = reverse(
+                    "admin:capacity_cluster_timeline", args=[obj.cluster_id]
+                )
         return super().render_change_form(request, context, add, change, form_url, obj)
 
     def _rows(self, reservations: list[Reservation], extra: Callable[[Reservation], list]) -> list:
