@@ -3,6 +3,7 @@ from decimal import Decimal
 from django.db.models import QuerySet, Sum
 
 from accounts.models import Organization
+from capacity.models import Reservation
 
 from .models import Invoice, LedgerEntry, Payment, Refund
 
@@ -31,6 +32,22 @@ def balance(organization: Organization) -> Decimal:
     """What the organization owes now: the sum of its ledger."""
     total = ledger_for_org(organization).aggregate(total=Sum("amount"))["total"]
     return total or Decimal("0.00")
+
+
+def credit_used(organization: Organization) -> Decimal:
+    """Credit in use on invoice terms: what is owed now, plus reservations confirmed whose
+    invoice has not been sent yet (their charge is booked when it is)."""
+    S = Reservation.State
+    committed = (
+        Reservation.objects.filter(
+            organization=organization,
+            state__in=[S.SCHEDULED, S.PROVISIONING, S.ACTIVE, S.RELEASING, S.COMPLETED],
+        )
+        .exclude(invoice__stripe_invoice_id__isnull=False)
+        .exclude(payments__status="succeeded")
+        .aggregate(total=Sum("total"))["total"]
+    )
+    return balance(organization) + (committed or Decimal("0.00"))
 
 
 def spend_since(organization: Organization, since) -> Decimal:  # type: ignore[no-untyped-def]

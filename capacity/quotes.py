@@ -15,6 +15,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from accounts import credit
 from accounts.models import Organization, User
 from accounts.permissions import Permission
 from accounts.services import (
@@ -217,6 +218,7 @@ def _accept_locked(*, reservation: Reservation, actor: User) -> Reservation:
             f"{format_money(locked.total, locked.currency)} to confirm this quote.",
             code="pay_by_card",
         )
+    credit.require_credit(organization=organization, amount=locked.total)
     confirmed = lifecycle.transition(
         reservation=locked,
         to=S.SCHEDULED,

@@ -1,0 +1,53 @@
+"""Credit on invoice terms: what an organization owes and has committed, against its limit.
+
+Billing keeps the ledger, so it answers how much credit is in use; it registers that reader at
+start-up (`BillingConfig.ready`), and the apps below it (capacity confirms reservations on
+invoice terms) ask here without importing billing.
+"""
+
+from collections.abc import Callable
+from decimal import Decimal
+
+from django.core.exceptions import ImproperlyConfigured
+
+from portal.errors import Conflict
+from portal.money import format_money
+
+from .models import Organization
+
+_credit_used: Callable[[Organization], Decimal] | None = None
+
+
+class CreditLimitExceeded(Conflict):
+    default_code = "credit_limit_exceeded"
+
+
+def register(reader: Callable[[Organization], Decimal]) -> None:
+    global _credit_used  # one reader per process, set at start-up
+    _credit_used = reader
+
+
+def credit_used(organization: Organization) -> Decimal:
+    if _credit_used is None:
+        raise ImproperlyConfigured("No credit reader registered (is billing installed?).")
+    return _credit_used(organization)
+
+
+def require_credit(*, organization: Organization, amount: Decimal) -> None:
+    """Refuse confirming `amount` more on invoice terms past the credit limit. Call with the
+    organization's row locked (accounts.services.lock_organization) in the transaction that
+    confirms, so two confirmations cannot both fit in the same headroom."""
+    if not organization.on_invoice_terms:
+        return
+    used = credit_used(organization)
+    if used + amount > organization.credit_limit:
+        left = max(organization.credit_limit - used, Decimal("0.00"))
+        currency = organization.currency
+        raise CreditLimitExceeded(
+            f"This would take {organization.name} past its credit limit of "
+            f"{format_money(organization.credit_limit, currency)}: "
+            f"{format_money(used, currency)} is owed or committed, so "
+            f"{format_money(left, currency)} is left and this costs "
+            f"{format_money(amount, currency)}. Pay an open invoice first, or ask your "
+            "account manager to raise the limit.",
+        )

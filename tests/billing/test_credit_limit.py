@@ -1,0 +1,71 @@
+"""On invoice terms the credit limit holds: confirming more than is left is refused, counting
+what is owed and what is confirmed but not yet invoiced."""
+
+from decimal import Decimal
+
+import pytest
+
+from accounts import credit
+from accounts.models import Organization
+from billing import selectors
+from billing.models import LedgerEntry
+from capacity import quotes
+from capacity.models import Reservation
+from portal.models import AuditEvent
+from tests.capacity.test_quotes import quote
+
+S = Reservation.State
+pytestmark = pytest.mark.django_db
+
+
+def on_invoice(org: Organization, limit: str) -> None:
+    Organization.objects.filter(pk=org.pk).update(
+        payment_terms="invoice", payment_days=30, credit_limit=Decimal(limit)
+    )
+    org.refresh_from_db()
+
+
+def test_credit_in_use_is_the_balance_plus_what_is_confirmed_and_not_yet_invoiced(
+    catalog, organization, owner
+):
+    on_invoice(organization, "5000")
+    confirmed = quote(organization, catalog)  # 710.40, held: not counted until accepted
+    assert selectors.credit_used(organization) == Decimal("0.00")
+    Reservation.objects.filter(pk=confirmed.pk).update(state=S.SCHEDULED)
+    LedgerEntry.objects.create(
+        organization=organization, kind="usage", amount=Decimal("12.50"), currency="usd",
+        description="tokens",
+    )  # fmt: skip
+    assert selectors.credit_used(organization) == Decimal("722.90")
+    assert credit.credit_used(organization) == Decimal("722.90")  # through the registry
+
+
+def test_accepting_a_quote_past_the_limit_is_refused_and_changes_nothing(
+    catalog, organization, owner
+):
+    on_invoice(organization, "1000")
+    first = quote(organization, catalog)
+    quotes.quote_accept(reservation=first, actor=owner)
+    second = quote(organization, catalog)
+    with pytest.raises(credit.CreditLimitExceeded) as refused:
+        quotes.quote_accept(reservation=second, actor=owner)
+    assert refused.value.message == (
+        f"This would take {organization.name} past its credit limit of $1,000.00: $710.40 is "
+        "owed or committed, so $289.60 is left and this costs $710.40. Pay an open invoice "
+        "first, or ask your account manager to raise the limit."
+    )
+    assert refused.value.code == "credit_limit_exceeded"
+    second.refresh_from_db()
+    assert second.state == S.HELD
+    assert (
+        AuditEvent.objects.filter(
+            action="reservation.transition", object_id=str(second.pk), data__to="scheduled"
+        ).count()
+        == 0
+    )
+    on_invoice(organization, "1500")
+    assert quotes.quote_accept(reservation=second, actor=owner).state == S.SCHEDULED
+
+
+def test_card_customers_have_no_credit_to_check(organization):
+    assert credit.require_credit(organization=organization, amount=Decimal("1000000")) is None
