@@ -30,7 +30,7 @@ from portal.backoffice.audited import AuditedAdmin
 from portal.errors import ServiceError
 from portal.models import AuditEvent
 
-from . import operations, selectors, timeline
+from . import operations, selectors, slurm_inventory, timeline
 from .models import (
     Allocation,
     Cluster,
@@ -238,6 +238,31 @@ class ClusterAdmin(AuditedAdmin):
     list_select_related = ["region", "gpu_model"]
     search_fields = ["^code"]
     change_form_template = "admin/capacity/cluster/change_form.html"
+    actions = ["resync_from_slurm"]
+
+    def get_actions(self, request: HttpRequest) -> dict:
+        actions = super().get_actions(request)
+        if not slurm_inventory.enabled():  # nothing to sync from without the Slurm driver
+            actions.pop("resync_from_slurm", None)
+        return actions
+
+    @admin.action(description="Re-sync from Slurm", permissions=["change"])
+    def resync_from_slurm(self, request: HttpRequest, queryset: QuerySet[Cluster]) -> None:
+        """Read Slurm's nodes once, then make each selected cluster match (one message a row)."""
+        try:
+            nodes = slurm_inventory.read_nodes()
+        except ServiceError as exc:
+            messages.error(request, f"Slurm could not be read; nothing was changed. {exc.message}")
+            return
+        for cluster in queryset.order_by("code"):
+            try:
+                result = slurm_inventory.cluster_resync(
+                    cluster=cluster, actor=request.user, nodes=nodes
+                )
+            except ServiceError as exc:
+                messages.error(request, f"Cluster {cluster.code}: {exc.message}")
+                continue
+            messages.success(request, f"Cluster {result.summary()}.")
 
     def get_readonly_fields(self, request: HttpRequest, obj: Cluster | None = None) -> list[str]:
         # A cluster's nodes are booked as its GPU model in its region: moving the cluster would
