@@ -10,6 +10,7 @@ from decimal import Decimal
 import pytest
 
 from accounts.models import Organization
+from capacity import provisioning
 from capacity.models import Allocation, Cluster, GpuModel, ListPrice, Node, Region, Reservation
 
 from .cluster import INSTALL_HINT, NEEDED, NEEDED_ACCOUNTING, SlurmCluster, missing
@@ -136,3 +137,14 @@ def block(
             ends_at=ends_at,
         )
     return reservation
+
+
+def state(reservation: Reservation) -> str:
+    reservation.refresh_from_db()
+    return reservation.state
+
+
+def start(reservation: Reservation, capture) -> None:  # type: ignore[no-untyped-def]
+    """What the beat does at the start: provisioning, then the (eager) provision task."""
+    with capture(execute=True):
+        assert provisioning.start(reservation)

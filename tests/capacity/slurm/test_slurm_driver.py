@@ -14,21 +14,10 @@ from capacity.drivers.slurm import Runner, format_time
 from capacity.models import Incident, Node, Reservation
 from tests.factories import MembershipFactory, UserFactory
 
-from .conftest import block
+from .conftest import block, start, state
 
 S = Reservation.State
 pytestmark = pytest.mark.django_db
-
-
-def state(reservation: Reservation) -> str:
-    reservation.refresh_from_db()
-    return reservation.state
-
-
-def start(reservation: Reservation, capture) -> None:  # type: ignore[no-untyped-def]
-    """What the beat does at the start: provisioning, then the (eager) provision task."""
-    with capture(execute=True):
-        assert provisioning.start(reservation)
 
 
 def test_provision_extend_and_end_a_block(
