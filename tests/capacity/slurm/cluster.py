@@ -208,7 +208,7 @@ class SlurmCluster:
     def _spawn(self, name: str, args: list[str], **kwargs) -> subprocess.Popen:  # type: ignore[no-untyped-def]
         log = open(self.root / "log" / f"{name.replace(':', '-')}.out", "ab")  # noqa: SIM115
         proc = subprocess.Popen(
-            args,
+            [_which(args[0]) or args[0], *args[1:]],  # daemons live in /usr/sbin
             env=self.env,
             stdin=subprocess.DEVNULL,
             stdout=log,
@@ -416,8 +416,10 @@ def main() -> None:  # pragma: no cover - a tool for trying the driver by hand
     absent = missing(NEEDED)
     if absent:
         raise SystemExit(f"Missing {', '.join(absent)}: {INSTALL_HINT}")
-    cluster = SlurmCluster(accounting=not missing(NEEDED_ACCOUNTING)).start()
-    print(f"export SLURM_CONF={cluster.conf}")
+    accounting = not missing(NEEDED_ACCOUNTING)
+    cluster = SlurmCluster(accounting=accounting).start()
+    print(f"export SLURM_CONF={cluster.conf} SLURM_ACCOUNTING={str(accounting).lower()}")
+    print("export PROVISIONING_DRIVER=capacity.drivers.slurm.SlurmDriver")
     print(f"nodes {cluster.node_names[0]}..{cluster.node_names[-1]}; Ctrl-C stops the cluster")
     try:
         signal.pause()
