@@ -14,9 +14,11 @@ from django.conf import settings
 from django.db import OperationalError, connection, transaction
 from django.utils import timezone
 
+from accounts import credit
 from accounts.models import Organization, User
 from accounts.permissions import Permission
 from accounts.services import (
+    lock_organization,
     require_active_organization,
     require_permission,
     require_verified_email,
@@ -261,6 +263,11 @@ def _create_locked(
         validate_unique=False,
         validate_constraints=False,
     )
+    if organization.on_invoice_terms and quoted_by is None:
+        # Confirmed below without a payment: it has to fit in the credit line. The row lock
+        # makes concurrent confirmations take turns (locks are always taken organization
+        # first, then the pool).
+        credit.require_credit(organization=lock_organization(organization), amount=quote.total)
     lock_pool(clusters)
     if request_token:  # the same form may have won the lock a moment ago
         existing = Reservation.objects.filter(

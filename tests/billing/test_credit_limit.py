@@ -69,3 +69,21 @@ def test_accepting_a_quote_past_the_limit_is_refused_and_changes_nothing(
 
 def test_card_customers_have_no_credit_to_check(organization):
     assert credit.require_credit(organization=organization, amount=Decimal("1000000")) is None
+
+
+def test_reserving_on_invoice_terms_past_the_limit_is_refused_and_holds_nothing(
+    catalog, organization, owner
+):
+    from capacity.models import Allocation
+    from tests.billing.conftest import held_reservation
+
+    on_invoice(organization, "1000")
+    first = held_reservation(organization, owner, catalog)  # 768.00, confirmed at once
+    assert first.state == S.SCHEDULED
+    with pytest.raises(credit.CreditLimitExceeded) as refused:
+        held_reservation(organization, owner, catalog)
+    assert "$768.00 is owed or committed, so $232.00 is left and this costs $768.00" in (
+        refused.value.message
+    )
+    assert list(Reservation.objects.values_list("pk", flat=True)) == [first.pk]
+    assert Allocation.objects.filter(released_at__isnull=True).count() == 2

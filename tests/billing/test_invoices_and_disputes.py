@@ -107,7 +107,9 @@ def test_invoice_terms_create_a_net_n_invoice_once(
     catalog, organization, owner, fake_stripe_invoices
 ):
     calls, state = fake_stripe_invoices
-    Organization.objects.filter(pk=organization.pk).update(payment_terms="invoice", payment_days=45)
+    Organization.objects.filter(pk=organization.pk).update(
+        payment_terms="invoice", payment_days=45, credit_limit=Decimal("10000")
+    )
     organization.refresh_from_db()
     reservation = held_reservation(organization, owner, catalog)
     services.settle_reservation(reservation_id=reservation.pk)
@@ -136,7 +138,9 @@ def test_invoice_terms_create_a_net_n_invoice_once(
 
 
 def test_a_failed_invoice_payment_is_flagged(catalog, organization, owner, fake_stripe_invoices):
-    Organization.objects.filter(pk=organization.pk).update(payment_terms="invoice")
+    Organization.objects.filter(pk=organization.pk).update(
+        payment_terms="invoice", credit_limit=10000
+    )
     organization.refresh_from_db()
     reservation = held_reservation(organization, owner, catalog)
     services.settle_reservation(reservation_id=reservation.pk)

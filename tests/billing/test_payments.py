@@ -297,7 +297,9 @@ def test_members_of_the_billing_role_may_pay_but_strangers_may_not(
 
 
 def test_invoice_terms_skip_the_card(catalog, organization, owner, stripe_api):
-    Organization.objects.filter(pk=organization.pk).update(payment_terms="invoice")
+    Organization.objects.filter(pk=organization.pk).update(
+        payment_terms="invoice", credit_limit=10000
+    )
     organization.refresh_from_db()
     reservation = held_reservation(organization, owner, catalog)
     assert reservation.state == S.SCHEDULED

@@ -52,7 +52,9 @@ def test_reserving_holds_whole_nodes_of_one_cluster(catalog, organization, owner
 
 
 def test_invoice_terms_confirm_straight_to_scheduled(catalog, organization, owner):
-    Organization.objects.filter(pk=organization.pk).update(payment_terms="invoice", payment_days=45)
+    Organization.objects.filter(pk=organization.pk).update(
+        payment_terms="invoice", payment_days=45, credit_limit=10000
+    )
     organization.refresh_from_db()
     reservation = reserve(organization, owner, catalog)
     assert reservation.state == S.SCHEDULED
