@@ -22,6 +22,7 @@ import logging
 import os
 import re
 import subprocess
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -36,7 +37,9 @@ logger = logging.getLogger(__name__)
 NAME_RE = re.compile(r"^rsv_[a-z0-9]{1,40}$")
 ACCOUNT_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 NODE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,62}$")
-COMMANDS = frozenset({"scontrol", "sacctmgr", "sinfo"})
+COMMANDS = frozenset({"scontrol", "sacctmgr", "sinfo", "scancel"})
+# Deleting a reservation whose jobs are still being killed: how often to try, a second apart.
+DELETE_TRIES = 5
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%S"
 # A start this close (or already past) is sent as "now": Slurm refuses a start in the past.
 START_LEEWAY = timedelta(seconds=60)
@@ -410,17 +413,34 @@ class SlurmDriver:
         return self.access(name, account, nodes, starts_at, ends_at)
 
     def deprovision(self, *, key: str, nodes: list[str]) -> None:
-        """Delete the reservation; one that is already gone is done."""
+        """End the block: cancel its jobs, then delete the reservation. One already gone is
+        done; one whose jobs are still ending after a few seconds is a transient error (the
+        release task tries again)."""
         name = reservation_name(key)
         try:
-            self.run("scontrol", "delete", f"ReservationName={name}")
+            self.run("scancel", f"--reservation={name}")
         except SlurmCommandError as exc:
-            text = exc.message.lower()
-            # Already gone is done; any other refusal is not.
-            if ("invalid" in text or "not found" in text) and self.show(name) is None:
-                return
-            raise self._failure(exc) from exc
-        logger.info("slurm reservation %s deleted", name)
+            if isinstance(classify(exc), TransientDriverError):
+                raise classify(exc) from exc
+            # No such reservation, or no jobs in it: nothing to cancel.
+        for attempt in range(1, DELETE_TRIES + 1):
+            try:
+                self.run("scontrol", "delete", f"ReservationName={name}")
+            except SlurmCommandError as exc:
+                text = exc.message.lower()
+                if "in use" in text:
+                    if attempt < DELETE_TRIES:
+                        time.sleep(1)
+                        continue
+                    raise TransientDriverError(
+                        f"Slurm (scontrol): the jobs of {name} are still ending: {exc.message}"
+                    ) from exc
+                # Already gone is done; any other refusal is not.
+                if ("invalid" in text or "not found" in text) and self.show(name) is None:
+                    return
+                raise self._failure(exc) from exc
+            logger.info("slurm reservation %s deleted", name)
+            return
 
     def extend(self, *, key: str, nodes: list[str], ends_at) -> None:  # type: ignore[no-untyped-def]
         """Make the reservation end at `ends_at` on `nodes` (a longer block, or a node swapped

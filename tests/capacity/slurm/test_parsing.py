@@ -265,3 +265,36 @@ def test_a_reservation_with_our_name_but_other_nodes_is_permanent(settings):
             ends_at=datetime(2026, 12, 2, 10, tzinfo=UTC),
         )
     assert len(runner.calls) == 1  # nothing was changed
+
+
+def test_a_reservation_whose_jobs_keep_running_is_retried_later(monkeypatch):
+    monkeypatch.setattr("capacity.drivers.slurm.time.sleep", lambda seconds: None)
+    busy = SlurmCommandError(
+        "scontrol", 1, "delete_reservation ReservationName=rsv_abc: Requested reservation is in use"
+    )
+    runner = Recorder(["", busy, busy, busy, busy, busy])
+    with pytest.raises(TransientDriverError, match="the jobs of rsv_abc are still ending"):
+        SlurmDriver(runner).deprovision(key="deprovision:rsv_abc", nodes=["gpu001"])
+    assert runner.calls[0] == ("scancel", "--reservation=rsv_abc")
+    assert runner.calls[1:] == [("scontrol", "delete", "ReservationName=rsv_abc")] * 5
+
+
+def test_deleting_a_reservation_that_is_gone_is_done():
+    gone = SlurmCommandError(
+        "scontrol",
+        1,
+        "delete_reservation ReservationName=rsv_abc: Requested reservation is invalid",
+    )
+    runner = Recorder(
+        [
+            SlurmCommandError("scancel", 1, "scancel: error: Invalid reservation name"),
+            gone,
+            SlurmCommandError("scontrol", 1, "Reservation rsv_abc not found"),
+        ]
+    )
+    assert SlurmDriver(runner).deprovision(key="deprovision:rsv_abc", nodes=["gpu001"]) is None
+    assert [call[:2] for call in runner.calls] == [
+        ("scancel", "--reservation=rsv_abc"),
+        ("scontrol", "delete"),
+        ("scontrol", "-o"),
+    ]

@@ -10,7 +10,7 @@ from django.core import mail
 from accounts.permissions import Role
 from capacity import operations, provisioning, services, tasks
 from capacity.drivers import PermanentDriverError, get_driver
-from capacity.drivers.slurm import Runner, format_time
+from capacity.drivers.slurm import Runner, format_time, parse_key_values
 from capacity.models import Incident, Node, Reservation
 from tests.factories import MembershipFactory, UserFactory
 
@@ -51,10 +51,20 @@ def test_provision_extend_and_end_a_block(
     assert slurm.reservation(name)["EndTime"] == format_time(reservation.ends_at)
     assert slurm.reservation(name)["Nodes"] == "gpu[001-002]"
 
+    # The customer's work still runs when the block ends: the release stops it.
+    job = slurm.run(
+        "sbatch",
+        f"--reservation={name}",
+        "--account=acme-labs",
+        "--output=/dev/null",
+        "--wrap=sleep 300",
+    ).stdout.split()[-1]
     with django_capture_on_commit_callbacks(execute=True):
         assert provisioning.end_due(now=reservation.ends_at) == 1
     assert state(reservation) == S.COMPLETED
     assert slurm.reservation(name) is None
+    job_view = parse_key_values(slurm.scontrol("-o", "show", "job", job).stdout)
+    assert job_view["JobState"] == "CANCELLED"
 
 
 def test_canceling_a_block_being_provisioned_deletes_its_slurm_reservation(
