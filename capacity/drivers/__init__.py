@@ -46,7 +46,8 @@ class Driver(Protocol):
         """Tear the block down. Idempotent: tearing down what is gone is done."""
 
     def extend(self, *, key: str, nodes: list[str], ends_at) -> None:  # type: ignore[no-untyped-def]
-        """Move the block's end."""
+        """Make the running block match `nodes` and `ends_at` (an extension, a node swapped
+        out of it). Idempotent: a block that already matches is done."""
 
     def health(self, *, nodes: list[str]) -> dict[str, str]:
         """Each node's state: "ok", or why it is not."""
