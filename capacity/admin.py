@@ -16,7 +16,7 @@ from django.conf import settings
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.db.models import Count, Q, QuerySet
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
@@ -114,10 +114,22 @@ class DrainForm(ReasonForm):
     )
 
 
+BULK_LIMIT = 100  # rows one action may take; the confirmation page posts every id
+
+
 class OperationsMixin:
     """Intermediate pages and per-row reporting for the actions of an operations admin."""
 
     confirm_template = "admin/capacity/confirm_action.html"
+
+    def response_action(self, request: HttpRequest, queryset: QuerySet) -> HttpResponse | None:
+        selected = request.POST.getlist(admin.helpers.ACTION_CHECKBOX_NAME)
+        across = request.POST.get("select_across") == "1"
+        count = queryset.count() if across else len(selected)
+        if count > BULK_LIMIT:
+            messages.error(request, f"Select at most {BULK_LIMIT} rows at a time.")
+            return HttpResponseRedirect(request.get_full_path())
+        return super().response_action(request, queryset)  # type: ignore[misc]
 
     def confirmation(
         self,

@@ -2,12 +2,13 @@
 
 from typing import Any
 
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.db.models import Model, QuerySet
 from django.forms import ModelForm
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 
 from portal import audit
+from portal.errors import ServiceError
 
 
 def _plain(value: Any) -> str:
@@ -97,3 +98,23 @@ class AuditedAdmin(admin.ModelAdmin):
             organization=self._organization(obj),
             target=obj,
         )
+
+
+class ServiceErrorsAsMessages:
+    """For admins whose save goes through a service: a refusal the form's validation could not
+    see coming (another change in between) rolls the save back and is shown as a message."""
+
+    def changeform_view(
+        self,
+        request: HttpRequest,
+        object_id: str | None = None,
+        form_url: str = "",
+        extra_context: dict | None = None,
+    ) -> HttpResponse:
+        try:
+            return super().changeform_view(  # type: ignore[misc]
+                request, object_id, form_url, extra_context
+            )
+        except ServiceError as exc:
+            messages.error(request, exc.message)
+            return HttpResponseRedirect(request.get_full_path())

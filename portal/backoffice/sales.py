@@ -46,6 +46,7 @@ from capacity import quotes, rates
 from capacity.models import GpuModel, NegotiatedRate, Region
 from capacity.services import SoldOut
 from capacity.windows import window_for
+from portal.backoffice.audited import ServiceErrorsAsMessages
 from portal.errors import ServiceError
 from portal.forms import add_service_error
 from portal.money import format_money
@@ -236,7 +237,7 @@ class TermsForm(ReasonForm):
 Outcome = Callable[[Organization], object]
 
 
-class OrganizationAdmin(admin.ModelAdmin):
+class OrganizationAdmin(ServiceErrorsAsMessages, admin.ModelAdmin):
     list_display = [
         "name",
         "tier",
@@ -813,7 +814,7 @@ class ValidityFilter(admin.SimpleListFilter):
         return queryset
 
 
-class NegotiatedRateAdmin(admin.ModelAdmin):
+class NegotiatedRateAdmin(ServiceErrorsAsMessages, admin.ModelAdmin):
     form = NegotiatedRateForm
     list_display = [
         "organization",

@@ -54,3 +54,20 @@ def test_the_cluster_timeline_is_linked_only_for_those_who_may_open_it(catalog, 
     client = verified_client(make_staff(group))
     page = client.get(f"/admin/capacity/reservation/{reservation.pk}/change/").content.decode()
     assert ("Cluster timeline" in page) is shown
+
+
+def test_an_operations_action_takes_at_most_100_rows(catalog):
+    from capacity.models import Node
+
+    Node.objects.bulk_create(
+        Node(cluster=catalog.east_b, hostname=f"bulk-{n:03d}") for n in range(101)
+    )
+    ids = list(Node.objects.filter(hostname__startswith="bulk-").values_list("pk", flat=True))
+    client = verified_client(make_staff("Operations"))
+    response = client.post(
+        "/admin/capacity/node/", {"action": "drain", "_selected_action": ids}, follow=True
+    )
+    assert [str(m) for m in response.context["messages"]] == ["Select at most 100 rows at a time."]
+    assert Node.objects.filter(status="maintenance").count() == 0
+    page = client.post("/admin/capacity/node/", {"action": "drain", "_selected_action": ids[:100]})
+    assert b"Drain nodes into maintenance" in page.content

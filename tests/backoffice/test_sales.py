@@ -13,8 +13,10 @@ from accounts import api_keys
 from accounts.models import Organization
 from accounts.permissions import Role
 from billing.models import LedgerEntry
+from capacity import rates
 from capacity.models import NegotiatedRate, Reservation
 from portal.backoffice.roles import FINANCE, OPERATIONS, SALES
+from portal.errors import ServiceError
 from portal.models import AuditEvent
 from tests.capacity.conftest import NOW, Catalog, catalog, frozen_clock  # noqa: F401
 from tests.conftest import member_of
@@ -476,4 +478,22 @@ def test_other_groups_cannot_touch_rates(catalog, group):
     org = OrganizationFactory()
     client = verified_client(make_staff(group))
     assert client.post(f"{RATES}add/", rate_form(catalog, org)).status_code == 403
+    assert NegotiatedRate.objects.count() == 0
+
+
+def test_a_rate_refused_between_the_check_and_the_save_is_a_message(catalog, monkeypatch):
+    """Another rate saved between the form's check and the save: the service refuses, the save
+    is rolled back and shown as a message, not an error page."""
+    org = OrganizationFactory(name="Acme")
+    client = verified_client(make_staff(SALES))
+
+    def refused(**kwargs):
+        raise ServiceError("Acme got an overlapping rate a moment ago.", param="valid_from")
+
+    monkeypatch.setattr(rates, "negotiated_rate_create", refused)
+    response = client.post(f"{RATES}add/", rate_form(catalog, org), follow=True)
+    assert response.status_code == 200
+    assert [str(m) for m in response.context["messages"]] == [
+        "Acme got an overlapping rate a moment ago."
+    ]
     assert NegotiatedRate.objects.count() == 0
