@@ -54,8 +54,8 @@ class Command(BaseCommand):
             self.stdout.write(
                 "  Staff sign in at /admin/ with a code from an authenticator app: add the TOTP\n"
                 "  key above to the app, or print the current code with\n"
-                "  `manage.py demo_totp_code sales@example.com`. STAFF_OTP_REQUIRED=false turns\n"
-                "  the second factor off in development."
+                "  `.venv/bin/python manage.py demo_totp_code sales@example.com`.\n"
+                "  STAFF_OTP_REQUIRED=false turns the second factor off in development."
             )
 
     def _user(
