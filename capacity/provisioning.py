@@ -18,7 +18,7 @@ from portal import audit, crypto
 from portal.celery import enqueue_after_commit
 
 from . import lifecycle, notifications, selectors
-from .drivers import Access, get_driver
+from .drivers import Access, MissingBlockError, get_driver
 from .models import Allocation, Incident, Node, Reservation
 
 logger = logging.getLogger(__name__)
@@ -66,6 +66,10 @@ def start_due(now: datetime | None = None) -> int:
 def provision(reservation_id: int) -> str:
     """Bring the nodes up. Raises the driver's TransientDriverError for the task to retry."""
     reservation = Reservation.objects.select_related("organization").get(pk=reservation_id)
+    if reservation.state in (S.CANCELED, S.FAILED):
+        # Ended while this message waited: an earlier attempt may have made it in the backend.
+        _deprovision(reservation)
+        return reservation.state
     if reservation.state != S.PROVISIONING:
         return reservation.state
     nodes = _nodes(reservation)
@@ -105,6 +109,29 @@ def _public_access(access: Access) -> dict:
     }
 
 
+def provisioning_deadline_passed(reservation_id: int, now: datetime | None = None) -> bool:
+    """Retrying a block's provisioning is over once its start plus the grace has passed."""
+    reservation = Reservation.objects.get(pk=reservation_id)
+    now = now or timezone.now()
+    return now >= reservation.starts_at + settings.PROVISIONING_GIVE_UP_AFTER_START
+
+
+def provisioning_delayed(reservation_id: int, reason: str) -> None:
+    """Provisioning keeps failing for a reason worth retrying: tell operations, once per block
+    (an open incident for it is enough)."""
+    reservation = Reservation.objects.get(pk=reservation_id)
+    detail = f"{reservation.public_id}: provisioning is being retried: {reason}"
+    open_ = Incident.objects.filter(
+        kind=Incident.Kind.STUCK,
+        reservation=reservation,
+        resolved_at__isnull=True,
+        detail__startswith=f"{reservation.public_id}: provisioning is being retried",
+    )
+    if not open_.exists():
+        Incident.objects.create(kind=Incident.Kind.STUCK, reservation=reservation, detail=detail)
+        logger.warning("provisioning %s delayed: %s", reservation.public_id, reason)
+
+
 def provisioning_failed(reservation_id: int, reason: str) -> None:
     """Give up: fail the reservation (freeing its nodes), refund it, tell everyone."""
     reservation = Reservation.objects.get(pk=reservation_id)
@@ -126,13 +153,32 @@ def provisioning_failed(reservation_id: int, reason: str) -> None:
 
 
 def _deprovision(reservation: Reservation) -> None:
-    try:
-        get_driver().deprovision(
-            key=f"deprovision:{reservation.public_id}",
-            nodes=[a.node.hostname for a in reservation.allocations.select_related("node")],
-        )
-    except Exception:  # best effort; reconcile finds leftovers through node health
-        logger.exception("tearing down %s failed", reservation.public_id)
+    """Have the teardown task take a canceled or failed block down (after commit; retried
+    until the backend has let it go)."""
+    _enqueue_after_commit("capacity.deprovision", reservation.pk)
+
+
+def teardown(reservation_id: int) -> str:
+    """Take a finished block out of the backend. Idempotent (the same key every time); a block
+    not finished is left alone. Raises the driver's errors for the task to handle."""
+    reservation = Reservation.objects.get(pk=reservation_id)
+    if reservation.state not in lifecycle.FINAL:
+        return reservation.state
+    get_driver().deprovision(
+        key=f"deprovision:{reservation.public_id}",
+        nodes=sorted({a.node.hostname for a in reservation.allocations.select_related("node")}),
+    )
+    return "torn down"
+
+
+def teardown_failed(reservation_id: int, reason: str) -> None:
+    reservation = Reservation.objects.get(pk=reservation_id)
+    Incident.objects.create(
+        kind=Incident.Kind.STUCK,
+        reservation=reservation,
+        detail=f"{reservation.public_id}: the backend did not let the block go: {reason}",
+    )
+    logger.error("tearing down %s failed: %s", reservation.public_id, reason)
 
 
 # --- Changes to a running block --------------------------------------------------------------
@@ -146,24 +192,55 @@ def sync_block_after_commit(reservation: Reservation) -> None:
 def sync_block(reservation_id: int) -> str:
     """Tell the driver an active block's current nodes and end. Idempotent: a block that
     already matches is left alone. Raises the driver's errors for the task to handle."""
-    reservation = Reservation.objects.get(pk=reservation_id)
+    reservation = Reservation.objects.select_related("organization").get(pk=reservation_id)
     if reservation.state != S.ACTIVE:
         return reservation.state
-    get_driver().extend(
-        key=f"extend:{reservation.public_id}",
-        nodes=_nodes(reservation),
-        ends_at=reservation.ends_at,
-    )
-    return "synced"
+    driver = get_driver()
+    nodes = _nodes(reservation)
+    block = {
+        "account": reservation.organization.slug,
+        "nodes": nodes,
+        "starts_at": reservation.starts_at,
+        "ends_at": reservation.ends_at,
+    }
+    result = "synced"
+    try:
+        driver.extend(
+            key=f"extend:{reservation.public_id}", nodes=nodes, ends_at=reservation.ends_at
+        )
+    except MissingBlockError:
+        # Gone from the backend (purged, deleted behind our back) while it is still ours.
+        access = driver.provision(key=f"provision:{reservation.public_id}", **block)
+        result = "recreated"
+    else:
+        describe = getattr(driver, "describe", None)
+        access = describe(key=f"provision:{reservation.public_id}", **block) if describe else None
+    if access is not None:
+        details = _public_access(access)
+        with transaction.atomic():
+            locked = Reservation.objects.select_for_update().get(pk=reservation_id)
+            if locked.state == S.ACTIVE and locked.access_details != details:
+                locked.access_details = details
+                locked.save(update_fields=["access_details", "updated_at"])
+    return result
 
 
 def sync_failed(reservation_id: int, reason: str) -> None:
-    """The backend refused the change: operations must reconcile it by hand."""
+    """The backend refused the change: operations must reconcile it by hand. Nothing for a
+    block no longer active, and one open incident per block, however often it repeats."""
     reservation = Reservation.objects.get(pk=reservation_id)
-    Incident.objects.create(
+    if reservation.state != S.ACTIVE:
+        return
+    prefix = f"{reservation.public_id}: the backend did not take its new end or nodes"
+    if Incident.objects.filter(
         kind=Incident.Kind.STUCK,
         reservation=reservation,
-        detail=f"{reservation.public_id}: the backend did not take its new end or nodes: {reason}",
+        resolved_at__isnull=True,
+        detail__startswith=prefix,
+    ).exists():
+        return
+    Incident.objects.create(
+        kind=Incident.Kind.STUCK, reservation=reservation, detail=f"{prefix}: {reason}"
     )
     logger.error("syncing %s failed: %s", reservation.public_id, reason)
 
@@ -246,7 +323,24 @@ def reconcile(now: datetime | None = None) -> dict[str, int]:
             _enqueue_after_commit(task, reservation.pk)  # at once: no transaction here
             Reservation.objects.filter(pk=reservation.pk).update(updated_at=now)  # once per period
             retried += 1
-    return {"retried": retried, **_check_health()}
+    return {"retried": retried, **_check_health(), "leftovers": _tear_down_leftovers()}
+
+
+def _tear_down_leftovers() -> int:
+    """Blocks the backend still holds although ours have finished (a teardown lost, say):
+    have the teardown task take them down. Drivers without `blocks()` have nothing to list."""
+    blocks = getattr(get_driver(), "blocks", None)
+    if blocks is None:
+        return 0
+    names = blocks()
+    if not names:
+        return 0
+    finished = Reservation.objects.filter(public_id__in=names, state__in=lifecycle.FINAL)
+    count = 0
+    for pk in finished.order_by("pk").values_list("pk", flat=True):
+        _enqueue_after_commit("capacity.deprovision", pk)
+        count += 1
+    return count
 
 
 def _check_health() -> dict[str, int]:

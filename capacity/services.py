@@ -515,6 +515,14 @@ def _extend_locked(*, reservation: Reservation, actor: User, hours: int) -> Rese
             f"{locked.get_state_display().lower()}.",
             code="not_extendable",
         )
+    if locked.ends_at <= timezone.now():
+        # Its end has passed: the backend is letting the block go (Slurm purges an ended
+        # reservation within seconds), so there is nothing left to extend.
+        raise Conflict(
+            f"{locked.public_id} has already ended and can no longer be extended. "
+            "You can reserve another block instead.",
+            code="not_extendable",
+        )
     old_end = locked.ends_at
     new_end = old_end + hours * HOUR
     if selectors.other_live_allocations(locked, old_end, new_end).exists():

@@ -37,8 +37,9 @@ def gres_gpus(gres: str) -> tuple[int, tuple[str, ...]]:
     """`gpu:h100:8(S:0-1),nic:1` -> (8, ("h100",)); `gpu:8` -> (8, ()); `(null)` -> (0, ())."""
     count = 0
     types: list[str] = []
-    for item in gres.split(","):
-        item = re.sub(r"\(.*?\)", "", item.strip())
+    # "(S:0,2)" holds commas of its own: drop the groups before splitting the list.
+    for item in re.sub(r"\([^)]*\)", "", gres).split(","):
+        item = item.strip()
         parts = item.split(":")
         if parts[0] != "gpu" or len(parts) < 2:
             continue

@@ -2,7 +2,7 @@ from celery import shared_task
 from django.conf import settings
 
 from . import provisioning, services
-from .drivers import PermanentDriverError, TransientDriverError
+from .drivers import ConfigurationDriverError, PermanentDriverError, TransientDriverError
 
 
 @shared_task(name="capacity.expire_holds")
@@ -31,26 +31,42 @@ def reconcile() -> dict[str, int]:
     return provisioning.reconcile()
 
 
-def _backoff(attempt: int) -> int:
-    return min(600, 5 * 2**attempt)
+def _backoff(attempt: int, cap: float = 600) -> int:
+    return int(min(cap, 5 * 2**attempt))
+
+
+def _retry_provisioning(reservation_id: int, attempt: int, exc: TransientDriverError) -> str:
+    """Try again later, within the block's time budget: until its start plus
+    PROVISIONING_GIVE_UP_AFTER_START (and at most PROVISIONING_MAX_RETRIES retries when that is
+    set), with backoff capped at PROVISIONING_RETRY_MAX_BACKOFF. Operations hear of it once,
+    when the retries reach PROVISIONING_ALERT_AFTER_RETRIES, or at once for an error of our
+    own configuration."""
+    if provisioning.provisioning_deadline_passed(reservation_id) or (
+        settings.PROVISIONING_MAX_RETRIES is not None
+        and attempt >= settings.PROVISIONING_MAX_RETRIES
+    ):
+        provisioning.provisioning_failed(reservation_id, f"{exc} (gave up after retries)")
+        return "failed"
+    if isinstance(exc, ConfigurationDriverError) or (
+        attempt + 1 == settings.PROVISIONING_ALERT_AFTER_RETRIES
+    ):
+        provisioning.provisioning_delayed(reservation_id, str(exc))
+    provision.apply_async(
+        kwargs={"reservation_id": reservation_id, "attempt": attempt + 1},
+        countdown=_backoff(attempt, settings.PROVISIONING_RETRY_MAX_BACKOFF.total_seconds()),
+    )
+    return "retrying"
 
 
 @shared_task(name="capacity.provision", acks_late=True, reject_on_worker_lost=True)
 def provision(*, reservation_id: int, attempt: int = 0) -> str:
-    """Provision; on a transient driver error try again later with exponential backoff (a new
-    message, so this one is acknowledged), and give up (fail and refund) after
-    PROVISIONING_MAX_RETRIES retries or at once on a permanent error."""
+    """Provision; on a transient driver error try again later with backoff (a new message, so
+    this one is acknowledged) until the block's time budget is spent, then give up (fail and
+    refund); a permanent error gives up at once."""
     try:
         return provisioning.provision(reservation_id)
     except TransientDriverError as exc:
-        if attempt >= settings.PROVISIONING_MAX_RETRIES:
-            provisioning.provisioning_failed(reservation_id, f"{exc} (gave up after retries)")
-            return "failed"
-        provision.apply_async(
-            kwargs={"reservation_id": reservation_id, "attempt": attempt + 1},
-            countdown=_backoff(attempt),
-        )
-        return "retrying"
+        return _retry_provisioning(reservation_id, attempt, exc)
     except PermanentDriverError as exc:
         provisioning.provisioning_failed(reservation_id, str(exc))
         return "failed"
@@ -70,6 +86,29 @@ def release(*, reservation_id: int, attempt: int = 0) -> str:
         return "retrying"
 
 
+@shared_task(name="capacity.deprovision", acks_late=True, reject_on_worker_lost=True)
+def deprovision(*, reservation_id: int, attempt: int = 0) -> str:
+    """Tear down a canceled or failed block (or a leftover reconcile found); idempotent, with
+    the same key every time. Transient errors are retried with backoff (a leftover backend
+    reservation would refuse the next customer on those nodes); after
+    PROVISIONING_TEARDOWN_RETRIES, or on a refusal, an incident tells operations, and
+    reconcile's leftover sweep keeps trying where the driver can list its blocks."""
+    try:
+        return provisioning.teardown(reservation_id)
+    except TransientDriverError as exc:
+        if attempt >= settings.PROVISIONING_TEARDOWN_RETRIES:
+            provisioning.teardown_failed(reservation_id, f"{exc} (gave up after retries)")
+            return "failed"
+        deprovision.apply_async(
+            kwargs={"reservation_id": reservation_id, "attempt": attempt + 1},
+            countdown=_backoff(min(attempt, 7)),
+        )
+        return "retrying"
+    except PermanentDriverError as exc:
+        provisioning.teardown_failed(reservation_id, str(exc))
+        return "failed"
+
+
 @shared_task(name="capacity.sync_block", acks_late=True, reject_on_worker_lost=True)
 def sync_block(*, reservation_id: int, attempt: int = 0) -> str:
     """Make a running block's backend match its end and nodes (after an extension or a node
@@ -77,12 +116,12 @@ def sync_block(*, reservation_id: int, attempt: int = 0) -> str:
     try:
         return provisioning.sync_block(reservation_id)
     except TransientDriverError as exc:
-        if attempt >= settings.PROVISIONING_MAX_RETRIES:
+        if attempt >= (settings.PROVISIONING_MAX_RETRIES or settings.PROVISIONING_SYNC_RETRIES):
             provisioning.sync_failed(reservation_id, f"{exc} (gave up after retries)")
             return "failed"
         sync_block.apply_async(
             kwargs={"reservation_id": reservation_id, "attempt": attempt + 1},
-            countdown=_backoff(attempt),
+            countdown=_backoff(attempt, settings.PROVISIONING_RETRY_MAX_BACKOFF.total_seconds()),
         )
         return "retrying"
     except PermanentDriverError as exc:

@@ -19,6 +19,16 @@ class PermanentDriverError(DriverError):
     """Retrying will not help: an unknown node, capacity the backend refuses."""
 
 
+class ConfigurationDriverError(TransientDriverError):
+    """The backend refused us for our own configuration (permissions, accounting): every block
+    would fail alike, so it is retried while operations fix it, with an incident."""
+
+
+class MissingBlockError(PermanentDriverError):
+    """The running block is gone from the backend (deleted behind our back, purged after its
+    end): the caller may make it again with `provision`."""
+
+
 @dataclass(frozen=True)
 class NodeAccess:
     hostname: str
@@ -51,6 +61,12 @@ class Driver(Protocol):
 
     def health(self, *, nodes: list[str]) -> dict[str, str]:
         """Each node's state: "ok", or why it is not."""
+
+    # Optional (looked up with getattr):
+    # describe(*, key, account, nodes, starts_at, ends_at) -> Access: the access details for a
+    #   block's current nodes and window, without changing anything (after a swap/extension).
+    # blocks() -> list[str]: the public ids of the blocks the backend holds, so reconcile can
+    #   tear down those whose reservation has finished.
 
 
 def get_driver() -> Driver:

@@ -84,6 +84,10 @@ class SimulatedDriver:
     def extend(self, *, key: str, nodes: list[str], ends_at) -> None:  # type: ignore[no-untyped-def]
         self._attempt(key, nodes)
 
+    def blocks(self) -> list[str]:
+        """Nothing outlives its teardown here: no leftovers to list."""
+        return []
+
     def health(self, *, nodes: list[str]) -> dict[str, str]:
         faults = dict(
             SimulatedNode.objects.filter(hostname__in=nodes).values_list("hostname", "fault")

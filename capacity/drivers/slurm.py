@@ -6,13 +6,22 @@ account, driven through Slurm's own commands (scontrol, sacctmgr, sinfo).
   and every node name are checked against strict patterns before they reach a command line;
   customer text never does.
 - Idempotent: a reservation that already exists with our name, nodes, window and account is
-  done; deleting one that is gone is done. One with our name but something else different is a
-  permanent error that says what differs.
+  done; deleting one that is gone is done. One with our name but other nodes, end or accounts
+  (a node swapped or the end moved meanwhile) is ours, so it is updated to match; only a
+  refused update (or a different start) is an error.
+- Reservations are made with Flags=IGNORE_JOBS: our allocation is authoritative, and the
+  previous block on a node still has its jobs running when the next block is provisioned
+  (PROVISIONING_LEAD before its start); that block's release cancels them.
+- With accounting, the organization's account and the login user's association with it are
+  made first, so the customer's `sbatch --account=ORG` is accepted.
 - Errors: the controller unreachable or slow (or a command timing out) is transient, so the task
-  retries; anything else Slurm refuses (an overlap, an unknown node, busy nodes) is permanent,
-  with Slurm's own message.
-- Commands run without a shell, with a timeout, `TZ=UTC` (scontrol reads and prints local
-  times) and `SLURM_CONF` from settings.
+  retries; a refusal that points at our configuration (access denied, an account Slurm does not
+  know while SLURM_ACCOUNTING is off) is a ConfigurationDriverError, transient too, with an
+  incident for operations; anything else Slurm refuses (an overlap, an unknown node) is
+  permanent, with Slurm's own error line.
+- Commands run without a shell, with a timeout and a minimal environment: PATH, HOME,
+  `TZ=UTC` (scontrol reads and prints local times), `LC_ALL=C` and `SLURM_CONF` from settings;
+  nothing of ours (SECRET_KEY, DATABASE_URL, payment keys) reaches them.
 """
 
 from __future__ import annotations
@@ -30,7 +39,14 @@ from pathlib import Path
 from django.conf import settings
 from django.utils import timezone
 
-from . import Access, NodeAccess, PermanentDriverError, TransientDriverError
+from . import (
+    Access,
+    ConfigurationDriverError,
+    MissingBlockError,
+    NodeAccess,
+    PermanentDriverError,
+    TransientDriverError,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -64,14 +80,19 @@ PERMANENT_MARKERS = (
     "overlaps with another reservation",
     "invalid node name",
     "requested nodes are busy",
-    "invalid account",
     "invalid time",
     "duplicate reservation name",
-    "access denied",
     "invalid user",
     "invalid partition",
     "requested reservation is invalid",
     "invalid reservation",
+)
+# Refusals that mean our side is misconfigured (Slurm's permissions, accounting): every block
+# would fail the same way, so they are retried while operations are told, not failed and
+# refunded one by one.
+CONFIGURATION_MARKERS = (
+    "access denied",
+    "invalid account",
 )
 # Down, failing or drained nodes, as sinfo --json reports them (base state or flag). UNKNOWN is
 # not among them: every node is UNKNOWN for a moment after slurmctld restarts.
@@ -229,14 +250,22 @@ def node_health(sinfo_json: str) -> dict[str, str]:
     ]
     if errors:  # the controller down: sinfo still exits 0, with no nodes and an error
         raise TransientDriverError(f"Slurm (sinfo): {'; '.join(errors)}")
+    nodes = data.get("nodes")
+    if not nodes:  # never "every node is gone": that would send them all to maintenance
+        raise TransientDriverError("Slurm (sinfo): the controller listed no nodes.")
     report: dict[str, str] = {}
-    for node in data.get("nodes", []):
-        state = str(node.get("state", "")).upper()
-        flags = [str(f).upper() for f in node.get("state_flags") or []]
+    for node in nodes:
+        # 22.05: "state": "idle", "state_flags": ["DRAIN"]; 23.02+: "state": ["IDLE", "DRAIN"].
+        raw = node.get("state", "")
+        states = [str(s).upper() for s in (raw if isinstance(raw, list) else [raw]) if s]
+        state = states[0] if states else ""
+        flags = [*states[1:], *(str(f).upper() for f in node.get("state_flags") or [])]
+        if state in UNHEALTHY_FLAGS:  # a list whose first word is a flag
+            flags, state = [state, *flags], ""
         if state not in UNHEALTHY_STATES and not UNHEALTHY_FLAGS.intersection(flags):
             report[node["name"]] = "ok"
             continue
-        words = "+".join([state, *flags])
+        words = "+".join(w for w in [state, *flags] if w)
         reason = (node.get("reason") or "").strip()
         report[node["name"]] = f"Slurm: {words}: {reason}" if reason else f"Slurm: {words}"
     return report
@@ -245,14 +274,17 @@ def node_health(sinfo_json: str) -> dict[str, str]:
 def classify(
     error: SlurmCommandError, *, controller_up: bool | None = None
 ) -> TransientDriverError | PermanentDriverError:
-    """Transient when Slurm says it could not reach its controller or database; permanent when
-    it refused the request itself. Anything else ("Unexpected message received", which
+    """Transient when Slurm says it could not reach its controller or database; a
+    ConfigurationDriverError (transient) when it refused us for our configuration; permanent
+    when it refused the request itself. Anything else ("Unexpected message received", which
     scontrol create says when the controller is down) is transient unless the controller is
     known to be up."""
     text = error.message.lower()
     message = f"Slurm ({error.command}): {error.message}"
     if any(marker in text for marker in TRANSIENT_MARKERS):
         return TransientDriverError(message)
+    if any(marker in text for marker in CONFIGURATION_MARKERS):
+        return ConfigurationDriverError(message)
     if any(marker in text for marker in PERMANENT_MARKERS) or controller_up:
         return PermanentDriverError(message)
     return TransientDriverError(message)
@@ -268,9 +300,14 @@ class Runner:
         self.timeout = timeout
 
     def env(self) -> dict[str, str]:
-        # Nothing of a surrounding Slurm job (SLURM_JOB_ID, ...) leaks into our commands.
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
-        env.update({"TZ": "UTC", "LC_ALL": "C"})
+        # Only what Slurm's commands need: not our secrets, nor a surrounding Slurm job's
+        # SLURM_JOB_ID and the like.
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
+            "HOME": os.environ.get("HOME", "/"),
+            "TZ": "UTC",
+            "LC_ALL": "C",
+        }
         if self.conf:
             env["SLURM_CONF"] = self.conf
         return env
@@ -301,9 +338,18 @@ class Runner:
         except OSError as exc:  # not installed, or SLURM_BIN_DIR wrong: fixable by operations
             raise TransientDriverError(f"Cannot run {argv[0]}: {exc.strerror or exc}.") from exc
         if proc.returncode != 0:
-            message = (proc.stderr.strip() or proc.stdout.strip() or "no message").splitlines()
-            raise SlurmCommandError(command, proc.returncode, " ".join(message)[:500])
+            text = proc.stderr.strip() or proc.stdout.strip() or "no message"
+            raise SlurmCommandError(command, proc.returncode, error_line(text)[:500])
         return proc.stdout
+
+
+def error_line(text: str) -> str:
+    """Slurm's error out of what a failed command printed: scontrol create prefixes its
+    error with a multi-line "Note, unless nodes are directly requested ..." that says nothing
+    about it. The lines that say "error" when there are any, else everything."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    errors = [line for line in lines if "error" in line.lower()]
+    return " ".join(errors or lines)
 
 
 # --- The driver ----------------------------------------------------------------------------------
@@ -345,27 +391,49 @@ class SlurmDriver:
     def accounting_enabled(self) -> bool:
         return bool(settings.SLURM_ACCOUNTING)
 
+    def login_user(self, account: str) -> str:
+        """The Unix user the access details tell the customer to log in as."""
+        return settings.SLURM_LOGIN_USER or account
+
     def ensure_account(self, account: str) -> None:
-        """With accounting, make the organization's account (and its association) if it is
-        missing; sacctmgr says "Nothing new added" for one that exists, which is done too."""
+        """With accounting, make the organization's account and the login user's association
+        with it if they are missing (without the association, enforced associations refuse
+        the customer's jobs). sacctmgr says "Nothing new added" for what exists: done too."""
         if not self.accounting_enabled():
             return
+        user = self.login_user(account)
+        if not NODE_RE.fullmatch(user):  # the same strictness as node names: no options
+            raise ConfigurationDriverError(f"{user!r} cannot be a Slurm user name.")
         try:
             out = self.run("sacctmgr", "-n", "-P", "show", "account", account, "format=account")
         except SlurmCommandError as exc:
             raise self._failure(exc) from exc
-        if account in out.split():
-            return
-        try:
-            self.run(
-                "sacctmgr",
-                "-i",
-                "add",
+        if account not in out.split():
+            self._sacctmgr_add(
                 "account",
                 account,
                 f"Description=Hyperblock organization {account}",
                 f"Organization={account}",
             )
+        try:
+            out = self.run(
+                "sacctmgr",
+                "-n",
+                "-P",
+                "show",
+                "association",
+                f"account={account}",
+                f"user={user}",
+                "format=user",
+            )
+        except SlurmCommandError as exc:
+            raise self._failure(exc) from exc
+        if user not in out.split():
+            self._sacctmgr_add("user", user, f"Account={account}")
+
+    def _sacctmgr_add(self, *args: str) -> None:
+        try:
+            self.run("sacctmgr", "-i", "add", *args)
         except SlurmCommandError as exc:
             text = exc.message.lower()
             if "nothing new added" in text or "already exists" in text:
@@ -394,6 +462,7 @@ class SlurmDriver:
                     f"StartTime={start}",
                     f"EndTime={format_time(ends_at)}",
                     f"Accounts={account}",
+                    "Flags=IGNORE_JOBS",
                 )
             except SlurmCommandError as exc:
                 if "duplicate reservation name" not in exc.message.lower():
@@ -406,11 +475,54 @@ class SlurmDriver:
             if existing is None:
                 raise TransientDriverError(f"Slurm reservation {name} vanished while created.")
         differences = _differences(existing, account, nodes, starts_at, ends_at)
-        if differences:
+        if any(d.startswith("start ") for d in differences):
             raise PermanentDriverError(
                 f"Slurm already has a reservation named {name} with {'; '.join(differences)}."
             )
+        if differences:
+            # The name is ours: a node swapped or the end moved since it was made. Converge.
+            self._update(
+                name,
+                [
+                    f"Nodes={compress(nodes)}",
+                    f"EndTime={format_time(ends_at)}",
+                    f"Accounts={account}",
+                ],
+            )
         return self.access(name, account, nodes, starts_at, ends_at)
+
+    def _update(self, name: str, changes: list[str]) -> None:
+        try:
+            self.run("scontrol", "update", f"ReservationName={name}", *changes)
+        except SlurmCommandError as exc:
+            error = self._failure(exc)
+            if isinstance(error, PermanentDriverError):
+                raise PermanentDriverError(
+                    f"Slurm refused to update reservation {name}: {exc.message}"
+                ) from exc
+            raise error from exc
+        logger.info("slurm reservation %s updated: %s", name, " ".join(changes))
+
+    def describe(self, *, key: str, account: str, nodes: list[str], starts_at, ends_at) -> Access:  # type: ignore[no-untyped-def]
+        """The access details for the block as it is now (after a swap or an extension)."""
+        return self.access(
+            reservation_name(key), account_name(account), validate_nodes(nodes), starts_at, ends_at
+        )
+
+    def blocks(self) -> list[str]:
+        """Our reservations in Slurm (named rsv_...), for reconcile to tear down leftovers."""
+        try:
+            out = self.run("scontrol", "-o", "show", "reservation")
+        except SlurmCommandError as exc:
+            if "no reservations" in exc.message.lower():
+                return []
+            raise self._failure(exc) from exc
+        names = [
+            parse_key_values(line).get("ReservationName", "")
+            for line in out.splitlines()
+            if line.startswith("ReservationName=")
+        ]
+        return sorted(n for n in names if NAME_RE.fullmatch(n))
 
     def deprovision(self, *, key: str, nodes: list[str]) -> None:
         """End the block: cancel its jobs, then delete the reservation. One already gone is
@@ -449,7 +561,7 @@ class SlurmDriver:
         nodes = validate_nodes(nodes)
         existing = self.show(name)
         if existing is None:
-            raise PermanentDriverError(f"Slurm has no reservation named {name} to extend.")
+            raise MissingBlockError(f"Slurm has no reservation named {name} to extend.")
         changes = []
         if existing.ends_at != ends_at.astimezone(UTC).replace(microsecond=0):
             changes.append(f"EndTime={format_time(ends_at)}")
@@ -457,11 +569,7 @@ class SlurmDriver:
             changes.append(f"Nodes={compress(nodes)}")
         if not changes:
             return
-        try:
-            self.run("scontrol", "update", f"ReservationName={name}", *changes)
-        except SlurmCommandError as exc:
-            raise self._failure(exc) from exc
-        logger.info("slurm reservation %s updated: %s", name, " ".join(changes))
+        self._update(name, changes)
 
     def health(self, *, nodes: list[str]) -> dict[str, str]:
         """Each node as sinfo sees it; a node Slurm does not know is not healthy either."""
@@ -477,7 +585,7 @@ class SlurmDriver:
         self, name: str, account: str, nodes: list[str], starts_at: datetime, ends_at: datetime
     ) -> Access:
         host = settings.SLURM_LOGIN_HOST
-        user = settings.SLURM_LOGIN_USER or account
+        user = self.login_user(account)
         port = settings.SLURM_LOGIN_PORT
         count = len(nodes)
         instructions = (

@@ -326,7 +326,14 @@ PROVISIONING_DRIVER = env.str(
 PROVISIONING_LEAD = timedelta(minutes=10)  # start provisioning this long before the start
 PROVISIONING_CLEANUP_BUFFER = timedelta(minutes=0)  # release this long before the end
 PROVISIONING_STUCK_AFTER = timedelta(minutes=15)  # a transition taking longer is retried
-PROVISIONING_MAX_RETRIES = 6  # transient driver errors, with exponential backoff
+# Transient driver errors while provisioning are retried with exponential backoff (capped) until
+# the block's start plus this grace; then the block fails and is refunded.
+PROVISIONING_GIVE_UP_AFTER_START = timedelta(minutes=30)
+PROVISIONING_RETRY_MAX_BACKOFF = timedelta(minutes=3)
+PROVISIONING_ALERT_AFTER_RETRIES = 6  # an incident once, so operations hear early (~5 min)
+PROVISIONING_MAX_RETRIES: int | None = None  # an extra cap on retries; None: the time budget
+PROVISIONING_SYNC_RETRIES = 6  # a running block's end or nodes (extension, swap)
+PROVISIONING_TEARDOWN_RETRIES = 10  # a canceled or failed block's (~40 min), then an incident
 REMINDERS_BEFORE_END = [timedelta(hours=24), timedelta(hours=1)]
 PROVISIONING_SIMULATED_LATENCY = env.float("PROVISIONING_SIMULATED_LATENCY", default=2.0)
 PROVISIONING_SIMULATED_FAILURE_RATE = env.float("PROVISIONING_SIMULATED_FAILURE_RATE", default=0.1)

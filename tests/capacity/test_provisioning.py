@@ -3,7 +3,7 @@ from datetime import timedelta
 from django.core import mail
 from django.urls import reverse
 
-from capacity import drivers, lifecycle, provisioning
+from capacity import drivers, lifecycle, provisioning, tasks
 from capacity.drivers.simulated import SimulatedDriver
 from capacity.models import Allocation, Incident, Node, Reservation, SimulatedCall, SimulatedNode
 from portal import crypto
@@ -84,22 +84,116 @@ def test_transient_failures_are_retried_with_backoff_then_succeed(
     assert (call.attempts, call.completions) == (3, 1)
 
 
+class Broker:
+    """Stands in for the broker's countdown: a task's retry is kept, and `deliver` runs the
+    kept ones in order, moving the frozen clock by each countdown first."""
+
+    def __init__(self, task, monkeypatch, clock=None):
+        self.task, self.clock = task, clock
+        self.queued: list[tuple[dict, int]] = []
+        self.countdowns: list[int] = []
+        send = task.apply_async
+
+        def apply_async(args=None, kwargs=None, **options):
+            if "countdown" not in options:  # the first send, after commit: run it
+                return send(args, kwargs, **options)
+            self.queued.append((kwargs, options["countdown"]))
+            self.countdowns.append(options["countdown"])
+            return None
+
+        monkeypatch.setattr(task, "apply_async", apply_async)
+
+    def deliver(self, capture) -> list:
+        results = []
+        while self.queued:
+            kwargs, countdown = self.queued.pop(0)
+            if self.clock is not None:
+                self.clock.shift(timedelta(seconds=countdown))
+            with capture(execute=True):
+                results.append(self.task(**kwargs))
+        return results
+
+
 def test_giving_up_fails_refunds_and_tells_everyone(
+    catalog,
+    organization,
+    owner,
+    settings,
+    frozen_clock,
+    monkeypatch,
+    django_capture_on_commit_callbacks,
+):
+    settings.PROVISIONING_SIMULATED_FAILURE_RATE = 1.0
+    reservation = scheduled(organization, owner, catalog)  # starts 10:00
+    frozen_clock.move_to(NEXT_HOUR - timedelta(minutes=10))
+    broker = Broker(tasks.provision, monkeypatch, frozen_clock)
+    mail.outbox.clear()
+    with django_capture_on_commit_callbacks(execute=True):
+        provisioning.start(reservation)
+    # A controller down for five minutes (or more) does not fail the block: retries go on,
+    # the backoff capped at 3 minutes, until 30 minutes after its start.
+    results = broker.deliver(django_capture_on_commit_callbacks)
+    assert broker.countdowns == [5, 10, 20, 40, 80, 160] + [180] * 12
+    assert sum(broker.countdowns) == 2475  # 09:50 + 41:15 = 10:31:15, past 10:30
+    assert results == ["retrying"] * 17 + ["failed"]
+    assert state(reservation) == S.FAILED
+    assert Allocation.objects.filter(reservation=reservation, released_at__isnull=True).count() == 0
+    assert list(Incident.objects.order_by("id").values_list("kind", "detail")) == [
+        (
+            "stuck",
+            f"{reservation.public_id}: provisioning is being retried: Simulated timeout talking "
+            f"to the fabric manager (provision:{reservation.public_id}).",
+        ),
+        (
+            "provisioning_failed",
+            f"Simulated timeout talking to the fabric manager (provision:"
+            f"{reservation.public_id}). (gave up after retries)",
+        ),
+        # The same backend refuses the teardown too: retried 10 times, then operations hear.
+        (
+            "stuck",
+            f"{reservation.public_id}: the backend did not let the block go: Simulated timeout "
+            f"talking to the fabric manager (deprovision:{reservation.public_id}). "
+            "(gave up after retries)",
+        ),
+    ]
+    assert SimulatedCall.objects.get(key=f"provision:{reservation.public_id}").attempts == 19
+    assert [m.subject for m in mail.outbox] == [f"We could not bring up {reservation.public_id}"]
+
+
+def test_a_retry_cap_still_gives_up_earlier_when_set(
     catalog, organization, owner, settings, django_capture_on_commit_callbacks
 ):
     settings.PROVISIONING_SIMULATED_FAILURE_RATE = 1.0
     settings.PROVISIONING_MAX_RETRIES = 2
     reservation = scheduled(organization, owner, catalog)
-    mail.outbox.clear()
     with django_capture_on_commit_callbacks(execute=True):
         provisioning.start(reservation)
     assert state(reservation) == S.FAILED
-    assert Allocation.objects.filter(reservation=reservation, released_at__isnull=True).count() == 0
-    incident = Incident.objects.get()
-    assert (incident.kind, incident.reservation) == ("provisioning_failed", reservation)
-    assert "gave up after retries" in incident.detail
     assert SimulatedCall.objects.get(key=f"provision:{reservation.public_id}").attempts == 3
-    assert [m.subject for m in mail.outbox] == [f"We could not bring up {reservation.public_id}"]
+
+
+def test_a_configuration_error_is_retried_and_tells_operations_once(
+    catalog, organization, owner, settings, monkeypatch, django_capture_on_commit_callbacks
+):
+    settings.PROVISIONING_DRIVER = "tests.capacity.test_provisioning.MisconfiguredDriver"
+    reservation = scheduled(organization, owner, catalog)
+    broker = Broker(tasks.provision, monkeypatch)
+    with django_capture_on_commit_callbacks(execute=True):
+        provisioning.start(reservation)
+    assert broker.countdowns == [5]
+    kwargs, _ = broker.queued.pop()
+    with django_capture_on_commit_callbacks(execute=True):
+        assert tasks.provision(**kwargs) == "retrying"
+    assert state(reservation) == S.PROVISIONING
+    assert list(Incident.objects.values_list("kind", "detail")) == [
+        ("stuck", f"{reservation.public_id}: provisioning is being retried: Access denied")
+    ]
+
+
+class MisconfiguredDriver(SimulatedDriver):
+    def provision(self, **kwargs):
+        raise drivers.ConfigurationDriverError("Access denied")
 
 
 def test_a_permanent_driver_error_fails_at_once(
@@ -137,6 +231,58 @@ def test_a_block_canceled_while_provisioning_is_torn_down(
         assert provisioning.provision(reservation.pk) == S.CANCELED
     assert state(reservation) == S.CANCELED
     assert SimulatedCall.objects.get(key=f"deprovision:{reservation.public_id}").completions == 1
+
+
+class DownForTeardowns(SimulatedDriver):
+    """The backend unreachable for the first two teardown attempts."""
+
+    def deprovision(self, *, key, nodes):
+        call = self._attempt(f"down:{key}", nodes)
+        if call.attempts <= 2:
+            raise drivers.TransientDriverError("controller unreachable")
+        return super().deprovision(key=key, nodes=nodes)
+
+
+def test_a_teardown_the_backend_cannot_take_now_is_retried_until_it_can(
+    catalog, organization, owner, settings, monkeypatch, django_capture_on_commit_callbacks
+):
+    reservation = scheduled(organization, owner, catalog)
+    lifecycle.transition(reservation=reservation, to=S.PROVISIONING, actor=None)
+    settings.PROVISIONING_DRIVER = "tests.capacity.test_provisioning.DownForTeardowns"
+    broker = Broker(tasks.deprovision, monkeypatch)
+    with django_capture_on_commit_callbacks(execute=True):
+        lifecycle.transition(
+            reservation=reservation,
+            to=S.CANCELED,
+            actor=None,
+            after_commit=lambda: provisioning._deprovision(reservation),
+        )
+    assert broker.countdowns == [5]
+    assert broker.deliver(django_capture_on_commit_callbacks) == ["retrying", "torn down"]
+    assert broker.countdowns == [5, 10]
+    key = f"deprovision:{reservation.public_id}"
+    assert SimulatedCall.objects.get(key=f"down:{key}").attempts == 3
+    assert SimulatedCall.objects.get(key=key).completions == 1
+
+
+def test_a_provision_message_for_a_block_canceled_meanwhile_tears_it_down(
+    catalog, organization, owner, django_capture_on_commit_callbacks
+):
+    reservation = scheduled(organization, owner, catalog)
+    lifecycle.transition(reservation=reservation, to=S.PROVISIONING, actor=None)
+    # An earlier attempt made it in the backend; then the block was canceled.
+    SimulatedDriver().provision(
+        key=f"provision:{reservation.public_id}",
+        account=organization.slug,
+        nodes=provisioning._nodes(reservation),
+        starts_at=reservation.starts_at,
+        ends_at=reservation.ends_at,
+    )
+    lifecycle.transition(reservation=reservation, to=S.CANCELED, actor=None)
+    with django_capture_on_commit_callbacks(execute=True):
+        assert tasks.provision(reservation_id=reservation.pk) == S.CANCELED
+    assert SimulatedCall.objects.get(key=f"deprovision:{reservation.public_id}").completions == 1
+    assert set(SimulatedNode.objects.values_list("block", flat=True)) == {""}
 
 
 def test_the_end_releases_the_nodes_and_completes(
@@ -189,7 +335,7 @@ def test_an_unhealthy_node_goes_to_maintenance_and_is_swapped(
         hostname=sick.hostname, defaults={"fault": "GPU 3 fell off the bus"}
     )
     result = provisioning.reconcile()
-    assert result == {"retried": 0, "unhealthy": 1, "healed": 1}
+    assert result == {"retried": 0, "unhealthy": 1, "healed": 1, "leftovers": 0}
     sick.refresh_from_db()
     assert (sick.status, sick.status_reason) == (Node.Status.MAINTENANCE, "GPU 3 fell off the bus")
     live = Allocation.objects.filter(reservation=reservation, released_at__isnull=True)
@@ -199,7 +345,12 @@ def test_an_unhealthy_node_goes_to_maintenance_and_is_swapped(
         "node_swapped",
         "node_unhealthy",
     ]
-    assert provisioning.reconcile() == {"retried": 0, "unhealthy": 0, "healed": 0}  # twice
+    assert provisioning.reconcile() == {
+        "retried": 0,
+        "unhealthy": 0,
+        "healed": 0,
+        "leftovers": 0,
+    }  # twice
 
 
 def test_a_stuck_provisioning_is_retried_by_reconcile(

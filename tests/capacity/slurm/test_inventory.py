@@ -32,6 +32,8 @@ def test_gres_gives_the_gpu_count_and_types():
     assert gres_gpus("gpu:h100:8(S:0-1),nic:1") == (8, ("h100",))
     assert gres_gpus("gpu:h100:4,gpu:a100:4") == (8, ("a100", "h100"))
     assert gres_gpus("(null)") == (0, ())
+    assert gres_gpus("gpu:h100:4(S:0,2)") == (4, ("h100",))
+    assert gres_gpus("gpu:h100:4(S:0,2),gpu:a100:2(S:1,3),nic:1") == (6, ("a100", "h100"))
 
 
 def test_scontrol_show_nodes_is_parsed_exactly():

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from capacity.drivers import PermanentDriverError, TransientDriverError
+from capacity.drivers import ConfigurationDriverError, PermanentDriverError, TransientDriverError
 from capacity.drivers.slurm import (
     Runner,
     SlurmCommandError,
@@ -158,13 +158,63 @@ def test_an_unreachable_controller_is_transient(message):
         "Error creating the reservation: Requested reservation overlaps with another reservation",
         "Error creating the reservation: Invalid node name specified",
         "Error creating the reservation: Requested nodes are busy",
-        "Error creating the reservation: Invalid account or account/partition combination",
     ],
 )
 def test_a_refusal_is_permanent_with_slurms_message(message):
     error = classify(SlurmCommandError("scontrol", 1, message))
     assert isinstance(error, PermanentDriverError)
     assert str(error) == f"Slurm (scontrol): {message}"
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "Error creating the reservation: Invalid account or account/partition combination",
+        "sbatch: error: Access denied",
+    ],
+)
+def test_a_refusal_of_our_configuration_is_transient_for_operations_to_fix(message):
+    error = classify(SlurmCommandError("scontrol", 1, message))
+    assert type(error) is ConfigurationDriverError
+    assert isinstance(error, TransientDriverError)
+    assert str(error) == f"Slurm (scontrol): {message}"
+
+
+def test_only_slurms_error_line_is_kept(monkeypatch):
+    printed = (
+        "Note, unless nodes are directly requested a reservation must exist on\n"
+        "  all the nodes of the requested partition ...\n"
+        "Error creating the reservation: Requested nodes are busy\n"
+    )
+
+    def fake_run(argv, **kwargs):
+        return subprocess.CompletedProcess(argv, 1, stdout="", stderr=printed)
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    with pytest.raises(SlurmCommandError) as caught:
+        Runner()("scontrol", "create", "reservation")
+    assert caught.value.message == "Error creating the reservation: Requested nodes are busy"
+
+
+def test_sinfo_states_as_lists_are_read_too():
+    report = node_health(
+        _sinfo(
+            {"name": "gpu001", "state": ["IDLE"], "reason": ""},
+            {"name": "gpu002", "state": ["IDLE", "DRAIN"], "reason": "fan failure"},
+            {"name": "gpu003", "state": ["DOWN", "NOT_RESPONDING"], "reason": ""},
+        )
+    )
+    assert report == {
+        "gpu001": "ok",
+        "gpu002": "Slurm: IDLE+DRAIN: fan failure",
+        "gpu003": "Slurm: DOWN+NOT_RESPONDING",
+    }
+
+
+@pytest.mark.parametrize("printed", [json.dumps({"errors": []}), _sinfo()])
+def test_sinfo_listing_no_nodes_is_transient_not_every_node_gone(printed):
+    with pytest.raises(TransientDriverError, match=r"the controller listed no nodes"):
+        node_health(printed)
 
 
 def test_an_unknown_message_is_transient_unless_the_controller_is_up():
@@ -211,12 +261,14 @@ def test_commands_run_without_a_shell_in_utc_with_the_configured_conf(monkeypatc
 
     monkeypatch.setattr(subprocess, "run", fake_run)
     monkeypatch.setenv("SLURM_JOB_ID", "12")
+    monkeypatch.setenv("SECRET_KEY", "do-not-pass")
+    monkeypatch.setenv("DATABASE_URL", "postgres://secret@db/x")
     runner = Runner(bin_dir="/opt/slurm/bin", conf=str(tmp_path / "slurm.conf"), timeout=3)
     assert runner("scontrol", "ping") == "ok\n"
     assert seen["argv"] == ["/opt/slurm/bin/scontrol", "ping"]
     assert (seen["timeout"], seen.get("shell", False)) == (3, False)
     assert (seen["env"]["TZ"], seen["env"]["SLURM_CONF"]) == ("UTC", str(tmp_path / "slurm.conf"))
-    assert "SLURM_JOB_ID" not in seen["env"]
+    assert sorted(seen["env"]) == ["HOME", "LC_ALL", "PATH", "SLURM_CONF", "TZ"]
     with pytest.raises(ValueError, match="Not a Slurm command we run: rm"):
         runner("rm", "-rf", "/")
 
@@ -242,6 +294,7 @@ def test_provisioning_sends_exactly_our_names_nodes_and_window(settings):
             "StartTime=2099-01-01T10:00:00",
             "EndTime=2099-01-01T12:00:00",
             "Accounts=acme",
+            "Flags=IGNORE_JOBS",
         ),
     ]
     assert [n.hostname for n in access.nodes] == ["gpu001", "gpu002"]
@@ -249,22 +302,42 @@ def test_provisioning_sends_exactly_our_names_nodes_and_window(settings):
     assert access.secret == ""
 
 
-def test_a_reservation_with_our_name_but_other_nodes_is_permanent(settings):
+PROVISION_ABC = {
+    "key": "provision:rsv_abc",
+    "account": "acme",
+    "nodes": ["gpu001", "gpu002"],
+    "starts_at": datetime(2026, 12, 1, 10, tzinfo=UTC),
+    "ends_at": datetime(2026, 12, 2, 10, tzinfo=UTC),
+}
+
+
+def test_a_reservation_with_our_name_but_other_nodes_is_updated_to_match(settings):
     settings.SLURM_ACCOUNTING = False
-    runner = Recorder([SHOW_RES])
+    runner = Recorder([SHOW_RES, ""])
+    access = SlurmDriver(runner).provision(**PROVISION_ABC)
+    assert runner.calls[1] == (
+        "scontrol",
+        "update",
+        "ReservationName=rsv_abc",
+        "Nodes=gpu[001-002]",
+        "EndTime=2026-12-02T10:00:00",
+        "Accounts=acme",
+    )
+    assert [n.hostname for n in access.nodes] == ["gpu001", "gpu002"]
+
+
+def test_an_update_slurm_refuses_is_permanent(settings):
+    settings.SLURM_ACCOUNTING = False
+    refused = SlurmCommandError(
+        "scontrol", 1, "Error updating the reservation: Requested nodes are busy"
+    )
+    runner = Recorder([SHOW_RES, refused])
     with pytest.raises(
         PermanentDriverError,
-        match=r"Slurm already has a reservation named rsv_abc with nodes gpu\[001-002,007\] "
-        r"instead of gpu\[001-002\]\.",
+        match=r"Slurm refused to update reservation rsv_abc: Error updating the reservation: "
+        r"Requested nodes are busy",
     ):
-        SlurmDriver(runner).provision(
-            key="provision:rsv_abc",
-            account="acme",
-            nodes=["gpu001", "gpu002"],
-            starts_at=datetime(2026, 12, 1, 10, tzinfo=UTC),
-            ends_at=datetime(2026, 12, 2, 10, tzinfo=UTC),
-        )
-    assert len(runner.calls) == 1  # nothing was changed
+        SlurmDriver(runner).provision(**PROVISION_ABC)
 
 
 def test_a_reservation_whose_jobs_keep_running_is_retried_later(monkeypatch):
