@@ -261,6 +261,23 @@ def test_only_scheduled_or_active_reservations_extend(catalog, organization, own
     assert held.ends_at == NEXT_HOUR + hours(24)
 
 
+def test_a_block_whose_end_has_passed_cannot_be_extended(
+    catalog, organization, owner, frozen_clock
+):
+    reservation = reserve(organization, owner, catalog, nodes=1, length=4)
+    Reservation.objects.filter(pk=reservation.pk).update(state=S.ACTIVE)
+    frozen_clock.move_to(NEXT_HOUR + hours(4))  # its end, before the release sweep ran
+    with pytest.raises(Conflict) as refused:
+        services.reservation_extend(reservation=reservation, actor=owner, hours=2)
+    assert (refused.value.code, refused.value.message) == (
+        "not_extendable",
+        f"{reservation.public_id} has already ended and can no longer be extended. "
+        "You can reserve another block instead.",
+    )
+    reservation.refresh_from_db()
+    assert (reservation.ends_at, reservation.total) == (NEXT_HOUR + hours(4), Decimal("64.00"))
+
+
 def test_payment_confirms_a_hold(catalog, organization, owner):
     held = reserve(organization, owner, catalog)
     confirmed = services.reservation_confirm(reservation=held, actor=None, reason="Paid.")
