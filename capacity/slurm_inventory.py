@@ -186,6 +186,14 @@ def cluster_sync(
         .exclude(cluster=cluster)
         .values_list("hostname", flat=True)
     )
+    in_service = [n for n in ours.values() if n.status != Node.Status.RETIRED]
+    if in_service and not {n.name for n in nodes} & {n.hostname for n in in_service}:
+        # Slurm listing none of them is a wrong partition or controller, not a cluster gone:
+        # retiring every node would stop selling the cluster and strand its bookings.
+        raise ServiceError(
+            f"Slurm listed none of the {len(in_service)} nodes of {cluster.code} (check the "
+            "partition and SLURM_CONF); nothing was changed."
+        )
     seen = set()
     for slurm_node in nodes:
         name = slurm_node.name

@@ -92,6 +92,21 @@ def test_a_sync_adds_updates_and_retires_and_twice_changes_nothing(pool, slurm_o
     assert AuditEvent.objects.filter(action="cluster.slurm_synced").count() == 3
 
 
+def test_a_sync_that_matches_none_of_the_nodes_retires_nothing(pool):
+    region, h100 = pool
+    cluster_sync(code="slurm-a", nodes=_nodes("gpu001", "gpu002"), region=region, gpu_model=h100)
+    with pytest.raises(ServiceError) as refused:
+        cluster_sync(code="slurm-a", nodes=_nodes("other01"))
+    assert refused.value.message == (
+        "Slurm listed none of the 2 nodes of slurm-a (check the partition and SLURM_CONF); "
+        "nothing was changed."
+    )
+    assert list(Node.objects.order_by("hostname").values_list("hostname", "status")) == [
+        ("gpu001", "available"),
+        ("gpu002", "available"),
+    ]
+
+
 def test_a_node_of_another_cluster_is_not_taken_and_the_pool_cannot_change(pool):
     region, h100 = pool
     cluster_sync(code="slurm-a", nodes=_nodes("gpu001"), region=region, gpu_model=h100)
