@@ -188,3 +188,14 @@ def parse_price_per_gpu_hour(value: object) -> Decimal:
             param="price_per_gpu_hour",
         )
     return price
+
+
+def quote_for_sale(*, gpu_model: GpuModel, region: Region, **kwargs: object) -> Quote:
+    """`quote` for a block someone is buying: a pool without a list price is their error
+    (nothing is sold there), not a lookup failure."""
+    try:
+        return quote(gpu_model=gpu_model, region=region, **kwargs)  # type: ignore[arg-type]
+    except PriceUnavailable as exc:
+        raise ServiceError(
+            f"{gpu_model.name} is not sold in {region.name}.", param="region"
+        ) from exc

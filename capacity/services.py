@@ -144,19 +144,14 @@ def reservation_create(
         ).first()
         if existing is not None:
             return existing
-    try:
-        quote = pricing.quote(
-            organization=organization,
-            gpu_model=gpu_model,
-            region=region,
-            node_count=node_count,
-            starts_at=window.starts_at,
-            ends_at=window.ends_at,
-        )
-    except pricing.PriceUnavailable as exc:
-        raise ServiceError(
-            f"{gpu_model.name} is not sold in {region.name}.", param="region"
-        ) from exc
+    quote = pricing.quote_for_sale(
+        organization=organization,
+        gpu_model=gpu_model,
+        region=region,
+        node_count=node_count,
+        starts_at=window.starts_at,
+        ends_at=window.ends_at,
+    )
     return hold_capacity(
         organization=organization,
         created_by=user,
