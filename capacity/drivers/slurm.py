@@ -57,7 +57,7 @@ COMMANDS = frozenset({"scontrol", "sacctmgr", "sinfo", "scancel"})
 # Deleting a reservation whose jobs are still being killed: how often to try, a second apart.
 DELETE_TRIES = 5
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%S"
-# A start this close (or already past) is sent as "now": Slurm refuses a start in the past.
+# How much earlier than our start a reservation of ours may begin and still count as ours.
 START_LEEWAY = timedelta(seconds=60)
 
 # Slurm's messages for "could not reach the controller (or its database) in time".
@@ -450,8 +450,10 @@ class SlurmDriver:
         self.ensure_account(account)
         existing = self.show(name)
         if existing is None:
-            now = timezone.now()
-            start = "now" if starts_at <= now + START_LEEWAY else format_time(starts_at)
+            # A start already past is sent as the present moment, never as "now" for a start
+            # that is still ahead: the block before ours on these nodes runs until our start,
+            # and Slurm refuses an overlap. (Slurm takes a start a few seconds past as it is.)
+            start = format_time(max(starts_at, timezone.now()))
             try:
                 self.run(
                     "scontrol",

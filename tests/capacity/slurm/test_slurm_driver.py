@@ -6,6 +6,7 @@ from datetime import timedelta
 
 import pytest
 from django.core import mail
+from django.utils import timezone
 
 from accounts.permissions import Role
 from capacity import operations, provisioning, services, tasks
@@ -138,6 +139,35 @@ def test_a_block_right_after_one_still_running_jobs_is_provisioned(
     view = slurm.reservation(second.public_id)
     assert (view["Nodes"], view["StartTime"]) == ("gpu008", format_time(second.starts_at))
     assert "IGNORE_JOBS" in view["Flags"]
+
+
+def test_a_block_starting_within_the_minute_after_another_keeps_its_own_start(slurm, slurm_org):
+    # The block before ours on gpu009 ends in 20 seconds; ours starts right then. Sent as
+    # "now", ours would overlap the one still running, and Slurm would refuse it.
+    ends = timezone.now().replace(microsecond=0) + timedelta(seconds=20)
+    slurm.scontrol(
+        "create",
+        "reservation",
+        "ReservationName=rsv_before",
+        "Nodes=gpu009",
+        "StartTime=now",
+        f"EndTime={format_time(ends)}",
+        "Accounts=acme-labs",
+        "Flags=IGNORE_JOBS",
+    )
+    get_driver().provision(
+        key="provision:rsv_after",
+        account=slurm_org.slug,
+        nodes=["gpu009"],
+        starts_at=ends,
+        ends_at=ends + timedelta(hours=1),
+    )
+    view = slurm.reservation("rsv_after")
+    assert (view["Nodes"], view["StartTime"], view["EndTime"]) == (
+        "gpu009",
+        format_time(ends),
+        format_time(ends + timedelta(hours=1)),
+    )
 
 
 def test_a_reservation_of_ours_with_other_nodes_and_end_is_updated_to_match(
