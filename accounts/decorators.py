@@ -1,9 +1,14 @@
 from collections.abc import Callable
 from functools import wraps
+from urllib.parse import urlencode
 
+from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse
-from django.shortcuts import render
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils import timezone
+from django_htmx.http import HttpResponseClientRedirect
 
 from . import selectors
 from .permissions import PERMISSION_LABELS, Permission, can
@@ -44,6 +49,53 @@ def org_member(permission: Permission | None = None) -> Callable[[View], View]:
                     },
                     status=403,
                 )
+            return view(request, *args, **kwargs)
+
+        return wrapper
+
+    return decorator
+
+
+# When the signed-in user last typed their password (login or the confirmation page).
+REAUTH_SESSION_KEY = "reauthenticated_at"
+
+
+def mark_reauthenticated(request: HttpRequest) -> None:
+    request.session[REAUTH_SESSION_KEY] = timezone.now().timestamp()
+
+
+def recently_reauthenticated(request: HttpRequest) -> bool:
+    stamp = request.session.get(REAUTH_SESSION_KEY)
+    return (
+        isinstance(stamp, int | float)
+        and timezone.now().timestamp() - stamp < settings.REAUTHENTICATION_MAX_AGE.total_seconds()
+    )
+
+
+def ask_for_password(request: HttpRequest, then: str) -> HttpResponse:
+    """Send the user to the password confirmation, coming back to `then` (a page, since a POST
+    cannot be replayed); htmx requests are redirected as a whole page."""
+    url = f"{reverse('confirm-password')}?{urlencode({'next': then}, safe='/')}"
+    if getattr(request, "htmx", False):
+        return HttpResponseClientRedirect(url)
+    return redirect(url)
+
+
+def recent_password(page: str | None = None) -> Callable[[View], View]:
+    """Sensitive actions (API keys, payment methods, roles) need the password typed within
+    REAUTHENTICATION_MAX_AGE. Goes inside `org_member`, so another organization's URLs still
+    answer 404 first. `page` names the URL (taking the organization's slug) to come back to
+    after a refused POST; a GET comes back to itself."""
+
+    def decorator(view: View) -> View:
+        @wraps(view)
+        def wrapper(request: HttpRequest, *args: object, **kwargs: object) -> HttpResponse:
+            if not recently_reauthenticated(request):
+                if request.method == "GET" or page is None:
+                    then = request.get_full_path()
+                else:
+                    then = reverse(page, args=[request.organization.slug])
+                return ask_for_password(request, then)
             return view(request, *args, **kwargs)
 
         return wrapper

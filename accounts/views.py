@@ -16,7 +16,13 @@ from portal.errors import ServiceError
 from portal.forms import add_service_error
 
 from . import api_keys, selectors, services
-from .decorators import org_member
+from .decorators import (
+    ask_for_password,
+    mark_reauthenticated,
+    org_member,
+    recent_password,
+    recently_reauthenticated,
+)
 from .forms import (
     ApiKeyForm,
     InvitationSignupForm,
@@ -93,6 +99,12 @@ class LoginView(auth_views.LoginView):
     template_name = "accounts/login.html"
     authentication_form = LoginForm
     redirect_authenticated_user = True
+
+    def form_valid(self, form):  # type: ignore[no-untyped-def]
+        response = super().form_valid(form)
+        # The password was just typed: sensitive actions need not ask for it again at once.
+        mark_reauthenticated(self.request)
+        return response
 
 
 def locked_out(
@@ -265,6 +277,7 @@ def team(request: HttpRequest) -> HttpResponse:
 
 
 @org_member(Permission.MANAGE_TEAM)
+@recent_password("team")
 @require_POST
 def team_invite(request: HttpRequest) -> HttpResponse:
     form = InviteForm(request.POST, actor_role=request.membership.role)
@@ -298,6 +311,7 @@ def invitation_revoke(request: HttpRequest, invitation_id: int) -> HttpResponse:
 
 
 @org_member(Permission.MANAGE_TEAM)
+@recent_password("team")
 @require_POST
 def member_role(request: HttpRequest, membership_id: int) -> HttpResponse:
     membership = selectors.team_member(request.organization, membership_id)
@@ -329,6 +343,7 @@ def member_role(request: HttpRequest, membership_id: int) -> HttpResponse:
 
 
 @org_member(Permission.VIEW_TEAM)
+@recent_password("team")
 @require_POST
 def member_remove(request: HttpRequest, membership_id: int) -> HttpResponse:
     membership = selectors.team_member(request.organization, membership_id)
@@ -402,34 +417,27 @@ def invitation(request: HttpRequest, token: str) -> HttpResponse:
 
 
 # --- Re-authentication and API keys -----------------------------------------------------------
-REAUTH_SESSION_KEY = "reauthenticated_at"
-
-
-def recently_reauthenticated(request: HttpRequest) -> bool:
-    stamp = request.session.get(REAUTH_SESSION_KEY)
-    return (
-        bool(stamp)
-        and timezone.now().timestamp() - stamp < settings.REAUTHENTICATION_MAX_AGE.total_seconds()
-    )
-
-
 @login_required
 @require_http_methods(["GET", "POST"])
 def confirm_password(request: HttpRequest) -> HttpResponse:
-    """Ask for the password again before a sensitive action (API keys, payment methods)."""
+    """Ask for the password again before a sensitive action (API keys, payment methods, roles)."""
     next_url = request.POST.get("next") or request.GET.get("next") or "/"
     if not url_has_allowed_host_and_scheme(next_url, allowed_hosts={request.get_host()}):
         next_url = "/"
     error = ""
     if request.method == "POST":
         if request.user.check_password(request.POST.get("password", "")):
-            request.session[REAUTH_SESSION_KEY] = timezone.now().timestamp()
+            mark_reauthenticated(request)
             return redirect(next_url)
         error = "That password is not right."
     return render(
         request,
         "accounts/confirm_password.html",
-        {"next": next_url, "error": error},
+        {
+            "next": next_url,
+            "error": error,
+            "max_age_minutes": int(settings.REAUTHENTICATION_MAX_AGE.total_seconds() // 60),
+        },
         status=400 if error else 200,
     )
 
@@ -447,7 +455,7 @@ def api_keys_page(request: HttpRequest) -> HttpResponse:
                 request, "403.html", {"message": "Your role cannot create API keys."}, status=403
             )
         if not recently_reauthenticated(request):
-            return redirect(f"{reverse('confirm-password')}?next={request.path}")
+            return ask_for_password(request, request.path)
         if form.is_valid():
             try:
                 _key, created_key = api_keys.api_key_create(
@@ -482,7 +490,7 @@ def api_key_action(request: HttpRequest, public_id: str, action: str) -> HttpRes
         return render(request, "404.html", status=404)
     page = reverse("api-keys", args=[request.organization.slug])
     if not recently_reauthenticated(request):
-        return redirect(f"{reverse('confirm-password')}?next={page}")
+        return ask_for_password(request, page)
     try:
         api_key = api_keys.key_for_org(request.organization, public_id)
         if action == "revoke":

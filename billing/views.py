@@ -13,7 +13,12 @@ from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from accounts.decorators import org_member
+from accounts.decorators import (
+    ask_for_password,
+    org_member,
+    recent_password,
+    recently_reauthenticated,
+)
 from accounts.permissions import Permission, can
 from capacity import selectors as capacity_selectors
 from capacity.models import Reservation
@@ -239,7 +244,10 @@ def billing(request: HttpRequest) -> HttpResponse:
 @org_member(Permission.MANAGE_BILLING)
 @require_http_methods(["GET", "POST"])
 def card_add(request: HttpRequest) -> HttpResponse:
-    """Save a card with a SetupIntent and the card Element (confirmCardSetup)."""
+    """Save a card with a SetupIntent and the card Element (confirmCardSetup). The password is
+    asked before the SetupIntent is made; the POST that records it finishes that same setup."""
+    if request.method == "GET" and not recently_reauthenticated(request):
+        return ask_for_password(request, request.get_full_path())
     if request.method == "POST":
         try:
             payment_methods.setup_finished(
@@ -286,6 +294,7 @@ def _card_change(request: HttpRequest, change, payment_method_id: str, done: str
 
 @org_member(Permission.MANAGE_BILLING)
 @require_POST
+@recent_password("billing")
 def card_default(request: HttpRequest, payment_method_id: str) -> HttpResponse:
     return _card_change(
         request, payment_methods.make_default, payment_method_id, "Default card changed."
@@ -294,6 +303,7 @@ def card_default(request: HttpRequest, payment_method_id: str) -> HttpResponse:
 
 @org_member(Permission.MANAGE_BILLING)
 @require_POST
+@recent_password("billing")
 def card_remove(request: HttpRequest, payment_method_id: str) -> HttpResponse:
     return _card_change(request, payment_methods.remove, payment_method_id, "Card removed.")
 

@@ -1,7 +1,11 @@
 import re
+import time
 import uuid
 from collections.abc import Callable
 
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth import logout
 from django.http import HttpRequest, HttpResponse
 
 from . import context
@@ -29,3 +33,46 @@ class RequestContextMiddleware:
             context.client_ip.reset(ip_token)
         response["X-Request-ID"] = rid
         return response
+
+
+class SessionTimeoutMiddleware:
+    """Signs a user out after SESSION_IDLE_TIMEOUT without a request, and in any case
+    SESSION_ABSOLUTE_TIMEOUT after the session began, whatever the activity.
+
+    The last activity is written at most once a minute, so a page polling every few seconds
+    does not rewrite the session on every request. A timed-out request goes on as an anonymous
+    one: pages that need a user send it to the sign-in page, the API answers 401."""
+
+    STARTED = "session_started_at"
+    SEEN = "session_seen_at"
+    WRITE_EVERY = 60  # seconds
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        if request.user.is_authenticated:
+            self._check(request)
+        return self.get_response(request)
+
+    def _check(self, request: HttpRequest) -> None:
+        session = request.session
+        now = time.time()
+        started = session.get(self.STARTED)
+        seen = session.get(self.SEEN)
+        if not isinstance(started, int | float) or not isinstance(seen, int | float):
+            session[self.STARTED] = session[self.SEEN] = now
+            return
+        idle = settings.SESSION_IDLE_TIMEOUT.total_seconds()
+        absolute = settings.SESSION_ABSOLUTE_TIMEOUT.total_seconds()
+        if now - seen > idle or now - started > absolute:
+            why = (
+                f"{int(idle // 60)} minutes without activity"
+                if now - seen > idle
+                else f"{int(absolute // 3600)} hours"
+            )
+            logout(request)
+            messages.info(request, f"You were signed out after {why}. Sign in again.")
+            return
+        if now - seen >= self.WRITE_EVERY:
+            session[self.SEEN] = now

@@ -1,8 +1,10 @@
 import socket
+import time
 
 import pytest
 from django.test import Client
 
+from accounts.decorators import REAUTH_SESSION_KEY
 from accounts.models import Organization, User
 from accounts.permissions import Role
 
@@ -60,7 +62,13 @@ def member_of(organization: Organization, role: str) -> User:
     return MembershipFactory(organization=organization, role=role).user
 
 
-def client_for(user: User) -> Client:
+def client_for(user: User, *, reauthenticated: bool = False) -> Client:
+    """A signed-in client; `reauthenticated` as if the password was just typed again, which
+    managing keys, cards and roles asks for (tests/accounts/test_reauthentication.py)."""
     client = Client()
     client.force_login(user)
+    if reauthenticated:
+        session = client.session
+        session[REAUTH_SESSION_KEY] = time.time()
+        session.save()
     return client

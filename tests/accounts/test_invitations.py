@@ -27,7 +27,7 @@ def _token_from_outbox() -> str:
 def invited(organization, owner, django_capture_on_commit_callbacks):
     """An invitation of new@example.com as admin, and the token from its e-mail."""
     with django_capture_on_commit_callbacks(execute=True):
-        response = _invite(client_for(owner), organization, role=Role.ADMIN)
+        response = _invite(client_for(owner, reauthenticated=True), organization, role=Role.ADMIN)
     assert response.status_code == 302
     return Invitation.objects.get(), _token_from_outbox()
 
@@ -115,7 +115,7 @@ def test_reinviting_replaces_the_old_link(
 ):
     first, first_token = invited
     with django_capture_on_commit_callbacks(execute=True):
-        _invite(client_for(owner), organization, email="NEW@example.com")
+        _invite(client_for(owner, reauthenticated=True), organization, email="NEW@example.com")
     second_token = _token_from_outbox()
     first.refresh_from_db()
     assert first.revoked_at is not None
@@ -126,7 +126,9 @@ def test_reinviting_replaces_the_old_link(
 
 def test_revoked_invitation_cannot_be_used(client, organization, owner, invited):
     invitation, token = invited
-    client_for(owner).post(reverse("invitation-revoke", args=[organization.slug, invitation.pk]))
+    client_for(owner, reauthenticated=True).post(
+        reverse("invitation-revoke", args=[organization.slug, invitation.pk])
+    )
     response = client.get(reverse("invitation", args=[token]))
     assert response.status_code == 409
     assert b"This invitation was withdrawn." in response.content
@@ -134,7 +136,9 @@ def test_revoked_invitation_cannot_be_used(client, organization, owner, invited)
 
 def test_inviting_an_existing_member_is_refused(organization, owner):
     member = member_of(organization, Role.MEMBER)
-    response = _invite(client_for(owner), organization, email=member.email.upper())
+    response = _invite(
+        client_for(owner, reauthenticated=True), organization, email=member.email.upper()
+    )
     assert response.status_code == 400
     assert response.context["invite_form"].errors["email"] == [
         f"{member.email} is already a member."
@@ -143,7 +147,9 @@ def test_inviting_an_existing_member_is_refused(organization, owner):
 
 
 def test_inviting_a_bad_address_is_refused(organization, owner):
-    response = _invite(client_for(owner), organization, email="not an address")
+    response = _invite(
+        client_for(owner, reauthenticated=True), organization, email="not an address"
+    )
     assert response.status_code == 400
     assert response.context["invite_form"].errors["email"] == ["Enter a valid email address."]
     assert Invitation.objects.count() == 0
@@ -151,7 +157,7 @@ def test_inviting_a_bad_address_is_refused(organization, owner):
 
 def test_only_owners_may_invite_owners(organization):
     admin = member_of(organization, Role.ADMIN)
-    response = _invite(client_for(admin), organization, role=Role.OWNER)
+    response = _invite(client_for(admin, reauthenticated=True), organization, role=Role.OWNER)
     assert response.status_code == 400
     assert Invitation.objects.count() == 0
     with pytest.raises(NotAllowed, match="Only an owner can make someone an owner."):

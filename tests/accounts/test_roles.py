@@ -38,7 +38,9 @@ def test_matrix_is_exactly_as_documented():
 
 @pytest.mark.parametrize("role", ALL_ROLES)
 def test_every_role_sees_the_dashboard_team_and_settings(organization, owner, role):
-    client = client_for(owner if role == Role.OWNER else member_of(organization, role))
+    client = client_for(
+        owner if role == Role.OWNER else member_of(organization, role), reauthenticated=True
+    )
     for name in ("dashboard", "team", "organization-settings"):
         assert client.get(reverse(name, args=[organization.slug])).status_code == 200
 
@@ -46,7 +48,7 @@ def test_every_role_sees_the_dashboard_team_and_settings(organization, owner, ro
 @pytest.mark.parametrize("role", ALL_ROLES)
 def test_inviting_is_for_owners_and_admins(organization, owner, role):
     actor = owner if role == Role.OWNER else member_of(organization, role)
-    response = client_for(actor).post(
+    response = client_for(actor, reauthenticated=True).post(
         reverse("team-invite", args=[organization.slug]),
         {"email": "x@example.com", "role": "member"},
     )
@@ -59,7 +61,7 @@ def test_inviting_is_for_owners_and_admins(organization, owner, role):
 def test_changing_roles_is_for_owners_and_admins(organization, owner, role):
     actor = owner if role == Role.OWNER else member_of(organization, role)
     target = Membership.objects.get(user=member_of(organization, Role.MEMBER))
-    response = client_for(actor).post(
+    response = client_for(actor, reauthenticated=True).post(
         reverse("member-role", args=[organization.slug, target.pk]), {"role": Role.BILLING}
     )
     allowed = role in {Role.OWNER, Role.ADMIN}
@@ -72,7 +74,7 @@ def test_changing_roles_is_for_owners_and_admins(organization, owner, role):
 def test_editing_organization_details_is_for_owners_and_admins(organization, owner, role):
     actor = owner if role == Role.OWNER else member_of(organization, role)
     before = organization.name
-    response = client_for(actor).post(
+    response = client_for(actor, reauthenticated=True).post(
         reverse("organization-settings", args=[organization.slug]),
         {
             "name": "Renamed",
@@ -92,7 +94,7 @@ def test_editing_organization_details_is_for_owners_and_admins(organization, own
 
 def test_invalid_organization_details_change_nothing(organization, owner):
     before = organization.name
-    response = client_for(owner).post(
+    response = client_for(owner, reauthenticated=True).post(
         reverse("organization-settings", args=[organization.slug]),
         {"name": "", "country": "DE", "billing_email": "not-an-email"},
     )
@@ -104,7 +106,7 @@ def test_invalid_organization_details_change_nothing(organization, owner):
 
 def test_htmx_role_change_returns_the_row(organization, owner):
     target = Membership.objects.get(user=member_of(organization, Role.MEMBER))
-    response = client_for(owner).post(
+    response = client_for(owner, reauthenticated=True).post(
         reverse("member-role", args=[organization.slug, target.pk]),
         {"role": Role.ADMIN},
         HTTP_HX_REQUEST="true",
@@ -117,7 +119,7 @@ def test_htmx_role_change_returns_the_row(organization, owner):
 
 def test_the_last_owner_cannot_be_demoted_or_removed(organization, owner):
     ownership = Membership.objects.get(user=owner)
-    client = client_for(owner)
+    client = client_for(owner, reauthenticated=True)
     client.post(
         reverse("member-role", args=[organization.slug, ownership.pk]), {"role": Role.ADMIN}
     )
@@ -153,7 +155,7 @@ def test_admins_cannot_touch_owners(organization, owner):
 def test_anyone_may_leave(organization, owner, role):
     user = member_of(organization, role)
     membership = Membership.objects.get(user=user)
-    response = client_for(user).post(
+    response = client_for(user, reauthenticated=True).post(
         reverse("member-remove", args=[organization.slug, membership.pk])
     )
     assert response["Location"] == "/"
@@ -164,5 +166,7 @@ def test_anyone_may_leave(organization, owner, role):
 def test_members_cannot_remove_others(organization, owner, role):
     actor = member_of(organization, role)
     victim = Membership.objects.get(user=member_of(organization, Role.MEMBER))
-    client_for(actor).post(reverse("member-remove", args=[organization.slug, victim.pk]))
+    client_for(actor, reauthenticated=True).post(
+        reverse("member-remove", args=[organization.slug, victim.pk])
+    )
     assert Membership.objects.filter(pk=victim.pk).exists()

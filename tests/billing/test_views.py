@@ -127,7 +127,7 @@ def test_who_sees_billing(organization, owner, role, status):
 
 
 def test_cards_are_added_made_default_and_removed(organization, owner, stripe_api):
-    client = client_for(owner)
+    client = client_for(owner, reauthenticated=True)
     account = services.billing_account_for(organization)
     first, second = card(stripe_api), card(stripe_api)
     for method in (first, second):
@@ -162,7 +162,7 @@ def test_another_organizations_billing_is_invisible_and_untouchable(
     )
     their_cards = [c.id for c in payment_methods.cards(their_account)]
     assert their_card in their_cards
-    client = client_for(owner)
+    client = client_for(owner, reauthenticated=True)
     assert client.get(url("receipt", organization, theirs.public_id)).status_code == 404
     assert client.get(url("payment-status", organization, theirs.public_id)).status_code == 404
     assert client.get(url("billing", other_organization)).status_code == 404

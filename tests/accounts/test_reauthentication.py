@@ -1,0 +1,135 @@
+"""Keys, cards and roles ask for the password again unless it was typed in the last
+REAUTHENTICATION_MAX_AGE (at sign-in or on the confirmation page); a refused request changes
+nothing and comes back to the page it was made from."""
+
+import time
+
+import pytest
+from django.test import Client
+from django.urls import reverse
+
+from accounts.decorators import REAUTH_SESSION_KEY
+from accounts.models import ApiKey, Invitation, Membership
+from accounts.permissions import Role
+from billing.models import BillingAccount
+from portal.models import AuditEvent
+from tests.conftest import client_for, member_of
+from tests.factories import PASSWORD
+
+pytestmark = pytest.mark.django_db
+
+CONFIRM = reverse("confirm-password")
+
+
+def _asked(response, then: str) -> None:
+    assert response.status_code == 302
+    assert response["Location"] == f"{CONFIRM}?next={then}"
+
+
+def _state(organization) -> list:
+    return [
+        list(Membership.objects.order_by("pk").values_list("pk", "role")),
+        Invitation.objects.count(),
+        ApiKey.objects.count(),
+        list(BillingAccount.objects.values_list("default_payment_method_id", flat=True)),
+        AuditEvent.objects.count(),
+    ]
+
+
+@pytest.fixture
+def teammate(organization):
+    return Membership.objects.get(user=member_of(organization, Role.MEMBER))
+
+
+def _requests(organization, teammate) -> list[tuple[str, str, dict, str]]:
+    slug = organization.slug
+    team = reverse("team", args=[slug])
+    billing = reverse("billing", args=[slug])
+    keys = reverse("api-keys", args=[slug])
+    return [
+        ("post", reverse("team-invite", args=[slug]), {"email": "x@example.com"}, team),
+        ("post", reverse("member-role", args=[slug, teammate.pk]), {"role": Role.ADMIN}, team),
+        ("post", reverse("member-remove", args=[slug, teammate.pk]), {}, team),
+        ("get", reverse("card-add", args=[slug]), {}, reverse("card-add", args=[slug])),
+        ("post", reverse("card-default", args=[slug, "pm_1"]), {}, billing),
+        ("post", reverse("card-remove", args=[slug, "pm_1"]), {}, billing),
+        ("post", keys, {"name": "CI", "scopes": ["reservations:read"]}, keys),
+    ]
+
+
+def test_every_sensitive_action_asks_for_the_password_and_changes_nothing(
+    organization, owner, teammate
+):
+    client = client_for(owner)
+    before = _state(organization)
+    for method, url, data, then in _requests(organization, teammate):
+        _asked(getattr(client, method)(url, data), then)
+    assert _state(organization) == before
+
+
+def test_a_stale_confirmation_asks_again(organization, owner, teammate, settings):
+    client = client_for(owner, reauthenticated=True)
+    session = client.session
+    session[REAUTH_SESSION_KEY] = time.time() - settings.REAUTHENTICATION_MAX_AGE.total_seconds()
+    session.save()
+    url = reverse("member-role", args=[organization.slug, teammate.pk])
+    _asked(client.post(url, {"role": Role.ADMIN}), reverse("team", args=[organization.slug]))
+    teammate.refresh_from_db()
+    assert teammate.role == Role.MEMBER
+
+
+def test_htmx_asks_with_a_whole_page_redirect(organization, owner, teammate):
+    response = client_for(owner).post(
+        reverse("member-role", args=[organization.slug, teammate.pk]),
+        {"role": Role.ADMIN},
+        HTTP_HX_REQUEST="true",
+    )
+    assert response.status_code == 200
+    assert response["HX-Redirect"] == f"{CONFIRM}?next=/o/{organization.slug}/team/"
+    teammate.refresh_from_db()
+    assert teammate.role == Role.MEMBER
+
+
+def test_the_password_confirmation_lets_the_action_through(organization, owner, teammate):
+    client = client_for(owner)
+    team = reverse("team", args=[organization.slug])
+    wrong = client.post(CONFIRM, {"password": "not it", "next": team})
+    assert wrong.status_code == 400
+    assert "That password is not right." in wrong.text
+    back = client.post(CONFIRM, {"password": PASSWORD, "next": team})
+    assert (back.status_code, back["Location"]) == (302, team)
+    changed = client.post(
+        reverse("member-role", args=[organization.slug, teammate.pk]), {"role": Role.ADMIN}
+    )
+    assert (changed.status_code, changed["Location"]) == (302, team)
+    teammate.refresh_from_db()
+    assert teammate.role == Role.ADMIN
+
+
+def test_the_confirmation_only_returns_to_this_site(owner):
+    client = client_for(owner)
+    response = client.post(CONFIRM, {"password": PASSWORD, "next": "https://evil.example/"})
+    assert response["Location"] == "/"
+
+
+def test_signing_in_counts_as_typing_the_password(organization, owner, teammate):
+    client = Client()
+    signed_in = client.post(reverse("login"), {"username": owner.email, "password": PASSWORD})
+    assert signed_in.status_code == 302
+    response = client.post(
+        reverse("member-role", args=[organization.slug, teammate.pk]), {"role": Role.BILLING}
+    )
+    assert response["Location"] == reverse("team", args=[organization.slug])
+    teammate.refresh_from_db()
+    assert teammate.role == Role.BILLING
+
+
+def test_another_organization_is_404_before_any_password_prompt(owner, other_organization):
+    theirs = Membership.objects.get(organization=other_organization)
+    client = client_for(owner)
+    slug = other_organization.slug
+    assert (
+        client.post(reverse("member-role", args=[slug, theirs.pk]), {"role": "admin"}).status_code
+        == 404
+    )
+    assert client.get(reverse("card-add", args=[slug])).status_code == 404
