@@ -1,11 +1,12 @@
+from datetime import datetime
 from decimal import Decimal
 
-from django.db.models import QuerySet, Sum
+from django.db.models import Count, Min, Q, QuerySet, Sum
 
 from accounts.models import Organization
 from capacity.models import Reservation
 
-from .models import Invoice, LedgerEntry, Payment, Refund
+from .models import Invoice, LedgerEntry, Payment, Refund, WebhookEvent, WebhookProcessing
 
 
 def payments_for_org(organization: Organization) -> QuerySet[Payment]:
@@ -59,3 +60,13 @@ def spend_since(organization: Organization, since) -> Decimal:  # type: ignore[n
         .aggregate(total=Sum("amount"))["total"]
     )
     return total or Decimal("0.00")
+
+
+def webhook_backlog() -> tuple[int, datetime | None]:
+    """Stripe events not yet processed (never picked up, pending or failed) and when the oldest
+    of them arrived."""
+    done = [WebhookProcessing.Status.PROCESSED, WebhookProcessing.Status.IGNORED]
+    row = WebhookEvent.objects.filter(
+        Q(processing__isnull=True) | ~Q(processing__status__in=done)
+    ).aggregate(n=Count("id"), oldest=Min("received_at"))
+    return row["n"], row["oldest"]

@@ -13,6 +13,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from portal.celery import enqueue_after_commit
+from portal.metrics import WEBHOOK_LAG
 
 from . import gateway, services
 from .models import WebhookEvent, WebhookProcessing
@@ -109,5 +110,9 @@ def _finish(processing: WebhookProcessing, status: str, error: str = "") -> str:
     processing.last_error = error[:2000]
     if status in (WebhookProcessing.Status.PROCESSED, WebhookProcessing.Status.IGNORED):
         processing.processed_at = timezone.now()
+        # get_or_create above set .event, so this reads no row.
+        WEBHOOK_LAG.observe(
+            (processing.processed_at - processing.event.received_at).total_seconds()
+        )
     processing.save()
     return status

@@ -338,3 +338,14 @@ def cluster_timeline(cluster: Cluster, starts_at: datetime, ends_at: datetime) -
         )
     )
     return TimelineData(nodes=nodes, allocations=allocations)
+
+
+def reservations_by_state() -> dict[str, int]:
+    """How many reservations are in each state, every state named (for the metrics)."""
+    counts = dict(
+        Reservation.objects.order_by()
+        .values_list("state")
+        .annotate(n=Count("id"))
+        .values_list("state", "n")
+    )
+    return {state: counts.get(state, 0) for state in Reservation.State.values}

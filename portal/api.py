@@ -2,6 +2,7 @@
 and scopes are in portal/api_auth.py, which DRF's settings import early)."""
 
 import hashlib
+import logging
 import time
 from datetime import timedelta
 
@@ -15,13 +16,16 @@ from rest_framework.pagination import CursorPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.throttling import BaseThrottle
-from rest_framework.views import APIView
+from rest_framework.views import APIView, set_rollback
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from accounts.models import ApiKey
 from accounts.selectors import membership_for
+from portal import context as request_context
 from portal.errors import NotAllowed, NotFound, ServiceError
 from portal.models import IdempotencyRecord
+
+logger = logging.getLogger(__name__)
 
 
 def organization_of(request: Request):  # type: ignore[no-untyped-def]
@@ -84,7 +88,17 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
         return _shape(404, "not_found", "not_found", "Not found.")
     response = drf_exception_handler(exc, context)
     if response is None:
-        return None
+        # A bug or an outage: logged whole (secrets masked), answered in the usual shape with
+        # nothing of the exception in it, and the request id support can look it up by.
+        logger.error("API request failed", exc_info=exc)
+        set_rollback()
+        return _shape(
+            500,
+            "api_error",
+            "internal_error",
+            "Something went wrong on our side. If it persists, tell support the request id "
+            f"{request_context.request_id.get()}.",
+        )
     if isinstance(exc, exceptions.ValidationError) and isinstance(exc.detail, dict):
         param, messages = next(iter(exc.detail.items()))
         message = messages[0] if isinstance(messages, list) else str(messages)

@@ -5,9 +5,11 @@ import os
 from pathlib import Path
 
 from celery import Celery
-from celery.signals import worker_init
+from celery.signals import before_task_publish, task_postrun, task_prerun, worker_init
 from django.db import transaction
 from kombu.exceptions import OperationalError
+
+from . import context, metrics  # noqa: F401 - metrics connects its task hooks on import
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +36,34 @@ def _prepare_broker(sender: Celery, **kwargs: object) -> None:
 @worker_init.connect
 def _prepare_worker_broker(**kwargs: object) -> None:
     ensure_broker_folders()
+
+
+# The request id follows a request into the tasks it sends (and theirs), so one id finds the
+# page view, its log lines, the tasks' log lines and the audit events they all wrote. Celery's
+# signals are its hooks for this; they carry context and never steer the work.
+REQUEST_ID_HEADER = "hyperblock_request_id"
+_adopted: dict[str, object] = {}
+
+
+@before_task_publish.connect
+def _send_request_id(headers: dict, **kwargs: object) -> None:
+    rid = context.request_id.get()
+    if rid != "-":
+        headers.setdefault(REQUEST_ID_HEADER, rid)
+
+
+@task_prerun.connect
+def _adopt_request_id(task_id: str, task, **kwargs: object) -> None:  # type: ignore[no-untyped-def]
+    rid = getattr(task.request, REQUEST_ID_HEADER, None)
+    if isinstance(rid, str) and rid:
+        _adopted[task_id] = context.request_id.set(rid)
+
+
+@task_postrun.connect
+def _drop_request_id(task_id: str, **kwargs: object) -> None:
+    token = _adopted.pop(task_id, None)
+    if token is not None:
+        context.request_id.reset(token)  # type: ignore[arg-type]
 
 
 def enqueue_after_commit(task_name: str, **kwargs: object) -> None:

@@ -1,4 +1,6 @@
+import hmac
 import logging
+import os
 from pathlib import Path
 
 from django.conf import settings
@@ -8,6 +10,14 @@ from django.shortcuts import redirect, render
 from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    generate_latest,
+    multiprocess,
+)
+from prometheus_client.core import GaugeMetricFamily
 
 from accounts import selectors as account_selectors
 from accounts.decorators import org_member
@@ -109,3 +119,54 @@ def not_found(request: HttpRequest, exception: Exception) -> HttpResponse:
 
 def server_error(request: HttpRequest) -> HttpResponse:
     return render(request, "500.html", status=500)
+
+
+class _DatabaseFigures:
+    """Figures read from the database when /metrics is scraped."""
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        by_state = GaugeMetricFamily(
+            "hyperblock_reservations", "Reservations by state.", labels=["state"]
+        )
+        for state, count in capacity_selectors.reservations_by_state().items():
+            by_state.add_metric([state], count)
+        yield by_state
+        backlog, oldest = billing_selectors.webhook_backlog()
+        yield GaugeMetricFamily(
+            "hyperblock_webhook_backlog_events",
+            "Stripe events received and not processed yet.",
+            value=backlog,
+        )
+        age = (timezone.now() - oldest).total_seconds() if oldest else 0.0
+        yield GaugeMetricFamily(
+            "hyperblock_webhook_oldest_unprocessed_seconds",
+            "How long the oldest unprocessed Stripe event has waited.",
+            value=age,
+        )
+
+
+def _may_scrape(request: HttpRequest) -> bool:
+    token = settings.METRICS_TOKEN
+    if token:
+        given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        return hmac.compare_digest(given.encode(), token.encode())
+    return request.META.get("REMOTE_ADDR") in {"127.0.0.1", "::1"}
+
+
+@never_cache
+@require_GET
+def metrics(request: HttpRequest) -> HttpResponse:
+    """Prometheus metrics: requests (django-prometheus), tasks and webhook lag (portal.metrics),
+    reservations by state and the webhook backlog. Answers a scraper holding METRICS_TOKEN, or
+    without one set, loopback only (404 to anyone else, as if there were nothing here)."""
+    if not _may_scrape(request):
+        return render(request, "404.html", status=404)
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        processes = CollectorRegistry()
+        multiprocess.MultiProcessCollector(processes)
+    else:
+        processes = REGISTRY
+    figures = CollectorRegistry()
+    figures.register(_DatabaseFigures())
+    body = generate_latest(processes) + generate_latest(figures)
+    return HttpResponse(body, content_type=CONTENT_TYPE_LATEST)

@@ -39,6 +39,7 @@ INSTALLED_APPS = [
     "django.contrib.humanize",
     "django_htmx",
     "csp",
+    "django_prometheus",
     "django_countries",
     "axes",
     "django_otp",
@@ -53,6 +54,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "portal.security.SecurityHeadersMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -66,6 +68,7 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
     "axes.middleware.AxesMiddleware",
+    "django_prometheus.middleware.PrometheusAfterMiddleware",
 ]
 
 ROOT_URLCONF = "portal.urls"
@@ -270,6 +273,8 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_SOFT_TIME_LIMIT = 5 * 60
 CELERY_TASK_TIME_LIMIT = 6 * 60
 CELERY_TIMEZONE = "UTC"
+# Workers log through LOGGING below like the web (request ids, masked secrets, JSON if asked).
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 
 # Queues are named here and nowhere else; a worker with no -Q consumes all of them.
@@ -408,23 +413,33 @@ STRIPE_USAGE_METER_EVENT = env.str("STRIPE_USAGE_METER_EVENT", default="hyperblo
 USAGE_MAX_AGE = timedelta(days=7)  # usage events older than this are refused
 
 # --- Logging --------------------------------------------------------------------------------
+# LOG_FORMAT=json writes one JSON object a line (for a log collector); the default is plain text.
+LOG_FORMAT = env.str("LOG_FORMAT", default="plain")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "filters": {"request_context": {"()": "portal.logging.RequestContextFilter"}},
+    "filters": {
+        "request_context": {"()": "portal.logging.RequestContextFilter"},
+        "redact_secrets": {"()": "portal.logging.RedactSecretsFilter"},
+    },
     "formatters": {
         "plain": {"format": "%(levelname)s %(name)s [%(request_id)s] %(message)s"},
+        "json": {"()": "portal.logging.JsonFormatter"},
     },
     "handlers": {
         "console": {
             "class": "logging.StreamHandler",
-            "formatter": "plain",
-            "filters": ["request_context"],
+            "formatter": "json" if LOG_FORMAT == "json" else "plain",
+            "filters": ["request_context", "redact_secrets"],
         },
     },
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
     "loggers": {"axes": {"level": "WARNING"}},
 }
+
+# --- Metrics -------------------------------------------------------------------------------
+# /metrics answers a scraper that sends this as a bearer token; empty: loopback only.
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
 
 # --- Product --------------------------------------------------------------------------------
 SITE_NAME = "Hyperblock"
