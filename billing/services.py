@@ -334,9 +334,18 @@ def payment_sync(*, payment_intent_id: str) -> Payment | None:
         if payment.status == Payment.Status.SUCCEEDED or payment.status == status:
             return payment  # nothing new
         if status != Payment.Status.SUCCEEDED:
+            previous = payment.status
             payment.status = status
             payment.failure_message = (getattr(error, "message", "") or "")[:300] if error else ""
             payment.save(update_fields=["status", "failure_message", "updated_at"])
+            audit.record(
+                action=f"payment.{status}",
+                actor=None,
+                organization=payment.organization,
+                target=payment,
+                data={"from": previous, "to": status, "stripe_status": intent.status},
+                reason=payment.failure_message,
+            )
             settled = status in (Payment.Status.FAILED, Payment.Status.CANCELED)
         else:
             follow_up = _book_success(payment, intent, card)
@@ -823,6 +832,7 @@ def invoice_sync(*, stripe_invoice_id: str) -> Invoice | None:
         if invoice is None:
             return None
         if stripe_invoice.status == "paid" and invoice.status != Invoice.Status.PAID:
+            previous = invoice.status
             invoice.status = Invoice.Status.PAID
             invoice.paid_at = timezone.now()
             invoice.save(update_fields=["status", "paid_at"])
@@ -841,12 +851,27 @@ def invoice_sync(*, stripe_invoice_id: str) -> Invoice | None:
                     invoice=invoice,
                     description=f"Payment of invoice {invoice.number or invoice.stripe_invoice_id}",
                 )
+            audit.record(
+                action="invoice.paid",
+                actor=None,
+                organization=invoice.organization,
+                target=invoice,
+                data={"from": previous, "paid": str(paid), "currency": invoice.currency},
+            )
         elif (
             stripe_invoice.status in ("uncollectible", "void")
             and invoice.status != stripe_invoice.status
         ):
+            previous = invoice.status
             invoice.status = stripe_invoice.status
             invoice.save(update_fields=["status"])
+            audit.record(
+                action=f"invoice.{stripe_invoice.status}",
+                actor=None,
+                organization=invoice.organization,
+                target=invoice,
+                data={"from": previous, "to": stripe_invoice.status},
+            )
     return invoice
 
 
@@ -854,7 +879,17 @@ def invoice_payment_failed(*, stripe_invoice_id: str) -> None:
     invoice = invoice_sync(stripe_invoice_id=stripe_invoice_id)
     if invoice is None or invoice.status == Invoice.Status.PAID:
         return
-    Invoice.objects.filter(pk=invoice.pk).update(payment_failed=True)
+    with transaction.atomic():
+        updated = Invoice.objects.filter(pk=invoice.pk, payment_failed=False).update(
+            payment_failed=True
+        )
+        if updated:
+            audit.record(
+                action="invoice.payment_failed",
+                actor=None,
+                organization=invoice.organization,
+                target=invoice,
+            )
     _flag(
         FinanceFlag.Kind.INVOICE_FAILED,
         stripe_invoice_id,
@@ -878,8 +913,18 @@ def dispute_opened(*, dispute_id: str) -> None:
     amount = from_minor(dispute.amount, dispute.currency)
     reason = dispute.reason or "no reason given"
     detail = f"Dispute {dispute_id} over {format_money(amount, dispute.currency)}: {reason}."
-    if payment is not None:
-        Payment.objects.filter(pk=payment.pk).update(flagged=True, flag_reason=detail[:300])
+    with transaction.atomic():
+        if payment is not None and Payment.objects.filter(pk=payment.pk, flagged=False).update(
+            flagged=True, flag_reason=detail[:300]
+        ):
+            audit.record(
+                action="payment.disputed",
+                actor=None,
+                organization=payment.organization,
+                target=payment,
+                data={"dispute": dispute_id, "amount": str(amount), "currency": dispute.currency},
+                reason=reason,
+            )
     _flag(FinanceFlag.Kind.DISPUTE, dispute_id, detail, payment=payment)
 
 
@@ -896,12 +941,20 @@ def _flag(
     organization = organization or (payment.organization if payment else None)
     try:
         with transaction.atomic():
-            FinanceFlag.objects.create(
+            flag = FinanceFlag.objects.create(
                 kind=kind,
                 stripe_object_id=stripe_object_id,
                 detail=detail,
                 payment=payment,
                 organization=organization,
+            )
+            audit.record(
+                action="finance_flag.raised",
+                actor=None,
+                organization=organization,
+                target=flag,
+                data={"kind": kind, "stripe_object": stripe_object_id},
+                reason=detail,
             )
     except IntegrityError:
         return

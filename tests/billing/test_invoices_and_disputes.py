@@ -15,6 +15,7 @@ from accounts.models import Organization
 from billing import reconciliation, selectors, services
 from billing.models import FinanceFlag, Invoice, LedgerEntry, Payment, Refund
 from capacity.models import Reservation
+from portal.models import AuditEvent
 
 from .conftest import SECRET_KEY, card, held_reservation, stripe_charges
 
@@ -135,6 +136,12 @@ def test_invoice_terms_create_a_net_n_invoice_once(
     assert invoice.status == "paid"
     assert selectors.balance(organization) == Decimal("0.00")
     assert LedgerEntry.objects.filter(kind="invoice_payment").count() == 1
+    [paid] = AuditEvent.objects.filter(action="invoice.paid")
+    assert (paid.actor_kind, paid.object_id, paid.data) == (
+        "system",
+        str(invoice.pk),
+        {"from": "open", "paid": "768.00", "currency": "usd"},
+    )
 
 
 def test_a_failed_invoice_payment_is_flagged(catalog, organization, owner, fake_stripe_invoices):
@@ -148,6 +155,11 @@ def test_a_failed_invoice_payment_is_flagged(catalog, organization, owner, fake_
     services.invoice_payment_failed(stripe_invoice_id="in_test_1")
     assert Invoice.objects.get().payment_failed is True
     assert list(FinanceFlag.objects.values_list("kind", flat=True)) == ["invoice_failed"]
+    events = AuditEvent.objects.filter(action__in=["invoice.payment_failed", "finance_flag.raised"])
+    assert sorted(events.values_list("action", "organization_id", "reason")) == [
+        ("finance_flag.raised", organization.pk, "Payment of invoice HB-0001 failed."),
+        ("invoice.payment_failed", organization.pk, ""),
+    ]
 
 
 def test_a_dispute_flags_the_payment(catalog, organization, owner, stripe_api):
@@ -175,6 +187,14 @@ def test_a_dispute_flags_the_payment(catalog, organization, owner, stripe_api):
     assert payment.flagged is True
     assert payment.flag_reason == "Dispute dp_test_1 over $768.00: fraudulent."
     assert FinanceFlag.objects.get().kind == "dispute"
+    disputed = AuditEvent.objects.get(action="payment.disputed")
+    assert (disputed.object_id, disputed.reason, disputed.data) == (
+        str(payment.pk),
+        "fraudulent",
+        {"dispute": "dp_test_1", "amount": "768.00", "currency": "usd"},
+    )
+    raised = AuditEvent.objects.get(action="finance_flag.raised")
+    assert raised.data == {"kind": "dispute", "stripe_object": "dp_test_1"}
 
 
 def test_a_refund_made_in_stripe_is_booked_once(catalog, organization, owner, stripe_api):
@@ -209,6 +229,12 @@ def test_reconciliation_records_each_difference_once(catalog, organization, owne
     assert reconciliation.reconcile() == 1
     assert reconciliation.reconcile() == 0
     flag = FinanceFlag.objects.get(kind="reconciliation")
+    raised = AuditEvent.objects.get(action="finance_flag.raised")
+    assert (raised.object_id, raised.actor_kind, raised.reason) == (
+        str(flag.pk),
+        "system",
+        flag.detail,
+    )
     assert flag.stripe_object_id == paid_behind_our_back.stripe_payment_intent_id
     assert (
         flag.detail

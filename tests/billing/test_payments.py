@@ -12,6 +12,7 @@ from billing.gateway import PaymentError
 from billing.models import FinanceFlag, LedgerEntry, Payment, Refund
 from capacity import services as capacity_services
 from capacity.models import Reservation
+from portal.models import AuditEvent
 
 from .conftest import (
     DECLINED,
@@ -115,9 +116,17 @@ def test_failed_three_d_secure_leaves_the_hold(catalog, organization, owner, str
     payment = pay(reservation, owner, stripe_api, THREE_D_SECURE)
     authenticate(stripe_api, services.client_secret(payment), success=False)
     synced = services.payment_sync(payment_intent_id=payment.stripe_payment_intent_id)
+    services.payment_sync(payment_intent_id=payment.stripe_payment_intent_id)
     assert synced.status == "failed"
     reservation.refresh_from_db()
     assert reservation.state == S.HELD
+    [event] = AuditEvent.objects.filter(action="payment.failed")
+    assert (event.actor_kind, event.object_id, event.data["from"], event.data["to"]) == (
+        "system",
+        str(payment.pk),
+        "requires_action",
+        "failed",
+    )
 
 
 def test_saved_card_pays_off_session(catalog, organization, owner, stripe_api):

@@ -33,3 +33,46 @@ def test_audit_events_cannot_be_changed_or_deleted(organization, owner):
     with pytest.raises(PermissionError):
         event.delete()
     assert AuditEvent.objects.get().action == "organization.updated"
+
+
+def test_the_database_refuses_to_rewrite_recorded_history(organization, owner, connection_vendor):
+    """Below the model too: a queryset update, or deleting the user an event names (which would
+    blank its actor), is refused by the database; on PostgreSQL a bulk delete is as well."""
+    from django.db import DatabaseError, transaction
+
+    from billing.models import LedgerEntry, WebhookEvent
+
+    client_for(owner).post(
+        reverse("organization-settings", args=[organization.slug]),
+        {"name": "Again", "country": "DE", "billing_email": organization.billing_email},
+    )
+    WebhookEvent.objects.create(stripe_event_id="evt_1", type="charge.refunded", payload={})
+    LedgerEntry.objects.create(
+        organization=organization, kind="charge", amount=10, currency="usd", description="x"
+    )
+    attempts = [
+        lambda: AuditEvent.objects.update(action="forged"),
+        lambda: owner.delete(),
+        lambda: WebhookEvent.objects.update(type="forged"),
+        lambda: LedgerEntry.objects.update(amount=0),
+    ]
+    if connection_vendor == "postgresql":
+        attempts += [
+            lambda: AuditEvent.objects.all()._raw_delete(AuditEvent.objects.db),
+            lambda: LedgerEntry.objects.all()._raw_delete(LedgerEntry.objects.db),
+        ]
+    for attempt in attempts:
+        with pytest.raises(DatabaseError, match="append-only"), transaction.atomic():
+            attempt()
+    assert list(AuditEvent.objects.values_list("action", "actor")) == [
+        ("organization.updated", owner.pk)
+    ]
+    assert list(WebhookEvent.objects.values_list("type", flat=True)) == ["charge.refunded"]
+    assert list(LedgerEntry.objects.values_list("amount", flat=True)) == [10]
+
+
+@pytest.fixture
+def connection_vendor(db) -> str:
+    from django.db import connection
+
+    return connection.vendor
