@@ -15,6 +15,7 @@ from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
+from django.db import transaction
 from django.db.models import Count, Q, QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
@@ -234,7 +235,7 @@ class RegionAdmin(AuditedAdmin):
 
 
 @admin.register(Cluster)
-class ClusterAdmin(AuditedAdmin):
+class ClusterAdmin(OperationsMixin, AuditedAdmin):
     list_display = [
         "code",
         "region",
@@ -259,22 +260,69 @@ class ClusterAdmin(AuditedAdmin):
         return actions
 
     @admin.action(description="Re-sync from Slurm", permissions=["change"])
-    def resync_from_slurm(self, request: HttpRequest, queryset: QuerySet[Cluster]) -> None:
-        """Read Slurm's nodes once, then make each selected cluster match (one message a row)."""
+    def resync_from_slurm(
+        self, request: HttpRequest, queryset: QuerySet[Cluster]
+    ) -> HttpResponse | None:
+        """Read Slurm's nodes, show what each selected cluster would gain and lose, and make it
+        so once confirmed (one message a row). Slurm is read again on confirmation."""
         try:
             nodes = slurm_inventory.read_nodes()
         except ServiceError as exc:
             messages.error(request, f"Slurm could not be read; nothing was changed. {exc.message}")
-            return
-        for cluster in queryset.order_by("code"):
-            try:
-                result = slurm_inventory.cluster_resync(
-                    cluster=cluster, actor=request.user, nodes=nodes
-                )
-            except ServiceError as exc:
-                messages.error(request, f"Cluster {cluster.code}: {exc.message}")
-                continue
-            messages.success(request, f"Cluster {result.summary()}.")
+            return None
+        clusters = list(queryset.order_by("code"))
+        form = _bound(forms.Form, request)
+        if form.is_bound and form.is_valid():
+            for cluster in clusters:
+                try:
+                    result = slurm_inventory.cluster_resync(
+                        cluster=cluster, actor=request.user, nodes=nodes
+                    )
+                except ServiceError as exc:
+                    messages.error(request, f"Cluster {cluster.code}: {exc.message}")
+                    continue
+                messages.success(request, f"Cluster {result.summary()}.")
+            return None
+        sections = [self._resync_preview(cluster, nodes) for cluster in clusters]
+        return self.confirmation(
+            request,
+            clusters,
+            action="resync_from_slurm",
+            title="Re-sync from Slurm",
+            intro=(
+                "What Slurm lists now, against our inventory. Retired nodes take no new "
+                "reservations; live reservations on them get an incident for operations."
+            ),
+            form=form,
+            sections=sections,
+            submit="Yes, re-sync",
+        )
+
+    @staticmethod
+    def _resync_preview(cluster: Cluster, nodes: list) -> Section:
+        """The re-sync worked out and rolled back: nothing is written, nothing is sent."""
+        try:
+            with transaction.atomic():
+                result = slurm_inventory.cluster_resync(cluster=cluster, actor=None, nodes=nodes)
+                transaction.set_rollback(True)
+        except ServiceError as exc:
+            return Section(title=cluster.code, headers=[], rows=[], problem=exc.message)
+        rows = [
+            [what, ", ".join(names)]
+            for what, names in (
+                ("Add", result.added),
+                ("Back from retirement", result.returned),
+                ("Retire (no longer in Slurm)", result.retired),
+                (
+                    "GPU count",
+                    [f"{name} {old} → {new}" for name, old, new in result.gpus_changed],
+                ),
+                ("Skip", result.skipped),
+            )
+            if names
+        ]
+        note = "" if result.changed else f"Nothing would change ({result.unchanged} nodes)."
+        return Section(title=cluster.code, headers=["Change", "Nodes"], rows=rows, note=note)
 
     def get_readonly_fields(self, request: HttpRequest, obj: Cluster | None = None) -> list[str]:
         # A cluster's nodes are booked as its GPU model in its region: moving the cluster would
@@ -626,6 +674,8 @@ def describe(event: AuditEvent) -> str:
     match event.action:
         case "reservation.created":
             return f"Created: held, {data.get('total')} {data.get('currency', '').upper()}"
+        case "reservation.quoted":
+            return f"Quoted by staff: held, {data.get('total')} {data.get('currency', '').upper()}"
         case "reservation.transition":
             text = f"{data.get('from')} → {data.get('to')}"
             if data.get("refund_due"):

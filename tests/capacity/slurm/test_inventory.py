@@ -158,10 +158,23 @@ def test_operations_re_sync_a_cluster_from_the_admin_and_it_is_audited(slurm, po
     operator = make_staff("Operations")
     client = verified_client(operator)
     url = reverse("admin:capacity_cluster_changelist")
-    response = client.post(
-        url, {"action": "resync_from_slurm", "_selected_action": [cluster.pk]}, follow=True
-    )
+    asked = {"action": "resync_from_slurm", "_selected_action": [cluster.pk]}
+    preview = client.post(url, asked)
     added = ", ".join(slurm.node_names[1:])
+    assert preview.status_code == 200
+    [section] = preview.context["sections"]
+    assert section.rows == [
+        ["Add", added],
+        ["Retire (no longer in Slurm)", "gone01"],
+        ["GPU count", "gpu001 4 → 8"],
+    ]
+    # Nothing happened yet: the preview was worked out and rolled back.
+    assert sorted(cluster.nodes.values_list("hostname", "status", "gpu_count")) == [
+        ("gone01", "available", 8),
+        ("gpu001", "available", 4),
+    ]
+    assert not AuditEvent.objects.filter(action="cluster.slurm_synced").exists()
+    response = client.post(url, {**asked, "apply": "yes"}, follow=True)
     assert [str(m) for m in response.context["messages"]] == [
         f"Cluster slurm-real: synced, added {added}, GPUs gpu001 4 → 8, retired gone01 "
         "(no longer in Slurm)."
