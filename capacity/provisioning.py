@@ -359,7 +359,7 @@ def _check_health() -> dict[str, int]:
 
 @transaction.atomic
 def _take_out(node: Node, reason: str) -> int:
-    """Put a node in maintenance; swap it out of running blocks where the cluster has a spare.
+    """Put a node in maintenance; swap it out of live blocks where the cluster has a spare.
 
     Takes the pool lock first, like every allocator, so a spare cannot be booked meanwhile."""
     from .services import lock_pool  # services imports this module
@@ -375,7 +375,10 @@ def _take_out(node: Node, reason: str) -> int:
     audit.record(action="node.maintenance", actor=None, target=node, reason=reason)
     healed = 0
     now = timezone.now()
-    for move in selectors.plan_moves(node, now, states=(S.ACTIVE, S.SCHEDULED)):
+    # Every live block: one being paid for (held) or coming up (provisioning) as well, whose
+    # provision notices the swap and catches up (see `provision`); a node in maintenance is
+    # never looked at again, so a block left on it would start on a dead node.
+    for move in selectors.plan_moves(node, now):
         reservation = move.allocation.reservation
         if move.spare_id is None:
             Incident.objects.create(

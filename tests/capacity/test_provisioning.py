@@ -353,6 +353,35 @@ def test_an_unhealthy_node_goes_to_maintenance_and_is_swapped(
     }  # twice
 
 
+def test_held_and_provisioning_blocks_leave_an_unhealthy_node_too(
+    catalog, organization, owner, django_capture_on_commit_callbacks
+):
+    """A block being paid for, and one coming up, are moved like running ones: nothing looks
+    at a node in maintenance again, so a block left on it would start on a dead node."""
+    held = reserve(organization, owner, catalog, nodes=1)
+    coming_up = scheduled(organization, owner, catalog, nodes=1)
+    lifecycle.transition(reservation=coming_up, to=S.PROVISIONING, actor=None)
+    sick = {r.pk: Allocation.objects.get(reservation=r).node for r in (held, coming_up)}
+    for node in sick.values():
+        SimulatedNode.objects.update_or_create(hostname=node.hostname, defaults={"fault": "PSU"})
+    with django_capture_on_commit_callbacks(execute=True):
+        result = provisioning.reconcile()
+    assert (result["unhealthy"], result["healed"]) == (2, 2)
+    for reservation in (held, coming_up):
+        [live] = Allocation.objects.filter(reservation=reservation, released_at__isnull=True)
+        assert live.node.status == Node.Status.AVAILABLE
+        assert live.node != sick[reservation.pk]
+        assert live.node.cluster_id == sick[reservation.pk].cluster_id
+    assert state(held) == S.HELD
+    assert Incident.objects.filter(kind="node_swapped").count() == 2
+    # Its provisioning then brings the block up on the new node.
+    with django_capture_on_commit_callbacks(execute=True):
+        assert provisioning.provision(coming_up.pk) == S.ACTIVE
+    coming_up.refresh_from_db()
+    [live] = Allocation.objects.filter(reservation=coming_up, released_at__isnull=True)
+    assert [n["hostname"] for n in coming_up.access_details["nodes"]] == [live.node.hostname]
+
+
 def test_a_stuck_provisioning_is_retried_by_reconcile(
     catalog, organization, owner, frozen_clock, django_capture_on_commit_callbacks
 ):
