@@ -55,12 +55,18 @@ class SessionTimeoutMiddleware:
             self._check(request)
         return self.get_response(request)
 
+    @classmethod
+    def start(cls, sender: object, request: HttpRequest, **kwargs: object) -> None:
+        """Start the clocks at sign-in (connected to `user_logged_in`)."""
+        request.session[cls.STARTED] = request.session[cls.SEEN] = time.time()
+
     def _check(self, request: HttpRequest) -> None:
         session = request.session
         now = time.time()
         started = session.get(self.STARTED)
         seen = session.get(self.SEEN)
         if not isinstance(started, int | float) or not isinstance(seen, int | float):
+            # A session signed in before these clocks existed: they start now.
             session[self.STARTED] = session[self.SEEN] = now
             return
         idle = settings.SESSION_IDLE_TIMEOUT.total_seconds()
