@@ -1,3 +1,4 @@
+import ipaddress
 import re
 import time
 import uuid
@@ -14,6 +15,23 @@ from . import context
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
 
 
+def client_address(request: HttpRequest) -> str | None:
+    """Who sent the request. Behind TRUSTED_PROXY_HOPS proxies (a load balancer: 1), the address
+    the nearest of them saw in X-Forwarded-For; entries further left are the client's own word
+    and could be anything, so they are never taken."""
+    hops = settings.TRUSTED_PROXY_HOPS
+    if hops:
+        forwarded = [a.strip() for a in request.headers.get("X-Forwarded-For", "").split(",")]
+        forwarded = [a for a in forwarded if a]
+        if len(forwarded) >= hops:
+            candidate = forwarded[-hops]
+            try:
+                return str(ipaddress.ip_address(candidate))
+            except ValueError:
+                return None
+    return request.META.get("REMOTE_ADDR") or None
+
+
 class RequestContextMiddleware:
     """Gives each request an id (echoed in X-Request-ID) and records the client address."""
 
@@ -25,7 +43,7 @@ class RequestContextMiddleware:
         rid = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
         request.request_id = rid
         rid_token = context.request_id.set(rid)
-        ip_token = context.client_ip.set(request.META.get("REMOTE_ADDR") or None)
+        ip_token = context.client_ip.set(client_address(request))
         try:
             response = self.get_response(request)
         finally:

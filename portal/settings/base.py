@@ -437,6 +437,11 @@ LOGGING = {
     "loggers": {"axes": {"level": "WARNING"}},
 }
 
+# --- Proxies -------------------------------------------------------------------------------
+# How many proxies (load balancers) stand in front of the web processes: the audit log then
+# records the address the nearest one saw in X-Forwarded-For. 0: the connection's own address.
+TRUSTED_PROXY_HOPS = env.int("TRUSTED_PROXY_HOPS", default=0)
+
 # --- Metrics -------------------------------------------------------------------------------
 # /metrics answers a scraper that sends this as a bearer token; empty: loopback only.
 METRICS_TOKEN = env.str("METRICS_TOKEN", default="")

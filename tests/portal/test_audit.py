@@ -76,3 +76,27 @@ def connection_vendor(db) -> str:
     from django.db import connection
 
     return connection.vendor
+
+
+@pytest.mark.parametrize(
+    ("hops", "forwarded", "recorded"),
+    [
+        (0, "198.51.100.1", "10.0.0.2"),  # no proxy: the connection's address
+        (1, "198.51.100.1", "198.51.100.1"),
+        (1, "6.6.6.6, 198.51.100.1", "198.51.100.1"),  # the left entry is the client's word
+        (2, "198.51.100.1, 10.0.0.9", "198.51.100.1"),
+        (1, "", "10.0.0.2"),
+        (1, "not-an-address", None),
+    ],
+)
+def test_behind_a_load_balancer_the_audit_records_the_client(
+    organization, owner, settings, hops, forwarded, recorded
+):
+    settings.TRUSTED_PROXY_HOPS = hops
+    client_for(owner).post(
+        reverse("organization-settings", args=[organization.slug]),
+        {"name": "Moved", "country": "DE", "billing_email": organization.billing_email},
+        REMOTE_ADDR="10.0.0.2",
+        HTTP_X_FORWARDED_FOR=forwarded,
+    )
+    assert AuditEvent.objects.get(action="organization.updated").ip_address == recorded
