@@ -171,14 +171,23 @@ def teardown(reservation_id: int) -> str:
     return "torn down"
 
 
+@transaction.atomic
 def teardown_failed(reservation_id: int, reason: str) -> None:
-    reservation = Reservation.objects.get(pk=reservation_id)
-    Incident.objects.create(
+    """Tell operations the backend kept a block: once while the incident is open, however
+    often the teardown is retried."""
+    reservation = Reservation.objects.select_for_update().get(pk=reservation_id)
+    logger.error("tearing down %s failed: %s", reservation.public_id, reason)
+    headline = f"{reservation.public_id}: the backend did not let the block go"
+    if Incident.objects.filter(
         kind=Incident.Kind.STUCK,
         reservation=reservation,
-        detail=f"{reservation.public_id}: the backend did not let the block go: {reason}",
+        resolved_at__isnull=True,
+        detail__startswith=headline,
+    ).exists():
+        return
+    Incident.objects.create(
+        kind=Incident.Kind.STUCK, reservation=reservation, detail=f"{headline}: {reason}"
     )
-    logger.error("tearing down %s failed: %s", reservation.public_id, reason)
 
 
 # --- Changes to a running block --------------------------------------------------------------

@@ -75,7 +75,7 @@ def provision(*, reservation_id: int, attempt: int = 0) -> str:
 @shared_task(name="capacity.release", acks_late=True, reject_on_worker_lost=True)
 def release(*, reservation_id: int, attempt: int = 0) -> str:
     """Tear down; transient errors are retried for as long as it takes (the nodes must come
-    back), and reconcile re-enqueues a release that stays stuck."""
+    back), and reconcile re-enqueues a release that stays stuck; a refusal opens an incident."""
     try:
         return provisioning.release(reservation_id)
     except TransientDriverError:
@@ -84,6 +84,11 @@ def release(*, reservation_id: int, attempt: int = 0) -> str:
             countdown=_backoff(min(attempt, 7)),
         )
         return "retrying"
+    except PermanentDriverError as exc:
+        # The block stays releasing (it has not let go); operations hear of it once, and
+        # reconcile keeps trying in case whatever refused clears.
+        provisioning.teardown_failed(reservation_id, str(exc))
+        return "failed"
 
 
 @shared_task(name="capacity.deprovision", acks_late=True, reject_on_worker_lost=True)

@@ -265,6 +265,32 @@ def test_a_teardown_the_backend_cannot_take_now_is_retried_until_it_can(
     assert SimulatedCall.objects.get(key=key).completions == 1
 
 
+class RefusesTeardowns(SimulatedDriver):
+    def deprovision(self, *, key, nodes):
+        raise drivers.PermanentDriverError("Slurm (scontrol): Reservation is in use")
+
+
+def test_a_release_the_backend_refuses_tells_operations_once(
+    catalog, organization, owner, settings, django_capture_on_commit_callbacks
+):
+    reservation = scheduled(organization, owner, catalog)
+    lifecycle.transition(reservation=reservation, to=S.PROVISIONING, actor=None)
+    lifecycle.transition(reservation=reservation, to=S.ACTIVE, actor=None)
+    lifecycle.transition(reservation=reservation, to=S.RELEASING, actor=None)
+    settings.PROVISIONING_DRIVER = "tests.capacity.test_provisioning.RefusesTeardowns"
+    # The task, then reconcile's re-sends of it: one incident, the block still releasing.
+    assert tasks.release(reservation_id=reservation.pk) == "failed"
+    assert tasks.release(reservation_id=reservation.pk) == "failed"
+    assert state(reservation) == S.RELEASING
+    [incident] = Incident.objects.all()
+    assert (incident.kind, incident.reservation_id, incident.detail) == (
+        "stuck",
+        reservation.pk,
+        f"{reservation.public_id}: the backend did not let the block go: "
+        "Slurm (scontrol): Reservation is in use",
+    )
+
+
 def test_a_provision_message_for_a_block_canceled_meanwhile_tears_it_down(
     catalog, organization, owner, django_capture_on_commit_callbacks
 ):
