@@ -11,7 +11,9 @@ account, driven through Slurm's own commands (scontrol, sacctmgr, sinfo).
   refused update (or a different start) is an error.
 - Reservations are made with Flags=IGNORE_JOBS: our allocation is authoritative, and the
   previous block on a node still has its jobs running when the next block is provisioned
-  (PROVISIONING_LEAD before its start); that block's release cancels them.
+  (PROVISIONING_LEAD before its start); that block's release cancels them. Jobs running on the
+  nodes outside any reservation (started while a node was unsold) are canceled when the block
+  is made or a node is swapped in.
 - With accounting, the organization's account and the login user's association with it are
   made first, so the customer's `sbatch --account=ORG` is accepted.
 - Errors: the controller unreachable or slow (or a command timing out) is transient, so the task
@@ -53,7 +55,7 @@ logger = logging.getLogger(__name__)
 NAME_RE = re.compile(r"^rsv_[a-z0-9]{1,40}$")
 ACCOUNT_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 NODE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,62}$")
-COMMANDS = frozenset({"scontrol", "sacctmgr", "sinfo", "scancel"})
+COMMANDS = frozenset({"scontrol", "sacctmgr", "sinfo", "scancel", "squeue"})
 # Deleting a reservation whose jobs are still being killed: how often to try, a second apart.
 DELETE_TRIES = 5
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%S"
@@ -472,6 +474,7 @@ class SlurmDriver:
                 # Made by a concurrent attempt meanwhile: compare below.
             else:
                 logger.info("slurm reservation %s created on %s", name, compress(nodes))
+                self.cancel_strays(nodes)
                 return self.access(name, account, nodes, starts_at, ends_at)
             existing = self.show(name)
             if existing is None:
@@ -491,6 +494,7 @@ class SlurmDriver:
                     f"Accounts={account}",
                 ],
             )
+        self.cancel_strays(nodes)
         return self.access(name, account, nodes, starts_at, ends_at)
 
     def _update(self, name: str, changes: list[str]) -> None:
@@ -572,6 +576,40 @@ class SlurmDriver:
         if not changes:
             return
         self._update(name, changes)
+        if existing.nodes != nodes:
+            self.cancel_strays(nodes)
+
+    def cancel_strays(self, nodes: list[str]) -> list[str]:
+        """Cancel jobs running on `nodes` outside any reservation. The block's reservation is
+        made with IGNORE_JOBS (the block before it may still be running its own jobs, which that
+        block's release ends), so a job started on the node while it was unsold would otherwise
+        keep running inside the customer's block. Returns the ids canceled."""
+        try:
+            out = self.run(
+                "squeue",
+                "--noheader",
+                f"--nodelist={compress(nodes)}",
+                "--states=RUNNING,CONFIGURING,SUSPENDED",
+                "--format=%i|%v",
+            )
+        except SlurmCommandError as exc:
+            raise self._failure(exc) from exc
+        strays = []
+        for line in out.splitlines():
+            job, _, reservation = line.strip().partition("|")
+            if job.isdigit() and reservation in ("", "(null)"):
+                strays.append(job)
+        if strays:
+            try:
+                self.run("scancel", *strays)
+            except SlurmCommandError as exc:
+                raise self._failure(exc) from exc
+            logger.warning(
+                "canceled jobs %s running outside any reservation on %s",
+                ", ".join(strays),
+                compress(nodes),
+            )
+        return strays
 
     def health(self, *, nodes: list[str]) -> dict[str, str]:
         """Each node as sinfo sees it; a node Slurm does not know is not healthy either."""

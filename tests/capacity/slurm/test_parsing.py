@@ -275,7 +275,9 @@ def test_commands_run_without_a_shell_in_utc_with_the_configured_conf(monkeypatc
 
 def test_provisioning_sends_exactly_our_names_nodes_and_window(settings):
     settings.SLURM_ACCOUNTING = False
-    runner = Recorder([SlurmCommandError("scontrol", 1, "Reservation rsv_abc not found"), ""])
+    not_found = SlurmCommandError("scontrol", 1, "Reservation rsv_abc not found")
+    # Then squeue lists the jobs on the nodes: one in another block, one in none (canceled).
+    runner = Recorder([not_found, "", "4100|rsv_prev\n4101|(null)\n", ""])
     access = SlurmDriver(runner).provision(
         key="provision:rsv_abc",
         account="Acme",
@@ -296,6 +298,14 @@ def test_provisioning_sends_exactly_our_names_nodes_and_window(settings):
             "Accounts=acme",
             "Flags=IGNORE_JOBS",
         ),
+        (
+            "squeue",
+            "--noheader",
+            "--nodelist=gpu[001-002]",
+            "--states=RUNNING,CONFIGURING,SUSPENDED",
+            "--format=%i|%v",
+        ),
+        ("scancel", "4101"),
     ]
     assert [n.hostname for n in access.nodes] == ["gpu001", "gpu002"]
     assert "sbatch --reservation=rsv_abc --account=acme --nodes=2 job.sh" in access.instructions
@@ -313,7 +323,7 @@ PROVISION_ABC = {
 
 def test_a_reservation_with_our_name_but_other_nodes_is_updated_to_match(settings):
     settings.SLURM_ACCOUNTING = False
-    runner = Recorder([SHOW_RES, ""])
+    runner = Recorder([SHOW_RES, "", ""])
     access = SlurmDriver(runner).provision(**PROVISION_ABC)
     assert runner.calls[1] == (
         "scontrol",

@@ -252,6 +252,35 @@ def test_a_job_of_another_account_is_refused_on_a_reserved_node(
     assert (ran.returncode, ran.stdout.strip()) == (0, "gpu004")
 
 
+def test_a_job_already_running_on_an_unsold_node_is_canceled_when_the_block_is_made(
+    slurm, slurm_org, inventory, django_capture_on_commit_callbacks
+):
+    cluster = inventory(["gpu005", "gpu006"])
+    # gpu006's previous block is still running its customer's job: that one stays.
+    earlier = block(slurm_org, cluster, ["gpu006"], hours=1)
+    start(earlier, django_capture_on_commit_callbacks)
+
+    def submit(*args: str) -> str:
+        return slurm.run("sbatch", *args, "--output=/dev/null", "--wrap=sleep 300").stdout.split()[
+            -1
+        ]
+
+    theirs = submit("-w", "gpu005", "--account=other-co")  # on the unsold node
+    earlier_job = submit(f"--reservation={earlier.public_id}", "--account=acme-labs")
+
+    def job_state(job: str) -> str:
+        return parse_key_values(slurm.scontrol("-o", "show", "job", job).stdout)["JobState"]
+
+    _wait("both jobs running", lambda: {job_state(theirs), job_state(earlier_job)} == {"RUNNING"},
+          timeout=30, interval=0.2)  # fmt: skip
+    reservation = block(slurm_org, cluster, ["gpu005"], starts_at=earlier.starts_at)
+    start(reservation, django_capture_on_commit_callbacks)
+    assert state(reservation) == S.ACTIVE
+    _wait("the stray job canceled", lambda: job_state(theirs) == "CANCELLED", timeout=15)
+    assert job_state(earlier_job) == "RUNNING"
+    assert get_driver().cancel_strays(["gpu005", "gpu006"]) == []  # twice: nothing more
+
+
 def test_an_overlap_refused_by_slurm_fails_refunds_and_tells_operations(
     slurm, slurm_org, inventory, django_capture_on_commit_callbacks
 ):
