@@ -276,7 +276,7 @@ class PaymentAdmin(FinanceAdmin):
 
     @admin.display(description="can still be refunded")
     def can_refund(self, obj: Payment) -> str:
-        if obj.status != Payment.Status.SUCCEEDED:
+        if obj.status not in Payment.RECEIVED:
             return "— (not paid)"
         position = finance.refund_position(obj)
         text = money(position.refundable, obj.currency)
@@ -333,7 +333,7 @@ class PaymentAdmin(FinanceAdmin):
         if (
             self.has_issue_refund_permission(request)
             and payment is not None
-            and payment.status == Payment.Status.SUCCEEDED
+            and payment.status in Payment.RECEIVED
             and payment.refundable > 0
         ):
             extra_context["refund_url"] = reverse("admin:billing_payment_refund", args=[object_id])
@@ -420,7 +420,7 @@ class PaymentAdmin(FinanceAdmin):
             failed: list[tuple[str, str]] = []
             for payment in payments:
                 amount = finance.refund_position(payment).refundable
-                if amount == 0 and payment.status == Payment.Status.SUCCEEDED:
+                if amount == 0 and payment.status in Payment.RECEIVED:
                     failed.append((payment.public_id, "Nothing is left to refund."))
                     continue
                 try:
@@ -453,7 +453,7 @@ class PaymentAdmin(FinanceAdmin):
                     money(position.paid, payment.currency),
                     money(position.refunded + position.pending, payment.currency),
                     money(position.refundable, payment.currency)
-                    if payment.status == Payment.Status.SUCCEEDED
+                    if payment.status in Payment.RECEIVED
                     else "cannot be refunded",
                 ]
             )

@@ -58,7 +58,7 @@ def refund_position(payment: Payment) -> RefundPosition:
 def refund_check(*, payment: Payment, amount: Decimal, reason: str, actor: User) -> None:
     """Raise the error a refund of `amount` would meet, without changing anything."""
     _require(actor, "billing.issue_refund", "Only finance staff can refund payments.")
-    if payment.status != Payment.Status.SUCCEEDED:
+    if payment.status not in Payment.RECEIVED:
         raise Conflict(
             f"Only a successful payment can be refunded; this one is "
             f"{payment.get_status_display().lower()}.",

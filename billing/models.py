@@ -38,8 +38,14 @@ class Payment(models.Model):
         REQUIRES_ACTION = "requires_action", "Needs authentication"
         PROCESSING = "processing", "Processing"
         SUCCEEDED = "succeeded", "Paid"
+        # Stripe took the money for a reservation another payment had already paid (a retry
+        # with a new attempt while the first was still pending): refunded in full.
+        DUPLICATE = "duplicate", "Paid twice (refunded)"
         FAILED = "failed", "Failed"
         CANCELED = "canceled", "Canceled"
+
+    # The statuses in which Stripe holds the customer's money for this payment.
+    RECEIVED = (Status.SUCCEEDED, Status.DUPLICATE)
 
     public_id = models.CharField(max_length=24, unique=True, default=new_payment_id, editable=False)
     organization = models.ForeignKey(

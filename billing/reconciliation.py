@@ -38,13 +38,13 @@ def reconcile() -> int:
                     intent_id, f"Stripe took a payment we have no record of ({intent_id})."
                 )
             continue
-        if intent.status == "succeeded" and payment.status != Payment.Status.SUCCEEDED:
+        if intent.status == "succeeded" and payment.status not in Payment.RECEIVED:
             differences += _flag(
                 intent_id,
                 f"{payment.public_id} is {payment.status} here but paid in Stripe; applied now.",
             )
             services.payment_sync(payment_intent_id=intent_id)
-        elif intent.status != "succeeded" and payment.status == Payment.Status.SUCCEEDED:
+        elif intent.status != "succeeded" and payment.status in Payment.RECEIVED:
             differences += _flag(
                 intent_id, f"{payment.public_id} is paid here but {intent.status} in Stripe."
             )
@@ -57,7 +57,7 @@ def reconcile() -> int:
                     f"{received} {intent.currency} in Stripe.",
                 )
     for intent_id, payment in ours.items():
-        if intent_id not in theirs and payment.status == Payment.Status.SUCCEEDED:
+        if intent_id not in theirs and payment.status in Payment.RECEIVED:
             differences += _flag(
                 intent_id, f"{payment.public_id} is paid here but unknown to Stripe."
             )

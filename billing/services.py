@@ -331,7 +331,7 @@ def payment_sync(*, payment_intent_id: str) -> Payment | None:
         error = getattr(intent, "last_payment_error", None)
         if status == Payment.Status.PENDING and error:
             status = Payment.Status.FAILED
-        if payment.status == Payment.Status.SUCCEEDED or payment.status == status:
+        if payment.status in Payment.RECEIVED or payment.status == status:
             return payment  # nothing new
         if status != Payment.Status.SUCCEEDED:
             previous = payment.status
@@ -365,7 +365,12 @@ def payment_sync(*, payment_intent_id: str) -> Payment | None:
 def _payment_for_intent(intent: Any) -> Payment | None:
     """Our payment behind a PaymentIntent, locked: by its id, else by the id in its metadata
     (a request that timed out before we stored the intent's id)."""
-    payments = Payment.objects.select_for_update().select_related("reservation", "organization")
+    # Only the payment's row: locking the reservation and organization rows too (a bare FOR
+    # UPDATE with the joins) deadlocked against a reservation being made for the organization,
+    # whose commit checks its foreign key to that organization row.
+    payments = Payment.objects.select_for_update(of=("self",)).select_related(
+        "reservation", "organization"
+    )
     payment = payments.filter(stripe_payment_intent_id=intent.id).first()
     if payment is None:
         public_id = _plain(getattr(intent, "metadata", None)).get("payment")
@@ -416,7 +421,7 @@ def _book_success(payment: Payment, intent: Any, card: tuple[str, str]):  # type
     except IntegrityError:
         # Another payment for this reservation already succeeded: this one must go back.
         Payment.objects.filter(pk=payment.pk).update(
-            status=Payment.Status.SUCCEEDED,
+            status=Payment.Status.DUPLICATE,
             succeeded_at=payment.succeeded_at,
             card_brand=card[0],
             card_last4=card[1],
@@ -517,7 +522,7 @@ def refund_open(
         raise ServiceError("Refund a positive amount.", param="amount")
     with transaction.atomic():
         locked = Payment.objects.select_for_update().get(pk=payment.pk)
-        if locked.status != Payment.Status.SUCCEEDED:
+        if locked.status not in Payment.RECEIVED:
             raise Conflict("Only a successful payment can be refunded.", code="not_refundable")
         pending = sum(
             locked.refunds.filter(status=Refund.Status.PENDING).values_list("amount", flat=True),
@@ -582,12 +587,15 @@ def _ledger_refund(refund: Refund, payment: Payment) -> None:
         "payment": payment,
         "refund": refund,
     }
-    LedgerEntry.objects.create(
-        kind=LedgerEntry.Kind.CREDIT,
-        amount=-refund.amount,
-        description=f"Credit for {payment.reservation.public_id}: {refund.reason}"[:300],
-        **common,
-    )
+    # The credit takes back what the payment was charged for; a payment that was never charged
+    # for anything (paid twice, or an amount that did not match) gets its money back alone.
+    if LedgerEntry.objects.filter(payment=payment, kind=LedgerEntry.Kind.CHARGE).exists():
+        LedgerEntry.objects.create(
+            kind=LedgerEntry.Kind.CREDIT,
+            amount=-refund.amount,
+            description=f"Credit for {payment.reservation.public_id}: {refund.reason}"[:300],
+            **common,
+        )
     LedgerEntry.objects.create(
         kind=LedgerEntry.Kind.REFUND,
         amount=refund.amount,

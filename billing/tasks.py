@@ -1,6 +1,7 @@
 from datetime import timedelta
 
 from celery import shared_task
+from django.db import OperationalError
 from django.db.models import Q
 from django.utils import timezone
 
@@ -9,7 +10,9 @@ from capacity.models import Reservation
 from . import gateway, metering, reconciliation, services, webhooks
 from .models import LedgerEntry, Refund, WebhookEvent, WebhookProcessing
 
-TRANSIENT = (gateway.GatewayUnavailable,)
+# Stripe out of reach, or the database refusing for now (a deadlock broken by PostgreSQL, a lock
+# wait timed out, a dropped connection): worth trying again in a moment.
+TRANSIENT = (gateway.GatewayUnavailable, OperationalError)
 
 
 @shared_task(

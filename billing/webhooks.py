@@ -9,7 +9,7 @@ import json
 import logging
 from collections.abc import Callable
 
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, OperationalError, transaction
 from django.utils import timezone
 
 from portal.celery import enqueue_after_commit
@@ -95,6 +95,11 @@ def process(event_pk: int) -> str:
         handler(event.object_id)
     except gateway.GatewayUnavailable as exc:
         _finish(processing, WebhookProcessing.Status.PENDING, error=exc.message)
+        raise
+    except OperationalError as exc:
+        # Contention (a deadlock PostgreSQL broke, a lock wait that timed out): the handler's
+        # transaction rolled back whole, so the event is simply tried again.
+        _finish(processing, WebhookProcessing.Status.PENDING, error=f"{type(exc).__name__}: {exc}")
         raise
     except Exception as exc:
         logger.exception("processing webhook event %s failed", event.stripe_event_id)

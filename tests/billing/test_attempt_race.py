@@ -46,3 +46,23 @@ def test_racing_copies_of_one_attempt_share_one_payment(catalog, organization, o
     assert sorted(results, key=lambda r: not r[1]) == [(payment.pk, True)] + [
         (payment.pk, False)
     ] * (RACERS - 1)
+
+
+def test_syncing_a_payment_locks_only_the_payment_row(catalog, organization, owner, stripe_api):
+    """Locking the joined reservation and organization rows as well deadlocked against a
+    reservation being made for the same organization (its commit checks its foreign key to
+    the organization row while the payment's transaction waits for the allocation lock)."""
+    from django.test.utils import CaptureQueriesContext
+
+    from .conftest import card as a_card
+    from .conftest import stripe_charges
+
+    reservation = held_reservation(organization, owner, catalog)
+    payment = stripe_charges(reservation, a_card(stripe_api))
+    with CaptureQueriesContext(connection) as queries:
+        billing_services.payment_sync(payment_intent_id=payment.stripe_payment_intent_id)
+    locks = [
+        q["sql"] for q in queries if "FOR UPDATE" in q["sql"] and "billing_payment" in q["sql"]
+    ]
+    assert locks
+    assert all(sql.endswith('FOR UPDATE OF "billing_payment"') for sql in locks), locks

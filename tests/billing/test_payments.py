@@ -365,3 +365,39 @@ def test_failed_provisioning_is_refunded_in_full(
         "Provisioning failed: full refund.",
     )
     assert selectors.balance(organization) == Decimal("0.00")
+
+
+def test_a_reservation_paid_twice_keeps_one_payment_and_refunds_the_other(
+    catalog, organization, owner, stripe_api
+):
+    """A client retried with a new attempt while the first was still pending, and Stripe took
+    both. The second is booked as a duplicate, refunded in full, and the books balance."""
+    reservation = held_reservation(organization, owner, catalog)
+    first = stripe_charges(reservation, card(stripe_api), attempt="first")
+    second = stripe_charges(reservation, card(stripe_api), attempt="second")
+    services.payment_sync(payment_intent_id=first.stripe_payment_intent_id)
+    services.payment_sync(payment_intent_id=second.stripe_payment_intent_id)
+    services.payment_sync(payment_intent_id=second.stripe_payment_intent_id)  # a redelivery
+    first.refresh_from_db()
+    second.refresh_from_db()
+    assert (first.status, second.status) == ("succeeded", "duplicate")
+    assert (second.flagged, second.flag_reason, second.amount_refunded) == (
+        True,
+        "A second payment for an already paid reservation.",
+        Decimal("768.00"),
+    )
+    [refund] = Refund.objects.all()
+    assert (refund.payment, refund.status, refund.amount) == (
+        second,
+        "succeeded",
+        Decimal("768.00"),
+    )
+    assert ledger(organization) == [
+        ("charge", Decimal("768.00")),
+        ("payment", Decimal("-768.00")),
+        ("payment", Decimal("-768.00")),
+        ("refund", Decimal("768.00")),
+    ]
+    assert selectors.balance(organization) == Decimal("0.00")
+    reservation.refresh_from_db()
+    assert reservation.state == S.SCHEDULED
