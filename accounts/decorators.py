@@ -81,15 +81,23 @@ def ask_for_password(request: HttpRequest, then: str) -> HttpResponse:
     return redirect(url)
 
 
-def recent_password(page: str | None = None) -> Callable[[View], View]:
+def recent_password(
+    page: str | None = None, *, find: Callable[..., bool] | None = None
+) -> Callable[[View], View]:
     """Sensitive actions (API keys, payment methods, roles) need the password typed within
     REAUTHENTICATION_MAX_AGE. Goes inside `org_member`, so another organization's URLs still
     answer 404 first. `page` names the URL (taking the organization's slug) to come back to
-    after a refused POST; a GET comes back to itself."""
+    after a refused POST; a GET comes back to itself.
+
+    `find(request, **url_kwargs)` says whether the object the URL names is the organization's;
+    one that is not (another organization's id, or none) is 404 before the password is asked,
+    so our URL with their ids answers as their URL does."""
 
     def decorator(view: View) -> View:
         @wraps(view)
         def wrapper(request: HttpRequest, *args: object, **kwargs: object) -> HttpResponse:
+            if find is not None and not find(request, **kwargs):
+                raise Http404("No such object in this organization.")
             if not recently_reauthenticated(request):
                 if request.method == "GET" or page is None:
                     then = request.get_full_path()

@@ -12,7 +12,7 @@ from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from portal.errors import ServiceError
+from portal.errors import NotFound, ServiceError
 from portal.forms import add_service_error
 
 from . import api_keys, selectors, services
@@ -310,8 +310,12 @@ def invitation_revoke(request: HttpRequest, invitation_id: int) -> HttpResponse:
     return redirect("team", slug=request.organization.slug)
 
 
+def _is_teammate(request: HttpRequest, membership_id: int) -> bool:
+    return selectors.team_member(request.organization, membership_id) is not None
+
+
 @org_member(Permission.MANAGE_TEAM)
-@recent_password("team")
+@recent_password("team", find=_is_teammate)
 @require_POST
 def member_role(request: HttpRequest, membership_id: int) -> HttpResponse:
     membership = selectors.team_member(request.organization, membership_id)
@@ -343,7 +347,7 @@ def member_role(request: HttpRequest, membership_id: int) -> HttpResponse:
 
 
 @org_member(Permission.VIEW_TEAM)
-@recent_password("team")
+@recent_password("team", find=_is_teammate)
 @require_POST
 def member_remove(request: HttpRequest, membership_id: int) -> HttpResponse:
     membership = selectors.team_member(request.organization, membership_id)
@@ -488,11 +492,14 @@ def api_keys_page(request: HttpRequest) -> HttpResponse:
 def api_key_action(request: HttpRequest, public_id: str, action: str) -> HttpResponse:
     if action not in ("revoke", "rotate"):
         return render(request, "404.html", status=404)
+    try:  # another organization's key is 404 before the password is asked
+        api_key = api_keys.key_for_org(request.organization, public_id)
+    except NotFound:
+        return render(request, "404.html", status=404)
     page = reverse("api-keys", args=[request.organization.slug])
     if not recently_reauthenticated(request):
         return ask_for_password(request, page)
     try:
-        api_key = api_keys.key_for_org(request.organization, public_id)
         if action == "revoke":
             api_keys.api_key_revoke(api_key=api_key, actor=request.user)
             messages.success(request, f"Key {api_key.name} revoked.")

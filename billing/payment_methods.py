@@ -39,6 +39,13 @@ def cards(account: BillingAccount) -> list[Card]:
     return result
 
 
+def is_organizations_card(organization: Organization, payment_method_id: str) -> bool:
+    """Whether the card is on the organization's Stripe customer (which this never creates).
+    Raises gateway.PaymentError when Stripe cannot be asked."""
+    account = BillingAccount.objects.filter(organization=organization).first()
+    return account is not None and any(card.id == payment_method_id for card in cards(account))
+
+
 def default_card(account: BillingAccount) -> Card | None:
     if not account.default_payment_method_id:
         return None

@@ -194,14 +194,14 @@ def payment_status(request: HttpRequest, payment_id: str) -> HttpResponse:
     payment = selectors.payment_for_org(request.organization, payment_id)
     if payment is None:
         return render(request, "404.html", status=404)
-    if payment.stripe_payment_intent_id and payment.status != Payment.Status.SUCCEEDED:
+    if payment.stripe_payment_intent_id and payment.status not in Payment.RECEIVED:
         try:
             payment = (
                 services.payment_sync(payment_intent_id=payment.stripe_payment_intent_id) or payment
             )
         except gateway.PaymentError as exc:
             logger.warning("payment status check failed: %s", exc.message)
-    settled = payment.status in (Payment.Status.SUCCEEDED, Payment.Status.FAILED)
+    settled = payment.status in (*Payment.RECEIVED, Payment.Status.FAILED)
     response = render(
         request,
         "billing/_payment_status.html",
@@ -292,9 +292,16 @@ def _card_change(request: HttpRequest, change, payment_method_id: str, done: str
     return redirect("billing", slug=request.organization.slug)
 
 
+def _is_our_card(request: HttpRequest, payment_method_id: str) -> bool:
+    try:
+        return payment_methods.is_organizations_card(request.organization, payment_method_id)
+    except gateway.PaymentError:
+        return True  # Stripe cannot tell now; the change checks again and says what failed
+
+
 @org_member(Permission.MANAGE_BILLING)
 @require_POST
-@recent_password("billing")
+@recent_password("billing", find=_is_our_card)
 def card_default(request: HttpRequest, payment_method_id: str) -> HttpResponse:
     return _card_change(
         request, payment_methods.make_default, payment_method_id, "Default card changed."
@@ -303,7 +310,7 @@ def card_default(request: HttpRequest, payment_method_id: str) -> HttpResponse:
 
 @org_member(Permission.MANAGE_BILLING)
 @require_POST
-@recent_password("billing")
+@recent_password("billing", find=_is_our_card)
 def card_remove(request: HttpRequest, payment_method_id: str) -> HttpResponse:
     return _card_change(request, payment_methods.remove, payment_method_id, "Card removed.")
 

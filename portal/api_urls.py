@@ -14,7 +14,11 @@ urlpatterns = [
     path(
         "docs/",
         SpectacularSwaggerSplitView.as_view(
-            url_name="api-schema", permission_classes=[], authentication_classes=[]
+            url_name="api-schema",
+            permission_classes=[],
+            authentication_classes=[],
+            # The page is an HTML template: DRF's OPTIONS description cannot be rendered with it.
+            http_method_names=["get", "head"],
         ),
         name="api-docs",
     ),

@@ -11,8 +11,11 @@ from django.urls import reverse
 from accounts.decorators import REAUTH_SESSION_KEY
 from accounts.models import ApiKey, Invitation, Membership
 from accounts.permissions import Role
+from billing import payment_methods
+from billing import services as billing_services
 from billing.models import BillingAccount
 from portal.models import AuditEvent
+from tests.billing.conftest import card, localstripe_url, stripe_api  # noqa: F401
 from tests.conftest import client_for, member_of
 from tests.factories import PASSWORD
 
@@ -44,15 +47,12 @@ def teammate(organization):
 def _requests(organization, teammate) -> list[tuple[str, str, dict, str]]:
     slug = organization.slug
     team = reverse("team", args=[slug])
-    billing = reverse("billing", args=[slug])
     keys = reverse("api-keys", args=[slug])
     return [
         ("post", reverse("team-invite", args=[slug]), {"email": "x@example.com"}, team),
         ("post", reverse("member-role", args=[slug, teammate.pk]), {"role": Role.ADMIN}, team),
         ("post", reverse("member-remove", args=[slug, teammate.pk]), {}, team),
         ("get", reverse("card-add", args=[slug]), {}, reverse("card-add", args=[slug])),
-        ("post", reverse("card-default", args=[slug, "pm_1"]), {}, billing),
-        ("post", reverse("card-remove", args=[slug, "pm_1"]), {}, billing),
         ("post", keys, {"name": "CI", "scopes": ["reservations:read"]}, keys),
     ]
 
@@ -65,6 +65,21 @@ def test_every_sensitive_action_asks_for_the_password_and_changes_nothing(
     for method, url, data, then in _requests(organization, teammate):
         _asked(getattr(client, method)(url, data), then)
     assert _state(organization) == before
+
+
+def test_changing_a_saved_card_asks_for_the_password(organization, owner, stripe_api):
+    account = billing_services.billing_account_for(organization)
+    method = card(stripe_api)
+    billing_services.gateway.payment_method_attach(
+        payment_method_id=method, customer_id=account.stripe_customer_id, idempotency_key=method
+    )
+    client = client_for(owner)
+    billing = reverse("billing", args=[organization.slug])
+    for name in ("card-default", "card-remove"):
+        _asked(client.post(reverse(name, args=[organization.slug, method])), billing)
+    account.refresh_from_db()
+    assert account.default_payment_method_id == ""
+    assert [c.id for c in payment_methods.cards(account)] == [method]
 
 
 def test_a_stale_confirmation_asks_again(organization, owner, teammate, settings):
