@@ -101,7 +101,7 @@ class Organization(models.Model):
 
     class PaymentTerms(models.TextChoices):
         CARD = "card", "Card, paid upfront"
-        INVOICE = "invoice", "Invoice, net days"
+        INVOICE = "invoice", "Invoice"
 
     name = models.CharField(max_length=100)
     slug = models.SlugField(max_length=40, unique=True)
@@ -187,6 +187,13 @@ class Organization(models.Model):
     @property
     def on_invoice_terms(self) -> bool:
         return self.payment_terms == self.PaymentTerms.INVOICE
+
+    @property
+    def payment_terms_text(self) -> str:
+        """"Card, paid upfront" or "Invoice, net 30"."""
+        if self.on_invoice_terms:
+            return f"Invoice, net {self.payment_days}"
+        return self.get_payment_terms_display()
 
 
 class Membership(models.Model):

@@ -24,8 +24,11 @@ class Cell:
     def shade(self) -> str:
         if self.total == 0 or self.free == 0:
             return SHADES[0]
-        share = self.free / self.total
-        return SHADES[min(4, 1 + int(share * 4))] if share < 1 else SHADES[4]
+        if self.free >= self.total:
+            return SHADES[4]
+        # Partly booked: few (under a third free), some (under two thirds), many. Only a
+        # fully free hour is "all", so the first booking shows.
+        return SHADES[1 + min(2, int(3 * self.free / self.total))]
 
     @property
     def ink(self) -> str:

@@ -112,6 +112,9 @@ def test_filters_and_prefix_search(db):
     assert rows_for(client, "q=mit") == ["Mid GmbH"]  # legal name, from the start
     assert rows_for(client, "q=ap%40newltd") == ["New Ltd"]
     assert rows_for(client, "q=corp") == []  # not from the start of a field
+    assert rows_for(client, "q=big+corp") == ["Big Corp"]  # the whole name, spaces and all
+    assert rows_for(client, "q=mittel+gm") == ["Mid GmbH"]
+    assert rows_for(client, "q=big+ltd") == []
     assert rows_for(client, "o=-5") == ["Big Corp", "Mid GmbH", "New Ltd"]  # by spend
 
 

@@ -1,4 +1,4 @@
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
@@ -127,3 +127,13 @@ def test_another_organizations_rate_does_not_apply(catalog, organization, other_
         node_count=1, starts_at=NEXT_HOUR, ends_at=NEXT_HOUR + hours(1),
     )  # fmt: skip
     assert (quote.price_source, quote.total) == ("list", Decimal("16.00"))
+
+
+def test_calendar_shades_show_the_first_booking():
+    from capacity.availability import SHADES, Cell
+
+    start = datetime(2026, 12, 1, tzinfo=UTC)
+    shades = [Cell(start=start, free=free, total=12).shade for free in (0, 1, 3, 4, 7, 8, 11, 12)]
+    none, few, some, many, every = SHADES
+    assert shades == [none, few, few, some, some, many, many, every]
+    assert Cell(start=start, free=0, total=0).shade == none
