@@ -11,6 +11,7 @@ from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 
 from accounts import api_keys
+from portal.middleware import client_address
 
 
 class ApiKeyAuthentication(BaseAuthentication):
@@ -33,7 +34,7 @@ class ApiKeyAuthentication(BaseAuthentication):
                 "The API key is malformed.", code="malformed_key"
             ) from exc
         try:
-            found = api_keys.authenticate(raw, ip=request.META.get("REMOTE_ADDR"))
+            found = api_keys.authenticate(raw, ip=client_address(request))
         except api_keys.KeyRefused as exc:
             if exc.status == 403:  # a good key its organization may not use (suspended)
                 raise exceptions.PermissionDenied(exc.message, code=exc.code) from exc

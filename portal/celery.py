@@ -38,6 +38,25 @@ def _prepare_worker_broker(**kwargs: object) -> None:
     ensure_broker_folders()
 
 
+@worker_init.connect
+def _serve_worker_metrics(**kwargs: object) -> None:
+    """WORKER_METRICS_PORT: the worker's task metrics for Prometheus on that port (the web's
+    /metrics shows the web processes' own). With PROMETHEUS_MULTIPROC_DIR set, the pool's
+    processes write their figures there and this adds them up."""
+    port = os.environ.get("WORKER_METRICS_PORT")
+    if not port:
+        return
+    from prometheus_client import REGISTRY, CollectorRegistry, multiprocess, start_http_server
+
+    registry = REGISTRY
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+    # Loopback unless told otherwise (a container sets WORKER_METRICS_ADDR=0.0.0.0).
+    address = os.environ.get("WORKER_METRICS_ADDR", "127.0.0.1")
+    start_http_server(int(port), addr=address, registry=registry)
+
+
 # The request id follows a request into the tasks it sends (and theirs), so one id finds the
 # page view, its log lines, the tasks' log lines and the audit events they all wrote. Celery's
 # signals are its hooks for this; they carry context and never steer the work.

@@ -261,17 +261,6 @@ class OrganizationAdmin(ServiceErrorsAsMessages, admin.ModelAdmin):
     # Prefix lookups: on PostgreSQL an UPPER(...) pattern index serves each (accounts 0005).
     search_fields = ["^name", "^slug", "^legal_name", "^billing_email"]
     search_help_text = "Name, slug, legal name or billing e-mail, from the start."
-
-    def get_search_results(self, request, queryset, search_term):  # type: ignore[no-untyped-def]
-        """Django matches each word of the search at the start of some field, so "Acme
-        Robotics" found nothing ("Robotics" starts no field). A name or legal name that starts
-        with the whole search, spaces and all, matches too (the same prefix indexes serve it)."""
-        found, duplicates = super().get_search_results(request, queryset, search_term)
-        term = search_term.strip()
-        if " " in term:
-            whole = queryset.filter(Q(name__istartswith=term) | Q(legal_name__istartswith=term))
-            found = found | whole
-        return found, duplicates
     list_select_related = ["account_owner"]
     list_per_page = 50
     show_full_result_count = False
@@ -322,6 +311,17 @@ class OrganizationAdmin(ServiceErrorsAsMessages, admin.ModelAdmin):
         "reactivate",
         "mark_reviewed",
     ]
+
+    def get_search_results(self, request, queryset, search_term):  # type: ignore[no-untyped-def]
+        """Django matches each word of the search at the start of some field, so "Acme
+        Robotics" found nothing ("Robotics" starts no field). A name or legal name that starts
+        with the whole search, spaces and all, matches too (the same prefix indexes serve it)."""
+        found, duplicates = super().get_search_results(request, queryset, search_term)
+        term = search_term.strip()
+        if " " in term:
+            whole = queryset.filter(Q(name__istartswith=term) | Q(legal_name__istartswith=term))
+            found = found | whole
+        return found, duplicates
 
     def get_queryset(self, request: HttpRequest) -> QuerySet:
         return super().get_queryset(request).annotate(spend=_spend(), members=_members())

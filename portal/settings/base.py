@@ -1,5 +1,6 @@
 """Settings shared by every environment; values come from the environment (see .env.example)."""
 
+import os
 from datetime import timedelta
 from pathlib import Path
 
@@ -13,6 +14,9 @@ BASE_DIR = Path(__file__).resolve().parent.parent.parent
 VAR_DIR = BASE_DIR / "var"
 
 env = environ.Env()
+# A variable set but empty (KEY= as copied from .env.example) counts as not set, so its default
+# applies instead of an empty database URL, e-mail URL or number.
+env.ENVIRON = {name: value for name, value in os.environ.items() if value != ""}
 
 
 def required(name: str) -> str:
@@ -191,7 +195,7 @@ USE_TZ = True
 
 # --- Static files ---------------------------------------------------------------------------
 STATIC_URL = "/static/"
-STATIC_ROOT = VAR_DIR / "static"
+STATIC_ROOT = Path(env.str("DJANGO_STATIC_ROOT", default=str(VAR_DIR / "static")))
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
@@ -283,6 +287,9 @@ QUEUE_PROVISIONING = "provisioning"
 QUEUE_BILLING = "billing"
 QUEUE_EMAIL = "email"
 CELERY_TASK_DEFAULT_QUEUE = QUEUE_DEFAULT
+# A worker started for a queue not named here (a typo) fails at start instead of waiting on a
+# queue nobody sends to.
+CELERY_TASK_CREATE_MISSING_QUEUES = False
 # Each queue has its own exchange and routing key: with a shared key, a direct exchange would
 # copy every message into every queue.
 CELERY_TASK_QUEUES = [

@@ -103,3 +103,33 @@ def test_deploy_checks_pass_with_the_production_settings():
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip() == "System check identified no issues (1 silenced)."
+
+
+def test_an_empty_variable_counts_as_not_set():
+    """An env file copied from .env.example has KEY= lines: their defaults apply."""
+    result = _load_production(
+        DJANGO_SECRET_KEY="x" * 50,
+        DJANGO_ALLOWED_HOSTS="console.example.com",
+        DATABASE_URL="",
+        EMAIL_URL="",
+        CACHE_URL="",
+        TRUSTED_PROXY_HOPS="",
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_a_worker_serves_its_task_metrics_when_asked(monkeypatch):
+    import socket
+    import urllib.request
+
+    from portal.celery import _serve_worker_metrics
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("WORKER_METRICS_PORT", str(port))
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    _serve_worker_metrics()
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
+        text = answer.read().decode()
+    assert "# TYPE hyperblock_celery_task_seconds histogram" in text
