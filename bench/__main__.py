@@ -1,12 +1,14 @@
-"""Run the benchmarks and print a report: `python -m bench [--only SUITE] [--quick]`.
+"""Run the benchmarks and print a report: `python -m bench [SUITE | --only SUITE] [--quick]`.
 
 Each benchmark runs in its own process (`python -m bench.search --db ...`,
 `python -m bench.throughput`, `python -m bench.webhooks`) on a fresh database, so Django's
 settings are read once per database. The report is printed and written as JSON to
-bench/results/latest.json.
+bench/results/latest.json. The mixed load test takes `--duration` and `--users`
+(`python -m bench load --duration 300 --users 20`).
 
-Exit status: 0 when every benchmark ran and nothing was oversold; missed latency or throughput
-targets are reported as FAIL but do not change the status (they are measurements, not tests).
+Exit status: 0 when every benchmark ran, nothing was oversold and the load test saw no errors
+and kept its invariants; missed latency or throughput targets are reported as FAIL but do not
+change the status (they are measurements, not tests).
 """
 
 import argparse
@@ -26,12 +28,13 @@ from . import database
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
 JOB_TIMEOUT = 15 * 60  # seconds; a hung benchmark must not hang `make bench`
+SUITES = ("search", "throughput", "webhooks", "provisioning", "api", "keys", "load")
 DB_LABELS = {"sqlite": "SQLite", "postgres": "PostgreSQL"}
 
 
 @dataclass(frozen=True)
 class Job:
-    suite: str  # which benchmark: search, throughput, webhooks, provisioning, api or keys
+    suite: str  # which benchmark: one of SUITES
     db: str
     module: str
     args: tuple[str, ...] = ()
@@ -45,23 +48,26 @@ JOBS = (
     Job("provisioning", "postgres", "bench.provisioning"),
     Job("api", "postgres", "bench.api"),
     Job("keys", "postgres", "bench.keys"),
+    Job("load", "postgres", "bench.load"),
 )
 
 
 # --- Running ----------------------------------------------------------------------------------
-def run_job(job: Job, *, quick: bool, scratch: Path) -> dict:
+def run_job(
+    job: Job, *, quick: bool, scratch: Path, extra: tuple[str, ...] = (), timeout: int = JOB_TIMEOUT
+) -> dict:
     """Run one benchmark process; its progress streams through, its result comes back as JSON."""
     out = scratch / f"{job.suite}-{job.db}.json"
-    command = [sys.executable, "-m", job.module, *job.args, "--out", str(out)]
+    command = [sys.executable, "-m", job.module, *job.args, *extra, "--out", str(out)]
     if quick:
         command.append("--quick")
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": database.SETTINGS}
     print(f"\n▶ {job.suite} on {DB_LABELS[job.db]}", file=sys.stderr, flush=True)
     began = time.perf_counter()
     try:
-        finished = subprocess.run(command, cwd=ROOT, env=env, timeout=JOB_TIMEOUT, check=False)
+        finished = subprocess.run(command, cwd=ROOT, env=env, timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {JOB_TIMEOUT} s"}
+        return {"error": f"timed out after {timeout} s"}
     seconds = round(time.perf_counter() - began, 1)
     if finished.returncode != 0 or not out.exists():
         return {"error": f"exited with status {finished.returncode}", "seconds": seconds}
@@ -236,6 +242,73 @@ def keys_report(result: dict) -> list[str]:
     ]
 
 
+def _endpoint_row(name: str, figures: dict) -> str:
+    latency = figures["latency_ms"]
+    refused = ", ".join(f"{code} {n}" for code, n in figures["refused"].items())
+    return (
+        f"    {name:<52}{figures['requests']:>7,}{figures['per_second']:>8.2f}"
+        f"{latency.get('p50', 0):>9.1f}{latency.get('p99', 0):>9.1f}{figures['errors']:>7}"
+        f"{'   ' + refused if refused else ''}"
+    )
+
+
+def load_report(result: dict) -> list[str]:
+    if "error" in result:
+        return [f"  PostgreSQL: ERROR {result['error']}"]
+    load = result["load"]
+    endpoints = load["endpoints"]
+    lines = [
+        f"  {result['users']} users for {load['wall_seconds']} s, {result['organizations']} "
+        f"customer organizations: {load['requests']:,} requests, "
+        f"{load['requests_per_second']:.1f} req/s; errors {result['errors']} (target 0): "
+        f"{_verdict(result['errors'] == 0)}",
+        f"    {'endpoint':<52}{'n':>7}{'req/s':>8}{'p50 ms':>9}{'p99 ms':>9}{'errors':>7}"
+        "   refused by design",
+    ]
+    lines += [_endpoint_row(n, f) for n, f in endpoints.items() if f["kind"] == "app"]
+    lines.append("    calls the clients made to Stripe themselves (not counted above):")
+    lines += [_endpoint_row(n, f) for n, f in endpoints.items() if f["kind"] == "stripe"]
+    windows = [n / 10 for n in load["requests_per_10s"][:-1]]  # the last one is partial
+    if windows:
+        lines.append(
+            f"    req/s per 10 s of the run: min {min(windows):.1f}, max {max(windows):.1f}"
+        )
+    flows = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in sorted(load["flows"].items()))
+    lines.append(f"    flows: {flows}")
+    confirm = load["intent_confirmed_to_reservation_confirmed_ms"]
+    if confirm.get("n"):
+        lines.append(
+            f"    PaymentIntent confirmed to reservation confirmed (webhook and worker, as the "
+            f"client saw it polling each second): p50 {confirm['p50']:.0f} ms, "
+            f"p99 {confirm['p99']:.0f} ms"
+        )
+    for name, figures in endpoints.items():
+        for message, count in figures["error_samples"].items():
+            lines.append(f"    error x{count} on {name}: {message[:160]}")
+    settling = result["settling"]
+    lines.append(
+        f"    settled {settling['seconds']} s after the load: {_verdict(settling['settled'])}"
+        f" ({settling['events_delivered_after_the_load']} events still delivered afterwards"
+        + ("" if settling["settled"] else f"; left: {settling['left']}")
+        + ")"
+    )
+    lines.append("    invariants:")
+    for name, check in result["invariants"].items():
+        lines.append(
+            f"      {name.replace('_', ' ')}: {_verdict(check['passed'])} ({check['detail']})"
+        )
+        lines += [f"        {violation}" for violation in check["violations"][:5]]
+    logged = ", ".join(f"{name} {log['errors']}" for name, log in result["logs"].items())
+    lines.append(f"    errors logged: {logged} (logs in bench/results/load-logs/)")
+    for name, log in result["logs"].items():
+        if log["first"]:
+            first = log["first"][0].splitlines()
+            raised = first[-2:] if first[-1].startswith("DETAIL:") else first[-1:]
+            lines.append(f"      first in {name}: {first[0][:150]}")
+            lines += [f"        ... {line.strip()[:150]}" for line in raised]
+    return lines
+
+
 def report(results: dict) -> str:
     meta = results["meta"]
     lines = [
@@ -262,16 +335,26 @@ def report(results: dict) -> str:
     if "provisioning" in results:
         lines += ["", "From payment to active (webhook, worker, simulated data center)"]
         lines += provisioning_report(results["provisioning"]["postgres"])
+    if "load" in results:
+        lines += [
+            "",
+            "Mixed load: portal, API and webhooks against gunicorn (2 workers), a Celery worker "
+            "and beat on Redis, localstripe",
+        ]
+        lines += load_report(results["load"]["postgres"])
     return "\n".join(lines)
 
 
 def succeeded(results: dict) -> bool:
-    """Every benchmark ran, and neither the dataset nor the run oversold a node."""
-    for suite in ("search", "throughput", "webhooks", "provisioning", "api", "keys"):
+    """Every benchmark ran, neither the dataset nor the run oversold a node, and the load test
+    saw no errors and kept its invariants."""
+    for suite in SUITES:
         for result in results.get(suite, {}).values():
             if "error" in result:
                 return False
             if suite == "webhooks" and not result["processed_exactly_once"]:
+                return False
+            if suite == "load" and not result["passed"]:
                 return False
             if result.get("oversold") or result.get("dataset", {}).get("overlapping_live_pairs"):
                 return False
@@ -280,19 +363,31 @@ def succeeded(results: dict) -> bool:
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
-    parser.add_argument(
-        "--only",
-        choices=("search", "throughput", "webhooks", "provisioning", "api", "keys"),
-        help="run one suite",
-    )
+    parser.add_argument("suite", nargs="?", choices=SUITES, help="run one suite (as --only)")
+    parser.add_argument("--only", choices=SUITES, help="run one suite")
     parser.add_argument("--quick", action="store_true", help="smaller data, for a smoke run")
+    parser.add_argument("--duration", type=int, help="load: seconds of load (300)")
+    parser.add_argument("--users", type=int, help="load: simulated users (20)")
     args = parser.parse_args()
+    if args.suite and args.only and args.suite != args.only:
+        parser.error("name one suite")
+    args.only = args.only or args.suite
+    load_args: tuple[str, ...] = ()
+    if args.duration is not None:
+        load_args += ("--duration", str(args.duration))
+    if args.users is not None:
+        load_args += ("--users", str(args.users))
     results: dict = {"meta": metadata(quick=args.quick)}
     began = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="hb-bench-results-") as scratch:
         for job in JOBS:
             if args.only in (None, job.suite):
-                result = run_job(job, quick=args.quick, scratch=Path(scratch))
+                extra, timeout = (), JOB_TIMEOUT
+                if job.suite == "load":  # its own length, plus setup and settling
+                    extra, timeout = load_args, (args.duration or 300) + JOB_TIMEOUT
+                result = run_job(
+                    job, quick=args.quick, scratch=Path(scratch), extra=extra, timeout=timeout
+                )
                 results.setdefault(job.suite, {})[job.db] = result
     results["meta"]["seconds"] = round(time.perf_counter() - began, 1)
     RESULTS.mkdir(exist_ok=True)

@@ -57,3 +57,60 @@ def sign(body: bytes, secret: str) -> str:
     timestamp = int(time.time())
     digest = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
     return f"t={timestamp},v1={digest}"
+
+
+# --- The app's processes, as `make run` starts them (loopback only) ---------------------------
+def gunicorn(port: int, workers: int = 2) -> list[str]:
+    return [
+        PYTHON,
+        "-m",
+        "gunicorn",
+        "portal.wsgi",
+        "--workers",
+        str(workers),
+        "--bind",
+        f"127.0.0.1:{port}",
+        "--log-level",
+        "warning",
+    ]
+
+
+def celery_worker(concurrency: int = 2, queues: str | None = None) -> list[str]:
+    """A worker on every queue unless `queues` names some (comma-separated)."""
+    return [
+        PYTHON,
+        "-m",
+        "celery",
+        "-A",
+        "portal",
+        "worker",
+        *(["--queues", queues] if queues else []),
+        "--concurrency",
+        str(concurrency),
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
+        "--loglevel",
+        "WARNING",
+    ]
+
+
+def celery_beat(schedule: Path) -> list[str]:
+    """Beat with its schedule file in the run's scratch folder, never the developer's var/."""
+    return [
+        PYTHON,
+        "-m",
+        "celery",
+        "-A",
+        "portal",
+        "beat",
+        "--schedule",
+        str(schedule),
+        "--loglevel",
+        "WARNING",
+    ]
+
+
+def localstripe(port: int) -> list[str]:
+    """The Stripe emulator on 127.0.0.1, its state in memory (billing/localstripe_server.py)."""
+    return [PYTHON, "-m", "billing.localstripe_server", "--port", str(port)]
