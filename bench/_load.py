@@ -292,8 +292,10 @@ def _stripe_agrees(intents: list[dict], refunds: list[dict]) -> dict:
     for refund in refunds:
         if refund.get("status") == "succeeded" and refund.get("payment_intent") in by_intent:
             refunded[by_intent[refund["payment_intent"]]] += refund["amount"]
+    # A second charge for a paid reservation is booked too, as a duplicate (and refunded).
     booked = _rows(
-        "SELECT stripe_payment_intent_id FROM billing_payment WHERE status = 'succeeded'"
+        "SELECT stripe_payment_intent_id FROM billing_payment"
+        " WHERE status IN ('succeeded', 'duplicate')"
     )
     ours = {row[0] for row in booked}
     unknown = [(i, "charged by Stripe, not booked") for i in by_intent if i not in ours]
@@ -354,8 +356,10 @@ def _ledger(intents: list[dict], refunds: list[dict]) -> dict:
     """The ledger as billing/services.py writes it, row by row and per organization.
 
     A card payment books a charge of the reservation's price (unless flagged) and a payment
-    of what Stripe took, negative; a refund books a credit (negative) and the refund paid out
-    (positive). So each organization's balance is its unflagged charges minus its payments,
+    of what Stripe took, negative; a duplicate payment (a paid reservation charged again) books
+    the payment alone. A refund books the refund paid out (positive) and, when its payment was
+    charged for something, a credit taking that back (negative). So each organization's
+    balance is its unflagged charges minus its payments plus what went back on uncharged ones,
     and matches what Stripe took and gave back from its customer.
     """
     payments = _rows(
@@ -375,6 +379,8 @@ def _ledger(intents: list[dict], refunds: list[dict]) -> dict:
     for public_id, status, amount, flagged, n_pay, paid, n_charge, charged, back, sent in payments:
         if status == "succeeded":
             expected = (1, -amount, 0 if flagged else 1, Decimal(0) if flagged else amount)
+        elif status == "duplicate":
+            expected = (1, -amount, 0, Decimal(0))
         else:
             expected = (0, 0, 0, 0)
         if (n_pay, paid, n_charge, charged) != expected or back != sent:
@@ -384,12 +390,19 @@ def _ledger(intents: list[dict], refunds: list[dict]) -> dict:
         " COUNT(l.id) FILTER (WHERE l.kind = 'credit'),"
         " COALESCE(SUM(l.amount) FILTER (WHERE l.kind = 'credit'), 0),"
         " COUNT(l.id) FILTER (WHERE l.kind = 'refund'),"
-        " COALESCE(SUM(l.amount) FILTER (WHERE l.kind = 'refund'), 0)"
+        " COALESCE(SUM(l.amount) FILTER (WHERE l.kind = 'refund'), 0),"
+        " EXISTS (SELECT 1 FROM billing_ledgerentry c"
+        "  WHERE c.payment_id = f.payment_id AND c.kind = 'charge')"
         " FROM billing_refund f LEFT JOIN billing_ledgerentry l ON l.refund_id = f.id"
         " GROUP BY f.id"
     )
-    for public_id, status, amount, n_credit, credit, n_refund, refund in refund_rows:
-        expected = (1, -amount, 1, amount) if status == "succeeded" else (0, 0, 0, 0)
+    for public_id, status, amount, n_credit, credit, n_refund, refund, charged in refund_rows:
+        if status != "succeeded":
+            expected = (0, 0, 0, 0)
+        elif charged:
+            expected = (1, -amount, 1, amount)
+        else:
+            expected = (0, 0, 1, amount)
         if (n_credit, credit, n_refund, refund) != expected:
             wrong.append((public_id, status, n_credit, credit, n_refund, refund))
     # Per organization: the balance against the payment rows, and against Stripe.
@@ -404,7 +417,18 @@ def _ledger(intents: list[dict], refunds: list[dict]) -> dict:
         if refund.get("status") == "succeeded" and refund["payment_intent"] in customer_of_intent:
             stripe_refunded[customer_of_intent[refund["payment_intent"]]] += refund["amount"]
     organizations = {}
-    for slug, currency, customer, balance, charges, paid, credits, refunded, expected in _rows(
+    for (
+        slug,
+        currency,
+        customer,
+        balance,
+        charges,
+        paid,
+        credits,
+        refunded,
+        expected,
+        uncharged,
+    ) in _rows(
         "SELECT o.slug, o.currency, b.stripe_customer_id,"
         " COALESCE((SELECT SUM(amount) FROM billing_ledgerentry WHERE organization_id = o.id), 0),"
         " COALESCE((SELECT SUM(amount) FROM billing_ledgerentry"
@@ -415,17 +439,25 @@ def _ledger(intents: list[dict], refunds: list[dict]) -> dict:
         "  WHERE organization_id = o.id AND kind = 'credit'), 0),"
         " COALESCE((SELECT SUM(amount) FROM billing_ledgerentry"
         "  WHERE organization_id = o.id AND kind = 'refund'), 0),"
-        " COALESCE((SELECT SUM(CASE WHEN p.flagged THEN 0 ELSE p.amount END) - SUM(p.amount)"
-        "  FROM billing_payment p WHERE p.organization_id = o.id AND p.status = 'succeeded'), 0)"
+        " COALESCE((SELECT SUM(CASE WHEN p.status = 'succeeded' AND NOT p.flagged"
+        "  THEN p.amount ELSE 0 END) - SUM(p.amount)"
+        "  FROM billing_payment p WHERE p.organization_id = o.id"
+        "  AND p.status IN ('succeeded', 'duplicate')), 0),"
+        # Refunds of payments nothing was charged for (duplicates, mismatches): no credit.
+        " COALESCE((SELECT SUM(l.amount) FROM billing_ledgerentry l"
+        "  WHERE l.organization_id = o.id AND l.kind = 'refund' AND NOT EXISTS ("
+        "  SELECT 1 FROM billing_ledgerentry c WHERE c.payment_id = l.payment_id"
+        "  AND c.kind = 'charge')), 0)"
         " FROM accounts_organization o JOIN billing_billingaccount b ON b.organization_id = o.id"
         " WHERE o.slug LIKE %s ORDER BY o.slug",
         (f"{ORG_PREFIX}%",),
     ):
+        expected += uncharged
         matches = (
             balance == expected
             and to_minor(-paid, currency) == stripe_paid[customer]
             and to_minor(refunded, currency) == stripe_refunded[customer]
-            and credits == -refunded
+            and credits == -(refunded - uncharged)
         )
         organizations[slug] = {
             "balance": str(balance),
