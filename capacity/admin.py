@@ -311,6 +311,7 @@ class ClusterAdmin(OperationsMixin, AuditedAdmin):
             [what, ", ".join(names)]
             for what, names in (
                 ("Add", result.added),
+                ("Add in maintenance (down in Slurm)", result.down),
                 ("Back from retirement", result.returned),
                 ("Retire (no longer in Slurm)", result.retired),
                 (

@@ -31,6 +31,26 @@ class SlurmNode:
     gpu_types: tuple[str, ...] = ()
     partitions: tuple[str, ...] = ()
     state: str = ""
+    reason: str = ""
+
+    @property
+    def down(self) -> bool:
+        """Slurm would run nothing on it: down, drained or draining, failed, not responding."""
+        flags = set(re.split(r"[+]", self.state.upper().rstrip("*~#!%$@^-")))
+        return self.state.endswith("*") or bool(
+            flags & {"DOWN", "DRAIN", "DRAINED", "DRAINING", "FAIL", "FAILING", "NOT_RESPONDING"}
+        )
+
+
+def _plain_name(text: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", text.lower())
+
+
+def gpu_type_fits(types: tuple[str, ...], gpu_model: GpuModel) -> bool:
+    """Whether every GPU type a node's Gres names is the cluster's model ("h100" fits H100 SXM,
+    slug h100-sxm). A node that names no type fits: Slurm then does not say."""
+    ours = {_plain_name(gpu_model.slug), _plain_name(gpu_model.name)}
+    return all(any(t and (t in o or o in t) for o in ours) for t in map(_plain_name, types))
 
 
 def gres_gpus(gres: str) -> tuple[int, tuple[str, ...]]:
@@ -68,6 +88,7 @@ def parse_nodes(output: str) -> list[SlurmNode]:
                 gpu_types=types,
                 partitions=tuple(p for p in partitions.split(",") if p),
                 state=fields.get("State", ""),
+                reason=fields.get("Reason", ""),
             )
         )
     return sorted(nodes, key=lambda n: n.name)
@@ -105,6 +126,7 @@ class SyncResult:
     added: list[str] = field(default_factory=list)
     retired: list[str] = field(default_factory=list)
     returned: list[str] = field(default_factory=list)
+    down: list[str] = field(default_factory=list)  # added in maintenance: Slurm has them down
     gpus_changed: list[tuple[str, int, int]] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # no GPUs, a name we cannot use, taken
     unchanged: int = 0
@@ -121,6 +143,8 @@ class SyncResult:
             parts.append(f"added {', '.join(self.added)}")
         if self.returned:
             parts.append(f"back from retirement {', '.join(self.returned)}")
+        if self.down:
+            parts.append(f"in maintenance as Slurm has them down: {', '.join(self.down)}")
         if self.gpus_changed:
             parts.append(
                 "GPUs " + ", ".join(f"{name} {old} → {new}" for name, old, new in self.gpus_changed)
@@ -206,10 +230,29 @@ def cluster_sync(
         if name in taken:
             result.skipped.append(f"{name} (belongs to another cluster)")
             continue
+        if not gpu_type_fits(slurm_node.gpu_types, cluster.gpu_model):
+            kinds = ", ".join(slurm_node.gpu_types)
+            result.skipped.append(f"{name} ({kinds} GPUs, not {cluster.gpu_model.name})")
+            continue
         seen.add(name)
         node = ours.get(name)
         if node is None:
-            Node.objects.create(cluster=cluster, hostname=name, gpu_count=slurm_node.gpus)
+            if slurm_node.down:
+                # Not sold until operations bring it back (the health sweep only looks at
+                # nodes in service, so one added as available would be sold until it ran).
+                why = f"Slurm reports it {slurm_node.state}" + (
+                    f": {slurm_node.reason}" if slurm_node.reason else ""
+                )
+                Node.objects.create(
+                    cluster=cluster,
+                    hostname=name,
+                    gpu_count=slurm_node.gpus,
+                    status=Node.Status.MAINTENANCE,
+                    status_reason=why[:200],
+                )
+                result.down.append(name)
+            else:
+                Node.objects.create(cluster=cluster, hostname=name, gpu_count=slurm_node.gpus)
             result.added.append(name)
             continue
         fields = []
@@ -258,6 +301,7 @@ def cluster_sync(
                 "added": result.added,
                 "retired": result.retired,
                 "returned": result.returned,
+                "down": result.down,
                 "gpus": {name: [old, new] for name, old, new in result.gpus_changed},
                 "skipped": result.skipped,
             },

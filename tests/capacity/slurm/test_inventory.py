@@ -119,6 +119,62 @@ def test_a_node_of_another_cluster_is_not_taken_and_the_pool_cannot_change(pool)
         cluster_sync(code="slurm-a", nodes=_nodes("gpu001"), gpu_model=b200)
 
 
+def test_nodes_of_another_gpu_model_are_skipped(pool):
+    region, h100 = pool
+    nodes = [
+        SlurmNode("gpu001", 8, ("h100",), ("gpu",)),
+        SlurmNode("gpu002", 8, ("a100",), ("gpu",)),
+        SlurmNode("gpu003", 8, ("a100", "h100"), ("gpu",)),  # half of them another model
+        SlurmNode("gpu004", 8, (), ("gpu",)),  # Slurm does not say which
+    ]
+    result = cluster_sync(code="slurm-a", nodes=nodes, region=region, gpu_model=h100)
+    assert (result.added, result.skipped) == (
+        ["gpu001", "gpu004"],
+        ["gpu002 (a100 GPUs, not H100)", "gpu003 (a100, h100 GPUs, not H100)"],
+    )
+    sxm = GpuModel.objects.create(slug="h100-sxm", name="H100 SXM", memory_gb=80)
+    other = cluster_sync(
+        code="slurm-b", nodes=[SlurmNode("gpu101", 8, ("h100",))], region=region, gpu_model=sxm
+    )
+    assert other.added == ["gpu101"]
+
+
+@pytest.mark.parametrize(
+    ("state", "down"),
+    [
+        ("IDLE", False),
+        ("MIXED", False),
+        ("ALLOCATED", False),
+        ("DOWN", True),
+        ("DOWN*", True),
+        ("IDLE*", True),
+        ("IDLE+DRAIN", True),
+        ("MIXED+DRAIN", True),
+        ("DOWN+NOT_RESPONDING", True),
+        ("IDLE+FAIL", True),
+    ],
+)
+def test_which_slurm_node_states_are_down(state, down):
+    assert SlurmNode("gpu001", 8, state=state).down is down
+
+
+def test_a_node_slurm_has_down_is_added_in_maintenance(pool):
+    region, h100 = pool
+    nodes = [
+        SlurmNode("gpu001", 8, ("h100",), ("gpu",), "IDLE"),
+        SlurmNode("gpu002", 8, ("h100",), ("gpu",), "IDLE+DRAIN", "fan failure"),
+    ]
+    result = cluster_sync(code="slurm-a", nodes=nodes, region=region, gpu_model=h100)
+    assert (result.added, result.down) == (["gpu001", "gpu002"], ["gpu002"])
+    assert list(
+        Node.objects.order_by("hostname").values_list("hostname", "status", "status_reason")
+    ) == [
+        ("gpu001", "available", ""),
+        ("gpu002", "maintenance", "Slurm reports it IDLE+DRAIN: fan failure"),
+    ]
+    assert "in maintenance as Slurm has them down: gpu002" in result.summary()
+
+
 def test_the_import_command_reads_a_real_slurm_cluster(slurm, pool):
     out = StringIO()
     call_command(
