@@ -1,3 +1,5 @@
+from csp.constants import UNSAFE_INLINE
+from csp.decorators import csp_update
 from django.urls import path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
@@ -13,12 +15,17 @@ urlpatterns = [
     ),
     path(
         "docs/",
-        SpectacularSwaggerSplitView.as_view(
-            url_name="api-schema",
-            permission_classes=[],
-            authentication_classes=[],
-            # The page is an HTML template: DRF's OPTIONS description cannot be rendered with it.
-            http_method_names=["get", "head"],
+        # Swagger UI adds style elements of its own as it draws; on this page only (no nonce
+        # is used here, so the keyword is not overridden) they are allowed. Scripts still load
+        # only from this site.
+        csp_update({"style-src-elem": [UNSAFE_INLINE]})(
+            SpectacularSwaggerSplitView.as_view(
+                url_name="api-schema",
+                permission_classes=[],
+                authentication_classes=[],
+                # An HTML template: DRF's OPTIONS description cannot be rendered with it.
+                http_method_names=["get", "head"],
+            )
         ),
         name="api-docs",
     ),

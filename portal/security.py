@@ -48,8 +48,9 @@ class SecurityHeadersMiddleware(CSPMiddleware):
     ) -> PolicyParts:
         parts = super().get_policy_parts(request, response, report_only)
         update = {key: list(value) for key, value in stripe_sources().items()}
-        for key, value in (parts.update or {}).items():
-            update[key] = [*update.get(key, []), *value]
+        for key, value in (parts.update or {}).items():  # a view's own csp_update
+            values = list(value) if isinstance(value, list | tuple | set) else [value]
+            update[key] = [*update.get(key, []), *values]
         parts.update = update
         return parts
 

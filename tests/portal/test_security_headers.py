@@ -113,6 +113,11 @@ def test_the_api_docs_page_loads_its_script_from_a_url():
     scripts = re.findall(r"<script\b[^>]*>", response.text)
     assert len(scripts) == 3  # Swagger UI, its preset, and its set-up from the page's own URL
     assert all("src=" in tag for tag in scripts)
+    # Swagger UI draws with style elements of its own: allowed there, and only there.
+    policy = _policy(response)
+    assert policy["style-src-elem"] == ["'self'", "'unsafe-inline'"]
+    assert policy["script-src"][0] == "'self'"
+    assert "'unsafe-inline'" not in policy["script-src"]
 
 
 # --- Sessions --------------------------------------------------------------------------------
