@@ -2,10 +2,8 @@
 
 from datetime import timedelta
 
-from django.db import transaction
 from django.utils import timezone
 
-from portal import audit
 from portal.money import from_minor
 
 from . import gateway, services
@@ -66,23 +64,7 @@ def reconcile() -> int:
 
 def _flag(intent_id: str, detail: str) -> int:
     payment = Payment.objects.filter(stripe_payment_intent_id=intent_id).first()
-    with transaction.atomic():
-        flag, created = FinanceFlag.objects.get_or_create(
-            kind=FinanceFlag.Kind.RECONCILIATION,
-            stripe_object_id=intent_id,
-            defaults={
-                "detail": detail,
-                "payment": payment,
-                "organization": payment.organization if payment else None,
-            },
-        )
-        if created:
-            audit.record(
-                action="finance_flag.raised",
-                actor=None,
-                organization=flag.organization,
-                target=flag,
-                data={"kind": flag.kind, "stripe_object": intent_id},
-                reason=detail,
-            )
-    return 1 if created else 0
+    raised = services.flag_raise(
+        FinanceFlag.Kind.RECONCILIATION, intent_id, detail, payment=payment
+    )
+    return 1 if raised else 0

@@ -320,7 +320,7 @@ def payment_sync(*, payment_intent_id: str) -> Payment | None:
         if payment is None:
             if intent.status != "succeeded":
                 return None  # no money moved: nothing to reconcile
-            _flag(
+            flag_raise(
                 FinanceFlag.Kind.UNKNOWN_PAYMENT,
                 payment_intent_id,
                 f"Stripe reports PaymentIntent {payment_intent_id} ({intent.status}) that no "
@@ -444,7 +444,9 @@ def _book_success(payment: Payment, intent: Any, card: tuple[str, str]):  # type
         },
     )
     if mismatch:
-        _flag(FinanceFlag.Kind.AMOUNT_MISMATCH, intent.id, payment.flag_reason, payment=payment)
+        flag_raise(
+            FinanceFlag.Kind.AMOUNT_MISMATCH, intent.id, payment.flag_reason, payment=payment
+        )
         return None
     LedgerEntry.objects.create(
         organization=organization,
@@ -461,7 +463,7 @@ def _book_success(payment: Payment, intent: Any, card: tuple[str, str]):  # type
         )
     except capacity_services.SoldOut:
         reason = "The hold lapsed before the payment arrived and the nodes were taken meanwhile."
-        _flag(FinanceFlag.Kind.LATE_PAYMENT_REFUNDED, intent.id, reason, payment=payment)
+        flag_raise(FinanceFlag.Kind.LATE_PAYMENT_REFUNDED, intent.id, reason, payment=payment)
         return lambda: _refund_in_full(payment, reason, tell_customer=True)
     except Conflict as exc:  # canceled meanwhile
         why = f"Not fulfilled: {exc.message}"
@@ -728,7 +730,7 @@ def _credit_invoice(reservation: Reservation, amount: Decimal | None, reason: st
     except gateway.GatewayUnavailable:
         raise  # transient: the task retries
     except gateway.PaymentError as exc:
-        _flag(
+        flag_raise(
             FinanceFlag.Kind.RECONCILIATION,
             f"credit:{invoice.stripe_invoice_id}",
             f"Could not credit {format_money(credit, invoice.currency)} on invoice "
@@ -898,7 +900,7 @@ def invoice_payment_failed(*, stripe_invoice_id: str) -> None:
                 organization=invoice.organization,
                 target=invoice,
             )
-    _flag(
+    flag_raise(
         FinanceFlag.Kind.INVOICE_FAILED,
         stripe_invoice_id,
         f"Payment of invoice {invoice.number or stripe_invoice_id} failed.",
@@ -933,19 +935,19 @@ def dispute_opened(*, dispute_id: str) -> None:
                 data={"dispute": dispute_id, "amount": str(amount), "currency": dispute.currency},
                 reason=reason,
             )
-    _flag(FinanceFlag.Kind.DISPUTE, dispute_id, detail, payment=payment)
+    flag_raise(FinanceFlag.Kind.DISPUTE, dispute_id, detail, payment=payment)
 
 
 # --- Flags and mail -----------------------------------------------------------------------------
-def _flag(
+def flag_raise(
     kind: str,
     stripe_object_id: str,
     detail: str,
     *,
     payment: Payment | None = None,
     organization: Organization | None = None,
-) -> None:
-    """Tell finance, once per object and kind."""
+) -> bool:
+    """Tell finance, once per object and kind (audited); False when it was already told."""
     organization = organization or (payment.organization if payment else None)
     try:
         with transaction.atomic():
@@ -965,8 +967,9 @@ def _flag(
                 reason=detail,
             )
     except IntegrityError:
-        return
+        return False
     logger.warning("finance flag %s on %s: %s", kind, stripe_object_id, detail)
+    return True
 
 
 def _mail_billing(organization: Organization, template: str, **context: Any) -> None:
