@@ -13,4 +13,12 @@
       setTimeout(function () { button.textContent = label; }, 1500);
     });
   });
+  // On a narrow screen the section tabs scroll sideways: bring the current one into view.
+  document.addEventListener("DOMContentLoaded", function () {
+    var nav = document.querySelector(".sidenav");
+    var current = nav && nav.querySelector('a[aria-current="page"]');
+    if (current && nav.scrollWidth > nav.clientWidth) {
+      nav.scrollLeft = current.offsetLeft - (nav.clientWidth - current.offsetWidth) / 2;
+    }
+  });
 })();
