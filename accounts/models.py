@@ -190,7 +190,7 @@ class Organization(models.Model):
 
     @property
     def payment_terms_text(self) -> str:
-        """"Card, paid upfront" or "Invoice, net 30"."""
+        """The terms as customers read them: Card, paid upfront, or Invoice, net 30."""
         if self.on_invoice_terms:
             return f"Invoice, net {self.payment_days}"
         return self.get_payment_terms_display()
