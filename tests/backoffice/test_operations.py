@@ -843,8 +843,8 @@ def test_the_reservation_page_shows_its_timeline_without_a_query_per_event(
     catalog, organization, owner, staff, frozen_clock
 ):
     ops = staff(OPERATIONS, email="ops-eight@example.com")
-    client = verified_client(ops)
     block = running(organization, owner, catalog, frozen_clock)
+    client = verified_client(ops)  # after the clock moved: an hour idle would sign it out
     url = reverse("admin:capacity_reservation_change", args=[block.pk])
 
     def queries() -> int:
