@@ -27,6 +27,11 @@ class UserAdmin(AuditedAdmin, DjangoUserAdmin):
     ]
     add_fieldsets = [(None, {"classes": ["wide"], "fields": ["email", "password1", "password2"]})]
 
+    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        # Users are deactivated (Active off), never deleted: the audit log names them, and the
+        # database refuses to rewrite an audit event (portal/append_only.py).
+        return False
+
     def user_change_password(
         self, request: HttpRequest, id: str, form_url: str = ""
     ) -> HttpResponse:

@@ -100,3 +100,16 @@ def test_behind_a_load_balancer_the_audit_records_the_client(
         HTTP_X_FORWARDED_FOR=forwarded,
     )
     assert AuditEvent.objects.get(action="organization.updated").ip_address == recorded
+
+
+def test_users_are_deactivated_in_the_back_office_never_deleted(rf, db):
+    from django.contrib import admin
+
+    from accounts.models import User
+    from tests.factories import UserFactory
+
+    request = rf.get("/admin/")
+    request.user = UserFactory(is_staff=True, is_superuser=True)
+    model_admin = admin.site._registry[User]
+    assert model_admin.has_delete_permission(request) is False
+    assert "delete_selected" not in model_admin.get_actions(request)
