@@ -97,9 +97,15 @@ def sync_staff_groups(apps: Any) -> None:
     from django.contrib.auth.management import create_permissions
 
     for app_config in apps.get_app_configs():
-        app_config.models_module = True
-        create_permissions(app_config, verbosity=0, apps=apps)
-        app_config.models_module = None
+        # A migration's registry has no models modules, and create_permissions skips an app
+        # without one; the running registry's must be left as they are (seed_demo calls this
+        # in-process, and an app left without one never gets its permissions made again).
+        original = getattr(app_config, "models_module", None)
+        app_config.models_module = original or True
+        try:
+            create_permissions(app_config, verbosity=0, apps=apps)
+        finally:
+            app_config.models_module = original
     group_model = apps.get_model("auth", "Group")
     permission_model = apps.get_model("auth", "Permission")
     for name, wanted in STAFF_GROUPS.items():

@@ -46,3 +46,17 @@ def test_seed_demo_refuses_production_settings(settings):
     with pytest.raises(CommandError, match="refuses to run"):
         call_command("seed_demo")
     assert User.objects.count() == 0
+
+
+def test_seeding_leaves_the_app_registry_as_it_was(db):
+    """Making the staff groups in-process must not strip the running apps of their models
+    modules: Django would then never make their permissions again (after a flush, say)."""
+    from django.apps import apps
+
+    from portal.backoffice.roles import sync_staff_groups
+
+    before = {config.label: config.models_module for config in apps.get_app_configs()}
+    sync_staff_groups(apps)
+    after = {config.label: config.models_module for config in apps.get_app_configs()}
+    assert after == before
+    assert after["accounts"] is not None
