@@ -38,7 +38,7 @@ from .database import Database, progress
 
 ROOT = Path(__file__).resolve().parent.parent
 LOGS = ROOT / "bench" / "results" / "load-logs"
-SECRET_KEY = "sk_test_bench_only"
+SECRET_KEY = stack.STRIPE_KEY
 PASSWORD = "load-test-password-1"
 BROKER_URL = os.environ.get("BENCH_BROKER_URL", "redis://127.0.0.1:6379/13")
 CACHE_URL = os.environ.get("BENCH_CACHE_URL", "redis://127.0.0.1:6379/14")
@@ -50,22 +50,6 @@ LIVE = ["held", "scheduled", "provisioning", "active", "releasing"]
 
 
 # --- Seeding -----------------------------------------------------------------------------------
-def _card(api: str) -> str:
-    """A card as the card form would collect it (a raw test number, as Stripe.js sends)."""
-    return requests.post(
-        f"{api}/v1/payment_methods",
-        data={
-            "type": "card",
-            "card[number]": "4242424242424242",
-            "card[exp_month]": "12",
-            "card[exp_year]": "2034",
-            "card[cvc]": "123",
-        },
-        auth=(SECRET_KEY, ""),
-        timeout=10,
-    ).json()["id"]
-
-
 def _customers(count: int, api: str) -> list[dict]:
     """Organizations on card terms, each with a verified owner who signs in with a password
     (hashed with Argon2, as in production: signing in costs what it costs there), an API key
@@ -83,7 +67,7 @@ def _customers(count: int, api: str) -> list[dict]:
             scopes=["reservations:read", "reservations:write", "billing:read"],
         )
         account = billing_services.billing_account_for(organization)
-        card = _card(api)
+        card = stack.card(api)
         gateway.payment_method_attach(
             payment_method_id=card,
             customer_id=account.stripe_customer_id,

@@ -27,7 +27,7 @@ from ._webhooks import SECRET as WEBHOOK_SECRET
 from .database import Database, progress
 from .stats import summarize_ms
 
-SECRET_KEY = "sk_test_bench_only"
+SECRET_KEY = stack.STRIPE_KEY
 BROKER_URL = os.environ.get("BENCH_BROKER_URL", "redis://127.0.0.1:6379/13")
 TARGET_P95_S = 3.0
 
@@ -82,18 +82,7 @@ def _start(
 
 def _charged(reservation: Reservation, api: str) -> Payment:
     """Stripe takes the money (the card form did its part); our app has not heard yet."""
-    card = requests.post(
-        f"{api}/v1/payment_methods",
-        data={
-            "type": "card",
-            "card[number]": "4242424242424242",
-            "card[exp_month]": "12",
-            "card[exp_year]": "2034",
-            "card[cvc]": "123",
-        },
-        auth=(SECRET_KEY, ""),
-        timeout=10,
-    ).json()["id"]
+    card = stack.card(api)
     payment = Payment.objects.create(
         organization=reservation.organization,
         reservation=reservation,

@@ -13,6 +13,8 @@ import requests
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
+# localstripe takes any key that starts with sk_test_.
+STRIPE_KEY = "sk_test_bench_only"
 
 
 def free_port() -> int:
@@ -114,3 +116,19 @@ def celery_beat(schedule: Path) -> list[str]:
 def localstripe(port: int) -> list[str]:
     """The Stripe emulator on 127.0.0.1, its state in memory (billing/localstripe_server.py)."""
     return [PYTHON, "-m", "billing.localstripe_server", "--port", str(port)]
+
+
+def card(api: str) -> str:
+    """A Visa card PaymentMethod on the Stripe emulator, made as Stripe.js makes one."""
+    return requests.post(
+        f"{api}/v1/payment_methods",
+        data={
+            "type": "card",
+            "card[number]": "4242424242424242",
+            "card[exp_month]": "12",
+            "card[exp_year]": "2034",
+            "card[cvc]": "123",
+        },
+        auth=(STRIPE_KEY, ""),
+        timeout=10,
+    ).json()["id"]
