@@ -99,18 +99,6 @@ def _stripe_list(api: str, resource: str) -> list[dict]:
     raise RuntimeError(f"more than 100,000 {resource} in localstripe")
 
 
-def _deliver(web: str, body: bytes) -> None:
-    requests.post(
-        f"{web}/stripe/webhook/",
-        data=body,
-        timeout=30,
-        headers={
-            "Content-Type": "application/json",
-            "Stripe-Signature": stack.sign(body, WEBHOOK_SECRET),
-        },
-    ).raise_for_status()
-
-
 def _deliver_missing(web: str, api: str, attempted: dict[str, str]) -> int:
     """Deliver what Stripe would still deliver after the load stopped: events the generator
     had not picked up yet, and deliveries cut off when it stopped."""
@@ -120,7 +108,7 @@ def _deliver_missing(web: str, api: str, attempted: dict[str, str]) -> int:
     missing = [event_id for event_id in bodies if event_id not in stored]
     for event_id in missing:
         attempted.setdefault(event_id, bodies[event_id].decode())
-        _deliver(web, bodies[event_id])
+        stack.deliver_webhook(web, bodies[event_id], WEBHOOK_SECRET)
     return len(missing)
 
 

@@ -11,7 +11,6 @@ from datetime import timedelta
 from pathlib import Path
 
 import redis
-import requests
 from django.conf import settings
 from django.utils import timezone
 
@@ -37,40 +36,9 @@ def _start(
 ) -> list[subprocess.Popen]:
     processes = stack.start(
         {
-            "stripe": [
-                stack.PYTHON,
-                "-m",
-                "billing.localstripe_server",
-                "--port",
-                str(stripe_port),
-            ],
-            "web": [
-                stack.PYTHON,
-                "-m",
-                "gunicorn",
-                "portal.wsgi",
-                "--workers",
-                "2",
-                "--bind",
-                f"127.0.0.1:{web_port}",
-                "--log-level",
-                "warning",
-            ],
-            "worker": [
-                stack.PYTHON,
-                "-m",
-                "celery",
-                "-A",
-                "portal",
-                "worker",
-                "--concurrency",
-                "2",
-                "--without-gossip",
-                "--without-mingle",
-                "--without-heartbeat",
-                "--loglevel",
-                "WARNING",
-            ],
+            "stripe": stack.localstripe(stripe_port),
+            "web": stack.gunicorn(web_port),
+            "worker": stack.celery_worker(),
         },
         env,
         logs,
@@ -159,15 +127,7 @@ def run(*, db: Database, quick: bool) -> dict:
             payment = _charged(reservation, api)
             body = _webhook(payment.stripe_payment_intent_id, n)
             began = time.perf_counter()
-            requests.post(
-                f"http://127.0.0.1:{web_port}/stripe/webhook/",
-                data=body,
-                timeout=30,
-                headers={
-                    "Content-Type": "application/json",
-                    "Stripe-Signature": stack.sign(body, WEBHOOK_SECRET),
-                },
-            ).raise_for_status()
+            stack.deliver_webhook(f"http://127.0.0.1:{web_port}", body, WEBHOOK_SECRET)
             state = Reservation.objects.filter(pk=reservation.pk)
             deadline = time.monotonic() + 30
             while not state.filter(state=Reservation.State.ACTIVE).exists():

@@ -61,6 +61,16 @@ def sign(body: bytes, secret: str) -> str:
     return f"t={timestamp},v1={digest}"
 
 
+def deliver_webhook(web: str, body: bytes, secret: str) -> None:
+    """POST a Stripe event to the app's webhook endpoint at `web`, signed as Stripe signs."""
+    requests.post(
+        f"{web}/stripe/webhook/",
+        data=body,
+        timeout=30,
+        headers={"Content-Type": "application/json", "Stripe-Signature": sign(body, secret)},
+    ).raise_for_status()
+
+
 # --- The app's processes, as `make run` starts them (loopback only) ---------------------------
 def gunicorn(port: int, workers: int = 2) -> list[str]:
     return [
