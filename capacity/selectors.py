@@ -342,10 +342,6 @@ def cluster_timeline(cluster: Cluster, starts_at: datetime, ends_at: datetime) -
 
 def reservations_by_state() -> dict[str, int]:
     """How many reservations are in each state, every state named (for the metrics)."""
-    counts = dict(
-        Reservation.objects.order_by()
-        .values_list("state")
-        .annotate(n=Count("id"))
-        .values_list("state", "n")
-    )
+    rows = Reservation.objects.order_by().values("state").annotate(n=Count("id"))
+    counts = {row["state"]: row["n"] for row in rows}
     return {state: counts.get(state, 0) for state in Reservation.State.values}
