@@ -4,10 +4,10 @@ from rest_framework.generics import ListAPIView
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from portal.api import ApiView as APIView
-from portal.api import actor_of, organization_of
+from core.api import ApiView as APIView
 
 from . import api_keys
+from .api_auth import actor_of, organization_of
 from .models import ApiKey
 
 

@@ -13,8 +13,8 @@ from django.core.cache import cache
 from django.db import transaction
 from django.utils import timezone
 
-from portal import audit
-from portal.errors import NotFound, ServiceError
+from core import audit
+from core.errors import NotFound, ServiceError
 
 from . import keys
 from .models import ApiKey, Organization, User

@@ -1,36 +1,26 @@
 """Credit on invoice terms: what an organization owes and has committed, against its limit.
 
-Billing keeps the ledger, so it answers how much credit is in use; it registers that reader at
-start-up (`BillingConfig.ready`), and the apps below it (capacity confirms reservations on
-invoice terms) ask here without importing billing.
+Billing keeps the ledger, so it answers how much credit is in use: the function the setting
+CREDIT_USED_HOOK names. The apps below billing (capacity confirms reservations on invoice terms)
+ask here without importing it.
 """
 
-from collections.abc import Callable
 from decimal import Decimal
 
-from django.core.exceptions import ImproperlyConfigured
-
-from portal.errors import Conflict
-from portal.money import format_money
+from core.errors import Conflict
+from core.hooks import hook
+from core.money import format_money
 
 from .models import Organization
-
-_credit_used: Callable[[Organization], Decimal] | None = None
 
 
 class CreditLimitExceeded(Conflict):
     default_code = "credit_limit_exceeded"
 
 
-def register(reader: Callable[[Organization], Decimal]) -> None:
-    global _credit_used  # one reader per process, set at start-up
-    _credit_used = reader
-
-
 def credit_used(organization: Organization) -> Decimal:
-    if _credit_used is None:
-        raise ImproperlyConfigured("No credit reader registered (is billing installed?).")
-    return _credit_used(organization)
+    used: Decimal = hook("CREDIT_USED_HOOK")(organization)
+    return used
 
 
 def require_credit(*, organization: Organization, amount: Decimal) -> None:

@@ -6,10 +6,10 @@ from django.contrib.auth.forms import AuthenticationForm, PasswordResetForm
 from django_countries import countries
 from django_countries.fields import LazyTypedChoiceField
 
-from portal.errors import ServiceError
+from core.emails import queue_email
+from core.errors import ServiceError
 
 from . import services
-from .emails import queue_email
 from .models import ApiKey, Organization, User
 from .permissions import Permission, Role, can
 from .validators import validate_org_slug

@@ -16,17 +16,17 @@ class Role(models.TextChoices):
 
 
 class Permission(StrEnum):
-    VIEW_ORGANIZATION = "organization.view"
-    MANAGE_ORGANIZATION = "organization.manage"
-    VIEW_TEAM = "team.view"
-    MANAGE_TEAM = "team.manage"
-    GRANT_OWNER = "team.grant_owner"
-    VIEW_RESERVATIONS = "reservations.view"
-    MANAGE_RESERVATIONS = "reservations.manage"
-    MANAGE_API_KEYS = "api_keys.manage"
-    VIEW_BILLING = "billing.view"
-    MANAGE_BILLING = "billing.manage"
-    VIEW_USAGE = "usage.view"
+    VIEW_ORGANIZATION = "organization:view"
+    MANAGE_ORGANIZATION = "organization:manage"
+    VIEW_TEAM = "team:view"
+    MANAGE_TEAM = "team:manage"
+    GRANT_OWNER = "team:grant_owner"
+    VIEW_RESERVATIONS = "reservations:view"
+    MANAGE_RESERVATIONS = "reservations:manage"
+    MANAGE_API_KEYS = "api_keys:manage"
+    VIEW_BILLING = "billing:view"
+    MANAGE_BILLING = "billing:manage"
+    VIEW_USAGE = "usage:view"
 
 
 P = Permission

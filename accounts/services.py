@@ -1,7 +1,7 @@
 """Writes for users, organizations, memberships and invitations.
 
 Every function is keyword-only, runs in one transaction, validates before it saves, records an
-audit event, and raises `portal.errors.ServiceError` (nothing changed) when it cannot proceed.
+audit event, and raises `core.errors.ServiceError` (nothing changed) when it cannot proceed.
 """
 
 from decimal import Decimal, InvalidOperation
@@ -15,11 +15,11 @@ from django.db import IntegrityError, transaction
 from django.urls import reverse
 from django.utils import timezone
 
-from portal import audit
-from portal.errors import Conflict, NotAllowed, NotFound, ServiceError
+from core import audit
+from core.emails import queue_email
+from core.errors import Conflict, NotAllowed, NotFound, ServiceError
 
 from . import selectors, tokens
-from .emails import queue_email
 from .models import Invitation, Membership, Organization, User
 from .permissions import Permission, Role, can
 from .validators import validate_org_slug
@@ -497,7 +497,7 @@ def membership_remove(*, membership: Membership, actor: User) -> None:
 
 
 # --- Back office: staff decisions about an organization ---------------------------------------
-# Staff act through Django permissions (granted to the staff groups in portal/backoffice/roles.py),
+# Staff act through Django permissions (granted to the staff groups in backoffice/roles.py),
 # not through a membership. Every decision is audited with its reason.
 REASON_MAX = 500
 STAFF_EDITABLE = frozenset(

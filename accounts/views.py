@@ -12,8 +12,8 @@ from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from portal.errors import NotFound, ServiceError
-from portal.forms import add_service_error
+from core.errors import NotFound, ServiceError
+from core.forms import add_service_error
 
 from . import api_keys, selectors, services
 from .decorators import (

@@ -12,8 +12,8 @@ from rest_framework_api_key.models import APIKey
 from rest_framework_api_key.permissions import HasAPIKey
 
 from accounts import api_keys
+from accounts.api_auth import ApiKeyAuthentication
 from accounts.models import ApiKey
-from portal.api_auth import ApiKeyAuthentication
 
 from . import fixtures
 from .database import Database, progress

@@ -30,7 +30,7 @@ from billing import services as billing_services
 from billing.models import BillingAccount, WebhookEvent
 from capacity import demo
 from capacity.models import GpuModel, Region
-from portal.money import from_minor, to_minor
+from core.money import from_minor, to_minor
 
 from . import fixtures, stack
 from ._webhooks import SECRET as WEBHOOK_SECRET

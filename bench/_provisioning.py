@@ -19,7 +19,7 @@ from billing.models import Payment
 from capacity import services as capacity_services
 from capacity.models import Reservation
 from capacity.windows import Window
-from portal.money import to_minor
+from core.money import to_minor
 
 from . import fixtures, stack
 from ._webhooks import SECRET as WEBHOOK_SECRET

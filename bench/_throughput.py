@@ -21,7 +21,7 @@ from accounts.models import Organization, User
 from capacity import services
 from capacity.models import Allocation, Reservation
 from capacity.windows import Window, ceil_hour, window_for
-from portal.errors import ServiceError
+from core.errors import ServiceError
 
 from . import fixtures
 from .database import Database, progress

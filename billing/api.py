@@ -8,13 +8,13 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from accounts import api_keys
+from accounts.api_auth import actor_of, organization_of
 from accounts.models import ApiKey
 from accounts.permissions import Permission, can
 from accounts.selectors import membership_for
 from capacity.api import _reservation
-from portal.api import ApiView as APIView
-from portal.api import actor_of, organization_of
-from portal.errors import NotAllowed
+from core.api import ApiView as APIView
+from core.errors import NotAllowed
 
 from . import metering, selectors, services
 from .models import Invoice, Payment, Refund

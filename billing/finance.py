@@ -14,10 +14,10 @@ from django.db.models import Sum
 from django.utils import timezone
 
 from accounts.models import User
-from portal import audit
-from portal.celery import enqueue_after_commit
-from portal.errors import Conflict, NotAllowed, ServiceError
-from portal.money import ZERO_DECIMAL, format_money
+from core import audit
+from core.errors import Conflict, NotAllowed, ServiceError
+from core.money import ZERO_DECIMAL, format_money
+from core.tasks import enqueue_after_commit
 
 from . import gateway, services
 from .models import FinanceFlag, ModelPrice, Payment, Refund, WebhookEvent, WebhookProcessing

@@ -13,7 +13,7 @@ from typing import Any
 import stripe
 from django.conf import settings
 
-from portal.errors import ServiceError
+from core.errors import ServiceError
 
 logger = logging.getLogger(__name__)
 

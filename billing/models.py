@@ -4,8 +4,8 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
-from portal.ids import public_id
-from portal.models import AppendOnly
+from core.ids import public_id
+from core.models import AppendOnly
 
 
 def new_payment_id() -> str:

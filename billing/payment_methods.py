@@ -5,8 +5,8 @@ from dataclasses import dataclass
 from django.db import transaction
 
 from accounts.models import Organization, User
-from portal import audit
-from portal.errors import NotFound, ServiceError
+from core import audit
+from core.errors import NotFound, ServiceError
 
 from . import gateway, services
 from .models import BillingAccount

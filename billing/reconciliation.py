@@ -4,7 +4,7 @@ from datetime import timedelta
 
 from django.utils import timezone
 
-from portal.money import from_minor
+from core.money import from_minor
 
 from . import gateway, services
 from .models import FinanceFlag, Payment

@@ -15,16 +15,17 @@ from django.db import IntegrityError, transaction
 from django.urls import reverse
 from django.utils import timezone
 
-from accounts.emails import queue_email
 from accounts.models import Organization, User
 from accounts.permissions import Permission, can
 from accounts.selectors import membership_for
 from accounts.services import require_active_organization
 from capacity import services as capacity_services
 from capacity.models import Reservation
-from portal import audit
-from portal.errors import Conflict, NotAllowed, ServiceError
-from portal.money import format_money, from_minor, to_minor
+from core import audit
+from core.emails import queue_email
+from core.errors import Conflict, NotAllowed, ServiceError
+from core.money import format_money, from_minor, to_minor
+from core.tasks import enqueue_after_commit
 
 from . import gateway
 from .models import (
@@ -641,6 +642,12 @@ def refunds_sync(*, payment_intent_id: str) -> None:
 
 
 # --- Settling a reservation: refunds due and invoices -------------------------------------------
+def settlement_enqueue(reservation_id: int) -> None:
+    """RESERVATION_SETTLEMENT_HOOK: capacity's lifecycle calls this in the transaction that
+    moved the reservation; settling runs in a task once that commits."""
+    enqueue_after_commit("billing.settle_reservation", reservation_id=reservation_id)
+
+
 def settle_reservation(*, reservation_id: int) -> None:
     """Do what money a reservation's state asks for. Safe to run any number of times."""
     reservation = Reservation.objects.select_related("organization").get(pk=reservation_id)
@@ -655,8 +662,11 @@ def settle_reservation(*, reservation_id: int) -> None:
         _settle_refund(
             reservation, None, "Provisioning failed: full refund.", Refund.Settles.FAILURE
         )
-    elif reservation.state in (S.SCHEDULED, S.PROVISIONING, S.ACTIVE) and (
-        reservation.organization.on_invoice_terms
+    elif (
+        reservation.state in (S.SCHEDULED, S.PROVISIONING, S.ACTIVE)
+        and reservation.organization.on_invoice_terms
+        # Paid by card while the organization was still on card terms: nothing to invoice.
+        and not reservation.payments.filter(status=Payment.Status.SUCCEEDED).exists()
     ):
         try:
             invoice_for_reservation(reservation=reservation)

@@ -11,8 +11,8 @@ from django.db import transaction
 
 from accounts.models import Organization, User
 from accounts.services import lock_organization, organization_terms_write, require_staff_permission
-from portal.errors import ServiceError
-from portal.money import format_money
+from core.errors import ServiceError
+from core.money import format_money
 
 from . import selectors
 

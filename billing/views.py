@@ -22,7 +22,7 @@ from accounts.decorators import (
 from accounts.permissions import Permission, can
 from capacity import selectors as capacity_selectors
 from capacity.models import Reservation
-from portal.errors import ServiceError
+from core.errors import ServiceError
 
 from . import gateway, metering, payment_methods, selectors, services, webhooks
 from .models import Payment

@@ -12,8 +12,8 @@ from collections.abc import Callable
 from django.db import IntegrityError, OperationalError, transaction
 from django.utils import timezone
 
-from portal.celery import enqueue_after_commit
-from portal.metrics import WEBHOOK_LAG
+from core.metrics import WEBHOOK_LAG
+from core.tasks import enqueue_after_commit
 
 from . import gateway, services
 from .models import WebhookEvent, WebhookProcessing

@@ -11,10 +11,10 @@ from rest_framework.generics import ListAPIView
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from accounts.api_auth import actor_of, organization_of
 from accounts.models import ApiKey
-from portal.api import ApiView as APIView
-from portal.api import actor_of, organization_of
-from portal.errors import NotFound
+from core.api import ApiView as APIView
+from core.errors import NotFound
 
 from . import offerings, selectors, services
 from .forms import OfferingSearchForm

@@ -3,7 +3,7 @@ import secrets
 from django import forms
 from django.conf import settings
 
-from portal.errors import ServiceError
+from core.errors import ServiceError
 
 from .models import GpuModel, Region
 from .windows import Window, validate_node_count, window_for

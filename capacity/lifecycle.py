@@ -6,8 +6,9 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
-from portal import audit
-from portal.errors import Conflict
+from core import audit
+from core.errors import Conflict
+from core.hooks import hook
 
 from . import notifications
 from .models import Allocation, Reservation
@@ -33,6 +34,16 @@ class IllegalTransition(Conflict):
     default_code = "illegal_transition"
 
 
+def moves_money(reservation: Reservation) -> bool:
+    """Whether the state just entered asks billing to act: a refund for a cancellation with
+    money due or a failure, an invoice for a block confirmed on invoice terms."""
+    if reservation.state == S.FAILED:
+        return True
+    if reservation.state == S.CANCELED:
+        return bool(reservation.refund_due)
+    return reservation.state == S.SCHEDULED and reservation.organization.on_invoice_terms
+
+
 def can_transition(state: str, to: str) -> bool:
     return to in LEGAL.get(state, frozenset())
 
@@ -52,8 +63,9 @@ def transition(
     """Move a reservation to `to` if that is legal from its current (locked) state.
 
     Locks the row, re-checks the state, writes the change, releases the nodes on a final state,
-    records the audit event the reservation's timeline shows, and runs `after_commit` (for
-    example enqueueing a task) only once the transaction has committed.
+    records the audit event the reservation's timeline shows, asks billing to settle the money
+    the new state calls for, and runs `after_commit` (for example enqueueing a task) only once
+    the transaction has committed.
     """
     locked = Reservation.objects.select_for_update().get(pk=reservation.pk)
     if not can_transition(locked.state, to):
@@ -80,6 +92,10 @@ def transition(
         data={"from": previous, "to": to, **(data or {})},
         reason=reason,
     )
+    if moves_money(locked):
+        # The one place settlement is asked for: billing's hook enqueues it after the commit
+        # (and its periodic sweep does the same, so a lost message only delays it).
+        hook("RESERVATION_SETTLEMENT_HOOK")(locked.pk)
     if after_commit is not None:
         transaction.on_commit(after_commit)
     if notify and to in notifications.TEMPLATES:

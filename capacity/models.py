@@ -5,7 +5,7 @@ from django.core.validators import MinValueValidator
 from django.db import models
 from django.utils import timezone
 
-from portal.ids import public_id
+from core.ids import public_id
 
 from .windows import Window
 
@@ -214,7 +214,7 @@ class Reservation(models.Model):
     # Provisioning: how the customer reaches the block. The secret part (a kubeconfig with its
     # token) is encrypted at rest, so it can be downloaded again during the block.
     access_details = models.JSONField(default=dict, blank=True)
-    access_secret = models.TextField(blank=True, help_text="Encrypted (portal.crypto).")
+    access_secret = models.TextField(blank=True, help_text="Encrypted (core.crypto).")
     reminders_sent = models.JSONField(default=list, blank=True)
     # A quote: made by sales on the customer's behalf, held at the price sales set.
     quoted_by = models.ForeignKey(

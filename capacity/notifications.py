@@ -2,7 +2,7 @@
 
 from django.urls import reverse
 
-from accounts.emails import queue_email
+from core.emails import queue_email
 
 from .models import Reservation
 

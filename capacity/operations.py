@@ -22,9 +22,9 @@ from django.conf import settings
 from django.db import models, transaction
 from django.utils import timezone
 
-from portal import audit
-from portal.celery import enqueue_after_commit
-from portal.errors import Conflict, NotAllowed, ServiceError
+from core import audit
+from core.errors import Conflict, NotAllowed, ServiceError
+from core.tasks import enqueue_after_commit
 
 from . import lifecycle, provisioning, selectors, services
 from .models import Incident, Node, Reservation
@@ -264,8 +264,6 @@ def reservation_cancel(
         fields={"refund_due": amount},
         after_commit=after_commit,
     )
-    if amount:
-        services.settle_money_after_commit(canceled.pk)
     return canceled
 
 

@@ -5,8 +5,8 @@ from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 
 from accounts.models import Organization
-from portal.errors import ServiceError
-from portal.money import format_money
+from core.errors import ServiceError
+from core.money import format_money
 
 from .models import DurationDiscount, GpuModel, ListPrice, NegotiatedRate, Region
 from .windows import Window

@@ -14,8 +14,8 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from portal import audit, crypto
-from portal.celery import enqueue_after_commit
+from core import audit, crypto
+from core.tasks import enqueue_after_commit
 
 from . import lifecycle, notifications, selectors
 from .drivers import Access, MissingBlockError, get_driver
@@ -143,7 +143,6 @@ def provisioning_failed(reservation_id: int, reason: str) -> None:
             reason=f"Provisioning failed: {reason}",
             after_commit=lambda: _deprovision(reservation),
         )
-        _enqueue_after_commit("billing.settle_reservation", reservation_id)
     except lifecycle.IllegalTransition:
         return
     Incident.objects.create(

@@ -25,8 +25,8 @@ from accounts.services import (
     require_staff_permission,
     require_verified_email,
 )
-from portal.errors import Conflict, ServiceError
-from portal.money import format_money
+from core.errors import Conflict, ServiceError
+from core.money import format_money
 
 from . import lifecycle, notifications, pricing, provisioning, selectors, services
 from .models import GpuModel, Region, Reservation
@@ -212,5 +212,4 @@ def _accept_locked(*, reservation: Reservation, actor: User) -> Reservation:
         reason=f"Quote accepted on invoice terms (net {organization.payment_days}).",
         data={"quote": True},
     )
-    services.settle_money_after_commit(confirmed.pk)
     return confirmed

@@ -16,8 +16,8 @@ from django.utils import timezone
 
 from accounts.models import Organization, User
 from accounts.services import lock_organization, require_staff_permission
-from portal import audit
-from portal.errors import Conflict, ServiceError
+from core import audit
+from core.errors import Conflict, ServiceError
 
 from . import pricing
 from .models import GpuModel, NegotiatedRate, Region

@@ -8,7 +8,7 @@ import numpy as np
 from django.db.models import BigIntegerField, Count, Func, Q, QuerySet
 
 from accounts.models import Organization
-from portal.models import AuditEvent
+from core.models import AuditEvent
 
 from .models import Allocation, Cluster, GpuModel, Node, Region, Reservation
 

@@ -23,9 +23,8 @@ from accounts.services import (
     require_permission,
     require_verified_email,
 )
-from portal import audit
-from portal.celery import enqueue_after_commit
-from portal.errors import Conflict, ServiceError
+from core import audit
+from core.errors import Conflict, ServiceError
 
 from . import lifecycle, offerings, pricing, provisioning, selectors
 from .models import Allocation, Cluster, GpuModel, Region, Reservation
@@ -44,13 +43,6 @@ class SoldOut(Conflict):
     ) -> None:
         super().__init__(message)
         self.alternatives = alternatives or []
-
-
-def settle_money_after_commit(reservation_id: int) -> None:
-    """Ask billing (by task name: capacity does not import billing) to refund or invoice what
-    this reservation's new state calls for, once the state change is committed. Billing's
-    periodic sweep does the same, so a lost message only delays it."""
-    enqueue_after_commit("billing.settle_reservation", reservation_id=reservation_id)
 
 
 def _after_candidates() -> None:
@@ -319,7 +311,6 @@ def _create_locked(
             actor=user,
             reason=f"Confirmed on invoice terms (net {organization.payment_days}).",
         )
-        settle_money_after_commit(reservation.pk)
     return reservation
 
 
@@ -445,8 +436,6 @@ def reservation_cancel(*, reservation: Reservation, actor: User, reason: str = "
         )
     paid = locked.state == S.SCHEDULED
     refund = refund_amount(locked, now) if paid else None
-    if refund:
-        settle_money_after_commit(locked.pk)
     return lifecycle.transition(
         reservation=locked,
         to=S.CANCELED,

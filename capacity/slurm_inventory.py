@@ -14,8 +14,8 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from portal import audit
-from portal.errors import NotAllowed, ServiceError
+from core import audit
+from core.errors import NotAllowed, ServiceError
 
 from .drivers import DriverError
 from .drivers.slurm import NODE_RE, Runner, SlurmCommandError, classify, parse_key_values

@@ -8,9 +8,9 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from accounts.decorators import org_member
 from accounts.permissions import Permission, can
-from portal import audit, crypto
-from portal.errors import ServiceError
-from portal.forms import add_service_error
+from core import audit, crypto
+from core.errors import ServiceError
+from core.forms import add_service_error
 
 from . import availability, offerings, pricing, quotes, selectors, services
 from .forms import CancelForm, ExtendForm, OfferingSearchForm, ReserveForm, new_request_token

@@ -6,7 +6,7 @@ from datetime import datetime, timedelta
 from django.conf import settings
 from django.utils import timezone
 
-from portal.errors import ServiceError
+from core.errors import ServiceError
 
 HOUR = timedelta(hours=1)
 

@@ -6,10 +6,8 @@ from pathlib import Path
 
 from celery import Celery
 from celery.signals import before_task_publish, task_postrun, task_prerun, worker_init
-from django.db import transaction
-from kombu.exceptions import OperationalError
 
-from . import context, metrics  # noqa: F401 - metrics connects its task hooks on import
+from core import context, metrics  # noqa: F401 - metrics connects its task hooks on import
 
 logger = logging.getLogger(__name__)
 
@@ -83,20 +81,3 @@ def _drop_request_id(task_id: str, **kwargs: object) -> None:
     token = _adopted.pop(task_id, None)
     if token is not None:
         context.request_id.reset(token)  # type: ignore[arg-type]
-
-
-def enqueue_after_commit(task_name: str, **kwargs: object) -> None:
-    """Send a task by name once the surrounding transaction commits.
-
-    If the broker is down the send is logged and dropped: every state it would advance is
-    already committed, and the periodic sweeps (hold expiry, start and end, reconcile, webhook
-    retry, billing settlement) find that state and do the work once the broker is back.
-    """
-
-    def send() -> None:
-        try:
-            app.signature(task_name, kwargs=kwargs).apply_async()
-        except OperationalError as exc:
-            logger.warning("broker unavailable, %s left for the sweep: %s", task_name, exc)
-
-    transaction.on_commit(send)

@@ -156,7 +156,7 @@ def _may_scrape(request: HttpRequest) -> bool:
 @never_cache
 @require_GET
 def metrics(request: HttpRequest) -> HttpResponse:
-    """Prometheus metrics: requests (django-prometheus), tasks and webhook lag (portal.metrics),
+    """Prometheus metrics: requests (django-prometheus), tasks and webhook lag (core.metrics),
     reservations by state and the webhook backlog. Answers a scraper holding METRICS_TOKEN, or
     without one set, loopback only (404 to anyone else, as if there were nothing here)."""
     if not _may_scrape(request):

@@ -41,7 +41,7 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name='reservation',
             name='access_secret',
-            field=models.TextField(blank=True, help_text='Encrypted (portal.crypto).'),
+            field=models.TextField(blank=True, help_text='Encrypted (core.crypto).'),
         ),
         migrations.AddField(
             model_name='reservation',

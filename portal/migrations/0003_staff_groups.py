@@ -1,16 +1,8 @@
 from django.db import migrations
 
 
-def create_groups(apps, schema_editor):
-    from portal.backoffice.roles import sync_staff_groups
-
-    sync_staff_groups(apps)
-
-
-def remove_groups(apps, schema_editor):
-    from portal.backoffice.roles import STAFF_GROUPS
-
-    apps.get_model("auth", "Group").objects.filter(name__in=list(STAFF_GROUPS)).delete()
+# The staff groups are made by backoffice's 0001 now, after every model they grant exists (the
+# audit log moved to core later, so its permissions cannot be made here on a new database).
 
 
 class Migration(migrations.Migration):
@@ -23,4 +15,4 @@ class Migration(migrations.Migration):
         ("billing", "0004_back_office"),
     ]
 
-    operations = [migrations.RunPython(create_groups, remove_groups)]
+    operations = [migrations.RunPython(migrations.RunPython.noop, migrations.RunPython.noop)]

@@ -1,6 +1,6 @@
 from django.db import migrations
 
-from portal.append_only import guard
+from core.append_only import guard
 
 
 class Migration(migrations.Migration):

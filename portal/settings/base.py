@@ -33,7 +33,7 @@ ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=[])
 
 INSTALLED_APPS = [
     # The back office: Django's admin with the staff second factor and the dashboard.
-    "portal.apps.BackOfficeConfig",
+    "backoffice.apps.BackOfficeAdminConfig",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -51,24 +51,27 @@ INSTALLED_APPS = [
     "rest_framework",
     "drf_spectacular",
     "drf_spectacular_sidecar",
+    # The layers, bottom to top: each imports only from the ones before it (docs/layers.md).
+    "core",
     "accounts",
     "capacity",
     "billing",
+    "backoffice",
     "portal",
 ]
 
 MIDDLEWARE = [
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "django.middleware.security.SecurityMiddleware",
-    "portal.security.SecurityHeadersMiddleware",
+    "core.security.SecurityHeadersMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
-    "portal.middleware.RequestContextMiddleware",
+    "core.middleware.RequestContextMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
-    "portal.middleware.SessionTimeoutMiddleware",
+    "core.middleware.SessionTimeoutMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
     "axes.middleware.AxesMiddleware",
@@ -127,6 +130,8 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Accounts and authentication ------------------------------------------------------------
 AUTH_USER_MODEL = "accounts.User"
+# The tenant: the ground (core) names it only through this setting, as it does the user.
+TENANT_MODEL = "accounts.Organization"
 AUTHENTICATION_BACKENDS = [
     "axes.backends.AxesStandaloneBackend",
     "django.contrib.auth.backends.ModelBackend",
@@ -215,7 +220,7 @@ CACHES = {
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SAMESITE = "Lax"
 # Signed out after an hour without a request, and 12 hours after signing in in any case
-# (portal.middleware.SessionTimeoutMiddleware); the cookie lives no longer than the latter.
+# (core.middleware.SessionTimeoutMiddleware); the cookie lives no longer than the latter.
 SESSION_IDLE_TIMEOUT = timedelta(hours=1)
 SESSION_ABSOLUTE_TIMEOUT = timedelta(hours=12)
 SESSION_COOKIE_AGE = int(SESSION_ABSOLUTE_TIMEOUT.total_seconds())
@@ -227,7 +232,7 @@ SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
 # Only what the pages use: our own scripts and styles (no inline script anywhere; the few
 # <style> blocks carry the request's nonce; style attributes are allowed, which cannot run
 # code), images of our own or data: URIs (favicon, charts), and Stripe.js, whose origins
-# portal.security adds from the Stripe settings in force.
+# core.security adds from the Stripe settings in force.
 CONTENT_SECURITY_POLICY = {
     "DIRECTIVES": {
         "default-src": [SELF],
@@ -252,7 +257,7 @@ CELERY_BROKER_DIR = Path(env.str("CELERY_BROKER_DIR", default=str(VAR_DIR / "bro
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="filesystem://localhost/")
 if CELERY_BROKER_URL.startswith("filesystem://"):
     # kombu's on-disk transport with atomic writes and takes (see portal/broker.py).
-    CELERY_BROKER_TRANSPORT = "portal.broker:Transport"
+    CELERY_BROKER_TRANSPORT = "core.broker:Transport"
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(CELERY_BROKER_DIR / "queue"),
         "data_folder_out": str(CELERY_BROKER_DIR / "queue"),
@@ -299,7 +304,7 @@ CELERY_TASK_QUEUES = [
 CELERY_TASK_DEFAULT_EXCHANGE = QUEUE_DEFAULT
 CELERY_TASK_DEFAULT_ROUTING_KEY = QUEUE_DEFAULT
 CELERY_TASK_ROUTES = {
-    "accounts.send_email": {"queue": QUEUE_EMAIL},
+    "core.send_email": {"queue": QUEUE_EMAIL},
     "capacity.*": {"queue": QUEUE_PROVISIONING},
     "billing.*": {"queue": QUEUE_BILLING},
 }
@@ -323,17 +328,17 @@ CELERY_BEAT_SCHEDULE = {
 # --- API ----------------------------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "portal.api_auth.ApiKeyAuthentication",
-        "portal.api_auth.PortalSession",
+        "accounts.api_auth.ApiKeyAuthentication",
+        "accounts.api_auth.PortalSession",
     ],
     "DEFAULT_PERMISSION_CLASSES": [
         "rest_framework.permissions.IsAuthenticated",
-        "portal.api_auth.HasScope",
+        "core.scopes.HasScope",
     ],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
-    "DEFAULT_PAGINATION_CLASS": "portal.api.Cursor",
-    "EXCEPTION_HANDLER": "portal.api.exception_handler",
+    "DEFAULT_PAGINATION_CLASS": "core.api.Cursor",
+    "EXCEPTION_HANDLER": "core.api.exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DATETIME_FORMAT": "%Y-%m-%dT%H:%M:%SZ",
     "COERCE_DECIMAL_TO_STRING": True,
@@ -363,6 +368,13 @@ CAPACITY_SERIALIZE_ALLOCATIONS = True
 CAPACITY_CANCELLATION_POLICY = [(timedelta(days=7), 100), (timedelta(0), 50)]
 CAPACITY_ALTERNATIVES = 3  # alternative start times offered when a window is sold out
 CAPACITY_ALTERNATIVE_SPAN = timedelta(days=3)  # how far from the asked start to look
+
+# --- Hooks: a lower app calls a higher one's function named here (core/hooks.py) ------------
+# A reservation entered a state that moves money (canceled with a refund due, failed, or
+# confirmed on invoice terms): billing refunds or invoices it, after the commit.
+RESERVATION_SETTLEMENT_HOOK = "billing.services.settlement_enqueue"
+# How much credit an organization on invoice terms has in use (owed plus committed).
+CREDIT_USED_HOOK = "billing.selectors.credit_used"
 
 # --- Provisioning ---------------------------------------------------------------------------
 PROVISIONING_DRIVER = env.str(
@@ -426,12 +438,12 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "filters": {
-        "request_context": {"()": "portal.logging.RequestContextFilter"},
-        "redact_secrets": {"()": "portal.logging.RedactSecretsFilter"},
+        "request_context": {"()": "core.logging.RequestContextFilter"},
+        "redact_secrets": {"()": "core.logging.RedactSecretsFilter"},
     },
     "formatters": {
         "plain": {"format": "%(levelname)s %(name)s [%(request_id)s] %(message)s"},
-        "json": {"()": "portal.logging.JsonFormatter"},
+        "json": {"()": "core.logging.JsonFormatter"},
     },
     "handlers": {
         "console": {

@@ -9,7 +9,7 @@ from django.utils import timezone
 from accounts import services
 from accounts.models import Invitation, Membership
 from accounts.permissions import Role
-from portal.errors import Conflict, NotAllowed
+from core.errors import Conflict, NotAllowed
 from tests.conftest import client_for, member_of
 from tests.factories import PASSWORD, UserFactory
 

@@ -5,7 +5,7 @@ from django.urls import reverse
 
 from accounts.models import Invitation, Membership
 from accounts.permissions import Role
-from portal.models import AuditEvent
+from core.models import AuditEvent
 from tests.conftest import client_for, member_of
 
 

@@ -14,7 +14,7 @@ from accounts.permissions import Role
 from billing import payment_methods
 from billing import services as billing_services
 from billing.models import BillingAccount
-from portal.models import AuditEvent
+from core.models import AuditEvent
 from tests.billing.conftest import card, localstripe_url, stripe_api  # noqa: F401
 from tests.conftest import client_for, member_of
 from tests.factories import PASSWORD

@@ -6,7 +6,7 @@ from django.urls import reverse
 from accounts import services
 from accounts.models import Invitation, Membership
 from accounts.permissions import ROLE_PERMISSIONS, Permission, Role, can
-from portal.errors import Conflict, NotAllowed
+from core.errors import Conflict, NotAllowed
 from tests.conftest import client_for, member_of
 
 ALL_ROLES = list(Role.values)

@@ -6,7 +6,7 @@ from django.urls import reverse
 
 from accounts.models import Membership, Organization, User
 from accounts.permissions import Role
-from portal.models import AuditEvent
+from core.models import AuditEvent
 from tests.factories import OrganizationFactory, UserFactory
 
 VALID = {

@@ -9,11 +9,11 @@ from django.test import Client
 from accounts import api_keys, services
 from accounts.models import Organization
 from accounts.permissions import Role
+from backoffice.roles import FINANCE, OPERATIONS, SALES
 from billing import terms
 from billing.models import LedgerEntry
-from portal.backoffice.roles import FINANCE, OPERATIONS, SALES
-from portal.errors import Conflict, NotAllowed, ServiceError
-from portal.models import AuditEvent
+from core.errors import Conflict, NotAllowed, ServiceError
+from core.models import AuditEvent
 from tests.backoffice.conftest import make_staff
 from tests.conftest import client_for, member_of
 

@@ -7,7 +7,7 @@ from django.urls import reverse
 
 from accounts import services, tokens
 from accounts.models import User
-from portal.errors import NotAllowed
+from core.errors import NotAllowed
 from tests.factories import UserFactory
 
 

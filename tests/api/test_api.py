@@ -337,7 +337,7 @@ def test_idempotency_key_replays_the_first_answer(catalog, organization, owner):
 
 
 def test_an_idempotency_key_in_flight_is_409(catalog, organization, owner):
-    from portal.models import IdempotencyRecord
+    from core.models import IdempotencyRecord
 
     client = api(key_for(organization, owner))
     record_owner = f"key:{ApiKey.objects.get().pk}"

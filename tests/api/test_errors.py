@@ -17,7 +17,7 @@ def test_an_unexpected_failure_is_a_plain_500(organization, owner, monkeypatch, 
         raise RuntimeError("connection to db://admin:hunter2@10.0.0.5 lost, key sk_live_abc123")
 
     monkeypatch.setattr("capacity.api.selectors.reservations_for_org", broken)
-    with caplog.at_level(logging.ERROR, logger="portal.api"):
+    with caplog.at_level(logging.ERROR, logger="core.api"):
         response = api(key, HTTP_X_REQUEST_ID="req-support-42").get("/api/v1/reservations/")
     assert response.status_code == 500
     assert response.json() == {
@@ -30,6 +30,6 @@ def test_an_unexpected_failure_is_a_plain_500(organization, owner, monkeypatch, 
         }
     }
     assert "hunter2" not in response.text
-    [record] = [r for r in caplog.records if r.name == "portal.api"]
+    [record] = [r for r in caplog.records if r.name == "core.api"]
     assert record.getMessage() == "API request failed"
     assert record.exc_info[0] is RuntimeError

@@ -13,8 +13,8 @@ from accounts.models import ApiKey
 from billing.models import LedgerEntry, Payment
 from capacity import lifecycle
 from capacity.models import Allocation, Reservation
+from core.models import AuditEvent
 from portal import api_urls
-from portal.models import AuditEvent
 from tests.capacity.test_reservations import reserve
 
 ALL = [s.value for s in ApiKey.Scope]

@@ -9,7 +9,7 @@ from django_otp import DEVICE_ID_SESSION_KEY
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from accounts.models import User
-from portal.backoffice.roles import FINANCE, OPERATIONS, SALES
+from backoffice.roles import FINANCE, OPERATIONS, SALES
 from tests.factories import UserFactory
 
 GROUPS = (SALES, OPERATIONS, FINANCE)

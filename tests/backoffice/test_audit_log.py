@@ -3,9 +3,9 @@
 import pytest
 from django.test import Client
 
-from portal import audit, context
-from portal.admin import audit_log_url
-from portal.models import AuditEvent
+from backoffice.audit_log import audit_log_url
+from core import audit, context
+from core.models import AuditEvent
 from tests.factories import OrganizationFactory, UserFactory
 
 from .conftest import GROUPS, make_staff, verified_client
@@ -79,18 +79,18 @@ def test_the_record_says_who_from_where_and_why(events):
 def test_nobody_edits_or_deletes_an_audit_event(events, superuser):
     client = verified_client(make_staff("Sales", superuser=superuser))
     event = events["staff"]
-    change = f"/admin/portal/auditevent/{event.pk}/change/"
+    change = f"/admin/core/auditevent/{event.pk}/change/"
     page = client.get(change)
     assert page.status_code == 200  # shown read-only
     assert b'name="_save"' not in page.content
     assert client.post(change, {"action": "edited", "reason": "x"}).status_code == 403
     assert (
-        client.post(f"/admin/portal/auditevent/{event.pk}/delete/", {"post": "yes"}).status_code
+        client.post(f"/admin/core/auditevent/{event.pk}/delete/", {"post": "yes"}).status_code
         == 403
     )
-    assert client.get("/admin/portal/auditevent/add/").status_code == 403
+    assert client.get("/admin/core/auditevent/add/").status_code == 403
     bulk = client.post(
-        "/admin/portal/auditevent/",
+        "/admin/core/auditevent/",
         {"action": "delete_selected", "_selected_action": [event.pk], "post": "yes"},
     )
     assert bulk.status_code in (200, 302)

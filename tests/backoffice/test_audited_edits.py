@@ -4,7 +4,7 @@ import pytest
 from django.contrib.auth.models import Group
 
 from capacity.models import DurationDiscount, Region
-from portal.models import AuditEvent
+from core.models import AuditEvent
 from tests.factories import UserFactory
 
 from .conftest import make_staff, verified_client

@@ -41,7 +41,7 @@ from capacity.models import (
     Region,
     Reservation,
 )
-from portal.models import AuditEvent
+from core.models import AuditEvent
 
 from .conftest import make_staff, verified_client
 
@@ -279,7 +279,7 @@ BUILDERS: dict[str, B] = {
     "billing.usagehour": lambda w, n, s: UsageHour.objects.bulk_create(
         UsageHour(organization=w.org, model="llama", hour=T0 + k * HOUR) for k in range(s, s + n)
     ),
-    "portal.auditevent": lambda w, n, s: AuditEvent.objects.bulk_create(
+    "core.auditevent": lambda w, n, s: AuditEvent.objects.bulk_create(
         AuditEvent(
             actor=w.user,
             actor_kind="customer",

@@ -9,11 +9,11 @@ from django.test.utils import CaptureQueriesContext
 
 from accounts.models import Organization
 from accounts.permissions import Role
+from backoffice import dashboard
 from billing.models import LedgerEntry
 from capacity import services
 from capacity.models import Reservation
 from capacity.windows import Window
-from portal.backoffice import dashboard
 from tests.capacity.conftest import NEXT_HOUR, NOW, Catalog, catalog, frozen_clock  # noqa: F401
 from tests.conftest import member_of
 from tests.factories import OrganizationFactory

@@ -11,6 +11,7 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
+from backoffice.roles import FINANCE, OPERATIONS, SALES
 from billing import finance, services, webhooks
 from billing.gateway import GatewayUnavailable
 from billing.models import (
@@ -26,9 +27,8 @@ from billing.models import (
     WebhookProcessing,
 )
 from capacity.models import Reservation
-from portal.backoffice.roles import FINANCE, OPERATIONS, SALES
-from portal.errors import Conflict, NotAllowed, ServiceError
-from portal.models import AuditEvent
+from core.errors import Conflict, NotAllowed, ServiceError
+from core.models import AuditEvent
 from tests.billing.conftest import (  # noqa: F401
     DECLINED,
     card,

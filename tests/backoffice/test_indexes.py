@@ -14,7 +14,7 @@ from django.test import RequestFactory
 from .conftest import make_staff
 
 pytestmark = pytest.mark.postgres
-OUR_APPS = {"accounts", "capacity", "billing", "portal"}
+OUR_APPS = {"core", "accounts", "capacity", "billing", "backoffice", "portal"}
 SAMPLE = {BooleanField: True, DateTimeField: datetime(2027, 1, 1, tzinfo=UTC)}
 
 

@@ -8,6 +8,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
+from backoffice.roles import FINANCE, OPERATIONS, SALES
 from billing import services as billing
 from billing.models import Refund
 from capacity import lifecycle, operations, services
@@ -21,9 +22,8 @@ from capacity.models import (
     SimulatedCall,
 )
 from capacity.windows import Window
-from portal.backoffice.roles import FINANCE, OPERATIONS, SALES
-from portal.errors import Conflict, NotAllowed, ServiceError
-from portal.models import AuditEvent
+from core.errors import Conflict, NotAllowed, ServiceError
+from core.models import AuditEvent
 from tests.billing.conftest import card, localstripe_url, stripe_api  # noqa: F401
 from tests.capacity.conftest import NEXT_HOUR, NOW, catalog, frozen_clock, hours  # noqa: F401
 from tests.factories import OrganizationFactory
@@ -350,10 +350,12 @@ def test_only_operations_may_drain_restore_and_operate(
 # --- Reservations ------------------------------------------------------------------------------
 @pytest.fixture
 def settlements(monkeypatch) -> list[tuple[str, dict]]:
-    """The settlement requests capacity sends billing (by task name) after commit."""
+    """The settlement requests the lifecycle sends billing (through its hook) after commit."""
     sent: list[tuple[str, dict]] = []
     monkeypatch.setattr(
-        services, "enqueue_after_commit", lambda name, **kwargs: sent.append((name, kwargs))
+        billing,
+        "enqueue_after_commit",
+        lambda name, **kwargs: sent.append((name, kwargs)),
     )
     return sent
 

@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from portal import audit
+from core import audit
 from tests.factories import OrganizationFactory
 
 from .conftest import make_staff, verified_client

@@ -33,7 +33,7 @@ EXPECTED: dict[str, dict[str, set[str]]] = {
         "billing.payment": {V},
         "billing.invoice": {V},
         "billing.ledgerentry": {V},
-        "portal.auditevent": {V},
+        "core.auditevent": {V},
     },
     "Operations": {
         "accounts.organization": {V},
@@ -44,7 +44,7 @@ EXPECTED: dict[str, dict[str, set[str]]] = {
         "capacity.reservation": {V},
         "capacity.allocation": {V},
         "capacity.incident": {V, C},
-        "portal.auditevent": {V},
+        "core.auditevent": {V},
     },
     "Finance": {
         "accounts.organization": {V},
@@ -60,7 +60,7 @@ EXPECTED: dict[str, dict[str, set[str]]] = {
         "billing.financeflag": {V},
         "billing.modelprice": {V, A, C},
         "billing.usagehour": {V},
-        "portal.auditevent": {V},
+        "core.auditevent": {V},
     },
 }
 # model -> the admin actions the group is offered (on the models it can see).
@@ -94,7 +94,7 @@ NEVER_EDITED = {
     "billing.payment",
     "billing.refund",
     "billing.invoice",
-    "portal.auditevent",
+    "core.auditevent",
 }
 
 

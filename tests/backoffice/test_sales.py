@@ -12,12 +12,12 @@ from django.test.utils import CaptureQueriesContext
 from accounts import api_keys
 from accounts.models import Organization
 from accounts.permissions import Role
+from backoffice.roles import FINANCE, OPERATIONS, SALES
 from billing.models import LedgerEntry
 from capacity import rates
 from capacity.models import NegotiatedRate, Reservation
-from portal.backoffice.roles import FINANCE, OPERATIONS, SALES
-from portal.errors import ServiceError
-from portal.models import AuditEvent
+from core.errors import ServiceError
+from core.models import AuditEvent
 from tests.capacity.conftest import NOW, Catalog, catalog, frozen_clock  # noqa: F401
 from tests.conftest import member_of
 from tests.factories import OrganizationFactory
@@ -125,7 +125,7 @@ def _count_queries(client, url: str) -> int:
 
 
 def test_the_organization_list_costs_the_same_queries_for_500_rows(catalog, monkeypatch):
-    from portal.backoffice.sales import NegotiatedRateAdmin, OrganizationAdmin
+    from backoffice.sales import NegotiatedRateAdmin, OrganizationAdmin
 
     for admin_class in (OrganizationAdmin, NegotiatedRateAdmin):  # every row on one page
         monkeypatch.setattr(admin_class, "list_per_page", 1000)

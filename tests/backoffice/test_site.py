@@ -9,9 +9,9 @@ from django.test import Client
 from django_otp.oath import TOTP
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
-from portal.backoffice import demo
-from portal.backoffice.roles import STAFF_GROUPS
-from portal.models import AuditEvent
+from backoffice import demo
+from backoffice.roles import STAFF_GROUPS
+from core.models import AuditEvent
 from tests.factories import PASSWORD, UserFactory
 
 from .conftest import make_staff

@@ -20,7 +20,7 @@ from billing.models import Payment
 from capacity import services as capacity_services
 from capacity.models import Reservation
 from capacity.windows import Window, ceil_hour
-from portal.money import to_minor
+from core.money import to_minor
 from tests.capacity.conftest import Catalog, catalog, hours  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[2]

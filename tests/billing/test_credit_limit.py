@@ -11,7 +11,7 @@ from billing import selectors
 from billing.models import LedgerEntry
 from capacity import quotes
 from capacity.models import Reservation
-from portal.models import AuditEvent
+from core.models import AuditEvent
 from tests.capacity.test_quotes import quote
 
 S = Reservation.State

@@ -15,7 +15,7 @@ from accounts.models import Organization
 from billing import reconciliation, selectors, services
 from billing.models import FinanceFlag, Invoice, LedgerEntry, Payment, Refund
 from capacity.models import Reservation
-from portal.models import AuditEvent
+from core.models import AuditEvent
 
 from .conftest import SECRET_KEY, card, held_reservation, stripe_charges
 

@@ -12,7 +12,7 @@ from billing.gateway import PaymentError
 from billing.models import FinanceFlag, LedgerEntry, Payment, Refund
 from capacity import services as capacity_services
 from capacity.models import Reservation
-from portal.models import AuditEvent
+from core.models import AuditEvent
 
 from .conftest import (
     DECLINED,

@@ -20,7 +20,7 @@ from billing import selectors, services, tasks
 from billing.models import Invoice, LedgerEntry, Payment, Refund
 from capacity import services as capacity_services
 from capacity.models import Reservation
-from portal.models import AuditEvent
+from core.models import AuditEvent
 
 from .conftest import held_reservation
 from .test_invoices_and_disputes import invoice_json

@@ -226,7 +226,7 @@ def test_a_broker_outage_loses_no_event(
     down.conf.update(
         task_publish_retry=False, broker_connection_timeout=1, broker_connection_retry=False
     )
-    monkeypatch.setattr("portal.celery.app", down)
+    monkeypatch.setattr("core.tasks.current_app", down)
     body, signature = signed(event("evt_outage", "customer.updated", "cus_1", "customer"))
     with (
         time_machine.travel(timezone.now() - timezone.timedelta(minutes=5)),

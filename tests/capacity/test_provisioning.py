@@ -6,7 +6,7 @@ from django.urls import reverse
 from capacity import drivers, lifecycle, provisioning, tasks
 from capacity.drivers.simulated import SimulatedDriver
 from capacity.models import Allocation, Incident, Node, Reservation, SimulatedCall, SimulatedNode
-from portal import crypto
+from core import crypto
 from tests.conftest import client_for
 
 from .conftest import NEXT_HOUR, NOW, hours

@@ -8,14 +8,14 @@ from django.utils import timezone
 
 from accounts.models import Organization
 from accounts.permissions import Role
+from backoffice.roles import FINANCE, OPERATIONS, SALES
 from billing import services as billing_services
 from billing.models import Invoice
 from capacity import quotes, rates, services
 from capacity.models import Allocation, Reservation
 from capacity.windows import Window
-from portal.backoffice.roles import FINANCE, OPERATIONS, SALES
-from portal.errors import Conflict, NotAllowed, NotFound, ServiceError
-from portal.models import AuditEvent
+from core.errors import Conflict, NotAllowed, NotFound, ServiceError
+from core.models import AuditEvent
 from tests.backoffice.conftest import make_staff
 from tests.billing.conftest import card, localstripe_url, stripe_api  # noqa: F401
 from tests.billing.test_invoices_and_disputes import fake_stripe_invoices  # noqa: F401
@@ -312,7 +312,7 @@ def test_a_member_of_another_organization_never_sees_the_quote(
 def test_accepting_in_the_portal(catalog, organization, owner, monkeypatch):
     on_invoice(organization, days=30)
     settled = []
-    monkeypatch.setattr(services, "settle_money_after_commit", settled.append)
+    monkeypatch.setattr(billing_services, "settlement_enqueue", settled.append)
     reservation = quote(organization, catalog)
     client = client_for(owner)
     detail = f"/o/{organization.slug}/reservations/{reservation.public_id}/"

@@ -6,11 +6,11 @@ from decimal import Decimal
 import pytest
 from django.db import IntegrityError, connection, transaction
 
+from backoffice.roles import FINANCE, OPERATIONS, SALES
 from capacity import pricing, rates
 from capacity.models import NegotiatedRate
-from portal.backoffice.roles import FINANCE, OPERATIONS, SALES
-from portal.errors import Conflict, NotAllowed, ServiceError
-from portal.models import AuditEvent
+from core.errors import Conflict, NotAllowed, ServiceError
+from core.models import AuditEvent
 from tests.backoffice.conftest import make_staff
 
 from .conftest import NEXT_HOUR

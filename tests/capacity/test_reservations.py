@@ -8,8 +8,8 @@ from accounts.permissions import Role
 from capacity import lifecycle, services
 from capacity.models import Allocation, Reservation
 from capacity.windows import Window
-from portal.errors import Conflict, NotAllowed
-from portal.models import AuditEvent
+from core.errors import Conflict, NotAllowed
+from core.models import AuditEvent
 from tests.conftest import member_of
 from tests.factories import UserFactory
 

@@ -4,7 +4,7 @@ from django.urls import reverse
 from accounts.permissions import Role
 from capacity import lifecycle
 from capacity.models import Allocation, Reservation
-from portal.models import AuditEvent
+from core.models import AuditEvent
 from tests.conftest import client_for, member_of
 
 from .conftest import NEXT_HOUR

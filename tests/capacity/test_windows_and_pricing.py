@@ -6,7 +6,7 @@ import pytest
 from capacity import pricing
 from capacity.models import NegotiatedRate
 from capacity.windows import validate_node_count, window_for
-from portal.errors import ServiceError
+from core.errors import ServiceError
 
 from .conftest import NEXT_HOUR, NOW, hours
 

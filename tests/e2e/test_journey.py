@@ -21,10 +21,10 @@ from django_otp.plugins.otp_totp.models import TOTPDevice
 from playwright.sync_api import ConsoleMessage, Page, expect
 
 from accounts.models import Membership, Organization, User
+from backoffice.roles import SALES, STAFF_GROUPS
 from billing.models import Payment, Refund
 from capacity.models import NegotiatedRate, Reservation
-from portal import crypto
-from portal.backoffice.roles import SALES, STAFF_GROUPS
+from core import crypto
 from tests.billing.conftest import WEBHOOK_SECRET
 from tests.factories import PASSWORD as STAFF_PASSWORD
 from tests.factories import UserFactory

@@ -1,7 +1,7 @@
 import pytest
 from django.urls import reverse
 
-from portal.models import AuditEvent
+from core.models import AuditEvent
 from tests.conftest import client_for
 
 

@@ -9,7 +9,7 @@ import pytest
 from kombu import Connection
 from kombu.transport import filesystem
 
-from portal import broker
+from core import broker
 
 
 @pytest.fixture

@@ -16,9 +16,9 @@ from prometheus_client import REGISTRY
 
 from billing.models import WebhookEvent
 from capacity.models import Reservation
-from portal import context
+from core import context
+from core.logging import JsonFormatter, RedactSecretsFilter, RequestContextFilter, redact
 from portal.celery import app as celery_app
-from portal.logging import JsonFormatter, RedactSecretsFilter, RequestContextFilter, redact
 from tests.billing.conftest import held_reservation
 from tests.capacity.conftest import catalog  # noqa: F401
 
@@ -47,7 +47,7 @@ def _lines(stream: io.StringIO) -> list[dict]:
 def test_the_logging_settings_wire_the_filters_and_the_json_format():
     handler = settings.LOGGING["handlers"]["console"]
     assert handler["filters"] == ["request_context", "redact_secrets"]
-    assert settings.LOGGING["formatters"]["json"] == {"()": "portal.logging.JsonFormatter"}
+    assert settings.LOGGING["formatters"]["json"] == {"()": "core.logging.JsonFormatter"}
     assert settings.CELERY_WORKER_HIJACK_ROOT_LOGGER is False
 
 

@@ -306,7 +306,7 @@ def test_a_task_is_run_by_the_worker_of_its_queue_only(stack, monkeypatch):
     billing_task_id = uuid.uuid4().hex
     with celery_app.connection_for_write(stack.env["CELERY_BROKER_URL"]) as connection:
         email = celery_app.send_task(
-            "accounts.send_email",
+            "core.send_email",
             kwargs={"to": "ops@example.com", "subject": "Stack check", "body": "Via Redis."},
             connection=connection,
         )
@@ -315,7 +315,7 @@ def test_a_task_is_run_by_the_worker_of_its_queue_only(stack, monkeypatch):
             "billing.retry_webhooks", task_id=billing_task_id, connection=connection
         )
 
-    done = f"Task accounts.send_email[{email.id}] succeeded"
+    done = f"Task core.send_email[{email.id}] succeeded"
     wait_until(lambda: done in stack.log("worker-email"), "the e-mail task", stack, timeout=15)
     [message] = [path.read_text() for path in stack.outbox.iterdir()]
     assert "Subject: Stack check" in message

@@ -38,7 +38,7 @@ from billing import gateway
 from billing import services as billing_services
 from billing.models import BillingAccount, Invoice, ModelPrice, Payment, Refund, UsageHour
 from capacity.models import Cluster, GpuModel, ListPrice, NegotiatedRate, Node, Region, Reservation
-from portal import crypto
+from core import crypto
 from tests.billing.conftest import SECRET_KEY, card, localstripe_url  # noqa: F401
 from tests.capacity.conftest import NEXT_HOUR, NOW, hours
 from tests.capacity.test_reservations import reserve
@@ -959,7 +959,7 @@ IGNORED_FIELDS = {"last_login"}  # signing in writes it
 def _models() -> list:
     return [
         model
-        for label in ("accounts", "capacity", "billing", "portal")
+        for label in ("core", "accounts", "capacity", "billing")
         for model in apps.get_app_config(label).get_models()
     ]
 

@@ -11,8 +11,8 @@ from django.template.loader import render_to_string
 from django.test import Client, RequestFactory
 from django.urls import reverse
 
-from portal.middleware import SessionTimeoutMiddleware
-from portal.security import SecurityHeadersMiddleware
+from core.middleware import SessionTimeoutMiddleware
+from core.security import SecurityHeadersMiddleware
 from tests.conftest import client_for
 from tests.factories import PASSWORD
 

@@ -53,7 +53,7 @@ def test_seeding_leaves_the_app_registry_as_it_was(db):
     modules: Django would then never make their permissions again (after a flush, say)."""
     from django.apps import apps
 
-    from portal.backoffice.roles import sync_staff_groups
+    from backoffice.roles import sync_staff_groups
 
     before = {config.label: config.models_module for config in apps.get_app_configs()}
     sync_staff_groups(apps)

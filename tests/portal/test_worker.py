@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 
-from accounts.tasks import send_email
+from core.tasks import send_email
 from portal.celery import app as celery_app
 
 ROOT = Path(__file__).resolve().parents[2]

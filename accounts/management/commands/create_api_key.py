@@ -2,7 +2,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from accounts.api_keys import SCOPES, api_key_create_for_operator
 from accounts.models import Organization
-from portal.errors import ServiceError
+from core.errors import ServiceError
 
 
 class Command(BaseCommand):

@@ -2,7 +2,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from capacity import slurm_inventory
 from capacity.models import Cluster, GpuModel, Region
-from portal.errors import ServiceError
+from core.errors import ServiceError
 
 
 class Command(BaseCommand):

@@ -2,7 +2,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from accounts.models import User
-from portal.backoffice import demo
+from backoffice import demo
 
 
 class Command(BaseCommand):

@@ -7,8 +7,8 @@ from django.utils import timezone
 
 from accounts.models import Membership, Organization, User
 from accounts.permissions import Role
+from backoffice import demo as backoffice_demo
 from capacity import demo
-from portal.backoffice import demo as backoffice_demo
 
 DEFAULT_PASSWORD = "hyperblock-demo"  # noqa: S105 - development only; refused in production
 

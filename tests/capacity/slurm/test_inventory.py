@@ -8,8 +8,8 @@ from django.urls import reverse
 
 from capacity.models import Cluster, GpuModel, Incident, Node, Region
 from capacity.slurm_inventory import SlurmNode, cluster_sync, gres_gpus, parse_nodes
-from portal.errors import ServiceError
-from portal.models import AuditEvent
+from core.errors import ServiceError
+from core.models import AuditEvent
 from tests.backoffice.conftest import make_staff, verified_client
 
 from .conftest import DRIVER, block

@@ -19,7 +19,7 @@ from django.views.decorators.csrf import csrf_protect
 from django_otp import login as otp_login
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
-from portal import audit
+from core import audit
 
 from .site import needs_second_factor, safe_next
 
@@ -106,7 +106,7 @@ def device_secret(device: TOTPDevice) -> str:
 def second_factor_reset(*, user: object, actor: object, reason: str) -> int:
     """Forget a staff member's authenticators (a lost phone): they set one up again at their
     next sign-in, after the password. Superusers only; audited with the reason."""
-    from portal.errors import NotAllowed, ServiceError
+    from core.errors import NotAllowed, ServiceError
 
     if not (getattr(actor, "is_active", False) and getattr(actor, "is_superuser", False)):
         raise NotAllowed("Only a superuser can reset a second factor.")

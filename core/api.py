@@ -1,5 +1,6 @@
-"""What every API endpoint shares: one JSON error shape and cursor pagination (authentication
-and scopes are in portal/api_auth.py, which DRF's settings import early)."""
+"""What every API endpoint shares: one JSON error shape, cursor pagination, Idempotency-Key,
+and the rate limit (authentication is accounts' own, in accounts/api_auth.py; the scope check
+is in core/scopes.py: DRF's settings import both early, before its views exist)."""
 
 import hashlib
 import logging
@@ -19,39 +20,11 @@ from rest_framework.throttling import BaseThrottle
 from rest_framework.views import APIView, set_rollback
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from accounts.models import ApiKey
-from accounts.selectors import membership_for
-from portal import context as request_context
-from portal.errors import NotAllowed, NotFound, ServiceError
-from portal.models import IdempotencyRecord
+from core import context as request_context
+from core.errors import ServiceError
+from core.models import IdempotencyRecord
 
 logger = logging.getLogger(__name__)
-
-
-def organization_of(request: Request):  # type: ignore[no-untyped-def]
-    """The key's organization, or for a portal session the one named by `org`."""
-    if isinstance(request.auth, ApiKey):
-        return request.auth.organization
-    slug = request.query_params.get("org") or (
-        request.data.get("org") if isinstance(request.data, dict) else None
-    )
-    membership = membership_for(user=request.user, slug=slug or "")
-    if membership is None:
-        raise NotFound(
-            "Name your organization with `org`." if not slug else "No such organization.",
-            param="org",
-        )
-    return membership.organization
-
-
-def actor_of(request: Request):  # type: ignore[no-untyped-def]
-    """Who acts: the signed-in user, or the member who made the key."""
-    user = request.user
-    if getattr(user, "pk", None) is None:
-        raise NotAllowed(
-            "This key was made by an operator and cannot act for a person.", code="no_key_owner"
-        )
-    return user
 
 
 class Cursor(CursorPagination):

@@ -21,7 +21,7 @@ class AppendOnly(models.Model):
 class AuditEvent(AppendOnly):
     """One state change: who did it, what, to which object, when, from where, and why.
 
-    Append-only: rows are written by `portal.audit.record` and never changed or deleted.
+    Append-only: rows are written by `core.audit.record` and never changed or deleted.
     """
 
     class ActorKind(models.TextChoices):
@@ -40,7 +40,7 @@ class AuditEvent(AppendOnly):
     actor_kind = models.CharField(max_length=16, choices=ActorKind.choices)
     actor_email = models.EmailField(blank=True)
     organization = models.ForeignKey(
-        "accounts.Organization",
+        settings.TENANT_MODEL,
         null=True,
         blank=True,
         on_delete=models.SET_NULL,
@@ -56,6 +56,7 @@ class AuditEvent(AppendOnly):
     request_id = models.CharField(max_length=64, blank=True)
 
     class Meta:
+        db_table = "portal_auditevent"  # the table (and its append-only trigger) predates core
         ordering = ["-created_at", "-id"]
         indexes = [
             models.Index(fields=["organization", "-created_at"]),
@@ -80,6 +81,7 @@ class IdempotencyRecord(models.Model):
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
+        db_table = "portal_idempotencyrecord"
         constraints = [
             models.UniqueConstraint(fields=["owner", "key"], name="portal_idempotency_once"),
         ]

@@ -47,10 +47,10 @@ from capacity import quotes, rates
 from capacity.models import GpuModel, NegotiatedRate, Region
 from capacity.services import SoldOut
 from capacity.windows import window_for
-from portal.backoffice.audited import ServiceErrorsAsMessages
-from portal.errors import ServiceError
-from portal.forms import add_service_error
-from portal.money import format_money
+from core.errors import ServiceError
+from core.forms import add_service_error
+from core.money import format_money
+from core.staff import ServiceErrorsAsMessages
 
 # What the organization was billed: charges and token usage, less credits (billing's spend).
 SPEND_KINDS = (LedgerEntry.Kind.CHARGE, LedgerEntry.Kind.CREDIT, LedgerEntry.Kind.USAGE)
@@ -689,7 +689,7 @@ def related_links(request: HttpRequest, org: Organization) -> list[tuple[str, st
         ("billing", "payment", "Payments", f"organization__id__exact={org.pk}"),
         ("billing", "invoice", "Invoices", f"organization__id__exact={org.pk}"),
         ("billing", "ledgerentry", "Ledger", f"organization__id__exact={org.pk}"),
-        ("portal", "auditevent", "Audit log", f"organization={org.pk}"),
+        ("core", "auditevent", "Audit log", f"organization={org.pk}"),
     ]
     links = []
     for app_label, model, label, query in targets:

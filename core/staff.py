@@ -1,4 +1,5 @@
-"""Plain admin edits (catalog, inventory, users, groups) land in the audit log like services do."""
+"""The staff-action kit: read-only admin pages, plain admin edits (catalog, inventory, users,
+groups) that land in the audit log like services do, and service errors shown as messages."""
 
 from typing import Any
 
@@ -7,14 +8,27 @@ from django.db.models import Model, QuerySet
 from django.forms import ModelForm
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 
-from portal import audit
-from portal.errors import ServiceError
+from core import audit
+from core.errors import ServiceError
 
 
 def _plain(value: Any) -> str:
     if isinstance(value, QuerySet | list | tuple | set):
         return ", ".join(sorted(str(v) for v in value))
     return "" if value is None else str(value)
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """For records nobody edits in the admin: they change only through services."""
+
+    def has_add_permission(self, request: object) -> bool:
+        return False
+
+    def has_change_permission(self, request: object, obj: object = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: object, obj: object = None) -> bool:
+        return False
 
 
 class AuditedAdmin(admin.ModelAdmin):

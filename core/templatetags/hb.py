@@ -7,7 +7,7 @@ from django import template
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
-from portal.money import format_money
+from core.money import format_money
 
 register = template.Library()
 

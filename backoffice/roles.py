@@ -37,7 +37,7 @@ STAFF_GROUPS: dict[str, frozenset[str]] = {
             "billing.view_payment",
             "billing.view_invoice",
             "billing.view_ledgerentry",
-            "portal.view_auditevent",
+            "core.view_auditevent",
         }
     ),
     OPERATIONS: frozenset(
@@ -59,7 +59,7 @@ STAFF_GROUPS: dict[str, frozenset[str]] = {
             "capacity.view_allocation",
             "capacity.view_incident",
             "capacity.change_incident",
-            "portal.view_auditevent",
+            "core.view_auditevent",
         }
     ),
     FINANCE: frozenset(
@@ -82,7 +82,7 @@ STAFF_GROUPS: dict[str, frozenset[str]] = {
             "billing.add_modelprice",
             "billing.change_modelprice",
             "billing.view_usagehour",
-            "portal.view_auditevent",
+            "core.view_auditevent",
         }
     ),
 }

@@ -27,12 +27,8 @@ from django.utils.safestring import SafeString, mark_safe
 from django.utils.text import capfirst
 
 from accounts.models import Organization
-from portal.backoffice.audited import AuditedAdmin
-from portal.errors import ServiceError
-from portal.models import AuditEvent
-
-from . import operations, selectors, slurm_inventory, timeline
-from .models import (
+from capacity import operations, selectors, slurm_inventory, timeline
+from capacity.models import (
     Allocation,
     Cluster,
     DurationDiscount,
@@ -43,7 +39,10 @@ from .models import (
     Region,
     Reservation,
 )
-from .services import EXTENDABLE
+from capacity.services import EXTENDABLE
+from core.errors import ServiceError
+from core.models import AuditEvent
+from core.staff import AuditedAdmin
 
 S = Reservation.State
 

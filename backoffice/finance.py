@@ -21,12 +21,8 @@ from django.urls import URLPattern, path, reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
-from portal.admin import ReadOnlyAdmin
-from portal.errors import ServiceError
-from portal.money import format_money
-
-from . import finance, gateway
-from .models import (
+from billing import finance, gateway
+from billing.models import (
     BillingAccount,
     FinanceFlag,
     Invoice,
@@ -38,6 +34,9 @@ from .models import (
     WebhookEvent,
     WebhookProcessing,
 )
+from core.errors import ServiceError
+from core.money import format_money
+from core.staff import ReadOnlyAdmin
 
 PENDING_NOTE = (
     "Stripe could not be reached; the refund is saved as pending and is sent again automatically."

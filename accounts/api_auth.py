@@ -1,4 +1,4 @@
-"""Authentication by API key (or the portal session) and scope checks for the REST API."""
+"""Who calls the REST API: an API key (or the portal session), its organization and actor."""
 
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import exceptions
@@ -7,11 +7,39 @@ from rest_framework.authentication import (
     SessionAuthentication,
     get_authorization_header,
 )
-from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 
 from accounts import api_keys
-from portal.middleware import client_address
+from accounts.models import ApiKey
+from accounts.selectors import membership_for
+from core.errors import NotAllowed, NotFound
+from core.middleware import client_address
+
+
+def organization_of(request: Request):  # type: ignore[no-untyped-def]
+    """The key's organization, or for a portal session the one named by `org`."""
+    if isinstance(request.auth, ApiKey):
+        return request.auth.organization
+    slug = request.query_params.get("org") or (
+        request.data.get("org") if isinstance(request.data, dict) else None
+    )
+    membership = membership_for(user=request.user, slug=slug or "")
+    if membership is None:
+        raise NotFound(
+            "Name your organization with `org`." if not slug else "No such organization.",
+            param="org",
+        )
+    return membership.organization
+
+
+def actor_of(request: Request):  # type: ignore[no-untyped-def]
+    """Who acts: the signed-in user, or the member who made the key."""
+    user = request.user
+    if getattr(user, "pk", None) is None:
+        raise NotAllowed(
+            "This key was made by an operator and cannot act for a person.", code="no_key_owner"
+        )
+    return user
 
 
 class ApiKeyAuthentication(BaseAuthentication):
@@ -58,23 +86,8 @@ class PortalSession(SessionAuthentication):
     """The portal's signed-in user; the organization comes from the `org` parameter."""
 
 
-class HasScope(BasePermission):
-    """The endpoint's `required_scopes` (by method) must be on the key. Session users act
-    with their role instead, which the services check."""
-
-    def has_permission(self, request: Request, view) -> bool:  # type: ignore[no-untyped-def]
-        needed = getattr(view, "required_scopes", {}).get(request.method)
-        if needed is None or not hasattr(request.auth, "scopes"):
-            return True
-        if needed not in request.auth.scopes:
-            raise exceptions.PermissionDenied(
-                f"This key lacks the {needed} scope.", code="missing_scope"
-            )
-        return True
-
-
 class ApiKeyScheme(OpenApiAuthenticationExtension):
-    target_class = "portal.api_auth.ApiKeyAuthentication"
+    target_class = "accounts.api_auth.ApiKeyAuthentication"
     name = "apiKey"
 
     def get_security_definition(self, auto_schema):  # type: ignore[no-untyped-def]
@@ -82,7 +95,7 @@ class ApiKeyScheme(OpenApiAuthenticationExtension):
 
 
 class PortalSessionScheme(OpenApiAuthenticationExtension):
-    target_class = "portal.api_auth.PortalSession"
+    target_class = "accounts.api_auth.PortalSession"
     name = "portalSession"
 
     def get_security_definition(self, auto_schema):  # type: ignore[no-untyped-def]

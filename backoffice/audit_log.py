@@ -9,22 +9,8 @@ from django.utils.html import format_html
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from accounts.models import Organization, User
-
-from .backoffice.audited import AuditedAdmin
-from .models import AuditEvent
-
-
-class ReadOnlyAdmin(admin.ModelAdmin):
-    """For records nobody edits in the admin: they change only through services."""
-
-    def has_add_permission(self, request: object) -> bool:
-        return False
-
-    def has_change_permission(self, request: object, obj: object = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: object, obj: object = None) -> bool:
-        return False
+from core.models import AuditEvent
+from core.staff import AuditedAdmin, ReadOnlyAdmin
 
 
 def audit_log_url(**filters: object) -> str:
@@ -32,7 +18,7 @@ def audit_log_url(**filters: object) -> str:
     ``audit_log_url(object="capacity.reservation:12")``; other admin pages link here."""
     from django.utils.http import urlencode
 
-    return f"{reverse('admin:portal_auditevent_changelist')}?{urlencode(filters)}"
+    return f"{reverse('admin:core_auditevent_changelist')}?{urlencode(filters)}"
 
 
 class _ChosenFilter(admin.SimpleListFilter):
@@ -188,7 +174,7 @@ class StaffAuthenticatorAdmin(ReadOnlyAdmin):
         description="Reset the second factor (set up again at next sign-in)", permissions=["reset"]
     )
     def reset(self, request: HttpRequest, queryset: QuerySet) -> TemplateResponse | None:
-        from .backoffice.two_factor import second_factor_reset
+        from .two_factor import second_factor_reset
 
         users = {device.user for device in queryset.select_related("user")}
         reason = request.POST.get("reason", "").strip()
@@ -215,8 +201,4 @@ class StaffAuthenticatorAdmin(ReadOnlyAdmin):
 @admin.register(Group)
 class AuditedGroupAdmin(AuditedAdmin, GroupAdmin):
     """Staff groups: changes to who may do what are audited (the table in
-    portal/backoffice/roles.py is what the migration and seed_demo apply)."""
-
-
-# The back office's cross-app admin pages register themselves on import.
-from .backoffice import sales  # noqa: E402, F401
+    backoffice/roles.py is what the migration and seed_demo apply)."""

@@ -3,10 +3,9 @@ from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from django.db import transaction
 from django.http import HttpRequest, HttpResponse
 
-from portal import audit
-from portal.backoffice.audited import AuditedAdmin
-
-from .models import Invitation, User
+from accounts.models import Invitation, User
+from core import audit
+from core.staff import AuditedAdmin
 
 
 @admin.register(User)

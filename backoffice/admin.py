@@ -1,0 +1,3 @@
+"""The staff site's pages, registered by audience: Django's admin autodiscovers this module."""
+
+from . import accounts_admin, audit_log, finance, operations, sales  # noqa: F401
