@@ -27,10 +27,10 @@ WORKDIR /app
 # The dependencies get their own layer, rebuilt only when pyproject.toml changes: empty
 # packages stand in for the source so pip can resolve the project without it.
 COPY pyproject.toml ./
-RUN mkdir accounts billing capacity portal \
-    && touch accounts/__init__.py billing/__init__.py capacity/__init__.py portal/__init__.py \
+RUN for app in core accounts capacity billing backoffice portal; do \
+        mkdir "$app" && touch "$app/__init__.py"; done \
     && pip install -e . \
-    && rm -rf accounts billing capacity portal
+    && rm -rf core accounts capacity billing backoffice portal
 
 COPY . .
 # Editable on purpose: the settings find templates/, the apps' static files and var/ next to the

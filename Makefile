@@ -33,10 +33,11 @@ test: install
 	env -u DATABASE_URL $(BIN)/python manage.py makemigrations --check --dry-run --settings=portal.settings.test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	env -u DATABASE_URL $(BIN)/mypy
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: install
-	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+	$(BIN)/ruff check . && $(BIN)/ruff format --check . && env -u DATABASE_URL $(BIN)/mypy
 
 # Benchmarks (bench/): offerings search on SQLite and PostgreSQL, reservation throughput.
 bench: install
