@@ -28,6 +28,7 @@ from core.tasks import enqueue_after_commit
 
 from . import lifecycle, provisioning, selectors, services
 from .models import Incident, Node, Reservation
+from .pools import pool_lock
 from .windows import HOUR
 
 S = Reservation.State
@@ -127,7 +128,7 @@ def node_drain(
     _require(actor, DRAIN, "drain nodes")
     reason = _reason(reason)
     cluster = node.cluster
-    services.lock_pool(selectors.pool_of(cluster))
+    pool_lock(selectors.pool_of(cluster))
     locked = Node.objects.select_for_update(of=("self",)).select_related("cluster").get(pk=node.pk)
     if locked.status != Node.Status.AVAILABLE:
         raise Conflict(

@@ -20,6 +20,7 @@ from core.tasks import enqueue_after_commit
 from . import lifecycle, notifications, selectors
 from .drivers import Access, MissingBlockError, get_driver
 from .models import Allocation, Incident, Node, Reservation
+from .pools import pool_lock
 
 logger = logging.getLogger(__name__)
 S = Reservation.State
@@ -370,9 +371,7 @@ def _take_out(node: Node, reason: str) -> int:
     """Put a node in maintenance; swap it out of live blocks where the cluster has a spare.
 
     Takes the pool lock first, like every allocator, so a spare cannot be booked meanwhile."""
-    from .services import lock_pool  # services imports this module
-
-    lock_pool(selectors.pool_of(node.cluster))
+    pool_lock(selectors.pool_of(node.cluster))
     node = Node.objects.select_for_update().select_related("cluster").get(pk=node.pk)
     if node.status != Node.Status.AVAILABLE:  # drained by staff meanwhile
         return 0
