@@ -27,7 +27,8 @@ from django.utils.safestring import SafeString, mark_safe
 from django.utils.text import capfirst
 
 from accounts.models import Organization
-from capacity import operations, selectors, slurm_inventory, timeline
+from capacity import operations, selectors, timeline
+from capacity.drivers.slurm import inventory as slurm_inventory
 from capacity.models import (
     Allocation,
     Cluster,

@@ -11,7 +11,8 @@ from django.utils import timezone
 from accounts.permissions import Role
 from capacity import operations, provisioning, services, tasks
 from capacity.drivers import get_driver
-from capacity.drivers.slurm import Runner, format_time, parse_key_values
+from capacity.drivers.slurm.commands import Runner
+from capacity.drivers.slurm.parsing import format_time, parse_key_values
 from capacity.models import Incident, Node, Reservation
 from tests.factories import MembershipFactory, UserFactory
 

@@ -17,9 +17,10 @@ from django.utils import timezone
 from core import audit
 from core.errors import NotAllowed, ServiceError
 
-from .drivers import DriverError
-from .drivers.slurm import NODE_RE, Runner, SlurmCommandError, classify, parse_key_values
-from .models import Allocation, Cluster, GpuModel, Incident, Node, Region
+from ...models import Allocation, Cluster, GpuModel, Incident, Node, Region
+from .. import DriverError
+from .commands import Runner, SlurmCommandError, classify
+from .parsing import NODE_RE, parse_key_values
 
 RETIRED_REASON = "No longer in Slurm"  # how we tell our retirements from staff's
 
