@@ -27,6 +27,7 @@ from core.errors import Conflict, NotAllowed, ServiceError
 from core.tasks import enqueue_after_commit
 
 from . import lifecycle, provisioning, selectors, services
+from .incidents import incident_open
 from .models import Incident, Node, Reservation
 from .pools import pool_lock
 from .windows import HOUR
@@ -147,7 +148,7 @@ def node_drain(
     for move in plan.moves:
         reservation = move.allocation.reservation
         if move.spare_id is None:
-            Incident.objects.create(
+            incident_open(
                 kind=Incident.Kind.NODE_UNHEALTHY,
                 node=locked,
                 reservation=reservation,

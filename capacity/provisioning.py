@@ -19,6 +19,7 @@ from core.tasks import enqueue_after_commit
 
 from . import lifecycle, notifications, selectors
 from .drivers import Access, MissingBlockError, get_driver
+from .incidents import incident_open
 from .models import Allocation, Incident, Node, Reservation
 from .pools import pool_lock
 
@@ -121,15 +122,12 @@ def provisioning_delayed(reservation_id: int, reason: str) -> None:
     """Provisioning keeps failing for a reason worth retrying: tell operations, once per block
     (an open incident for it is enough)."""
     reservation = Reservation.objects.get(pk=reservation_id)
-    detail = f"{reservation.public_id}: provisioning is being retried: {reason}"
-    open_ = Incident.objects.filter(
-        kind=Incident.Kind.STUCK,
+    _, opened = incident_open(
+        kind=Incident.Kind.PROVISIONING_DELAYED,
         reservation=reservation,
-        resolved_at__isnull=True,
-        detail__startswith=f"{reservation.public_id}: provisioning is being retried",
+        detail=f"{reservation.public_id}: provisioning is being retried: {reason}",
     )
-    if not open_.exists():
-        Incident.objects.create(kind=Incident.Kind.STUCK, reservation=reservation, detail=detail)
+    if opened:
         logger.warning("provisioning %s delayed: %s", reservation.public_id, reason)
 
 
@@ -146,9 +144,7 @@ def provisioning_failed(reservation_id: int, reason: str) -> None:
         )
     except lifecycle.IllegalTransition:
         return
-    Incident.objects.create(
-        kind=Incident.Kind.PROVISIONING_FAILED, reservation=failed, detail=reason
-    )
+    incident_open(kind=Incident.Kind.PROVISIONING_FAILED, reservation=failed, detail=reason)
     logger.error("provisioning %s failed: %s", failed.public_id, reason)
 
 
@@ -177,16 +173,10 @@ def teardown_failed(reservation_id: int, reason: str) -> None:
     often the teardown is retried."""
     reservation = Reservation.objects.select_for_update().get(pk=reservation_id)
     logger.error("tearing down %s failed: %s", reservation.public_id, reason)
-    headline = f"{reservation.public_id}: the backend did not let the block go"
-    if Incident.objects.filter(
-        kind=Incident.Kind.STUCK,
+    incident_open(
+        kind=Incident.Kind.TEARDOWN_FAILED,
         reservation=reservation,
-        resolved_at__isnull=True,
-        detail__startswith=headline,
-    ).exists():
-        return
-    Incident.objects.create(
-        kind=Incident.Kind.STUCK, reservation=reservation, detail=f"{headline}: {reason}"
+        detail=f"{reservation.public_id}: the backend did not let the block go: {reason}",
     )
 
 
@@ -240,18 +230,13 @@ def sync_failed(reservation_id: int, reason: str) -> None:
     reservation = Reservation.objects.get(pk=reservation_id)
     if reservation.state != S.ACTIVE:
         return
-    prefix = f"{reservation.public_id}: the backend did not take its new end or nodes"
-    if Incident.objects.filter(
-        kind=Incident.Kind.STUCK,
+    _, opened = incident_open(
+        kind=Incident.Kind.SYNC_FAILED,
         reservation=reservation,
-        resolved_at__isnull=True,
-        detail__startswith=prefix,
-    ).exists():
-        return
-    Incident.objects.create(
-        kind=Incident.Kind.STUCK, reservation=reservation, detail=f"{prefix}: {reason}"
+        detail=f"{reservation.public_id}: the backend did not take its new end or nodes: {reason}",
     )
-    logger.error("syncing %s failed: %s", reservation.public_id, reason)
+    if opened:
+        logger.error("syncing %s failed: %s", reservation.public_id, reason)
 
 
 # --- End -----------------------------------------------------------------------------------------
@@ -378,7 +363,7 @@ def _take_out(node: Node, reason: str) -> int:
     node.status = Node.Status.MAINTENANCE
     node.status_reason = reason[:200]
     node.save(update_fields=["status", "status_reason"])
-    Incident.objects.create(kind=Incident.Kind.NODE_UNHEALTHY, node=node, detail=reason)
+    incident_open(kind=Incident.Kind.NODE_UNHEALTHY, node=node, detail=reason)
     audit.record(action="node.maintenance", actor=None, target=node, reason=reason)
     healed = 0
     now = timezone.now()
@@ -388,7 +373,7 @@ def _take_out(node: Node, reason: str) -> int:
     for move in selectors.plan_moves(node, now):
         reservation = move.allocation.reservation
         if move.spare_id is None:
-            Incident.objects.create(
+            incident_open(
                 kind=Incident.Kind.NODE_UNHEALTHY,
                 node=node,
                 reservation=reservation,
@@ -399,6 +384,7 @@ def _take_out(node: Node, reason: str) -> int:
             )
             continue
         spare = move_allocation(move=move, now=now, actor=None, reason=reason)
+        # A record of a swap done, resolved as it is written: nothing is opened.
         Incident.objects.create(
             kind=Incident.Kind.NODE_SWAPPED,
             node=node,

@@ -140,7 +140,7 @@ def test_giving_up_fails_refunds_and_tells_everyone(
     assert Allocation.objects.filter(reservation=reservation, released_at__isnull=True).count() == 0
     assert list(Incident.objects.order_by("id").values_list("kind", "detail")) == [
         (
-            "stuck",
+            "provisioning_delayed",
             f"{reservation.public_id}: provisioning is being retried: Simulated timeout talking "
             f"to the fabric manager (provision:{reservation.public_id}).",
         ),
@@ -151,7 +151,7 @@ def test_giving_up_fails_refunds_and_tells_everyone(
         ),
         # The same backend refuses the teardown too: retried 10 times, then operations hear.
         (
-            "stuck",
+            "teardown_failed",
             f"{reservation.public_id}: the backend did not let the block go: Simulated timeout "
             f"talking to the fabric manager (deprovision:{reservation.public_id}). "
             "(gave up after retries)",
@@ -187,7 +187,10 @@ def test_a_configuration_error_is_retried_and_tells_operations_once(
         assert tasks.provision(**kwargs) == "retrying"
     assert state(reservation) == S.PROVISIONING
     assert list(Incident.objects.values_list("kind", "detail")) == [
-        ("stuck", f"{reservation.public_id}: provisioning is being retried: Access denied")
+        (
+            "provisioning_delayed",
+            f"{reservation.public_id}: provisioning is being retried: Access denied",
+        )
     ]
 
 
@@ -284,7 +287,7 @@ def test_a_release_the_backend_refuses_tells_operations_once(
     assert state(reservation) == S.RELEASING
     [incident] = Incident.objects.all()
     assert (incident.kind, incident.reservation_id, incident.detail) == (
-        "stuck",
+        "teardown_failed",
         reservation.pk,
         f"{reservation.public_id}: the backend did not let the block go: "
         "Slurm (scontrol): Reservation is in use",

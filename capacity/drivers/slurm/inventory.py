@@ -17,6 +17,7 @@ from django.utils import timezone
 from core import audit
 from core.errors import NotAllowed, ServiceError
 
+from ...incidents import incident_open
 from ...models import Allocation, Cluster, GpuModel, Incident, Node, Region
 from .. import DriverError
 from .commands import Runner, SlurmCommandError, classify
@@ -283,7 +284,7 @@ def cluster_sync(
             .order_by("starts_at")
         )
         for allocation in holding:
-            Incident.objects.create(
+            incident_open(
                 kind=Incident.Kind.NODE_UNHEALTHY,
                 node=node,
                 reservation=allocation.reservation,
