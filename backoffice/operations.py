@@ -528,7 +528,7 @@ class NodeAdmin(OperationsMixin, HostnameSearch, AuditedAdmin):
                     )
                 )
                 continue
-            plan = operations.drain_plan(node=node, avoid=avoid, claimed=claimed)
+            plan = operations.node_drain_plan(node=node, avoid=avoid, claimed=claimed)
             rows = [
                 [
                     _reservation_link(m.allocation.reservation),
@@ -907,8 +907,8 @@ class ReservationAdmin(OperationsMixin, admin.ModelAdmin):
                     "—",
                     "cannot be canceled" + (": release it instead" if r.state == S.ACTIVE else ""),
                 ]
-            policy, percent = operations.refund_for(r, operations.RefundBasis.POLICY)
-            full, _ = operations.refund_for(r, operations.RefundBasis.FULL)
+            policy, percent = operations.refund_calculate(r, operations.RefundBasis.POLICY)
+            full, _ = operations.refund_calculate(r, operations.RefundBasis.FULL)
             if policy is None:
                 return ["nothing paid", "nothing paid", ""]
             return [f"{policy} ({percent} %)", f"{full}", ""]

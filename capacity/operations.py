@@ -88,7 +88,7 @@ class DrainPlan:
         )
 
 
-def drain_plan(
+def node_drain_plan(
     *,
     node: Node,
     avoid: tuple[int, ...] = (),
@@ -137,7 +137,7 @@ def node_drain(
             code="not_available",
         )
     now = timezone.now()
-    plan = drain_plan(node=locked, avoid=avoid, now=now)
+    plan = node_drain_plan(node=locked, avoid=avoid, now=now)
     if plan.stranded and not flag_unswappable:
         raise DrainRefused(plan.refusal())
     locked.status = Node.Status.MAINTENANCE
@@ -168,7 +168,7 @@ def node_drain(
             )
             flagged.append(reservation.public_id)
             continue
-        spare = provisioning.move_allocation(move=move, now=now, actor=actor, reason=reason)
+        spare = provisioning.allocation_move(move=move, now=now, actor=actor, reason=reason)
         swapped.append((reservation.public_id, spare.hostname))
     audit.record(
         action="node.drained",
@@ -215,7 +215,7 @@ CANCELABLE = (S.HELD, S.SCHEDULED, S.PROVISIONING)
 PAID = (S.SCHEDULED, S.PROVISIONING)
 
 
-def refund_for(
+def refund_calculate(
     reservation: Reservation, basis: str, now: datetime | None = None
 ) -> tuple[Decimal | None, int | None]:
     """(amount, percent) a staff cancellation gives back; (None, None) for an unpaid hold."""
@@ -249,7 +249,7 @@ def reservation_cancel(
             f"canceled.{hint}",
             code="not_cancelable",
         )
-    amount, percent = refund_for(locked, refund)
+    amount, percent = refund_calculate(locked, refund)
     after_commit = None
     if locked.state == S.PROVISIONING:
         after_commit = lambda: provisioning._deprovision(locked)  # noqa: E731

@@ -3,7 +3,7 @@
 Every function is safe to run twice: each step is a legal transition under the row lock, the
 driver is idempotent per key, and periodic sweeps pick up whatever a lost message, a killed
 worker or a broker outage left behind (a scheduled reservation past its start is started by
-`start_due` whether or not its task ever arrived).
+`reservation_start_due` whether or not its task ever arrived).
 """
 
 import logging
@@ -40,7 +40,7 @@ def _nodes(reservation: Reservation) -> list[str]:
 
 
 # --- Start -------------------------------------------------------------------------------------
-def start(reservation: Reservation) -> bool:
+def reservation_start(reservation: Reservation) -> bool:
     """Move a scheduled reservation to provisioning and enqueue the work after commit."""
     try:
         lifecycle.transition(
@@ -55,17 +55,17 @@ def start(reservation: Reservation) -> bool:
     return True
 
 
-def start_due(now: datetime | None = None) -> int:
+def reservation_start_due(now: datetime | None = None) -> int:
     """Start every scheduled reservation whose start is within the lead time (or past)."""
     now = now or timezone.now()
     due = Reservation.objects.filter(
         state=S.SCHEDULED, starts_at__lte=now + settings.PROVISIONING_LEAD
     ).order_by("starts_at")
-    return sum(start(reservation) for reservation in due)
+    return sum(reservation_start(reservation) for reservation in due)
 
 
 # --- Provision ----------------------------------------------------------------------------------
-def provision(reservation_id: int) -> str:
+def block_provision(reservation_id: int) -> str:
     """Bring the nodes up. Raises the driver's TransientDriverError for the task to retry."""
     reservation = Reservation.objects.select_related("organization").get(pk=reservation_id)
     if reservation.state in (S.CANCELED, S.FAILED):
@@ -118,7 +118,7 @@ def provisioning_deadline_passed(reservation_id: int, now: datetime | None = Non
     return now >= reservation.starts_at + settings.PROVISIONING_GIVE_UP_AFTER_START
 
 
-def provisioning_delayed(reservation_id: int, reason: str) -> None:
+def provisioning_delay_report(reservation_id: int, reason: str) -> None:
     """Provisioning keeps failing for a reason worth retrying: tell operations, once per block
     (an open incident for it is enough)."""
     reservation = Reservation.objects.get(pk=reservation_id)
@@ -131,7 +131,7 @@ def provisioning_delayed(reservation_id: int, reason: str) -> None:
         logger.warning("provisioning %s delayed: %s", reservation.public_id, reason)
 
 
-def provisioning_failed(reservation_id: int, reason: str) -> None:
+def provisioning_fail(reservation_id: int, reason: str) -> None:
     """Give up: fail the reservation (freeing its nodes), refund it, tell everyone."""
     reservation = Reservation.objects.get(pk=reservation_id)
     try:
@@ -154,7 +154,7 @@ def _deprovision(reservation: Reservation) -> None:
     _enqueue_after_commit("capacity.deprovision", reservation.pk)
 
 
-def teardown(reservation_id: int) -> str:
+def block_teardown(reservation_id: int) -> str:
     """Take a finished block out of the backend. Idempotent (the same key every time); a block
     not finished is left alone. Raises the driver's errors for the task to handle."""
     reservation = Reservation.objects.get(pk=reservation_id)
@@ -168,7 +168,7 @@ def teardown(reservation_id: int) -> str:
 
 
 @transaction.atomic
-def teardown_failed(reservation_id: int, reason: str) -> None:
+def block_teardown_failure_report(reservation_id: int, reason: str) -> None:
     """Tell operations the backend kept a block: once while the incident is open, however
     often the teardown is retried."""
     reservation = Reservation.objects.select_for_update().get(pk=reservation_id)
@@ -181,14 +181,14 @@ def teardown_failed(reservation_id: int, reason: str) -> None:
 
 
 # --- Changes to a running block --------------------------------------------------------------
-def sync_block_after_commit(reservation: Reservation) -> None:
+def block_sync_after_commit(reservation: Reservation) -> None:
     """An active block's end moved or one of its nodes was swapped: once committed, have the
     driver make the running block match (the Slurm reservation's end and nodes)."""
     if reservation.state == S.ACTIVE:
         _enqueue_after_commit("capacity.sync_block", reservation.pk)
 
 
-def sync_block(reservation_id: int) -> str:
+def block_sync(reservation_id: int) -> str:
     """Tell the driver an active block's current nodes and end. Idempotent: a block that
     already matches is left alone. Raises the driver's errors for the task to handle."""
     reservation = Reservation.objects.select_related("organization").get(pk=reservation_id)
@@ -224,7 +224,7 @@ def sync_block(reservation_id: int) -> str:
     return result
 
 
-def sync_failed(reservation_id: int, reason: str) -> None:
+def block_sync_failure_report(reservation_id: int, reason: str) -> None:
     """The backend refused the change: operations must reconcile it by hand. Nothing for a
     block no longer active, and one open incident per block, however often it repeats."""
     reservation = Reservation.objects.get(pk=reservation_id)
@@ -240,7 +240,7 @@ def sync_failed(reservation_id: int, reason: str) -> None:
 
 
 # --- End -----------------------------------------------------------------------------------------
-def end_due(now: datetime | None = None) -> int:
+def reservation_end_due(now: datetime | None = None) -> int:
     now = now or timezone.now()
     due = Reservation.objects.filter(
         state=S.ACTIVE, ends_at__lte=now + settings.PROVISIONING_CLEANUP_BUFFER
@@ -261,7 +261,7 @@ def end_due(now: datetime | None = None) -> int:
     return ended
 
 
-def release(reservation_id: int) -> str:
+def block_release(reservation_id: int) -> str:
     reservation = Reservation.objects.get(pk=reservation_id)
     if reservation.state != S.RELEASING:
         return reservation.state
@@ -276,7 +276,7 @@ def release(reservation_id: int) -> str:
 
 
 # --- Reminders ------------------------------------------------------------------------------------
-def remind(now: datetime | None = None) -> int:
+def reminders_send(now: datetime | None = None) -> int:
     """Tell customers their block ends soon, once per configured lead (24 h, 1 h). When more
     than one lead is due at once (a short block), only the nearest is sent."""
     now = now or timezone.now()
@@ -307,7 +307,7 @@ def _label(lead) -> str:  # type: ignore[no-untyped-def]
 
 
 # --- Reconcile ------------------------------------------------------------------------------------
-def reconcile(now: datetime | None = None) -> dict[str, int]:
+def provisioning_reconcile(now: datetime | None = None) -> dict[str, int]:
     """Retry reservations stuck in a transition; take unhealthy nodes out and heal blocks."""
     now = now or timezone.now()
     stuck_before = now - settings.PROVISIONING_STUCK_AFTER
@@ -368,7 +368,7 @@ def _take_out(node: Node, reason: str) -> int:
     healed = 0
     now = timezone.now()
     # Every live block: one being paid for (held) or coming up (provisioning) as well, whose
-    # provision notices the swap and catches up (see `provision`); a node in maintenance is
+    # provision notices the swap and catches up (see `block_provision`); a node in maintenance is
     # never looked at again, so a block left on it would start on a dead node.
     for move in selectors.plan_moves(node, now):
         reservation = move.allocation.reservation
@@ -383,7 +383,7 @@ def _take_out(node: Node, reason: str) -> int:
                 ),
             )
             continue
-        spare = move_allocation(move=move, now=now, actor=None, reason=reason)
+        spare = allocation_move(move=move, now=now, actor=None, reason=reason)
         # A record of a swap done, resolved as it is written: nothing is opened.
         Incident.objects.create(
             kind=Incident.Kind.NODE_SWAPPED,
@@ -396,7 +396,7 @@ def _take_out(node: Node, reason: str) -> int:
     return healed
 
 
-def move_allocation(*, move: selectors.Move, now: datetime, actor: Any | None, reason: str) -> Node:
+def allocation_move(*, move: selectors.Move, now: datetime, actor: Any | None, reason: str) -> Node:
     """Give what is left of a live allocation to the move's spare node: the old row is released
     at `now`, a new one covers [move.starts_at, ends_at). Call in a transaction holding the
     pool lock, with a move planned under it (selectors.plan_moves)."""
@@ -419,5 +419,5 @@ def move_allocation(*, move: selectors.Move, now: datetime, actor: Any | None, r
         data={"from": allocation.node.hostname, "to": spare.hostname},
         reason=reason,
     )
-    sync_block_after_commit(reservation)
+    block_sync_after_commit(reservation)
     return spare

@@ -39,7 +39,7 @@ NOTE_MAX = 2000
 MAX_TOTAL = Decimal("1000000000000")  # a reservation's total has 12 digits before the point
 
 
-def is_quote(reservation: Reservation) -> bool:
+def reservation_is_quote(reservation: Reservation) -> bool:
     return reservation.quoted_by_id is not None or reservation.price_source == "quote"
 
 
@@ -150,7 +150,7 @@ def quote_create(
         price_per_gpu_hour=price_per_gpu_hour,
         valid_for=valid_for,
     )
-    quote = services.hold_capacity(
+    quote = services.capacity_hold(
         organization=organization,
         created_by=None,  # lifecycle e-mails go to the customer's billing address, not to sales
         gpu_model=gpu_model,
@@ -176,7 +176,7 @@ def quote_accept(*, reservation: Reservation, actor: User) -> Reservation:
     require_verified_email(actor)
     accepted = _accept_locked(reservation=reservation, actor=actor)
     if accepted.starts_at <= timezone.now() + settings.PROVISIONING_LEAD:
-        provisioning.start(accepted)
+        provisioning.reservation_start(accepted)
     return accepted
 
 
@@ -185,7 +185,7 @@ def _accept_locked(*, reservation: Reservation, actor: User) -> Reservation:
     organization = lock_organization(reservation.organization)
     require_active_organization(organization)
     locked = Reservation.objects.select_for_update().get(pk=reservation.pk)
-    if not is_quote(locked):
+    if not reservation_is_quote(locked):
         raise Conflict("This reservation is not a quote.", code="not_a_quote")
     if locked.state != S.HELD:
         raise Conflict(

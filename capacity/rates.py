@@ -23,7 +23,7 @@ from . import pricing
 from .models import GpuModel, NegotiatedRate, Region
 
 
-def overlapping_rates(
+def overlapping_rates_for_org(
     *,
     organization: Organization,
     gpu_model: GpuModel,
@@ -65,7 +65,7 @@ def validate_rate(
     if valid_until <= valid_from:
         raise ServiceError("The rate must end after it starts.", param="valid_until")
     lock_organization(organization)
-    clash = overlapping_rates(
+    clash = overlapping_rates_for_org(
         organization=organization,
         gpu_model=gpu_model,
         region=region,

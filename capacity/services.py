@@ -122,7 +122,7 @@ def reservation_create(
         starts_at=window.starts_at,
         ends_at=window.ends_at,
     )
-    return hold_capacity(
+    return capacity_hold(
         organization=organization,
         created_by=user,
         gpu_model=gpu_model,
@@ -135,7 +135,7 @@ def reservation_create(
     )
 
 
-def hold_capacity(
+def capacity_hold(
     *,
     organization: Organization,
     created_by: User | None,
@@ -314,7 +314,7 @@ def reservation_confirm(
         ) from None
     lead = timezone.now() + settings.PROVISIONING_LEAD
     if confirmed.state == S.SCHEDULED and confirmed.starts_at <= lead:
-        provisioning.start(confirmed)
+        provisioning.reservation_start(confirmed)
     return confirmed
 
 
@@ -528,12 +528,12 @@ def _extend_locked(*, reservation: Reservation, actor: User, hours: int) -> Rese
             "currency": quote.currency,
         },
     )
-    provisioning.sync_block_after_commit(locked)  # a running block's backend must end later too
+    provisioning.block_sync_after_commit(locked)  # a running block's backend must end later too
     return locked
 
 
 # --- Holds ------------------------------------------------------------------------------------
-def expire_lapsed_holds(now: datetime | None = None) -> int:
+def lapsed_holds_expire(now: datetime | None = None) -> int:
     """Expire every hold past its time and free its nodes. Running it twice changes nothing."""
     now = now or timezone.now()
     expired = 0

@@ -202,7 +202,7 @@ def reservation_list(request: HttpRequest) -> HttpResponse:
 def _detail_context(request: HttpRequest, reservation: Reservation) -> dict:
     may_manage = can(request.membership.role, Permission.MANAGE_RESERVATIONS)
     now = timezone.now()
-    is_quote = quotes.is_quote(reservation)
+    is_quote = quotes.reservation_is_quote(reservation)
     open_quote = (
         is_quote
         and reservation.state == Reservation.State.HELD
@@ -282,7 +282,9 @@ def reservation_cancel(request: HttpRequest, public_id: str) -> HttpResponse:
     if reservation is None:
         return render(request, "404.html", status=404)
     form = CancelForm(request.POST or None)
-    declining = quotes.is_quote(reservation) and reservation.state == Reservation.State.HELD
+    declining = (
+        quotes.reservation_is_quote(reservation) and reservation.state == Reservation.State.HELD
+    )
     if request.method == "POST" and form.is_valid():
         reason = form.cleaned_data["reason"]
         if declining:

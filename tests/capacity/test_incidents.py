@@ -82,13 +82,13 @@ def test_a_node_failing_again_under_one_block_with_another_reason_is_not_a_new_i
     the same trouble for the same objects."""
     reservation = scheduled(organization, owner, catalog, nodes=4)
     with django_capture_on_commit_callbacks(execute=True):
-        provisioning.start(reservation)
+        provisioning.reservation_start(reservation)
     sick = Allocation.objects.filter(reservation=reservation).order_by("node__hostname")[0].node
     assert sick.cluster_id == catalog.east_a.pk
     for fault in ("GPU 3 fell off the bus", "PSU failed"):
         SimulatedNode.objects.update_or_create(hostname=sick.hostname, defaults={"fault": fault})
         Node.objects.filter(pk=sick.pk).update(status=Node.Status.AVAILABLE)  # back, then again
-        assert provisioning.reconcile()["unhealthy"] == 1
+        assert provisioning.provisioning_reconcile()["unhealthy"] == 1
     assert _open() == [
         ("node_unhealthy", None, sick.pk, "GPU 3 fell off the bus"),
         (
@@ -106,9 +106,9 @@ def test_sync_failures_with_other_reasons_are_one_incident(
 ):
     reservation = scheduled(organization, owner, catalog)
     with django_capture_on_commit_callbacks(execute=True):
-        provisioning.start(reservation)
-    provisioning.sync_failed(reservation.pk, "Slurm: invalid node name")
-    provisioning.sync_failed(reservation.pk, "Slurm: requested nodes are busy")
+        provisioning.reservation_start(reservation)
+    provisioning.block_sync_failure_report(reservation.pk, "Slurm: invalid node name")
+    provisioning.block_sync_failure_report(reservation.pk, "Slurm: requested nodes are busy")
     assert _open() == [
         (
             "sync_failed",
