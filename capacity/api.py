@@ -4,7 +4,7 @@ extend). Every read is scoped to the caller's organization; another's ids are 40
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 from django.db.models import QuerySet
 from django.http import QueryDict
@@ -21,7 +21,7 @@ from core.errors import NotFound
 
 from . import offerings, selectors, services
 from .forms import OfferingSearchForm
-from .models import Reservation
+from .models import GpuModel, Region, Reservation
 from .windows import Window
 
 READ, WRITE = ApiKey.Scope.RESERVATIONS_READ, ApiKey.Scope.RESERVATIONS_WRITE
@@ -77,8 +77,12 @@ def _column(reservation: Reservation, lookup: str) -> object:
 
 class ReservationSerializer(serializers.ModelSerializer):
     id = serializers.CharField(source="public_id")
-    gpu_model = serializers.SlugRelatedField(slug_field="slug", read_only=True)
-    region = serializers.SlugRelatedField(slug_field="code", read_only=True)
+    gpu_model: serializers.SlugRelatedField[GpuModel] = serializers.SlugRelatedField(
+        slug_field="slug", read_only=True
+    )
+    region: serializers.SlugRelatedField[Region] = serializers.SlugRelatedField(
+        slug_field="code", read_only=True
+    )
     price = serializers.DecimalField(source="total", max_digits=14, decimal_places=2)
     duration_hours = serializers.IntegerField()
     starts_on_payment = serializers.BooleanField()
@@ -152,7 +156,10 @@ class _ClientToken(serializers.Serializer):
     client_token = serializers.CharField(required=False, max_length=64, help_text="Retry safely")
 
 
-_TYPES = {int: serializers.IntegerField, str: serializers.CharField}
+_TYPES: dict[object, type[serializers.Field]] = {
+    int: serializers.IntegerField,
+    str: serializers.CharField,
+}
 # The create's body, for the schema: the search's fields (a region required) and the token.
 CREATE_BODY = inline_serializer(
     "CreateReservation",
@@ -160,7 +167,7 @@ CREATE_BODY = inline_serializer(
         **{
             parameter.name: _TYPES[parameter.type](
                 required=parameter.required or parameter.name == "region",
-                help_text=parameter.description or None,
+                help_text=str(parameter.description) if parameter.description else None,
             )
             for parameter in SEARCH_PARAMETERS
         },
@@ -183,7 +190,7 @@ class Reservations(APIView, ListAPIView):
     def get(self, request: Request, *args: object, **kwargs: object) -> Response:
         return super().get(request, *args, **kwargs)
 
-    def get_queryset(self) -> QuerySet[Reservation, dict[str, Any]]:  # type: ignore[override]
+    def get_queryset(self) -> QuerySet[Reservation, dict[str, Any]]:
         # Rows rather than models: the list is the API's hottest read, and building model
         # instances with their related rows cost more than the query itself.
         reservations = (
@@ -210,7 +217,8 @@ class Reservations(APIView, ListAPIView):
         body = _ClientToken(data=request.data)
         if not body.is_valid() and not isinstance(request.data, Mapping):
             raise serializers.ValidationError(body.errors)  # not an object at all
-        raw = {k: v for k, v in request.data.items() if k in OfferingSearchForm.base_fields}
+        fields = cast(Mapping[str, Any], request.data).items()
+        raw = {k: v for k, v in fields if k in OfferingSearchForm.base_fields}
         if raw.get("starts_at") is None:
             raw.pop("starts_at", None)
         data = _search_form(raw).cleaned_data

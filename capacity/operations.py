@@ -317,7 +317,7 @@ def reservation_retry(*, reservation: Reservation, actor: Any, reason: str = "")
     _require(actor, OPERATE, "retry provisioning")
     reason = _reason(reason, required=False)
     locked = Reservation.objects.select_for_update().get(pk=reservation.pk)
-    task = RETRY_TASKS.get(locked.state)
+    task = RETRY_TASKS.get(S(locked.state))
     if task is None:
         raise Conflict(
             f"{locked.public_id} is {locked.get_state_display().lower()}: only reservations "

@@ -7,7 +7,7 @@ worker or a broker outage left behind (a scheduled reservation past its start is
 """
 
 import logging
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
@@ -196,24 +196,29 @@ def block_sync(reservation_id: int) -> str:
         return reservation.state
     driver = get_driver()
     nodes = _nodes(reservation)
-    block = {
-        "account": reservation.organization.slug,
-        "nodes": nodes,
-        "starts_at": reservation.starts_at,
-        "ends_at": reservation.ends_at,
-    }
+    key = f"provision:{reservation.public_id}"
+    account, starts_at, ends_at = (
+        reservation.organization.slug,
+        reservation.starts_at,
+        reservation.ends_at,
+    )
     result = "synced"
+    access: Access | None
     try:
-        driver.extend(
-            key=f"extend:{reservation.public_id}", nodes=nodes, ends_at=reservation.ends_at
-        )
+        driver.extend(key=f"extend:{reservation.public_id}", nodes=nodes, ends_at=ends_at)
     except MissingBlockError:
         # Gone from the backend (purged, deleted behind our back) while it is still ours.
-        access = driver.provision(key=f"provision:{reservation.public_id}", **block)
+        access = driver.provision(
+            key=key, account=account, nodes=nodes, starts_at=starts_at, ends_at=ends_at
+        )
         result = "recreated"
     else:
         describe = getattr(driver, "describe", None)
-        access = describe(key=f"provision:{reservation.public_id}", **block) if describe else None
+        access = (
+            describe(key=key, account=account, nodes=nodes, starts_at=starts_at, ends_at=ends_at)
+            if describe
+            else None
+        )
     if access is not None:
         details = _public_access(access)
         with transaction.atomic():
@@ -302,7 +307,7 @@ def reminders_send(now: datetime | None = None) -> int:
     return sent
 
 
-def _label(lead) -> str:  # type: ignore[no-untyped-def]
+def _label(lead: timedelta) -> str:
     return f"{int(lead.total_seconds() // 3600)}h"
 
 
@@ -402,6 +407,7 @@ def allocation_move(*, move: selectors.Move, now: datetime, actor: Any | None, r
     pool lock, with a move planned under it (selectors.plan_moves)."""
     allocation = move.allocation
     reservation = allocation.reservation
+    assert move.spare_id is not None, "a move without a spare strands its block"
     spare = Node.objects.get(pk=move.spare_id)
     Allocation.objects.filter(pk=allocation.pk).update(released_at=now)
     Allocation.objects.create(

@@ -92,16 +92,20 @@ def quote_preview(
     validate_node_count(node_count)
     quoted = _quoted_price(price_per_gpu_hour)
     valid_until, capped = _valid_until(window, valid_for, timezone.now())
-    block = {
-        "organization": organization,
-        "gpu_model": gpu_model,
-        "region": region,
-        "node_count": node_count,
-        "starts_at": window.starts_at,
-        "ends_at": window.ends_at,
-    }
-    standard = pricing.quote_for_sale(**block)
-    price = standard if quoted is None else pricing.quote_for_sale(**block, quoted_price=quoted)
+
+    def priced(quoted_price: Decimal | None) -> pricing.Quote:
+        return pricing.quote_for_sale(
+            organization=organization,
+            gpu_model=gpu_model,
+            region=region,
+            node_count=node_count,
+            starts_at=window.starts_at,
+            ends_at=window.ends_at,
+            quoted_price=quoted_price,
+        )
+
+    standard = priced(None)
+    price = standard if quoted is None else priced(quoted)
     if price.total >= MAX_TOTAL:
         raise ServiceError(
             f"That quote would come to {format_money(price.total, price.currency)}, more than "

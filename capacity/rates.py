@@ -12,6 +12,7 @@ from datetime import datetime
 from decimal import Decimal
 
 from django.db import transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from accounts.models import Organization, User
@@ -31,7 +32,7 @@ def overlapping_rates_for_org(
     valid_from: datetime,
     valid_until: datetime,
     exclude_pk: int | None = None,
-):  # type: ignore[no-untyped-def]
+) -> QuerySet[NegotiatedRate]:
     """Rates of the same organization, GPU model and region whose window meets [from, until)."""
     rates = NegotiatedRate.objects.filter(
         organization=organization,
@@ -89,7 +90,7 @@ def validate_rate(
 def _snapshot(rate: NegotiatedRate) -> dict[str, str | None]:
     return {
         "gpu_model": rate.gpu_model.slug,
-        "region": rate.region.code if rate.region_id else None,
+        "region": rate.region.code if rate.region is not None else None,
         "price_per_gpu_hour": str(rate.price_per_gpu_hour),
         "valid_from": rate.valid_from.isoformat(),
         "valid_until": rate.valid_until.isoformat(),

@@ -160,7 +160,9 @@ class SlurmDriver:
             raise self._failure(exc) from exc
 
     # The protocol
-    def provision(self, *, key: str, account: str, nodes: list[str], starts_at, ends_at) -> Access:  # type: ignore[no-untyped-def]
+    def provision(
+        self, *, key: str, account: str, nodes: list[str], starts_at: datetime, ends_at: datetime
+    ) -> Access:
         """Create the reservation `NAME` on exactly `nodes` for [starts_at, ends_at) and
         `account`. Done already (same nodes, window and account) is done."""
         name = reservation_name(key)
@@ -226,7 +228,9 @@ class SlurmDriver:
             raise error from exc
         logger.info("slurm reservation %s updated: %s", name, " ".join(changes))
 
-    def describe(self, *, key: str, account: str, nodes: list[str], starts_at, ends_at) -> Access:  # type: ignore[no-untyped-def]
+    def describe(
+        self, *, key: str, account: str, nodes: list[str], starts_at: datetime, ends_at: datetime
+    ) -> Access:
         """The access details for the block as it is now (after a swap or an extension)."""
         return self.access(
             reservation_name(key), account_name(account), validate_nodes(nodes), starts_at, ends_at
@@ -277,7 +281,7 @@ class SlurmDriver:
             logger.info("slurm reservation %s deleted", name)
             return
 
-    def extend(self, *, key: str, nodes: list[str], ends_at) -> None:  # type: ignore[no-untyped-def]
+    def extend(self, *, key: str, nodes: list[str], ends_at: datetime) -> None:
         """Make the reservation end at `ends_at` on `nodes` (a longer block, or a node swapped
         out of it). Already so is done."""
         name = reservation_name(key)

@@ -181,7 +181,6 @@ def cluster_sync(
     if actor is not None and not (actor.is_staff and actor.has_perm("capacity.change_cluster")):
         raise NotAllowed("You are not allowed to change clusters.")
     cluster = Cluster.objects.select_for_update().filter(code=code).first()
-    result = SyncResult(cluster=cluster)  # type: ignore[arg-type]
     if cluster is None:
         if region is None or gpu_model is None:
             raise ServiceError(
@@ -194,6 +193,7 @@ def cluster_sync(
         cluster.save()
         result = SyncResult(cluster=cluster, created=True)
     else:
+        result = SyncResult(cluster=cluster)
         for name, given, current in (
             ("region", region, cluster.region),
             ("GPU model", gpu_model, cluster.gpu_model),
