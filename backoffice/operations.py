@@ -27,7 +27,8 @@ from django.utils.safestring import SafeString, mark_safe
 from django.utils.text import capfirst
 
 from accounts.models import Organization
-from capacity import operations, selectors, slurm_inventory, timeline
+from capacity import operations, selectors, timeline
+from capacity.drivers.slurm import inventory as slurm_inventory
 from capacity.models import (
     Allocation,
     Cluster,
@@ -527,7 +528,7 @@ class NodeAdmin(OperationsMixin, HostnameSearch, AuditedAdmin):
                     )
                 )
                 continue
-            plan = operations.drain_plan(node=node, avoid=avoid, claimed=claimed)
+            plan = operations.node_drain_plan(node=node, avoid=avoid, claimed=claimed)
             rows = [
                 [
                     _reservation_link(m.allocation.reservation),
@@ -906,8 +907,8 @@ class ReservationAdmin(OperationsMixin, admin.ModelAdmin):
                     "—",
                     "cannot be canceled" + (": release it instead" if r.state == S.ACTIVE else ""),
                 ]
-            policy, percent = operations.refund_for(r, operations.RefundBasis.POLICY)
-            full, _ = operations.refund_for(r, operations.RefundBasis.FULL)
+            policy, percent = operations.refund_calculate(r, operations.RefundBasis.POLICY)
+            full, _ = operations.refund_calculate(r, operations.RefundBasis.FULL)
             if policy is None:
                 return ["nothing paid", "nothing paid", ""]
             return [f"{policy} ({percent} %)", f"{full}", ""]

@@ -1,4 +1,6 @@
 import secrets
+from collections.abc import Callable
+from typing import Any, cast
 
 from django import forms
 from django.conf import settings
@@ -46,8 +48,9 @@ class OfferingSearchForm(forms.Form):
         error_messages={"invalid": "Give the duration in whole hours."},
     )
 
-    def clean(self) -> dict:
-        data = super().clean()
+    def clean(self) -> dict[str, Any]:
+        super().clean()
+        data = self.cleaned_data
         if "node_count" in data:
             self._check("node_count", validate_node_count, data["node_count"])
         if "duration_hours" in data and "starts_at" not in self.errors:
@@ -62,7 +65,9 @@ class OfferingSearchForm(forms.Form):
                 data["window"] = window
         return data
 
-    def _check(self, field: str | None, check, value) -> Window | None:  # type: ignore[no-untyped-def]
+    def _check(
+        self, field: str | None, check: Callable[[Any], Window | None], value: object
+    ) -> Window | None:
         try:
             return check(value)
         except ServiceError as exc:
@@ -73,11 +78,12 @@ class OfferingSearchForm(forms.Form):
 class ReserveForm(OfferingSearchForm):
     request_token = forms.CharField(widget=forms.HiddenInput, max_length=64)
 
-    def __init__(self, *args: object, **kwargs: object) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["region"].required = True
-        self.fields["region"].empty_label = None
-        self.fields["region"].error_messages["required"] = "Choose a region."
+        region = cast(forms.ModelChoiceField, self.fields["region"])
+        region.required = True
+        region.empty_label = None
+        region.error_messages["required"] = "Choose a region."
         if not self.is_bound:
             self.initial.setdefault("request_token", new_request_token())
 

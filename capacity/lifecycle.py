@@ -98,6 +98,7 @@ def transition(
         hook("RESERVATION_SETTLEMENT_HOOK")(locked.pk)
     if after_commit is not None:
         transaction.on_commit(after_commit)
-    if notify and to in notifications.TEMPLATES:
-        notifications.notify(locked, notifications.TEMPLATES[to])
+    template = notifications.TEMPLATES.get(S(to))
+    if notify and template is not None:
+        notifications.notify(locked, template)
     return locked

@@ -3,6 +3,7 @@ from decimal import Decimal
 from django.conf import settings
 from django.core.validators import MinValueValidator
 from django.db import models
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from core.ids import public_id
@@ -339,6 +340,9 @@ class Incident(models.Model):
         NODE_UNHEALTHY = "node_unhealthy", "Node unhealthy"
         NODE_SWAPPED = "node_swapped", "Node swapped"
         STUCK = "stuck", "Reservation stuck"
+        PROVISIONING_DELAYED = "provisioning_delayed", "Provisioning delayed"
+        TEARDOWN_FAILED = "teardown_failed", "Teardown failed"
+        SYNC_FAILED = "sync_failed", "Backend out of sync"
 
     kind = models.CharField(max_length=32, choices=Kind.choices)
     reservation = models.ForeignKey(
@@ -354,6 +358,17 @@ class Incident(models.Model):
     class Meta:
         ordering = ["-created_at", "-id"]
         indexes = [models.Index(fields=["kind", "resolved_at"])]
+        constraints = [
+            # One open incident per kind and object: what it is about is the reservation, the
+            # node, or the pair (no object counts as one object too).
+            models.UniqueConstraint(
+                "kind",
+                Coalesce("reservation", 0),
+                Coalesce("node", 0),
+                condition=models.Q(resolved_at__isnull=True),
+                name="one_open_incident_per_kind_and_object",
+            )
+        ]
 
     def __str__(self) -> str:
         return f"{self.get_kind_display()}: {self.detail[:60]}"

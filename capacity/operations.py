@@ -27,7 +27,9 @@ from core.errors import Conflict, NotAllowed, ServiceError
 from core.tasks import enqueue_after_commit
 
 from . import lifecycle, provisioning, selectors, services
+from .incidents import incident_open
 from .models import Incident, Node, Reservation
+from .pools import pool_lock
 from .windows import HOUR
 
 S = Reservation.State
@@ -86,7 +88,7 @@ class DrainPlan:
         )
 
 
-def drain_plan(
+def node_drain_plan(
     *,
     node: Node,
     avoid: tuple[int, ...] = (),
@@ -127,7 +129,7 @@ def node_drain(
     _require(actor, DRAIN, "drain nodes")
     reason = _reason(reason)
     cluster = node.cluster
-    services.lock_pool(selectors.pool_of(cluster))
+    pool_lock(selectors.pool_of(cluster))
     locked = Node.objects.select_for_update(of=("self",)).select_related("cluster").get(pk=node.pk)
     if locked.status != Node.Status.AVAILABLE:
         raise Conflict(
@@ -135,7 +137,7 @@ def node_drain(
             code="not_available",
         )
     now = timezone.now()
-    plan = drain_plan(node=locked, avoid=avoid, now=now)
+    plan = node_drain_plan(node=locked, avoid=avoid, now=now)
     if plan.stranded and not flag_unswappable:
         raise DrainRefused(plan.refusal())
     locked.status = Node.Status.MAINTENANCE
@@ -146,7 +148,7 @@ def node_drain(
     for move in plan.moves:
         reservation = move.allocation.reservation
         if move.spare_id is None:
-            Incident.objects.create(
+            incident_open(
                 kind=Incident.Kind.NODE_UNHEALTHY,
                 node=locked,
                 reservation=reservation,
@@ -166,7 +168,7 @@ def node_drain(
             )
             flagged.append(reservation.public_id)
             continue
-        spare = provisioning.move_allocation(move=move, now=now, actor=actor, reason=reason)
+        spare = provisioning.allocation_move(move=move, now=now, actor=actor, reason=reason)
         swapped.append((reservation.public_id, spare.hostname))
     audit.record(
         action="node.drained",
@@ -213,7 +215,7 @@ CANCELABLE = (S.HELD, S.SCHEDULED, S.PROVISIONING)
 PAID = (S.SCHEDULED, S.PROVISIONING)
 
 
-def refund_for(
+def refund_calculate(
     reservation: Reservation, basis: str, now: datetime | None = None
 ) -> tuple[Decimal | None, int | None]:
     """(amount, percent) a staff cancellation gives back; (None, None) for an unpaid hold."""
@@ -247,7 +249,7 @@ def reservation_cancel(
             f"canceled.{hint}",
             code="not_cancelable",
         )
-    amount, percent = refund_for(locked, refund)
+    amount, percent = refund_calculate(locked, refund)
     after_commit = None
     if locked.state == S.PROVISIONING:
         after_commit = lambda: provisioning._deprovision(locked)  # noqa: E731
@@ -315,7 +317,7 @@ def reservation_retry(*, reservation: Reservation, actor: Any, reason: str = "")
     _require(actor, OPERATE, "retry provisioning")
     reason = _reason(reason, required=False)
     locked = Reservation.objects.select_for_update().get(pk=reservation.pk)
-    task = RETRY_TASKS.get(locked.state)
+    task = RETRY_TASKS.get(S(locked.state))
     if task is None:
         raise Conflict(
             f"{locked.public_id} is {locked.get_state_display().lower()}: only reservations "

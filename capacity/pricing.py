@@ -56,7 +56,8 @@ class PriceUnavailable(LookupError):
 
 def _places(price: Decimal) -> int:
     """Cents, or as many places as the price has (a quoted 1.8750 shows all four)."""
-    return max(2, -price.normalize().as_tuple().exponent)
+    exponent = price.normalize().as_tuple().exponent
+    return max(2, -exponent) if isinstance(exponent, int) else 2  # NaN and infinity: none
 
 
 def negotiated_rates(
@@ -190,11 +191,28 @@ def parse_price_per_gpu_hour(value: object) -> Decimal:
     return price
 
 
-def quote_for_sale(*, gpu_model: GpuModel, region: Region, **kwargs: object) -> Quote:
+def quote_for_sale(
+    *,
+    organization: Organization | None,
+    gpu_model: GpuModel,
+    region: Region,
+    node_count: int,
+    starts_at: datetime,
+    ends_at: datetime,
+    quoted_price: Decimal | None = None,
+) -> Quote:
     """`quote` for a block someone is buying: a pool without a list price is their error
     (nothing is sold there), not a lookup failure."""
     try:
-        return quote(gpu_model=gpu_model, region=region, **kwargs)  # type: ignore[arg-type]
+        return quote(
+            organization=organization,
+            gpu_model=gpu_model,
+            region=region,
+            node_count=node_count,
+            starts_at=starts_at,
+            ends_at=ends_at,
+            quoted_price=quoted_price,
+        )
     except PriceUnavailable as exc:
         raise ServiceError(
             f"{gpu_model.name} is not sold in {region.name}.", param="region"

@@ -3,11 +3,11 @@
 Every function is safe to run twice: each step is a legal transition under the row lock, the
 driver is idempotent per key, and periodic sweeps pick up whatever a lost message, a killed
 worker or a broker outage left behind (a scheduled reservation past its start is started by
-`start_due` whether or not its task ever arrived).
+`reservation_start_due` whether or not its task ever arrived).
 """
 
 import logging
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
@@ -19,7 +19,9 @@ from core.tasks import enqueue_after_commit
 
 from . import lifecycle, notifications, selectors
 from .drivers import Access, MissingBlockError, get_driver
+from .incidents import incident_open
 from .models import Allocation, Incident, Node, Reservation
+from .pools import pool_lock
 
 logger = logging.getLogger(__name__)
 S = Reservation.State
@@ -38,7 +40,7 @@ def _nodes(reservation: Reservation) -> list[str]:
 
 
 # --- Start -------------------------------------------------------------------------------------
-def start(reservation: Reservation) -> bool:
+def reservation_start(reservation: Reservation) -> bool:
     """Move a scheduled reservation to provisioning and enqueue the work after commit."""
     try:
         lifecycle.transition(
@@ -53,17 +55,17 @@ def start(reservation: Reservation) -> bool:
     return True
 
 
-def start_due(now: datetime | None = None) -> int:
+def reservation_start_due(now: datetime | None = None) -> int:
     """Start every scheduled reservation whose start is within the lead time (or past)."""
     now = now or timezone.now()
     due = Reservation.objects.filter(
         state=S.SCHEDULED, starts_at__lte=now + settings.PROVISIONING_LEAD
     ).order_by("starts_at")
-    return sum(start(reservation) for reservation in due)
+    return sum(reservation_start(reservation) for reservation in due)
 
 
 # --- Provision ----------------------------------------------------------------------------------
-def provision(reservation_id: int) -> str:
+def block_provision(reservation_id: int) -> str:
     """Bring the nodes up. Raises the driver's TransientDriverError for the task to retry."""
     reservation = Reservation.objects.select_related("organization").get(pk=reservation_id)
     if reservation.state in (S.CANCELED, S.FAILED):
@@ -116,23 +118,20 @@ def provisioning_deadline_passed(reservation_id: int, now: datetime | None = Non
     return now >= reservation.starts_at + settings.PROVISIONING_GIVE_UP_AFTER_START
 
 
-def provisioning_delayed(reservation_id: int, reason: str) -> None:
+def provisioning_delay_report(reservation_id: int, reason: str) -> None:
     """Provisioning keeps failing for a reason worth retrying: tell operations, once per block
     (an open incident for it is enough)."""
     reservation = Reservation.objects.get(pk=reservation_id)
-    detail = f"{reservation.public_id}: provisioning is being retried: {reason}"
-    open_ = Incident.objects.filter(
-        kind=Incident.Kind.STUCK,
+    _, opened = incident_open(
+        kind=Incident.Kind.PROVISIONING_DELAYED,
         reservation=reservation,
-        resolved_at__isnull=True,
-        detail__startswith=f"{reservation.public_id}: provisioning is being retried",
+        detail=f"{reservation.public_id}: provisioning is being retried: {reason}",
     )
-    if not open_.exists():
-        Incident.objects.create(kind=Incident.Kind.STUCK, reservation=reservation, detail=detail)
+    if opened:
         logger.warning("provisioning %s delayed: %s", reservation.public_id, reason)
 
 
-def provisioning_failed(reservation_id: int, reason: str) -> None:
+def provisioning_fail(reservation_id: int, reason: str) -> None:
     """Give up: fail the reservation (freeing its nodes), refund it, tell everyone."""
     reservation = Reservation.objects.get(pk=reservation_id)
     try:
@@ -145,9 +144,7 @@ def provisioning_failed(reservation_id: int, reason: str) -> None:
         )
     except lifecycle.IllegalTransition:
         return
-    Incident.objects.create(
-        kind=Incident.Kind.PROVISIONING_FAILED, reservation=failed, detail=reason
-    )
+    incident_open(kind=Incident.Kind.PROVISIONING_FAILED, reservation=failed, detail=reason)
     logger.error("provisioning %s failed: %s", failed.public_id, reason)
 
 
@@ -157,7 +154,7 @@ def _deprovision(reservation: Reservation) -> None:
     _enqueue_after_commit("capacity.deprovision", reservation.pk)
 
 
-def teardown(reservation_id: int) -> str:
+def block_teardown(reservation_id: int) -> str:
     """Take a finished block out of the backend. Idempotent (the same key every time); a block
     not finished is left alone. Raises the driver's errors for the task to handle."""
     reservation = Reservation.objects.get(pk=reservation_id)
@@ -171,33 +168,27 @@ def teardown(reservation_id: int) -> str:
 
 
 @transaction.atomic
-def teardown_failed(reservation_id: int, reason: str) -> None:
+def block_teardown_failure_report(reservation_id: int, reason: str) -> None:
     """Tell operations the backend kept a block: once while the incident is open, however
     often the teardown is retried."""
     reservation = Reservation.objects.select_for_update().get(pk=reservation_id)
     logger.error("tearing down %s failed: %s", reservation.public_id, reason)
-    headline = f"{reservation.public_id}: the backend did not let the block go"
-    if Incident.objects.filter(
-        kind=Incident.Kind.STUCK,
+    incident_open(
+        kind=Incident.Kind.TEARDOWN_FAILED,
         reservation=reservation,
-        resolved_at__isnull=True,
-        detail__startswith=headline,
-    ).exists():
-        return
-    Incident.objects.create(
-        kind=Incident.Kind.STUCK, reservation=reservation, detail=f"{headline}: {reason}"
+        detail=f"{reservation.public_id}: the backend did not let the block go: {reason}",
     )
 
 
 # --- Changes to a running block --------------------------------------------------------------
-def sync_block_after_commit(reservation: Reservation) -> None:
+def block_sync_after_commit(reservation: Reservation) -> None:
     """An active block's end moved or one of its nodes was swapped: once committed, have the
     driver make the running block match (the Slurm reservation's end and nodes)."""
     if reservation.state == S.ACTIVE:
         _enqueue_after_commit("capacity.sync_block", reservation.pk)
 
 
-def sync_block(reservation_id: int) -> str:
+def block_sync(reservation_id: int) -> str:
     """Tell the driver an active block's current nodes and end. Idempotent: a block that
     already matches is left alone. Raises the driver's errors for the task to handle."""
     reservation = Reservation.objects.select_related("organization").get(pk=reservation_id)
@@ -205,24 +196,29 @@ def sync_block(reservation_id: int) -> str:
         return reservation.state
     driver = get_driver()
     nodes = _nodes(reservation)
-    block = {
-        "account": reservation.organization.slug,
-        "nodes": nodes,
-        "starts_at": reservation.starts_at,
-        "ends_at": reservation.ends_at,
-    }
+    key = f"provision:{reservation.public_id}"
+    account, starts_at, ends_at = (
+        reservation.organization.slug,
+        reservation.starts_at,
+        reservation.ends_at,
+    )
     result = "synced"
+    access: Access | None
     try:
-        driver.extend(
-            key=f"extend:{reservation.public_id}", nodes=nodes, ends_at=reservation.ends_at
-        )
+        driver.extend(key=f"extend:{reservation.public_id}", nodes=nodes, ends_at=ends_at)
     except MissingBlockError:
         # Gone from the backend (purged, deleted behind our back) while it is still ours.
-        access = driver.provision(key=f"provision:{reservation.public_id}", **block)
+        access = driver.provision(
+            key=key, account=account, nodes=nodes, starts_at=starts_at, ends_at=ends_at
+        )
         result = "recreated"
     else:
         describe = getattr(driver, "describe", None)
-        access = describe(key=f"provision:{reservation.public_id}", **block) if describe else None
+        access = (
+            describe(key=key, account=account, nodes=nodes, starts_at=starts_at, ends_at=ends_at)
+            if describe
+            else None
+        )
     if access is not None:
         details = _public_access(access)
         with transaction.atomic():
@@ -233,28 +229,23 @@ def sync_block(reservation_id: int) -> str:
     return result
 
 
-def sync_failed(reservation_id: int, reason: str) -> None:
+def block_sync_failure_report(reservation_id: int, reason: str) -> None:
     """The backend refused the change: operations must reconcile it by hand. Nothing for a
     block no longer active, and one open incident per block, however often it repeats."""
     reservation = Reservation.objects.get(pk=reservation_id)
     if reservation.state != S.ACTIVE:
         return
-    prefix = f"{reservation.public_id}: the backend did not take its new end or nodes"
-    if Incident.objects.filter(
-        kind=Incident.Kind.STUCK,
+    _, opened = incident_open(
+        kind=Incident.Kind.SYNC_FAILED,
         reservation=reservation,
-        resolved_at__isnull=True,
-        detail__startswith=prefix,
-    ).exists():
-        return
-    Incident.objects.create(
-        kind=Incident.Kind.STUCK, reservation=reservation, detail=f"{prefix}: {reason}"
+        detail=f"{reservation.public_id}: the backend did not take its new end or nodes: {reason}",
     )
-    logger.error("syncing %s failed: %s", reservation.public_id, reason)
+    if opened:
+        logger.error("syncing %s failed: %s", reservation.public_id, reason)
 
 
 # --- End -----------------------------------------------------------------------------------------
-def end_due(now: datetime | None = None) -> int:
+def reservation_end_due(now: datetime | None = None) -> int:
     now = now or timezone.now()
     due = Reservation.objects.filter(
         state=S.ACTIVE, ends_at__lte=now + settings.PROVISIONING_CLEANUP_BUFFER
@@ -275,7 +266,7 @@ def end_due(now: datetime | None = None) -> int:
     return ended
 
 
-def release(reservation_id: int) -> str:
+def block_release(reservation_id: int) -> str:
     reservation = Reservation.objects.get(pk=reservation_id)
     if reservation.state != S.RELEASING:
         return reservation.state
@@ -290,7 +281,7 @@ def release(reservation_id: int) -> str:
 
 
 # --- Reminders ------------------------------------------------------------------------------------
-def remind(now: datetime | None = None) -> int:
+def reminders_send(now: datetime | None = None) -> int:
     """Tell customers their block ends soon, once per configured lead (24 h, 1 h). When more
     than one lead is due at once (a short block), only the nearest is sent."""
     now = now or timezone.now()
@@ -316,12 +307,12 @@ def remind(now: datetime | None = None) -> int:
     return sent
 
 
-def _label(lead) -> str:  # type: ignore[no-untyped-def]
+def _label(lead: timedelta) -> str:
     return f"{int(lead.total_seconds() // 3600)}h"
 
 
 # --- Reconcile ------------------------------------------------------------------------------------
-def reconcile(now: datetime | None = None) -> dict[str, int]:
+def provisioning_reconcile(now: datetime | None = None) -> dict[str, int]:
     """Retry reservations stuck in a transition; take unhealthy nodes out and heal blocks."""
     now = now or timezone.now()
     stuck_before = now - settings.PROVISIONING_STUCK_AFTER
@@ -370,26 +361,24 @@ def _take_out(node: Node, reason: str) -> int:
     """Put a node in maintenance; swap it out of live blocks where the cluster has a spare.
 
     Takes the pool lock first, like every allocator, so a spare cannot be booked meanwhile."""
-    from .services import lock_pool  # services imports this module
-
-    lock_pool(selectors.pool_of(node.cluster))
+    pool_lock(selectors.pool_of(node.cluster))
     node = Node.objects.select_for_update().select_related("cluster").get(pk=node.pk)
     if node.status != Node.Status.AVAILABLE:  # drained by staff meanwhile
         return 0
     node.status = Node.Status.MAINTENANCE
     node.status_reason = reason[:200]
     node.save(update_fields=["status", "status_reason"])
-    Incident.objects.create(kind=Incident.Kind.NODE_UNHEALTHY, node=node, detail=reason)
+    incident_open(kind=Incident.Kind.NODE_UNHEALTHY, node=node, detail=reason)
     audit.record(action="node.maintenance", actor=None, target=node, reason=reason)
     healed = 0
     now = timezone.now()
     # Every live block: one being paid for (held) or coming up (provisioning) as well, whose
-    # provision notices the swap and catches up (see `provision`); a node in maintenance is
+    # provision notices the swap and catches up (see `block_provision`); a node in maintenance is
     # never looked at again, so a block left on it would start on a dead node.
     for move in selectors.plan_moves(node, now):
         reservation = move.allocation.reservation
         if move.spare_id is None:
-            Incident.objects.create(
+            incident_open(
                 kind=Incident.Kind.NODE_UNHEALTHY,
                 node=node,
                 reservation=reservation,
@@ -399,7 +388,8 @@ def _take_out(node: Node, reason: str) -> int:
                 ),
             )
             continue
-        spare = move_allocation(move=move, now=now, actor=None, reason=reason)
+        spare = allocation_move(move=move, now=now, actor=None, reason=reason)
+        # A record of a swap done, resolved as it is written: nothing is opened.
         Incident.objects.create(
             kind=Incident.Kind.NODE_SWAPPED,
             node=node,
@@ -411,12 +401,13 @@ def _take_out(node: Node, reason: str) -> int:
     return healed
 
 
-def move_allocation(*, move: selectors.Move, now: datetime, actor: Any | None, reason: str) -> Node:
+def allocation_move(*, move: selectors.Move, now: datetime, actor: Any | None, reason: str) -> Node:
     """Give what is left of a live allocation to the move's spare node: the old row is released
     at `now`, a new one covers [move.starts_at, ends_at). Call in a transaction holding the
     pool lock, with a move planned under it (selectors.plan_moves)."""
     allocation = move.allocation
     reservation = allocation.reservation
+    assert move.spare_id is not None, "a move without a spare strands its block"
     spare = Node.objects.get(pk=move.spare_id)
     Allocation.objects.filter(pk=allocation.pk).update(released_at=now)
     Allocation.objects.create(
@@ -434,5 +425,5 @@ def move_allocation(*, move: selectors.Move, now: datetime, actor: Any | None, r
         data={"from": allocation.node.hostname, "to": spare.hostname},
         reason=reason,
     )
-    sync_block_after_commit(reservation)
+    block_sync_after_commit(reservation)
     return spare

@@ -39,7 +39,7 @@ NOTE_MAX = 2000
 MAX_TOTAL = Decimal("1000000000000")  # a reservation's total has 12 digits before the point
 
 
-def is_quote(reservation: Reservation) -> bool:
+def reservation_is_quote(reservation: Reservation) -> bool:
     return reservation.quoted_by_id is not None or reservation.price_source == "quote"
 
 
@@ -92,16 +92,20 @@ def quote_preview(
     validate_node_count(node_count)
     quoted = _quoted_price(price_per_gpu_hour)
     valid_until, capped = _valid_until(window, valid_for, timezone.now())
-    block = {
-        "organization": organization,
-        "gpu_model": gpu_model,
-        "region": region,
-        "node_count": node_count,
-        "starts_at": window.starts_at,
-        "ends_at": window.ends_at,
-    }
-    standard = pricing.quote_for_sale(**block)
-    price = standard if quoted is None else pricing.quote_for_sale(**block, quoted_price=quoted)
+
+    def priced(quoted_price: Decimal | None) -> pricing.Quote:
+        return pricing.quote_for_sale(
+            organization=organization,
+            gpu_model=gpu_model,
+            region=region,
+            node_count=node_count,
+            starts_at=window.starts_at,
+            ends_at=window.ends_at,
+            quoted_price=quoted_price,
+        )
+
+    standard = priced(None)
+    price = standard if quoted is None else priced(quoted)
     if price.total >= MAX_TOTAL:
         raise ServiceError(
             f"That quote would come to {format_money(price.total, price.currency)}, more than "
@@ -150,7 +154,7 @@ def quote_create(
         price_per_gpu_hour=price_per_gpu_hour,
         valid_for=valid_for,
     )
-    quote = services.hold_capacity(
+    quote = services.capacity_hold(
         organization=organization,
         created_by=None,  # lifecycle e-mails go to the customer's billing address, not to sales
         gpu_model=gpu_model,
@@ -176,7 +180,7 @@ def quote_accept(*, reservation: Reservation, actor: User) -> Reservation:
     require_verified_email(actor)
     accepted = _accept_locked(reservation=reservation, actor=actor)
     if accepted.starts_at <= timezone.now() + settings.PROVISIONING_LEAD:
-        provisioning.start(accepted)
+        provisioning.reservation_start(accepted)
     return accepted
 
 
@@ -185,7 +189,7 @@ def _accept_locked(*, reservation: Reservation, actor: User) -> Reservation:
     organization = lock_organization(reservation.organization)
     require_active_organization(organization)
     locked = Reservation.objects.select_for_update().get(pk=reservation.pk)
-    if not is_quote(locked):
+    if not reservation_is_quote(locked):
         raise Conflict("This reservation is not a quote.", code="not_a_quote")
     if locked.state != S.HELD:
         raise Conflict(

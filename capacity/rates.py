@@ -12,6 +12,7 @@ from datetime import datetime
 from decimal import Decimal
 
 from django.db import transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from accounts.models import Organization, User
@@ -23,7 +24,7 @@ from . import pricing
 from .models import GpuModel, NegotiatedRate, Region
 
 
-def overlapping_rates(
+def overlapping_rates_for_org(
     *,
     organization: Organization,
     gpu_model: GpuModel,
@@ -31,7 +32,7 @@ def overlapping_rates(
     valid_from: datetime,
     valid_until: datetime,
     exclude_pk: int | None = None,
-):  # type: ignore[no-untyped-def]
+) -> QuerySet[NegotiatedRate]:
     """Rates of the same organization, GPU model and region whose window meets [from, until)."""
     rates = NegotiatedRate.objects.filter(
         organization=organization,
@@ -65,7 +66,7 @@ def validate_rate(
     if valid_until <= valid_from:
         raise ServiceError("The rate must end after it starts.", param="valid_until")
     lock_organization(organization)
-    clash = overlapping_rates(
+    clash = overlapping_rates_for_org(
         organization=organization,
         gpu_model=gpu_model,
         region=region,
@@ -89,7 +90,7 @@ def validate_rate(
 def _snapshot(rate: NegotiatedRate) -> dict[str, str | None]:
     return {
         "gpu_model": rate.gpu_model.slug,
-        "region": rate.region.code if rate.region_id else None,
+        "region": rate.region.code if rate.region is not None else None,
         "price_per_gpu_hour": str(rate.price_per_gpu_hour),
         "valid_from": rate.valid_from.isoformat(),
         "valid_until": rate.valid_until.isoformat(),

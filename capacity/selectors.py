@@ -1,16 +1,22 @@
 """Reads: the catalog, availability, and an organization's reservations."""
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import BigIntegerField, Count, Func, Q, QuerySet
+from django.db.models.sql.compiler import SQLCompiler
 
 from accounts.models import Organization
 from core.models import AuditEvent
 
 from .models import Allocation, Cluster, GpuModel, Node, Region, Reservation
+
+if TYPE_CHECKING:
+    from django.db.models.sql.compiler import _AsSqlType
 
 HOUR = timedelta(hours=1)
 LIVE_STATES = ("held", "scheduled", "provisioning", "active", "releasing")
@@ -120,7 +126,9 @@ class EpochSeconds(Func):
 
     # Four percent signs: one pair for this template, one for the SQLite backend, which turns
     # a lone %s into a query parameter.
-    def as_sqlite(self, compiler, connection, **extra):  # type: ignore[no-untyped-def]
+    def as_sqlite(
+        self, compiler: SQLCompiler, connection: BaseDatabaseWrapper, **extra: Any
+    ) -> "_AsSqlType":
         return self.as_sql(
             compiler,
             connection,
@@ -128,7 +136,9 @@ class EpochSeconds(Func):
             **extra,
         )
 
-    def as_postgresql(self, compiler, connection, **extra):  # type: ignore[no-untyped-def]
+    def as_postgresql(
+        self, compiler: SQLCompiler, connection: BaseDatabaseWrapper, **extra: Any
+    ) -> "_AsSqlType":
         return self.as_sql(
             compiler, connection, template="EXTRACT(EPOCH FROM %(expressions)s)::bigint", **extra
         )
@@ -310,8 +320,9 @@ def plan_moves(
 
 @dataclass(frozen=True)
 class TimelineData:
-    nodes: list[dict]  # pk, hostname, status, status_reason
-    allocations: list[dict]  # node_id, starts_at, ends_at and the reservation's fields
+    nodes: Sequence[Mapping[str, Any]]  # pk, hostname, status, status_reason
+    # node_id, starts_at, ends_at and the reservation's fields:
+    allocations: Sequence[Mapping[str, Any]]
 
 
 def cluster_timeline(cluster: Cluster, starts_at: datetime, ends_at: datetime) -> TimelineData:

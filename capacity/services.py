@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 
 from django.conf import settings
-from django.db import OperationalError, connection, transaction
+from django.db import transaction
 from django.utils import timezone
 
 from accounts import credit
@@ -28,6 +28,7 @@ from core.errors import Conflict, ServiceError
 
 from . import lifecycle, offerings, pricing, provisioning, selectors
 from .models import Allocation, Cluster, GpuModel, Region, Reservation
+from .pools import pool_lock
 from .windows import HOUR, Window, validate_node_count
 
 S = Reservation.State
@@ -47,29 +48,6 @@ class SoldOut(Conflict):
 
 def _after_candidates() -> None:
     """Runs between reading free nodes and writing allocations; tests use it to force races."""
-
-
-def lock_pool(clusters: list[Cluster]) -> None:
-    """Serialize allocators of one pool: lock its cluster rows in pk order."""
-    if not settings.CAPACITY_SERIALIZE_ALLOCATIONS or not clusters:
-        return
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute(
-                "SET LOCAL lock_timeout = %s", [f"{settings.CAPACITY_LOCK_TIMEOUT_MS}ms"]
-            )
-    try:
-        list(
-            Cluster.objects.select_for_update()
-            .filter(pk__in=[c.pk for c in clusters])
-            .order_by("pk")
-            .values_list("pk", flat=True)
-        )
-    except OperationalError as exc:  # lock_timeout: too many customers at once
-        raise Conflict(
-            "Capacity is in high demand right now; please try again in a moment.",
-            code="busy",
-        ) from exc
 
 
 def _expire_lapsed_holds(clusters: list[Cluster], now: datetime) -> None:
@@ -144,7 +122,7 @@ def reservation_create(
         starts_at=window.starts_at,
         ends_at=window.ends_at,
     )
-    return hold_capacity(
+    return capacity_hold(
         organization=organization,
         created_by=user,
         gpu_model=gpu_model,
@@ -157,7 +135,7 @@ def reservation_create(
     )
 
 
-def hold_capacity(
+def capacity_hold(
     *,
     organization: Organization,
     created_by: User | None,
@@ -255,7 +233,7 @@ def _create_locked(
         # makes concurrent confirmations take turns (locks are always taken organization
         # first, then the pool).
         credit.require_credit(organization=lock_organization(organization), amount=quote.total)
-    lock_pool(clusters)
+    pool_lock(clusters)
     if request_token:  # the same form may have won the lock a moment ago
         existing = Reservation.objects.filter(
             organization=organization, request_token=request_token
@@ -336,7 +314,7 @@ def reservation_confirm(
         ) from None
     lead = timezone.now() + settings.PROVISIONING_LEAD
     if confirmed.state == S.SCHEDULED and confirmed.starts_at <= lead:
-        provisioning.start(confirmed)
+        provisioning.reservation_start(confirmed)
     return confirmed
 
 
@@ -349,7 +327,7 @@ def _confirm_locked(
     clusters: list[Cluster],
     notify: bool,
 ) -> Reservation:
-    lock_pool(clusters)
+    pool_lock(clusters)
     locked = Reservation.objects.select_for_update().get(pk=reservation.pk)
     if locked.state == S.HELD:
         return lifecycle.transition(
@@ -487,7 +465,7 @@ def reservation_extend(*, reservation: Reservation, actor: User, hours: int) -> 
 
 @transaction.atomic
 def _extend_locked(*, reservation: Reservation, actor: User, hours: int) -> Reservation:
-    lock_pool(selectors.pool_clusters(reservation.gpu_model, reservation.region))
+    pool_lock(selectors.pool_clusters(reservation.gpu_model, reservation.region))
     locked = (
         Reservation.objects.select_for_update()
         .select_related("gpu_model", "region")
@@ -550,12 +528,12 @@ def _extend_locked(*, reservation: Reservation, actor: User, hours: int) -> Rese
             "currency": quote.currency,
         },
     )
-    provisioning.sync_block_after_commit(locked)  # a running block's backend must end later too
+    provisioning.block_sync_after_commit(locked)  # a running block's backend must end later too
     return locked
 
 
 # --- Holds ------------------------------------------------------------------------------------
-def expire_lapsed_holds(now: datetime | None = None) -> int:
+def lapsed_holds_expire(now: datetime | None = None) -> int:
     """Expire every hold past its time and free its nodes. Running it twice changes nothing."""
     now = now or timezone.now()
     expired = 0

@@ -8,27 +8,27 @@ from .drivers import ConfigurationDriverError, PermanentDriverError, TransientDr
 @shared_task(name="capacity.expire_holds")
 def expire_holds() -> int:
     """Expire lapsed payment holds and free their nodes; safe to run twice."""
-    return services.expire_lapsed_holds()
+    return services.lapsed_holds_expire()
 
 
 @shared_task(name="capacity.start_due")
 def start_due() -> int:
-    return provisioning.start_due()
+    return provisioning.reservation_start_due()
 
 
 @shared_task(name="capacity.end_due")
 def end_due() -> int:
-    return provisioning.end_due()
+    return provisioning.reservation_end_due()
 
 
 @shared_task(name="capacity.remind")
 def remind() -> int:
-    return provisioning.remind()
+    return provisioning.reminders_send()
 
 
 @shared_task(name="capacity.reconcile")
 def reconcile() -> dict[str, int]:
-    return provisioning.reconcile()
+    return provisioning.provisioning_reconcile()
 
 
 def _backoff(attempt: int, cap: float = 600) -> int:
@@ -45,12 +45,12 @@ def _retry_provisioning(reservation_id: int, attempt: int, exc: TransientDriverE
         settings.PROVISIONING_MAX_RETRIES is not None
         and attempt >= settings.PROVISIONING_MAX_RETRIES
     ):
-        provisioning.provisioning_failed(reservation_id, f"{exc} (gave up after retries)")
+        provisioning.provisioning_fail(reservation_id, f"{exc} (gave up after retries)")
         return "failed"
     if isinstance(exc, ConfigurationDriverError) or (
         attempt + 1 == settings.PROVISIONING_ALERT_AFTER_RETRIES
     ):
-        provisioning.provisioning_delayed(reservation_id, str(exc))
+        provisioning.provisioning_delay_report(reservation_id, str(exc))
     provision.apply_async(
         kwargs={"reservation_id": reservation_id, "attempt": attempt + 1},
         countdown=_backoff(attempt, settings.PROVISIONING_RETRY_MAX_BACKOFF.total_seconds()),
@@ -64,11 +64,11 @@ def provision(*, reservation_id: int, attempt: int = 0) -> str:
     this one is acknowledged) until the block's time budget is spent, then give up (fail and
     refund); a permanent error gives up at once."""
     try:
-        return provisioning.provision(reservation_id)
+        return provisioning.block_provision(reservation_id)
     except TransientDriverError as exc:
         return _retry_provisioning(reservation_id, attempt, exc)
     except PermanentDriverError as exc:
-        provisioning.provisioning_failed(reservation_id, str(exc))
+        provisioning.provisioning_fail(reservation_id, str(exc))
         return "failed"
 
 
@@ -77,7 +77,7 @@ def release(*, reservation_id: int, attempt: int = 0) -> str:
     """Tear down; transient errors are retried for as long as it takes (the nodes must come
     back), and reconcile re-enqueues a release that stays stuck; a refusal opens an incident."""
     try:
-        return provisioning.release(reservation_id)
+        return provisioning.block_release(reservation_id)
     except TransientDriverError:
         release.apply_async(
             kwargs={"reservation_id": reservation_id, "attempt": attempt + 1},
@@ -87,7 +87,7 @@ def release(*, reservation_id: int, attempt: int = 0) -> str:
     except PermanentDriverError as exc:
         # The block stays releasing (it has not let go); operations hear of it once, and
         # reconcile keeps trying in case whatever refused clears.
-        provisioning.teardown_failed(reservation_id, str(exc))
+        provisioning.block_teardown_failure_report(reservation_id, str(exc))
         return "failed"
 
 
@@ -99,10 +99,12 @@ def deprovision(*, reservation_id: int, attempt: int = 0) -> str:
     PROVISIONING_TEARDOWN_RETRIES, or on a refusal, an incident tells operations, and
     reconcile's leftover sweep keeps trying where the driver can list its blocks."""
     try:
-        return provisioning.teardown(reservation_id)
+        return provisioning.block_teardown(reservation_id)
     except TransientDriverError as exc:
         if attempt >= settings.PROVISIONING_TEARDOWN_RETRIES:
-            provisioning.teardown_failed(reservation_id, f"{exc} (gave up after retries)")
+            provisioning.block_teardown_failure_report(
+                reservation_id, f"{exc} (gave up after retries)"
+            )
             return "failed"
         deprovision.apply_async(
             kwargs={"reservation_id": reservation_id, "attempt": attempt + 1},
@@ -110,7 +112,7 @@ def deprovision(*, reservation_id: int, attempt: int = 0) -> str:
         )
         return "retrying"
     except PermanentDriverError as exc:
-        provisioning.teardown_failed(reservation_id, str(exc))
+        provisioning.block_teardown_failure_report(reservation_id, str(exc))
         return "failed"
 
 
@@ -119,10 +121,10 @@ def sync_block(*, reservation_id: int, attempt: int = 0) -> str:
     """Make a running block's backend match its end and nodes (after an extension or a node
     swap); transient errors are retried with backoff, a refusal opens an incident."""
     try:
-        return provisioning.sync_block(reservation_id)
+        return provisioning.block_sync(reservation_id)
     except TransientDriverError as exc:
         if attempt >= (settings.PROVISIONING_MAX_RETRIES or settings.PROVISIONING_SYNC_RETRIES):
-            provisioning.sync_failed(reservation_id, f"{exc} (gave up after retries)")
+            provisioning.block_sync_failure_report(reservation_id, f"{exc} (gave up after retries)")
             return "failed"
         sync_block.apply_async(
             kwargs={"reservation_id": reservation_id, "attempt": attempt + 1},
@@ -130,5 +132,5 @@ def sync_block(*, reservation_id: int, attempt: int = 0) -> str:
         )
         return "retrying"
     except PermanentDriverError as exc:
-        provisioning.sync_failed(reservation_id, str(exc))
+        provisioning.block_sync_failure_report(reservation_id, str(exc))
         return "failed"

@@ -180,19 +180,19 @@ def layout(
             continue
         left, right = x(booking.starts_at), x(booking.ends_at)
         bar_width = round(max(right - left, 1.0), 1)
-        y = row_of[booking.node_id] + (ROW_HEIGHT - BAR_HEIGHT) / 2
+        bar_y = row_of[booking.node_id] + (ROW_HEIGHT - BAR_HEIGHT) / 2
         fill, ink = STATE_COLOURS.get(booking.state, FALLBACK_COLOURS)
         bars.append(
             Bar(
                 x=left,
-                y=y,
+                y=bar_y,
                 width=bar_width,
                 height=BAR_HEIGHT,
                 fill=fill,
                 ink=ink,
                 label=fit_label(booking.public_id, booking.organization, bar_width),
                 label_x=round(left + BAR_PADDING, 1),
-                label_y=y + BAR_HEIGHT - 4,
+                label_y=bar_y + BAR_HEIGHT - 4,
                 title=(
                     f"{booking.public_id} · {booking.organization} · {booking.state} · "
                     f"{booking.starts_at:%d %b %H:%M} – {booking.ends_at:%d %b %H:%M} UTC"

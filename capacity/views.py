@@ -5,8 +5,10 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django_htmx.middleware import HtmxDetails
 
 from accounts.decorators import org_member
+from accounts.models import Membership, Organization, User
 from accounts.permissions import Permission, can
 from core import audit, crypto
 from core.errors import ServiceError
@@ -17,10 +19,21 @@ from .forms import CancelForm, ExtendForm, OfferingSearchForm, ReserveForm, new_
 from .lifecycle import SETTLED
 from .models import Reservation
 
+
+class MemberRequest(HttpRequest):
+    """A request `org_member` let through: a signed-in user, the organization and membership
+    it set, and django-htmx's details (its middleware runs on every request)."""
+
+    user: User
+    organization: Organization
+    membership: Membership
+    htmx: HtmxDetails
+
+
 ROLE_GATE = "Your role can look at capacity but not reserve it. Ask an owner or admin."
 
 
-def _gate(request: HttpRequest) -> str:
+def _gate(request: MemberRequest) -> str:
     """Why this member cannot reserve right now, or an empty string."""
     if not can(request.membership.role, Permission.MANAGE_RESERVATIONS):
         return ROLE_GATE
@@ -33,7 +46,7 @@ def _gate(request: HttpRequest) -> str:
 
 @org_member(Permission.VIEW_RESERVATIONS)
 @require_GET
-def capacity_search(request: HttpRequest) -> HttpResponse:
+def capacity_search(request: MemberRequest) -> HttpResponse:
     form = OfferingSearchForm(request.GET or None)
     results = None
     if form.is_bound and form.is_valid():
@@ -58,7 +71,7 @@ def capacity_search(request: HttpRequest) -> HttpResponse:
 
 @org_member(Permission.VIEW_RESERVATIONS)
 @require_GET
-def capacity_calendar(request: HttpRequest) -> HttpResponse:
+def capacity_calendar(request: MemberRequest) -> HttpResponse:
     form = OfferingSearchForm(
         {
             "gpu_model": request.GET.get("gpu_model") or "",
@@ -100,7 +113,7 @@ def capacity_calendar(request: HttpRequest) -> HttpResponse:
 
 @org_member(Permission.VIEW_RESERVATIONS)
 @require_http_methods(["GET", "POST"])
-def reservation_new(request: HttpRequest) -> HttpResponse:
+def reservation_new(request: MemberRequest) -> HttpResponse:
     """Quote a block (live while the form changes) and reserve it."""
     gate = _gate(request)
     if request.method == "POST":
@@ -158,7 +171,7 @@ def reservation_new(request: HttpRequest) -> HttpResponse:
     return render(request, "capacity/reservation_new.html", context, status=status)
 
 
-def _quote_or_none(request: HttpRequest, data: dict) -> dict | None:
+def _quote_or_none(request: MemberRequest, data: dict) -> dict | None:
     window = data["window"]
     try:
         quote = pricing.quote(
@@ -185,7 +198,7 @@ def _quote_or_none(request: HttpRequest, data: dict) -> dict | None:
 
 @org_member(Permission.VIEW_RESERVATIONS)
 @require_GET
-def reservation_list(request: HttpRequest) -> HttpResponse:
+def reservation_list(request: MemberRequest) -> HttpResponse:
     state = request.GET.get("state", "")
     reservations = selectors.reservations_for_org(request.organization).select_related("quoted_by")
     if state in Reservation.State.values:
@@ -199,10 +212,10 @@ def reservation_list(request: HttpRequest) -> HttpResponse:
     )
 
 
-def _detail_context(request: HttpRequest, reservation: Reservation) -> dict:
+def _detail_context(request: MemberRequest, reservation: Reservation) -> dict:
     may_manage = can(request.membership.role, Permission.MANAGE_RESERVATIONS)
     now = timezone.now()
-    is_quote = quotes.is_quote(reservation)
+    is_quote = quotes.reservation_is_quote(reservation)
     open_quote = (
         is_quote
         and reservation.state == Reservation.State.HELD
@@ -223,13 +236,13 @@ def _detail_context(request: HttpRequest, reservation: Reservation) -> dict:
     }
 
 
-def _reservation(request: HttpRequest, public_id: str) -> Reservation | None:
+def _reservation(request: MemberRequest, public_id: str) -> Reservation | None:
     return selectors.reservation_for_org(request.organization, public_id)
 
 
 @org_member(Permission.VIEW_RESERVATIONS)
 @require_GET
-def reservation_detail(request: HttpRequest, public_id: str) -> HttpResponse:
+def reservation_detail(request: MemberRequest, public_id: str) -> HttpResponse:
     reservation = _reservation(request, public_id)
     if reservation is None:
         return render(request, "404.html", status=404)
@@ -240,7 +253,7 @@ def reservation_detail(request: HttpRequest, public_id: str) -> HttpResponse:
 
 @org_member(Permission.VIEW_RESERVATIONS)
 @require_GET
-def reservation_status(request: HttpRequest, public_id: str) -> HttpResponse:
+def reservation_status(request: MemberRequest, public_id: str) -> HttpResponse:
     """htmx: the state, timeline and access panel; polls itself while a transition runs."""
     reservation = _reservation(request, public_id)
     if reservation is None:
@@ -253,7 +266,7 @@ def reservation_status(request: HttpRequest, public_id: str) -> HttpResponse:
 
 @org_member(Permission.VIEW_RESERVATIONS)
 @require_GET
-def reservation_kubeconfig(request: HttpRequest, public_id: str) -> HttpResponse:
+def reservation_kubeconfig(request: MemberRequest, public_id: str) -> HttpResponse:
     reservation = _reservation(request, public_id)
     if (
         reservation is None
@@ -277,12 +290,14 @@ def reservation_kubeconfig(request: HttpRequest, public_id: str) -> HttpResponse
 
 @org_member(Permission.MANAGE_RESERVATIONS)
 @require_http_methods(["GET", "POST"])
-def reservation_cancel(request: HttpRequest, public_id: str) -> HttpResponse:
+def reservation_cancel(request: MemberRequest, public_id: str) -> HttpResponse:
     reservation = _reservation(request, public_id)
     if reservation is None:
         return render(request, "404.html", status=404)
     form = CancelForm(request.POST or None)
-    declining = quotes.is_quote(reservation) and reservation.state == Reservation.State.HELD
+    declining = (
+        quotes.reservation_is_quote(reservation) and reservation.state == Reservation.State.HELD
+    )
     if request.method == "POST" and form.is_valid():
         reason = form.cleaned_data["reason"]
         if declining:
@@ -311,7 +326,7 @@ def reservation_cancel(request: HttpRequest, public_id: str) -> HttpResponse:
 
 @org_member(Permission.MANAGE_RESERVATIONS)
 @require_POST
-def quote_accept(request: HttpRequest, public_id: str) -> HttpResponse:
+def quote_accept(request: MemberRequest, public_id: str) -> HttpResponse:
     """Accept a quote on invoice terms (card customers pay it instead)."""
     reservation = _reservation(request, public_id)
     if reservation is None:
@@ -331,7 +346,7 @@ def quote_accept(request: HttpRequest, public_id: str) -> HttpResponse:
 
 @org_member(Permission.MANAGE_RESERVATIONS)
 @require_POST
-def reservation_extend(request: HttpRequest, public_id: str) -> HttpResponse:
+def reservation_extend(request: MemberRequest, public_id: str) -> HttpResponse:
     reservation = _reservation(request, public_id)
     if reservation is None:
         return render(request, "404.html", status=404)

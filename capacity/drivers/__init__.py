@@ -1,6 +1,7 @@
 """Provisioning drivers: one small protocol, chosen by the PROVISIONING_DRIVER setting."""
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Protocol
 
 from django.conf import settings
@@ -48,14 +49,16 @@ class Access:
 
 
 class Driver(Protocol):
-    def provision(self, *, key: str, account: str, nodes: list[str], starts_at, ends_at) -> Access:  # type: ignore[no-untyped-def]
+    def provision(
+        self, *, key: str, account: str, nodes: list[str], starts_at: datetime, ends_at: datetime
+    ) -> Access:
         """Bring the nodes up for the block. Idempotent per `key`: a second call with the same
         key returns the first result without doing the work again."""
 
     def deprovision(self, *, key: str, nodes: list[str]) -> None:
         """Tear the block down. Idempotent: tearing down what is gone is done."""
 
-    def extend(self, *, key: str, nodes: list[str], ends_at) -> None:  # type: ignore[no-untyped-def]
+    def extend(self, *, key: str, nodes: list[str], ends_at: datetime) -> None:
         """Make the running block match `nodes` and `ends_at` (an extension, a node swapped
         out of it). Idempotent: a block that already matches is done."""
 

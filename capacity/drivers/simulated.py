@@ -4,6 +4,7 @@ node state and every call's result kept in the database (so they outlive a kille
 import random
 import secrets
 import time
+from datetime import datetime
 
 from django.conf import settings
 from django.db import transaction
@@ -33,7 +34,9 @@ class SimulatedDriver:
         if dice < settings.PROVISIONING_SIMULATED_FAILURE_RATE:
             raise TransientDriverError(f"Simulated timeout talking to the fabric manager ({key}).")
 
-    def provision(self, *, key: str, account: str, nodes: list[str], starts_at, ends_at) -> Access:  # type: ignore[no-untyped-def]
+    def provision(
+        self, *, key: str, account: str, nodes: list[str], starts_at: datetime, ends_at: datetime
+    ) -> Access:
         call = self._attempt(key, nodes)
         if call.completed_at is not None:
             return _access(call.result)
@@ -81,7 +84,7 @@ class SimulatedDriver:
                 completed_at=timezone.now(), completions=1
             )
 
-    def extend(self, *, key: str, nodes: list[str], ends_at) -> None:  # type: ignore[no-untyped-def]
+    def extend(self, *, key: str, nodes: list[str], ends_at: datetime) -> None:
         self._attempt(key, nodes)
 
     def blocks(self) -> list[str]:

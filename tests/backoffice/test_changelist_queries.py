@@ -219,8 +219,8 @@ BUILDERS: dict[str, B] = {
         for node in nodes(w, n, s)
     ),
     "capacity.incident": lambda w, n, s: Incident.objects.bulk_create(
-        Incident(kind="stuck", reservation=w.reservation, detail=f"stuck {k}")
-        for k in range(s, s + n)
+        Incident(kind="stuck", reservation=w.reservation, node=node, detail=f"stuck {node.pk}")
+        for node in nodes(w, n, s)
     ),
     "billing.billingaccount": lambda w, n, s: BillingAccount.objects.bulk_create(
         BillingAccount(organization=o, stripe_customer_id=f"cus_{o.slug}") for o in orgs(n, s)

@@ -255,7 +255,9 @@ def test_a_batch_preview_proposes_what_its_drains_then_do(catalog, organization,
     claimed: list = []
     proposed = [
         [(m.allocation.reservation.public_id, plan.spare_hostname(m)) for m in plan.moves]
-        for plan in (operations.drain_plan(node=n, avoid=avoid, claimed=claimed) for n in nodes)
+        for plan in (
+            operations.node_drain_plan(node=n, avoid=avoid, claimed=claimed) for n in nodes
+        )
     ]
     assert proposed == [[(first.public_id, "east-a-n02")], [(second.public_id, "east-a-n03")]]
     done = [

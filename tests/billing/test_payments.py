@@ -164,7 +164,7 @@ def test_late_payment_with_capacity_left_is_confirmed(catalog, organization, own
     reservation = held_reservation(organization, owner, catalog)
     method = card(stripe_api)
     with time_machine.travel(timezone.now() + timedelta(minutes=16)):
-        capacity_services.expire_lapsed_holds()
+        capacity_services.lapsed_holds_expire()
         reservation.refresh_from_db()
         assert reservation.state == S.EXPIRED
         # The card form was already open: its payment goes through after the hold lapsed.
@@ -356,7 +356,7 @@ def test_failed_provisioning_is_refunded_in_full(
     payment = pay(reservation, owner, stripe_api)
     reservation.refresh_from_db()
     with django_capture_on_commit_callbacks(execute=True):
-        provisioning.start(reservation)  # its start has come
+        provisioning.reservation_start(reservation)  # its start has come
     reservation.refresh_from_db()
     payment.refresh_from_db()
     assert reservation.state == S.FAILED

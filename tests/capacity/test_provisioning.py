@@ -42,11 +42,11 @@ def test_a_block_is_provisioned_shortly_before_its_start_and_only_once(
     catalog, organization, owner, frozen_clock, django_capture_on_commit_callbacks
 ):
     reservation = scheduled(organization, owner, catalog)  # starts 10:00; it is 09:30
-    assert provisioning.start_due() == 0  # more than 10 minutes ahead
+    assert provisioning.reservation_start_due() == 0  # more than 10 minutes ahead
     frozen_clock.move_to(NEXT_HOUR - timedelta(minutes=10))
     with django_capture_on_commit_callbacks(execute=True):
-        assert provisioning.start_due() == 1
-    assert provisioning.start_due() == 0  # run twice: nothing more
+        assert provisioning.reservation_start_due() == 1
+    assert provisioning.reservation_start_due() == 0  # run twice: nothing more
     assert state(reservation) == S.ACTIVE
     nodes = sorted(
         Allocation.objects.filter(reservation=reservation).values_list("node__hostname", flat=True)
@@ -78,7 +78,7 @@ def test_transient_failures_are_retried_with_backoff_then_succeed(
     settings.PROVISIONING_DRIVER = "tests.capacity.test_provisioning.FlakyDriver"
     reservation = scheduled(organization, owner, catalog, start=NOW.replace(minute=0) + hours(1))
     with django_capture_on_commit_callbacks(execute=True):
-        provisioning.start(reservation)
+        provisioning.reservation_start(reservation)
     assert state(reservation) == S.ACTIVE
     call = SimulatedCall.objects.get(key=f"provision:{reservation.public_id}")
     assert (call.attempts, call.completions) == (3, 1)
@@ -129,7 +129,7 @@ def test_giving_up_fails_refunds_and_tells_everyone(
     broker = Broker(tasks.provision, monkeypatch, frozen_clock)
     mail.outbox.clear()
     with django_capture_on_commit_callbacks(execute=True):
-        provisioning.start(reservation)
+        provisioning.reservation_start(reservation)
     # A controller down for five minutes (or more) does not fail the block: retries go on,
     # the backoff capped at 3 minutes, until 30 minutes after its start.
     results = broker.deliver(django_capture_on_commit_callbacks)
@@ -140,7 +140,7 @@ def test_giving_up_fails_refunds_and_tells_everyone(
     assert Allocation.objects.filter(reservation=reservation, released_at__isnull=True).count() == 0
     assert list(Incident.objects.order_by("id").values_list("kind", "detail")) == [
         (
-            "stuck",
+            "provisioning_delayed",
             f"{reservation.public_id}: provisioning is being retried: Simulated timeout talking "
             f"to the fabric manager (provision:{reservation.public_id}).",
         ),
@@ -151,7 +151,7 @@ def test_giving_up_fails_refunds_and_tells_everyone(
         ),
         # The same backend refuses the teardown too: retried 10 times, then operations hear.
         (
-            "stuck",
+            "teardown_failed",
             f"{reservation.public_id}: the backend did not let the block go: Simulated timeout "
             f"talking to the fabric manager (deprovision:{reservation.public_id}). "
             "(gave up after retries)",
@@ -168,7 +168,7 @@ def test_a_retry_cap_still_gives_up_earlier_when_set(
     settings.PROVISIONING_MAX_RETRIES = 2
     reservation = scheduled(organization, owner, catalog)
     with django_capture_on_commit_callbacks(execute=True):
-        provisioning.start(reservation)
+        provisioning.reservation_start(reservation)
     assert state(reservation) == S.FAILED
     assert SimulatedCall.objects.get(key=f"provision:{reservation.public_id}").attempts == 3
 
@@ -180,14 +180,17 @@ def test_a_configuration_error_is_retried_and_tells_operations_once(
     reservation = scheduled(organization, owner, catalog)
     broker = Broker(tasks.provision, monkeypatch)
     with django_capture_on_commit_callbacks(execute=True):
-        provisioning.start(reservation)
+        provisioning.reservation_start(reservation)
     assert broker.countdowns == [5]
     kwargs, _ = broker.queued.pop()
     with django_capture_on_commit_callbacks(execute=True):
         assert tasks.provision(**kwargs) == "retrying"
     assert state(reservation) == S.PROVISIONING
     assert list(Incident.objects.values_list("kind", "detail")) == [
-        ("stuck", f"{reservation.public_id}: provisioning is being retried: Access denied")
+        (
+            "provisioning_delayed",
+            f"{reservation.public_id}: provisioning is being retried: Access denied",
+        )
     ]
 
 
@@ -206,7 +209,7 @@ def test_a_permanent_driver_error_fails_at_once(
         ]
     )
     with django_capture_on_commit_callbacks(execute=True):
-        provisioning.start(reservation)
+        provisioning.reservation_start(reservation)
     assert state(reservation) == S.FAILED
     assert SimulatedCall.objects.get(key=f"provision:{reservation.public_id}").attempts == 1
     assert "do not answer their BMC" in Incident.objects.get().detail
@@ -228,7 +231,7 @@ def test_a_block_canceled_while_provisioning_is_torn_down(
 
     monkeypatch.setattr(SimulatedDriver, "provision", cancel_meanwhile)
     with django_capture_on_commit_callbacks(execute=True):
-        assert provisioning.provision(reservation.pk) == S.CANCELED
+        assert provisioning.block_provision(reservation.pk) == S.CANCELED
     assert state(reservation) == S.CANCELED
     assert SimulatedCall.objects.get(key=f"deprovision:{reservation.public_id}").completions == 1
 
@@ -284,7 +287,7 @@ def test_a_release_the_backend_refuses_tells_operations_once(
     assert state(reservation) == S.RELEASING
     [incident] = Incident.objects.all()
     assert (incident.kind, incident.reservation_id, incident.detail) == (
-        "stuck",
+        "teardown_failed",
         reservation.pk,
         f"{reservation.public_id}: the backend did not let the block go: "
         "Slurm (scontrol): Reservation is in use",
@@ -316,11 +319,11 @@ def test_the_end_releases_the_nodes_and_completes(
 ):
     reservation = scheduled(organization, owner, catalog, length=2)
     with django_capture_on_commit_callbacks(execute=True):
-        provisioning.start(reservation)
+        provisioning.reservation_start(reservation)
     frozen_clock.move_to(NEXT_HOUR + hours(2))
     with django_capture_on_commit_callbacks(execute=True):
-        assert provisioning.end_due() == 1
-    assert provisioning.end_due() == 0
+        assert provisioning.reservation_end_due() == 1
+    assert provisioning.reservation_end_due() == 0
     assert state(reservation) == S.COMPLETED
     assert Allocation.objects.filter(reservation=reservation, released_at__isnull=True).count() == 0
     assert set(SimulatedNode.objects.values_list("block", flat=True)) == {""}
@@ -332,16 +335,16 @@ def test_reminders_go_out_once_each(
 ):
     reservation = scheduled(organization, owner, catalog, length=30)
     with django_capture_on_commit_callbacks(execute=True):
-        provisioning.start(reservation)
+        provisioning.reservation_start(reservation)
     mail.outbox.clear()
     frozen_clock.move_to(NEXT_HOUR + hours(6) + timedelta(minutes=1))  # 23:59 before the end
     with django_capture_on_commit_callbacks(execute=True):
-        assert provisioning.remind() == 1
-        assert provisioning.remind() == 0
+        assert provisioning.reminders_send() == 1
+        assert provisioning.reminders_send() == 0
     frozen_clock.move_to(NEXT_HOUR + hours(29) + timedelta(minutes=1))
     with django_capture_on_commit_callbacks(execute=True):
-        assert provisioning.remind() == 1
-        assert provisioning.remind() == 0
+        assert provisioning.reminders_send() == 1
+        assert provisioning.reminders_send() == 0
     assert [m.subject for m in mail.outbox] == [
         f"{reservation.public_id} ends in 24h",
         f"{reservation.public_id} ends in 1h",
@@ -353,14 +356,14 @@ def test_an_unhealthy_node_goes_to_maintenance_and_is_swapped(
 ):
     reservation = scheduled(organization, owner, catalog, nodes=2)  # east-a has 4 nodes
     with django_capture_on_commit_callbacks(execute=True):
-        provisioning.start(reservation)
+        provisioning.reservation_start(reservation)
     sick = (
         Allocation.objects.filter(reservation=reservation).order_by("node__hostname").first().node
     )
     SimulatedNode.objects.update_or_create(
         hostname=sick.hostname, defaults={"fault": "GPU 3 fell off the bus"}
     )
-    result = provisioning.reconcile()
+    result = provisioning.provisioning_reconcile()
     assert result == {"retried": 0, "unhealthy": 1, "healed": 1, "leftovers": 0}
     sick.refresh_from_db()
     assert (sick.status, sick.status_reason) == (Node.Status.MAINTENANCE, "GPU 3 fell off the bus")
@@ -371,7 +374,7 @@ def test_an_unhealthy_node_goes_to_maintenance_and_is_swapped(
         "node_swapped",
         "node_unhealthy",
     ]
-    assert provisioning.reconcile() == {
+    assert provisioning.provisioning_reconcile() == {
         "retried": 0,
         "unhealthy": 0,
         "healed": 0,
@@ -391,7 +394,7 @@ def test_held_and_provisioning_blocks_leave_an_unhealthy_node_too(
     for node in sick.values():
         SimulatedNode.objects.update_or_create(hostname=node.hostname, defaults={"fault": "PSU"})
     with django_capture_on_commit_callbacks(execute=True):
-        result = provisioning.reconcile()
+        result = provisioning.provisioning_reconcile()
     assert (result["unhealthy"], result["healed"]) == (2, 2)
     for reservation in (held, coming_up):
         [live] = Allocation.objects.filter(reservation=reservation, released_at__isnull=True)
@@ -402,7 +405,7 @@ def test_held_and_provisioning_blocks_leave_an_unhealthy_node_too(
     assert Incident.objects.filter(kind="node_swapped").count() == 2
     # Its provisioning then brings the block up on the new node.
     with django_capture_on_commit_callbacks(execute=True):
-        assert provisioning.provision(coming_up.pk) == S.ACTIVE
+        assert provisioning.block_provision(coming_up.pk) == S.ACTIVE
     coming_up.refresh_from_db()
     [live] = Allocation.objects.filter(reservation=coming_up, released_at__isnull=True)
     assert [n["hostname"] for n in coming_up.access_details["nodes"]] == [live.node.hostname]
@@ -416,9 +419,9 @@ def test_a_stuck_provisioning_is_retried_by_reconcile(
     lifecycle.transition(reservation=reservation, to=S.PROVISIONING, actor=None)
     frozen_clock.shift(timedelta(minutes=16))
     with django_capture_on_commit_callbacks(execute=True):
-        assert provisioning.reconcile()["retried"] == 1
+        assert provisioning.provisioning_reconcile()["retried"] == 1
     assert state(reservation) == S.ACTIVE
-    assert provisioning.reconcile()["retried"] == 0
+    assert provisioning.provisioning_reconcile()["retried"] == 0
 
 
 def test_kubeconfig_download_is_for_members_only(
@@ -426,7 +429,7 @@ def test_kubeconfig_download_is_for_members_only(
 ):
     reservation = scheduled(organization, owner, catalog)
     with django_capture_on_commit_callbacks(execute=True):
-        provisioning.start(reservation)
+        provisioning.reservation_start(reservation)
     url = reverse("reservation-kubeconfig", args=[organization.slug, reservation.public_id])
     response = client_for(owner).get(url)
     assert (

@@ -184,9 +184,9 @@ def test_an_unanswered_quote_expires_at_the_end_of_its_validity(
 ):
     reservation = quote(organization, catalog, days=2)
     frozen_clock.move_to(NOW + timedelta(days=2) - timedelta(seconds=1))
-    assert services.expire_lapsed_holds() == 0
+    assert services.lapsed_holds_expire() == 0
     frozen_clock.move_to(NOW + timedelta(days=2))
-    assert services.expire_lapsed_holds() == 1
+    assert services.lapsed_holds_expire() == 1
     reservation.refresh_from_db()
     assert reservation.state == S.EXPIRED
     assert Allocation.objects.filter(released_at__isnull=True).count() == 0

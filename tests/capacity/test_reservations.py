@@ -137,8 +137,8 @@ def test_strangers_cannot_reserve_for_an_organization(catalog, organization):
 def test_lapsed_holds_expire_once_and_free_their_nodes(catalog, organization, owner, frozen_clock):
     held = reserve(organization, owner, catalog, nodes=4)
     frozen_clock.shift(hours(0.25))
-    assert services.expire_lapsed_holds() == 1
-    assert services.expire_lapsed_holds() == 0
+    assert services.lapsed_holds_expire() == 1
+    assert services.lapsed_holds_expire() == 0
     held.refresh_from_db()
     assert held.state == S.EXPIRED
     assert live_nodes(held) == []
@@ -294,7 +294,7 @@ def test_late_payment_gets_the_same_nodes_back_when_they_are_free(
     held = reserve(organization, owner, catalog, nodes=3)
     nodes = live_nodes(held)
     frozen_clock.shift(hours(0.25))
-    services.expire_lapsed_holds()
+    services.lapsed_holds_expire()
     confirmed = services.reservation_confirm(reservation=held, actor=None, reason="Paid.")
     assert confirmed.state == S.SCHEDULED
     assert live_nodes(confirmed) == nodes

@@ -113,7 +113,12 @@ def test_provisioning_survives_a_killed_worker(catalog, organization, owner, tmp
     second = _worker(tmp_path, "second", latency=0)
     try:
         # Fifteen minutes on, the sweep finds the reservation stuck and enqueues it again.
-        assert provisioning.reconcile(now=timezone.now() + timedelta(minutes=16))["retried"] == 1
+        assert (
+            provisioning.provisioning_reconcile(now=timezone.now() + timedelta(minutes=16))[
+                "retried"
+            ]
+            == 1
+        )
         _wait(
             lambda: Reservation.objects.get(pk=reservation.pk).state == Reservation.State.ACTIVE,
             60,

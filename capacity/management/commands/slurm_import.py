@@ -1,6 +1,6 @@
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from capacity import slurm_inventory
+from capacity.drivers.slurm import inventory
 from capacity.models import Cluster, GpuModel, Region
 from core.errors import ServiceError
 
@@ -35,12 +35,12 @@ class Command(BaseCommand):
             if gpu_model is None:
                 raise CommandError(f"No GPU model with the slug {options['gpu_model']!r}.")
         try:
-            nodes = slurm_inventory.read_nodes(partition=options["partition"])
+            nodes = inventory.read_nodes(partition=options["partition"])
             existing = Cluster.objects.filter(code=options["cluster"]).first()
             if existing is not None and not options["partition"] and not (region or gpu_model):
-                result = slurm_inventory.cluster_resync(cluster=existing, actor=None, nodes=nodes)
+                result = inventory.cluster_resync(cluster=existing, actor=None, nodes=nodes)
             else:
-                result = slurm_inventory.cluster_sync(
+                result = inventory.cluster_sync(
                     code=options["cluster"],
                     nodes=nodes,
                     region=region,

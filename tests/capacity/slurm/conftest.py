@@ -152,4 +152,4 @@ def state(reservation: Reservation) -> str:
 def start(reservation: Reservation, capture) -> None:  # type: ignore[no-untyped-def]
     """What the beat does at the start: provisioning, then the (eager) provision task."""
     with capture(execute=True):
-        assert provisioning.start(reservation)
+        assert provisioning.reservation_start(reservation)

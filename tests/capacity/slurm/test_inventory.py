@@ -6,8 +6,8 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.urls import reverse
 
+from capacity.drivers.slurm.inventory import SlurmNode, cluster_sync, gres_gpus, parse_nodes
 from capacity.models import Cluster, GpuModel, Incident, Node, Region
-from capacity.slurm_inventory import SlurmNode, cluster_sync, gres_gpus, parse_nodes
 from core.errors import ServiceError
 from core.models import AuditEvent
 from tests.backoffice.conftest import make_staff, verified_client

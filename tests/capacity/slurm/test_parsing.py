@@ -8,13 +8,11 @@ from datetime import UTC, datetime
 import pytest
 
 from capacity.drivers import ConfigurationDriverError, PermanentDriverError, TransientDriverError
-from capacity.drivers.slurm import (
-    Runner,
-    SlurmCommandError,
-    SlurmDriver,
+from capacity.drivers.slurm.commands import Runner, SlurmCommandError, classify
+from capacity.drivers.slurm.driver import SlurmDriver
+from capacity.drivers.slurm.parsing import (
     SlurmReservation,
     account_name,
-    classify,
     compress,
     expand,
     node_health,
@@ -351,7 +349,7 @@ def test_an_update_slurm_refuses_is_permanent(settings):
 
 
 def test_a_reservation_whose_jobs_keep_running_is_retried_later(monkeypatch):
-    monkeypatch.setattr("capacity.drivers.slurm.time.sleep", lambda seconds: None)
+    monkeypatch.setattr("capacity.drivers.slurm.driver.time.sleep", lambda seconds: None)
     busy = SlurmCommandError(
         "scontrol", 1, "delete_reservation ReservationName=rsv_abc: Requested reservation is in use"
     )

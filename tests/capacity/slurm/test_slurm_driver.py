@@ -11,7 +11,8 @@ from django.utils import timezone
 from accounts.permissions import Role
 from capacity import operations, provisioning, services, tasks
 from capacity.drivers import get_driver
-from capacity.drivers.slurm import Runner, format_time, parse_key_values
+from capacity.drivers.slurm.commands import Runner
+from capacity.drivers.slurm.parsing import format_time, parse_key_values
 from capacity.models import Incident, Node, Reservation
 from tests.factories import MembershipFactory, UserFactory
 
@@ -62,7 +63,7 @@ def test_provision_extend_and_end_a_block(
         "--wrap=sleep 300",
     ).stdout.split()[-1]
     with django_capture_on_commit_callbacks(execute=True):
-        assert provisioning.end_due(now=reservation.ends_at) == 1
+        assert provisioning.reservation_end_due(now=reservation.ends_at) == 1
     assert state(reservation) == S.COMPLETED
     assert slurm.reservation(name) is None
     job_view = parse_key_values(slurm.scontrol("-o", "show", "job", job).stdout)
@@ -209,7 +210,7 @@ def test_reconcile_deletes_the_slurm_reservation_of_a_block_that_finished(
     Reservation.objects.filter(pk=reservation.pk).update(state=S.FAILED)
     Node.objects.filter(hostname="gpu005").update(status=Node.Status.MAINTENANCE)
     with django_capture_on_commit_callbacks(execute=True):
-        assert provisioning.reconcile() == {
+        assert provisioning.provisioning_reconcile() == {
             "retried": 0,
             "unhealthy": 0,
             "healed": 0,
@@ -217,7 +218,7 @@ def test_reconcile_deletes_the_slurm_reservation_of_a_block_that_finished(
         }
     assert slurm.reservation(reservation.public_id) is None
     with django_capture_on_commit_callbacks(execute=True):
-        assert provisioning.reconcile()["leftovers"] == 0
+        assert provisioning.provisioning_reconcile()["leftovers"] == 0
 
 
 def test_a_job_of_another_account_is_refused_on_a_reserved_node(
@@ -392,7 +393,7 @@ def test_every_call_twice_changes_nothing_the_second_time(
     # The lifecycle too: starting twice provisions once.
     start(reservation, django_capture_on_commit_callbacks)
     with django_capture_on_commit_callbacks(execute=True):
-        assert provisioning.start(reservation) is False
+        assert provisioning.reservation_start(reservation) is False
         assert tasks.provision(reservation_id=reservation.pk) == S.ACTIVE
     ours = {reservation.public_id}
     assert [n for n in slurm.reservations() if n in ours] == [name]
@@ -407,7 +408,7 @@ def test_a_drained_node_goes_to_maintenance_with_slurms_reason_and_its_block_is_
     slurm.scontrol("update", "NodeName=gpu009", "State=DRAIN", "Reason=fan failure")
     try:
         with django_capture_on_commit_callbacks(execute=True):
-            assert provisioning.reconcile() == {
+            assert provisioning.provisioning_reconcile() == {
                 "retried": 0,
                 "unhealthy": 1,
                 "healed": 0,
@@ -423,7 +424,7 @@ def test_a_drained_node_goes_to_maintenance_with_slurms_reason_and_its_block_is_
         )
         # Twice: the node is in maintenance now, nothing more happens.
         with django_capture_on_commit_callbacks(execute=True):
-            assert provisioning.reconcile() == {
+            assert provisioning.provisioning_reconcile() == {
                 "retried": 0,
                 "unhealthy": 0,
                 "healed": 0,
@@ -446,7 +447,7 @@ def test_a_killed_slurmd_puts_its_node_into_maintenance_and_the_block_moves_to_a
     try:
         slurm.wait_state("gpu011", "NOT_RESPONDING", timeout=45)
         with django_capture_on_commit_callbacks(execute=True):
-            assert provisioning.reconcile() == {
+            assert provisioning.provisioning_reconcile() == {
                 "retried": 0,
                 "unhealthy": 1,
                 "healed": 1,
@@ -465,7 +466,7 @@ def test_a_killed_slurmd_puts_its_node_into_maintenance_and_the_block_moves_to_a
         ]
         view = slurm.scontrol("-o", "show", "res", name).stdout
         with django_capture_on_commit_callbacks(execute=True):
-            assert provisioning.reconcile() == {
+            assert provisioning.provisioning_reconcile() == {
                 "retried": 0,
                 "unhealthy": 0,
                 "healed": 0,

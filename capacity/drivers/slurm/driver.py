@@ -28,20 +28,14 @@ account, driven through Slurm's own commands (scontrol, sacctmgr, sinfo).
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import re
-import subprocess
 import time
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 from django.conf import settings
 from django.utils import timezone
 
-from . import (
+from .. import (
     Access,
     ConfigurationDriverError,
     MissingBlockError,
@@ -49,309 +43,32 @@ from . import (
     PermanentDriverError,
     TransientDriverError,
 )
+from .commands import (
+    PERMANENT_MARKERS,
+    TRANSIENT_MARKERS,
+    Runner,
+    SlurmCommandError,
+    classify,
+)
+from .parsing import (
+    NAME_RE,
+    NODE_RE,
+    SlurmReservation,
+    account_name,
+    compress,
+    format_time,
+    node_health,
+    parse_key_values,
+    reservation_name,
+    validate_nodes,
+)
 
 logger = logging.getLogger(__name__)
 
-NAME_RE = re.compile(r"^rsv_[a-z0-9]{1,40}$")
-ACCOUNT_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
-NODE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,62}$")
-COMMANDS = frozenset({"scontrol", "sacctmgr", "sinfo", "scancel", "squeue"})
 # Deleting a reservation whose jobs are still being killed: how often to try, a second apart.
 DELETE_TRIES = 5
-TIME_FORMAT = "%Y-%m-%dT%H:%M:%S"
 # How much earlier than our start a reservation of ours may begin and still count as ours.
 START_LEEWAY = timedelta(seconds=60)
-
-# Slurm's messages for "could not reach the controller (or its database) in time".
-TRANSIENT_MARKERS = (
-    "unable to contact slurm controller",
-    "socket timed out",
-    "connection refused",
-    "connection timed out",
-    "communication connection failure",
-    "zero bytes were transmitted",
-    "slurm backup controller in standby mode",
-    "resource temporarily unavailable",
-    "unable to establish connection",
-    "problem talking to the database",
-    "slurmdbd",
-    "insane message length",
-)
-# Slurm's refusals of what we asked: retrying the same request cannot help.
-PERMANENT_MARKERS = (
-    "overlaps with another reservation",
-    "invalid node name",
-    "requested nodes are busy",
-    "invalid time",
-    "duplicate reservation name",
-    "invalid user",
-    "invalid partition",
-    "requested reservation is invalid",
-    "invalid reservation",
-)
-# Refusals that mean our side is misconfigured (Slurm's permissions, accounting): every block
-# would fail the same way, so they are retried while operations are told, not failed and
-# refunded one by one.
-CONFIGURATION_MARKERS = (
-    "access denied",
-    "invalid account",
-)
-# Down, failing or drained nodes, as sinfo --json reports them (base state or flag). UNKNOWN is
-# not among them: every node is UNKNOWN for a moment after slurmctld restarts.
-UNHEALTHY_STATES = frozenset({"DOWN", "FAIL", "ERROR"})
-UNHEALTHY_FLAGS = frozenset({"DRAIN", "DRAINING", "DRAINED", "NOT_RESPONDING", "FAIL"})
-
-
-class SlurmCommandError(Exception):
-    def __init__(self, command: str, returncode: int, message: str) -> None:
-        super().__init__(message)
-        self.command = command
-        self.returncode = returncode
-        self.message = message
-
-
-# --- Names and node lists -----------------------------------------------------------------------
-def reservation_name(key: str) -> str:
-    """`provision:rsv_abc` -> `rsv_abc`, refusing anything that is not one of our ids."""
-    name = key.rsplit(":", 1)[-1]
-    if not NAME_RE.fullmatch(name):
-        raise PermanentDriverError(f"{key!r} does not name a reservation of ours.")
-    return name
-
-
-def account_name(slug: str) -> str:
-    """An organization's Slurm account: its slug, lower-cased (sacctmgr lower-cases too)."""
-    account = slug.lower()
-    if not ACCOUNT_RE.fullmatch(account):
-        raise PermanentDriverError(f"{slug!r} cannot be a Slurm account name.")
-    return account
-
-
-def validate_nodes(nodes: list[str]) -> list[str]:
-    bad = [n for n in nodes if not isinstance(n, str) or not NODE_RE.fullmatch(n)]
-    if bad:
-        raise PermanentDriverError(f"Not Slurm node names: {', '.join(map(repr, bad))}.")
-    if not nodes:
-        raise PermanentDriverError("A Slurm reservation needs at least one node.")
-    return sorted(set(nodes))
-
-
-_HOST = re.compile(r"^(?P<prefix>.*?)(?P<number>\d+)$")
-
-
-def compress(nodes: list[str]) -> str:
-    """Slurm's compact host list: gpu001,gpu002,gpu003,gpu007 -> gpu[001-003,007]."""
-    groups: dict[tuple[str, int], list[int]] = {}
-    plain: list[str] = []
-    for node in sorted(set(nodes)):
-        match = _HOST.match(node)
-        if not match:
-            plain.append(node)
-            continue
-        digits = match["number"]
-        groups.setdefault((match["prefix"], len(digits)), []).append(int(digits))
-    parts = list(plain)
-    for (prefix, width), numbers in sorted(groups.items()):
-        numbers.sort()
-        ranges: list[str] = []
-        start = prev = numbers[0]
-        for n in [*numbers[1:], None]:
-            if n is not None and n == prev + 1:
-                prev = n
-                continue
-            ranges.append(
-                f"{start:0{width}d}" if start == prev else f"{start:0{width}d}-{prev:0{width}d}"
-            )
-            if n is not None:
-                start = prev = n
-        if len(numbers) == 1:
-            parts.append(f"{prefix}{ranges[0]}")
-        else:
-            parts.append(f"{prefix}[{','.join(ranges)}]")
-    return ",".join(parts)
-
-
-def expand(hostlist: str) -> list[str]:
-    """The inverse of `compress`: gpu[001-003,007],cpu1 -> every name, sorted."""
-    if hostlist in ("", "(null)"):
-        return []
-    names: list[str] = []
-    for item in re.findall(r"[^,\[]+(?:\[[^\]]*\][^,\[]*)*", hostlist):
-        names.extend(_expand_one(item))
-    return sorted(set(names))
-
-
-def _expand_one(item: str) -> list[str]:
-    match = re.match(r"^(?P<head>[^\[]*)\[(?P<body>[^\]]*)\](?P<tail>.*)$", item)
-    if not match:
-        return [item]
-    out: list[str] = []
-    for part in match["body"].split(","):
-        low, _, high = part.partition("-")
-        width = len(low)
-        for n in range(int(low), int(high or low) + 1):
-            out.extend(_expand_one(f"{match['head']}{n:0{width}d}{match['tail']}"))
-    return out
-
-
-# --- Output parsing ---------------------------------------------------------------------------
-def parse_key_values(line: str) -> dict[str, str]:
-    """One `scontrol -o show ...` record. Values may hold spaces (OS=Linux 6.1 #1 ...): a token
-    without "=" belongs to the value before it."""
-    out: dict[str, str] = {}
-    key = None
-    for token in line.split():
-        name, sep, value = token.partition("=")
-        if sep and re.fullmatch(r"[A-Za-z][A-Za-z0-9_:/]*", name):
-            key = name
-            out[key] = value
-        elif key is not None:
-            out[key] = f"{out[key]} {token}"
-    return out
-
-
-def parse_time(value: str) -> datetime:
-    return datetime.strptime(value, TIME_FORMAT).replace(tzinfo=UTC)
-
-
-def format_time(value: datetime) -> str:
-    return value.astimezone(UTC).strftime(TIME_FORMAT)
-
-
-@dataclass(frozen=True)
-class SlurmReservation:
-    name: str
-    nodes: list[str]
-    starts_at: datetime
-    ends_at: datetime
-    accounts: list[str]
-    state: str
-
-    @classmethod
-    def parse(cls, line: str) -> SlurmReservation:
-        fields = parse_key_values(line)
-        accounts = fields.get("Accounts", "")
-        return cls(
-            name=fields["ReservationName"],
-            nodes=expand(fields.get("Nodes", "")),
-            starts_at=parse_time(fields["StartTime"]),
-            ends_at=parse_time(fields["EndTime"]),
-            accounts=[] if accounts in ("", "(null)") else sorted(accounts.split(",")),
-            state=fields.get("State", ""),
-        )
-
-
-def node_health(sinfo_json: str) -> dict[str, str]:
-    """`sinfo --json` -> {node: "ok" | "Slurm: DOWN+NOT_RESPONDING: <reason>"}."""
-    try:
-        data = json.loads(sinfo_json)
-    except json.JSONDecodeError as exc:
-        raise TransientDriverError(f"sinfo --json printed something else: {exc}") from exc
-    errors = [
-        e.get("error", str(e)) if isinstance(e, dict) else str(e) for e in data.get("errors") or []
-    ]
-    if errors:  # the controller down: sinfo still exits 0, with no nodes and an error
-        raise TransientDriverError(f"Slurm (sinfo): {'; '.join(errors)}")
-    nodes = data.get("nodes")
-    if not nodes:  # never "every node is gone": that would send them all to maintenance
-        raise TransientDriverError("Slurm (sinfo): the controller listed no nodes.")
-    report: dict[str, str] = {}
-    for node in nodes:
-        # 22.05: "state": "idle", "state_flags": ["DRAIN"]; 23.02+: "state": ["IDLE", "DRAIN"].
-        raw = node.get("state", "")
-        states = [str(s).upper() for s in (raw if isinstance(raw, list) else [raw]) if s]
-        state = states[0] if states else ""
-        flags = [*states[1:], *(str(f).upper() for f in node.get("state_flags") or [])]
-        if state in UNHEALTHY_FLAGS:  # a list whose first word is a flag
-            flags, state = [state, *flags], ""
-        if state not in UNHEALTHY_STATES and not UNHEALTHY_FLAGS.intersection(flags):
-            report[node["name"]] = "ok"
-            continue
-        words = "+".join(w for w in [state, *flags] if w)
-        reason = (node.get("reason") or "").strip()
-        report[node["name"]] = f"Slurm: {words}: {reason}" if reason else f"Slurm: {words}"
-    return report
-
-
-def classify(
-    error: SlurmCommandError, *, controller_up: bool | None = None
-) -> TransientDriverError | PermanentDriverError:
-    """Transient when Slurm says it could not reach its controller or database; a
-    ConfigurationDriverError (transient) when it refused us for our configuration; permanent
-    when it refused the request itself. Anything else ("Unexpected message received", which
-    scontrol create says when the controller is down) is transient unless the controller is
-    known to be up."""
-    text = error.message.lower()
-    message = f"Slurm ({error.command}): {error.message}"
-    if any(marker in text for marker in TRANSIENT_MARKERS):
-        return TransientDriverError(message)
-    if any(marker in text for marker in CONFIGURATION_MARKERS):
-        return ConfigurationDriverError(message)
-    if any(marker in text for marker in PERMANENT_MARKERS) or controller_up:
-        return PermanentDriverError(message)
-    return TransientDriverError(message)
-
-
-# --- Running commands -------------------------------------------------------------------------
-class Runner:
-    """Runs one Slurm command: list arguments, no shell, a timeout, TZ=UTC and SLURM_CONF."""
-
-    def __init__(self, *, bin_dir: str = "", conf: str = "", timeout: float = 10.0) -> None:
-        self.bin_dir = bin_dir
-        self.conf = conf
-        self.timeout = timeout
-
-    def env(self) -> dict[str, str]:
-        # Only what Slurm's commands need: not our secrets, nor a surrounding Slurm job's
-        # SLURM_JOB_ID and the like.
-        env = {
-            "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
-            "HOME": os.environ.get("HOME", "/"),
-            "TZ": "UTC",
-            "LC_ALL": "C",
-        }
-        if self.conf:
-            env["SLURM_CONF"] = self.conf
-        return env
-
-    def path(self, command: str) -> str:
-        if command not in COMMANDS:
-            raise ValueError(f"Not a Slurm command we run: {command}")
-        return str(Path(self.bin_dir) / command) if self.bin_dir else command
-
-    def __call__(self, command: str, *args: str) -> str:
-        """stdout on success; SlurmCommandError with Slurm's message when it exits non-zero;
-        TransientDriverError on a timeout or a missing command."""
-        argv = [self.path(command), *args]
-        try:
-            proc = subprocess.run(  # noqa: S603 - list arguments, validated, no shell
-                argv,
-                capture_output=True,
-                text=True,
-                timeout=self.timeout,
-                env=self.env(),
-                stdin=subprocess.DEVNULL,
-                check=False,
-            )
-        except subprocess.TimeoutExpired as exc:
-            raise TransientDriverError(
-                f"Slurm ({command}) did not answer within {self.timeout:g} s."
-            ) from exc
-        except OSError as exc:  # not installed, or SLURM_BIN_DIR wrong: fixable by operations
-            raise TransientDriverError(f"Cannot run {argv[0]}: {exc.strerror or exc}.") from exc
-        if proc.returncode != 0:
-            text = proc.stderr.strip() or proc.stdout.strip() or "no message"
-            raise SlurmCommandError(command, proc.returncode, error_line(text)[:500])
-        return proc.stdout
-
-
-def error_line(text: str) -> str:
-    """Slurm's error out of what a failed command printed: scontrol create prefixes its
-    error with a multi-line "Note, unless nodes are directly requested ..." that says nothing
-    about it. The lines that say "error" when there are any, else everything."""
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    errors = [line for line in lines if "error" in line.lower()]
-    return " ".join(errors or lines)
 
 
 # --- The driver ----------------------------------------------------------------------------------
@@ -443,7 +160,9 @@ class SlurmDriver:
             raise self._failure(exc) from exc
 
     # The protocol
-    def provision(self, *, key: str, account: str, nodes: list[str], starts_at, ends_at) -> Access:  # type: ignore[no-untyped-def]
+    def provision(
+        self, *, key: str, account: str, nodes: list[str], starts_at: datetime, ends_at: datetime
+    ) -> Access:
         """Create the reservation `NAME` on exactly `nodes` for [starts_at, ends_at) and
         `account`. Done already (same nodes, window and account) is done."""
         name = reservation_name(key)
@@ -509,7 +228,9 @@ class SlurmDriver:
             raise error from exc
         logger.info("slurm reservation %s updated: %s", name, " ".join(changes))
 
-    def describe(self, *, key: str, account: str, nodes: list[str], starts_at, ends_at) -> Access:  # type: ignore[no-untyped-def]
+    def describe(
+        self, *, key: str, account: str, nodes: list[str], starts_at: datetime, ends_at: datetime
+    ) -> Access:
         """The access details for the block as it is now (after a swap or an extension)."""
         return self.access(
             reservation_name(key), account_name(account), validate_nodes(nodes), starts_at, ends_at
@@ -560,7 +281,7 @@ class SlurmDriver:
             logger.info("slurm reservation %s deleted", name)
             return
 
-    def extend(self, *, key: str, nodes: list[str], ends_at) -> None:  # type: ignore[no-untyped-def]
+    def extend(self, *, key: str, nodes: list[str], ends_at: datetime) -> None:
         """Make the reservation end at `ends_at` on `nodes` (a longer block, or a node swapped
         out of it). Already so is done."""
         name = reservation_name(key)

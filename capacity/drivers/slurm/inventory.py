@@ -17,9 +17,11 @@ from django.utils import timezone
 from core import audit
 from core.errors import NotAllowed, ServiceError
 
-from .drivers import DriverError
-from .drivers.slurm import NODE_RE, Runner, SlurmCommandError, classify, parse_key_values
-from .models import Allocation, Cluster, GpuModel, Incident, Node, Region
+from ...incidents import incident_open
+from ...models import Allocation, Cluster, GpuModel, Incident, Node, Region
+from .. import DriverError
+from .commands import Runner, SlurmCommandError, classify
+from .parsing import NODE_RE, parse_key_values
 
 RETIRED_REASON = "No longer in Slurm"  # how we tell our retirements from staff's
 
@@ -179,7 +181,6 @@ def cluster_sync(
     if actor is not None and not (actor.is_staff and actor.has_perm("capacity.change_cluster")):
         raise NotAllowed("You are not allowed to change clusters.")
     cluster = Cluster.objects.select_for_update().filter(code=code).first()
-    result = SyncResult(cluster=cluster)  # type: ignore[arg-type]
     if cluster is None:
         if region is None or gpu_model is None:
             raise ServiceError(
@@ -192,6 +193,7 @@ def cluster_sync(
         cluster.save()
         result = SyncResult(cluster=cluster, created=True)
     else:
+        result = SyncResult(cluster=cluster)
         for name, given, current in (
             ("region", region, cluster.region),
             ("GPU model", gpu_model, cluster.gpu_model),
@@ -282,7 +284,7 @@ def cluster_sync(
             .order_by("starts_at")
         )
         for allocation in holding:
-            Incident.objects.create(
+            incident_open(
                 kind=Incident.Kind.NODE_UNHEALTHY,
                 node=node,
                 reservation=allocation.reservation,
