@@ -10,7 +10,7 @@ from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from accounts.models import Organization, User
 from core.models import AuditEvent
-from core.staff import AuditedAdmin, ReadOnlyAdmin
+from core.staff import AuditedAdmin, ReadOnlyAdmin, StaffReasonForm
 
 
 def audit_log_url(**filters: object) -> str:
@@ -177,8 +177,9 @@ class StaffAuthenticatorAdmin(ReadOnlyAdmin):
         from .two_factor import second_factor_reset
 
         users = {device.user for device in queryset.select_related("user")}
-        reason = request.POST.get("reason", "").strip()
-        if request.POST.get("apply") and reason:
+        form = StaffReasonForm(request.POST if request.POST.get("apply") else None)
+        if form.is_valid():
+            reason = form.cleaned_data["reason"]
             for user in sorted(users, key=lambda u: u.email):
                 second_factor_reset(user=user, actor=request.user, reason=reason)
                 self.message_user(request, f"Second factor reset for {user.email}.")
@@ -193,7 +194,7 @@ class StaffAuthenticatorAdmin(ReadOnlyAdmin):
                 "users": sorted(users, key=lambda u: u.email),
                 "selected": [device.pk for device in queryset],
                 "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME,
-                "missing_reason": bool(request.POST.get("apply")),
+                "form": form,
             },
         )
 

@@ -36,7 +36,7 @@ from billing.models import (
 )
 from core.errors import ServiceError
 from core.money import format_money
-from core.staff import ReadOnlyAdmin
+from core.staff import ReadOnlyAdmin, StaffReasonForm, staff_may
 
 PENDING_NOTE = (
     "Stripe could not be reached; the refund is saved as pending and is sent again automatically."
@@ -162,17 +162,19 @@ class BillingAccountAdmin(FinanceAdmin):
 
 
 # --- Payments and refunds -----------------------------------------------------------------------
-class AmountForm(forms.Form):
+class RefundReasonForm(StaffReasonForm):
+    reason_missing = "Say why the money goes back; the reason is kept."
+    reason_help = "Kept with each refund and in the audit log."
+
+
+class AmountForm(RefundReasonForm):
+    reason_help = "Kept with the refund and in the audit log."
+
     amount = forms.CharField(
         max_length=20,
         widget=forms.TextInput(attrs={"inputmode": "decimal", "autocomplete": "off"}),
     )
-    reason = forms.CharField(
-        max_length=finance.REASON_MAX + 50,
-        required=False,
-        widget=forms.Textarea(attrs={"rows": 3, "cols": 60}),
-        help_text="Kept with the refund and in the audit log.",
-    )
+    field_order = ["amount", "reason"]
 
     def clean_amount(self) -> Decimal:
         text = self.cleaned_data["amount"].strip()
@@ -180,20 +182,6 @@ class AmountForm(forms.Form):
             return Decimal(text)
         except InvalidOperation:
             raise forms.ValidationError("Enter the amount as a number, like 120.00.") from None
-
-
-class ReasonForm(forms.Form):
-    reason = forms.CharField(
-        required=False,
-        widget=forms.Textarea(attrs={"rows": 3, "cols": 60}),
-        help_text="Kept with each refund and in the audit log.",
-    )
-
-    def clean_reason(self) -> str:
-        reason = self.cleaned_data["reason"].strip()
-        if not reason:
-            raise forms.ValidationError("Say why the money goes back; the reason is kept.")
-        return reason
 
 
 class FlaggedFilter(admin.SimpleListFilter):
@@ -312,7 +300,7 @@ class PaymentAdmin(FinanceAdmin):
         )
 
     def has_issue_refund_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return request.user.has_perm("billing.issue_refund")
+        return staff_may(request.user, "billing.issue_refund")
 
     def get_urls(self) -> list[URLPattern]:
         return [
@@ -413,7 +401,7 @@ class PaymentAdmin(FinanceAdmin):
         if self.too_many(request, queryset):
             return None
         payments = list(queryset.select_related("organization").order_by("pk"))
-        form = ReasonForm(request.POST if request.POST.get("confirm") == "yes" else None)
+        form = RefundReasonForm(request.POST if request.POST.get("confirm") == "yes" else None)
         if form.is_bound and form.is_valid():
             done: list[str] = []
             failed: list[tuple[str, str]] = []
@@ -466,7 +454,7 @@ class PaymentAdmin(FinanceAdmin):
             submit="Yes, refund them",
             action="refund_in_full",
             queryset=queryset,
-            form=form if form.is_bound else ReasonForm(),
+            form=form if form.is_bound else RefundReasonForm(),
             danger=True,
         )
 
@@ -682,7 +670,7 @@ class WebhookEventAdmin(FinanceAdmin):
         )
 
     def has_replay_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return request.user.has_perm("billing.replay_webhookevent")
+        return staff_may(request.user, "billing.replay_webhookevent")
 
     def get_urls(self) -> list[URLPattern]:
         return [
@@ -895,7 +883,7 @@ class FinanceFlagAdmin(FinanceAdmin):
         )
 
     def has_resolve_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return request.user.has_perm("billing.resolve_financeflag")
+        return staff_may(request.user, "billing.resolve_financeflag")
 
     def get_urls(self) -> list[URLPattern]:
         return [

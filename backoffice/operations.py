@@ -42,7 +42,7 @@ from capacity.models import (
 from capacity.services import EXTENDABLE
 from core.errors import ServiceError
 from core.models import AuditEvent
-from core.staff import AuditedAdmin
+from core.staff import AuditedAdmin, StaffReasonForm, staff_may
 
 S = Reservation.State
 
@@ -76,17 +76,7 @@ class Section:
     note: str = ""
 
 
-class ReasonForm(forms.Form):
-    reason = forms.CharField(
-        label="Reason",
-        max_length=500,
-        widget=forms.Textarea(attrs={"rows": 2, "cols": 70}),
-        help_text="Recorded in the audit log with your name.",
-        error_messages={"required": "Say why: the reason goes into the audit log."},
-    )
-
-
-class CancelForm(ReasonForm):
+class CancelForm(StaffReasonForm):
     refund = forms.ChoiceField(
         label="Refund",
         choices=operations.RefundBasis.choices,
@@ -96,14 +86,14 @@ class CancelForm(ReasonForm):
     field_order = ["refund", "reason"]
 
 
-class ExtendForm(ReasonForm):
+class ExtendForm(StaffReasonForm):
     hours = forms.IntegerField(
         label="Extend by (hours)", min_value=1, max_value=settings.CAPACITY_MAX_HOURS
     )
     field_order = ["hours", "reason"]
 
 
-class DrainForm(ReasonForm):
+class DrainForm(StaffReasonForm):
     flag_unswappable = forms.BooleanField(
         label="Drain anyway",
         required=False,
@@ -379,7 +369,7 @@ class ClusterAdmin(OperationsMixin, AuditedAdmin):
         now = timezone.now()
         start, end = timeline.window(now, days)
         data = selectors.cluster_timeline(cluster, start, end)
-        linked = request.user.has_perm("capacity.view_reservation")
+        linked = staff_may(request.user, "capacity.view_reservation")
         # One reverse for every bar: the pk goes where the placeholder is.
         url = reverse("admin:capacity_reservation_change", args=[0]).replace("/0/", "/{}/")
         chart = timeline.layout(
@@ -467,7 +457,7 @@ class NodeAdmin(OperationsMixin, HostnameSearch, AuditedAdmin):
         return False  # nodes are retired, never deleted: allocations refer to them
 
     def has_drain_permission(self, request: HttpRequest) -> bool:
-        return request.user.has_perm(operations.DRAIN)
+        return staff_may(request.user, operations.DRAIN)
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Node]:
         live = Q(
@@ -798,7 +788,7 @@ class ReservationAdmin(OperationsMixin, admin.ModelAdmin):
         return False  # the audit trail and the ledger refer to reservations
 
     def has_operate_permission(self, request: HttpRequest) -> bool:
-        return request.user.has_perm(operations.OPERATE)
+        return staff_may(request.user, operations.OPERATE)
 
     @admin.display(description="Region", ordering="region__code")
     def region_code(self, reservation: Reservation) -> str:
@@ -862,7 +852,7 @@ class ReservationAdmin(OperationsMixin, admin.ModelAdmin):
                 if obj.state in states
             ]
             context["changelist_url"] = reverse("admin:capacity_reservation_changelist")
-            if request.user.has_perm("capacity.view_cluster"):
+            if staff_may(request.user, "capacity.view_cluster"):
                 context["timeline_url"] = reverse(
                     "admin:capacity_cluster_timeline", args=[obj.cluster_id]
                 )
@@ -988,7 +978,7 @@ class ReservationAdmin(OperationsMixin, admin.ModelAdmin):
     @admin.action(description="Force release…", permissions=["operate"])
     def force_release(self, request: HttpRequest, queryset: QuerySet) -> HttpResponse | None:
         reservations = list(queryset.select_related("organization").order_by("starts_at", "pk"))
-        form = _bound(ReasonForm, request)
+        form = _bound(StaffReasonForm, request)
         if form.is_bound and form.is_valid():
             reason = form.cleaned_data["reason"]
             self.run_each(
@@ -1094,7 +1084,7 @@ class IncidentAdmin(OperationsMixin, admin.ModelAdmin):
         return False
 
     def has_resolve_permission(self, request: HttpRequest) -> bool:
-        return request.user.has_perm(operations.RESOLVE)
+        return staff_may(request.user, operations.RESOLVE)
 
     def row_name(self, obj: Any) -> str:
         return str(obj.pk)

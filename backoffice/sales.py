@@ -11,7 +11,6 @@ subqueries, related rows are joined.
 from collections.abc import Callable, Iterable
 from datetime import timedelta
 from decimal import Decimal
-from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
@@ -50,7 +49,7 @@ from capacity.windows import window_for
 from core.errors import ServiceError
 from core.forms import add_service_error
 from core.money import format_money
-from core.staff import ServiceErrorsAsMessages
+from core.staff import ServiceErrorsAsMessages, StaffReasonForm, staff_may
 
 # What the organization was billed: charges and token usage, less credits (billing's spend).
 SPEND_KINDS = (LedgerEntry.Kind.CHARGE, LedgerEntry.Kind.CREDIT, LedgerEntry.Kind.USAGE)
@@ -195,27 +194,14 @@ class ApiKeyInline(_ReadOnlyInline):
 
 
 # --- Action forms ---------------------------------------------------------------------------------
-class ReasonForm(forms.Form):
-    reason = forms.CharField(
-        max_length=account_services.REASON_MAX,
-        required=False,
-        widget=forms.Textarea(attrs={"rows": 3, "cols": 60}),
-        help_text="Kept in the audit log.",
-    )
+class ReasonForm(StaffReasonForm):
+    reason_required = False
+    reason_help = "Kept in the audit log."
 
 
-class SuspendForm(ReasonForm):
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.fields["reason"].required = True
-        self.fields[
-            "reason"
-        ].help_text = (
-            "Shown to the organization's members on every page, and kept in the audit log."
-        )
-        self.fields["reason"].error_messages["required"] = (
-            "Give a reason: the customer sees it and the audit log keeps it."
-        )
+class SuspendForm(StaffReasonForm):
+    reason_missing = "Give a reason: the customer sees it and the audit log keeps it."
+    reason_help = "Shown to the organization's members on every page, and kept in the audit log."
 
 
 class TermsForm(ReasonForm):
@@ -333,13 +319,13 @@ class OrganizationAdmin(ServiceErrorsAsMessages, admin.ModelAdmin):
         return False  # an organization with money records is kept; suspend it instead
 
     def has_approve_terms_permission(self, request: HttpRequest) -> bool:
-        return request.user.has_perm("accounts.approve_terms")
+        return staff_may(request.user, "accounts.approve_terms")
 
     def has_suspend_organization_permission(self, request: HttpRequest) -> bool:
-        return request.user.has_perm("accounts.suspend_organization")
+        return staff_may(request.user, "accounts.suspend_organization")
 
     def has_review_organization_permission(self, request: HttpRequest) -> bool:
-        return request.user.has_perm("accounts.review_organization")
+        return staff_may(request.user, "accounts.review_organization")
 
     # Columns
     @admin.display(description="status", ordering="status")
@@ -396,7 +382,7 @@ class OrganizationAdmin(ServiceErrorsAsMessages, admin.ModelAdmin):
         context = dict(extra_context or {})
         if org is not None:
             context["related_links"] = related_links(request, org)
-            context["may_quote"] = request.user.has_perm("capacity.create_quote")
+            context["may_quote"] = staff_may(request.user, "capacity.create_quote")
         return super().change_view(request, object_id, form_url, context)
 
     def get_urls(self) -> list[URLPattern]:
@@ -583,7 +569,7 @@ class OrganizationAdmin(ServiceErrorsAsMessages, admin.ModelAdmin):
     # Quotes
     def quote_view(self, request: HttpRequest, object_id: int) -> HttpResponse:
         """Make a quote for the organization: fill in, look at the price, then create."""
-        if not request.user.has_perm("capacity.create_quote"):
+        if not staff_may(request.user, "capacity.create_quote"):
             raise PermissionDenied
         org = get_object_or_404(Organization, pk=object_id)
         form = QuoteForm(request.POST or None)
@@ -693,7 +679,7 @@ def related_links(request: HttpRequest, org: Organization) -> list[tuple[str, st
     ]
     links = []
     for app_label, model, label, query in targets:
-        if not request.user.has_perm(f"{app_label}.view_{model}"):
+        if not staff_may(request.user, f"{app_label}.view_{model}"):
             continue
         try:
             url = reverse(f"admin:{app_label}_{model}_changelist")
@@ -754,13 +740,9 @@ class QuoteForm(forms.Form):
 
 
 # --- Negotiated rates ---------------------------------------------------------------------------
-class NegotiatedRateForm(forms.ModelForm):
-    reason = forms.CharField(
-        required=False,
-        max_length=500,
-        widget=forms.Textarea(attrs={"rows": 2, "cols": 60}),
-        help_text="Why this rate (kept in the audit log).",
-    )
+class NegotiatedRateForm(StaffReasonForm, forms.ModelForm):
+    reason_required = False
+    reason_help = "Why this rate (kept in the audit log)."
 
     class Meta:
         model = NegotiatedRate

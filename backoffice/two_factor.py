@@ -20,6 +20,7 @@ from django_otp import login as otp_login
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from core import audit
+from core.staff import reason_clean
 
 from .site import needs_second_factor, safe_next
 
@@ -106,19 +107,17 @@ def device_secret(device: TOTPDevice) -> str:
 def second_factor_reset(*, user: object, actor: object, reason: str) -> int:
     """Forget a staff member's authenticators (a lost phone): they set one up again at their
     next sign-in, after the password. Superusers only; audited with the reason."""
-    from core.errors import NotAllowed, ServiceError
+    from core.errors import NotAllowed
 
     if not (getattr(actor, "is_active", False) and getattr(actor, "is_superuser", False)):
         raise NotAllowed("Only a superuser can reset a second factor.")
-    reason = (reason or "").strip()
-    if not reason:
-        raise ServiceError("Say why: the reason goes into the audit log.", param="reason")
+    reason = reason_clean(reason)
     removed, _ = TOTPDevice.objects.filter(user=user).delete()
     audit.record(
         action="staff.second_factor_reset",
         actor=actor,
         target=user,
         data={"devices": removed},
-        reason=reason[:500],
+        reason=reason,
     )
     return removed

@@ -15,9 +15,10 @@ from django.db import transaction
 from django.utils import timezone
 
 from accounts.models import Organization, User
-from accounts.services import lock_organization, require_staff_permission
+from accounts.services import lock_organization
 from core import audit
 from core.errors import Conflict, ServiceError
+from core.staff import reason_clean, require_staff_permission
 
 from . import pricing
 from .models import GpuModel, NegotiatedRate, Region
@@ -109,6 +110,7 @@ def negotiated_rate_create(
     reason: str = "",
 ) -> NegotiatedRate:
     require_staff_permission(actor, "capacity.add_negotiatedrate", "add negotiated rates")
+    reason = reason_clean(reason, required=False)
     price = validate_rate(
         organization=organization,
         gpu_model=gpu_model,
@@ -132,7 +134,7 @@ def negotiated_rate_create(
         organization=organization,
         target=rate,
         data=_snapshot(rate),
-        reason=reason.strip()[:500],
+        reason=reason,
     )
     return rate
 
@@ -151,6 +153,7 @@ def negotiated_rate_update(
 ) -> NegotiatedRate:
     """Change a rate. Reservations already made keep the price they were made at."""
     require_staff_permission(actor, "capacity.change_negotiatedrate", "change negotiated rates")
+    reason = reason_clean(reason, required=False)
     organization = rate.organization
     price = validate_rate(
         organization=organization,
@@ -182,7 +185,7 @@ def negotiated_rate_update(
         organization=organization,
         target=locked,
         data={"from": before, "to": after},
-        reason=reason.strip()[:500],
+        reason=reason,
     )
     return locked
 
@@ -191,6 +194,7 @@ def negotiated_rate_update(
 def negotiated_rate_delete(*, rate: NegotiatedRate, actor: User, reason: str = "") -> None:
     """Remove a rate. Reservations already made keep the price they were made at."""
     require_staff_permission(actor, "capacity.delete_negotiatedrate", "delete negotiated rates")
+    reason = reason_clean(reason, required=False)
     organization = lock_organization(rate.organization)
     locked = NegotiatedRate.objects.select_related("gpu_model", "region").filter(pk=rate.pk).first()
     if locked is None:
@@ -203,5 +207,5 @@ def negotiated_rate_delete(*, rate: NegotiatedRate, actor: User, reason: str = "
         actor=actor,
         organization=organization,
         data={"rate": pk, **snapshot},
-        reason=reason.strip()[:500],
+        reason=reason,
     )

@@ -466,6 +466,10 @@ TRUSTED_PROXY_HOPS = env.int("TRUSTED_PROXY_HOPS", default=0)
 METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
 
 # --- Product --------------------------------------------------------------------------------
+# The one limit on a reason staff give for an action (and a customer for a cancellation): a
+# longer one is refused with a message that says the limit, never cut.
+STAFF_REASON_MAX_LENGTH = 500
+
 SITE_NAME = "Hyperblock"
 SITE_URL = env.str("SITE_URL", default="http://127.0.0.1:8000")
 SUPPORT_EMAIL = env.str("SUPPORT_EMAIL", default="support@hyperblock.local")
