@@ -12,6 +12,8 @@ from accounts.models import Organization, User
 from core.models import AuditEvent
 from core.staff import AuditedAdmin, ReadOnlyAdmin, StaffReasonForm
 
+from .two_factor import second_factor_reset
+
 
 def audit_log_url(**filters: object) -> str:
     """The audit log filtered, e.g. ``audit_log_url(organization=org.pk)`` or
@@ -174,8 +176,6 @@ class StaffAuthenticatorAdmin(ReadOnlyAdmin):
         description="Reset the second factor (set up again at next sign-in)", permissions=["reset"]
     )
     def reset(self, request: HttpRequest, queryset: QuerySet) -> TemplateResponse | None:
-        from .two_factor import second_factor_reset
-
         users = {device.user for device in queryset.select_related("user")}
         form = StaffReasonForm(request.POST if request.POST.get("apply") else None)
         if form.is_valid():

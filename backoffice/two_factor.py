@@ -7,24 +7,67 @@ sign-in. django-otp throttles wrong codes per device.
 
 import segno
 from django import forms
+from django.conf import settings
 from django.contrib.auth import REDIRECT_FIELD_NAME
 from django.db import transaction
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.urls import reverse
-from django.utils.http import urlencode
+from django.utils.http import url_has_allowed_host_and_scheme, urlencode
 from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_protect
+from django_otp import DEVICE_ID_SESSION_KEY
 from django_otp import login as otp_login
+from django_otp.models import Device
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from core import audit
 from core.staff import reason_clean
 
-from .site import needs_second_factor, safe_next
-
 DEVICE_NAME = "Authenticator app"
+
+
+def otp_required() -> bool:
+    return settings.STAFF_OTP_REQUIRED
+
+
+def second_factor_device(request: HttpRequest) -> Device | None:
+    """The confirmed device this session passed the second factor with, if any.
+
+    Read from the session here rather than by django-otp's middleware, which would shadow
+    `User.is_verified` (the e-mail address check) with its own method.
+    """
+    persistent_id = request.session.get(DEVICE_ID_SESSION_KEY)
+    if not persistent_id:
+        return None
+    device = Device.from_persistent_id(persistent_id)
+    if device is None or device.user_id != request.user.pk or not device.confirmed:
+        return None
+    return device
+
+
+def needs_second_factor(request: HttpRequest) -> bool:
+    user = request.user
+    return (
+        otp_required()
+        and user.is_authenticated
+        and user.is_active
+        and user.is_staff
+        and second_factor_device(request) is None
+    )
+
+
+def safe_next(request: HttpRequest, default: str) -> str:
+    target = request.POST.get("next") or request.GET.get("next") or ""
+    if url_has_allowed_host_and_scheme(target, {request.get_host()}, request.is_secure()):
+        return target
+    return default
+
+
+def redirect_to_second_factor(request: HttpRequest) -> HttpResponse:
+    target = safe_next(request, reverse("admin:index"))
+    return redirect(f"{reverse('admin:two_factor')}?{urlencode({'next': target})}")
 
 
 class CodeForm(forms.Form):
