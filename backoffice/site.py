@@ -1,8 +1,11 @@
 """The admin site: staff sign in with a password, then a TOTP code; the index is a dashboard."""
 
+from typing import Any
+
 from django.contrib import admin
 from django.http import HttpRequest, HttpResponse
-from django.urls import URLPattern, path
+from django.template.response import TemplateResponse
+from django.urls import URLPattern, URLResolver, path
 
 from .two_factor import needs_second_factor, redirect_to_second_factor, verify
 
@@ -24,13 +27,15 @@ class BackOfficeSite(admin.AdminSite):
             return redirect_to_second_factor(request)
         return response
 
-    def get_urls(self) -> list[URLPattern]:
+    def get_urls(self) -> list[URLResolver | URLPattern]:
         return [
             path("two-factor/", verify, name="two_factor"),
             *super().get_urls(),
         ]
 
-    def index(self, request: HttpRequest, extra_context: dict | None = None) -> HttpResponse:
+    def index(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> TemplateResponse:
         from . import dashboard
 
         context = {**dashboard.context(request), **(extra_context or {})}

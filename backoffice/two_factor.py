@@ -22,6 +22,7 @@ from django_otp import login as otp_login
 from django_otp.models import Device
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
+from accounts.models import User
 from core import audit
 from core.staff import reason_clean
 
@@ -147,7 +148,7 @@ def device_secret(device: TOTPDevice) -> str:
 
 
 @transaction.atomic
-def second_factor_reset(*, user: object, actor: object, reason: str) -> int:
+def second_factor_reset(*, user: User, actor: User, reason: str) -> int:
     """Forget a staff member's authenticators (a lost phone): they set one up again at their
     next sign-in, after the password. Superusers only; audited with the reason."""
     from core.errors import NotAllowed

@@ -139,7 +139,7 @@ class AuditedAdmin(admin.ModelAdmin):
             fields = [name for name in form.changed_data if name not in m2m]
             if not fields:
                 return
-            data = {
+            data: dict[str, dict[str, Any]] = {
                 "changes": {
                     name: ["…", "…"]
                     if name in secret
@@ -181,7 +181,7 @@ class AuditedAdmin(admin.ModelAdmin):
         )
 
 
-class ServiceErrorsAsMessages:
+class ServiceErrorsAsMessages(admin.ModelAdmin):
     """For admins whose save goes through a service: a refusal the form's validation could not
     see coming (another change in between) rolls the save back and is shown as a message."""
 
@@ -193,9 +193,7 @@ class ServiceErrorsAsMessages:
         extra_context: dict | None = None,
     ) -> HttpResponse:
         try:
-            return super().changeform_view(  # type: ignore[misc]
-                request, object_id, form_url, extra_context
-            )
+            return super().changeform_view(request, object_id, form_url, extra_context)
         except ServiceError as exc:
             messages.error(request, exc.message)
             return HttpResponseRedirect(request.get_full_path())

@@ -3,6 +3,7 @@
 import os
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import environ
 from celery.schedules import crontab
@@ -434,7 +435,7 @@ USAGE_MAX_AGE = timedelta(days=7)  # usage events older than this are refused
 # --- Logging --------------------------------------------------------------------------------
 # LOG_FORMAT=json writes one JSON object a line (for a log collector); the default is plain text.
 LOG_FORMAT = env.str("LOG_FORMAT", default="plain")
-LOGGING = {
+LOGGING: dict[str, Any] = {
     "version": 1,
     "disable_existing_loggers": False,
     "filters": {
