@@ -18,6 +18,7 @@ from django.utils import timezone
 from core import audit
 from core.emails import queue_email
 from core.errors import Conflict, NotAllowed, NotFound, ServiceError
+from core.staff import reason_clean, require_staff_permission
 
 from . import selectors, tokens
 from .models import Invitation, Membership, Organization, User
@@ -499,16 +500,9 @@ def membership_remove(*, membership: Membership, actor: User) -> None:
 # --- Back office: staff decisions about an organization ---------------------------------------
 # Staff act through Django permissions (granted to the staff groups in backoffice/roles.py),
 # not through a membership. Every decision is audited with its reason.
-REASON_MAX = 500
 STAFF_EDITABLE = frozenset(
     {"name", "legal_name", "country", "billing_email", "tax_id", "address", "tier", "account_owner"}
 )
-
-
-def require_staff_permission(actor: User, permission: str, doing: str) -> None:
-    """Raise NotAllowed unless `actor` is active staff holding `app_label.codename`."""
-    if not (actor.is_active and actor.is_staff and actor.has_perm(permission)):
-        raise NotAllowed(f"You are not allowed to {doing}.", code="permission_denied")
 
 
 def lock_organization(organization: Organization) -> Organization:
@@ -518,12 +512,9 @@ def lock_organization(organization: Organization) -> Organization:
 
 
 def _clean_reason(reason: str, *, required: bool) -> str:
-    reason = (reason or "").strip()
-    if required and not reason:
-        raise ServiceError("Give a reason: the customer and the audit log see it.", param="reason")
-    if len(reason) > REASON_MAX:
-        raise ServiceError(f"Keep the reason to {REASON_MAX} characters.", param="reason")
-    return reason
+    return reason_clean(
+        reason, required=required, missing="Give a reason: the customer and the audit log see it."
+    )
 
 
 @transaction.atomic

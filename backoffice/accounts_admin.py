@@ -56,8 +56,9 @@ class InvitationAdmin(admin.ModelAdmin):
     list_select_related = ["organization"]
     search_fields = ["^email", "^organization__name"]
     # The token's digest is of no use to anyone reading this page; it stays out of it.
-    fields = [f.name for f in Invitation._meta.fields if f.name not in ("id", "token_digest")]
-    readonly_fields = fields
+    fields = readonly_fields = tuple(
+        f.name for f in Invitation._meta.fields if f.name not in ("id", "token_digest")
+    )
 
     def has_add_permission(self, request: object) -> bool:
         return False

@@ -1,4 +1,5 @@
 from django.contrib import admin
+from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.contrib.auth.admin import GroupAdmin
 from django.contrib.auth.models import Group
 from django.db.models import QuerySet
@@ -9,11 +10,14 @@ from django.utils.html import format_html
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from accounts.models import Organization, User
+from backoffice.actor import staff_actor
 from core.models import AuditEvent
-from core.staff import AuditedAdmin, ReadOnlyAdmin
+from core.staff import AuditedAdmin, ReadOnlyAdmin, StaffReasonForm
+
+from .two_factor import second_factor_reset
 
 
-def audit_log_url(**filters: object) -> str:
+def audit_log_url(**filters: str | int) -> str:
     """The audit log filtered, e.g. ``audit_log_url(organization=org.pk)`` or
     ``audit_log_url(object="capacity.reservation:12")``; other admin pages link here."""
     from django.utils.http import urlencode
@@ -174,13 +178,12 @@ class StaffAuthenticatorAdmin(ReadOnlyAdmin):
         description="Reset the second factor (set up again at next sign-in)", permissions=["reset"]
     )
     def reset(self, request: HttpRequest, queryset: QuerySet) -> TemplateResponse | None:
-        from .two_factor import second_factor_reset
-
         users = {device.user for device in queryset.select_related("user")}
-        reason = request.POST.get("reason", "").strip()
-        if request.POST.get("apply") and reason:
+        form = StaffReasonForm(request.POST if request.POST.get("apply") else None)
+        if form.is_valid():
+            reason = form.cleaned_data["reason"]
             for user in sorted(users, key=lambda u: u.email):
-                second_factor_reset(user=user, actor=request.user, reason=reason)
+                second_factor_reset(user=user, actor=staff_actor(request), reason=reason)
                 self.message_user(request, f"Second factor reset for {user.email}.")
             return None
         return TemplateResponse(
@@ -192,8 +195,8 @@ class StaffAuthenticatorAdmin(ReadOnlyAdmin):
                 "opts": self.model._meta,
                 "users": sorted(users, key=lambda u: u.email),
                 "selected": [device.pk for device in queryset],
-                "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME,
-                "missing_reason": bool(request.POST.get("apply")),
+                "action_checkbox_name": ACTION_CHECKBOX_NAME,
+                "form": form,
             },
         )
 

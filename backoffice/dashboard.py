@@ -20,6 +20,7 @@ from accounts.models import Organization
 from billing.models import LedgerEntry
 from capacity import selectors as capacity_selectors
 from capacity.models import Cluster, GpuModel, Incident, Node, Region, Reservation
+from core.staff import staff_may
 
 S = Reservation.State
 DAYS = 56  # eight weeks ahead, as far as customers can book
@@ -233,11 +234,11 @@ def context(request: HttpRequest) -> dict:
     now = timezone.now()
     user = request.user
     panels: dict = {"dashboard": True, "now": now}
-    if user.has_perm("capacity.view_reservation"):
+    if staff_may(user, "capacity.view_reservation"):
         panels["heatmap"] = utilization(now)
         panels["attention"] = attention(now)
-    if user.has_perm("billing.view_ledgerentry"):
+    if staff_may(user, "billing.view_ledgerentry"):
         panels["revenue"] = revenue(now)
-    if user.has_perm("accounts.view_organization"):
+    if staff_may(user, "accounts.view_organization"):
         panels["review"], panels["review_count"] = waiting_review()
     return panels

@@ -8,6 +8,7 @@ the repository.
 import hashlib
 import hmac
 from base64 import b32encode
+from collections.abc import Callable
 
 from django.apps import apps
 from django.contrib.auth.models import Group
@@ -35,7 +36,7 @@ def base32(key: bytes) -> str:
     return b32encode(key).decode().rstrip("=")
 
 
-def load_staff(password: str, make_user) -> list[tuple[User, str]]:  # type: ignore[no-untyped-def]
+def load_staff(password: str, make_user: Callable[..., User]) -> list[tuple[User, str]]:
     """Create or refresh the demo staff in their groups; returns each with its TOTP key."""
     sync_staff_groups(apps)
     made = []

@@ -6,13 +6,15 @@ through actions and buttons that confirm first and report each row that failed.
 """
 
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.contrib.admin.utils import unquote
+from django.contrib.admin.views.main import ChangeList
 from django.core.exceptions import PermissionDenied
 from django.db.models import Model, QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
@@ -21,6 +23,7 @@ from django.urls import URLPattern, path, reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
+from backoffice.actor import staff_actor
 from billing import finance, gateway
 from billing.models import (
     BillingAccount,
@@ -36,7 +39,10 @@ from billing.models import (
 )
 from core.errors import ServiceError
 from core.money import format_money
-from core.staff import ReadOnlyAdmin
+from core.staff import ReadOnlyAdmin, StaffReasonForm, staff_may
+
+if TYPE_CHECKING:
+    from django.contrib.admin.filters import _ListFilterChoices
 
 PENDING_NOTE = (
     "Stripe could not be reached; the refund is saved as pending and is sent again automatically."
@@ -98,7 +104,7 @@ class FinanceAdmin(IdSearch, ReadOnlyAdmin):
             "form": form,
             "cancel_url": cancel_url or reverse(self._url("changelist")),
             "danger": danger,
-            "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME,
+            "action_checkbox_name": ACTION_CHECKBOX_NAME,
         }
         return TemplateResponse(request, "admin/billing/confirm.html", context)
 
@@ -162,17 +168,19 @@ class BillingAccountAdmin(FinanceAdmin):
 
 
 # --- Payments and refunds -----------------------------------------------------------------------
-class AmountForm(forms.Form):
+class RefundReasonForm(StaffReasonForm):
+    reason_missing = "Say why the money goes back; the reason is kept."
+    reason_help = "Kept with each refund and in the audit log."
+
+
+class AmountForm(RefundReasonForm):
+    reason_help = "Kept with the refund and in the audit log."
+
     amount = forms.CharField(
         max_length=20,
         widget=forms.TextInput(attrs={"inputmode": "decimal", "autocomplete": "off"}),
     )
-    reason = forms.CharField(
-        max_length=finance.REASON_MAX + 50,
-        required=False,
-        widget=forms.Textarea(attrs={"rows": 3, "cols": 60}),
-        help_text="Kept with the refund and in the audit log.",
-    )
+    field_order = ["amount", "reason"]
 
     def clean_amount(self) -> Decimal:
         text = self.cleaned_data["amount"].strip()
@@ -180,20 +188,6 @@ class AmountForm(forms.Form):
             return Decimal(text)
         except InvalidOperation:
             raise forms.ValidationError("Enter the amount as a number, like 120.00.") from None
-
-
-class ReasonForm(forms.Form):
-    reason = forms.CharField(
-        required=False,
-        widget=forms.Textarea(attrs={"rows": 3, "cols": 60}),
-        help_text="Kept with each refund and in the audit log.",
-    )
-
-    def clean_reason(self) -> str:
-        reason = self.cleaned_data["reason"].strip()
-        if not reason:
-            raise forms.ValidationError("Say why the money goes back; the reason is kept.")
-        return reason
 
 
 class FlaggedFilter(admin.SimpleListFilter):
@@ -312,7 +306,7 @@ class PaymentAdmin(FinanceAdmin):
         )
 
     def has_issue_refund_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return request.user.has_perm("billing.issue_refund")
+        return staff_may(request.user, "billing.issue_refund")
 
     def get_urls(self) -> list[URLPattern]:
         return [
@@ -352,7 +346,7 @@ class PaymentAdmin(FinanceAdmin):
             amount, reason = form.cleaned_data["amount"], form.cleaned_data["reason"]
             try:
                 finance.refund_check(
-                    payment=payment, amount=amount, reason=reason, actor=request.user
+                    payment=payment, amount=amount, reason=reason, actor=staff_actor(request)
                 )
             except ServiceError as exc:
                 form.add_error(exc.param if exc.param in form.fields else None, exc.message)
@@ -387,7 +381,7 @@ class PaymentAdmin(FinanceAdmin):
     ) -> HttpResponse:
         try:
             refund = finance.refund_by_staff(
-                payment=payment, amount=amount, reason=reason, actor=request.user
+                payment=payment, amount=amount, reason=reason, actor=staff_actor(request)
             )
         except gateway.GatewayUnavailable:
             messages.warning(request, PENDING_NOTE)
@@ -413,7 +407,7 @@ class PaymentAdmin(FinanceAdmin):
         if self.too_many(request, queryset):
             return None
         payments = list(queryset.select_related("organization").order_by("pk"))
-        form = ReasonForm(request.POST if request.POST.get("confirm") == "yes" else None)
+        form = RefundReasonForm(request.POST if request.POST.get("confirm") == "yes" else None)
         if form.is_bound and form.is_valid():
             done: list[str] = []
             failed: list[tuple[str, str]] = []
@@ -427,7 +421,7 @@ class PaymentAdmin(FinanceAdmin):
                         payment=payment,
                         amount=amount,
                         reason=form.cleaned_data["reason"],
-                        actor=request.user,
+                        actor=staff_actor(request),
                     )
                 except gateway.GatewayUnavailable:
                     failed.append((payment.public_id, PENDING_NOTE))
@@ -466,7 +460,7 @@ class PaymentAdmin(FinanceAdmin):
             submit="Yes, refund them",
             action="refund_in_full",
             queryset=queryset,
-            form=form if form.is_bound else ReasonForm(),
+            form=form if form.is_bound else RefundReasonForm(),
             danger=True,
         )
 
@@ -682,7 +676,7 @@ class WebhookEventAdmin(FinanceAdmin):
         )
 
     def has_replay_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return request.user.has_perm("billing.replay_webhookevent")
+        return staff_may(request.user, "billing.replay_webhookevent")
 
     def get_urls(self) -> list[URLPattern]:
         return [
@@ -709,7 +703,7 @@ class WebhookEventAdmin(FinanceAdmin):
             self,
             request,
             events,
-            lambda event: finance.webhook_replay(event=event, actor=request.user),
+            lambda event: finance.webhook_replay(event=event, actor=staff_actor(request)),
             name=lambda event: event.stripe_event_id,
             verb="Queued for processing again",
         )
@@ -802,7 +796,7 @@ class FlagStateFilter(admin.SimpleListFilter):
     def lookups(self, request: HttpRequest, model_admin: Any) -> Iterable[tuple[str, str]]:
         return [("open", "Open"), ("resolved", "Resolved"), ("all", "All")]
 
-    def choices(self, changelist: Any) -> Iterable[dict[str, Any]]:
+    def choices(self, changelist: ChangeList) -> Iterator["_ListFilterChoices"]:
         current = self.value() or "open"
         for lookup, title in self.lookup_choices:
             yield {
@@ -895,7 +889,7 @@ class FinanceFlagAdmin(FinanceAdmin):
         )
 
     def has_resolve_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return request.user.has_perm("billing.resolve_financeflag")
+        return staff_may(request.user, "billing.resolve_financeflag")
 
     def get_urls(self) -> list[URLPattern]:
         return [
@@ -923,7 +917,9 @@ class FinanceFlagAdmin(FinanceAdmin):
             self,
             request,
             flags,
-            lambda flag: finance.flag_resolve(flag=flag, actor=request.user, resolution=resolution),
+            lambda flag: finance.flag_resolve(
+                flag=flag, actor=staff_actor(request), resolution=resolution
+            ),
             name=str,
             verb="Resolved",
         )
@@ -996,7 +992,7 @@ class ModelPriceAdmin(admin.ModelAdmin):
         return False  # usage already priced with it stays explainable; change it instead
 
     def save_model(self, request: HttpRequest, obj: ModelPrice, form: Any, change: bool) -> None:
-        finance.model_price_save(price=obj, actor=request.user)
+        finance.model_price_save(price=obj, actor=staff_actor(request))
 
 
 @admin.register(UsageHour)

@@ -6,7 +6,7 @@ each row that failed with its reason. Change lists read their related rows in th
 (list_select_related or annotations), so their query count does not grow with the page.
 """
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -14,6 +14,8 @@ from typing import Any
 from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
+from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+from django.contrib.admin.views.main import ChangeList
 from django.core.exceptions import PermissionDenied
 from django.db import transaction
 from django.db.models import Count, Q, QuerySet
@@ -27,6 +29,7 @@ from django.utils.safestring import SafeString, mark_safe
 from django.utils.text import capfirst
 
 from accounts.models import Organization
+from backoffice.actor import staff_actor
 from capacity import operations, selectors, timeline
 from capacity.drivers.slurm import inventory as slurm_inventory
 from capacity.models import (
@@ -43,7 +46,7 @@ from capacity.models import (
 from capacity.services import EXTENDABLE
 from core.errors import ServiceError
 from core.models import AuditEvent
-from core.staff import AuditedAdmin
+from core.staff import AuditedAdmin, StaffReasonForm, staff_may
 
 S = Reservation.State
 
@@ -77,17 +80,7 @@ class Section:
     note: str = ""
 
 
-class ReasonForm(forms.Form):
-    reason = forms.CharField(
-        label="Reason",
-        max_length=500,
-        widget=forms.Textarea(attrs={"rows": 2, "cols": 70}),
-        help_text="Recorded in the audit log with your name.",
-        error_messages={"required": "Say why: the reason goes into the audit log."},
-    )
-
-
-class CancelForm(ReasonForm):
+class CancelForm(StaffReasonForm):
     refund = forms.ChoiceField(
         label="Refund",
         choices=operations.RefundBasis.choices,
@@ -97,14 +90,14 @@ class CancelForm(ReasonForm):
     field_order = ["refund", "reason"]
 
 
-class ExtendForm(ReasonForm):
+class ExtendForm(StaffReasonForm):
     hours = forms.IntegerField(
         label="Extend by (hours)", min_value=1, max_value=settings.CAPACITY_MAX_HOURS
     )
     field_order = ["hours", "reason"]
 
 
-class DrainForm(ReasonForm):
+class DrainForm(StaffReasonForm):
     flag_unswappable = forms.BooleanField(
         label="Drain anyway",
         required=False,
@@ -118,19 +111,22 @@ class DrainForm(ReasonForm):
 BULK_LIMIT = 100  # rows one action may take; the confirmation page posts every id
 
 
-class OperationsMixin:
+class OperationsMixin(admin.ModelAdmin):
     """Intermediate pages and per-row reporting for the actions of an operations admin."""
 
     confirm_template = "admin/capacity/confirm_action.html"
 
-    def response_action(self, request: HttpRequest, queryset: QuerySet) -> HttpResponse | None:
-        selected = request.POST.getlist(admin.helpers.ACTION_CHECKBOX_NAME)
+    # django-stubs declares an `action_location` argument that Django 5.2 does not pass.
+    def response_action(  # type: ignore[override]
+        self, request: HttpRequest, queryset: QuerySet
+    ) -> HttpResponse | None:
+        selected = request.POST.getlist(ACTION_CHECKBOX_NAME)
         across = request.POST.get("select_across") == "1"
         count = queryset.count() if across else len(selected)
         if count > BULK_LIMIT:
             messages.error(request, f"Select at most {BULK_LIMIT} rows at a time.")
             return HttpResponseRedirect(request.get_full_path())
-        return super().response_action(request, queryset)  # type: ignore[misc]
+        return super().response_action(request, queryset)
 
     def confirmation(
         self,
@@ -144,9 +140,9 @@ class OperationsMixin:
         sections: list[Section],
         submit: str,
     ) -> TemplateResponse:
-        opts = self.model._meta  # type: ignore[attr-defined]
+        opts = self.model._meta
         context = {
-            **self.admin_site.each_context(request),  # type: ignore[attr-defined]
+            **self.admin_site.each_context(request),
             "title": title,
             "subtitle": None,
             "opts": opts,
@@ -157,7 +153,7 @@ class OperationsMixin:
             "form": form,
             "sections": sections,
             "submit": submit,
-            "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME,
+            "action_checkbox_name": ACTION_CHECKBOX_NAME,
             "changelist_url": request.get_full_path(),
         }
         return TemplateResponse(request, self.confirm_template, context)
@@ -185,7 +181,7 @@ class OperationsMixin:
         """ "Node east-a-n00 was not drained: …", or "Reservation rsv_…: …" when the service's
         message does not begin with the object's name. The kind of object comes first, so the
         admin's capitalized first letter falls on it and not on a hostname."""
-        kind = capfirst(self.model._meta.verbose_name)  # type: ignore[attr-defined]
+        kind = capfirst(self.model._meta.verbose_name)
         name = self.row_name(obj)
         return (
             f"{kind} {message}" if message.startswith(f"{name} ") else f"{kind} {name}: {message}"
@@ -276,7 +272,7 @@ class ClusterAdmin(OperationsMixin, AuditedAdmin):
             for cluster in clusters:
                 try:
                     result = slurm_inventory.cluster_resync(
-                        cluster=cluster, actor=request.user, nodes=nodes
+                        cluster=cluster, actor=staff_actor(request), nodes=nodes
                     )
                 except ServiceError as exc:
                     messages.error(request, f"Cluster {cluster.code}: {exc.message}")
@@ -380,7 +376,7 @@ class ClusterAdmin(OperationsMixin, AuditedAdmin):
         now = timezone.now()
         start, end = timeline.window(now, days)
         data = selectors.cluster_timeline(cluster, start, end)
-        linked = request.user.has_perm("capacity.view_reservation")
+        linked = staff_may(request.user, "capacity.view_reservation")
         # One reverse for every bar: the pk goes where the placeholder is.
         url = reverse("admin:capacity_reservation_change", args=[0]).replace("/0/", "/{}/")
         chart = timeline.layout(
@@ -468,7 +464,7 @@ class NodeAdmin(OperationsMixin, HostnameSearch, AuditedAdmin):
         return False  # nodes are retired, never deleted: allocations refer to them
 
     def has_drain_permission(self, request: HttpRequest) -> bool:
-        return request.user.has_perm(operations.DRAIN)
+        return staff_may(request.user, operations.DRAIN)
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Node]:
         live = Q(
@@ -503,7 +499,11 @@ class NodeAdmin(OperationsMixin, HostnameSearch, AuditedAdmin):
 
             def drain_one(node: Node) -> str:
                 result = operations.node_drain(
-                    node=node, actor=request.user, reason=reason, flag_unswappable=flag, avoid=avoid
+                    node=node,
+                    actor=staff_actor(request),
+                    reason=reason,
+                    flag_unswappable=flag,
+                    avoid=avoid,
                 )
                 moved = ", ".join(f"{p} to {h}" for p, h in result.swapped)
                 parts = [f"{node.hostname} is in maintenance"]
@@ -568,7 +568,7 @@ class NodeAdmin(OperationsMixin, HostnameSearch, AuditedAdmin):
         self.run_each(
             request,
             queryset.order_by("hostname"),
-            lambda node: operations.node_restore(node=node, actor=request.user).hostname,
+            lambda node: operations.node_restore(node=node, actor=staff_actor(request)).hostname,
             done="Available again",
         )
 
@@ -594,7 +594,8 @@ class OrganizationFilter(admin.SimpleListFilter):
         organizations = Organization.objects.filter(Q(slug=value.lower()) | Q(name__iexact=value))
         return queryset.filter(organization__in=organizations)
 
-    def choices(self, changelist: Any) -> Iterable[dict]:
+    # Its own template (an input box) reads its own keys, not the links django-stubs expects.
+    def choices(self, changelist: ChangeList) -> Iterator[dict[str, Any]]:  # type: ignore[override]
         yield {
             "value": self.value() or "",
             "hidden": [
@@ -646,8 +647,7 @@ class AllocationInline(admin.TabularInline):
     model = Allocation
     extra = 0
     can_delete = False
-    fields = ["node", "cluster", "starts_at", "ends_at", "released_at"]
-    readonly_fields = fields
+    fields = readonly_fields = ("node", "cluster", "starts_at", "ends_at", "released_at")
     ordering = ["released_at", "node__hostname"]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Allocation]:
@@ -799,7 +799,7 @@ class ReservationAdmin(OperationsMixin, admin.ModelAdmin):
         return False  # the audit trail and the ledger refer to reservations
 
     def has_operate_permission(self, request: HttpRequest) -> bool:
-        return request.user.has_perm(operations.OPERATE)
+        return staff_may(request.user, operations.OPERATE)
 
     @admin.display(description="Region", ordering="region__code")
     def region_code(self, reservation: Reservation) -> str:
@@ -863,7 +863,7 @@ class ReservationAdmin(OperationsMixin, admin.ModelAdmin):
                 if obj.state in states
             ]
             context["changelist_url"] = reverse("admin:capacity_reservation_changelist")
-            if request.user.has_perm("capacity.view_cluster"):
+            if staff_may(request.user, "capacity.view_cluster"):
                 context["timeline_url"] = reverse(
                     "admin:capacity_cluster_timeline", args=[obj.cluster_id]
                 )
@@ -890,7 +890,7 @@ class ReservationAdmin(OperationsMixin, admin.ModelAdmin):
 
             def cancel(r: Reservation) -> str:
                 canceled = operations.reservation_cancel(
-                    reservation=r, actor=request.user, reason=reason, refund=refund
+                    reservation=r, actor=staff_actor(request), reason=reason, refund=refund
                 )
                 due = canceled.refund_due
                 return (
@@ -952,7 +952,7 @@ class ReservationAdmin(OperationsMixin, admin.ModelAdmin):
 
             def extend_one(r: Reservation) -> str:
                 extended = operations.reservation_extend(
-                    reservation=r, actor=request.user, hours=hours, reason=reason
+                    reservation=r, actor=staff_actor(request), hours=hours, reason=reason
                 )
                 return f"{r.public_id} to {extended.ends_at:%d %b %H:%M} UTC"
 
@@ -981,7 +981,7 @@ class ReservationAdmin(OperationsMixin, admin.ModelAdmin):
     @admin.action(description="Retry provisioning or release", permissions=["operate"])
     def retry(self, request: HttpRequest, queryset: QuerySet) -> None:
         def retry_one(r: Reservation) -> str:
-            task = operations.reservation_retry(reservation=r, actor=request.user)
+            task = operations.reservation_retry(reservation=r, actor=staff_actor(request))
             return f"{r.public_id} ({task})"
 
         self.run_each(request, queryset.order_by("pk"), retry_one, done="Retried")
@@ -989,7 +989,7 @@ class ReservationAdmin(OperationsMixin, admin.ModelAdmin):
     @admin.action(description="Force release…", permissions=["operate"])
     def force_release(self, request: HttpRequest, queryset: QuerySet) -> HttpResponse | None:
         reservations = list(queryset.select_related("organization").order_by("starts_at", "pk"))
-        form = _bound(ReasonForm, request)
+        form = _bound(StaffReasonForm, request)
         if form.is_bound and form.is_valid():
             reason = form.cleaned_data["reason"]
             self.run_each(
@@ -997,7 +997,7 @@ class ReservationAdmin(OperationsMixin, admin.ModelAdmin):
                 reservations,
                 lambda r: (
                     operations.reservation_release(
-                        reservation=r, actor=request.user, reason=reason
+                        reservation=r, actor=staff_actor(request), reason=reason
                     ).public_id
                 ),
                 done="Releasing",
@@ -1095,7 +1095,7 @@ class IncidentAdmin(OperationsMixin, admin.ModelAdmin):
         return False
 
     def has_resolve_permission(self, request: HttpRequest) -> bool:
-        return request.user.has_perm(operations.RESOLVE)
+        return staff_may(request.user, operations.RESOLVE)
 
     def row_name(self, obj: Any) -> str:
         return str(obj.pk)
@@ -1124,7 +1124,7 @@ class IncidentAdmin(OperationsMixin, admin.ModelAdmin):
     @admin.action(description="Mark resolved", permissions=["resolve"])
     def resolve(self, request: HttpRequest, queryset: QuerySet[Incident]) -> None:
         def resolve_one(incident: Incident) -> str:
-            operations.incident_resolve(incident=incident, actor=request.user)
+            operations.incident_resolve(incident=incident, actor=staff_actor(request))
             return str(incident.pk)
 
         self.run_each(request, queryset.order_by("pk"), resolve_one, done="Resolved")

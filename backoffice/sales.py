@@ -11,7 +11,7 @@ subqueries, related rows are joined.
 from collections.abc import Callable, Iterable
 from datetime import timedelta
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django import forms
 from django.contrib import admin, messages
@@ -40,6 +40,7 @@ from django_countries import countries
 
 from accounts import services as account_services
 from accounts.models import ApiKey, Membership, Organization
+from backoffice.actor import staff_actor
 from billing import selectors as billing_selectors
 from billing import terms
 from billing.models import LedgerEntry
@@ -50,7 +51,10 @@ from capacity.windows import window_for
 from core.errors import ServiceError
 from core.forms import add_service_error
 from core.money import format_money
-from core.staff import ServiceErrorsAsMessages
+from core.staff import ServiceErrorsAsMessages, StaffReasonForm, staff_may
+
+if TYPE_CHECKING:
+    from django.contrib.admin.options import _FieldGroups
 
 # What the organization was billed: charges and token usage, less credits (billing's spend).
 SPEND_KINDS = (LedgerEntry.Kind.CHARGE, LedgerEntry.Kind.CREDIT, LedgerEntry.Kind.USAGE)
@@ -155,8 +159,7 @@ class MembershipInline(_ReadOnlyInline):
     """Members join by invitation in the portal; here they are only listed."""
 
     model = Membership
-    fields = ["user", "user_name", "role", "created_at"]
-    readonly_fields = fields
+    fields = readonly_fields = ("user", "user_name", "role", "created_at")
     verbose_name_plural = "members"
 
     def get_queryset(self, request: HttpRequest) -> QuerySet:
@@ -171,8 +174,15 @@ class ApiKeyInline(_ReadOnlyInline):
     """Keys without their secrets (only a digest is stored anyway)."""
 
     model = ApiKey
-    fields = ["name", "prefix", "scopes", "created_by", "created_at", "state", "last_used_at"]
-    readonly_fields = fields
+    fields = readonly_fields = (
+        "name",
+        "prefix",
+        "scopes",
+        "created_by",
+        "created_at",
+        "state",
+        "last_used_at",
+    )
     verbose_name_plural = "API keys"
 
     def get_queryset(self, request: HttpRequest) -> QuerySet:
@@ -195,27 +205,14 @@ class ApiKeyInline(_ReadOnlyInline):
 
 
 # --- Action forms ---------------------------------------------------------------------------------
-class ReasonForm(forms.Form):
-    reason = forms.CharField(
-        max_length=account_services.REASON_MAX,
-        required=False,
-        widget=forms.Textarea(attrs={"rows": 3, "cols": 60}),
-        help_text="Kept in the audit log.",
-    )
+class ReasonForm(StaffReasonForm):
+    reason_required = False
+    reason_help = "Kept in the audit log."
 
 
-class SuspendForm(ReasonForm):
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.fields["reason"].required = True
-        self.fields[
-            "reason"
-        ].help_text = (
-            "Shown to the organization's members on every page, and kept in the audit log."
-        )
-        self.fields["reason"].error_messages["required"] = (
-            "Give a reason: the customer sees it and the audit log keeps it."
-        )
+class SuspendForm(StaffReasonForm):
+    reason_missing = "Give a reason: the customer sees it and the audit log keeps it."
+    reason_help = "Shown to the organization's members on every page, and kept in the audit log."
 
 
 class TermsForm(ReasonForm):
@@ -238,7 +235,7 @@ class TermsForm(ReasonForm):
 Outcome = Callable[[Organization], object]
 
 
-class OrganizationAdmin(ServiceErrorsAsMessages, admin.ModelAdmin):
+class OrganizationAdmin(ServiceErrorsAsMessages):
     list_display = [
         "name",
         "tier",
@@ -312,7 +309,9 @@ class OrganizationAdmin(ServiceErrorsAsMessages, admin.ModelAdmin):
         "mark_reviewed",
     ]
 
-    def get_search_results(self, request, queryset, search_term):  # type: ignore[no-untyped-def]
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[Organization], search_term: str
+    ) -> tuple[QuerySet[Organization], bool]:
         """Django matches each word of the search at the start of some field, so "Acme
         Robotics" found nothing ("Robotics" starts no field). A name or legal name that starts
         with the whole search, spaces and all, matches too (the same prefix indexes serve it)."""
@@ -333,13 +332,13 @@ class OrganizationAdmin(ServiceErrorsAsMessages, admin.ModelAdmin):
         return False  # an organization with money records is kept; suspend it instead
 
     def has_approve_terms_permission(self, request: HttpRequest) -> bool:
-        return request.user.has_perm("accounts.approve_terms")
+        return staff_may(request.user, "accounts.approve_terms")
 
     def has_suspend_organization_permission(self, request: HttpRequest) -> bool:
-        return request.user.has_perm("accounts.suspend_organization")
+        return staff_may(request.user, "accounts.suspend_organization")
 
     def has_review_organization_permission(self, request: HttpRequest) -> bool:
-        return request.user.has_perm("accounts.review_organization")
+        return staff_may(request.user, "accounts.review_organization")
 
     # Columns
     @admin.display(description="status", ordering="status")
@@ -356,7 +355,7 @@ class OrganizationAdmin(ServiceErrorsAsMessages, admin.ModelAdmin):
 
     @admin.display(description="spend", ordering="spend")
     def spend_label(self, org: Organization) -> str:
-        return format_money(org.spend, org.currency)
+        return format_money(org.spend, org.currency)  # type: ignore[attr-defined]
 
     @admin.display(description="owner", ordering="account_owner__email")
     def owner_label(self, org: Organization) -> str:
@@ -364,7 +363,7 @@ class OrganizationAdmin(ServiceErrorsAsMessages, admin.ModelAdmin):
 
     @admin.display(description="members", ordering="members")
     def member_count(self, org: Organization) -> int:
-        return org.members
+        return org.members  # type: ignore[attr-defined]
 
     @admin.display(description="reviewed", ordering="reviewed_at")
     def review_label(self, org: Organization) -> str:
@@ -382,7 +381,7 @@ class OrganizationAdmin(ServiceErrorsAsMessages, admin.ModelAdmin):
         changes = {name: form.cleaned_data[name] for name in form.changed_data if name in editable}
         if changes:
             account_services.organization_staff_update(
-                organization=obj, actor=request.user, changes=changes
+                organization=obj, actor=staff_actor(request), changes=changes
             )
 
     def change_view(
@@ -396,7 +395,7 @@ class OrganizationAdmin(ServiceErrorsAsMessages, admin.ModelAdmin):
         context = dict(extra_context or {})
         if org is not None:
             context["related_links"] = related_links(request, org)
-            context["may_quote"] = request.user.has_perm("capacity.create_quote")
+            context["may_quote"] = staff_may(request.user, "capacity.create_quote")
         return super().change_view(request, object_id, form_url, context)
 
     def get_urls(self) -> list[URLPattern]:
@@ -476,7 +475,7 @@ class OrganizationAdmin(ServiceErrorsAsMessages, admin.ModelAdmin):
                 queryset,
                 lambda org: terms.invoice_terms_approve(
                     organization=org,
-                    actor=request.user,
+                    actor=staff_actor(request),
                     credit_limit=data["credit_limit"],
                     payment_days=data["payment_days"],
                     reason=data["reason"],
@@ -513,7 +512,7 @@ class OrganizationAdmin(ServiceErrorsAsMessages, admin.ModelAdmin):
                 request,
                 queryset,
                 lambda org: terms.card_terms_set(
-                    organization=org, actor=request.user, reason=reason
+                    organization=org, actor=staff_actor(request), reason=reason
                 ),
                 "Switched to card terms:",
             )
@@ -541,7 +540,7 @@ class OrganizationAdmin(ServiceErrorsAsMessages, admin.ModelAdmin):
                 request,
                 queryset,
                 lambda org: account_services.organization_suspend(
-                    organization=org, actor=request.user, reason=reason
+                    organization=org, actor=staff_actor(request), reason=reason
                 ),
                 "Suspended",
             )
@@ -564,7 +563,7 @@ class OrganizationAdmin(ServiceErrorsAsMessages, admin.ModelAdmin):
             request,
             queryset,
             lambda org: account_services.organization_reactivate(
-                organization=org, actor=request.user
+                organization=org, actor=staff_actor(request)
             ),
             "Reactivated",
         )
@@ -575,7 +574,7 @@ class OrganizationAdmin(ServiceErrorsAsMessages, admin.ModelAdmin):
             request,
             queryset,
             lambda org: account_services.organization_mark_reviewed(
-                organization=org, actor=request.user
+                organization=org, actor=staff_actor(request)
             ),
             "Marked reviewed:",
         )
@@ -583,7 +582,7 @@ class OrganizationAdmin(ServiceErrorsAsMessages, admin.ModelAdmin):
     # Quotes
     def quote_view(self, request: HttpRequest, object_id: int) -> HttpResponse:
         """Make a quote for the organization: fill in, look at the price, then create."""
-        if not request.user.has_perm("capacity.create_quote"):
+        if not staff_may(request.user, "capacity.create_quote"):
             raise PermissionDenied
         org = get_object_or_404(Organization, pk=object_id)
         form = QuoteForm(request.POST or None)
@@ -616,7 +615,7 @@ class OrganizationAdmin(ServiceErrorsAsMessages, admin.ModelAdmin):
                     try:
                         reservation = quotes.quote_create(
                             organization=org,
-                            actor=request.user,
+                            actor=staff_actor(request),
                             gpu_model=data["gpu_model"],
                             region=data["region"],
                             node_count=data["node_count"],
@@ -693,7 +692,7 @@ def related_links(request: HttpRequest, org: Organization) -> list[tuple[str, st
     ]
     links = []
     for app_label, model, label, query in targets:
-        if not request.user.has_perm(f"{app_label}.view_{model}"):
+        if not staff_may(request.user, f"{app_label}.view_{model}"):
             continue
         try:
             url = reverse(f"admin:{app_label}_{model}_changelist")
@@ -739,8 +738,9 @@ class QuoteForm(forms.Form):
         help_text="The customer sees this with the quote.",
     )
 
-    def clean(self) -> dict:
-        data = super().clean()
+    def clean(self) -> dict[str, Any]:
+        super().clean()
+        data = self.cleaned_data
         if "valid_days" in data:
             data["valid_for"] = timedelta(days=data["valid_days"])
         if "duration_hours" in data and "starts_at" in data:
@@ -754,13 +754,9 @@ class QuoteForm(forms.Form):
 
 
 # --- Negotiated rates ---------------------------------------------------------------------------
-class NegotiatedRateForm(forms.ModelForm):
-    reason = forms.CharField(
-        required=False,
-        max_length=500,
-        widget=forms.Textarea(attrs={"rows": 2, "cols": 60}),
-        help_text="Why this rate (kept in the audit log).",
-    )
+class NegotiatedRateForm(StaffReasonForm, forms.ModelForm):
+    reason_required = False
+    reason_help = "Why this rate (kept in the audit log)."
 
     class Meta:
         model = NegotiatedRate
@@ -779,10 +775,11 @@ class NegotiatedRateForm(forms.ModelForm):
             "valid_until",
         ]
 
-    def clean(self) -> dict:
+    def clean(self) -> dict[str, Any]:
         """Check the rate the way the service will, with the organization's row locked: the
         admin validates and saves in one transaction, so the check still holds at the save."""
-        data = super().clean()
+        super().clean()
+        data = self.cleaned_data
         organization = data.get("organization") or (
             self.instance.organization if self.instance.pk else None
         )
@@ -826,7 +823,7 @@ class ValidityFilter(admin.SimpleListFilter):
         return queryset
 
 
-class NegotiatedRateAdmin(ServiceErrorsAsMessages, admin.ModelAdmin):
+class NegotiatedRateAdmin(ServiceErrorsAsMessages):
     form = NegotiatedRateForm
     list_display = [
         "organization",
@@ -865,7 +862,7 @@ class NegotiatedRateAdmin(ServiceErrorsAsMessages, admin.ModelAdmin):
 
     @admin.display(description="region", ordering="region__code")
     def region_label(self, rate: NegotiatedRate) -> str:
-        return rate.region.code if rate.region_id else "Every region"
+        return rate.region.code if rate.region else "Every region"
 
     @admin.display(description="price / GPU-h", ordering="price_per_gpu_hour")
     def price_label(self, rate: NegotiatedRate) -> str:
@@ -891,25 +888,26 @@ class NegotiatedRateAdmin(ServiceErrorsAsMessages, admin.ModelAdmin):
             "reason": data.get("reason", ""),
         }
         if change:
-            saved = rates.negotiated_rate_update(rate=obj, actor=request.user, **fields)
+            saved = rates.negotiated_rate_update(rate=obj, actor=staff_actor(request), **fields)
         else:
             saved = rates.negotiated_rate_create(
-                organization=data["organization"], actor=request.user, **fields
+                organization=data["organization"], actor=staff_actor(request), **fields
             )
         obj.pk, obj.created_by, obj.created_at = saved.pk, saved.created_by, saved.created_at
         obj._state.adding = False
 
-    def get_fields(self, request: HttpRequest, obj: object = None) -> list[str]:
+    def get_fields(self, request: HttpRequest, obj: object = None) -> "_FieldGroups":
+        fields = self.fields or []
         if obj is None:  # who made it and when are filled in by the service
-            return [f for f in self.fields if f not in ("created_by", "created_at")]
-        return self.fields
+            return [f for f in fields if f not in ("created_by", "created_at")]
+        return fields
 
     def get_readonly_fields(self, request: HttpRequest, obj: object = None) -> list[str]:
         # A rate stays with its organization; a rate for another one is a new rate.
         return [*self.readonly_fields, "organization"] if obj is not None else self.readonly_fields
 
     def delete_model(self, request: HttpRequest, obj: NegotiatedRate) -> None:
-        rates.negotiated_rate_delete(rate=obj, actor=request.user)
+        rates.negotiated_rate_delete(rate=obj, actor=staff_actor(request))
 
     @admin.action(description="Delete selected rates", permissions=["delete"])
     def delete_rates(self, request: HttpRequest, queryset: QuerySet) -> TemplateResponse | None:
@@ -919,7 +917,7 @@ class NegotiatedRateAdmin(ServiceErrorsAsMessages, admin.ModelAdmin):
             for rate in queryset:
                 try:
                     rates.negotiated_rate_delete(
-                        rate=rate, actor=request.user, reason=form.cleaned_data["reason"]
+                        rate=rate, actor=staff_actor(request), reason=form.cleaned_data["reason"]
                     )
                 except ServiceError as exc:
                     self.message_user(request, f"{rate}: {exc.message}", messages.ERROR)

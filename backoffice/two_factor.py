@@ -7,23 +7,68 @@ sign-in. django-otp throttles wrong codes per device.
 
 import segno
 from django import forms
+from django.conf import settings
 from django.contrib.auth import REDIRECT_FIELD_NAME
 from django.db import transaction
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.urls import reverse
-from django.utils.http import urlencode
+from django.utils.http import url_has_allowed_host_and_scheme, urlencode
 from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_protect
+from django_otp import DEVICE_ID_SESSION_KEY
 from django_otp import login as otp_login
+from django_otp.models import Device
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
+from accounts.models import User
 from core import audit
-
-from .site import needs_second_factor, safe_next
+from core.staff import reason_clean
 
 DEVICE_NAME = "Authenticator app"
+
+
+def otp_required() -> bool:
+    return settings.STAFF_OTP_REQUIRED
+
+
+def second_factor_device(request: HttpRequest) -> Device | None:
+    """The confirmed device this session passed the second factor with, if any.
+
+    Read from the session here rather than by django-otp's middleware, which would shadow
+    `User.is_verified` (the e-mail address check) with its own method.
+    """
+    persistent_id = request.session.get(DEVICE_ID_SESSION_KEY)
+    if not persistent_id:
+        return None
+    device = Device.from_persistent_id(persistent_id)
+    if device is None or device.user_id != request.user.pk or not device.confirmed:
+        return None
+    return device
+
+
+def needs_second_factor(request: HttpRequest) -> bool:
+    user = request.user
+    return (
+        otp_required()
+        and user.is_authenticated
+        and user.is_active
+        and user.is_staff
+        and second_factor_device(request) is None
+    )
+
+
+def safe_next(request: HttpRequest, default: str) -> str:
+    target = request.POST.get("next") or request.GET.get("next") or ""
+    if url_has_allowed_host_and_scheme(target, {request.get_host()}, request.is_secure()):
+        return target
+    return default
+
+
+def redirect_to_second_factor(request: HttpRequest) -> HttpResponse:
+    target = safe_next(request, reverse("admin:index"))
+    return redirect(f"{reverse('admin:two_factor')}?{urlencode({'next': target})}")
 
 
 class CodeForm(forms.Form):
@@ -103,22 +148,20 @@ def device_secret(device: TOTPDevice) -> str:
 
 
 @transaction.atomic
-def second_factor_reset(*, user: object, actor: object, reason: str) -> int:
+def second_factor_reset(*, user: User, actor: User, reason: str) -> int:
     """Forget a staff member's authenticators (a lost phone): they set one up again at their
     next sign-in, after the password. Superusers only; audited with the reason."""
-    from core.errors import NotAllowed, ServiceError
+    from core.errors import NotAllowed
 
     if not (getattr(actor, "is_active", False) and getattr(actor, "is_superuser", False)):
         raise NotAllowed("Only a superuser can reset a second factor.")
-    reason = (reason or "").strip()
-    if not reason:
-        raise ServiceError("Say why: the reason goes into the audit log.", param="reason")
+    reason = reason_clean(reason)
     removed, _ = TOTPDevice.objects.filter(user=user).delete()
     audit.record(
         action="staff.second_factor_reset",
         actor=actor,
         target=user,
         data={"devices": removed},
-        reason=reason[:500],
+        reason=reason,
     )
     return removed

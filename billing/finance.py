@@ -17,16 +17,15 @@ from accounts.models import User
 from core import audit
 from core.errors import Conflict, NotAllowed, ServiceError
 from core.money import ZERO_DECIMAL, format_money
+from core.staff import reason_clean, staff_may
 from core.tasks import enqueue_after_commit
 
 from . import gateway, services
 from .models import FinanceFlag, ModelPrice, Payment, Refund, WebhookEvent, WebhookProcessing
 
-REASON_MAX = 300
-
 
 def _require(actor: User, permission: str, message: str) -> None:
-    if not (actor.is_active and actor.is_staff and actor.has_perm(permission)):
+    if not staff_may(actor, permission):
         raise NotAllowed(message)
 
 
@@ -64,10 +63,7 @@ def refund_check(*, payment: Payment, amount: Decimal, reason: str, actor: User)
             f"{payment.get_status_display().lower()}.",
             code="not_refundable",
         )
-    if not reason.strip():
-        raise ServiceError("Say why the money goes back; the reason is kept.", param="reason")
-    if len(reason.strip()) > REASON_MAX:
-        raise ServiceError(f"Keep the reason to {REASON_MAX} characters or fewer.", param="reason")
+    reason_clean(reason, missing="Say why the money goes back; the reason is kept.")
     if not amount.is_finite() or amount <= 0:
         raise ServiceError("Refund an amount above zero.", param="amount")
     places = 0 if payment.currency.lower() in ZERO_DECIMAL else 2

@@ -135,7 +135,7 @@ class Refund(models.Model):
     stripe_refund_id = models.CharField(max_length=64, unique=True, null=True, blank=True)
     amount = models.DecimalField(max_digits=14, decimal_places=2)
     currency = models.CharField(max_length=3)
-    reason = models.CharField(max_length=300)
+    reason = models.CharField(max_length=500)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
     failure_message = models.CharField(max_length=300, blank=True)
     settles = models.CharField(max_length=16, choices=Settles.choices, blank=True, default="")

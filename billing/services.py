@@ -545,7 +545,7 @@ def refund_open(
             payment=locked,
             amount=amount,
             currency=locked.currency,
-            reason=reason[:300],
+            reason=reason,
             created_by=actor,
             settles=settles,
         )

@@ -24,6 +24,7 @@ from django.utils import timezone
 
 from core import audit
 from core.errors import Conflict, NotAllowed, ServiceError
+from core.staff import reason_clean, require_staff_permission
 from core.tasks import enqueue_after_commit
 
 from . import lifecycle, provisioning, selectors, services
@@ -45,15 +46,11 @@ class DrainRefused(Conflict):
 def _require(actor: Any, permission: str, what: str) -> None:
     if not (actor is not None and actor.is_active and actor.is_staff):
         raise NotAllowed(f"Only staff may {what}.")
-    if not actor.has_perm(permission):
-        raise NotAllowed(f"You are not allowed to {what}.")
+    require_staff_permission(actor, permission, what)
 
 
 def _reason(reason: str, *, required: bool = True) -> str:
-    reason = (reason or "").strip()[:500]
-    if required and not reason:
-        raise ServiceError("Say why: the reason goes into the audit log.", param="reason")
-    return reason
+    return reason_clean(reason, required=required)
 
 
 def _window(reservation: Reservation) -> str:

@@ -22,11 +22,11 @@ from accounts.services import (
     lock_organization,
     require_active_organization,
     require_permission,
-    require_staff_permission,
     require_verified_email,
 )
 from core.errors import Conflict, ServiceError
 from core.money import format_money
+from core.staff import require_staff_permission
 
 from . import lifecycle, notifications, pricing, provisioning, selectors, services
 from .models import GpuModel, Region, Reservation

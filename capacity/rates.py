@@ -16,9 +16,10 @@ from django.db.models import QuerySet
 from django.utils import timezone
 
 from accounts.models import Organization, User
-from accounts.services import lock_organization, require_staff_permission
+from accounts.services import lock_organization
 from core import audit
 from core.errors import Conflict, ServiceError
+from core.staff import reason_clean, require_staff_permission
 
 from . import pricing
 from .models import GpuModel, NegotiatedRate, Region
@@ -110,6 +111,7 @@ def negotiated_rate_create(
     reason: str = "",
 ) -> NegotiatedRate:
     require_staff_permission(actor, "capacity.add_negotiatedrate", "add negotiated rates")
+    reason = reason_clean(reason, required=False)
     price = validate_rate(
         organization=organization,
         gpu_model=gpu_model,
@@ -133,7 +135,7 @@ def negotiated_rate_create(
         organization=organization,
         target=rate,
         data=_snapshot(rate),
-        reason=reason.strip()[:500],
+        reason=reason,
     )
     return rate
 
@@ -152,6 +154,7 @@ def negotiated_rate_update(
 ) -> NegotiatedRate:
     """Change a rate. Reservations already made keep the price they were made at."""
     require_staff_permission(actor, "capacity.change_negotiatedrate", "change negotiated rates")
+    reason = reason_clean(reason, required=False)
     organization = rate.organization
     price = validate_rate(
         organization=organization,
@@ -183,7 +186,7 @@ def negotiated_rate_update(
         organization=organization,
         target=locked,
         data={"from": before, "to": after},
-        reason=reason.strip()[:500],
+        reason=reason,
     )
     return locked
 
@@ -192,6 +195,7 @@ def negotiated_rate_update(
 def negotiated_rate_delete(*, rate: NegotiatedRate, actor: User, reason: str = "") -> None:
     """Remove a rate. Reservations already made keep the price they were made at."""
     require_staff_permission(actor, "capacity.delete_negotiatedrate", "delete negotiated rates")
+    reason = reason_clean(reason, required=False)
     organization = lock_organization(rate.organization)
     locked = NegotiatedRate.objects.select_related("gpu_model", "region").filter(pk=rate.pk).first()
     if locked is None:
@@ -204,5 +208,5 @@ def negotiated_rate_delete(*, rate: NegotiatedRate, actor: User, reason: str = "
         actor=actor,
         organization=organization,
         data={"rate": pk, **snapshot},
-        reason=reason.strip()[:500],
+        reason=reason,
     )

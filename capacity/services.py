@@ -25,6 +25,7 @@ from accounts.services import (
 )
 from core import audit
 from core.errors import Conflict, ServiceError
+from core.staff import reason_clean
 
 from . import lifecycle, offerings, pricing, provisioning, selectors
 from .models import Allocation, Cluster, GpuModel, Region, Reservation
@@ -418,7 +419,7 @@ def reservation_cancel(*, reservation: Reservation, actor: User, reason: str = "
         reservation=locked,
         to=S.CANCELED,
         actor=actor,
-        reason=reason.strip()[:500] or "Canceled by the customer.",
+        reason=reason_clean(reason, required=False) or "Canceled by the customer.",
         data={
             "refund_due": str(refund) if refund is not None else None,
             "refund_percent": refund_percent(locked, now) if paid else None,

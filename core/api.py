@@ -114,7 +114,7 @@ class KeyRateThrottle(BaseThrottle):
     refill over API_RATE_WINDOW seconds, bursts up to the full bucket. 429 with Retry-After
     when empty; every answer says how much is left."""
 
-    def allow_request(self, request: Request, view) -> bool:  # type: ignore[no-untyped-def]
+    def allow_request(self, request: Request, view: APIView) -> bool:
         capacity = settings.API_RATE_LIMIT
         rate = capacity / settings.API_RATE_WINDOW  # tokens per second
         now = time.time()
@@ -125,7 +125,8 @@ class KeyRateThrottle(BaseThrottle):
         if allowed:
             tokens -= 1
         cache.set(key, (tokens, now), settings.API_RATE_WINDOW * 2)
-        request.rate_limit = (capacity, int(tokens))
+        if isinstance(view, ApiView):
+            view.rate_limit = (capacity, int(tokens))
         self.wait_seconds = 0 if allowed else (1 - tokens) / rate
         return allowed
 
@@ -150,6 +151,8 @@ class ApiView(APIView):
     """Base of every endpoint: Idempotency-Key on POST, and a per-key rate limit."""
 
     throttle_classes = [KeyRateThrottle]
+    rate_limit: tuple[int, int] | None = None  # (limit, remaining), set by KeyRateThrottle
+    _idempotency: IdempotencyRecord | None = None
 
     def initial(self, request: Request, *args: object, **kwargs: object) -> None:
         super().initial(request, *args, **kwargs)
@@ -195,8 +198,9 @@ class ApiView(APIView):
         if isinstance(exc, _Replay):
             return exc.response
         response = super().handle_exception(exc)
-        if response is not None and getattr(exc, "detail", None) is not None:
-            code = getattr(exc.detail, "code", None)
+        detail = getattr(exc, "detail", None)
+        if response is not None and detail is not None:
+            code = getattr(detail, "code", None)
             if code in ("idempotency_key_reused", "idempotency_key_in_use"):
                 response.status_code = 409
                 response.data["error"]["type"] = "conflict"
@@ -205,13 +209,13 @@ class ApiView(APIView):
     def finalize_response(
         self, request: Request, response: Response, *args: object, **kwargs: object
     ) -> Response:
-        limit = getattr(request, "rate_limit", None)
+        limit = self.rate_limit
         if limit is not None:
             response["X-RateLimit-Limit"], response["X-RateLimit-Remaining"] = (
                 str(limit[0]),
                 str(limit[1]),
             )
-        record = getattr(self, "_idempotency", None)
+        record = self._idempotency
         if record is not None:
             if response.status_code >= 500:
                 record.delete()  # a crash is not an answer: let the client retry

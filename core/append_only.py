@@ -5,14 +5,18 @@ events): the model refuses `save()` of an existing row and `delete()`, but a que
 On SQLite only changes are refused, not deletions: Django empties tables with DELETE between
 transactional tests there (PostgreSQL uses TRUNCATE, which row triggers do not see)."""
 
+from collections.abc import Callable
+
 from django.db import migrations
 from django.db.backends.base.schema import BaseDatabaseSchemaEditor
 from django.db.migrations.state import StateApps
 
+Migration = Callable[[StateApps, BaseDatabaseSchemaEditor], None]
+
 MESSAGE = "rows of {table} are append-only"
 
 
-def _forward(table: str):  # type: ignore[no-untyped-def]
+def _forward(table: str) -> Migration:
     def apply(apps: StateApps, schema_editor: BaseDatabaseSchemaEditor) -> None:
         vendor = schema_editor.connection.vendor
         message = MESSAGE.format(table=table)
@@ -34,7 +38,7 @@ def _forward(table: str):  # type: ignore[no-untyped-def]
     return apply
 
 
-def _backward(table: str):  # type: ignore[no-untyped-def]
+def _backward(table: str) -> Migration:
     def apply(apps: StateApps, schema_editor: BaseDatabaseSchemaEditor) -> None:
         vendor = schema_editor.connection.vendor
         if vendor in ("postgresql", "sqlite"):

@@ -12,6 +12,7 @@ import os
 import uuid
 from queue import Empty
 from time import monotonic
+from typing import Any
 
 from kombu.exceptions import ChannelError
 from kombu.transport import filesystem
@@ -20,7 +21,11 @@ from kombu.utils.json import dumps, loads
 
 
 class Channel(filesystem.Channel):
-    def _put(self, queue, payload, **kwargs):  # type: ignore[no-untyped-def]
+    # kombu's own annotations disagree (AbstractChannel names the argument `message`, the
+    # filesystem Channel `payload`); this keeps the filesystem Channel's.
+    def _put(  # type: ignore[override]
+        self, queue: str, payload: dict[str, Any], **kwargs: Any
+    ) -> None:
         name = f"{round(monotonic() * 1000)}_{uuid.uuid4()}.{queue}.msg"
         # Starts with a dot: `_get` only takes names of the form "<stamp>_<id>.<queue>.msg".
         partial = os.path.join(self.data_folder_out, f".{uuid.uuid4()}.partial")
@@ -31,7 +36,7 @@ class Channel(filesystem.Channel):
         except OSError as exc:
             raise ChannelError(f"Cannot add a message to {self.data_folder_out!r}") from exc
 
-    def _get(self, queue):  # type: ignore[no-untyped-def]
+    def _get(self, queue: str, timeout: float | None = None) -> Any:
         wanted = f"{queue}.msg"
         for name in sorted(os.listdir(self.data_folder_in)):
             if name.startswith(".") or name.partition(".")[2] != wanted:

@@ -14,4 +14,5 @@ def queue_email(*, to: str, template: str, context: dict) -> None:
 
     full_context = {**context, "site_name": settings.SITE_NAME, "site_url": settings.SITE_URL}
     subject, _, body = render_to_string(f"emails/{template}.txt", full_context).partition("\n")
-    send_email.delay_on_commit(to=to, subject=subject.strip(), body=body.lstrip("\n"))
+    # celery-types does not know Task.delay_on_commit (Celery 5.4).
+    send_email.delay_on_commit(to=to, subject=subject.strip(), body=body.lstrip("\n"))  # type: ignore[attr-defined]

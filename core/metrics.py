@@ -8,6 +8,7 @@ Figures read from the database (reservations by state, the webhook backlog) are 
 
 import time
 
+from celery import Task
 from celery.signals import task_postrun, task_prerun
 from prometheus_client import Counter, Histogram
 
@@ -38,7 +39,7 @@ def _task_started(task_id: str, **kwargs: object) -> None:
 
 
 @task_postrun.connect
-def _task_finished(task_id: str, task, state: str | None = None, **kwargs: object) -> None:  # type: ignore[no-untyped-def]
+def _task_finished(task_id: str, task: Task, state: str | None = None, **kwargs: object) -> None:
     began = _started.pop(task_id, None)
     if began is not None:
         TASK_SECONDS.labels(task.name).observe(time.monotonic() - began)

@@ -41,7 +41,6 @@ class RequestContextMiddleware:
     def __call__(self, request: HttpRequest) -> HttpResponse:
         incoming = request.headers.get("X-Request-ID", "")
         rid = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
-        request.request_id = rid
         rid_token = context.request_id.set(rid)
         ip_token = context.client_ip.set(client_address(request))
         try:

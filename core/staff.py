@@ -1,15 +1,82 @@
-"""The staff-action kit: read-only admin pages, plain admin edits (catalog, inventory, users,
-groups) that land in the audit log like services do, and service errors shown as messages."""
+"""The staff-action kit: the staff-permission check, the reason rule and the reason form,
+read-only admin pages, plain admin edits (catalog, inventory, users, groups) that land in the
+audit log like services do, and service errors shown as messages."""
 
 from typing import Any
 
+from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
 from django.db.models import Model, QuerySet
 from django.forms import ModelForm
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 
 from core import audit
-from core.errors import ServiceError
+from core.errors import NotAllowed, ServiceError
+
+REASON_MISSING = "Say why: the reason goes into the audit log."
+
+
+# --- Who may act --------------------------------------------------------------------------------
+def staff_may(actor: Any, permission: str) -> bool:
+    """Whether `actor` is active staff holding `app_label.codename`."""
+    return bool(
+        actor is not None
+        and getattr(actor, "is_active", False)
+        and getattr(actor, "is_staff", False)
+        and actor.has_perm(permission)
+    )
+
+
+def require_staff_permission(actor: Any, permission: str, doing: str) -> None:
+    """Raise NotAllowed unless `actor` is active staff holding `app_label.codename`."""
+    if not staff_may(actor, permission):
+        raise NotAllowed(f"You are not allowed to {doing}.", code="permission_denied")
+
+
+# --- Reasons ------------------------------------------------------------------------------------
+def reason_clean(text: str | None, *, required: bool = True, missing: str = REASON_MISSING) -> str:
+    """The reason as kept: stripped, present where `required` (else `missing` is raised), and
+    refused, never cut, when longer than settings.STAFF_REASON_MAX_LENGTH."""
+    reason = (text or "").strip()
+    if required and not reason:
+        raise ServiceError(missing, param="reason")
+    limit = settings.STAFF_REASON_MAX_LENGTH
+    if len(reason) > limit:
+        raise ServiceError(f"Keep the reason to {limit} characters or fewer.", param="reason")
+    return reason
+
+
+class StaffReasonForm(forms.Form):
+    """The reason an admin action asks for, checked by `reason_clean`. Subclasses say whether
+    it is required, what a missing one is told and the help text; they may add fields (or be
+    mixed into a ModelForm)."""
+
+    reason_required = True
+    reason_missing = REASON_MISSING
+    reason_help = "Recorded in the audit log with your name."
+
+    reason = forms.CharField(
+        label="Reason", required=False, widget=forms.Textarea(attrs={"rows": 3, "cols": 60})
+    )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        field = self.fields["reason"]
+        field.required = self.reason_required
+        field.error_messages["required"] = self.reason_missing
+        field.help_text = self.reason_help
+        field.widget.attrs["maxlength"] = str(settings.STAFF_REASON_MAX_LENGTH)
+
+    def clean_reason(self) -> str:
+        try:
+            return reason_clean(
+                self.cleaned_data.get("reason"),
+                required=self.reason_required,
+                missing=self.reason_missing,
+            )
+        except ServiceError as exc:
+            raise forms.ValidationError(exc.message) from None
 
 
 def _plain(value: Any) -> str:
@@ -72,7 +139,7 @@ class AuditedAdmin(admin.ModelAdmin):
             fields = [name for name in form.changed_data if name not in m2m]
             if not fields:
                 return
-            data = {
+            data: dict[str, dict[str, Any]] = {
                 "changes": {
                     name: ["…", "…"]
                     if name in secret
@@ -114,7 +181,7 @@ class AuditedAdmin(admin.ModelAdmin):
         )
 
 
-class ServiceErrorsAsMessages:
+class ServiceErrorsAsMessages(admin.ModelAdmin):
     """For admins whose save goes through a service: a refusal the form's validation could not
     see coming (another change in between) rolls the save back and is shown as a message."""
 
@@ -126,9 +193,7 @@ class ServiceErrorsAsMessages:
         extra_context: dict | None = None,
     ) -> HttpResponse:
         try:
-            return super().changeform_view(  # type: ignore[misc]
-                request, object_id, form_url, extra_context
-            )
+            return super().changeform_view(request, object_id, form_url, extra_context)
         except ServiceError as exc:
             messages.error(request, exc.message)
             return HttpResponseRedirect(request.get_full_path())

@@ -2,9 +2,10 @@
 
 import logging
 import os
+from contextvars import Token
 from pathlib import Path
 
-from celery import Celery
+from celery import Celery, Task
 from celery.signals import before_task_publish, task_postrun, task_prerun, worker_init
 
 from core import context, metrics  # noqa: F401 - metrics connects its task hooks on import
@@ -59,7 +60,7 @@ def _serve_worker_metrics(**kwargs: object) -> None:
 # page view, its log lines, the tasks' log lines and the audit events they all wrote. Celery's
 # signals are its hooks for this; they carry context and never steer the work.
 REQUEST_ID_HEADER = "hyperblock_request_id"
-_adopted: dict[str, object] = {}
+_adopted: dict[str, Token[str]] = {}
 
 
 @before_task_publish.connect
@@ -70,7 +71,7 @@ def _send_request_id(headers: dict, **kwargs: object) -> None:
 
 
 @task_prerun.connect
-def _adopt_request_id(task_id: str, task, **kwargs: object) -> None:  # type: ignore[no-untyped-def]
+def _adopt_request_id(task_id: str, task: Task, **kwargs: object) -> None:
     rid = getattr(task.request, REQUEST_ID_HEADER, None)
     if isinstance(rid, str) and rid:
         _adopted[task_id] = context.request_id.set(rid)
@@ -80,4 +81,4 @@ def _adopt_request_id(task_id: str, task, **kwargs: object) -> None:  # type: ig
 def _drop_request_id(task_id: str, **kwargs: object) -> None:
     token = _adopted.pop(task_id, None)
     if token is not None:
-        context.request_id.reset(token)  # type: ignore[arg-type]
+        context.request_id.reset(token)

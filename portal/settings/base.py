@@ -3,6 +3,7 @@
 import os
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import environ
 from celery.schedules import crontab
@@ -434,7 +435,7 @@ USAGE_MAX_AGE = timedelta(days=7)  # usage events older than this are refused
 # --- Logging --------------------------------------------------------------------------------
 # LOG_FORMAT=json writes one JSON object a line (for a log collector); the default is plain text.
 LOG_FORMAT = env.str("LOG_FORMAT", default="plain")
-LOGGING = {
+LOGGING: dict[str, Any] = {
     "version": 1,
     "disable_existing_loggers": False,
     "filters": {
@@ -466,6 +467,10 @@ TRUSTED_PROXY_HOPS = env.int("TRUSTED_PROXY_HOPS", default=0)
 METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
 
 # --- Product --------------------------------------------------------------------------------
+# The one limit on a reason staff give for an action (and a customer for a cancellation): a
+# longer one is refused with a message that says the limit, never cut.
+STAFF_REASON_MAX_LENGTH = 500
+
 SITE_NAME = "Hyperblock"
 SITE_URL = env.str("SITE_URL", default="http://127.0.0.1:8000")
 SUPPORT_EMAIL = env.str("SUPPORT_EMAIL", default="support@hyperblock.local")

@@ -67,7 +67,7 @@ def test_suspending_records_the_reason_and_blocks_reserving(organization):
     [
         ("", "Give a reason: the customer and the audit log see it."),
         ("   ", "Give a reason: the customer and the audit log see it."),
-        ("x" * 501, "Keep the reason to 500 characters."),
+        ("x" * 501, "Keep the reason to 500 characters or fewer."),
     ],
 )
 def test_a_suspension_needs_a_reason(organization, reason, message):

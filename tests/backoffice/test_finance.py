@@ -181,7 +181,7 @@ def test_finance_refunds_part_of_a_payment_after_confirming(
         ("", "Goodwill", "amount", "This field is required."),
         ("100.00", "", "reason", "Say why the money goes back; the reason is kept."),
         ("100.00", "   ", "reason", "Say why the money goes back; the reason is kept."),
-        ("100.00", "x" * 301, "reason", "Keep the reason to 300 characters or fewer."),
+        ("100.00", "x" * 501, "reason", "Keep the reason to 500 characters or fewer."),
     ],
 )
 @pytest.mark.parametrize("confirm", [False, True], ids=["review", "skipping-review"])

@@ -1,5 +1,5 @@
 from django.conf import settings
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from accounts.models import User
 from backoffice import demo
@@ -8,7 +8,7 @@ from backoffice import demo
 class Command(BaseCommand):
     help = "Print the current second-factor code of a demo staff user (development only)."
 
-    def add_arguments(self, parser) -> None:  # type: ignore[no-untyped-def]
+    def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("email")
 
     def handle(self, *args: object, email: str, **options: object) -> None:
