@@ -1,4 +1,4 @@
-"""Finance in the back office: money records are read-only; changes go through billing.finance.
+"""Finance in the back office: money records are read-only; changes go through billing.services.
 
 Nobody (superusers included) adds, changes or deletes a payment, refund, invoice, ledger entry
 or webhook event here. Finance refunds payments, replays webhook events and resolves flags
@@ -21,7 +21,7 @@ from django.urls import URLPattern, path, reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
-from billing import finance, gateway
+from billing import gateway, webhooks
 from billing.models import (
     BillingAccount,
     FinanceFlag,
@@ -34,6 +34,9 @@ from billing.models import (
     WebhookEvent,
     WebhookProcessing,
 )
+from billing.services import flags as finance_flags
+from billing.services import prices
+from billing.services import refunds as billing_refunds
 from core.errors import ServiceError
 from core.money import format_money
 from core.staff import ReadOnlyAdmin
@@ -168,7 +171,7 @@ class AmountForm(forms.Form):
         widget=forms.TextInput(attrs={"inputmode": "decimal", "autocomplete": "off"}),
     )
     reason = forms.CharField(
-        max_length=finance.REASON_MAX + 50,
+        max_length=billing_refunds.REASON_MAX + 50,
         required=False,
         widget=forms.Textarea(attrs={"rows": 3, "cols": 60}),
         help_text="Kept with the refund and in the audit log.",
@@ -277,7 +280,7 @@ class PaymentAdmin(FinanceAdmin):
     def can_refund(self, obj: Payment) -> str:
         if obj.status not in Payment.RECEIVED:
             return "— (not paid)"
-        position = finance.refund_position(obj)
+        position = billing_refunds.refund_position(obj)
         text = money(position.refundable, obj.currency)
         if position.pending:
             text += f" ({money(position.pending, obj.currency)} on its way)"
@@ -343,7 +346,7 @@ class PaymentAdmin(FinanceAdmin):
         if not self.has_issue_refund_permission(request):
             raise PermissionDenied
         payment = self.object_or_404(request, object_id)
-        position = finance.refund_position(payment)
+        position = billing_refunds.refund_position(payment)
         form = AmountForm(
             request.POST or None, initial={"amount": position.refundable, "reason": ""}
         )
@@ -351,7 +354,7 @@ class PaymentAdmin(FinanceAdmin):
         if request.method == "POST" and form.is_valid():
             amount, reason = form.cleaned_data["amount"], form.cleaned_data["reason"]
             try:
-                finance.refund_check(
+                billing_refunds.refund_check(
                     payment=payment, amount=amount, reason=reason, actor=request.user
                 )
             except ServiceError as exc:
@@ -386,7 +389,7 @@ class PaymentAdmin(FinanceAdmin):
         self, request: HttpRequest, payment: Payment, amount: Decimal, reason: str
     ) -> HttpResponse:
         try:
-            refund = finance.refund_by_staff(
+            refund = billing_refunds.refund_by_staff(
                 payment=payment, amount=amount, reason=reason, actor=request.user
             )
         except gateway.GatewayUnavailable:
@@ -418,12 +421,12 @@ class PaymentAdmin(FinanceAdmin):
             done: list[str] = []
             failed: list[tuple[str, str]] = []
             for payment in payments:
-                amount = finance.refund_position(payment).refundable
+                amount = billing_refunds.refund_position(payment).refundable
                 if amount == 0 and payment.status in Payment.RECEIVED:
                     failed.append((payment.public_id, "Nothing is left to refund."))
                     continue
                 try:
-                    refund = finance.refund_by_staff(
+                    refund = billing_refunds.refund_by_staff(
                         payment=payment,
                         amount=amount,
                         reason=form.cleaned_data["reason"],
@@ -443,7 +446,7 @@ class PaymentAdmin(FinanceAdmin):
             return None
         rows = []
         for payment in payments:
-            position = finance.refund_position(payment)
+            position = billing_refunds.refund_position(payment)
             rows.append(
                 [
                     payment.public_id,
@@ -709,7 +712,7 @@ class WebhookEventAdmin(FinanceAdmin):
             self,
             request,
             events,
-            lambda event: finance.webhook_replay(event=event, actor=request.user),
+            lambda event: webhooks.webhook_replay(event=event, actor=request.user),
             name=lambda event: event.stripe_event_id,
             verb="Queued for processing again",
         )
@@ -923,7 +926,9 @@ class FinanceFlagAdmin(FinanceAdmin):
             self,
             request,
             flags,
-            lambda flag: finance.flag_resolve(flag=flag, actor=request.user, resolution=resolution),
+            lambda flag: finance_flags.flag_resolve(
+                flag=flag, actor=request.user, resolution=resolution
+            ),
             name=str,
             verb="Resolved",
         )
@@ -996,7 +1001,7 @@ class ModelPriceAdmin(admin.ModelAdmin):
         return False  # usage already priced with it stays explainable; change it instead
 
     def save_model(self, request: HttpRequest, obj: ModelPrice, form: Any, change: bool) -> None:
-        finance.model_price_save(price=obj, actor=request.user)
+        prices.model_price_save(price=obj, actor=request.user)
 
 
 @admin.register(UsageHour)

@@ -1,6 +1,6 @@
 """Sales: customers, their terms, negotiated rates and quotes.
 
-Every change goes through a service (accounts.services, billing.terms, capacity.rates,
+Every change goes through a service (accounts.services, billing.services.terms, capacity.rates,
 capacity.quotes) that checks the staff member's permission and records an audit event; the
 admin only collects input. Actions that take something away (suspending, closing the credit
 line, deleting rates) show a confirmation page first, and report each row that failed and why.
@@ -41,8 +41,8 @@ from django_countries import countries
 from accounts import services as account_services
 from accounts.models import ApiKey, Membership, Organization
 from billing import selectors as billing_selectors
-from billing import terms
 from billing.models import LedgerEntry
+from billing.services import terms
 from capacity import quotes, rates
 from capacity.models import GpuModel, NegotiatedRate, Region
 from capacity.services import SoldOut

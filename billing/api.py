@@ -16,8 +16,9 @@ from capacity.api import _reservation
 from core.api import ApiView as APIView
 from core.errors import NotAllowed
 
-from . import metering, selectors, services
+from . import selectors
 from .models import Invoice, Payment, Refund
+from .services import payments, usage
 
 
 class _Pay(serializers.Serializer):
@@ -48,14 +49,14 @@ class PayReservation(APIView):
         reservation = _reservation(request, public_id)
         token = body.validated_data["client_token"]
         if body.validated_data["use_saved_card"]:
-            payment = services.pay_with_saved_card(
+            payment = payments.pay_with_saved_card(
                 reservation=reservation, actor=actor_of(request), attempt_token=token
             )
             secret = (
-                services.client_secret(payment) if payment.status == "requires_action" else None
+                payments.client_secret(payment) if payment.status == "requires_action" else None
             )
         else:
-            payment, secret = services.payment_intent_open(
+            payment, secret = payments.payment_intent_open(
                 reservation=reservation, actor=actor_of(request), attempt_token=token
             )
         return Response(
@@ -106,7 +107,7 @@ class Usage(APIView):
             raise serializers.ValidationError({"events": ["Usage is reported with an API key."]})
         events = request.data.get("events") if isinstance(request.data, dict) else None
         try:
-            result = metering.ingest(reporter=request.auth, events=events)
+            result = usage.ingest(reporter=request.auth, events=events)
         except ValueError as exc:
             raise serializers.ValidationError({"events": [str(exc)]}) from exc
         return Response(result, status=207 if result["errors"] else 200)
@@ -125,7 +126,7 @@ class Usage(APIView):
                 {"days": ["Give a whole number of days from 1 to 90."]}
             )
         since = timezone.now() - timedelta(days=int(days))
-        rows = metering.spend_by_day_and_model(organization_of(request), since)
+        rows = selectors.spend_by_day_and_model(organization_of(request), since)
         return Response(
             {
                 "days": [

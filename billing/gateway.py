@@ -96,6 +96,11 @@ def _read(operation: Any, object_id: str) -> Any:
         raise _translate(exc) from exc
 
 
+def as_dict(value: Any) -> dict[str, Any]:
+    """A Stripe object (its metadata, say) as a plain dict; None as an empty one."""
+    return value.to_dict() if hasattr(value, "to_dict") else dict(value or {})
+
+
 # --- Customers and payment methods -----------------------------------------------------------
 def customer_create(
     *, name: str, email: str, metadata: dict[str, str], idempotency_key: str

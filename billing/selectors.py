@@ -6,7 +6,16 @@ from django.db.models import Count, Min, Q, QuerySet, Sum
 from accounts.models import Organization
 from capacity.models import Reservation
 
-from .models import Invoice, LedgerEntry, Payment, Refund, WebhookEvent, WebhookProcessing
+from .models import (
+    Invoice,
+    LedgerEntry,
+    Payment,
+    Refund,
+    UsageEvent,
+    UsageHour,
+    WebhookEvent,
+    WebhookProcessing,
+)
 
 
 def payments_for_org(organization: Organization) -> QuerySet[Payment]:
@@ -70,3 +79,23 @@ def webhook_backlog() -> tuple[int, datetime | None]:
         Q(processing__isnull=True) | ~Q(processing__status__in=done)
     ).aggregate(n=Count("id"), oldest=Min("received_at"))
     return row["n"], row["oldest"]
+
+
+def spend_by_day_and_model(organization: Organization, since: datetime) -> list[dict]:
+    return list(
+        UsageHour.objects.filter(organization=organization, hour__gte=since)
+        .values("hour__date", "model")
+        .annotate(
+            input_tokens=Sum("input_tokens"), output_tokens=Sum("output_tokens"), cost=Sum("cost")
+        )
+        .order_by("hour__date", "model")
+    )
+
+
+def usage_by_key(organization: Organization, since: datetime) -> list[dict]:
+    return list(
+        UsageEvent.objects.filter(organization=organization, occurred_at__gte=since)
+        .values("api_key__name", "api_key__public_id", "model")
+        .annotate(input_tokens=Sum("input_tokens"), output_tokens=Sum("output_tokens"))
+        .order_by("api_key__name", "model")
+    )

@@ -7,8 +7,9 @@ from django.utils import timezone
 
 from capacity.models import Reservation
 
-from . import gateway, metering, reconciliation, services, webhooks
+from . import gateway, webhooks
 from .models import LedgerEntry, Refund, WebhookEvent, WebhookProcessing
+from .services import reconciliation, settlement, usage
 
 # Stripe out of reach, or the database refusing for now (a deadlock broken by PostgreSQL, a lock
 # wait timed out, a dropped connection): worth trying again in a moment.
@@ -30,7 +31,7 @@ def process_webhook_event(*, event_id: int) -> str:
     name="billing.settle_reservation", autoretry_for=TRANSIENT, retry_backoff=5, max_retries=10
 )
 def settle_reservation(*, reservation_id: int) -> None:
-    services.settle_reservation(reservation_id=reservation_id)
+    settlement.settle_reservation(reservation_id=reservation_id)
 
 
 @shared_task(name="billing.settle_pending")
@@ -97,4 +98,4 @@ def reconcile() -> int:
 @shared_task(name="billing.aggregate_usage")
 def aggregate_usage() -> int:
     """Hourly: book the last hours' token usage and report it to Stripe; safe to run twice."""
-    return metering.aggregate()
+    return usage.aggregate()

@@ -24,8 +24,9 @@ from capacity import selectors as capacity_selectors
 from capacity.models import Reservation
 from core.errors import ServiceError
 
-from . import gateway, metering, payment_methods, selectors, services, webhooks
-from .models import Payment
+from . import gateway, selectors, webhooks
+from .models import BillingAccount, Payment
+from .services import accounts, cards, payments
 
 logger = logging.getLogger(__name__)
 
@@ -75,14 +76,14 @@ def pay(request: HttpRequest, public_id: str) -> HttpResponse:
     waiting = reservation.payments.filter(status=Payment.Status.REQUIRES_ACTION).first()
     try:
         if waiting is not None:
-            secret, mode = services.client_secret(waiting), "action"
+            secret, mode = payments.client_secret(waiting), "action"
         else:
             secret, mode = (
-                services.card_form_start(reservation=reservation, actor=request.user),
+                payments.card_form_start(reservation=reservation, actor=request.user),
                 "payment",
             )
-        account = services.billing_account_for(request.organization)
-        saved = payment_methods.default_card(account)
+        account = accounts.billing_account_for(request.organization)
+        saved = cards.default_card(account)
     except ServiceError as exc:
         messages.error(request, exc.message)
         return redirect(detail)
@@ -122,7 +123,7 @@ def _payment_answer(
         return JsonResponse(
             {
                 "status": "requires_action",
-                "client_secret": services.client_secret(payment),
+                "client_secret": payments.client_secret(payment),
                 "status_url": reverse("payment-status", args=[slug, payment.public_id]),
             }
         )
@@ -142,7 +143,7 @@ def pay_card(request: HttpRequest, public_id: str) -> JsonResponse:
     if reservation is None:
         return JsonResponse({"error": "No such reservation."}, status=404)
     try:
-        payment = services.pay_by_card(
+        payment = payments.pay_by_card(
             reservation=reservation,
             actor=request.user,
             payment_method_id=request.POST.get("payment_method", ""),
@@ -156,7 +157,7 @@ def pay_card(request: HttpRequest, public_id: str) -> JsonResponse:
         ):
             # A declined card: a fresh card form for the next try.
             with contextlib.suppress(ServiceError):  # e.g. the hold lapsed meanwhile
-                body["client_secret"] = services.card_form_start(
+                body["client_secret"] = payments.card_form_start(
                     reservation=reservation, actor=request.user
                 )
         return JsonResponse(body, status=exc.status)
@@ -171,7 +172,7 @@ def pay_saved(request: HttpRequest, public_id: str) -> HttpResponse:
         return render(request, "404.html", status=404)
     slug = request.organization.slug
     try:
-        payment = services.pay_with_saved_card(
+        payment = payments.pay_with_saved_card(
             reservation=reservation,
             actor=request.user,
             attempt_token=request.POST.get("attempt", ""),
@@ -197,7 +198,7 @@ def payment_status(request: HttpRequest, payment_id: str) -> HttpResponse:
     if payment.stripe_payment_intent_id and payment.status not in Payment.RECEIVED:
         try:
             payment = (
-                services.payment_sync(payment_intent_id=payment.stripe_payment_intent_id) or payment
+                payments.payment_sync(payment_intent_id=payment.stripe_payment_intent_id) or payment
             )
         except gateway.PaymentError as exc:
             logger.warning("payment status check failed: %s", exc.message)
@@ -219,18 +220,18 @@ def payment_status(request: HttpRequest, payment_id: str) -> HttpResponse:
 @require_GET
 def billing(request: HttpRequest) -> HttpResponse:
     organization = request.organization
-    account = services.BillingAccount.objects.filter(organization=organization).first()
-    cards, card_error = [], ""
+    account = BillingAccount.objects.filter(organization=organization).first()
+    card_list, card_error = [], ""
     if account is not None:
         try:
-            cards = payment_methods.cards(account)
+            card_list = cards.cards(account)
         except gateway.PaymentError as exc:
             card_error = exc.message
     return render(
         request,
         "billing/billing.html",
         {
-            "cards": cards,
+            "cards": card_list,
             "card_error": card_error,
             "payments": selectors.payments_for_org(organization)[:50],
             "refunds": selectors.refunds_for_org(organization)[:50],
@@ -250,7 +251,7 @@ def card_add(request: HttpRequest) -> HttpResponse:
         return ask_for_password(request, request.get_full_path())
     if request.method == "POST":
         try:
-            payment_methods.setup_finished(
+            cards.setup_finished(
                 organization=request.organization,
                 actor=request.user,
                 setup_intent_id=request.POST.get("setup_intent", ""),
@@ -261,9 +262,7 @@ def card_add(request: HttpRequest) -> HttpResponse:
             messages.success(request, "Card saved. It is now the default for payments.")
         return redirect("billing", slug=request.organization.slug)
     try:
-        client_secret = payment_methods.setup_start(
-            organization=request.organization, actor=request.user
-        )
+        client_secret = cards.setup_start(organization=request.organization, actor=request.user)
     except ServiceError as exc:
         messages.error(request, exc.message)
         return redirect("billing", slug=request.organization.slug)
@@ -294,7 +293,7 @@ def _card_change(request: HttpRequest, change, payment_method_id: str, done: str
 
 def _is_our_card(request: HttpRequest, payment_method_id: str) -> bool:
     try:
-        return payment_methods.is_organizations_card(request.organization, payment_method_id)
+        return cards.is_organizations_card(request.organization, payment_method_id)
     except gateway.PaymentError:
         return True  # Stripe cannot tell now; the change checks again and says what failed
 
@@ -303,16 +302,14 @@ def _is_our_card(request: HttpRequest, payment_method_id: str) -> bool:
 @require_POST
 @recent_password("billing", find=_is_our_card)
 def card_default(request: HttpRequest, payment_method_id: str) -> HttpResponse:
-    return _card_change(
-        request, payment_methods.make_default, payment_method_id, "Default card changed."
-    )
+    return _card_change(request, cards.make_default, payment_method_id, "Default card changed.")
 
 
 @org_member(Permission.MANAGE_BILLING)
 @require_POST
 @recent_password("billing", find=_is_our_card)
 def card_remove(request: HttpRequest, payment_method_id: str) -> HttpResponse:
-    return _card_change(request, payment_methods.remove, payment_method_id, "Card removed.")
+    return _card_change(request, cards.remove, payment_method_id, "Card removed.")
 
 
 @org_member(Permission.VIEW_BILLING)
@@ -338,7 +335,7 @@ def receipt(request: HttpRequest, payment_id: str) -> HttpResponse:
 def usage(request: HttpRequest) -> HttpResponse:
     """Tokens and spend per day and model (an SVG bar chart), and per key, for 30 days."""
     since = timezone.now() - timedelta(days=30)
-    rows = metering.spend_by_day_and_model(request.organization, since)
+    rows = selectors.spend_by_day_and_model(request.organization, since)
     by_day: dict = {}
     for row in rows:
         by_day.setdefault(row["hour__date"], []).append(row)
@@ -358,7 +355,7 @@ def usage(request: HttpRequest) -> HttpResponse:
                 "tokens": sum(r["input_tokens"] + r["output_tokens"] for r in models),
             }
         )
-    per_key = metering.usage_by_key(request.organization, since)
+    per_key = selectors.usage_by_key(request.organization, since)
     return render(
         request,
         "billing/usage.html",

@@ -8,8 +8,9 @@ from accounts.models import Organization, User
 from core import audit
 from core.errors import NotFound, ServiceError
 
-from . import gateway, services
-from .models import BillingAccount
+from .. import gateway
+from ..models import BillingAccount
+from .accounts import billing_account_for, require_billing_manager
 
 
 @dataclass(frozen=True)
@@ -54,8 +55,8 @@ def default_card(account: BillingAccount) -> Card | None:
 
 def setup_start(*, organization: Organization, actor: User) -> str:
     """A SetupIntent for the card form to confirm; returns its client secret."""
-    services.require_billing_manager(actor=actor, organization=organization)
-    account = services.billing_account_for(organization)
+    require_billing_manager(actor=actor, organization=organization)
+    account = billing_account_for(organization)
     intent = gateway.setup_intent_create(
         customer_id=account.stripe_customer_id,
         metadata={"organization": organization.slug},
@@ -67,10 +68,10 @@ def setup_start(*, organization: Organization, actor: User) -> str:
 def setup_finished(
     *, organization: Organization, actor: User, setup_intent_id: str
 ) -> BillingAccount:
-    services.require_billing_manager(actor=actor, organization=organization)
+    require_billing_manager(actor=actor, organization=organization)
     if not setup_intent_id.startswith("seti_"):
         raise ServiceError("The card form did not finish. Try again.", code="invalid_setup_intent")
-    account = services.billing_account_for(organization)
+    account = billing_account_for(organization)
     intent = gateway.setup_intent_retrieve(setup_intent_id)
     if getattr(intent, "customer", None) not in (None, account.stripe_customer_id):
         raise NotFound("No such card setup.")
@@ -100,8 +101,8 @@ def _owned(account: BillingAccount, payment_method_id: str) -> None:
 def make_default(
     *, organization: Organization, actor: User, payment_method_id: str
 ) -> BillingAccount:
-    services.require_billing_manager(actor=actor, organization=organization)
-    account = services.billing_account_for(organization)
+    require_billing_manager(actor=actor, organization=organization)
+    account = billing_account_for(organization)
     _owned(account, payment_method_id)
     return _set_default(account, payment_method_id, actor, "payment_method.made_default")
 
@@ -124,8 +125,8 @@ def _set_default(
 
 
 def remove(*, organization: Organization, actor: User, payment_method_id: str) -> None:
-    services.require_billing_manager(actor=actor, organization=organization)
-    account = services.billing_account_for(organization)
+    require_billing_manager(actor=actor, organization=organization)
+    account = billing_account_for(organization)
     _owned(account, payment_method_id)
     gateway.payment_method_detach(payment_method_id=payment_method_id, idempotency_key=None)
     with transaction.atomic():

@@ -6,8 +6,10 @@ from django.utils import timezone
 
 from core.money import from_minor
 
-from . import gateway, services
-from .models import FinanceFlag, Payment
+from .. import gateway
+from ..models import FinanceFlag, Payment
+from .flags import flag_raise
+from .payments import amount_received, payment_sync
 
 WINDOW = timedelta(days=2)
 
@@ -41,13 +43,13 @@ def reconcile() -> int:
                 intent_id,
                 f"{payment.public_id} is {payment.status} here but paid in Stripe; applied now.",
             )
-            services.payment_sync(payment_intent_id=intent_id)
+            payment_sync(payment_intent_id=intent_id)
         elif intent.status != "succeeded" and payment.status in Payment.RECEIVED:
             differences += _flag(
                 intent_id, f"{payment.public_id} is paid here but {intent.status} in Stripe."
             )
         elif intent.status == "succeeded":
-            received = from_minor(services.amount_received(intent), intent.currency)
+            received = from_minor(amount_received(intent), intent.currency)
             if received != payment.amount or intent.currency != payment.currency:
                 differences += _flag(
                     intent_id,
@@ -64,7 +66,5 @@ def reconcile() -> int:
 
 def _flag(intent_id: str, detail: str) -> int:
     payment = Payment.objects.filter(stripe_payment_intent_id=intent_id).first()
-    raised = services.flag_raise(
-        FinanceFlag.Kind.RECONCILIATION, intent_id, detail, payment=payment
-    )
+    raised = flag_raise(FinanceFlag.Kind.RECONCILIATION, intent_id, detail, payment=payment)
     return 1 if raised else 0

@@ -14,7 +14,7 @@ from accounts.services import lock_organization, organization_terms_write, requi
 from core.errors import ServiceError
 from core.money import format_money
 
-from . import selectors
+from .. import selectors
 
 TERMS_PERMISSION = "accounts.approve_terms"
 

@@ -8,15 +8,14 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Sum
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from accounts.models import ApiKey, Organization
 from capacity.pricing import money
 
-from . import gateway
-from .models import BillingAccount, LedgerEntry, ModelPrice, UsageEvent, UsageHour
+from .. import gateway
+from ..models import BillingAccount, LedgerEntry, ModelPrice, UsageEvent, UsageHour
 
 logger = logging.getLogger(__name__)
 MAX_BATCH = 1000
@@ -178,23 +177,3 @@ def push_to_stripe() -> int:
         ).update(pushed_at=timezone.now())
         pushed += 1
     return pushed
-
-
-def spend_by_day_and_model(organization: Organization, since: datetime) -> list[dict]:
-    return list(
-        UsageHour.objects.filter(organization=organization, hour__gte=since)
-        .values("hour__date", "model")
-        .annotate(
-            input_tokens=Sum("input_tokens"), output_tokens=Sum("output_tokens"), cost=Sum("cost")
-        )
-        .order_by("hour__date", "model")
-    )
-
-
-def usage_by_key(organization: Organization, since: datetime) -> list[dict]:
-    return list(
-        UsageEvent.objects.filter(organization=organization, occurred_at__gte=since)
-        .values("api_key__name", "api_key__public_id", "model")
-        .annotate(input_tokens=Sum("input_tokens"), output_tokens=Sum("output_tokens"))
-        .order_by("api_key__name", "model")
-    )
