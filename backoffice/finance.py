@@ -280,7 +280,7 @@ class PaymentAdmin(FinanceAdmin):
     def can_refund(self, obj: Payment) -> str:
         if obj.status not in Payment.RECEIVED:
             return "— (not paid)"
-        position = billing_refunds.refund_position(obj)
+        position = billing_refunds.refund_position_for_payment(obj)
         text = money(position.refundable, obj.currency)
         if position.pending:
             text += f" ({money(position.pending, obj.currency)} on its way)"
@@ -346,7 +346,7 @@ class PaymentAdmin(FinanceAdmin):
         if not self.has_issue_refund_permission(request):
             raise PermissionDenied
         payment = self.object_or_404(request, object_id)
-        position = billing_refunds.refund_position(payment)
+        position = billing_refunds.refund_position_for_payment(payment)
         form = AmountForm(
             request.POST or None, initial={"amount": position.refundable, "reason": ""}
         )
@@ -389,7 +389,7 @@ class PaymentAdmin(FinanceAdmin):
         self, request: HttpRequest, payment: Payment, amount: Decimal, reason: str
     ) -> HttpResponse:
         try:
-            refund = billing_refunds.refund_by_staff(
+            refund = billing_refunds.staff_refund_issue(
                 payment=payment, amount=amount, reason=reason, actor=request.user
             )
         except gateway.GatewayUnavailable:
@@ -421,12 +421,12 @@ class PaymentAdmin(FinanceAdmin):
             done: list[str] = []
             failed: list[tuple[str, str]] = []
             for payment in payments:
-                amount = billing_refunds.refund_position(payment).refundable
+                amount = billing_refunds.refund_position_for_payment(payment).refundable
                 if amount == 0 and payment.status in Payment.RECEIVED:
                     failed.append((payment.public_id, "Nothing is left to refund."))
                     continue
                 try:
-                    refund = billing_refunds.refund_by_staff(
+                    refund = billing_refunds.staff_refund_issue(
                         payment=payment,
                         amount=amount,
                         reason=form.cleaned_data["reason"],
@@ -446,7 +446,7 @@ class PaymentAdmin(FinanceAdmin):
             return None
         rows = []
         for payment in payments:
-            position = billing_refunds.refund_position(payment)
+            position = billing_refunds.refund_position_for_payment(payment)
             rows.append(
                 [
                     payment.public_id,

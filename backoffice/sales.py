@@ -372,7 +372,7 @@ class OrganizationAdmin(ServiceErrorsAsMessages, admin.ModelAdmin):
 
     @admin.display(description="balance owed")
     def balance(self, org: Organization) -> str:
-        return format_money(billing_selectors.balance(org), org.currency)
+        return format_money(billing_selectors.balance_for_org(org), org.currency)
 
     # The change form: details, tier and account owner, through the service
     def save_model(

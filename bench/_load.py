@@ -66,7 +66,7 @@ def _customers(count: int, api: str) -> list[dict]:
             name="load test",
             scopes=["reservations:read", "reservations:write", "billing:read"],
         )
-        account = accounts.billing_account_for(organization)
+        account = accounts.billing_account_ensure(organization)
         card = stack.card(api)
         gateway.payment_method_attach(
             payment_method_id=card,

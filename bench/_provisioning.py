@@ -59,7 +59,7 @@ def _charged(reservation: Reservation, api: str) -> Payment:
         amount=reservation.total,
         currency=reservation.currency,
     )
-    account = accounts.billing_account_for(reservation.organization)
+    account = accounts.billing_account_ensure(reservation.organization)
     intent = gateway.payment_intent_create(
         amount_minor=to_minor(reservation.total, reservation.currency),
         currency=reservation.currency,

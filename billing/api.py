@@ -49,11 +49,13 @@ class PayReservation(APIView):
         reservation = _reservation(request, public_id)
         token = body.validated_data["client_token"]
         if body.validated_data["use_saved_card"]:
-            payment = payments.pay_with_saved_card(
+            payment = payments.payment_by_saved_card_create(
                 reservation=reservation, actor=actor_of(request), attempt_token=token
             )
             secret = (
-                payments.client_secret(payment) if payment.status == "requires_action" else None
+                payments.client_secret_for_payment(payment)
+                if payment.status == "requires_action"
+                else None
             )
         else:
             payment, secret = payments.payment_intent_open(
@@ -107,7 +109,7 @@ class Usage(APIView):
             raise serializers.ValidationError({"events": ["Usage is reported with an API key."]})
         events = request.data.get("events") if isinstance(request.data, dict) else None
         try:
-            result = usage.ingest(reporter=request.auth, events=events)
+            result = usage.usage_ingest(reporter=request.auth, events=events)
         except ValueError as exc:
             raise serializers.ValidationError({"events": [str(exc)]}) from exc
         return Response(result, status=207 if result["errors"] else 200)
@@ -126,7 +128,7 @@ class Usage(APIView):
                 {"days": ["Give a whole number of days from 1 to 90."]}
             )
         since = timezone.now() - timedelta(days=int(days))
-        rows = selectors.spend_by_day_and_model(organization_of(request), since)
+        rows = selectors.usage_by_day_for_org(organization_of(request), since)
         return Response(
             {
                 "days": [
@@ -234,7 +236,7 @@ def _inference(key: ApiKey, organization) -> tuple[bool, str | None]:  # type: i
         return False, "no_inference_scope"
     if key.created_by is None or not key.created_by.is_verified:
         return False, "owner_unverified"
-    if selectors.balance(organization) > organization.credit_limit:
+    if selectors.balance_for_org(organization) > organization.credit_limit:
         return False, "over_credit_limit"
     return True, None
 

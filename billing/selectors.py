@@ -38,13 +38,13 @@ def ledger_for_org(organization: Organization) -> QuerySet[LedgerEntry]:
     return LedgerEntry.objects.filter(organization=organization)
 
 
-def balance(organization: Organization) -> Decimal:
+def balance_for_org(organization: Organization) -> Decimal:
     """What the organization owes now: the sum of its ledger."""
     total = ledger_for_org(organization).aggregate(total=Sum("amount"))["total"]
     return total or Decimal("0.00")
 
 
-def credit_used(organization: Organization) -> Decimal:
+def credit_used_for_org(organization: Organization) -> Decimal:
     """Credit in use on invoice terms: what is owed now, plus reservations confirmed whose
     invoice has not been sent yet (their charge is booked when it is)."""
     S = Reservation.State
@@ -57,10 +57,10 @@ def credit_used(organization: Organization) -> Decimal:
         .exclude(payments__status="succeeded")
         .aggregate(total=Sum("total"))["total"]
     )
-    return balance(organization) + (committed or Decimal("0.00"))
+    return balance_for_org(organization) + (committed or Decimal("0.00"))
 
 
-def spend_since(organization: Organization, since) -> Decimal:  # type: ignore[no-untyped-def]
+def spend_for_org(organization: Organization, since) -> Decimal:  # type: ignore[no-untyped-def]
     """Charges net of credits since a moment: what the organization was billed."""
     kinds = [LedgerEntry.Kind.CHARGE, LedgerEntry.Kind.CREDIT, LedgerEntry.Kind.USAGE]
     total = (
@@ -81,7 +81,7 @@ def webhook_backlog() -> tuple[int, datetime | None]:
     return row["n"], row["oldest"]
 
 
-def spend_by_day_and_model(organization: Organization, since: datetime) -> list[dict]:
+def usage_by_day_for_org(organization: Organization, since: datetime) -> list[dict]:
     return list(
         UsageHour.objects.filter(organization=organization, hour__gte=since)
         .values("hour__date", "model")
@@ -92,7 +92,7 @@ def spend_by_day_and_model(organization: Organization, since: datetime) -> list[
     )
 
 
-def usage_by_key(organization: Organization, since: datetime) -> list[dict]:
+def usage_by_key_for_org(organization: Organization, since: datetime) -> list[dict]:
     return list(
         UsageEvent.objects.filter(organization=organization, occurred_at__gte=since)
         .values("api_key__name", "api_key__public_id", "model")

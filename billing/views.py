@@ -39,7 +39,7 @@ def stripe_webhook(request: HttpRequest) -> JsonResponse:
     if not signature:
         return JsonResponse({"error": "Missing Stripe-Signature header."}, status=400)
     try:
-        _event, created = webhooks.receive(request.body, signature)
+        _event, created = webhooks.webhook_receive(request.body, signature)
     except gateway.WebhookSignatureError:
         return JsonResponse({"error": "Invalid signature."}, status=400)
     except webhooks.BadEvent as exc:
@@ -76,14 +76,14 @@ def pay(request: HttpRequest, public_id: str) -> HttpResponse:
     waiting = reservation.payments.filter(status=Payment.Status.REQUIRES_ACTION).first()
     try:
         if waiting is not None:
-            secret, mode = payments.client_secret(waiting), "action"
+            secret, mode = payments.client_secret_for_payment(waiting), "action"
         else:
             secret, mode = (
                 payments.card_form_start(reservation=reservation, actor=request.user),
                 "payment",
             )
-        account = accounts.billing_account_for(request.organization)
-        saved = cards.default_card(account)
+        account = accounts.billing_account_ensure(request.organization)
+        saved = cards.default_card_for_account(account)
     except ServiceError as exc:
         messages.error(request, exc.message)
         return redirect(detail)
@@ -123,7 +123,7 @@ def _payment_answer(
         return JsonResponse(
             {
                 "status": "requires_action",
-                "client_secret": payments.client_secret(payment),
+                "client_secret": payments.client_secret_for_payment(payment),
                 "status_url": reverse("payment-status", args=[slug, payment.public_id]),
             }
         )
@@ -143,7 +143,7 @@ def pay_card(request: HttpRequest, public_id: str) -> JsonResponse:
     if reservation is None:
         return JsonResponse({"error": "No such reservation."}, status=404)
     try:
-        payment = payments.pay_by_card(
+        payment = payments.payment_by_card_create(
             reservation=reservation,
             actor=request.user,
             payment_method_id=request.POST.get("payment_method", ""),
@@ -172,7 +172,7 @@ def pay_saved(request: HttpRequest, public_id: str) -> HttpResponse:
         return render(request, "404.html", status=404)
     slug = request.organization.slug
     try:
-        payment = payments.pay_with_saved_card(
+        payment = payments.payment_by_saved_card_create(
             reservation=reservation,
             actor=request.user,
             attempt_token=request.POST.get("attempt", ""),
@@ -224,7 +224,7 @@ def billing(request: HttpRequest) -> HttpResponse:
     card_list, card_error = [], ""
     if account is not None:
         try:
-            card_list = cards.cards(account)
+            card_list = cards.cards_for_account(account)
         except gateway.PaymentError as exc:
             card_error = exc.message
     return render(
@@ -236,7 +236,7 @@ def billing(request: HttpRequest) -> HttpResponse:
             "payments": selectors.payments_for_org(organization)[:50],
             "refunds": selectors.refunds_for_org(organization)[:50],
             "invoices": selectors.invoices_for_org(organization)[:50],
-            "balance": selectors.balance(organization),
+            "balance": selectors.balance_for_org(organization),
             "may_manage": can(request.membership.role, Permission.MANAGE_BILLING),
         },
     )
@@ -251,7 +251,7 @@ def card_add(request: HttpRequest) -> HttpResponse:
         return ask_for_password(request, request.get_full_path())
     if request.method == "POST":
         try:
-            cards.setup_finished(
+            cards.card_setup_finish(
                 organization=request.organization,
                 actor=request.user,
                 setup_intent_id=request.POST.get("setup_intent", ""),
@@ -262,7 +262,9 @@ def card_add(request: HttpRequest) -> HttpResponse:
             messages.success(request, "Card saved. It is now the default for payments.")
         return redirect("billing", slug=request.organization.slug)
     try:
-        client_secret = cards.setup_start(organization=request.organization, actor=request.user)
+        client_secret = cards.card_setup_start(
+            organization=request.organization, actor=request.user
+        )
     except ServiceError as exc:
         messages.error(request, exc.message)
         return redirect("billing", slug=request.organization.slug)
@@ -302,14 +304,16 @@ def _is_our_card(request: HttpRequest, payment_method_id: str) -> bool:
 @require_POST
 @recent_password("billing", find=_is_our_card)
 def card_default(request: HttpRequest, payment_method_id: str) -> HttpResponse:
-    return _card_change(request, cards.make_default, payment_method_id, "Default card changed.")
+    return _card_change(
+        request, cards.card_make_default, payment_method_id, "Default card changed."
+    )
 
 
 @org_member(Permission.MANAGE_BILLING)
 @require_POST
 @recent_password("billing", find=_is_our_card)
 def card_remove(request: HttpRequest, payment_method_id: str) -> HttpResponse:
-    return _card_change(request, cards.remove, payment_method_id, "Card removed.")
+    return _card_change(request, cards.card_remove, payment_method_id, "Card removed.")
 
 
 @org_member(Permission.VIEW_BILLING)
@@ -335,7 +339,7 @@ def receipt(request: HttpRequest, payment_id: str) -> HttpResponse:
 def usage(request: HttpRequest) -> HttpResponse:
     """Tokens and spend per day and model (an SVG bar chart), and per key, for 30 days."""
     since = timezone.now() - timedelta(days=30)
-    rows = selectors.spend_by_day_and_model(request.organization, since)
+    rows = selectors.usage_by_day_for_org(request.organization, since)
     by_day: dict = {}
     for row in rows:
         by_day.setdefault(row["hour__date"], []).append(row)
@@ -355,7 +359,7 @@ def usage(request: HttpRequest) -> HttpResponse:
                 "tokens": sum(r["input_tokens"] + r["output_tokens"] for r in models),
             }
         )
-    per_key = selectors.usage_by_key(request.organization, since)
+    per_key = selectors.usage_by_key_for_org(request.organization, since)
     return render(
         request,
         "billing/usage.html",

@@ -29,7 +29,7 @@ class BadEvent(ValueError):
     pass
 
 
-def receive(payload: bytes, signature: str) -> tuple[WebhookEvent, bool]:
+def webhook_receive(payload: bytes, signature: str) -> tuple[WebhookEvent, bool]:
     """Verify and store an event; returns (event, created). Raises BadEvent or the gateway's
     WebhookSignatureError; in both cases nothing is stored."""
     gateway.verify_webhook(payload, signature)
@@ -77,15 +77,15 @@ HANDLERS: dict[str, Callable[[str], object]] = {
     "payment_intent.requires_action": _payment_intent,
     "payment_intent.canceled": _payment_intent,
     "charge.refunded": _charge_refunded,
-    "charge.dispute.created": lambda dispute_id: disputes.dispute_opened(dispute_id=dispute_id),
+    "charge.dispute.created": lambda dispute_id: disputes.dispute_record(dispute_id=dispute_id),
     "invoice.paid": lambda invoice_id: invoices.invoice_sync(stripe_invoice_id=invoice_id),
-    "invoice.payment_failed": lambda invoice_id: invoices.invoice_payment_failed(
+    "invoice.payment_failed": lambda invoice_id: invoices.invoice_failure_record(
         stripe_invoice_id=invoice_id
     ),
 }
 
 
-def process(event_pk: int) -> str:
+def webhook_process(event_pk: int) -> str:
     """Apply one stored event; returns the resulting status. Raises the gateway's
     GatewayUnavailable so the task can retry later."""
     event = WebhookEvent.objects.get(pk=event_pk)

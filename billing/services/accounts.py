@@ -42,7 +42,7 @@ def require_finance_staff(actor: User, permission: str, message: str) -> None:
         raise NotAllowed(message)
 
 
-def billing_account_for(organization: Organization) -> BillingAccount:
+def billing_account_ensure(organization: Organization) -> BillingAccount:
     """The organization's Stripe customer, created on first need (once, even when racing)."""
     existing = BillingAccount.objects.filter(organization=organization).first()
     if existing is not None:

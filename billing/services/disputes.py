@@ -10,7 +10,7 @@ from ..models import FinanceFlag, Payment
 from .flags import flag_raise
 
 
-def dispute_opened(*, dispute_id: str) -> None:
+def dispute_record(*, dispute_id: str) -> None:
     dispute = gateway.dispute_retrieve(dispute_id)
     intent_id = getattr(dispute, "payment_intent", None)
     if intent_id is None and getattr(dispute, "charge", None):

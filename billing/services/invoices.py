@@ -11,11 +11,11 @@ from core.money import from_minor, to_minor
 
 from .. import gateway
 from ..models import FinanceFlag, Invoice, LedgerEntry
-from .accounts import billing_account_for
+from .accounts import billing_account_ensure
 from .flags import flag_raise
 
 
-def invoice_for_reservation(*, reservation: Reservation) -> Invoice:
+def invoice_issue(*, reservation: Reservation) -> Invoice:
     """A net-N Stripe invoice for a reservation confirmed on invoice terms (one per reservation)."""
     organization = reservation.organization
     invoice, _ = Invoice.objects.get_or_create(
@@ -28,7 +28,7 @@ def invoice_for_reservation(*, reservation: Reservation) -> Invoice:
     )
     if invoice.stripe_invoice_id:
         return invoice
-    account = billing_account_for(organization)
+    account = billing_account_ensure(organization)
     stripe_invoice = gateway.invoice_create(
         customer_id=account.stripe_customer_id,
         amount_minor=to_minor(invoice.amount, invoice.currency),
@@ -129,7 +129,7 @@ def invoice_sync(*, stripe_invoice_id: str) -> Invoice | None:
     return invoice
 
 
-def invoice_payment_failed(*, stripe_invoice_id: str) -> None:
+def invoice_failure_record(*, stripe_invoice_id: str) -> None:
     invoice = invoice_sync(stripe_invoice_id=stripe_invoice_id)
     if invoice is None or invoice.status == Invoice.Status.PAID:
         return

@@ -23,7 +23,12 @@ from core.money import format_money, from_minor, to_minor
 
 from .. import gateway
 from ..models import BillingAccount, FinanceFlag, LedgerEntry, Payment
-from .accounts import billing_account_for, billing_email_queue, is_billing_manager, require_may_pay
+from .accounts import (
+    billing_account_ensure,
+    billing_email_queue,
+    is_billing_manager,
+    require_may_pay,
+)
 from .flags import flag_raise
 from .refunds import refund_issue
 
@@ -45,7 +50,7 @@ def _forget_card(account: BillingAccount, payment_method_id: str) -> None:
 
 def _settle_card(payment: Payment, payment_method_id: str) -> None:
     """After a successful payment: keep the card as the default if asked, else let it go."""
-    account = billing_account_for(payment.organization)
+    account = billing_account_ensure(payment.organization)
     if payment.keep_card:
         with transaction.atomic():
             locked = BillingAccount.objects.select_for_update().get(pk=account.pk)
@@ -91,7 +96,7 @@ def card_form_start(*, reservation: Reservation, actor: User) -> str:
     client secret. The payment itself is then made on the server with that card."""
     require_may_pay(actor=actor, organization=reservation.organization)
     _payable(reservation)
-    account = billing_account_for(reservation.organization)
+    account = billing_account_ensure(reservation.organization)
     intent = gateway.setup_intent_create(
         customer_id=account.stripe_customer_id,
         metadata={
@@ -142,7 +147,7 @@ def _attempt(
     )
 
 
-def pay_by_card(
+def payment_by_card_create(
     *,
     reservation: Reservation,
     actor: User,
@@ -165,7 +170,7 @@ def pay_by_card(
     _payable(reservation)
     if not attempt_token or len(attempt_token) > 64:
         raise ServiceError("Reload the page and try again.", code="invalid_attempt")
-    account = billing_account_for(reservation.organization)
+    account = billing_account_ensure(reservation.organization)
     method = _customer_card(account, payment_method_id)
     payment, created = _attempt(reservation, actor, attempt_token, keep_card=keep_card)
     if not created and payment.stripe_payment_intent_id:
@@ -202,7 +207,7 @@ def payment_intent_open(
     _payable(reservation)
     if not attempt_token or len(attempt_token) > 64:
         raise ServiceError("Send an attempt token of at most 64 characters.", param="client_token")
-    account = billing_account_for(reservation.organization)
+    account = billing_account_ensure(reservation.organization)
     payment, _ = _attempt(reservation, actor, attempt_token)
     intent = gateway.payment_intent_create(
         amount_minor=to_minor(payment.amount, payment.currency),
@@ -216,12 +221,14 @@ def payment_intent_open(
     return payment, intent.client_secret
 
 
-def pay_with_saved_card(*, reservation: Reservation, actor: User, attempt_token: str) -> Payment:
+def payment_by_saved_card_create(
+    *, reservation: Reservation, actor: User, attempt_token: str
+) -> Payment:
     """Charge the organization's default card off-session."""
-    account = billing_account_for(reservation.organization)
+    account = billing_account_ensure(reservation.organization)
     if not account.default_payment_method_id:
         raise ServiceError("There is no saved card. Pay with a card below.", code="no_saved_card")
-    return pay_by_card(
+    return payment_by_card_create(
         reservation=reservation,
         actor=actor,
         payment_method_id=account.default_payment_method_id,
@@ -230,7 +237,7 @@ def pay_with_saved_card(*, reservation: Reservation, actor: User, attempt_token:
     )
 
 
-def client_secret(payment: Payment) -> str:
+def client_secret_for_payment(payment: Payment) -> str:
     """For a payment that needs 3-D Secure: the secret Stripe.js confirms it with."""
     return gateway.payment_intent_retrieve(payment.stripe_payment_intent_id).client_secret
 
@@ -302,7 +309,7 @@ def payment_sync(*, payment_intent_id: str) -> Payment | None:
         if payment.status == Payment.Status.SUCCEEDED:
             _settle_card(payment, method_id)
         else:
-            _forget_card(billing_account_for(payment.organization), method_id)
+            _forget_card(billing_account_ensure(payment.organization), method_id)
     if follow_up is not None:
         follow_up()
     return payment

@@ -14,7 +14,7 @@ from .payments import amount_received, payment_sync
 WINDOW = timedelta(days=2)
 
 
-def reconcile() -> int:
+def payments_reconcile() -> int:
     """Compare the last two days of PaymentIntents; returns how many differences were found.
     Running it twice records nothing new (a flag exists once per object and kind)."""
     since = timezone.now() - WINDOW

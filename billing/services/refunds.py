@@ -174,7 +174,7 @@ class RefundPosition:
         return max(self.paid - self.refunded - self.pending, Decimal("0.00"))
 
 
-def refund_position(payment: Payment) -> RefundPosition:
+def refund_position_for_payment(payment: Payment) -> RefundPosition:
     pending = payment.refunds.filter(status=Refund.Status.PENDING).aggregate(s=Sum("amount"))["s"]
     return RefundPosition(
         paid=payment.amount,
@@ -206,7 +206,7 @@ def refund_check(*, payment: Payment, amount: Decimal, reason: str, actor: User)
             f"{payment.currency.upper()} amounts have at most {places} decimal places.",
             param="amount",
         )
-    position = refund_position(payment)
+    position = refund_position_for_payment(payment)
     if amount > position.refundable:
         raise ServiceError(
             f"At most {format_money(position.refundable, payment.currency)} can still be "
@@ -216,7 +216,7 @@ def refund_check(*, payment: Payment, amount: Decimal, reason: str, actor: User)
         )
 
 
-def refund_by_staff(*, payment: Payment, amount: Decimal, reason: str, actor: User) -> Refund:
+def staff_refund_issue(*, payment: Payment, amount: Decimal, reason: str, actor: User) -> Refund:
     """Refund part or all of a payment on a staff member's say-so.
 
     The pending refund and the audit of the request are committed before Stripe is called

@@ -14,7 +14,7 @@ from .. import gateway
 from ..models import FinanceFlag, Invoice, LedgerEntry, Payment, Refund
 from .accounts import billing_email_queue
 from .flags import flag_raise
-from .invoices import invoice_for_reservation
+from .invoices import invoice_issue
 from .refunds import AlreadySettled, refund_issue, refund_send
 
 logger = logging.getLogger(__name__)
@@ -27,7 +27,7 @@ def settlement_enqueue(reservation_id: int) -> None:
     enqueue_after_commit("billing.settle_reservation", reservation_id=reservation_id)
 
 
-def settle_reservation(*, reservation_id: int) -> None:
+def reservation_settle(*, reservation_id: int) -> None:
     """Do what money a reservation's state asks for. Safe to run any number of times."""
     reservation = Reservation.objects.select_related("organization").get(pk=reservation_id)
     if reservation.state == S.CANCELED and reservation.refund_due:
@@ -48,7 +48,7 @@ def settle_reservation(*, reservation_id: int) -> None:
         and not reservation.payments.filter(status=Payment.Status.SUCCEEDED).exists()
     ):
         try:
-            invoice_for_reservation(reservation=reservation)
+            invoice_issue(reservation=reservation)
         except gateway.GatewayUnavailable:
             raise  # transient: the task retries
         except gateway.PaymentError as exc:
@@ -98,7 +98,7 @@ def _credit_invoice(reservation: Reservation, amount: Decimal | None, reason: st
     (on a paid invoice, to the customer's balance). The ledger books the credit once."""
     invoice = Invoice.objects.get(reservation=reservation)
     if not invoice.stripe_invoice_id:
-        return  # never sent, nothing booked: invoice_for_reservation no longer sends it
+        return  # never sent, nothing booked: invoice_issue no longer sends it
     if LedgerEntry.objects.filter(kind=LedgerEntry.Kind.CREDIT, invoice=invoice).exists():
         return
     credit = invoice.amount if amount is None else min(amount, invoice.amount)

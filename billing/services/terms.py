@@ -48,7 +48,7 @@ def invoice_terms_approve(
     require_staff_permission(actor, TERMS_PERMISSION, "approve payment terms")
     limit = _amount(credit_limit)
     locked = lock_organization(organization)
-    owed = selectors.balance(locked)
+    owed = selectors.balance_for_org(locked)
     if limit < owed:
         raise ServiceError(
             f"The credit limit ({format_money(limit, locked.currency)}) is below what "

@@ -61,7 +61,7 @@ def _parse(item: object, now: datetime, prices: set[str]) -> dict:
     return {"event_id": event_id, "model": item["model"], "occurred_at": occurred, **tokens}
 
 
-def ingest(*, reporter: ApiKey, events: object) -> dict:
+def usage_ingest(*, reporter: ApiKey, events: object) -> dict:
     """Store each new event once; duplicates (by id, per organization) are counted, bad events
     are reported by position, and the good ones are kept whatever the others are."""
     if not isinstance(events, list) or not 1 <= len(events) <= MAX_BATCH:
@@ -99,7 +99,7 @@ def ingest(*, reporter: ApiKey, events: object) -> dict:
     }
 
 
-def aggregate(now: datetime | None = None) -> int:
+def usage_aggregate(now: datetime | None = None) -> int:
     """Roll events of finished hours into UsageHour rows, book the cost, report to Stripe.
     Each event is counted in exactly one run (it is marked under a row lock)."""
     now = now or timezone.now()
@@ -148,11 +148,11 @@ def aggregate(now: datetime | None = None) -> int:
                 ),
             )
             booked += 1
-    push_to_stripe()
+    usage_push()
     return booked
 
 
-def push_to_stripe() -> int:
+def usage_push() -> int:
     """Report every hour whose total changed as a meter event with a deterministic identifier
     (the hour and its token total), so a replay is harmless."""
     pushed = 0

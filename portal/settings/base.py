@@ -374,7 +374,7 @@ CAPACITY_ALTERNATIVE_SPAN = timedelta(days=3)  # how far from the asked start to
 # confirmed on invoice terms): billing refunds or invoices it, after the commit.
 RESERVATION_SETTLEMENT_HOOK = "billing.services.settlement.settlement_enqueue"
 # How much credit an organization on invoice terms has in use (owed plus committed).
-CREDIT_USED_HOOK = "billing.selectors.credit_used"
+CREDIT_USED_HOOK = "billing.selectors.credit_used_for_org"
 
 # --- Provisioning ---------------------------------------------------------------------------
 PROVISIONING_DRIVER = env.str(

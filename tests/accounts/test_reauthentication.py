@@ -68,7 +68,7 @@ def test_every_sensitive_action_asks_for_the_password_and_changes_nothing(
 
 
 def test_changing_a_saved_card_asks_for_the_password(organization, owner, stripe_api):
-    account = accounts.billing_account_for(organization)
+    account = accounts.billing_account_ensure(organization)
     method = card(stripe_api)
     gateway.payment_method_attach(
         payment_method_id=method, customer_id=account.stripe_customer_id, idempotency_key=method
@@ -79,7 +79,7 @@ def test_changing_a_saved_card_asks_for_the_password(organization, owner, stripe
         _asked(client.post(reverse(name, args=[organization.slug, method])), billing)
     account.refresh_from_db()
     assert account.default_payment_method_id == ""
-    assert [c.id for c in cards.cards(account)] == [method]
+    assert [c.id for c in cards.cards_for_account(account)] == [method]
 
 
 def test_a_stale_confirmation_asks_again(organization, owner, teammate, settings):

@@ -1007,7 +1007,7 @@ def test_a_full_refund_by_staff_reaches_stripe(
 ):
     held = reserve(organization, owner, catalog)  # $768, starts in half an hour
     with django_capture_on_commit_callbacks(execute=True):
-        payments.pay_by_card(
+        payments.payment_by_card_create(
             reservation=held, actor=owner, payment_method_id=card(stripe_api), attempt_token="a1"
         )
     held.refresh_from_db()

@@ -156,7 +156,7 @@ def stripe_charges(reservation: Reservation, method: str, attempt: str = "elsewh
         amount=reservation.total,
         currency=reservation.currency,
     )
-    account = accounts.billing_account_for(reservation.organization)
+    account = accounts.billing_account_ensure(reservation.organization)
     intent = gateway.payment_intent_create(
         amount_minor=to_minor(reservation.total, reservation.currency),
         currency=reservation.currency,

@@ -36,7 +36,7 @@ def test_paid_block_comes_up_on_time_warns_and_is_torn_down(
     start = ceil_hour(timezone.now()) + hours(2)
     with time_machine.travel(timezone.now(), tick=True) as clock:
         reservation = held_reservation(organization, owner, catalog, length=3, start=start)
-        payments.pay_by_card(
+        payments.payment_by_card_create(
             reservation=reservation,
             actor=owner,
             payment_method_id=card(stripe_api),

@@ -44,7 +44,7 @@ def test_a_cancellation_refund_comes_after_a_goodwill_refund_and_only_once(
     reservation.refresh_from_db()
     capacity_services.reservation_cancel(reservation=reservation, actor=owner, reason="Plans")
     for _ in range(3):
-        settlement.settle_reservation(reservation_id=reservation.pk)
+        settlement.reservation_settle(reservation_id=reservation.pk)
     payment.refresh_from_db()
     assert sorted(Refund.objects.values_list("amount", "settles", "status")) == [
         (Decimal("100.00"), "", "succeeded"),
@@ -126,9 +126,9 @@ def invoiced(catalog, organization, owner) -> Reservation:
     )
     organization.refresh_from_db()
     reservation = held_reservation(organization, owner, catalog, start=ten_days_out())
-    settlement.settle_reservation(reservation_id=reservation.pk)  # sends the invoice
+    settlement.reservation_settle(reservation_id=reservation.pk)  # sends the invoice
     assert Invoice.objects.get(reservation=reservation).stripe_invoice_id == "in_test_1"
-    assert selectors.balance(organization) == Decimal("768.00")
+    assert selectors.balance_for_org(organization) == Decimal("768.00")
     return reservation
 
 
@@ -146,11 +146,11 @@ def test_canceling_an_invoiced_reservation_in_full_voids_its_open_invoice(
     reservation = invoiced(catalog, organization, owner)
     capacity_services.reservation_cancel(reservation=reservation, actor=owner, reason="Plans")
     for _ in range(2):
-        settlement.settle_reservation(reservation_id=reservation.pk)
+        settlement.reservation_settle(reservation_id=reservation.pk)
     assert [c[0] for c in stripe_invoice["calls"]] == ["create", "void"]
     assert stripe_invoice["calls"][1][1] == f"credit:{reservation.public_id}"
     assert credits(organization) == [(Decimal("-768.00"), "void")]
-    assert selectors.balance(organization) == Decimal("0.00")
+    assert selectors.balance_for_org(organization) == Decimal("0.00")
     assert Refund.objects.count() == Payment.objects.count() == 0
     event = AuditEvent.objects.get(action="invoice.credited")
     assert event.data == {"amount": "768.00", "voided": True, "reservation": reservation.public_id}
@@ -163,8 +163,8 @@ def test_a_partial_credit_is_a_credit_note_and_the_payment_books_what_was_paid(
     settings.CAPACITY_CANCELLATION_POLICY = [(timedelta(days=30), 100), (timedelta(0), 50)]
     reservation = invoiced(catalog, organization, owner)
     capacity_services.reservation_cancel(reservation=reservation, actor=owner, reason="Plans")
-    settlement.settle_reservation(reservation_id=reservation.pk)
-    settlement.settle_reservation(reservation_id=reservation.pk)
+    settlement.reservation_settle(reservation_id=reservation.pk)
+    settlement.reservation_settle(reservation_id=reservation.pk)
     assert [
         (c[0], c[2].get("amount"), c[2].get("credit_amount")) for c in stripe_invoice["calls"]
     ] == [
@@ -179,7 +179,7 @@ def test_a_partial_credit_is_a_credit_note_and_the_payment_books_what_was_paid(
     assert list(
         LedgerEntry.objects.filter(kind="invoice_payment").values_list("amount", flat=True)
     ) == [Decimal("-384.00")]
-    assert selectors.balance(organization) == Decimal("0.00")
+    assert selectors.balance_for_org(organization) == Decimal("0.00")
 
 
 def test_a_failed_block_on_a_paid_invoice_is_credited_to_the_customers_balance(
@@ -188,10 +188,10 @@ def test_a_failed_block_on_a_paid_invoice_is_credited_to_the_customers_balance(
     reservation = invoiced(catalog, organization, owner)
     stripe_invoice.update(status="paid", paid=76800)
     invoices.invoice_sync(stripe_invoice_id="in_test_1")
-    assert selectors.balance(organization) == Decimal("0.00")
+    assert selectors.balance_for_org(organization) == Decimal("0.00")
     Reservation.objects.filter(pk=reservation.pk).update(state=S.FAILED)
     assert tasks.settle_pending() == 1  # the sweep sees the credit owed
-    settlement.settle_reservation(reservation_id=reservation.pk)
+    settlement.reservation_settle(reservation_id=reservation.pk)
     note = stripe_invoice["calls"][-1]
     assert (note[0], note[2]["amount"], note[2]["credit_amount"]) == (
         "credit_note",
@@ -199,5 +199,5 @@ def test_a_failed_block_on_a_paid_invoice_is_credited_to_the_customers_balance(
         "76800",
     )
     assert credits(organization) == [(Decimal("-768.00"), "paid")]
-    assert selectors.balance(organization) == Decimal("-768.00")  # a credit for next time
+    assert selectors.balance_for_org(organization) == Decimal("-768.00")  # a credit for next time
     assert tasks.settle_pending() == 0

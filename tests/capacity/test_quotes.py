@@ -219,7 +219,7 @@ def test_a_card_customer_pays_a_quote_with_the_ordinary_payment(
         refused.value.message
         == f"{organization.name} pays by card: pay $710.40 to confirm this quote."
     )
-    payment = payments.pay_by_card(
+    payment = payments.payment_by_card_create(
         reservation=reservation, actor=owner, payment_method_id=card(stripe_api),
         attempt_token="quote-1",
     )  # fmt: skip

@@ -167,7 +167,7 @@ def _tenant(org: Organization, owner: User, catalog, number: int, api: str) -> T
     invitation, invitation_token = account_services.invitation_create(
         organization=org, actor=owner, email=f"invitee{number}@example.com", role=Role.MEMBER
     )
-    account = accounts.billing_account_for(org)
+    account = accounts.billing_account_ensure(org)
     payment_method = card(api)
     gateway.payment_method_attach(
         payment_method_id=payment_method,
