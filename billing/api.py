@@ -1,5 +1,7 @@
+from collections.abc import Callable
 from datetime import timedelta
 
+from django.db.models import Model, QuerySet
 from django.utils import timezone
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import serializers
@@ -9,7 +11,7 @@ from rest_framework.response import Response
 
 from accounts import api_keys
 from accounts.api_auth import actor_of, organization_of
-from accounts.models import ApiKey
+from accounts.models import ApiKey, Organization, User
 from accounts.permissions import Permission, can
 from accounts.selectors import membership_for
 from capacity.api import _reservation
@@ -197,19 +199,22 @@ class InvoiceSerializer(serializers.ModelSerializer):
 
 class _BillingList(APIView, ListAPIView):
     required_scopes = {"GET": ApiKey.Scope.BILLING_READ}
-    selector = None
+    selector: Callable[[Organization], QuerySet[Model]]
 
-    def get_queryset(self):  # type: ignore[no-untyped-def]
+    def get_queryset(self) -> QuerySet[Model]:
         organization = organization_of(self.request)
         role_check(self.request, organization)
         return type(self).selector(organization)
 
 
-def role_check(request: Request, organization) -> None:  # type: ignore[no-untyped-def]
+def role_check(request: Request, organization: Organization) -> None:
     """Session users need a billing role; keys carry the billing:read scope instead."""
     if isinstance(request.auth, ApiKey):
         return
-    membership = membership_for(user=request.user, slug=organization.slug)
+    user = request.user
+    membership = (
+        membership_for(user=user, slug=organization.slug) if isinstance(user, User) else None
+    )
     if membership is None or not can(membership.role, Permission.VIEW_BILLING):
         raise NotAllowed("Your role cannot see billing.")
 
@@ -229,7 +234,7 @@ class Invoices(_BillingList):
     selector = staticmethod(selectors.invoices_for_org)
 
 
-def _inference(key: ApiKey, organization) -> tuple[bool, str | None]:  # type: ignore[no-untyped-def]
+def _inference(key: ApiKey, organization: Organization) -> tuple[bool, str | None]:
     """May this key call hosted models: its scope, a verified owner, and no unpaid balance
     over the organization's credit limit."""
     if ApiKey.Scope.INFERENCE not in key.scopes:

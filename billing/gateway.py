@@ -43,10 +43,9 @@ class WebhookSignatureError(Exception):
 def _client() -> stripe.StripeClient:
     if not settings.STRIPE_SECRET_KEY:
         raise GatewayUnavailable("Payments are not configured.", code="stripe_not_configured")
-    base = {"api": settings.STRIPE_API_BASE} if settings.STRIPE_API_BASE else None
     return stripe.StripeClient(
         settings.STRIPE_SECRET_KEY,
-        base_addresses=base,
+        base_addresses={"api": settings.STRIPE_API_BASE} if settings.STRIPE_API_BASE else None,
         http_client=stripe.RequestsClient(timeout=settings.STRIPE_TIMEOUT_SECONDS),
         max_network_retries=settings.STRIPE_MAX_NETWORK_RETRIES,
     )

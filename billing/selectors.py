@@ -1,5 +1,6 @@
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
+from typing import TypedDict
 
 from django.db.models import Count, Min, Q, QuerySet, Sum
 
@@ -16,6 +17,26 @@ from .models import (
     WebhookEvent,
     WebhookProcessing,
 )
+
+
+class DaySpend(TypedDict):
+    """Tokens and cost of one model on one day."""
+
+    hour__date: date
+    model: str
+    input_tokens: int
+    output_tokens: int
+    cost: Decimal
+
+
+class KeyUsage(TypedDict):
+    """Tokens of one model through one API key."""
+
+    api_key__name: str
+    api_key__public_id: str
+    model: str
+    input_tokens: int
+    output_tokens: int
 
 
 def payments_for_org(organization: Organization) -> QuerySet[Payment]:
@@ -60,7 +81,7 @@ def credit_used_for_org(organization: Organization) -> Decimal:
     return balance_for_org(organization) + (committed or Decimal("0.00"))
 
 
-def spend_for_org(organization: Organization, since) -> Decimal:  # type: ignore[no-untyped-def]
+def spend_for_org(organization: Organization, since: datetime) -> Decimal:
     """Charges net of credits since a moment: what the organization was billed."""
     kinds = [LedgerEntry.Kind.CHARGE, LedgerEntry.Kind.CREDIT, LedgerEntry.Kind.USAGE]
     total = (
@@ -81,7 +102,7 @@ def webhook_backlog() -> tuple[int, datetime | None]:
     return row["n"], row["oldest"]
 
 
-def usage_by_day_for_org(organization: Organization, since: datetime) -> list[dict]:
+def usage_by_day_for_org(organization: Organization, since: datetime) -> list[DaySpend]:
     return list(
         UsageHour.objects.filter(organization=organization, hour__gte=since)
         .values("hour__date", "model")
@@ -92,7 +113,7 @@ def usage_by_day_for_org(organization: Organization, since: datetime) -> list[di
     )
 
 
-def usage_by_key_for_org(organization: Organization, since: datetime) -> list[dict]:
+def usage_by_key_for_org(organization: Organization, since: datetime) -> list[KeyUsage]:
     return list(
         UsageEvent.objects.filter(organization=organization, occurred_at__gte=since)
         .values("api_key__name", "api_key__public_id", "model")

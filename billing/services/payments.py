@@ -7,6 +7,7 @@ charged or refunded twice.
 """
 
 import logging
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
@@ -239,7 +240,10 @@ def payment_by_saved_card_create(
 
 def client_secret_for_payment(payment: Payment) -> str:
     """For a payment that needs 3-D Secure: the secret Stripe.js confirms it with."""
-    return gateway.payment_intent_retrieve(payment.stripe_payment_intent_id).client_secret
+    if not payment.stripe_payment_intent_id:
+        raise Conflict("This payment never reached Stripe.", code="no_payment_intent")
+    secret: str = gateway.payment_intent_retrieve(payment.stripe_payment_intent_id).client_secret
+    return secret
 
 
 def _intent_id_from_error(exc: gateway.PaymentError) -> str | None:
@@ -347,7 +351,9 @@ def _card_details(intent: Any) -> tuple[str, str]:
     return (getattr(details, "brand", "") or "", getattr(details, "last4", "") or "")
 
 
-def _book_success(payment: Payment, intent: Any, card: tuple[str, str]):  # type: ignore[no-untyped-def]
+def _book_success(
+    payment: Payment, intent: Any, card: tuple[str, str]
+) -> Callable[[], None] | None:
     """Record a successful payment and confirm its reservation. Runs inside the payment lock;
     returns work for after the commit (a refund when the reservation cannot take the money)."""
     received = from_minor(amount_received(intent), intent.currency)

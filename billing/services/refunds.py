@@ -70,6 +70,8 @@ def refund_open(
 
 def refund_send(refund: Refund) -> Refund:
     payment = refund.payment
+    if not payment.stripe_payment_intent_id:
+        raise Conflict("This payment never reached Stripe; there is nothing to refund.")
     stripe_refund = gateway.refund_create(
         payment_intent_id=payment.stripe_payment_intent_id,
         amount_minor=to_minor(refund.amount, refund.currency),
@@ -201,7 +203,8 @@ def refund_check(*, payment: Payment, amount: Decimal, reason: str, actor: User)
         raise ServiceError("Refund an amount above zero.", param="amount")
     places = 0 if payment.currency.lower() in ZERO_DECIMAL else 2
     # The exponent, not quantize: quantizing a huge amount raises instead of answering.
-    if -amount.normalize().as_tuple().exponent > places:
+    exponent = amount.normalize().as_tuple().exponent  # an int: the amount is finite
+    if isinstance(exponent, int) and -exponent > places:
         raise ServiceError(
             f"{payment.currency.upper()} amounts have at most {places} decimal places.",
             param="amount",
