@@ -1,4 +1,4 @@
-"""Finance in the back office: money records are read-only; changes go through billing.finance.
+"""Finance in the back office: money records are read-only; changes go through billing.services.
 
 Nobody (superusers included) adds, changes or deletes a payment, refund, invoice, ledger entry
 or webhook event here. Finance refunds payments, replays webhook events and resolves flags
@@ -24,7 +24,7 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
 from backoffice.actor import staff_actor
-from billing import finance, gateway
+from billing import gateway, webhooks
 from billing.models import (
     BillingAccount,
     FinanceFlag,
@@ -37,6 +37,9 @@ from billing.models import (
     WebhookEvent,
     WebhookProcessing,
 )
+from billing.services import flags as finance_flags
+from billing.services import prices
+from billing.services import refunds as billing_refunds
 from core.errors import ServiceError
 from core.money import format_money
 from core.staff import ReadOnlyAdmin, StaffReasonForm, staff_may
@@ -271,7 +274,7 @@ class PaymentAdmin(FinanceAdmin):
     def can_refund(self, obj: Payment) -> str:
         if obj.status not in Payment.RECEIVED:
             return "— (not paid)"
-        position = finance.refund_position(obj)
+        position = billing_refunds.refund_position_for_payment(obj)
         text = money(position.refundable, obj.currency)
         if position.pending:
             text += f" ({money(position.pending, obj.currency)} on its way)"
@@ -337,7 +340,7 @@ class PaymentAdmin(FinanceAdmin):
         if not self.has_issue_refund_permission(request):
             raise PermissionDenied
         payment = self.object_or_404(request, object_id)
-        position = finance.refund_position(payment)
+        position = billing_refunds.refund_position_for_payment(payment)
         form = AmountForm(
             request.POST or None, initial={"amount": position.refundable, "reason": ""}
         )
@@ -345,7 +348,7 @@ class PaymentAdmin(FinanceAdmin):
         if request.method == "POST" and form.is_valid():
             amount, reason = form.cleaned_data["amount"], form.cleaned_data["reason"]
             try:
-                finance.refund_check(
+                billing_refunds.refund_check(
                     payment=payment, amount=amount, reason=reason, actor=staff_actor(request)
                 )
             except ServiceError as exc:
@@ -380,7 +383,7 @@ class PaymentAdmin(FinanceAdmin):
         self, request: HttpRequest, payment: Payment, amount: Decimal, reason: str
     ) -> HttpResponse:
         try:
-            refund = finance.refund_by_staff(
+            refund = billing_refunds.staff_refund_issue(
                 payment=payment, amount=amount, reason=reason, actor=staff_actor(request)
             )
         except gateway.GatewayUnavailable:
@@ -412,12 +415,12 @@ class PaymentAdmin(FinanceAdmin):
             done: list[str] = []
             failed: list[tuple[str, str]] = []
             for payment in payments:
-                amount = finance.refund_position(payment).refundable
+                amount = billing_refunds.refund_position_for_payment(payment).refundable
                 if amount == 0 and payment.status in Payment.RECEIVED:
                     failed.append((payment.public_id, "Nothing is left to refund."))
                     continue
                 try:
-                    refund = finance.refund_by_staff(
+                    refund = billing_refunds.staff_refund_issue(
                         payment=payment,
                         amount=amount,
                         reason=form.cleaned_data["reason"],
@@ -437,7 +440,7 @@ class PaymentAdmin(FinanceAdmin):
             return None
         rows = []
         for payment in payments:
-            position = finance.refund_position(payment)
+            position = billing_refunds.refund_position_for_payment(payment)
             rows.append(
                 [
                     payment.public_id,
@@ -703,7 +706,7 @@ class WebhookEventAdmin(FinanceAdmin):
             self,
             request,
             events,
-            lambda event: finance.webhook_replay(event=event, actor=staff_actor(request)),
+            lambda event: webhooks.webhook_replay(event=event, actor=staff_actor(request)),
             name=lambda event: event.stripe_event_id,
             verb="Queued for processing again",
         )
@@ -917,7 +920,7 @@ class FinanceFlagAdmin(FinanceAdmin):
             self,
             request,
             flags,
-            lambda flag: finance.flag_resolve(
+            lambda flag: finance_flags.flag_resolve(
                 flag=flag, actor=staff_actor(request), resolution=resolution
             ),
             name=str,
@@ -992,7 +995,7 @@ class ModelPriceAdmin(admin.ModelAdmin):
         return False  # usage already priced with it stays explainable; change it instead
 
     def save_model(self, request: HttpRequest, obj: ModelPrice, form: Any, change: bool) -> None:
-        finance.model_price_save(price=obj, actor=staff_actor(request))
+        prices.model_price_save(price=obj, actor=staff_actor(request))
 
 
 @admin.register(UsageHour)

@@ -1,6 +1,6 @@
 """Sales: customers, their terms, negotiated rates and quotes.
 
-Every change goes through a service (accounts.services, billing.terms, capacity.rates,
+Every change goes through a service (accounts.services, billing.services.terms, capacity.rates,
 capacity.quotes) that checks the staff member's permission and records an audit event; the
 admin only collects input. Actions that take something away (suspending, closing the credit
 line, deleting rates) show a confirmation page first, and report each row that failed and why.
@@ -42,8 +42,8 @@ from accounts import services as account_services
 from accounts.models import ApiKey, Membership, Organization
 from backoffice.actor import staff_actor
 from billing import selectors as billing_selectors
-from billing import terms
 from billing.models import LedgerEntry
+from billing.services import terms
 from capacity import quotes, rates
 from capacity.models import GpuModel, NegotiatedRate, Region
 from capacity.services import SoldOut
@@ -371,7 +371,7 @@ class OrganizationAdmin(ServiceErrorsAsMessages):
 
     @admin.display(description="balance owed")
     def balance(self, org: Organization) -> str:
-        return format_money(billing_selectors.balance(org), org.currency)
+        return format_money(billing_selectors.balance_for_org(org), org.currency)
 
     # The change form: details, tier and account owner, through the service
     def save_model(

@@ -26,8 +26,8 @@ from django.db import connection
 
 from accounts import api_keys
 from billing import gateway
-from billing import services as billing_services
 from billing.models import BillingAccount, WebhookEvent
+from billing.services import accounts
 from capacity import demo
 from capacity.models import GpuModel, Region
 from core.money import from_minor, to_minor
@@ -66,7 +66,7 @@ def _customers(count: int, api: str) -> list[dict]:
             name="load test",
             scopes=["reservations:read", "reservations:write", "billing:read"],
         )
-        account = billing_services.billing_account_for(organization)
+        account = accounts.billing_account_ensure(organization)
         card = stack.card(api)
         gateway.payment_method_attach(
             payment_method_id=card,
@@ -325,7 +325,7 @@ def _events(attempted: dict[str, str]) -> dict:
 
 
 def _ledger(intents: list[dict], refunds: list[dict]) -> dict:
-    """The ledger as billing/services.py writes it, row by row and per organization.
+    """The ledger as billing/services/ writes it, row by row and per organization.
 
     A card payment books a charge of the reservation's price (unless flagged) and a payment
     of what Stripe took, negative; a duplicate payment (a paid reservation charged again) books

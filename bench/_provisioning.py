@@ -14,8 +14,9 @@ import redis
 from django.conf import settings
 from django.utils import timezone
 
-from billing import services as billing_services
+from billing import gateway
 from billing.models import Payment
+from billing.services import accounts
 from capacity import services as capacity_services
 from capacity.models import Reservation
 from capacity.windows import Window
@@ -58,8 +59,8 @@ def _charged(reservation: Reservation, api: str) -> Payment:
         amount=reservation.total,
         currency=reservation.currency,
     )
-    account = billing_services.billing_account_for(reservation.organization)
-    intent = billing_services.gateway.payment_intent_create(
+    account = accounts.billing_account_ensure(reservation.organization)
+    intent = gateway.payment_intent_create(
         amount_minor=to_minor(reservation.total, reservation.currency),
         currency=reservation.currency,
         customer_id=account.stripe_customer_id,

@@ -1,5 +1,7 @@
+from collections.abc import Callable
 from datetime import timedelta
 
+from django.db.models import Model, QuerySet
 from django.utils import timezone
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import serializers
@@ -9,15 +11,16 @@ from rest_framework.response import Response
 
 from accounts import api_keys
 from accounts.api_auth import actor_of, organization_of
-from accounts.models import ApiKey
+from accounts.models import ApiKey, Organization, User
 from accounts.permissions import Permission, can
 from accounts.selectors import membership_for
 from capacity.api import _reservation
 from core.api import ApiView as APIView
 from core.errors import NotAllowed
 
-from . import metering, selectors, services
+from . import selectors
 from .models import Invoice, Payment, Refund
+from .services import payments, usage
 
 
 class _Pay(serializers.Serializer):
@@ -48,14 +51,16 @@ class PayReservation(APIView):
         reservation = _reservation(request, public_id)
         token = body.validated_data["client_token"]
         if body.validated_data["use_saved_card"]:
-            payment = services.pay_with_saved_card(
+            payment = payments.payment_by_saved_card_create(
                 reservation=reservation, actor=actor_of(request), attempt_token=token
             )
             secret = (
-                services.client_secret(payment) if payment.status == "requires_action" else None
+                payments.client_secret_for_payment(payment)
+                if payment.status == "requires_action"
+                else None
             )
         else:
-            payment, secret = services.payment_intent_open(
+            payment, secret = payments.payment_intent_open(
                 reservation=reservation, actor=actor_of(request), attempt_token=token
             )
         return Response(
@@ -106,7 +111,7 @@ class Usage(APIView):
             raise serializers.ValidationError({"events": ["Usage is reported with an API key."]})
         events = request.data.get("events") if isinstance(request.data, dict) else None
         try:
-            result = metering.ingest(reporter=request.auth, events=events)
+            result = usage.usage_ingest(reporter=request.auth, events=events)
         except ValueError as exc:
             raise serializers.ValidationError({"events": [str(exc)]}) from exc
         return Response(result, status=207 if result["errors"] else 200)
@@ -125,7 +130,7 @@ class Usage(APIView):
                 {"days": ["Give a whole number of days from 1 to 90."]}
             )
         since = timezone.now() - timedelta(days=int(days))
-        rows = metering.spend_by_day_and_model(organization_of(request), since)
+        rows = selectors.usage_by_day_for_org(organization_of(request), since)
         return Response(
             {
                 "days": [
@@ -194,19 +199,22 @@ class InvoiceSerializer(serializers.ModelSerializer):
 
 class _BillingList(APIView, ListAPIView):
     required_scopes = {"GET": ApiKey.Scope.BILLING_READ}
-    selector = None
+    selector: Callable[[Organization], QuerySet[Model]]
 
-    def get_queryset(self):  # type: ignore[no-untyped-def]
+    def get_queryset(self) -> QuerySet[Model]:
         organization = organization_of(self.request)
         role_check(self.request, organization)
         return type(self).selector(organization)
 
 
-def role_check(request: Request, organization) -> None:  # type: ignore[no-untyped-def]
+def role_check(request: Request, organization: Organization) -> None:
     """Session users need a billing role; keys carry the billing:read scope instead."""
     if isinstance(request.auth, ApiKey):
         return
-    membership = membership_for(user=request.user, slug=organization.slug)
+    user = request.user
+    membership = (
+        membership_for(user=user, slug=organization.slug) if isinstance(user, User) else None
+    )
     if membership is None or not can(membership.role, Permission.VIEW_BILLING):
         raise NotAllowed("Your role cannot see billing.")
 
@@ -226,14 +234,14 @@ class Invoices(_BillingList):
     selector = staticmethod(selectors.invoices_for_org)
 
 
-def _inference(key: ApiKey, organization) -> tuple[bool, str | None]:  # type: ignore[no-untyped-def]
+def _inference(key: ApiKey, organization: Organization) -> tuple[bool, str | None]:
     """May this key call hosted models: its scope, a verified owner, and no unpaid balance
     over the organization's credit limit."""
     if ApiKey.Scope.INFERENCE not in key.scopes:
         return False, "no_inference_scope"
     if key.created_by is None or not key.created_by.is_verified:
         return False, "owner_unverified"
-    if selectors.balance(organization) > organization.credit_limit:
+    if selectors.balance_for_org(organization) > organization.credit_limit:
         return False, "over_credit_limit"
     return True, None
 

@@ -43,10 +43,9 @@ class WebhookSignatureError(Exception):
 def _client() -> stripe.StripeClient:
     if not settings.STRIPE_SECRET_KEY:
         raise GatewayUnavailable("Payments are not configured.", code="stripe_not_configured")
-    base = {"api": settings.STRIPE_API_BASE} if settings.STRIPE_API_BASE else None
     return stripe.StripeClient(
         settings.STRIPE_SECRET_KEY,
-        base_addresses=base,
+        base_addresses={"api": settings.STRIPE_API_BASE} if settings.STRIPE_API_BASE else None,
         http_client=stripe.RequestsClient(timeout=settings.STRIPE_TIMEOUT_SECONDS),
         max_network_retries=settings.STRIPE_MAX_NETWORK_RETRIES,
     )
@@ -94,6 +93,11 @@ def _read(operation: Any, object_id: str) -> Any:
         return operation(object_id)
     except stripe.StripeError as exc:
         raise _translate(exc) from exc
+
+
+def as_dict(value: Any) -> dict[str, Any]:
+    """A Stripe object (its metadata, say) as a plain dict; None as an empty one."""
+    return value.to_dict() if hasattr(value, "to_dict") else dict(value or {})
 
 
 # --- Customers and payment methods -----------------------------------------------------------

@@ -28,7 +28,7 @@ def _use_state_file(path: Path | None) -> None:
                 pickle.dump(dict(store), fh, protocol=pickle.HIGHEST_PROTOCOL)
             tmp.replace(path)
 
-    store.dump_to_disk = dump  # type: ignore[method-assign]
+    store.dump_to_disk = dump
     if path is not None and path.exists():
         with path.open("rb") as fh:
             store.update(pickle.load(fh))  # noqa: S301 - our own file, written just above

@@ -1,12 +1,42 @@
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
+from typing import TypedDict
 
 from django.db.models import Count, Min, Q, QuerySet, Sum
 
 from accounts.models import Organization
 from capacity.models import Reservation
 
-from .models import Invoice, LedgerEntry, Payment, Refund, WebhookEvent, WebhookProcessing
+from .models import (
+    Invoice,
+    LedgerEntry,
+    Payment,
+    Refund,
+    UsageEvent,
+    UsageHour,
+    WebhookEvent,
+    WebhookProcessing,
+)
+
+
+class DaySpend(TypedDict):
+    """Tokens and cost of one model on one day."""
+
+    hour__date: date
+    model: str
+    input_tokens: int
+    output_tokens: int
+    cost: Decimal
+
+
+class KeyUsage(TypedDict):
+    """Tokens of one model through one API key."""
+
+    api_key__name: str
+    api_key__public_id: str
+    model: str
+    input_tokens: int
+    output_tokens: int
 
 
 def payments_for_org(organization: Organization) -> QuerySet[Payment]:
@@ -29,13 +59,13 @@ def ledger_for_org(organization: Organization) -> QuerySet[LedgerEntry]:
     return LedgerEntry.objects.filter(organization=organization)
 
 
-def balance(organization: Organization) -> Decimal:
+def balance_for_org(organization: Organization) -> Decimal:
     """What the organization owes now: the sum of its ledger."""
     total = ledger_for_org(organization).aggregate(total=Sum("amount"))["total"]
     return total or Decimal("0.00")
 
 
-def credit_used(organization: Organization) -> Decimal:
+def credit_used_for_org(organization: Organization) -> Decimal:
     """Credit in use on invoice terms: what is owed now, plus reservations confirmed whose
     invoice has not been sent yet (their charge is booked when it is)."""
     S = Reservation.State
@@ -48,10 +78,10 @@ def credit_used(organization: Organization) -> Decimal:
         .exclude(payments__status="succeeded")
         .aggregate(total=Sum("total"))["total"]
     )
-    return balance(organization) + (committed or Decimal("0.00"))
+    return balance_for_org(organization) + (committed or Decimal("0.00"))
 
 
-def spend_since(organization: Organization, since) -> Decimal:  # type: ignore[no-untyped-def]
+def spend_for_org(organization: Organization, since: datetime) -> Decimal:
     """Charges net of credits since a moment: what the organization was billed."""
     kinds = [LedgerEntry.Kind.CHARGE, LedgerEntry.Kind.CREDIT, LedgerEntry.Kind.USAGE]
     total = (
@@ -70,3 +100,23 @@ def webhook_backlog() -> tuple[int, datetime | None]:
         Q(processing__isnull=True) | ~Q(processing__status__in=done)
     ).aggregate(n=Count("id"), oldest=Min("received_at"))
     return row["n"], row["oldest"]
+
+
+def usage_by_day_for_org(organization: Organization, since: datetime) -> list[DaySpend]:
+    return list(
+        UsageHour.objects.filter(organization=organization, hour__gte=since)
+        .values("hour__date", "model")
+        .annotate(
+            input_tokens=Sum("input_tokens"), output_tokens=Sum("output_tokens"), cost=Sum("cost")
+        )
+        .order_by("hour__date", "model")
+    )
+
+
+def usage_by_key_for_org(organization: Organization, since: datetime) -> list[KeyUsage]:
+    return list(
+        UsageEvent.objects.filter(organization=organization, occurred_at__gte=since)
+        .values("api_key__name", "api_key__public_id", "model")
+        .annotate(input_tokens=Sum("input_tokens"), output_tokens=Sum("output_tokens"))
+        .order_by("api_key__name", "model")
+    )

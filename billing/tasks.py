@@ -7,8 +7,9 @@ from django.utils import timezone
 
 from capacity.models import Reservation
 
-from . import gateway, metering, reconciliation, services, webhooks
+from . import gateway, webhooks
 from .models import LedgerEntry, Refund, WebhookEvent, WebhookProcessing
+from .services import reconciliation, settlement, usage
 
 # Stripe out of reach, or the database refusing for now (a deadlock broken by PostgreSQL, a lock
 # wait timed out, a dropped connection): worth trying again in a moment.
@@ -23,14 +24,14 @@ TRANSIENT = (gateway.GatewayUnavailable, OperationalError)
     max_retries=10,
 )
 def process_webhook_event(*, event_id: int) -> str:
-    return webhooks.process(event_id)
+    return webhooks.webhook_process(event_id)
 
 
 @shared_task(
     name="billing.settle_reservation", autoretry_for=TRANSIENT, retry_backoff=5, max_retries=10
 )
 def settle_reservation(*, reservation_id: int) -> None:
-    services.settle_reservation(reservation_id=reservation_id)
+    settlement.reservation_settle(reservation_id=reservation_id)
 
 
 @shared_task(name="billing.settle_pending")
@@ -91,10 +92,10 @@ def retry_webhooks() -> int:
 
 @shared_task(name="billing.reconcile", autoretry_for=TRANSIENT, retry_backoff=60, max_retries=5)
 def reconcile() -> int:
-    return reconciliation.reconcile()
+    return reconciliation.payments_reconcile()
 
 
 @shared_task(name="billing.aggregate_usage")
 def aggregate_usage() -> int:
     """Hourly: book the last hours' token usage and report it to Stripe; safe to run twice."""
-    return metering.aggregate()
+    return usage.usage_aggregate()

@@ -1,6 +1,7 @@
 import contextlib
 import logging
 import secrets
+from collections.abc import Callable
 from datetime import timedelta
 from decimal import Decimal
 
@@ -12,6 +13,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django_htmx.middleware import HtmxDetails
 
 from accounts.decorators import (
     ask_for_password,
@@ -19,15 +21,26 @@ from accounts.decorators import (
     recent_password,
     recently_reauthenticated,
 )
+from accounts.models import Membership, Organization, User
 from accounts.permissions import Permission, can
 from capacity import selectors as capacity_selectors
 from capacity.models import Reservation
 from core.errors import ServiceError
 
-from . import gateway, metering, payment_methods, selectors, services, webhooks
-from .models import Payment
+from . import gateway, selectors, webhooks
+from .models import BillingAccount, Payment
+from .services import accounts, cards, payments
 
 logger = logging.getLogger(__name__)
+
+
+class OrganizationRequest(HttpRequest):
+    """A request as `org_member` passes it on: a signed-in member's, in their organization."""
+
+    user: User
+    organization: Organization
+    membership: Membership
+    htmx: HtmxDetails
 
 
 # --- Stripe webhooks ---------------------------------------------------------------------
@@ -38,7 +51,7 @@ def stripe_webhook(request: HttpRequest) -> JsonResponse:
     if not signature:
         return JsonResponse({"error": "Missing Stripe-Signature header."}, status=400)
     try:
-        _event, created = webhooks.receive(request.body, signature)
+        _event, created = webhooks.webhook_receive(request.body, signature)
     except gateway.WebhookSignatureError:
         return JsonResponse({"error": "Invalid signature."}, status=400)
     except webhooks.BadEvent as exc:
@@ -47,11 +60,11 @@ def stripe_webhook(request: HttpRequest) -> JsonResponse:
 
 
 # --- Paying for a reservation -------------------------------------------------------------
-def _reservation(request: HttpRequest, public_id: str) -> Reservation | None:
+def _reservation(request: OrganizationRequest, public_id: str) -> Reservation | None:
     return capacity_selectors.reservation_for_org(request.organization, public_id)
 
 
-def _may_pay(request: HttpRequest) -> bool:
+def _may_pay(request: OrganizationRequest) -> bool:
     role = request.membership.role
     return can(role, Permission.MANAGE_BILLING) or can(role, Permission.MANAGE_RESERVATIONS)
 
@@ -62,7 +75,7 @@ def _attempt() -> str:
 
 @org_member(Permission.VIEW_RESERVATIONS)
 @require_GET
-def pay(request: HttpRequest, public_id: str) -> HttpResponse:
+def pay(request: OrganizationRequest, public_id: str) -> HttpResponse:
     reservation = _reservation(request, public_id)
     if reservation is None:
         return render(request, "404.html", status=404)
@@ -75,14 +88,14 @@ def pay(request: HttpRequest, public_id: str) -> HttpResponse:
     waiting = reservation.payments.filter(status=Payment.Status.REQUIRES_ACTION).first()
     try:
         if waiting is not None:
-            secret, mode = services.client_secret(waiting), "action"
+            secret, mode = payments.client_secret_for_payment(waiting), "action"
         else:
             secret, mode = (
-                services.card_form_start(reservation=reservation, actor=request.user),
+                payments.card_form_start(reservation=reservation, actor=request.user),
                 "payment",
             )
-        account = services.billing_account_for(request.organization)
-        saved = payment_methods.default_card(account)
+        account = accounts.billing_account_ensure(request.organization)
+        saved = cards.default_card_for_account(account)
     except ServiceError as exc:
         messages.error(request, exc.message)
         return redirect(detail)
@@ -107,7 +120,7 @@ def pay(request: HttpRequest, public_id: str) -> HttpResponse:
 
 
 def _payment_answer(
-    request: HttpRequest, reservation: Reservation, payment: Payment
+    request: OrganizationRequest, reservation: Reservation, payment: Payment
 ) -> JsonResponse:
     slug = request.organization.slug
     if payment.status == Payment.Status.SUCCEEDED:
@@ -122,7 +135,7 @@ def _payment_answer(
         return JsonResponse(
             {
                 "status": "requires_action",
-                "client_secret": services.client_secret(payment),
+                "client_secret": payments.client_secret_for_payment(payment),
                 "status_url": reverse("payment-status", args=[slug, payment.public_id]),
             }
         )
@@ -136,13 +149,13 @@ def _payment_answer(
 
 @org_member(Permission.VIEW_RESERVATIONS)
 @require_POST
-def pay_card(request: HttpRequest, public_id: str) -> JsonResponse:
+def pay_card(request: OrganizationRequest, public_id: str) -> JsonResponse:
     """The card form posts here once Stripe.js has collected the card: charge it."""
     reservation = _reservation(request, public_id)
     if reservation is None:
         return JsonResponse({"error": "No such reservation."}, status=404)
     try:
-        payment = services.pay_by_card(
+        payment = payments.payment_by_card_create(
             reservation=reservation,
             actor=request.user,
             payment_method_id=request.POST.get("payment_method", ""),
@@ -156,7 +169,7 @@ def pay_card(request: HttpRequest, public_id: str) -> JsonResponse:
         ):
             # A declined card: a fresh card form for the next try.
             with contextlib.suppress(ServiceError):  # e.g. the hold lapsed meanwhile
-                body["client_secret"] = services.card_form_start(
+                body["client_secret"] = payments.card_form_start(
                     reservation=reservation, actor=request.user
                 )
         return JsonResponse(body, status=exc.status)
@@ -165,13 +178,13 @@ def pay_card(request: HttpRequest, public_id: str) -> JsonResponse:
 
 @org_member(Permission.VIEW_RESERVATIONS)
 @require_POST
-def pay_saved(request: HttpRequest, public_id: str) -> HttpResponse:
+def pay_saved(request: OrganizationRequest, public_id: str) -> HttpResponse:
     reservation = _reservation(request, public_id)
     if reservation is None:
         return render(request, "404.html", status=404)
     slug = request.organization.slug
     try:
-        payment = services.pay_with_saved_card(
+        payment = payments.payment_by_saved_card_create(
             reservation=reservation,
             actor=request.user,
             attempt_token=request.POST.get("attempt", ""),
@@ -189,7 +202,7 @@ def pay_saved(request: HttpRequest, public_id: str) -> HttpResponse:
 
 @org_member(Permission.VIEW_RESERVATIONS)
 @require_GET
-def payment_status(request: HttpRequest, payment_id: str) -> HttpResponse:
+def payment_status(request: OrganizationRequest, payment_id: str) -> HttpResponse:
     """htmx: the payment as Stripe sees it now; the page polls this after confirming a card."""
     payment = selectors.payment_for_org(request.organization, payment_id)
     if payment is None:
@@ -197,7 +210,7 @@ def payment_status(request: HttpRequest, payment_id: str) -> HttpResponse:
     if payment.stripe_payment_intent_id and payment.status not in Payment.RECEIVED:
         try:
             payment = (
-                services.payment_sync(payment_intent_id=payment.stripe_payment_intent_id) or payment
+                payments.payment_sync(payment_intent_id=payment.stripe_payment_intent_id) or payment
             )
         except gateway.PaymentError as exc:
             logger.warning("payment status check failed: %s", exc.message)
@@ -217,25 +230,25 @@ def payment_status(request: HttpRequest, payment_id: str) -> HttpResponse:
 # --- Billing page ------------------------------------------------------------------------
 @org_member(Permission.VIEW_BILLING)
 @require_GET
-def billing(request: HttpRequest) -> HttpResponse:
+def billing(request: OrganizationRequest) -> HttpResponse:
     organization = request.organization
-    account = services.BillingAccount.objects.filter(organization=organization).first()
-    cards, card_error = [], ""
+    account = BillingAccount.objects.filter(organization=organization).first()
+    card_list, card_error = [], ""
     if account is not None:
         try:
-            cards = payment_methods.cards(account)
+            card_list = cards.cards_for_account(account)
         except gateway.PaymentError as exc:
             card_error = exc.message
     return render(
         request,
         "billing/billing.html",
         {
-            "cards": cards,
+            "cards": card_list,
             "card_error": card_error,
             "payments": selectors.payments_for_org(organization)[:50],
             "refunds": selectors.refunds_for_org(organization)[:50],
             "invoices": selectors.invoices_for_org(organization)[:50],
-            "balance": selectors.balance(organization),
+            "balance": selectors.balance_for_org(organization),
             "may_manage": can(request.membership.role, Permission.MANAGE_BILLING),
         },
     )
@@ -243,14 +256,14 @@ def billing(request: HttpRequest) -> HttpResponse:
 
 @org_member(Permission.MANAGE_BILLING)
 @require_http_methods(["GET", "POST"])
-def card_add(request: HttpRequest) -> HttpResponse:
+def card_add(request: OrganizationRequest) -> HttpResponse:
     """Save a card with a SetupIntent and the card Element (confirmCardSetup). The password is
     asked before the SetupIntent is made; the POST that records it finishes that same setup."""
     if request.method == "GET" and not recently_reauthenticated(request):
         return ask_for_password(request, request.get_full_path())
     if request.method == "POST":
         try:
-            payment_methods.setup_finished(
+            cards.card_setup_finish(
                 organization=request.organization,
                 actor=request.user,
                 setup_intent_id=request.POST.get("setup_intent", ""),
@@ -261,7 +274,7 @@ def card_add(request: HttpRequest) -> HttpResponse:
             messages.success(request, "Card saved. It is now the default for payments.")
         return redirect("billing", slug=request.organization.slug)
     try:
-        client_secret = payment_methods.setup_start(
+        client_secret = cards.card_setup_start(
             organization=request.organization, actor=request.user
         )
     except ServiceError as exc:
@@ -278,7 +291,12 @@ def card_add(request: HttpRequest) -> HttpResponse:
     )
 
 
-def _card_change(request: HttpRequest, change, payment_method_id: str, done: str) -> HttpResponse:  # type: ignore[no-untyped-def]
+def _card_change(
+    request: OrganizationRequest,
+    change: Callable[..., object],
+    payment_method_id: str,
+    done: str,
+) -> HttpResponse:
     try:
         change(
             organization=request.organization,
@@ -292,9 +310,9 @@ def _card_change(request: HttpRequest, change, payment_method_id: str, done: str
     return redirect("billing", slug=request.organization.slug)
 
 
-def _is_our_card(request: HttpRequest, payment_method_id: str) -> bool:
+def _is_our_card(request: OrganizationRequest, payment_method_id: str) -> bool:
     try:
-        return payment_methods.is_organizations_card(request.organization, payment_method_id)
+        return cards.is_organizations_card(request.organization, payment_method_id)
     except gateway.PaymentError:
         return True  # Stripe cannot tell now; the change checks again and says what failed
 
@@ -302,22 +320,22 @@ def _is_our_card(request: HttpRequest, payment_method_id: str) -> bool:
 @org_member(Permission.MANAGE_BILLING)
 @require_POST
 @recent_password("billing", find=_is_our_card)
-def card_default(request: HttpRequest, payment_method_id: str) -> HttpResponse:
+def card_default(request: OrganizationRequest, payment_method_id: str) -> HttpResponse:
     return _card_change(
-        request, payment_methods.make_default, payment_method_id, "Default card changed."
+        request, cards.card_make_default, payment_method_id, "Default card changed."
     )
 
 
 @org_member(Permission.MANAGE_BILLING)
 @require_POST
 @recent_password("billing", find=_is_our_card)
-def card_remove(request: HttpRequest, payment_method_id: str) -> HttpResponse:
-    return _card_change(request, payment_methods.remove, payment_method_id, "Card removed.")
+def card_remove(request: OrganizationRequest, payment_method_id: str) -> HttpResponse:
+    return _card_change(request, cards.card_remove, payment_method_id, "Card removed.")
 
 
 @org_member(Permission.VIEW_BILLING)
 @require_GET
-def receipt(request: HttpRequest, payment_id: str) -> HttpResponse:
+def receipt(request: OrganizationRequest, payment_id: str) -> HttpResponse:
     payment = selectors.payment_for_org(request.organization, payment_id)
     if payment is None or payment.status != Payment.Status.SUCCEEDED:
         return render(request, "404.html", status=404)
@@ -335,10 +353,10 @@ def receipt(request: HttpRequest, payment_id: str) -> HttpResponse:
 
 @org_member(Permission.VIEW_USAGE)
 @require_GET
-def usage(request: HttpRequest) -> HttpResponse:
+def usage(request: OrganizationRequest) -> HttpResponse:
     """Tokens and spend per day and model (an SVG bar chart), and per key, for 30 days."""
     since = timezone.now() - timedelta(days=30)
-    rows = metering.spend_by_day_and_model(request.organization, since)
+    rows = selectors.usage_by_day_for_org(request.organization, since)
     by_day: dict = {}
     for row in rows:
         by_day.setdefault(row["hour__date"], []).append(row)
@@ -358,7 +376,7 @@ def usage(request: HttpRequest) -> HttpResponse:
                 "tokens": sum(r["input_tokens"] + r["output_tokens"] for r in models),
             }
         )
-    per_key = metering.usage_by_key(request.organization, since)
+    per_key = selectors.usage_by_key_for_org(request.organization, since)
     return render(
         request,
         "billing/usage.html",

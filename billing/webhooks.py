@@ -12,11 +12,15 @@ from collections.abc import Callable
 from django.db import IntegrityError, OperationalError, transaction
 from django.utils import timezone
 
+from accounts.models import User
+from core import audit
 from core.metrics import WEBHOOK_LAG
 from core.tasks import enqueue_after_commit
 
-from . import gateway, services
+from . import gateway
 from .models import WebhookEvent, WebhookProcessing
+from .services import disputes, invoices, payments, refunds
+from .services.accounts import require_finance_staff
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +29,7 @@ class BadEvent(ValueError):
     pass
 
 
-def receive(payload: bytes, signature: str) -> tuple[WebhookEvent, bool]:
+def webhook_receive(payload: bytes, signature: str) -> tuple[WebhookEvent, bool]:
     """Verify and store an event; returns (event, created). Raises BadEvent or the gateway's
     WebhookSignatureError; in both cases nothing is stored."""
     gateway.verify_webhook(payload, signature)
@@ -59,11 +63,11 @@ def _charge_refunded(charge_id: str) -> None:
     charge = gateway.charge_retrieve(charge_id)
     intent = getattr(charge, "payment_intent", None)
     if intent:
-        services.refunds_sync(payment_intent_id=intent if isinstance(intent, str) else intent.id)
+        refunds.refunds_sync(payment_intent_id=intent if isinstance(intent, str) else intent.id)
 
 
 def _payment_intent(intent_id: str) -> None:
-    services.payment_sync(payment_intent_id=intent_id)
+    payments.payment_sync(payment_intent_id=intent_id)
 
 
 HANDLERS: dict[str, Callable[[str], object]] = {
@@ -73,15 +77,15 @@ HANDLERS: dict[str, Callable[[str], object]] = {
     "payment_intent.requires_action": _payment_intent,
     "payment_intent.canceled": _payment_intent,
     "charge.refunded": _charge_refunded,
-    "charge.dispute.created": lambda dispute_id: services.dispute_opened(dispute_id=dispute_id),
-    "invoice.paid": lambda invoice_id: services.invoice_sync(stripe_invoice_id=invoice_id),
-    "invoice.payment_failed": lambda invoice_id: services.invoice_payment_failed(
+    "charge.dispute.created": lambda dispute_id: disputes.dispute_record(dispute_id=dispute_id),
+    "invoice.paid": lambda invoice_id: invoices.invoice_sync(stripe_invoice_id=invoice_id),
+    "invoice.payment_failed": lambda invoice_id: invoices.invoice_failure_record(
         stripe_invoice_id=invoice_id
     ),
 }
 
 
-def process(event_pk: int) -> str:
+def webhook_process(event_pk: int) -> str:
     """Apply one stored event; returns the resulting status. Raises the gateway's
     GatewayUnavailable so the task can retry later."""
     event = WebhookEvent.objects.get(pk=event_pk)
@@ -121,3 +125,32 @@ def _finish(processing: WebhookProcessing, status: str, error: str = "") -> str:
         )
     processing.save()
     return status
+
+
+@transaction.atomic
+def webhook_replay(*, event: WebhookEvent, actor: User) -> WebhookProcessing:
+    """Process a stored event again (after commit, in the usual task).
+
+    Processing re-reads the object from Stripe and applies only legal transitions, so
+    replaying an event that was already applied changes nothing but the attempt count.
+    """
+    require_finance_staff(
+        actor, "billing.replay_webhookevent", "Only finance staff can replay webhook events."
+    )
+    processing, _ = WebhookProcessing.objects.select_for_update().get_or_create(event=event)
+    before = processing.status
+    processing.status = WebhookProcessing.Status.PENDING
+    processing.save(update_fields=["status", "updated_at"])
+    audit.record(
+        action="webhook_event.replayed",
+        actor=actor,
+        target=event,
+        data={
+            "event": event.stripe_event_id,
+            "type": event.type,
+            "status_before": before,
+            "attempts_before": processing.attempts,
+        },
+    )
+    enqueue_after_commit("billing.process_webhook_event", event_id=event.pk)
+    return processing

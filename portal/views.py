@@ -61,7 +61,7 @@ def dashboard(request: MemberRequest) -> HttpResponse:
     reservations = capacity_selectors.reservations_for_org(organization)
     month_start = timezone.now().replace(day=1, hour=0, minute=0, second=0, microsecond=0)
     context = {
-        "spend_this_month": billing_selectors.spend_since(organization, month_start),
+        "spend_this_month": billing_selectors.spend_for_org(organization, month_start),
         "may_see_billing": can(role, Permission.VIEW_BILLING),
         "counts": capacity_selectors.reservation_counts(organization),
         "upcoming": reservations.filter(state__in=capacity_selectors.LIVE_STATES).order_by(

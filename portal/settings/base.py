@@ -373,9 +373,9 @@ CAPACITY_ALTERNATIVE_SPAN = timedelta(days=3)  # how far from the asked start to
 # --- Hooks: a lower app calls a higher one's function named here (core/hooks.py) ------------
 # A reservation entered a state that moves money (canceled with a refund due, failed, or
 # confirmed on invoice terms): billing refunds or invoices it, after the commit.
-RESERVATION_SETTLEMENT_HOOK = "billing.services.settlement_enqueue"
+RESERVATION_SETTLEMENT_HOOK = "billing.services.settlement.settlement_enqueue"
 # How much credit an organization on invoice terms has in use (owed plus committed).
-CREDIT_USED_HOOK = "billing.selectors.credit_used"
+CREDIT_USED_HOOK = "billing.selectors.credit_used_for_org"
 
 # --- Provisioning ---------------------------------------------------------------------------
 PROVISIONING_DRIVER = env.str(

@@ -11,9 +11,9 @@ from django.urls import reverse
 from accounts.decorators import REAUTH_SESSION_KEY
 from accounts.models import ApiKey, Invitation, Membership
 from accounts.permissions import Role
-from billing import payment_methods
-from billing import services as billing_services
+from billing import gateway
 from billing.models import BillingAccount
+from billing.services import accounts, cards
 from core.models import AuditEvent
 from tests.billing.conftest import card, localstripe_url, stripe_api  # noqa: F401
 from tests.conftest import client_for, member_of
@@ -68,9 +68,9 @@ def test_every_sensitive_action_asks_for_the_password_and_changes_nothing(
 
 
 def test_changing_a_saved_card_asks_for_the_password(organization, owner, stripe_api):
-    account = billing_services.billing_account_for(organization)
+    account = accounts.billing_account_ensure(organization)
     method = card(stripe_api)
-    billing_services.gateway.payment_method_attach(
+    gateway.payment_method_attach(
         payment_method_id=method, customer_id=account.stripe_customer_id, idempotency_key=method
     )
     client = client_for(owner)
@@ -79,7 +79,7 @@ def test_changing_a_saved_card_asks_for_the_password(organization, owner, stripe
         _asked(client.post(reverse(name, args=[organization.slug, method])), billing)
     account.refresh_from_db()
     assert account.default_payment_method_id == ""
-    assert [c.id for c in payment_methods.cards(account)] == [method]
+    assert [c.id for c in cards.cards_for_account(account)] == [method]
 
 
 def test_a_stale_confirmation_asks_again(organization, owner, teammate, settings):

@@ -10,8 +10,8 @@ from accounts import api_keys, services
 from accounts.models import Organization
 from accounts.permissions import Role
 from backoffice.roles import FINANCE, OPERATIONS, SALES
-from billing import terms
 from billing.models import LedgerEntry
+from billing.services import terms
 from core.errors import Conflict, NotAllowed, ServiceError
 from core.models import AuditEvent
 from tests.backoffice.conftest import make_staff

@@ -12,7 +12,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from backoffice.roles import FINANCE, OPERATIONS, SALES
-from billing import finance, services, webhooks
+from billing import gateway, webhooks
 from billing.gateway import GatewayUnavailable
 from billing.models import (
     BillingAccount,
@@ -26,6 +26,7 @@ from billing.models import (
     WebhookEvent,
     WebhookProcessing,
 )
+from billing.services import flags, payments, refunds, settlement
 from capacity.models import Reservation
 from core.errors import Conflict, NotAllowed, ServiceError
 from core.models import AuditEvent
@@ -51,7 +52,7 @@ NOT_FINANCE = (SALES, OPERATIONS)
 def paid(organization, owner, catalog, api, **kwargs) -> Payment:
     """A reservation paid by card ($768.00: 2 H100 nodes for 24 hours at $2.00)."""
     reservation = held_reservation(organization, owner, catalog, **kwargs)
-    payment = services.pay_by_card(
+    payment = payments.payment_by_card_create(
         reservation=reservation,
         actor=owner,
         payment_method_id=card(api),
@@ -71,7 +72,7 @@ def ledger(organization) -> list[tuple[str, Decimal]]:
 def stripe_refunds(payment: Payment) -> list[tuple[int, str]]:
     return [
         (r.amount, r.metadata.to_dict().get("refund"))
-        for r in services.gateway.refunds_list(payment_intent_id=payment.stripe_payment_intent_id)
+        for r in gateway.refunds_list(payment_intent_id=payment.stripe_payment_intent_id)
     ]
 
 
@@ -209,10 +210,12 @@ def test_more_than_is_left_after_earlier_refunds_is_refused(
 ):
     payment = paid(organization, owner, catalog, stripe_api)
     staff = make_staff(FINANCE)
-    finance.refund_by_staff(payment=payment, amount=Decimal("500.00"), reason="Part", actor=staff)
+    refunds.staff_refund_issue(
+        payment=payment, amount=Decimal("500.00"), reason="Part", actor=staff
+    )
     payment.refresh_from_db()
     with pytest.raises(ServiceError) as refused:
-        finance.refund_by_staff(
+        refunds.staff_refund_issue(
             payment=payment, amount=Decimal("268.01"), reason="Too much", actor=staff
         )
     assert (refused.value.message, refused.value.param) == (
@@ -224,7 +227,7 @@ def test_more_than_is_left_after_earlier_refunds_is_refused(
         payment=payment, amount=Decimal("200.00"), currency="usd", reason="In flight"
     )
     with pytest.raises(ServiceError, match=r"^At most \$68.00 can still be refunded"):
-        finance.refund_by_staff(
+        refunds.staff_refund_issue(
             payment=payment, amount=Decimal("68.01"), reason="Too much", actor=staff
         )
     payment.refresh_from_db()
@@ -236,8 +239,8 @@ def test_a_payment_that_did_not_succeed_cannot_be_refunded(
     catalog, organization, owner, stripe_api
 ):
     reservation = held_reservation(organization, owner, catalog)
-    with pytest.raises(services.gateway.PaymentError):
-        services.pay_by_card(
+    with pytest.raises(gateway.PaymentError):
+        payments.payment_by_card_create(
             reservation=reservation,
             actor=owner,
             payment_method_id=card(stripe_api, DECLINED),
@@ -285,7 +288,7 @@ def test_a_refund_stripe_refuses_is_marked_failed_with_the_message(
     assert payment.amount_refunded == Decimal("0.00")
     assert ledger(organization) == PAID_LEDGER
     # A failed refund does not count against what is left: finance may try again.
-    assert finance.refund_position(payment).refundable == Decimal("768.00")
+    assert refunds.refund_position_for_payment(payment).refundable == Decimal("768.00")
     assert list(
         AuditEvent.objects.filter(action="refund.failed").values_list("actor", "data", "reason")
     ) == [
@@ -319,7 +322,7 @@ def test_a_refund_that_cannot_reach_stripe_stays_pending_for_the_sweep(
     }
     assert list(Refund.objects.values_list("amount", "status")) == [(Decimal("100.00"), "pending")]
     settings.STRIPE_API_BASE = stripe_api
-    services.settle_reservation(reservation_id=payment.reservation_id)
+    settlement.reservation_settle(reservation_id=payment.reservation_id)
     assert list(Refund.objects.values_list("amount", "status")) == [
         (Decimal("100.00"), "succeeded")
     ]
@@ -347,7 +350,7 @@ def test_only_finance_refunds(catalog, organization, owner, stripe_api, group):
         {"action": "refund_in_full", "_selected_action": [payment.pk], "confirm": "yes", **data},
     )
     with pytest.raises(NotAllowed, match="^Only finance staff can refund payments.$"):
-        finance.refund_by_staff(payment=payment, amount=Decimal("1.00"), reason="x", actor=user)
+        refunds.staff_refund_issue(payment=payment, amount=Decimal("1.00"), reason="x", actor=user)
     assert Refund.objects.count() == 0
     payment.refresh_from_db()
     assert payment.amount_refunded == Decimal("0.00")
@@ -364,11 +367,11 @@ def test_refund_in_full_confirms_then_reports_each_payment_that_failed(
     part = paid(organization, owner, catalog, stripe_api)
     done = paid(organization, owner, catalog, stripe_api)
     staff = make_staff(FINANCE)
-    finance.refund_by_staff(payment=part, amount=Decimal("68.00"), reason="Part", actor=staff)
-    finance.refund_by_staff(payment=done, amount=Decimal("768.00"), reason="All", actor=staff)
+    refunds.staff_refund_issue(payment=part, amount=Decimal("68.00"), reason="Part", actor=staff)
+    refunds.staff_refund_issue(payment=done, amount=Decimal("768.00"), reason="All", actor=staff)
     declined = held_reservation(organization, owner, catalog)
-    with pytest.raises(services.gateway.PaymentError):
-        services.pay_by_card(
+    with pytest.raises(gateway.PaymentError):
+        payments.payment_by_card_create(
             reservation=declined,
             actor=owner,
             payment_method_id=card(stripe_api, DECLINED),
@@ -485,7 +488,7 @@ def test_a_replay_finishes_an_event_that_could_not_be_processed(
     )
     settings.STRIPE_API_BASE = "http://127.0.0.1:9"  # Stripe unreachable while processing
     with pytest.raises(GatewayUnavailable):
-        webhooks.process(stored.pk)
+        webhooks.webhook_process(stored.pk)
     settings.STRIPE_API_BASE = stripe_api
     processing = WebhookProcessing.objects.get()
     assert (processing.status, processing.attempts) == ("pending", 1)
@@ -524,7 +527,7 @@ def test_only_finance_replays(stripe_api, client, group, django_capture_on_commi
             changelist, {"action": "replay", "_selected_action": [stored.pk], "confirm": "yes"}
         )
     with pytest.raises(NotAllowed, match="^Only finance staff can replay webhook events.$"):
-        finance.webhook_replay(event=stored, actor=user)
+        webhooks.webhook_replay(event=stored, actor=user)
     assert callbacks == []
     assert WebhookProcessing.objects.count() == 0
     assert not AuditEvent.objects.filter(action="webhook_event.replayed").exists()
@@ -635,7 +638,7 @@ def test_one_flag_is_resolved_from_its_page(organization):
     again = admin.get(reverse("admin:billing_financeflag_change", args=[dispute.pk]))
     assert resolve_url not in again.content.decode()  # nothing left to resolve
     with pytest.raises(Conflict, match="^Already resolved by "):
-        finance.flag_resolve(flag=dispute, actor=make_staff(FINANCE), resolution="Twice")
+        flags.flag_resolve(flag=dispute, actor=make_staff(FINANCE), resolution="Twice")
 
 
 @pytest.mark.parametrize("group", NOT_FINANCE)
@@ -656,7 +659,7 @@ def test_only_finance_resolves_flags(organization, group):
         },
     )
     with pytest.raises(NotAllowed, match="^Only finance staff can resolve flags.$"):
-        finance.flag_resolve(flag=dispute, actor=user, resolution="x")
+        flags.flag_resolve(flag=dispute, actor=user, resolution="x")
     dispute.refresh_from_db()
     assert (dispute.resolved_at, dispute.resolution) == (None, "")
     assert not AuditEvent.objects.filter(action="finance_flag.resolved").exists()

@@ -9,8 +9,8 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from backoffice.roles import FINANCE, OPERATIONS, SALES
-from billing import services as billing
 from billing.models import Refund
+from billing.services import payments, settlement
 from capacity import lifecycle, operations, services
 from capacity.models import (
     Allocation,
@@ -355,7 +355,7 @@ def settlements(monkeypatch) -> list[tuple[str, dict]]:
     """The settlement requests the lifecycle sends billing (through its hook) after commit."""
     sent: list[tuple[str, dict]] = []
     monkeypatch.setattr(
-        billing,
+        settlement,
         "enqueue_after_commit",
         lambda name, **kwargs: sent.append((name, kwargs)),
     )
@@ -1009,7 +1009,7 @@ def test_a_full_refund_by_staff_reaches_stripe(
 ):
     held = reserve(organization, owner, catalog)  # $768, starts in half an hour
     with django_capture_on_commit_callbacks(execute=True):
-        billing.pay_by_card(
+        payments.payment_by_card_create(
             reservation=held, actor=owner, payment_method_id=card(stripe_api), attempt_token="a1"
         )
     held.refresh_from_db()

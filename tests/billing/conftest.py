@@ -15,8 +15,9 @@ import requests
 from django.utils import timezone
 
 from accounts.models import Organization
-from billing import services as billing_services
+from billing import gateway
 from billing.models import Payment
+from billing.services import accounts
 from capacity import services as capacity_services
 from capacity.models import Reservation
 from capacity.windows import Window, ceil_hour
@@ -155,8 +156,8 @@ def stripe_charges(reservation: Reservation, method: str, attempt: str = "elsewh
         amount=reservation.total,
         currency=reservation.currency,
     )
-    account = billing_services.billing_account_for(reservation.organization)
-    intent = billing_services.gateway.payment_intent_create(
+    account = accounts.billing_account_ensure(reservation.organization)
+    intent = gateway.payment_intent_create(
         amount_minor=to_minor(reservation.total, reservation.currency),
         currency=reservation.currency,
         customer_id=account.stripe_customer_id,

@@ -7,8 +7,8 @@ import threading
 import pytest
 from django.db import connection, connections
 
-from billing import services as billing_services
 from billing.models import Payment
+from billing.services import payments
 
 from .conftest import held_reservation
 
@@ -31,7 +31,7 @@ def test_racing_copies_of_one_attempt_share_one_payment(catalog, organization, o
     def attempt() -> None:
         try:
             start.wait()
-            payment, created = billing_services._attempt(reservation, owner, "click-1")
+            payment, created = payments._attempt(reservation, owner, "click-1")
         finally:
             connections.close_all()
         with lock:
@@ -60,7 +60,7 @@ def test_syncing_a_payment_locks_only_the_payment_row(catalog, organization, own
     reservation = held_reservation(organization, owner, catalog)
     payment = stripe_charges(reservation, a_card(stripe_api))
     with CaptureQueriesContext(connection) as queries:
-        billing_services.payment_sync(payment_intent_id=payment.stripe_payment_intent_id)
+        payments.payment_sync(payment_intent_id=payment.stripe_payment_intent_id)
     locks = [
         q["sql"] for q in queries if "FOR UPDATE" in q["sql"] and "billing_payment" in q["sql"]
     ]

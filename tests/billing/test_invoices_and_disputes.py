@@ -12,8 +12,9 @@ import requests
 import responses
 
 from accounts.models import Organization
-from billing import reconciliation, selectors, services
+from billing import selectors
 from billing.models import FinanceFlag, Invoice, LedgerEntry, Payment, Refund
+from billing.services import disputes, invoices, payments, reconciliation, refunds, settlement
 from capacity.models import Reservation
 from core.models import AuditEvent
 
@@ -113,8 +114,8 @@ def test_invoice_terms_create_a_net_n_invoice_once(
     )
     organization.refresh_from_db()
     reservation = held_reservation(organization, owner, catalog)
-    services.settle_reservation(reservation_id=reservation.pk)
-    services.settle_reservation(reservation_id=reservation.pk)
+    settlement.reservation_settle(reservation_id=reservation.pk)
+    settlement.reservation_settle(reservation_id=reservation.pk)
     invoice = Invoice.objects.get()
     assert (invoice.stripe_invoice_id, invoice.number, invoice.status, invoice.amount) == (
         "in_test_1",
@@ -127,14 +128,14 @@ def test_invoice_terms_create_a_net_n_invoice_once(
     assert (create["collection_method"], create["days_until_due"]) == ("send_invoice", "45")
     assert calls[0][1] == f"invoice:{reservation.public_id}:invoice"
     assert calls[1][2]["amount"] == "76800"
-    assert selectors.balance(organization) == Decimal("768.00")
+    assert selectors.balance_for_org(organization) == Decimal("768.00")
     # Paid later: the webhook handler books it once.
     state["status"] = "paid"
-    services.invoice_sync(stripe_invoice_id="in_test_1")
-    services.invoice_sync(stripe_invoice_id="in_test_1")
+    invoices.invoice_sync(stripe_invoice_id="in_test_1")
+    invoices.invoice_sync(stripe_invoice_id="in_test_1")
     invoice.refresh_from_db()
     assert invoice.status == "paid"
-    assert selectors.balance(organization) == Decimal("0.00")
+    assert selectors.balance_for_org(organization) == Decimal("0.00")
     assert LedgerEntry.objects.filter(kind="invoice_payment").count() == 1
     [paid] = AuditEvent.objects.filter(action="invoice.paid")
     assert (paid.actor_kind, paid.object_id, paid.data) == (
@@ -150,9 +151,9 @@ def test_a_failed_invoice_payment_is_flagged(catalog, organization, owner, fake_
     )
     organization.refresh_from_db()
     reservation = held_reservation(organization, owner, catalog)
-    services.settle_reservation(reservation_id=reservation.pk)
-    services.invoice_payment_failed(stripe_invoice_id="in_test_1")
-    services.invoice_payment_failed(stripe_invoice_id="in_test_1")
+    settlement.reservation_settle(reservation_id=reservation.pk)
+    invoices.invoice_failure_record(stripe_invoice_id="in_test_1")
+    invoices.invoice_failure_record(stripe_invoice_id="in_test_1")
     assert Invoice.objects.get().payment_failed is True
     assert list(FinanceFlag.objects.values_list("kind", flat=True)) == ["invoice_failed"]
     events = AuditEvent.objects.filter(action__in=["invoice.payment_failed", "finance_flag.raised"])
@@ -163,7 +164,7 @@ def test_a_failed_invoice_payment_is_flagged(catalog, organization, owner, fake_
 
 
 def test_a_dispute_flags_the_payment(catalog, organization, owner, stripe_api):
-    payment = services.pay_by_card(
+    payment = payments.payment_by_card_create(
         reservation=held_reservation(organization, owner, catalog),
         actor=owner,
         payment_method_id=card(stripe_api),
@@ -182,7 +183,7 @@ def test_a_dispute_flags_the_payment(catalog, organization, owner, stripe_api):
     with responses.RequestsMock(assert_all_requests_are_fired=True) as mock:
         mock.add_passthru(stripe_api)
         mock.add(responses.GET, f"{stripe_api}/v1/disputes/dp_test_1", json=dispute)
-        services.dispute_opened(dispute_id="dp_test_1")
+        disputes.dispute_record(dispute_id="dp_test_1")
     payment.refresh_from_db()
     assert payment.flagged is True
     assert payment.flag_reason == "Dispute dp_test_1 over $768.00: fraudulent."
@@ -198,7 +199,7 @@ def test_a_dispute_flags_the_payment(catalog, organization, owner, stripe_api):
 
 
 def test_a_refund_made_in_stripe_is_booked_once(catalog, organization, owner, stripe_api):
-    payment = services.pay_by_card(
+    payment = payments.payment_by_card_create(
         reservation=held_reservation(organization, owner, catalog),
         actor=owner,
         payment_method_id=card(stripe_api),
@@ -211,8 +212,8 @@ def test_a_refund_made_in_stripe_is_booked_once(catalog, organization, owner, st
         timeout=10,
     )
     response.raise_for_status()
-    services.refunds_sync(payment_intent_id=payment.stripe_payment_intent_id)
-    services.refunds_sync(payment_intent_id=payment.stripe_payment_intent_id)
+    refunds.refunds_sync(payment_intent_id=payment.stripe_payment_intent_id)
+    refunds.refunds_sync(payment_intent_id=payment.stripe_payment_intent_id)
     refund = Refund.objects.get()
     assert (refund.amount, refund.status, refund.reason) == (
         Decimal("100.00"),
@@ -226,8 +227,8 @@ def test_a_refund_made_in_stripe_is_booked_once(catalog, organization, owner, st
 def test_reconciliation_records_each_difference_once(catalog, organization, owner, stripe_api):
     reservation = held_reservation(organization, owner, catalog)
     paid_behind_our_back = stripe_charges(reservation, card(stripe_api))
-    assert reconciliation.reconcile() == 1
-    assert reconciliation.reconcile() == 0
+    assert reconciliation.payments_reconcile() == 1
+    assert reconciliation.payments_reconcile() == 0
     flag = FinanceFlag.objects.get(kind="reconciliation")
     raised = AuditEvent.objects.get(action="finance_flag.raised")
     assert (raised.object_id, raised.actor_kind, raised.reason) == (
@@ -261,7 +262,7 @@ def test_reconciliation_finds_a_payment_marked_paid_that_stripe_does_not_know(
         status="succeeded",
         stripe_payment_intent_id="pi_ghost_" + str(int(time.time())),
     )
-    assert reconciliation.reconcile() == 1
+    assert reconciliation.payments_reconcile() == 1
     assert (
         FinanceFlag.objects.get().detail == f"{ghost.public_id} is paid here but unknown to Stripe."
     )

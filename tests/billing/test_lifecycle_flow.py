@@ -11,7 +11,7 @@ from django.conf import settings
 from django.core import mail
 from django.utils import timezone
 
-from billing import services
+from billing.services import payments
 from capacity import tasks as capacity_tasks
 from capacity.models import Reservation, SimulatedCall
 from capacity.windows import ceil_hour
@@ -36,7 +36,7 @@ def test_paid_block_comes_up_on_time_warns_and_is_torn_down(
     start = ceil_hour(timezone.now()) + hours(2)
     with time_machine.travel(timezone.now(), tick=True) as clock:
         reservation = held_reservation(organization, owner, catalog, length=3, start=start)
-        services.pay_by_card(
+        payments.payment_by_card_create(
             reservation=reservation,
             actor=owner,
             payment_method_id=card(stripe_api),

@@ -7,11 +7,13 @@ from django.core import mail
 from django.utils import timezone
 
 from accounts.models import Organization
-from billing import selectors, services
+from billing import gateway, selectors
 from billing.gateway import PaymentError
 from billing.models import FinanceFlag, LedgerEntry, Payment, Refund
+from billing.services import accounts, cards, payments, refunds, settlement
 from capacity import services as capacity_services
 from capacity.models import Reservation
+from core import errors
 from core.models import AuditEvent
 
 from .conftest import (
@@ -32,7 +34,7 @@ def ledger(org) -> list[tuple[str, Decimal]]:
 
 
 def pay(reservation, user, api, number="4242424242424242", attempt="attempt-1"):
-    return services.pay_by_card(
+    return payments.payment_by_card_create(
         reservation=reservation,
         actor=user,
         payment_method_id=card(api, number),
@@ -57,7 +59,7 @@ def test_paying_by_card_confirms_books_and_mails_a_receipt(
     reservation.refresh_from_db()
     assert reservation.state == S.SCHEDULED
     assert ledger(organization) == [("charge", Decimal("768.00")), ("payment", Decimal("-768.00"))]
-    assert selectors.balance(organization) == Decimal("0.00")
+    assert selectors.balance_for_org(organization) == Decimal("0.00")
     assert [(m.subject, m.to) for m in mail.outbox] == [
         (f"Reservation {reservation.public_id} is confirmed", [owner.email]),
         (f"Receipt for reservation {reservation.public_id}", [organization.billing_email]),
@@ -67,10 +69,10 @@ def test_paying_by_card_confirms_books_and_mails_a_receipt(
 def test_the_same_attempt_twice_charges_once(catalog, organization, owner, stripe_api):
     reservation = held_reservation(organization, owner, catalog)
     method = card(stripe_api)
-    first = services.pay_by_card(
+    first = payments.payment_by_card_create(
         reservation=reservation, actor=owner, payment_method_id=method, attempt_token="a"
     )
-    again = services.pay_by_card(
+    again = payments.payment_by_card_create(
         reservation=reservation, actor=owner, payment_method_id=method, attempt_token="a"
     )
     assert first.pk == again.pk
@@ -104,8 +106,8 @@ def test_three_d_secure_waits_for_the_customer_then_completes(
     assert payment.status == "requires_action"
     reservation.refresh_from_db()
     assert reservation.state == S.HELD
-    authenticate(stripe_api, services.client_secret(payment))
-    synced = services.payment_sync(payment_intent_id=payment.stripe_payment_intent_id)
+    authenticate(stripe_api, payments.client_secret_for_payment(payment))
+    synced = payments.payment_sync(payment_intent_id=payment.stripe_payment_intent_id)
     assert synced.status == "succeeded"
     reservation.refresh_from_db()
     assert reservation.state == S.SCHEDULED
@@ -114,9 +116,9 @@ def test_three_d_secure_waits_for_the_customer_then_completes(
 def test_failed_three_d_secure_leaves_the_hold(catalog, organization, owner, stripe_api):
     reservation = held_reservation(organization, owner, catalog)
     payment = pay(reservation, owner, stripe_api, THREE_D_SECURE)
-    authenticate(stripe_api, services.client_secret(payment), success=False)
-    synced = services.payment_sync(payment_intent_id=payment.stripe_payment_intent_id)
-    services.payment_sync(payment_intent_id=payment.stripe_payment_intent_id)
+    authenticate(stripe_api, payments.client_secret_for_payment(payment), success=False)
+    synced = payments.payment_sync(payment_intent_id=payment.stripe_payment_intent_id)
+    payments.payment_sync(payment_intent_id=payment.stripe_payment_intent_id)
     assert synced.status == "failed"
     reservation.refresh_from_db()
     assert reservation.state == S.HELD
@@ -130,31 +132,32 @@ def test_failed_three_d_secure_leaves_the_hold(catalog, organization, owner, str
 
 
 def test_saved_card_pays_off_session(catalog, organization, owner, stripe_api):
-    from billing import payment_methods
 
-    account = services.billing_account_for(organization)
+    account = accounts.billing_account_ensure(organization)
     method = card(stripe_api)
-    services.gateway.payment_method_attach(
+    gateway.payment_method_attach(
         payment_method_id=method, customer_id=account.stripe_customer_id, idempotency_key="t"
     )
-    payment_methods.make_default(organization=organization, actor=owner, payment_method_id=method)
+    cards.card_make_default(organization=organization, actor=owner, payment_method_id=method)
     reservation = held_reservation(organization, owner, catalog)
-    payment = services.pay_with_saved_card(reservation=reservation, actor=owner, attempt_token="x")
+    payment = payments.payment_by_saved_card_create(
+        reservation=reservation, actor=owner, attempt_token="x"
+    )
     assert payment.status == "succeeded"
-    assert [c.last4 for c in payment_methods.cards(account)] == ["4242"]
+    assert [c.last4 for c in cards.cards_for_account(account)] == ["4242"]
 
 
 def test_another_customers_card_is_refused(
     catalog, organization, owner, other_organization, stripe_api
 ):
-    theirs = services.billing_account_for(other_organization)
+    theirs = accounts.billing_account_ensure(other_organization)
     method = card(stripe_api)
-    services.gateway.payment_method_attach(
+    gateway.payment_method_attach(
         payment_method_id=method, customer_id=theirs.stripe_customer_id, idempotency_key="t2"
     )
     reservation = held_reservation(organization, owner, catalog)
-    with pytest.raises(services.NotAllowed, match="belongs to someone else"):
-        services.pay_by_card(
+    with pytest.raises(errors.NotAllowed, match="belongs to someone else"):
+        payments.payment_by_card_create(
             reservation=reservation, actor=owner, payment_method_id=method, attempt_token="z"
         )
     assert Payment.objects.count() == 0
@@ -199,7 +202,7 @@ def test_late_payment_without_capacity_is_refunded_in_full(
         ("payment", -payment.amount),
         ("refund", payment.amount),
     ]
-    assert selectors.balance(organization) == Decimal("0.00")
+    assert selectors.balance_for_org(organization) == Decimal("0.00")
     assert [m.subject for m in mail.outbox] == [
         f"Refund of {payment.amount} USD for {reservation.public_id}"
     ]
@@ -208,7 +211,7 @@ def test_late_payment_without_capacity_is_refunded_in_full(
 def _charge_regardless_of_hold(reservation, user, method):
     """Stripe charging a card form opened before the hold lapsed, then telling us."""
     payment = stripe_charges(reservation, method, attempt="late")
-    return services.payment_sync(payment_intent_id=payment.stripe_payment_intent_id)
+    return payments.payment_sync(payment_intent_id=payment.stripe_payment_intent_id)
 
 
 def test_cancelling_refunds_per_the_policy(catalog, organization, owner, stripe_api):
@@ -219,8 +222,8 @@ def test_cancelling_refunds_per_the_policy(catalog, organization, owner, stripe_
     capacity_services.reservation_cancel(
         reservation=reservation, actor=owner, reason="Plans changed"
     )
-    services.settle_reservation(reservation_id=reservation.pk)
-    services.settle_reservation(reservation_id=reservation.pk)  # twice: refunds once
+    settlement.reservation_settle(reservation_id=reservation.pk)
+    settlement.reservation_settle(reservation_id=reservation.pk)  # twice: refunds once
     payment.refresh_from_db()
     refund = Refund.objects.get()
     assert (refund.amount, refund.status, payment.amount_refunded) == (
@@ -228,14 +231,14 @@ def test_cancelling_refunds_per_the_policy(catalog, organization, owner, stripe_
         "succeeded",
         Decimal("768.00"),
     )
-    assert selectors.balance(organization) == Decimal("0.00")
+    assert selectors.balance_for_org(organization) == Decimal("0.00")
 
 
 def test_refunding_more_than_was_paid_is_refused(catalog, organization, owner, stripe_api):
     payment = pay(held_reservation(organization, owner, catalog), owner, stripe_api)
-    services.refund_issue(payment=payment, amount=Decimal("500.00"), reason="Goodwill", actor=owner)
-    with pytest.raises(services.ServiceError, match=r"At most \$268.00 can still be refunded"):
-        services.refund_issue(
+    refunds.refund_issue(payment=payment, amount=Decimal("500.00"), reason="Goodwill", actor=owner)
+    with pytest.raises(errors.ServiceError, match=r"At most \$268.00 can still be refunded"):
+        refunds.refund_issue(
             payment=payment, amount=Decimal("268.01"), reason="Too much", actor=owner
         )
     assert Refund.objects.count() == 1
@@ -271,8 +274,8 @@ def test_an_amount_that_does_not_match_is_flagged_not_fulfilled(
         amount=reservation.total,
         currency="usd",
     )
-    account = services.billing_account_for(organization)
-    intent = services.gateway.payment_intent_create(
+    account = accounts.billing_account_ensure(organization)
+    intent = gateway.payment_intent_create(
         amount_minor=76800,
         currency="usd",
         customer_id=account.stripe_customer_id,
@@ -281,7 +284,7 @@ def test_an_amount_that_does_not_match_is_flagged_not_fulfilled(
         payment_method_id=method,
     )
     Payment.objects.filter(pk=payment.pk).update(stripe_payment_intent_id=intent.id)
-    services.payment_sync(payment_intent_id=intent.id)
+    payments.payment_sync(payment_intent_id=intent.id)
     payment.refresh_from_db()
     reservation.refresh_from_db()
     assert (payment.status, payment.flagged, reservation.state) == ("succeeded", True, S.HELD)
@@ -300,7 +303,7 @@ def test_members_of_the_billing_role_may_pay_but_strangers_may_not(
     assert pay(reservation, billing_member, stripe_api).status == "succeeded"
     stranger = other_organization.memberships.get().user
     other = held_reservation(organization, owner, catalog)
-    with pytest.raises(services.NotAllowed):
+    with pytest.raises(errors.NotAllowed):
         pay(other, stranger, stripe_api, attempt="s")
     assert Payment.objects.filter(reservation=other).count() == 0
 
@@ -312,14 +315,13 @@ def test_invoice_terms_skip_the_card(catalog, organization, owner, stripe_api):
     organization.refresh_from_db()
     reservation = held_reservation(organization, owner, catalog)
     assert reservation.state == S.SCHEDULED
-    with pytest.raises(services.Conflict, match="there is nothing to pay"):
+    with pytest.raises(errors.Conflict, match="there is nothing to pay"):
         pay(reservation, owner, stripe_api)
 
 
 def test_only_cards_the_customer_asked_to_keep_stay_saved(catalog, organization, owner, stripe_api):
-    from billing import payment_methods
 
-    account = services.billing_account_for(organization)
+    account = accounts.billing_account_ensure(organization)
     with pytest.raises(PaymentError):
         pay(
             held_reservation(organization, owner, catalog),
@@ -329,8 +331,8 @@ def test_only_cards_the_customer_asked_to_keep_stay_saved(catalog, organization,
             attempt="no",
         )
     pay(held_reservation(organization, owner, catalog), owner, stripe_api, attempt="once")
-    assert payment_methods.cards(account) == []
-    kept = services.pay_by_card(
+    assert cards.cards_for_account(account) == []
+    kept = payments.payment_by_card_create(
         reservation=held_reservation(organization, owner, catalog),
         actor=owner,
         payment_method_id=card(stripe_api),
@@ -338,10 +340,10 @@ def test_only_cards_the_customer_asked_to_keep_stay_saved(catalog, organization,
         keep_card=True,
     )
     account.refresh_from_db()
-    assert [c.last4 for c in payment_methods.cards(account)] == ["4242"]
+    assert [c.last4 for c in cards.cards_for_account(account)] == ["4242"]
     assert (
         account.default_payment_method_id
-        == services.gateway.payment_intent_retrieve(kept.stripe_payment_intent_id).payment_method
+        == gateway.payment_intent_retrieve(kept.stripe_payment_intent_id).payment_method
     )
 
 
@@ -364,7 +366,7 @@ def test_failed_provisioning_is_refunded_in_full(
         payment.amount,
         "Provisioning failed: full refund.",
     )
-    assert selectors.balance(organization) == Decimal("0.00")
+    assert selectors.balance_for_org(organization) == Decimal("0.00")
 
 
 def test_a_reservation_paid_twice_keeps_one_payment_and_refunds_the_other(
@@ -375,9 +377,9 @@ def test_a_reservation_paid_twice_keeps_one_payment_and_refunds_the_other(
     reservation = held_reservation(organization, owner, catalog)
     first = stripe_charges(reservation, card(stripe_api), attempt="first")
     second = stripe_charges(reservation, card(stripe_api), attempt="second")
-    services.payment_sync(payment_intent_id=first.stripe_payment_intent_id)
-    services.payment_sync(payment_intent_id=second.stripe_payment_intent_id)
-    services.payment_sync(payment_intent_id=second.stripe_payment_intent_id)  # a redelivery
+    payments.payment_sync(payment_intent_id=first.stripe_payment_intent_id)
+    payments.payment_sync(payment_intent_id=second.stripe_payment_intent_id)
+    payments.payment_sync(payment_intent_id=second.stripe_payment_intent_id)  # a redelivery
     first.refresh_from_db()
     second.refresh_from_db()
     assert (first.status, second.status) == ("succeeded", "duplicate")
@@ -398,6 +400,6 @@ def test_a_reservation_paid_twice_keeps_one_payment_and_refunds_the_other(
         ("payment", Decimal("-768.00")),
         ("refund", Decimal("768.00")),
     ]
-    assert selectors.balance(organization) == Decimal("0.00")
+    assert selectors.balance_for_org(organization) == Decimal("0.00")
     reservation.refresh_from_db()
     assert reservation.state == S.SCHEDULED

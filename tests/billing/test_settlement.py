@@ -16,8 +16,9 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from accounts.models import Organization
-from billing import selectors, services, tasks
+from billing import selectors, tasks
 from billing.models import Invoice, LedgerEntry, Payment, Refund
+from billing.services import invoices, refunds, settlement
 from capacity import services as capacity_services
 from capacity.models import Reservation
 from core.models import AuditEvent
@@ -39,11 +40,11 @@ def test_a_cancellation_refund_comes_after_a_goodwill_refund_and_only_once(
 ):
     reservation = held_reservation(organization, owner, catalog, start=ten_days_out())
     payment = pay(reservation, owner, stripe_api)
-    services.refund_issue(payment=payment, amount=Decimal("100.00"), reason="Goodwill", actor=owner)
+    refunds.refund_issue(payment=payment, amount=Decimal("100.00"), reason="Goodwill", actor=owner)
     reservation.refresh_from_db()
     capacity_services.reservation_cancel(reservation=reservation, actor=owner, reason="Plans")
     for _ in range(3):
-        services.settle_reservation(reservation_id=reservation.pk)
+        settlement.reservation_settle(reservation_id=reservation.pk)
     payment.refresh_from_db()
     assert sorted(Refund.objects.values_list("amount", "settles", "status")) == [
         (Decimal("100.00"), "", "succeeded"),
@@ -64,8 +65,8 @@ def test_the_database_holds_one_settling_refund_per_payment(
         Refund.objects.create(
             payment=payment, amount=Decimal("1.00"), currency="usd", reason="y", settles="failure"
         )
-    with pytest.raises(services.AlreadySettled):
-        services.refund_open(
+    with pytest.raises(refunds.AlreadySettled):
+        refunds.refund_open(
             payment=payment, amount=Decimal("1.00"), reason="z", actor=None, settles="failure"
         )
     assert Refund.objects.filter(payment=payment).count() == 1
@@ -125,9 +126,9 @@ def invoiced(catalog, organization, owner) -> Reservation:
     )
     organization.refresh_from_db()
     reservation = held_reservation(organization, owner, catalog, start=ten_days_out())
-    services.settle_reservation(reservation_id=reservation.pk)  # sends the invoice
+    settlement.reservation_settle(reservation_id=reservation.pk)  # sends the invoice
     assert Invoice.objects.get(reservation=reservation).stripe_invoice_id == "in_test_1"
-    assert selectors.balance(organization) == Decimal("768.00")
+    assert selectors.balance_for_org(organization) == Decimal("768.00")
     return reservation
 
 
@@ -145,11 +146,11 @@ def test_canceling_an_invoiced_reservation_in_full_voids_its_open_invoice(
     reservation = invoiced(catalog, organization, owner)
     capacity_services.reservation_cancel(reservation=reservation, actor=owner, reason="Plans")
     for _ in range(2):
-        services.settle_reservation(reservation_id=reservation.pk)
+        settlement.reservation_settle(reservation_id=reservation.pk)
     assert [c[0] for c in stripe_invoice["calls"]] == ["create", "void"]
     assert stripe_invoice["calls"][1][1] == f"credit:{reservation.public_id}"
     assert credits(organization) == [(Decimal("-768.00"), "void")]
-    assert selectors.balance(organization) == Decimal("0.00")
+    assert selectors.balance_for_org(organization) == Decimal("0.00")
     assert Refund.objects.count() == Payment.objects.count() == 0
     event = AuditEvent.objects.get(action="invoice.credited")
     assert event.data == {"amount": "768.00", "voided": True, "reservation": reservation.public_id}
@@ -162,8 +163,8 @@ def test_a_partial_credit_is_a_credit_note_and_the_payment_books_what_was_paid(
     settings.CAPACITY_CANCELLATION_POLICY = [(timedelta(days=30), 100), (timedelta(0), 50)]
     reservation = invoiced(catalog, organization, owner)
     capacity_services.reservation_cancel(reservation=reservation, actor=owner, reason="Plans")
-    services.settle_reservation(reservation_id=reservation.pk)
-    services.settle_reservation(reservation_id=reservation.pk)
+    settlement.reservation_settle(reservation_id=reservation.pk)
+    settlement.reservation_settle(reservation_id=reservation.pk)
     assert [
         (c[0], c[2].get("amount"), c[2].get("credit_amount")) for c in stripe_invoice["calls"]
     ] == [
@@ -173,12 +174,12 @@ def test_a_partial_credit_is_a_credit_note_and_the_payment_books_what_was_paid(
     assert credits(organization) == [(Decimal("-384.00"), "open")]
     # The customer pays what the invoice still asks for.
     stripe_invoice.update(status="paid", paid=38400)
-    services.invoice_sync(stripe_invoice_id="in_test_1")
-    services.invoice_sync(stripe_invoice_id="in_test_1")
+    invoices.invoice_sync(stripe_invoice_id="in_test_1")
+    invoices.invoice_sync(stripe_invoice_id="in_test_1")
     assert list(
         LedgerEntry.objects.filter(kind="invoice_payment").values_list("amount", flat=True)
     ) == [Decimal("-384.00")]
-    assert selectors.balance(organization) == Decimal("0.00")
+    assert selectors.balance_for_org(organization) == Decimal("0.00")
 
 
 def test_a_failed_block_on_a_paid_invoice_is_credited_to_the_customers_balance(
@@ -186,11 +187,11 @@ def test_a_failed_block_on_a_paid_invoice_is_credited_to_the_customers_balance(
 ):
     reservation = invoiced(catalog, organization, owner)
     stripe_invoice.update(status="paid", paid=76800)
-    services.invoice_sync(stripe_invoice_id="in_test_1")
-    assert selectors.balance(organization) == Decimal("0.00")
+    invoices.invoice_sync(stripe_invoice_id="in_test_1")
+    assert selectors.balance_for_org(organization) == Decimal("0.00")
     Reservation.objects.filter(pk=reservation.pk).update(state=S.FAILED)
     assert tasks.settle_pending() == 1  # the sweep sees the credit owed
-    services.settle_reservation(reservation_id=reservation.pk)
+    settlement.reservation_settle(reservation_id=reservation.pk)
     note = stripe_invoice["calls"][-1]
     assert (note[0], note[2]["amount"], note[2]["credit_amount"]) == (
         "credit_note",
@@ -198,5 +199,5 @@ def test_a_failed_block_on_a_paid_invoice_is_credited_to_the_customers_balance(
         "76800",
     )
     assert credits(organization) == [(Decimal("-768.00"), "paid")]
-    assert selectors.balance(organization) == Decimal("-768.00")  # a credit for next time
+    assert selectors.balance_for_org(organization) == Decimal("-768.00")  # a credit for next time
     assert tasks.settle_pending() == 0

@@ -13,8 +13,8 @@ from django.test import Client
 
 from accounts import api_keys
 from accounts.models import Organization
-from billing import metering, services
 from billing.models import LedgerEntry, ModelPrice, UsageEvent, UsageHour
+from billing.services import accounts, usage
 
 NOON = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 
@@ -102,7 +102,7 @@ def test_only_the_platform_reports_for_other_organizations(
 
 
 def test_hours_are_priced_booked_and_metered_once(organization, owner, prices, stripe_api):
-    services.billing_account_for(organization)
+    accounts.billing_account_ensure(organization)
     _r, raw = key(organization, owner, ["usage:write"])
     post(raw, [event(n) for n in range(4)])
     with responses.RequestsMock() as fake:
@@ -112,8 +112,8 @@ def test_hours_are_priced_booked_and_metered_once(organization, owner, prices, s
             f"{stripe_api}/v1/billing/meter_events",
             json={"object": "billing.meter_event", "event_name": "hyperblock_tokens"},
         )
-        assert metering.aggregate() == 1
-        assert metering.aggregate() == 0  # nothing new
+        assert usage.usage_aggregate() == 1
+        assert usage.usage_aggregate() == 0  # nothing new
         sent = [c.request for c in fake.calls if "meter_events" in c.request.url]
     hour = UsageHour.objects.get()
     # 4,000 input tokens at $0.60/M and 2,000 output at $2.40/M = $0.0024 + $0.0048 -> $0.01
@@ -126,7 +126,7 @@ def test_hours_are_priced_booked_and_metered_once(organization, owner, prices, s
 
 
 def test_usage_summary(organization, owner, prices, stripe_api):
-    services.billing_account_for(organization)
+    accounts.billing_account_ensure(organization)
     _r, raw = key(organization, owner, ["usage:write", "billing:read"])
     post(raw, [event(1)])
     with responses.RequestsMock() as fake:
@@ -136,7 +136,7 @@ def test_usage_summary(organization, owner, prices, stripe_api):
             f"{stripe_api}/v1/billing/meter_events",
             json={"object": "billing.meter_event"},
         )
-        metering.aggregate()
+        usage.usage_aggregate()
     summary = Client(HTTP_AUTHORIZATION=f"Bearer {raw}").get("/api/v1/usage/").json()
     assert summary == {
         "days": [
@@ -158,7 +158,7 @@ def test_usage_page_charts_days_and_keys(
 
     from tests.conftest import client_for
 
-    services.billing_account_for(organization)
+    accounts.billing_account_ensure(organization)
     record, raw = key(organization, owner, ["usage:write", "inference"])
     post(raw, [event(1), event(2)])
     with responses.RequestsMock() as fake:
@@ -168,7 +168,7 @@ def test_usage_page_charts_days_and_keys(
             f"{stripe_api}/v1/billing/meter_events",
             json={"object": "billing.meter_event"},
         )
-        metering.aggregate()
+        usage.usage_aggregate()
     page = client_for(owner).get(reverse("usage", args=[organization.slug]))
     html = page.content.decode()
     assert page.status_code == 200

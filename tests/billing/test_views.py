@@ -6,8 +6,9 @@ import requests
 from django.urls import reverse
 
 from accounts.permissions import Role
-from billing import payment_methods, services
+from billing import gateway
 from billing.models import Payment, WebhookEvent, WebhookProcessing
+from billing.services import accounts, cards, payments
 from capacity.models import Reservation
 from tests.conftest import client_for, member_of
 
@@ -46,8 +47,8 @@ def test_pay_card_endpoint_charges_and_answers_json(catalog, organization, owner
     }
     reservation.refresh_from_db()
     assert reservation.state == Reservation.State.SCHEDULED
-    account = services.billing_account_for(organization)
-    assert payment_methods.default_card(account).last4 == "4242"
+    account = accounts.billing_account_ensure(organization)
+    assert cards.default_card_for_account(account).last4 == "4242"
 
 
 def test_a_decline_answers_with_the_reason_and_a_fresh_form(
@@ -86,7 +87,7 @@ def test_three_d_secure_hands_the_secret_to_stripe_js(catalog, organization, own
 
 def test_payment_status_redirects_once_paid(catalog, organization, owner, stripe_api):
     reservation = held_reservation(organization, owner, catalog)
-    payment = services.pay_by_card(
+    payment = payments.payment_by_card_create(
         reservation=reservation, actor=owner, payment_method_id=card(stripe_api), attempt_token="s"
     )
     status = client_for(owner).get(
@@ -98,7 +99,7 @@ def test_payment_status_redirects_once_paid(catalog, organization, owner, stripe
 def test_billing_page_lists_payments_and_receipts_download(
     catalog, organization, owner, stripe_api
 ):
-    payment = services.pay_by_card(
+    payment = payments.payment_by_card_create(
         reservation=held_reservation(organization, owner, catalog),
         actor=owner,
         payment_method_id=card(stripe_api),
@@ -128,10 +129,10 @@ def test_who_sees_billing(organization, owner, role, status):
 
 def test_cards_are_added_made_default_and_removed(organization, owner, stripe_api):
     client = client_for(owner, reauthenticated=True)
-    account = services.billing_account_for(organization)
+    account = accounts.billing_account_ensure(organization)
     first, second = card(stripe_api), card(stripe_api)
     for method in (first, second):
-        services.gateway.payment_method_attach(
+        gateway.payment_method_attach(
             payment_method_id=method, customer_id=account.stripe_customer_id, idempotency_key=method
         )
     client.post(url("card-default", organization, second))
@@ -140,27 +141,27 @@ def test_cards_are_added_made_default_and_removed(organization, owner, stripe_ap
     client.post(url("card-remove", organization, second))
     account.refresh_from_db()
     assert account.default_payment_method_id == ""
-    assert [c.id for c in payment_methods.cards(account)] == [first]
+    assert [c.id for c in cards.cards_for_account(account)] == [first]
 
 
 def test_another_organizations_billing_is_invisible_and_untouchable(
     catalog, organization, owner, other_organization, stripe_api
 ):
     theirs_owner = other_organization.memberships.get().user
-    theirs = services.pay_by_card(
+    theirs = payments.payment_by_card_create(
         reservation=held_reservation(other_organization, theirs_owner, catalog),
         actor=theirs_owner,
         payment_method_id=card(stripe_api),
         attempt_token="o",
     )
-    their_account = services.billing_account_for(other_organization)
+    their_account = accounts.billing_account_ensure(other_organization)
     their_card = card(stripe_api)
-    services.gateway.payment_method_attach(
+    gateway.payment_method_attach(
         payment_method_id=their_card,
         customer_id=their_account.stripe_customer_id,
         idempotency_key="o2",
     )
-    their_cards = [c.id for c in payment_methods.cards(their_account)]
+    their_cards = [c.id for c in cards.cards_for_account(their_account)]
     assert their_card in their_cards
     client = client_for(owner, reauthenticated=True)
     assert client.get(url("receipt", organization, theirs.public_id)).status_code == 404
@@ -169,7 +170,7 @@ def test_another_organizations_billing_is_invisible_and_untouchable(
     assert client.get(url("pay", organization, theirs.reservation.public_id)).status_code == 404
     client.post(url("card-remove", organization, their_card))
     client.post(url("card-default", organization, their_card))
-    assert [c.id for c in payment_methods.cards(their_account)] == their_cards
+    assert [c.id for c in cards.cards_for_account(their_account)] == their_cards
     their_account.refresh_from_db()
     assert their_account.default_payment_method_id == ""
 
@@ -187,7 +188,7 @@ def test_localstripe_delivers_a_signed_webhook_that_we_process(
         timeout=10,
     ).raise_for_status()
     reservation = held_reservation(organization, owner, catalog)
-    payment = services.pay_by_card(
+    payment = payments.payment_by_card_create(
         reservation=reservation,
         actor=owner,
         payment_method_id=card(stripe_api),
@@ -213,7 +214,7 @@ def test_dashboard_shows_this_months_spend_and_the_reservation(
     catalog, organization, owner, stripe_api
 ):
     reservation = held_reservation(organization, owner, catalog)
-    services.pay_by_card(
+    payments.payment_by_card_create(
         reservation=reservation, actor=owner, payment_method_id=card(stripe_api), attempt_token="d"
     )
     page = client_for(owner).get(reverse("dashboard", args=[organization.slug]))

@@ -7,7 +7,7 @@ import requests
 import time_machine
 from django.urls import reverse
 
-from billing import services
+from billing import gateway
 from billing.models import (
     FinanceFlag,
     LedgerEntry,
@@ -112,7 +112,7 @@ def test_replays_in_any_order_apply_each_change_once(
     reservation = held_reservation(organization, owner, catalog)
     payment = stripe_charges(reservation, card(stripe_api))
     intent = payment.stripe_payment_intent_id
-    charge = services.gateway.payment_intent_retrieve(intent).latest_charge
+    charge = gateway.payment_intent_retrieve(intent).latest_charge
     charge_id = charge if isinstance(charge, str) else charge.id
     requests.post(
         f"{stripe_api}/v1/refunds",
@@ -170,10 +170,10 @@ def test_a_webhook_can_be_the_one_that_confirms_the_payment(
 def test_a_payment_we_do_not_know_is_flagged_for_finance(
     stripe_api, client, django_capture_on_commit_callbacks
 ):
-    account_customer = services.gateway.customer_create(
+    account_customer = gateway.customer_create(
         name="x", email="x@example.com", metadata={}, idempotency_key="u"
     )
-    intent = services.gateway.payment_intent_create(
+    intent = gateway.payment_intent_create(
         amount_minor=1000,
         currency="usd",
         customer_id=account_customer.id,

@@ -9,8 +9,8 @@ from django.utils import timezone
 from accounts.models import Organization
 from accounts.permissions import Role
 from backoffice.roles import FINANCE, OPERATIONS, SALES
-from billing import services as billing_services
 from billing.models import Invoice
+from billing.services import payments, settlement
 from capacity import quotes, rates, services
 from capacity.models import Allocation, Reservation
 from capacity.windows import Window
@@ -219,7 +219,7 @@ def test_a_card_customer_pays_a_quote_with_the_ordinary_payment(
         refused.value.message
         == f"{organization.name} pays by card: pay $710.40 to confirm this quote."
     )
-    payment = billing_services.pay_by_card(
+    payment = payments.payment_by_card_create(
         reservation=reservation, actor=owner, payment_method_id=card(stripe_api),
         attempt_token="quote-1",
     )  # fmt: skip
@@ -312,7 +312,7 @@ def test_a_member_of_another_organization_never_sees_the_quote(
 def test_accepting_in_the_portal(catalog, organization, owner, monkeypatch):
     on_invoice(organization, days=30)
     settled = []
-    monkeypatch.setattr(billing_services, "settlement_enqueue", settled.append)
+    monkeypatch.setattr(settlement, "settlement_enqueue", settled.append)
     reservation = quote(organization, catalog)
     client = client_for(owner)
     detail = f"/o/{organization.slug}/reservations/{reservation.public_id}/"

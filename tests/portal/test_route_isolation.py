@@ -35,8 +35,8 @@ from accounts import services as account_services
 from accounts.models import ApiKey, Invitation, Membership, Organization, User
 from accounts.permissions import Permission, Role, can
 from billing import gateway
-from billing import services as billing_services
 from billing.models import BillingAccount, Invoice, ModelPrice, Payment, Refund, UsageHour
+from billing.services import accounts
 from capacity.models import Cluster, GpuModel, ListPrice, NegotiatedRate, Node, Region, Reservation
 from core import crypto
 from tests.billing.conftest import SECRET_KEY, card, localstripe_url  # noqa: F401
@@ -167,7 +167,7 @@ def _tenant(org: Organization, owner: User, catalog, number: int, api: str) -> T
     invitation, invitation_token = account_services.invitation_create(
         organization=org, actor=owner, email=f"invitee{number}@example.com", role=Role.MEMBER
     )
-    account = billing_services.billing_account_for(org)
+    account = accounts.billing_account_ensure(org)
     payment_method = card(api)
     gateway.payment_method_attach(
         payment_method_id=payment_method,

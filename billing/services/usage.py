@@ -8,15 +8,14 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Sum
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from accounts.models import ApiKey, Organization
 from capacity.pricing import money
 
-from . import gateway
-from .models import BillingAccount, LedgerEntry, ModelPrice, UsageEvent, UsageHour
+from .. import gateway
+from ..models import BillingAccount, LedgerEntry, ModelPrice, UsageEvent, UsageHour
 
 logger = logging.getLogger(__name__)
 MAX_BATCH = 1000
@@ -62,7 +61,7 @@ def _parse(item: object, now: datetime, prices: set[str]) -> dict:
     return {"event_id": event_id, "model": item["model"], "occurred_at": occurred, **tokens}
 
 
-def ingest(*, reporter: ApiKey, events: object) -> dict:
+def usage_ingest(*, reporter: ApiKey, events: object) -> dict:
     """Store each new event once; duplicates (by id, per organization) are counted, bad events
     are reported by position, and the good ones are kept whatever the others are."""
     if not isinstance(events, list) or not 1 <= len(events) <= MAX_BATCH:
@@ -100,7 +99,7 @@ def ingest(*, reporter: ApiKey, events: object) -> dict:
     }
 
 
-def aggregate(now: datetime | None = None) -> int:
+def usage_aggregate(now: datetime | None = None) -> int:
     """Roll events of finished hours into UsageHour rows, book the cost, report to Stripe.
     Each event is counted in exactly one run (it is marked under a row lock)."""
     now = now or timezone.now()
@@ -149,11 +148,11 @@ def aggregate(now: datetime | None = None) -> int:
                 ),
             )
             booked += 1
-    push_to_stripe()
+    usage_push()
     return booked
 
 
-def push_to_stripe() -> int:
+def usage_push() -> int:
     """Report every hour whose total changed as a meter event with a deterministic identifier
     (the hour and its token total), so a replay is harmless."""
     pushed = 0
@@ -178,23 +177,3 @@ def push_to_stripe() -> int:
         ).update(pushed_at=timezone.now())
         pushed += 1
     return pushed
-
-
-def spend_by_day_and_model(organization: Organization, since: datetime) -> list[dict]:
-    return list(
-        UsageHour.objects.filter(organization=organization, hour__gte=since)
-        .values("hour__date", "model")
-        .annotate(
-            input_tokens=Sum("input_tokens"), output_tokens=Sum("output_tokens"), cost=Sum("cost")
-        )
-        .order_by("hour__date", "model")
-    )
-
-
-def usage_by_key(organization: Organization, since: datetime) -> list[dict]:
-    return list(
-        UsageEvent.objects.filter(organization=organization, occurred_at__gte=since)
-        .values("api_key__name", "api_key__public_id", "model")
-        .annotate(input_tokens=Sum("input_tokens"), output_tokens=Sum("output_tokens"))
-        .order_by("api_key__name", "model")
-    )

@@ -8,8 +8,9 @@ from accounts.models import Organization, User
 from core import audit
 from core.errors import NotFound, ServiceError
 
-from . import gateway, services
-from .models import BillingAccount
+from .. import gateway
+from ..models import BillingAccount
+from .accounts import billing_account_ensure, require_billing_manager
 
 
 @dataclass(frozen=True)
@@ -22,7 +23,7 @@ class Card:
     is_default: bool
 
 
-def cards(account: BillingAccount) -> list[Card]:
+def cards_for_account(account: BillingAccount) -> list[Card]:
     result = []
     for method in gateway.payment_methods_list(customer_id=account.stripe_customer_id):
         card = method.card
@@ -43,19 +44,21 @@ def is_organizations_card(organization: Organization, payment_method_id: str) ->
     """Whether the card is on the organization's Stripe customer (which this never creates).
     Raises gateway.PaymentError when Stripe cannot be asked."""
     account = BillingAccount.objects.filter(organization=organization).first()
-    return account is not None and any(card.id == payment_method_id for card in cards(account))
+    return account is not None and any(
+        card.id == payment_method_id for card in cards_for_account(account)
+    )
 
 
-def default_card(account: BillingAccount) -> Card | None:
+def default_card_for_account(account: BillingAccount) -> Card | None:
     if not account.default_payment_method_id:
         return None
-    return next((c for c in cards(account) if c.is_default), None)
+    return next((c for c in cards_for_account(account) if c.is_default), None)
 
 
-def setup_start(*, organization: Organization, actor: User) -> str:
+def card_setup_start(*, organization: Organization, actor: User) -> str:
     """A SetupIntent for the card form to confirm; returns its client secret."""
-    services.require_billing_manager(actor=actor, organization=organization)
-    account = services.billing_account_for(organization)
+    require_billing_manager(actor=actor, organization=organization)
+    account = billing_account_ensure(organization)
     intent = gateway.setup_intent_create(
         customer_id=account.stripe_customer_id,
         metadata={"organization": organization.slug},
@@ -64,13 +67,13 @@ def setup_start(*, organization: Organization, actor: User) -> str:
     return intent.client_secret
 
 
-def setup_finished(
+def card_setup_finish(
     *, organization: Organization, actor: User, setup_intent_id: str
 ) -> BillingAccount:
-    services.require_billing_manager(actor=actor, organization=organization)
+    require_billing_manager(actor=actor, organization=organization)
     if not setup_intent_id.startswith("seti_"):
         raise ServiceError("The card form did not finish. Try again.", code="invalid_setup_intent")
-    account = services.billing_account_for(organization)
+    account = billing_account_ensure(organization)
     intent = gateway.setup_intent_retrieve(setup_intent_id)
     if getattr(intent, "customer", None) not in (None, account.stripe_customer_id):
         raise NotFound("No such card setup.")
@@ -93,15 +96,15 @@ def setup_finished(
 
 def _owned(account: BillingAccount, payment_method_id: str) -> None:
     """Refuse a card that is not this organization's (a guessed id)."""
-    if not any(card.id == payment_method_id for card in cards(account)):
+    if not any(card.id == payment_method_id for card in cards_for_account(account)):
         raise NotFound("No such card.")
 
 
-def make_default(
+def card_make_default(
     *, organization: Organization, actor: User, payment_method_id: str
 ) -> BillingAccount:
-    services.require_billing_manager(actor=actor, organization=organization)
-    account = services.billing_account_for(organization)
+    require_billing_manager(actor=actor, organization=organization)
+    account = billing_account_ensure(organization)
     _owned(account, payment_method_id)
     return _set_default(account, payment_method_id, actor, "payment_method.made_default")
 
@@ -123,9 +126,9 @@ def _set_default(
     return locked
 
 
-def remove(*, organization: Organization, actor: User, payment_method_id: str) -> None:
-    services.require_billing_manager(actor=actor, organization=organization)
-    account = services.billing_account_for(organization)
+def card_remove(*, organization: Organization, actor: User, payment_method_id: str) -> None:
+    require_billing_manager(actor=actor, organization=organization)
+    account = billing_account_ensure(organization)
     _owned(account, payment_method_id)
     gateway.payment_method_detach(payment_method_id=payment_method_id, idempotency_key=None)
     with transaction.atomic():

@@ -6,13 +6,15 @@ from django.utils import timezone
 
 from core.money import from_minor
 
-from . import gateway, services
-from .models import FinanceFlag, Payment
+from .. import gateway
+from ..models import FinanceFlag, Payment
+from .flags import flag_raise
+from .payments import amount_received, payment_sync
 
 WINDOW = timedelta(days=2)
 
 
-def reconcile() -> int:
+def payments_reconcile() -> int:
     """Compare the last two days of PaymentIntents; returns how many differences were found.
     Running it twice records nothing new (a flag exists once per object and kind)."""
     since = timezone.now() - WINDOW
@@ -26,6 +28,7 @@ def reconcile() -> int:
             created_at__gte=since - timedelta(hours=1),
             stripe_payment_intent_id__isnull=False,
         )
+        if p.stripe_payment_intent_id is not None  # for the type checker: the filter says so
     }
     differences = 0
     for intent_id, intent in theirs.items():
@@ -41,13 +44,13 @@ def reconcile() -> int:
                 intent_id,
                 f"{payment.public_id} is {payment.status} here but paid in Stripe; applied now.",
             )
-            services.payment_sync(payment_intent_id=intent_id)
+            payment_sync(payment_intent_id=intent_id)
         elif intent.status != "succeeded" and payment.status in Payment.RECEIVED:
             differences += _flag(
                 intent_id, f"{payment.public_id} is paid here but {intent.status} in Stripe."
             )
         elif intent.status == "succeeded":
-            received = from_minor(services.amount_received(intent), intent.currency)
+            received = from_minor(amount_received(intent), intent.currency)
             if received != payment.amount or intent.currency != payment.currency:
                 differences += _flag(
                     intent_id,
@@ -64,7 +67,5 @@ def reconcile() -> int:
 
 def _flag(intent_id: str, detail: str) -> int:
     payment = Payment.objects.filter(stripe_payment_intent_id=intent_id).first()
-    raised = services.flag_raise(
-        FinanceFlag.Kind.RECONCILIATION, intent_id, detail, payment=payment
-    )
+    raised = flag_raise(FinanceFlag.Kind.RECONCILIATION, intent_id, detail, payment=payment)
     return 1 if raised else 0

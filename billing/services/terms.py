@@ -15,7 +15,7 @@ from core.errors import ServiceError
 from core.money import format_money
 from core.staff import require_staff_permission
 
-from . import selectors
+from .. import selectors
 
 TERMS_PERMISSION = "accounts.approve_terms"
 
@@ -49,7 +49,7 @@ def invoice_terms_approve(
     require_staff_permission(actor, TERMS_PERMISSION, "approve payment terms")
     limit = _amount(credit_limit)
     locked = lock_organization(organization)
-    owed = selectors.balance(locked)
+    owed = selectors.balance_for_org(locked)
     if limit < owed:
         raise ServiceError(
             f"The credit limit ({format_money(limit, locked.currency)}) is below what "

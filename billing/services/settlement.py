@@ -1,0 +1,162 @@
+"""Settling a reservation: the refund or invoice credit it is due, its invoice, stuck refunds."""
+
+import logging
+from decimal import Decimal
+
+from django.db import transaction
+
+from capacity.models import Reservation
+from core import audit
+from core.money import format_money, to_minor
+from core.tasks import enqueue_after_commit
+
+from .. import gateway
+from ..models import FinanceFlag, Invoice, LedgerEntry, Payment, Refund
+from .accounts import billing_email_queue
+from .flags import flag_raise
+from .invoices import invoice_issue
+from .refunds import AlreadySettled, refund_issue, refund_send
+
+logger = logging.getLogger(__name__)
+S = Reservation.State
+
+
+def settlement_enqueue(reservation_id: int) -> None:
+    """RESERVATION_SETTLEMENT_HOOK: capacity's lifecycle calls this in the transaction that
+    moved the reservation; settling runs in a task once that commits."""
+    enqueue_after_commit("billing.settle_reservation", reservation_id=reservation_id)
+
+
+def reservation_settle(*, reservation_id: int) -> None:
+    """Do what money a reservation's state asks for. Safe to run any number of times."""
+    reservation = Reservation.objects.select_related("organization").get(pk=reservation_id)
+    if reservation.state == S.CANCELED and reservation.refund_due:
+        _settle_refund(
+            reservation,
+            reservation.refund_due,
+            "Cancellation refund per the policy.",
+            Refund.Settles.CANCELLATION,
+        )
+    elif reservation.state == S.FAILED:
+        _settle_refund(
+            reservation, None, "Provisioning failed: full refund.", Refund.Settles.FAILURE
+        )
+    elif (
+        reservation.state in (S.SCHEDULED, S.PROVISIONING, S.ACTIVE)
+        and reservation.organization.on_invoice_terms
+        # Paid by card while the organization was still on card terms: nothing to invoice.
+        and not reservation.payments.filter(status=Payment.Status.SUCCEEDED).exists()
+    ):
+        try:
+            invoice_issue(reservation=reservation)
+        except gateway.GatewayUnavailable:
+            raise  # transient: the task retries
+        except gateway.PaymentError as exc:
+            Invoice.objects.filter(reservation=reservation).update(last_error=exc.message[:300])
+            logger.error("invoice for %s failed: %s", reservation.public_id, exc.message)
+    # Refunds that were written but never reached Stripe (a crash in between).
+    for refund in Refund.objects.filter(
+        payment__reservation=reservation, status=Refund.Status.PENDING
+    ):
+        refund_send(refund)
+
+
+def _settle_refund(
+    reservation: Reservation, amount: Decimal | None, reason: str, settles: str
+) -> None:
+    """Give back what a canceled or failed reservation is due (`amount`, or everything): to the
+    card it was paid with, or as a credit on its invoice. Once, however often it runs; refunds
+    finance made before (goodwill, a partial refund) only lower what is left to give back."""
+    if Invoice.objects.filter(reservation=reservation).exists():
+        _credit_invoice(reservation, amount, reason)
+        return
+    payment = reservation.payments.filter(status=Payment.Status.SUCCEEDED, flagged=False).first()
+    if payment is None or payment.refunds.filter(settles=settles).exists():
+        return
+    pending = sum(
+        payment.refunds.filter(status=Refund.Status.PENDING).values_list("amount", flat=True),
+        Decimal("0.00"),
+    )
+    left = payment.refundable - pending
+    amount = left if amount is None else min(amount, left)
+    if amount <= 0:
+        return
+    try:
+        refund = refund_issue(
+            payment=payment, amount=amount, reason=reason, actor=None, settles=settles
+        )
+    except AlreadySettled:  # a concurrent settlement made it first
+        return
+    billing_email_queue(
+        reservation.organization, "payment_refunded", payment=payment, refund=refund
+    )
+
+
+def _credit_invoice(reservation: Reservation, amount: Decimal | None, reason: str) -> None:
+    """Credit the invoice of a canceled or failed reservation on invoice terms: void it when
+    nothing is owed any more and it is still open, else a Stripe credit note for the amount
+    (on a paid invoice, to the customer's balance). The ledger books the credit once."""
+    invoice = Invoice.objects.get(reservation=reservation)
+    if not invoice.stripe_invoice_id:
+        return  # never sent, nothing booked: invoice_issue no longer sends it
+    if LedgerEntry.objects.filter(kind=LedgerEntry.Kind.CREDIT, invoice=invoice).exists():
+        return
+    credit = invoice.amount if amount is None else min(amount, invoice.amount)
+    if credit <= 0:
+        return
+    stripe_invoice = gateway.invoice_retrieve(invoice.stripe_invoice_id)
+    key = f"credit:{reservation.public_id}"
+    voided = stripe_invoice.status == "open" and credit == invoice.amount
+    try:
+        if voided:
+            gateway.invoice_void(invoice_id=invoice.stripe_invoice_id, idempotency_key=key)
+        elif stripe_invoice.status in ("open", "paid"):
+            gateway.credit_note_create(
+                invoice_id=invoice.stripe_invoice_id,
+                amount_minor=to_minor(credit, invoice.currency),
+                memo=reason,
+                paid=stripe_invoice.status == "paid",
+                idempotency_key=key,
+            )
+    except gateway.GatewayUnavailable:
+        raise  # transient: the task retries
+    except gateway.PaymentError as exc:
+        flag_raise(
+            FinanceFlag.Kind.RECONCILIATION,
+            f"credit:{invoice.stripe_invoice_id}",
+            f"Could not credit {format_money(credit, invoice.currency)} on invoice "
+            f"{invoice.number or invoice.stripe_invoice_id} for {reservation.public_id} "
+            f"({reason}): {exc.message}",
+            organization=invoice.organization,
+        )
+        return
+    with transaction.atomic():
+        locked = Invoice.objects.select_for_update().get(pk=invoice.pk)
+        if LedgerEntry.objects.filter(kind=LedgerEntry.Kind.CREDIT, invoice=locked).exists():
+            return
+        if voided:
+            locked.status = Invoice.Status.VOID
+            locked.save(update_fields=["status"])
+        LedgerEntry.objects.create(
+            organization=locked.organization,
+            kind=LedgerEntry.Kind.CREDIT,
+            amount=-credit,
+            currency=locked.currency,
+            reservation=reservation,
+            invoice=locked,
+            description=f"Credit on invoice {locked.number or locked.stripe_invoice_id}: {reason}"[
+                :300
+            ],
+        )
+        audit.record(
+            action="invoice.credited",
+            actor=None,
+            organization=locked.organization,
+            target=locked,
+            data={"amount": str(credit), "voided": voided, "reservation": reservation.public_id},
+            reason=reason,
+        )
+    billing_email_queue(
+        reservation.organization, "invoice_credited", invoice=locked, credit=credit,
+        reservation=reservation, voided=voided,
+    )  # fmt: skip
