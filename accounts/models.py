@@ -275,7 +275,7 @@ class Invitation(models.Model):
 
 
 class ApiKey(models.Model):
-    """A key for the API, made by a member for an organization (see accounts/keys.py)."""
+    """A key for the API, made by a member for an organization (see accounts/api_keys/format.py)."""
 
     class Scope(models.TextChoices):
         RESERVATIONS_READ = "reservations:read", "Read reservations and offerings"

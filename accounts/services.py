@@ -687,7 +687,7 @@ def organization_reactivate(
 
 
 def _forget_cached_keys_after_commit(organization: Organization) -> None:
-    from .api_keys import forget_cached_keys  # api_keys builds on this module
+    from .api_keys.authentication import forget_cached_keys  # api_keys builds on this module
 
     pk = organization.pk
     transaction.on_commit(lambda: forget_cached_keys(organization_id=pk))

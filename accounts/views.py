@@ -16,6 +16,7 @@ from core.errors import NotFound, ServiceError
 from core.forms import add_service_error
 
 from . import api_keys, selectors, services
+from .api_keys.selectors import key_for_org, keys_for_org
 from .decorators import (
     ask_for_password,
     mark_reauthenticated,
@@ -477,7 +478,7 @@ def api_keys_page(request: HttpRequest) -> HttpResponse:
         request,
         "accounts/api_keys.html",
         {
-            "keys": api_keys.keys_for_org(organization),
+            "keys": keys_for_org(organization),
             "form": form,
             "created_key": created_key,
             "may_manage": may_manage,
@@ -493,7 +494,7 @@ def api_key_action(request: HttpRequest, public_id: str, action: str) -> HttpRes
     if action not in ("revoke", "rotate"):
         return render(request, "404.html", status=404)
     try:  # another organization's key is 404 before the password is asked
-        api_key = api_keys.key_for_org(request.organization, public_id)
+        api_key = key_for_org(request.organization, public_id)
     except NotFound:
         return render(request, "404.html", status=404)
     page = reverse("api-keys", args=[request.organization.slug])
@@ -511,7 +512,7 @@ def api_key_action(request: HttpRequest, public_id: str, action: str) -> HttpRes
                 request,
                 "accounts/api_keys.html",
                 {
-                    "keys": api_keys.keys_for_org(request.organization),
+                    "keys": keys_for_org(request.organization),
                     "form": ApiKeyForm(),
                     "created_key": key,
                     "rotated": api_key,

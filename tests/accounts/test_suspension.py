@@ -7,6 +7,7 @@ from django.core.cache import cache
 from django.test import Client
 
 from accounts import api_keys, services
+from accounts.api_keys.authentication import KeyRefused, authenticate
 from accounts.models import Organization
 from accounts.permissions import Role
 from backoffice.roles import FINANCE, OPERATIONS, SALES
@@ -152,12 +153,12 @@ def test_without_the_cache_drop_a_suspension_reaches_keys_within_the_cache_time(
     _, raw = api_keys.api_key_create(
         organization=organization, actor=owner, name="ci", scopes=["reservations:read"]
     )
-    api_keys.authenticate(raw)
+    authenticate(raw)
     Organization.objects.filter(pk=organization.pk).update(status="suspended")
-    api_keys.authenticate(raw)  # still cached: at most API_KEY_CACHE_SECONDS
+    authenticate(raw)  # still cached: at most API_KEY_CACHE_SECONDS
     cache.clear()
-    with pytest.raises(api_keys.KeyRefused) as refused:
-        api_keys.authenticate(raw)
+    with pytest.raises(KeyRefused) as refused:
+        authenticate(raw)
     assert (refused.value.code, refused.value.status) == ("organization_suspended", 403)
     assert settings.API_KEY_CACHE_SECONDS == 5
 
