@@ -20,46 +20,11 @@ from core.emails import queue_email
 from core.errors import Conflict, NotAllowed, NotFound, ServiceError
 
 from . import selectors, tokens
+from .api_keys.authentication import forget_cached_keys
+from .guards import require_permission, require_staff_permission
 from .models import Invitation, Membership, Organization, User
 from .permissions import Permission, Role, can
 from .validators import validate_org_slug
-
-
-# --- Guards used by every app ---------------------------------------------------------------
-def require_verified_email(user: User) -> None:
-    """The one gate for actions that cost money or hand out access (reserve, create keys)."""
-    if not user.is_verified:
-        raise NotAllowed(
-            "Verify your e-mail address first: use the link we sent you, or send a new one.",
-            code="email_unverified",
-        )
-
-
-def suspension_message(organization: Organization) -> str:
-    """What a member of a suspended organization is told, wherever they meet the suspension."""
-    reason = organization.suspended_reason.strip().rstrip(".")
-    reason = f": {reason}" if reason else ""
-    return (
-        f"{organization.name} is suspended{reason}. Contact {settings.SUPPORT_EMAIL} to "
-        "reactivate it."
-    )
-
-
-def require_active_organization(organization: Organization) -> None:
-    if not organization.is_active:
-        raise NotAllowed(suspension_message(organization), code="organization_suspended")
-
-
-def require_permission(*, actor: User, organization: Organization, permission: Permission) -> str:
-    """Return the actor's role in the organization, or raise if the role lacks `permission`."""
-    membership = Membership.objects.filter(user=actor, organization=organization).first()
-    if membership is None:
-        raise NotFound("Organization not found.")
-    if not can(membership.role, permission):
-        raise NotAllowed(
-            f"Your role ({membership.get_role_display().lower()}) does not allow this.",
-        )
-    return membership.role
 
 
 # --- Sign-up and organizations --------------------------------------------------------------
@@ -505,12 +470,6 @@ STAFF_EDITABLE = frozenset(
 )
 
 
-def require_staff_permission(actor: User, permission: str, doing: str) -> None:
-    """Raise NotAllowed unless `actor` is active staff holding `app_label.codename`."""
-    if not (actor.is_active and actor.is_staff and actor.has_perm(permission)):
-        raise NotAllowed(f"You are not allowed to {doing}.", code="permission_denied")
-
-
 def lock_organization(organization: Organization) -> Organization:
     """The organization's row, locked until the transaction ends: the one lock that serializes
     changes to its terms, status and negotiated rates. Call inside a transaction."""
@@ -687,8 +646,6 @@ def organization_reactivate(
 
 
 def _forget_cached_keys_after_commit(organization: Organization) -> None:
-    from .api_keys.authentication import forget_cached_keys  # api_keys builds on this module
-
     pk = organization.pk
     transaction.on_commit(lambda: forget_cached_keys(organization_id=pk))
 

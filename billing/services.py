@@ -15,10 +15,10 @@ from django.db import IntegrityError, transaction
 from django.urls import reverse
 from django.utils import timezone
 
+from accounts.guards import require_active_organization
 from accounts.models import Organization, User
 from accounts.permissions import Permission, can
 from accounts.selectors import membership_for
-from accounts.services import require_active_organization
 from capacity import services as capacity_services
 from capacity.models import Reservation
 from core import audit

@@ -9,8 +9,9 @@ from decimal import Decimal, InvalidOperation
 
 from django.db import transaction
 
+from accounts.guards import require_staff_permission
 from accounts.models import Organization, User
-from accounts.services import lock_organization, organization_terms_write, require_staff_permission
+from accounts.services import lock_organization, organization_terms_write
 from core.errors import ServiceError
 from core.money import format_money
 

@@ -16,15 +16,15 @@ from django.db import transaction
 from django.utils import timezone
 
 from accounts import credit
-from accounts.models import Organization, User
-from accounts.permissions import Permission
-from accounts.services import (
-    lock_organization,
+from accounts.guards import (
     require_active_organization,
     require_permission,
     require_staff_permission,
     require_verified_email,
 )
+from accounts.models import Organization, User
+from accounts.permissions import Permission
+from accounts.services import lock_organization
 from core.errors import Conflict, ServiceError
 from core.money import format_money
 

@@ -14,8 +14,9 @@ from decimal import Decimal
 from django.db import transaction
 from django.utils import timezone
 
+from accounts.guards import require_staff_permission
 from accounts.models import Organization, User
-from accounts.services import lock_organization, require_staff_permission
+from accounts.services import lock_organization
 from core import audit
 from core.errors import Conflict, ServiceError
 

@@ -15,14 +15,10 @@ from django.db import OperationalError, connection, transaction
 from django.utils import timezone
 
 from accounts import credit
+from accounts.guards import require_active_organization, require_permission, require_verified_email
 from accounts.models import Organization, User
 from accounts.permissions import Permission
-from accounts.services import (
-    lock_organization,
-    require_active_organization,
-    require_permission,
-    require_verified_email,
-)
+from accounts.services import lock_organization
 from core import audit
 from core.errors import Conflict, ServiceError
 

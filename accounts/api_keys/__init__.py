@@ -10,13 +10,9 @@ from django.utils import timezone
 from core import audit
 from core.errors import ServiceError
 
+from ..guards import require_active_organization, require_permission, require_verified_email
 from ..models import ApiKey, Organization, User
 from ..permissions import Permission
-from ..services import (
-    require_active_organization,
-    require_permission,
-    require_verified_email,
-)
 from .authentication import cache_key
 from .format import generate
 

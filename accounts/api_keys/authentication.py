@@ -12,8 +12,8 @@ from django.conf import settings
 from django.core.cache import cache
 from django.utils import timezone
 
+from ..guards import suspension_message
 from ..models import ApiKey, Organization
-from ..services import suspension_message
 from .format import digest, matches, parse
 
 LAST_USED_EVERY = timedelta(minutes=1)

@@ -6,7 +6,7 @@ import pytest
 from django.core.cache import cache
 from django.test import Client
 
-from accounts import api_keys, services
+from accounts import api_keys, guards, services
 from accounts.api_keys.authentication import KeyRefused, authenticate
 from accounts.models import Organization
 from accounts.permissions import Role
@@ -56,7 +56,7 @@ def test_suspending_records_the_reason_and_blocks_reserving(organization):
     )
     organization.refresh_from_db()
     with pytest.raises(NotAllowed) as refused:
-        services.require_active_organization(organization)
+        guards.require_active_organization(organization)
     assert refused.value.message == (
         f"{organization.name} is suspended: Invoice INV-7 unpaid for 60 days. Contact "
         "support@hyperblock.local to reactivate it."
