@@ -9,9 +9,9 @@ from django_countries.fields import LazyTypedChoiceField
 from core.emails import queue_email
 from core.errors import ServiceError
 
-from . import services
 from .models import ApiKey, Organization, User
 from .permissions import Permission, Role, can
+from .services import organizations, registration
 from .validators import validate_org_slug
 
 
@@ -46,11 +46,11 @@ class SignupForm(forms.Form):
     # The service checks all of this again inside its transaction; checking here as well lets
     # the form show every problem at once instead of one per submission.
     def clean_email(self) -> str:
-        return _service_check(services.validate_new_email, self.cleaned_data["email"])
+        return _service_check(registration.validate_new_email, self.cleaned_data["email"])
 
     def clean_organization_slug(self) -> str:
         slug = self.cleaned_data["organization_slug"].strip().lower()
-        _service_check(services.validate_new_slug, slug)
+        _service_check(organizations.validate_new_slug, slug)
         return slug
 
     def clean(self) -> dict:
@@ -58,7 +58,7 @@ class SignupForm(forms.Form):
         if data.get("password"):
             candidate = User(email=data.get("email") or "", full_name=data.get("full_name") or "")
             try:
-                services.validate_new_password(data["password"], candidate)
+                registration.validate_new_password(data["password"], candidate)
             except ServiceError as exc:
                 self.add_error("password", exc.message)
         return data

@@ -15,7 +15,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from core.errors import NotFound, ServiceError
 from core.forms import add_service_error
 
-from . import api_keys, selectors, services
+from . import api_keys, selectors
 from .api_keys.selectors import key_for_org, keys_for_org
 from .decorators import (
     ask_for_password,
@@ -39,6 +39,7 @@ from .forms import (
 )
 from .models import User
 from .permissions import PERMISSION_LABELS, Permission, Role, can, role_matrix
+from .services import memberships, organizations, registration, users
 from .validators import suggest_slug
 
 _BACKEND = "django.contrib.auth.backends.ModelBackend"
@@ -54,7 +55,7 @@ def signup(request: HttpRequest) -> HttpResponse:
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data
         try:
-            user, organization = services.signup(
+            user, organization = registration.signup(
                 email=data["email"],
                 password=data["password"],
                 full_name=data["full_name"],
@@ -86,7 +87,7 @@ def signup_slug(request: HttpRequest) -> HttpResponse:
     error = ""
     if slug:
         try:
-            services.validate_new_slug(slug)
+            organizations.validate_new_slug(slug)
         except ServiceError as exc:
             error = exc.message
     return render(
@@ -118,7 +119,7 @@ def locked_out(
 @require_GET
 def verify_email(request: HttpRequest, token: str) -> HttpResponse:
     try:
-        user = services.email_verify(token=token)
+        user = registration.email_verify(token=token)
     except ServiceError as exc:
         return render(request, "accounts/verify_failed.html", {"message": exc.message}, status=400)
     messages.success(request, f"Thank you: {user.email} is verified.")
@@ -135,7 +136,7 @@ def verify_email_resend(request: HttpRequest) -> HttpResponse:
     elif now - last < RESEND_INTERVAL_SECONDS:
         messages.warning(request, "We just sent a link. Give it a minute, then check spam too.")
     else:
-        services.email_verification_send(user=request.user)
+        registration.email_verification_send(user=request.user)
         request.session["verification_sent_at"] = now
         messages.success(request, f"We sent a new verification link to {request.user.email}.")
     return redirect(request.POST.get("next") or "home")
@@ -157,7 +158,7 @@ class PasswordResetConfirmView(auth_views.PasswordResetConfirmView):
 
     def form_valid(self, form):  # type: ignore[no-untyped-def]
         response = super().form_valid(form)
-        services.password_changed(user=form.user)
+        users.password_changed(user=form.user)
         messages.success(self.request, "Your password is changed. Sign in with the new one.")
         return response
 
@@ -173,7 +174,7 @@ def profile(request: HttpRequest) -> HttpResponse:
         profile_form = ProfileForm(request.POST)
         if profile_form.is_valid():
             try:
-                services.profile_update(
+                users.profile_update(
                     user=request.user, full_name=profile_form.cleaned_data["full_name"]
                 )
             except ServiceError as exc:
@@ -186,7 +187,7 @@ def profile(request: HttpRequest) -> HttpResponse:
         if password_form.is_valid():
             user = password_form.save()
             update_session_auth_hash(request, user)
-            services.password_changed(user=user)
+            users.password_changed(user=user)
             messages.success(request, "Password changed.")
             return redirect("profile")
     return render(
@@ -209,7 +210,9 @@ def organization_create(request: HttpRequest) -> HttpResponse:
     )
     if request.method == "POST" and form.is_valid():
         try:
-            organization = services.organization_create(owner=request.user, **form.cleaned_data)
+            organization = organizations.organization_create(
+                owner=request.user, **form.cleaned_data
+            )
         except ServiceError as exc:
             add_service_error(form, exc)
         else:
@@ -237,7 +240,7 @@ def organization_settings(request: HttpRequest) -> HttpResponse:
             )
         if form.is_valid():
             try:
-                services.organization_update(
+                organizations.organization_update(
                     organization=organization,
                     actor=request.user,
                     **{name: form.cleaned_data[name] for name in form.changed_data},
@@ -284,7 +287,7 @@ def team_invite(request: HttpRequest) -> HttpResponse:
     form = InviteForm(request.POST, actor_role=request.membership.role)
     if form.is_valid():
         try:
-            invitation, _token = services.invitation_create(
+            invitation, _token = memberships.invitation_create(
                 organization=request.organization, actor=request.user, **form.cleaned_data
             )
         except ServiceError as exc:
@@ -303,7 +306,7 @@ def invitation_revoke(request: HttpRequest, invitation_id: int) -> HttpResponse:
         messages.error(request, "This invitation was already used or withdrawn.")
     else:
         try:
-            services.invitation_revoke(invitation=invitation, actor=request.user)
+            memberships.invitation_revoke(invitation=invitation, actor=request.user)
         except ServiceError as exc:
             messages.error(request, exc.message)
         else:
@@ -328,7 +331,7 @@ def member_role(request: HttpRequest, membership_id: int) -> HttpResponse:
         error = "Choose one of the roles listed."
     else:
         try:
-            membership = services.membership_change_role(
+            membership = memberships.membership_change_role(
                 membership=membership, actor=request.user, role=form.cleaned_data["role"]
             )
         except ServiceError as exc:
@@ -355,7 +358,7 @@ def member_remove(request: HttpRequest, membership_id: int) -> HttpResponse:
     if membership is None:
         return _not_a_member(request)
     try:
-        services.membership_remove(membership=membership, actor=request.user)
+        memberships.membership_remove(membership=membership, actor=request.user)
     except ServiceError as exc:
         messages.error(request, exc.message)
         return redirect("team", slug=request.organization.slug)
@@ -376,7 +379,7 @@ def _not_a_member(request: HttpRequest) -> HttpResponse:
 @require_http_methods(["GET", "POST"])
 def invitation(request: HttpRequest, token: str) -> HttpResponse:
     try:
-        invite = services.invitation_for_token(token)
+        invite = memberships.invitation_for_token(token)
     except ServiceError as exc:
         return render(
             request, "accounts/invitation_invalid.html", {"message": exc.message}, status=exc.status
@@ -386,7 +389,7 @@ def invitation(request: HttpRequest, token: str) -> HttpResponse:
     if request.method == "POST":
         if request.user.is_authenticated:
             try:
-                membership = services.invitation_accept(token=token, user=request.user)
+                membership = memberships.invitation_accept(token=token, user=request.user)
             except ServiceError as exc:
                 messages.error(request, exc.message)
                 return redirect("invitation", token=token)
@@ -395,7 +398,7 @@ def invitation(request: HttpRequest, token: str) -> HttpResponse:
         signup_form = InvitationSignupForm(request.POST)
         if signup_form.is_valid():
             try:
-                membership = services.signup_with_invitation(
+                membership = registration.signup_with_invitation(
                     token=token, **signup_form.cleaned_data
                 )
             except ServiceError as exc:

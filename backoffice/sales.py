@@ -38,8 +38,8 @@ from django.utils import timezone
 from django.utils.html import format_html
 from django_countries import countries
 
-from accounts import services as account_services
 from accounts.models import ApiKey, Membership, Organization
+from accounts.services import organizations as account_services
 from billing import selectors as billing_selectors
 from billing import terms
 from billing.models import LedgerEntry

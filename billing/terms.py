@@ -11,7 +11,7 @@ from django.db import transaction
 
 from accounts.guards import require_staff_permission
 from accounts.models import Organization, User
-from accounts.services import lock_organization, organization_terms_write
+from accounts.services.organizations import lock_organization, organization_terms_write
 from core.errors import ServiceError
 from core.money import format_money
 

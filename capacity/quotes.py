@@ -24,7 +24,7 @@ from accounts.guards import (
 )
 from accounts.models import Organization, User
 from accounts.permissions import Permission
-from accounts.services import lock_organization
+from accounts.services.organizations import lock_organization
 from core.errors import Conflict, ServiceError
 from core.money import format_money
 

@@ -16,7 +16,7 @@ from django.utils import timezone
 
 from accounts.guards import require_staff_permission
 from accounts.models import Organization, User
-from accounts.services import lock_organization
+from accounts.services.organizations import lock_organization
 from core import audit
 from core.errors import Conflict, ServiceError
 

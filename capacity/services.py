@@ -18,7 +18,7 @@ from accounts import credit
 from accounts.guards import require_active_organization, require_permission, require_verified_email
 from accounts.models import Organization, User
 from accounts.permissions import Permission
-from accounts.services import lock_organization
+from accounts.services.organizations import lock_organization
 from core import audit
 from core.errors import Conflict, ServiceError
 
