@@ -8,7 +8,7 @@ from core.api import ApiView as APIView
 
 from .api_auth import actor_of, organization_of
 from .api_keys import api_key_revoke
-from .api_keys.selectors import key_for_org, keys_for_org
+from .api_keys.selectors import api_key_for_org, api_keys_for_org
 from .models import ApiKey
 
 
@@ -38,7 +38,7 @@ class Keys(APIView, ListAPIView):
     required_scopes = {"GET": ApiKey.Scope.KEYS_READ}
 
     def get_queryset(self):  # type: ignore[no-untyped-def]
-        return keys_for_org(organization_of(self.request))
+        return api_keys_for_org(organization_of(self.request))
 
 
 class RevokeKey(APIView):
@@ -46,6 +46,6 @@ class RevokeKey(APIView):
 
     @extend_schema(request=None, responses=KeySerializer)
     def post(self, request: Request, public_id: str) -> Response:
-        api_key = key_for_org(organization_of(request), public_id)
+        api_key = api_key_for_org(organization_of(request), public_id)
         revoked = api_key_revoke(api_key=api_key, actor=actor_of(request))
         return Response(KeySerializer(revoked).data)

@@ -9,7 +9,7 @@ from rest_framework.authentication import (
 )
 from rest_framework.request import Request
 
-from accounts.api_keys.authentication import KeyRefused, authenticate
+from accounts.api_keys.authentication import KeyRefused, api_key_authenticate
 from accounts.models import ApiKey
 from accounts.selectors import membership_for
 from core.errors import NotAllowed, NotFound
@@ -62,7 +62,7 @@ class ApiKeyAuthentication(BaseAuthentication):
                 "The API key is malformed.", code="malformed_key"
             ) from exc
         try:
-            found = authenticate(raw, ip=client_address(request))
+            found = api_key_authenticate(raw, ip=client_address(request))
         except KeyRefused as exc:
             if exc.status == 403:  # a good key its organization may not use (suspended)
                 raise exceptions.PermissionDenied(exc.message, code=exc.code) from exc

@@ -16,7 +16,7 @@ from core.errors import NotFound, ServiceError
 from core.forms import add_service_error
 
 from . import api_keys, selectors
-from .api_keys.selectors import key_for_org, keys_for_org
+from .api_keys.selectors import api_key_for_org, api_keys_for_org
 from .decorators import (
     ask_for_password,
     mark_reauthenticated,
@@ -55,7 +55,7 @@ def signup(request: HttpRequest) -> HttpResponse:
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data
         try:
-            user, organization = registration.signup(
+            user, organization = registration.user_signup(
                 email=data["email"],
                 password=data["password"],
                 full_name=data["full_name"],
@@ -158,7 +158,7 @@ class PasswordResetConfirmView(auth_views.PasswordResetConfirmView):
 
     def form_valid(self, form):  # type: ignore[no-untyped-def]
         response = super().form_valid(form)
-        users.password_changed(user=form.user)
+        users.password_change_record(user=form.user)
         messages.success(self.request, "Your password is changed. Sign in with the new one.")
         return response
 
@@ -187,7 +187,7 @@ def profile(request: HttpRequest) -> HttpResponse:
         if password_form.is_valid():
             user = password_form.save()
             update_session_auth_hash(request, user)
-            users.password_changed(user=user)
+            users.password_change_record(user=user)
             messages.success(request, "Password changed.")
             return redirect("profile")
     return render(
@@ -260,11 +260,11 @@ def organization_settings(request: HttpRequest) -> HttpResponse:
 # --- Team ------------------------------------------------------------------------------------
 def _team_context(request: HttpRequest, invite_form: InviteForm | None = None) -> dict:
     role = request.membership.role
-    members = list(selectors.team_members(request.organization))
+    members = list(selectors.memberships_for_org(request.organization))
     return {
         "members": members,
         "sole_owner": sum(1 for m in members if m.role == Role.OWNER) == 1,
-        "invitations": selectors.open_invitations(request.organization),
+        "invitations": selectors.open_invitations_for_org(request.organization),
         "invite_form": invite_form or InviteForm(actor_role=role),
         "may_manage": can(role, Permission.MANAGE_TEAM),
         "role_choices": role_choices_for(role),
@@ -301,7 +301,7 @@ def team_invite(request: HttpRequest) -> HttpResponse:
 @org_member(Permission.MANAGE_TEAM)
 @require_POST
 def invitation_revoke(request: HttpRequest, invitation_id: int) -> HttpResponse:
-    invitation = selectors.open_invitation(request.organization, invitation_id)
+    invitation = selectors.open_invitation_for_org(request.organization, invitation_id)
     if invitation is None:
         messages.error(request, "This invitation was already used or withdrawn.")
     else:
@@ -315,14 +315,14 @@ def invitation_revoke(request: HttpRequest, invitation_id: int) -> HttpResponse:
 
 
 def _is_teammate(request: HttpRequest, membership_id: int) -> bool:
-    return selectors.team_member(request.organization, membership_id) is not None
+    return selectors.membership_for_org(request.organization, membership_id) is not None
 
 
 @org_member(Permission.MANAGE_TEAM)
 @recent_password("team", find=_is_teammate)
 @require_POST
 def member_role(request: HttpRequest, membership_id: int) -> HttpResponse:
-    membership = selectors.team_member(request.organization, membership_id)
+    membership = selectors.membership_for_org(request.organization, membership_id)
     if membership is None:
         return _not_a_member(request)
     form = RoleForm(request.POST)
@@ -331,7 +331,7 @@ def member_role(request: HttpRequest, membership_id: int) -> HttpResponse:
         error = "Choose one of the roles listed."
     else:
         try:
-            membership = memberships.membership_change_role(
+            membership = memberships.membership_role_change(
                 membership=membership, actor=request.user, role=form.cleaned_data["role"]
             )
         except ServiceError as exc:
@@ -354,7 +354,7 @@ def member_role(request: HttpRequest, membership_id: int) -> HttpResponse:
 @recent_password("team", find=_is_teammate)
 @require_POST
 def member_remove(request: HttpRequest, membership_id: int) -> HttpResponse:
-    membership = selectors.team_member(request.organization, membership_id)
+    membership = selectors.membership_for_org(request.organization, membership_id)
     if membership is None:
         return _not_a_member(request)
     try:
@@ -398,7 +398,7 @@ def invitation(request: HttpRequest, token: str) -> HttpResponse:
         signup_form = InvitationSignupForm(request.POST)
         if signup_form.is_valid():
             try:
-                membership = registration.signup_with_invitation(
+                membership = registration.user_signup_with_invitation(
                     token=token, **signup_form.cleaned_data
                 )
             except ServiceError as exc:
@@ -481,7 +481,7 @@ def api_keys_page(request: HttpRequest) -> HttpResponse:
         request,
         "accounts/api_keys.html",
         {
-            "keys": keys_for_org(organization),
+            "keys": api_keys_for_org(organization),
             "form": form,
             "created_key": created_key,
             "may_manage": may_manage,
@@ -497,7 +497,7 @@ def api_key_action(request: HttpRequest, public_id: str, action: str) -> HttpRes
     if action not in ("revoke", "rotate"):
         return render(request, "404.html", status=404)
     try:  # another organization's key is 404 before the password is asked
-        api_key = key_for_org(request.organization, public_id)
+        api_key = api_key_for_org(request.organization, public_id)
     except NotFound:
         return render(request, "404.html", status=404)
     page = reverse("api-keys", args=[request.organization.slug])
@@ -515,7 +515,7 @@ def api_key_action(request: HttpRequest, public_id: str, action: str) -> HttpRes
                 request,
                 "accounts/api_keys.html",
                 {
-                    "keys": keys_for_org(request.organization),
+                    "keys": api_keys_for_org(request.organization),
                     "form": ApiKeyForm(),
                     "created_key": key,
                     "rotated": api_key,

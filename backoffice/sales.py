@@ -574,9 +574,7 @@ class OrganizationAdmin(ServiceErrorsAsMessages, admin.ModelAdmin):
         self._each(
             request,
             queryset,
-            lambda org: account_services.organization_mark_reviewed(
-                organization=org, actor=request.user
-            ),
+            lambda org: account_services.organization_review(organization=org, actor=request.user),
             "Marked reviewed:",
         )
 

@@ -8,7 +8,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from accounts.api_auth import actor_of, organization_of
-from accounts.api_keys.authentication import KeyRefused, authenticate
+from accounts.api_keys.authentication import KeyRefused, api_key_authenticate
 from accounts.models import ApiKey
 from accounts.permissions import Permission, can
 from accounts.selectors import membership_for
@@ -261,7 +261,7 @@ class VerifyKey(APIView):
         if not isinstance(raw, str) or not raw:
             raise serializers.ValidationError({"key": ["Send the key to check as `key`."]})
         try:
-            found = authenticate(raw)
+            found = api_key_authenticate(raw)
         except KeyRefused as exc:
             return Response(
                 {

@@ -24,7 +24,7 @@ from accounts.guards import (
 )
 from accounts.models import Organization, User
 from accounts.permissions import Permission
-from accounts.services.organizations import lock_organization
+from accounts.services.organizations import organization_lock
 from core.errors import Conflict, ServiceError
 from core.money import format_money
 
@@ -182,7 +182,7 @@ def quote_accept(*, reservation: Reservation, actor: User) -> Reservation:
 
 @transaction.atomic
 def _accept_locked(*, reservation: Reservation, actor: User) -> Reservation:
-    organization = lock_organization(reservation.organization)
+    organization = organization_lock(reservation.organization)
     require_active_organization(organization)
     locked = Reservation.objects.select_for_update().get(pk=reservation.pk)
     if not is_quote(locked):

@@ -16,7 +16,7 @@ from django.utils import timezone
 
 from accounts.guards import require_staff_permission
 from accounts.models import Organization, User
-from accounts.services.organizations import lock_organization
+from accounts.services.organizations import organization_lock
 from core import audit
 from core.errors import Conflict, ServiceError
 
@@ -65,7 +65,7 @@ def validate_rate(
             raise ServiceError("Give a date and time with a time zone.", param=name)
     if valid_until <= valid_from:
         raise ServiceError("The rate must end after it starts.", param="valid_until")
-    lock_organization(organization)
+    organization_lock(organization)
     clash = overlapping_rates(
         organization=organization,
         gpu_model=gpu_model,
@@ -192,7 +192,7 @@ def negotiated_rate_update(
 def negotiated_rate_delete(*, rate: NegotiatedRate, actor: User, reason: str = "") -> None:
     """Remove a rate. Reservations already made keep the price they were made at."""
     require_staff_permission(actor, "capacity.delete_negotiatedrate", "delete negotiated rates")
-    organization = lock_organization(rate.organization)
+    organization = organization_lock(rate.organization)
     locked = NegotiatedRate.objects.select_related("gpu_model", "region").filter(pk=rate.pk).first()
     if locked is None:
         raise Conflict("This rate was already deleted.", code="already_deleted")

@@ -41,7 +41,7 @@ def cache_key(key_digest: str) -> str:
     return f"api-key:{key_digest}"
 
 
-def authenticate(raw: str, *, ip: str | None = None) -> Authenticated:
+def api_key_authenticate(raw: str, *, ip: str | None = None) -> Authenticated:
     """The key's record and organization, or KeyRefused saying why (malformed, unknown,
     revoked, expired, organization suspended)."""
     if parse(raw) is None:
@@ -82,7 +82,7 @@ def _touch(api_key: ApiKey, now: datetime, ip: str | None) -> None:
     cache.set(cache_key(api_key.digest), api_key, settings.API_KEY_CACHE_SECONDS)
 
 
-def forget_cached_keys(*, organization_id: int) -> None:
+def api_key_cache_forget(*, organization_id: int) -> None:
     """Drop the organization's keys from the cache, so a change to the organization (a
     suspension) reaches the next request instead of waiting for the cache to lapse."""
     digests = ApiKey.objects.filter(organization_id=organization_id).values_list(

@@ -5,12 +5,12 @@ from core.errors import NotFound
 from ..models import ApiKey, Organization
 
 
-def keys_for_org(organization: Organization):  # type: ignore[no-untyped-def]
+def api_keys_for_org(organization: Organization):  # type: ignore[no-untyped-def]
     return ApiKey.objects.filter(organization=organization).select_related("created_by")
 
 
-def key_for_org(organization: Organization, public_id: str) -> ApiKey:
-    api_key = keys_for_org(organization).filter(public_id=public_id).first()
+def api_key_for_org(organization: Organization, public_id: str) -> ApiKey:
+    api_key = api_keys_for_org(organization).filter(public_id=public_id).first()
     if api_key is None:
         raise NotFound("No such API key.")
     return api_key

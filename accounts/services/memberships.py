@@ -169,7 +169,7 @@ def _lock_team(organization: Organization) -> dict[int, Membership]:
 
 
 @transaction.atomic
-def membership_change_role(*, membership: Membership, actor: User, role: str) -> Membership:
+def membership_role_change(*, membership: Membership, actor: User, role: str) -> Membership:
     organization = membership.organization
     actor_role = require_permission(
         actor=actor, organization=organization, permission=Permission.MANAGE_TEAM

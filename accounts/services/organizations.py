@@ -11,7 +11,7 @@ from core import audit
 from core.errors import Conflict, ServiceError
 
 from .. import selectors
-from ..api_keys.authentication import forget_cached_keys
+from ..api_keys.authentication import api_key_cache_forget
 from ..guards import require_permission, require_staff_permission
 from ..models import Membership, Organization, User
 from ..permissions import Permission, Role
@@ -102,7 +102,7 @@ STAFF_EDITABLE = frozenset(
 )
 
 
-def lock_organization(organization: Organization) -> Organization:
+def organization_lock(organization: Organization) -> Organization:
     """The organization's row, locked until the transaction ends: the one lock that serializes
     changes to its terms, status and negotiated rates. Call inside a transaction."""
     return Organization.objects.select_for_update(of=("self",)).get(pk=organization.pk)
@@ -129,7 +129,7 @@ def organization_staff_update(
     unknown = set(changes) - STAFF_EDITABLE
     if unknown:
         raise ServiceError(f"These fields cannot be changed here: {', '.join(sorted(unknown))}.")
-    locked = lock_organization(organization)
+    locked = organization_lock(organization)
     before = {name: getattr(locked, name) for name in changes}
     for name, value in changes.items():
         setattr(locked, name, value)
@@ -233,7 +233,7 @@ def organization_suspend(*, organization: Organization, actor: User, reason: str
         actor, "accounts.suspend_organization", "suspend or reactivate organizations"
     )
     reason = _clean_reason(reason, required=True)
-    locked = lock_organization(organization)
+    locked = organization_lock(organization)
     if not locked.is_active:
         raise Conflict(f"{locked.name} is already suspended.", code="already_suspended")
     locked.status = Organization.Status.SUSPENDED
@@ -258,7 +258,7 @@ def organization_reactivate(
         actor, "accounts.suspend_organization", "suspend or reactivate organizations"
     )
     reason = _clean_reason(reason, required=False)
-    locked = lock_organization(organization)
+    locked = organization_lock(organization)
     if locked.is_active:
         raise Conflict(f"{locked.name} is not suspended.", code="not_suspended")
     previous = locked.suspended_reason
@@ -279,14 +279,14 @@ def organization_reactivate(
 
 def _forget_cached_keys_after_commit(organization: Organization) -> None:
     pk = organization.pk
-    transaction.on_commit(lambda: forget_cached_keys(organization_id=pk))
+    transaction.on_commit(lambda: api_key_cache_forget(organization_id=pk))
 
 
 @transaction.atomic
-def organization_mark_reviewed(*, organization: Organization, actor: User) -> Organization:
+def organization_review(*, organization: Organization, actor: User) -> Organization:
     """Sales has looked at a new customer: it leaves the dashboard's review queue."""
     require_staff_permission(actor, "accounts.review_organization", "review organizations")
-    locked = lock_organization(organization)
+    locked = organization_lock(organization)
     if locked.reviewed_at is not None:
         raise Conflict(
             f"{locked.name} was already reviewed on {locked.reviewed_at:%d %b %Y}.",

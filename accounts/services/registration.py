@@ -57,7 +57,7 @@ def user_create(*, email: str, password: str, full_name: str = "") -> User:
 
 
 @transaction.atomic
-def signup(
+def user_signup(
     *,
     email: str,
     password: str,
@@ -88,7 +88,7 @@ def signup(
 
 
 @transaction.atomic
-def signup_with_invitation(*, token: str, password: str, full_name: str) -> Membership:
+def user_signup_with_invitation(*, token: str, password: str, full_name: str) -> Membership:
     invitation = invitation_for_token(token)
     user = user_create(email=invitation.email, password=password, full_name=full_name)
     return invitation_accept(token=token, user=user)

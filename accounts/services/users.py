@@ -28,7 +28,7 @@ def profile_update(*, user: User, full_name: str) -> User:
     return user
 
 
-def password_changed(*, user: User) -> None:
+def password_change_record(*, user: User) -> None:
     audit.record(action="user.password_changed", actor=user, target=user)
 
 

@@ -7,7 +7,7 @@ from django.core.cache import cache
 from django.test import Client
 
 from accounts import api_keys, guards
-from accounts.api_keys.authentication import KeyRefused, authenticate
+from accounts.api_keys.authentication import KeyRefused, api_key_authenticate
 from accounts.models import Organization
 from accounts.permissions import Role
 from accounts.services import organizations
@@ -154,12 +154,12 @@ def test_without_the_cache_drop_a_suspension_reaches_keys_within_the_cache_time(
     _, raw = api_keys.api_key_create(
         organization=organization, actor=owner, name="ci", scopes=["reservations:read"]
     )
-    authenticate(raw)
+    api_key_authenticate(raw)
     Organization.objects.filter(pk=organization.pk).update(status="suspended")
-    authenticate(raw)  # still cached: at most API_KEY_CACHE_SECONDS
+    api_key_authenticate(raw)  # still cached: at most API_KEY_CACHE_SECONDS
     cache.clear()
     with pytest.raises(KeyRefused) as refused:
-        authenticate(raw)
+        api_key_authenticate(raw)
     assert (refused.value.code, refused.value.status) == ("organization_suspended", 403)
     assert settings.API_KEY_CACHE_SECONDS == 5
 
@@ -292,12 +292,12 @@ def test_switching_back_to_card_closes_the_credit_line(organization):
 # --- Review -----------------------------------------------------------------------------------
 def test_sales_marks_a_new_organization_reviewed_once(organization):
     sales = make_staff(SALES)
-    organizations.organization_mark_reviewed(organization=organization, actor=sales)
+    organizations.organization_review(organization=organization, actor=sales)
     organization.refresh_from_db()
     assert organization.reviewed_by == sales
     assert organization.reviewed_at is not None
     with pytest.raises(Conflict, match="was already reviewed on"):
-        organizations.organization_mark_reviewed(organization=organization, actor=make_staff(SALES))
+        organizations.organization_review(organization=organization, actor=make_staff(SALES))
     organization.refresh_from_db()
     assert organization.reviewed_by == sales
     assert AuditEvent.objects.filter(action="organization.reviewed").count() == 1
@@ -306,5 +306,5 @@ def test_sales_marks_a_new_organization_reviewed_once(organization):
 @pytest.mark.parametrize("group", [OPERATIONS, FINANCE])
 def test_only_sales_reviews(organization, group):
     with pytest.raises(NotAllowed, match="You are not allowed to review organizations."):
-        organizations.organization_mark_reviewed(organization=organization, actor=make_staff(group))
+        organizations.organization_review(organization=organization, actor=make_staff(group))
     assert state(organization)["reviewed_at"] is None
