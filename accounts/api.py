@@ -1,3 +1,4 @@
+from django.db.models import QuerySet
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
 from rest_framework.generics import ListAPIView
@@ -37,7 +38,7 @@ class Keys(APIView, ListAPIView):
     serializer_class = KeySerializer
     required_scopes = {"GET": ApiKey.Scope.KEYS_READ}
 
-    def get_queryset(self):  # type: ignore[no-untyped-def]
+    def get_queryset(self) -> QuerySet[ApiKey]:
         return api_keys_for_org(organization_of(self.request))
 
 

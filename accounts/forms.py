@@ -1,8 +1,10 @@
 from collections.abc import Callable
+from typing import Any, cast
 
 from django import forms
 from django.contrib.auth import password_validation
 from django.contrib.auth.forms import AuthenticationForm, PasswordResetForm
+from django.http import QueryDict
 from django_countries import countries
 from django_countries.fields import LazyTypedChoiceField
 
@@ -53,8 +55,9 @@ class SignupForm(forms.Form):
         _service_check(organizations.validate_new_slug, slug)
         return slug
 
-    def clean(self) -> dict:
-        data = super().clean()
+    def clean(self) -> dict[str, Any]:
+        super().clean()
+        data = self.cleaned_data
         if data.get("password"):
             candidate = User(email=data.get("email") or "", full_name=data.get("full_name") or "")
             try:
@@ -142,9 +145,9 @@ class InviteForm(forms.Form):
     email = forms.EmailField(label="E-mail")
     role = forms.ChoiceField(choices=Role.choices, initial=Role.MEMBER)
 
-    def __init__(self, *args: object, actor_role: str, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)
-        self.fields["role"].choices = role_choices_for(actor_role)
+    def __init__(self, data: QueryDict | None = None, *, actor_role: str) -> None:
+        super().__init__(data)
+        cast(forms.ChoiceField, self.fields["role"]).choices = role_choices_for(actor_role)
 
 
 class RoleForm(forms.Form):

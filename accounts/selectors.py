@@ -1,5 +1,6 @@
 """Reads. Every tenant query is scoped to an organization (or to the user's own memberships)."""
 
+from django.contrib.auth.models import AnonymousUser
 from django.db.models import QuerySet
 from django.utils import timezone
 
@@ -14,7 +15,7 @@ def memberships_for_user(user: User) -> QuerySet[Membership]:
     )
 
 
-def membership_for(*, user: User, slug: str) -> Membership | None:
+def membership_for(*, user: User | AnonymousUser, slug: str) -> Membership | None:
     """The user's membership in the organization with this slug, or None when not a member."""
     if not user.is_authenticated:
         return None

@@ -5,6 +5,7 @@ from django.contrib import messages
 from django.contrib.auth import login, update_session_auth_hash
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
+from django.contrib.auth.forms import AuthenticationForm, SetPasswordForm
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse, reverse_lazy
@@ -18,6 +19,8 @@ from core.forms import add_service_error
 from . import api_keys, selectors
 from .api_keys.selectors import api_key_for_org, api_keys_for_org
 from .decorators import (
+    AuthenticatedRequest,
+    MemberRequest,
     ask_for_password,
     mark_reauthenticated,
     org_member,
@@ -102,7 +105,7 @@ class LoginView(auth_views.LoginView):
     authentication_form = LoginForm
     redirect_authenticated_user = True
 
-    def form_valid(self, form):  # type: ignore[no-untyped-def]
+    def form_valid(self, form: AuthenticationForm) -> HttpResponse:
         response = super().form_valid(form)
         # The password was just typed: sensitive actions need not ask for it again at once.
         mark_reauthenticated(self.request)
@@ -128,7 +131,7 @@ def verify_email(request: HttpRequest, token: str) -> HttpResponse:
 
 @login_required
 @require_POST
-def verify_email_resend(request: HttpRequest) -> HttpResponse:
+def verify_email_resend(request: AuthenticatedRequest) -> HttpResponse:
     now = timezone.now().timestamp()
     last = request.session.get("verification_sent_at", 0)
     if request.user.is_verified:
@@ -156,7 +159,7 @@ class PasswordResetConfirmView(auth_views.PasswordResetConfirmView):
     template_name = "accounts/password_reset_confirm.html"
     success_url = reverse_lazy("login")
 
-    def form_valid(self, form):  # type: ignore[no-untyped-def]
+    def form_valid(self, form: "SetPasswordForm[User]") -> HttpResponse:
         response = super().form_valid(form)
         users.password_change_record(user=form.user)
         messages.success(self.request, "Your password is changed. Sign in with the new one.")
@@ -165,7 +168,7 @@ class PasswordResetConfirmView(auth_views.PasswordResetConfirmView):
 
 @login_required
 @require_http_methods(["GET", "POST"])
-def profile(request: HttpRequest) -> HttpResponse:
+def profile(request: AuthenticatedRequest) -> HttpResponse:
     from django.contrib.auth.forms import PasswordChangeForm
 
     profile_form = ProfileForm(initial={"full_name": request.user.full_name})
@@ -204,7 +207,7 @@ def profile(request: HttpRequest) -> HttpResponse:
 # --- Organizations ---------------------------------------------------------------------------
 @login_required
 @require_http_methods(["GET", "POST"])
-def organization_create(request: HttpRequest) -> HttpResponse:
+def organization_create(request: AuthenticatedRequest) -> HttpResponse:
     form = OrganizationCreateForm(
         request.POST or None, initial={"billing_email": request.user.email}
     )
@@ -223,7 +226,7 @@ def organization_create(request: HttpRequest) -> HttpResponse:
 
 @org_member(Permission.VIEW_ORGANIZATION)
 @require_http_methods(["GET", "POST"])
-def organization_settings(request: HttpRequest) -> HttpResponse:
+def organization_settings(request: MemberRequest) -> HttpResponse:
     organization = request.organization
     may_edit = can(request.membership.role, Permission.MANAGE_ORGANIZATION)
     form = OrganizationForm(request.POST or None, instance=organization)
@@ -258,7 +261,9 @@ def organization_settings(request: HttpRequest) -> HttpResponse:
 
 
 # --- Team ------------------------------------------------------------------------------------
-def _team_context(request: HttpRequest, invite_form: InviteForm | None = None) -> dict:
+def _team_context(
+    request: MemberRequest, invite_form: InviteForm | None = None
+) -> dict[str, object]:
     role = request.membership.role
     members = list(selectors.memberships_for_org(request.organization))
     return {
@@ -276,14 +281,14 @@ def _team_context(request: HttpRequest, invite_form: InviteForm | None = None) -
 
 @org_member(Permission.VIEW_TEAM)
 @require_GET
-def team(request: HttpRequest) -> HttpResponse:
+def team(request: MemberRequest) -> HttpResponse:
     return render(request, "accounts/team.html", _team_context(request))
 
 
 @org_member(Permission.MANAGE_TEAM)
 @recent_password("team")
 @require_POST
-def team_invite(request: HttpRequest) -> HttpResponse:
+def team_invite(request: MemberRequest) -> HttpResponse:
     form = InviteForm(request.POST, actor_role=request.membership.role)
     if form.is_valid():
         try:
@@ -300,7 +305,7 @@ def team_invite(request: HttpRequest) -> HttpResponse:
 
 @org_member(Permission.MANAGE_TEAM)
 @require_POST
-def invitation_revoke(request: HttpRequest, invitation_id: int) -> HttpResponse:
+def invitation_revoke(request: MemberRequest, invitation_id: int) -> HttpResponse:
     invitation = selectors.open_invitation_for_org(request.organization, invitation_id)
     if invitation is None:
         messages.error(request, "This invitation was already used or withdrawn.")
@@ -314,14 +319,14 @@ def invitation_revoke(request: HttpRequest, invitation_id: int) -> HttpResponse:
     return redirect("team", slug=request.organization.slug)
 
 
-def _is_teammate(request: HttpRequest, membership_id: int) -> bool:
+def _is_teammate(request: MemberRequest, membership_id: int) -> bool:
     return selectors.membership_for_org(request.organization, membership_id) is not None
 
 
 @org_member(Permission.MANAGE_TEAM)
 @recent_password("team", find=_is_teammate)
 @require_POST
-def member_role(request: HttpRequest, membership_id: int) -> HttpResponse:
+def member_role(request: MemberRequest, membership_id: int) -> HttpResponse:
     membership = selectors.membership_for_org(request.organization, membership_id)
     if membership is None:
         return _not_a_member(request)
@@ -353,7 +358,7 @@ def member_role(request: HttpRequest, membership_id: int) -> HttpResponse:
 @org_member(Permission.VIEW_TEAM)
 @recent_password("team", find=_is_teammate)
 @require_POST
-def member_remove(request: HttpRequest, membership_id: int) -> HttpResponse:
+def member_remove(request: MemberRequest, membership_id: int) -> HttpResponse:
     membership = selectors.membership_for_org(request.organization, membership_id)
     if membership is None:
         return _not_a_member(request)
@@ -370,7 +375,7 @@ def member_remove(request: HttpRequest, membership_id: int) -> HttpResponse:
     return redirect("team", slug=request.organization.slug)
 
 
-def _not_a_member(request: HttpRequest) -> HttpResponse:
+def _not_a_member(request: MemberRequest) -> HttpResponse:
     messages.error(request, "This person is no longer a member.")
     return redirect("team", slug=request.organization.slug)
 
@@ -427,7 +432,7 @@ def invitation(request: HttpRequest, token: str) -> HttpResponse:
 # --- Re-authentication and API keys -----------------------------------------------------------
 @login_required
 @require_http_methods(["GET", "POST"])
-def confirm_password(request: HttpRequest) -> HttpResponse:
+def confirm_password(request: AuthenticatedRequest) -> HttpResponse:
     """Ask for the password again before a sensitive action (API keys, payment methods, roles)."""
     next_url = request.POST.get("next") or request.GET.get("next") or "/"
     if not url_has_allowed_host_and_scheme(next_url, allowed_hosts={request.get_host()}):
@@ -452,7 +457,7 @@ def confirm_password(request: HttpRequest) -> HttpResponse:
 
 @org_member(Permission.VIEW_ORGANIZATION)
 @require_http_methods(["GET", "POST"])
-def api_keys_page(request: HttpRequest) -> HttpResponse:
+def api_keys_page(request: MemberRequest) -> HttpResponse:
     organization = request.organization
     may_manage = can(request.membership.role, Permission.MANAGE_API_KEYS)
     created_key = ""
@@ -493,7 +498,7 @@ def api_keys_page(request: HttpRequest) -> HttpResponse:
 
 @org_member(Permission.MANAGE_API_KEYS)
 @require_POST
-def api_key_action(request: HttpRequest, public_id: str, action: str) -> HttpResponse:
+def api_key_action(request: MemberRequest, public_id: str, action: str) -> HttpResponse:
     if action not in ("revoke", "rotate"):
         return render(request, "404.html", status=404)
     try:  # another organization's key is 404 before the password is asked

@@ -1,11 +1,13 @@
 """Reads: an organization's API keys."""
 
+from django.db.models import QuerySet
+
 from core.errors import NotFound
 
 from ..models import ApiKey, Organization
 
 
-def api_keys_for_org(organization: Organization):  # type: ignore[no-untyped-def]
+def api_keys_for_org(organization: Organization) -> QuerySet[ApiKey]:
     return ApiKey.objects.filter(organization=organization).select_related("created_by")
 
 
