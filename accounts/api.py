@@ -1,3 +1,4 @@
+from django.db.models import QuerySet
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
 from rest_framework.generics import ListAPIView
@@ -6,8 +7,9 @@ from rest_framework.response import Response
 
 from core.api import ApiView as APIView
 
-from . import api_keys
 from .api_auth import actor_of, organization_of
+from .api_keys import api_key_revoke
+from .api_keys.selectors import api_key_for_org, api_keys_for_org
 from .models import ApiKey
 
 
@@ -36,8 +38,8 @@ class Keys(APIView, ListAPIView):
     serializer_class = KeySerializer
     required_scopes = {"GET": ApiKey.Scope.KEYS_READ}
 
-    def get_queryset(self):  # type: ignore[no-untyped-def]
-        return api_keys.keys_for_org(organization_of(self.request))
+    def get_queryset(self) -> QuerySet[ApiKey]:
+        return api_keys_for_org(organization_of(self.request))
 
 
 class RevokeKey(APIView):
@@ -45,6 +47,6 @@ class RevokeKey(APIView):
 
     @extend_schema(request=None, responses=KeySerializer)
     def post(self, request: Request, public_id: str) -> Response:
-        api_key = api_keys.key_for_org(organization_of(request), public_id)
-        revoked = api_keys.api_key_revoke(api_key=api_key, actor=actor_of(request))
+        api_key = api_key_for_org(organization_of(request), public_id)
+        revoked = api_key_revoke(api_key=api_key, actor=actor_of(request))
         return Response(KeySerializer(revoked).data)

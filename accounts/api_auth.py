@@ -1,5 +1,7 @@
 """Who calls the REST API: an API key (or the portal session), its organization and actor."""
 
+from typing import TYPE_CHECKING, cast
+
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import exceptions
 from rest_framework.authentication import (
@@ -9,14 +11,17 @@ from rest_framework.authentication import (
 )
 from rest_framework.request import Request
 
-from accounts import api_keys
-from accounts.models import ApiKey
+from accounts.api_keys.authentication import KeyRefused, api_key_authenticate
+from accounts.models import ApiKey, Organization, User
 from accounts.selectors import membership_for
 from core.errors import NotAllowed, NotFound
 from core.middleware import client_address
 
+if TYPE_CHECKING:  # importing it at load time would import DRF's views while DRF's settings load
+    from drf_spectacular.openapi import AutoSchema
 
-def organization_of(request: Request):  # type: ignore[no-untyped-def]
+
+def organization_of(request: Request) -> Organization:
     """The key's organization, or for a portal session the one named by `org`."""
     if isinstance(request.auth, ApiKey):
         return request.auth.organization
@@ -32,14 +37,14 @@ def organization_of(request: Request):  # type: ignore[no-untyped-def]
     return membership.organization
 
 
-def actor_of(request: Request):  # type: ignore[no-untyped-def]
+def actor_of(request: Request) -> User:
     """Who acts: the signed-in user, or the member who made the key."""
     user = request.user
     if getattr(user, "pk", None) is None:
         raise NotAllowed(
             "This key was made by an operator and cannot act for a person.", code="no_key_owner"
         )
-    return user
+    return cast(User, user)  # only a person has a primary key (an operator's key user has none)
 
 
 class ApiKeyAuthentication(BaseAuthentication):
@@ -47,7 +52,7 @@ class ApiKeyAuthentication(BaseAuthentication):
 
     keyword = "bearer"
 
-    def authenticate(self, request: Request):  # type: ignore[no-untyped-def]
+    def authenticate(self, request: Request) -> tuple["User | _KeyUser", ApiKey] | None:
         header = get_authorization_header(request).split()
         if not header:
             return None
@@ -62,8 +67,8 @@ class ApiKeyAuthentication(BaseAuthentication):
                 "The API key is malformed.", code="malformed_key"
             ) from exc
         try:
-            found = api_keys.authenticate(raw, ip=client_address(request))
-        except api_keys.KeyRefused as exc:
+            found = api_key_authenticate(raw, ip=client_address(request))
+        except KeyRefused as exc:
             if exc.status == 403:  # a good key its organization may not use (suspended)
                 raise exceptions.PermissionDenied(exc.message, code=exc.code) from exc
             raise exceptions.AuthenticationFailed(exc.message, code=exc.code) from exc
@@ -90,7 +95,7 @@ class ApiKeyScheme(OpenApiAuthenticationExtension):
     target_class = "accounts.api_auth.ApiKeyAuthentication"
     name = "apiKey"
 
-    def get_security_definition(self, auto_schema):  # type: ignore[no-untyped-def]
+    def get_security_definition(self, auto_schema: "AutoSchema") -> dict[str, str]:
         return {"type": "http", "scheme": "bearer", "description": "An API key: hbk_..."}
 
 
@@ -98,5 +103,5 @@ class PortalSessionScheme(OpenApiAuthenticationExtension):
     target_class = "accounts.api_auth.PortalSession"
     name = "portalSession"
 
-    def get_security_definition(self, auto_schema):  # type: ignore[no-untyped-def]
+    def get_security_definition(self, auto_schema: "AutoSchema") -> dict[str, str]:
         return {"type": "apiKey", "in": "cookie", "name": "sessionid"}

@@ -25,8 +25,8 @@ def credit_used(organization: Organization) -> Decimal:
 
 def require_credit(*, organization: Organization, amount: Decimal) -> None:
     """Refuse confirming `amount` more on invoice terms past the credit limit. Call with the
-    organization's row locked (accounts.services.lock_organization) in the transaction that
-    confirms, so two confirmations cannot both fit in the same headroom."""
+    organization's row locked (accounts.services.organizations.organization_lock) in the
+    transaction that confirms, so two confirmations cannot both fit in the same headroom."""
     if not organization.on_invoice_terms:
         return
     used = credit_used(organization)

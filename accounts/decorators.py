@@ -9,11 +9,27 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils import timezone
 from django_htmx.http import HttpResponseClientRedirect
+from django_htmx.middleware import HtmxDetails
 
 from . import selectors
+from .models import Membership, Organization, User
 from .permissions import PERMISSION_LABELS, Permission, can
 
 View = Callable[..., HttpResponse]
+
+
+class AuthenticatedRequest(HttpRequest):
+    """A request behind `login_required`: its user is signed in."""
+
+    user: User
+    htmx: HtmxDetails  # set on every request by django_htmx's middleware
+
+
+class MemberRequest(AuthenticatedRequest):
+    """A request behind `org_member`: the member's organization and membership."""
+
+    organization: Organization
+    membership: Membership
 
 
 def org_member(permission: Permission | None = None) -> Callable[[View], View]:
@@ -27,8 +43,8 @@ def org_member(permission: Permission | None = None) -> Callable[[View], View]:
         @login_required
         @wraps(view)
         def wrapper(
-            request: HttpRequest, slug: str, *args: object, **kwargs: object
-        ) -> HttpResponse:
+            request: MemberRequest, slug: str, *args: object, **kwargs: object
+        ) -> HttpResponse:  # signed in (login_required ran); the organization is set here
             membership = selectors.membership_for(user=request.user, slug=slug)
             if membership is None:
                 raise Http404("No such organization.")
@@ -95,7 +111,7 @@ def recent_password(
 
     def decorator(view: View) -> View:
         @wraps(view)
-        def wrapper(request: HttpRequest, *args: object, **kwargs: object) -> HttpResponse:
+        def wrapper(request: MemberRequest, *args: object, **kwargs: object) -> HttpResponse:
             if find is not None and not find(request, **kwargs):
                 raise Http404("No such object in this organization.")
             if not recently_reauthenticated(request):

@@ -1,17 +1,19 @@
 from collections.abc import Callable
+from typing import Any, cast
 
 from django import forms
 from django.contrib.auth import password_validation
 from django.contrib.auth.forms import AuthenticationForm, PasswordResetForm
+from django.http import QueryDict
 from django_countries import countries
 from django_countries.fields import LazyTypedChoiceField
 
 from core.emails import queue_email
 from core.errors import ServiceError
 
-from . import services
 from .models import ApiKey, Organization, User
 from .permissions import Permission, Role, can
+from .services import organizations, registration
 from .validators import validate_org_slug
 
 
@@ -46,19 +48,20 @@ class SignupForm(forms.Form):
     # The service checks all of this again inside its transaction; checking here as well lets
     # the form show every problem at once instead of one per submission.
     def clean_email(self) -> str:
-        return _service_check(services.validate_new_email, self.cleaned_data["email"])
+        return _service_check(registration.validate_new_email, self.cleaned_data["email"])
 
     def clean_organization_slug(self) -> str:
         slug = self.cleaned_data["organization_slug"].strip().lower()
-        _service_check(services.validate_new_slug, slug)
+        _service_check(organizations.validate_new_slug, slug)
         return slug
 
-    def clean(self) -> dict:
-        data = super().clean()
+    def clean(self) -> dict[str, Any]:
+        super().clean()
+        data = self.cleaned_data
         if data.get("password"):
             candidate = User(email=data.get("email") or "", full_name=data.get("full_name") or "")
             try:
-                services.validate_new_password(data["password"], candidate)
+                registration.validate_new_password(data["password"], candidate)
             except ServiceError as exc:
                 self.add_error("password", exc.message)
         return data
@@ -142,9 +145,9 @@ class InviteForm(forms.Form):
     email = forms.EmailField(label="E-mail")
     role = forms.ChoiceField(choices=Role.choices, initial=Role.MEMBER)
 
-    def __init__(self, *args: object, actor_role: str, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)
-        self.fields["role"].choices = role_choices_for(actor_role)
+    def __init__(self, data: QueryDict | None = None, *, actor_role: str) -> None:
+        super().__init__(data)
+        cast(forms.ChoiceField, self.fields["role"]).choices = role_choices_for(actor_role)
 
 
 class RoleForm(forms.Form):

@@ -1,5 +1,6 @@
 from datetime import datetime
 from decimal import Decimal
+from typing import ClassVar
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser, BaseUserManager, PermissionsMixin
@@ -35,7 +36,7 @@ class UserManager(BaseUserManager["User"]):
         fields.setdefault("email_verified_at", timezone.now())
         return self._create(email, password, **fields)
 
-    def get_by_natural_key(self, username: str) -> "User":
+    def get_by_natural_key(self, username: str | None) -> "User":
         return self.get(email__iexact=username)
 
 
@@ -53,7 +54,7 @@ class User(AbstractBaseUser, PermissionsMixin):
 
     USERNAME_FIELD = "email"
     EMAIL_FIELD = "email"
-    REQUIRED_FIELDS: list[str] = []
+    REQUIRED_FIELDS: ClassVar[list[str]] = []
 
     class Meta:
         constraints = [
@@ -275,7 +276,7 @@ class Invitation(models.Model):
 
 
 class ApiKey(models.Model):
-    """A key for the API, made by a member for an organization (see accounts/keys.py)."""
+    """A key for the API, made by a member for an organization (see accounts/api_keys/format.py)."""
 
     class Scope(models.TextChoices):
         RESERVATIONS_READ = "reservations:read", "Read reservations and offerings"

@@ -1,5 +1,6 @@
 """Reads. Every tenant query is scoped to an organization (or to the user's own memberships)."""
 
+from django.contrib.auth.models import AnonymousUser
 from django.db.models import QuerySet
 from django.utils import timezone
 
@@ -14,7 +15,7 @@ def memberships_for_user(user: User) -> QuerySet[Membership]:
     )
 
 
-def membership_for(*, user: User, slug: str) -> Membership | None:
+def membership_for(*, user: User | AnonymousUser, slug: str) -> Membership | None:
     """The user's membership in the organization with this slug, or None when not a member."""
     if not user.is_authenticated:
         return None
@@ -25,7 +26,7 @@ def membership_for(*, user: User, slug: str) -> Membership | None:
     )
 
 
-def team_members(organization: Organization) -> QuerySet[Membership]:
+def memberships_for_org(organization: Organization) -> QuerySet[Membership]:
     return (
         Membership.objects.filter(organization=organization)
         .select_related("user")
@@ -33,11 +34,11 @@ def team_members(organization: Organization) -> QuerySet[Membership]:
     )
 
 
-def team_member(organization: Organization, membership_id: int) -> Membership | None:
-    return team_members(organization).filter(pk=membership_id).first()
+def membership_for_org(organization: Organization, membership_id: int) -> Membership | None:
+    return memberships_for_org(organization).filter(pk=membership_id).first()
 
 
-def open_invitations(organization: Organization) -> QuerySet[Invitation]:
+def open_invitations_for_org(organization: Organization) -> QuerySet[Invitation]:
     return (
         Invitation.objects.filter(
             organization=organization, accepted_at__isnull=True, revoked_at__isnull=True
@@ -47,8 +48,8 @@ def open_invitations(organization: Organization) -> QuerySet[Invitation]:
     )
 
 
-def open_invitation(organization: Organization, invitation_id: int) -> Invitation | None:
-    return open_invitations(organization).filter(pk=invitation_id).first()
+def open_invitation_for_org(organization: Organization, invitation_id: int) -> Invitation | None:
+    return open_invitations_for_org(organization).filter(pk=invitation_id).first()
 
 
 def invitation_by_digest(digest: str) -> Invitation | None:
@@ -68,4 +69,4 @@ def slug_taken(slug: str) -> bool:
 
 
 def pending_invitation_count(organization: Organization) -> int:
-    return open_invitations(organization).filter(expires_at__gt=timezone.now()).count()
+    return open_invitations_for_org(organization).filter(expires_at__gt=timezone.now()).count()

@@ -5,6 +5,7 @@ from django.contrib import messages
 from django.contrib.auth import login, update_session_auth_hash
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
+from django.contrib.auth.forms import AuthenticationForm, SetPasswordForm
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse, reverse_lazy
@@ -15,8 +16,11 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from core.errors import NotFound, ServiceError
 from core.forms import add_service_error
 
-from . import api_keys, selectors, services
+from . import api_keys, selectors
+from .api_keys.selectors import api_key_for_org, api_keys_for_org
 from .decorators import (
+    AuthenticatedRequest,
+    MemberRequest,
     ask_for_password,
     mark_reauthenticated,
     org_member,
@@ -38,6 +42,7 @@ from .forms import (
 )
 from .models import User
 from .permissions import PERMISSION_LABELS, Permission, Role, can, role_matrix
+from .services import memberships, organizations, registration, users
 from .validators import suggest_slug
 
 _BACKEND = "django.contrib.auth.backends.ModelBackend"
@@ -53,7 +58,7 @@ def signup(request: HttpRequest) -> HttpResponse:
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data
         try:
-            user, organization = services.signup(
+            user, organization = registration.user_signup(
                 email=data["email"],
                 password=data["password"],
                 full_name=data["full_name"],
@@ -85,7 +90,7 @@ def signup_slug(request: HttpRequest) -> HttpResponse:
     error = ""
     if slug:
         try:
-            services.validate_new_slug(slug)
+            organizations.validate_new_slug(slug)
         except ServiceError as exc:
             error = exc.message
     return render(
@@ -100,7 +105,7 @@ class LoginView(auth_views.LoginView):
     authentication_form = LoginForm
     redirect_authenticated_user = True
 
-    def form_valid(self, form):  # type: ignore[no-untyped-def]
+    def form_valid(self, form: AuthenticationForm) -> HttpResponse:
         response = super().form_valid(form)
         # The password was just typed: sensitive actions need not ask for it again at once.
         mark_reauthenticated(self.request)
@@ -117,7 +122,7 @@ def locked_out(
 @require_GET
 def verify_email(request: HttpRequest, token: str) -> HttpResponse:
     try:
-        user = services.email_verify(token=token)
+        user = registration.email_verify(token=token)
     except ServiceError as exc:
         return render(request, "accounts/verify_failed.html", {"message": exc.message}, status=400)
     messages.success(request, f"Thank you: {user.email} is verified.")
@@ -126,7 +131,7 @@ def verify_email(request: HttpRequest, token: str) -> HttpResponse:
 
 @login_required
 @require_POST
-def verify_email_resend(request: HttpRequest) -> HttpResponse:
+def verify_email_resend(request: AuthenticatedRequest) -> HttpResponse:
     now = timezone.now().timestamp()
     last = request.session.get("verification_sent_at", 0)
     if request.user.is_verified:
@@ -134,7 +139,7 @@ def verify_email_resend(request: HttpRequest) -> HttpResponse:
     elif now - last < RESEND_INTERVAL_SECONDS:
         messages.warning(request, "We just sent a link. Give it a minute, then check spam too.")
     else:
-        services.email_verification_send(user=request.user)
+        registration.email_verification_send(user=request.user)
         request.session["verification_sent_at"] = now
         messages.success(request, f"We sent a new verification link to {request.user.email}.")
     return redirect(request.POST.get("next") or "home")
@@ -154,16 +159,16 @@ class PasswordResetConfirmView(auth_views.PasswordResetConfirmView):
     template_name = "accounts/password_reset_confirm.html"
     success_url = reverse_lazy("login")
 
-    def form_valid(self, form):  # type: ignore[no-untyped-def]
+    def form_valid(self, form: "SetPasswordForm[User]") -> HttpResponse:
         response = super().form_valid(form)
-        services.password_changed(user=form.user)
+        users.password_change_record(user=form.user)
         messages.success(self.request, "Your password is changed. Sign in with the new one.")
         return response
 
 
 @login_required
 @require_http_methods(["GET", "POST"])
-def profile(request: HttpRequest) -> HttpResponse:
+def profile(request: AuthenticatedRequest) -> HttpResponse:
     from django.contrib.auth.forms import PasswordChangeForm
 
     profile_form = ProfileForm(initial={"full_name": request.user.full_name})
@@ -172,7 +177,7 @@ def profile(request: HttpRequest) -> HttpResponse:
         profile_form = ProfileForm(request.POST)
         if profile_form.is_valid():
             try:
-                services.profile_update(
+                users.profile_update(
                     user=request.user, full_name=profile_form.cleaned_data["full_name"]
                 )
             except ServiceError as exc:
@@ -185,7 +190,7 @@ def profile(request: HttpRequest) -> HttpResponse:
         if password_form.is_valid():
             user = password_form.save()
             update_session_auth_hash(request, user)
-            services.password_changed(user=user)
+            users.password_change_record(user=user)
             messages.success(request, "Password changed.")
             return redirect("profile")
     return render(
@@ -202,13 +207,15 @@ def profile(request: HttpRequest) -> HttpResponse:
 # --- Organizations ---------------------------------------------------------------------------
 @login_required
 @require_http_methods(["GET", "POST"])
-def organization_create(request: HttpRequest) -> HttpResponse:
+def organization_create(request: AuthenticatedRequest) -> HttpResponse:
     form = OrganizationCreateForm(
         request.POST or None, initial={"billing_email": request.user.email}
     )
     if request.method == "POST" and form.is_valid():
         try:
-            organization = services.organization_create(owner=request.user, **form.cleaned_data)
+            organization = organizations.organization_create(
+                owner=request.user, **form.cleaned_data
+            )
         except ServiceError as exc:
             add_service_error(form, exc)
         else:
@@ -219,7 +226,7 @@ def organization_create(request: HttpRequest) -> HttpResponse:
 
 @org_member(Permission.VIEW_ORGANIZATION)
 @require_http_methods(["GET", "POST"])
-def organization_settings(request: HttpRequest) -> HttpResponse:
+def organization_settings(request: MemberRequest) -> HttpResponse:
     organization = request.organization
     may_edit = can(request.membership.role, Permission.MANAGE_ORGANIZATION)
     form = OrganizationForm(request.POST or None, instance=organization)
@@ -236,7 +243,7 @@ def organization_settings(request: HttpRequest) -> HttpResponse:
             )
         if form.is_valid():
             try:
-                services.organization_update(
+                organizations.organization_update(
                     organization=organization,
                     actor=request.user,
                     **{name: form.cleaned_data[name] for name in form.changed_data},
@@ -254,13 +261,15 @@ def organization_settings(request: HttpRequest) -> HttpResponse:
 
 
 # --- Team ------------------------------------------------------------------------------------
-def _team_context(request: HttpRequest, invite_form: InviteForm | None = None) -> dict:
+def _team_context(
+    request: MemberRequest, invite_form: InviteForm | None = None
+) -> dict[str, object]:
     role = request.membership.role
-    members = list(selectors.team_members(request.organization))
+    members = list(selectors.memberships_for_org(request.organization))
     return {
         "members": members,
         "sole_owner": sum(1 for m in members if m.role == Role.OWNER) == 1,
-        "invitations": selectors.open_invitations(request.organization),
+        "invitations": selectors.open_invitations_for_org(request.organization),
         "invite_form": invite_form or InviteForm(actor_role=role),
         "may_manage": can(role, Permission.MANAGE_TEAM),
         "role_choices": role_choices_for(role),
@@ -272,18 +281,18 @@ def _team_context(request: HttpRequest, invite_form: InviteForm | None = None) -
 
 @org_member(Permission.VIEW_TEAM)
 @require_GET
-def team(request: HttpRequest) -> HttpResponse:
+def team(request: MemberRequest) -> HttpResponse:
     return render(request, "accounts/team.html", _team_context(request))
 
 
 @org_member(Permission.MANAGE_TEAM)
 @recent_password("team")
 @require_POST
-def team_invite(request: HttpRequest) -> HttpResponse:
+def team_invite(request: MemberRequest) -> HttpResponse:
     form = InviteForm(request.POST, actor_role=request.membership.role)
     if form.is_valid():
         try:
-            invitation, _token = services.invitation_create(
+            invitation, _token = memberships.invitation_create(
                 organization=request.organization, actor=request.user, **form.cleaned_data
             )
         except ServiceError as exc:
@@ -296,13 +305,13 @@ def team_invite(request: HttpRequest) -> HttpResponse:
 
 @org_member(Permission.MANAGE_TEAM)
 @require_POST
-def invitation_revoke(request: HttpRequest, invitation_id: int) -> HttpResponse:
-    invitation = selectors.open_invitation(request.organization, invitation_id)
+def invitation_revoke(request: MemberRequest, invitation_id: int) -> HttpResponse:
+    invitation = selectors.open_invitation_for_org(request.organization, invitation_id)
     if invitation is None:
         messages.error(request, "This invitation was already used or withdrawn.")
     else:
         try:
-            services.invitation_revoke(invitation=invitation, actor=request.user)
+            memberships.invitation_revoke(invitation=invitation, actor=request.user)
         except ServiceError as exc:
             messages.error(request, exc.message)
         else:
@@ -310,15 +319,15 @@ def invitation_revoke(request: HttpRequest, invitation_id: int) -> HttpResponse:
     return redirect("team", slug=request.organization.slug)
 
 
-def _is_teammate(request: HttpRequest, membership_id: int) -> bool:
-    return selectors.team_member(request.organization, membership_id) is not None
+def _is_teammate(request: MemberRequest, membership_id: int) -> bool:
+    return selectors.membership_for_org(request.organization, membership_id) is not None
 
 
 @org_member(Permission.MANAGE_TEAM)
 @recent_password("team", find=_is_teammate)
 @require_POST
-def member_role(request: HttpRequest, membership_id: int) -> HttpResponse:
-    membership = selectors.team_member(request.organization, membership_id)
+def member_role(request: MemberRequest, membership_id: int) -> HttpResponse:
+    membership = selectors.membership_for_org(request.organization, membership_id)
     if membership is None:
         return _not_a_member(request)
     form = RoleForm(request.POST)
@@ -327,7 +336,7 @@ def member_role(request: HttpRequest, membership_id: int) -> HttpResponse:
         error = "Choose one of the roles listed."
     else:
         try:
-            membership = services.membership_change_role(
+            membership = memberships.membership_role_change(
                 membership=membership, actor=request.user, role=form.cleaned_data["role"]
             )
         except ServiceError as exc:
@@ -349,12 +358,12 @@ def member_role(request: HttpRequest, membership_id: int) -> HttpResponse:
 @org_member(Permission.VIEW_TEAM)
 @recent_password("team", find=_is_teammate)
 @require_POST
-def member_remove(request: HttpRequest, membership_id: int) -> HttpResponse:
-    membership = selectors.team_member(request.organization, membership_id)
+def member_remove(request: MemberRequest, membership_id: int) -> HttpResponse:
+    membership = selectors.membership_for_org(request.organization, membership_id)
     if membership is None:
         return _not_a_member(request)
     try:
-        services.membership_remove(membership=membership, actor=request.user)
+        memberships.membership_remove(membership=membership, actor=request.user)
     except ServiceError as exc:
         messages.error(request, exc.message)
         return redirect("team", slug=request.organization.slug)
@@ -366,7 +375,7 @@ def member_remove(request: HttpRequest, membership_id: int) -> HttpResponse:
     return redirect("team", slug=request.organization.slug)
 
 
-def _not_a_member(request: HttpRequest) -> HttpResponse:
+def _not_a_member(request: MemberRequest) -> HttpResponse:
     messages.error(request, "This person is no longer a member.")
     return redirect("team", slug=request.organization.slug)
 
@@ -375,7 +384,7 @@ def _not_a_member(request: HttpRequest) -> HttpResponse:
 @require_http_methods(["GET", "POST"])
 def invitation(request: HttpRequest, token: str) -> HttpResponse:
     try:
-        invite = services.invitation_for_token(token)
+        invite = memberships.invitation_for_token(token)
     except ServiceError as exc:
         return render(
             request, "accounts/invitation_invalid.html", {"message": exc.message}, status=exc.status
@@ -385,7 +394,7 @@ def invitation(request: HttpRequest, token: str) -> HttpResponse:
     if request.method == "POST":
         if request.user.is_authenticated:
             try:
-                membership = services.invitation_accept(token=token, user=request.user)
+                membership = memberships.invitation_accept(token=token, user=request.user)
             except ServiceError as exc:
                 messages.error(request, exc.message)
                 return redirect("invitation", token=token)
@@ -394,7 +403,7 @@ def invitation(request: HttpRequest, token: str) -> HttpResponse:
         signup_form = InvitationSignupForm(request.POST)
         if signup_form.is_valid():
             try:
-                membership = services.signup_with_invitation(
+                membership = registration.user_signup_with_invitation(
                     token=token, **signup_form.cleaned_data
                 )
             except ServiceError as exc:
@@ -423,7 +432,7 @@ def invitation(request: HttpRequest, token: str) -> HttpResponse:
 # --- Re-authentication and API keys -----------------------------------------------------------
 @login_required
 @require_http_methods(["GET", "POST"])
-def confirm_password(request: HttpRequest) -> HttpResponse:
+def confirm_password(request: AuthenticatedRequest) -> HttpResponse:
     """Ask for the password again before a sensitive action (API keys, payment methods, roles)."""
     next_url = request.POST.get("next") or request.GET.get("next") or "/"
     if not url_has_allowed_host_and_scheme(next_url, allowed_hosts={request.get_host()}):
@@ -448,7 +457,7 @@ def confirm_password(request: HttpRequest) -> HttpResponse:
 
 @org_member(Permission.VIEW_ORGANIZATION)
 @require_http_methods(["GET", "POST"])
-def api_keys_page(request: HttpRequest) -> HttpResponse:
+def api_keys_page(request: MemberRequest) -> HttpResponse:
     organization = request.organization
     may_manage = can(request.membership.role, Permission.MANAGE_API_KEYS)
     created_key = ""
@@ -477,7 +486,7 @@ def api_keys_page(request: HttpRequest) -> HttpResponse:
         request,
         "accounts/api_keys.html",
         {
-            "keys": api_keys.keys_for_org(organization),
+            "keys": api_keys_for_org(organization),
             "form": form,
             "created_key": created_key,
             "may_manage": may_manage,
@@ -489,11 +498,11 @@ def api_keys_page(request: HttpRequest) -> HttpResponse:
 
 @org_member(Permission.MANAGE_API_KEYS)
 @require_POST
-def api_key_action(request: HttpRequest, public_id: str, action: str) -> HttpResponse:
+def api_key_action(request: MemberRequest, public_id: str, action: str) -> HttpResponse:
     if action not in ("revoke", "rotate"):
         return render(request, "404.html", status=404)
     try:  # another organization's key is 404 before the password is asked
-        api_key = api_keys.key_for_org(request.organization, public_id)
+        api_key = api_key_for_org(request.organization, public_id)
     except NotFound:
         return render(request, "404.html", status=404)
     page = reverse("api-keys", args=[request.organization.slug])
@@ -511,7 +520,7 @@ def api_key_action(request: HttpRequest, public_id: str, action: str) -> HttpRes
                 request,
                 "accounts/api_keys.html",
                 {
-                    "keys": api_keys.keys_for_org(request.organization),
+                    "keys": api_keys_for_org(request.organization),
                     "form": ApiKeyForm(),
                     "created_key": key,
                     "rotated": api_key,

@@ -38,8 +38,8 @@ from django.utils import timezone
 from django.utils.html import format_html
 from django_countries import countries
 
-from accounts import services as account_services
 from accounts.models import ApiKey, Membership, Organization
+from accounts.services import organizations as account_services
 from backoffice.actor import staff_actor
 from billing import selectors as billing_selectors
 from billing.models import LedgerEntry
@@ -573,7 +573,7 @@ class OrganizationAdmin(ServiceErrorsAsMessages):
         self._each(
             request,
             queryset,
-            lambda org: account_services.organization_mark_reviewed(
+            lambda org: account_services.organization_review(
                 organization=org, actor=staff_actor(request)
             ),
             "Marked reviewed:",

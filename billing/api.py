@@ -9,8 +9,8 @@ from rest_framework.generics import ListAPIView
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from accounts import api_keys
 from accounts.api_auth import actor_of, organization_of
+from accounts.api_keys.authentication import KeyRefused, api_key_authenticate
 from accounts.models import ApiKey, Organization, User
 from accounts.permissions import Permission, can
 from accounts.selectors import membership_for
@@ -269,8 +269,8 @@ class VerifyKey(APIView):
         if not isinstance(raw, str) or not raw:
             raise serializers.ValidationError({"key": ["Send the key to check as `key`."]})
         try:
-            found = api_keys.authenticate(raw)
-        except api_keys.KeyRefused as exc:
+            found = api_key_authenticate(raw)
+        except KeyRefused as exc:
             return Response(
                 {
                     "valid": False,

@@ -16,14 +16,14 @@ from django.db import transaction
 from django.utils import timezone
 
 from accounts import credit
-from accounts.models import Organization, User
-from accounts.permissions import Permission
-from accounts.services import (
-    lock_organization,
+from accounts.guards import (
     require_active_organization,
     require_permission,
     require_verified_email,
 )
+from accounts.models import Organization, User
+from accounts.permissions import Permission
+from accounts.services.organizations import organization_lock
 from core.errors import Conflict, ServiceError
 from core.money import format_money
 from core.staff import require_staff_permission
@@ -186,7 +186,7 @@ def quote_accept(*, reservation: Reservation, actor: User) -> Reservation:
 
 @transaction.atomic
 def _accept_locked(*, reservation: Reservation, actor: User) -> Reservation:
-    organization = lock_organization(reservation.organization)
+    organization = organization_lock(reservation.organization)
     require_active_organization(organization)
     locked = Reservation.objects.select_for_update().get(pk=reservation.pk)
     if not reservation_is_quote(locked):

@@ -16,7 +16,7 @@ from django.db.models import QuerySet
 from django.utils import timezone
 
 from accounts.models import Organization, User
-from accounts.services import lock_organization
+from accounts.services.organizations import organization_lock
 from core import audit
 from core.errors import Conflict, ServiceError
 from core.staff import reason_clean, require_staff_permission
@@ -66,7 +66,7 @@ def validate_rate(
             raise ServiceError("Give a date and time with a time zone.", param=name)
     if valid_until <= valid_from:
         raise ServiceError("The rate must end after it starts.", param="valid_until")
-    lock_organization(organization)
+    organization_lock(organization)
     clash = overlapping_rates_for_org(
         organization=organization,
         gpu_model=gpu_model,
@@ -196,7 +196,7 @@ def negotiated_rate_delete(*, rate: NegotiatedRate, actor: User, reason: str = "
     """Remove a rate. Reservations already made keep the price they were made at."""
     require_staff_permission(actor, "capacity.delete_negotiatedrate", "delete negotiated rates")
     reason = reason_clean(reason, required=False)
-    organization = lock_organization(rate.organization)
+    organization = organization_lock(rate.organization)
     locked = NegotiatedRate.objects.select_related("gpu_model", "region").filter(pk=rate.pk).first()
     if locked is None:
         raise Conflict("This rate was already deleted.", code="already_deleted")

@@ -15,14 +15,10 @@ from django.db import transaction
 from django.utils import timezone
 
 from accounts import credit
+from accounts.guards import require_active_organization, require_permission, require_verified_email
 from accounts.models import Organization, User
 from accounts.permissions import Permission
-from accounts.services import (
-    lock_organization,
-    require_active_organization,
-    require_permission,
-    require_verified_email,
-)
+from accounts.services.organizations import organization_lock
 from core import audit
 from core.errors import Conflict, ServiceError
 from core.staff import reason_clean
@@ -233,7 +229,7 @@ def _create_locked(
         # Confirmed below without a payment: it has to fit in the credit line. The row lock
         # makes concurrent confirmations take turns (locks are always taken organization
         # first, then the pool).
-        credit.require_credit(organization=lock_organization(organization), amount=quote.total)
+        credit.require_credit(organization=organization_lock(organization), amount=quote.total)
     pool_lock(clusters)
     if request_token:  # the same form may have won the lock a moment ago
         existing = Reservation.objects.filter(

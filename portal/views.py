@@ -57,7 +57,7 @@ class MemberRequest(HttpRequest):
 def dashboard(request: MemberRequest) -> HttpResponse:
     organization = request.organization
     role = request.membership.role
-    team = account_selectors.team_members(organization)
+    team = account_selectors.memberships_for_org(organization)
     reservations = capacity_selectors.reservations_for_org(organization)
     month_start = timezone.now().replace(day=1, hour=0, minute=0, second=0, microsecond=0)
     context = {

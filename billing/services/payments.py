@@ -14,8 +14,8 @@ from typing import Any
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from accounts.guards import require_active_organization
 from accounts.models import User
-from accounts.services import require_active_organization
 from capacity import services as capacity_services
 from capacity.models import Reservation
 from core import audit

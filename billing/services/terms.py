@@ -10,7 +10,7 @@ from decimal import Decimal, InvalidOperation
 from django.db import transaction
 
 from accounts.models import Organization, User
-from accounts.services import lock_organization, organization_terms_write
+from accounts.services.organizations import organization_lock, organization_terms_write
 from core.errors import ServiceError
 from core.money import format_money
 from core.staff import require_staff_permission
@@ -48,7 +48,7 @@ def invoice_terms_approve(
     owes now: that would put it over its limit the moment it is approved."""
     require_staff_permission(actor, TERMS_PERMISSION, "approve payment terms")
     limit = _amount(credit_limit)
-    locked = lock_organization(organization)
+    locked = organization_lock(organization)
     owed = selectors.balance_for_org(locked)
     if limit < owed:
         raise ServiceError(
@@ -73,7 +73,7 @@ def card_terms_set(*, organization: Organization, actor: User, reason: str = "")
     """Back to paying upfront by card: the credit line closes (limit 0); payment days keep their
     value for a later approval. Reservations already confirmed on invoice stay invoiced."""
     require_staff_permission(actor, TERMS_PERMISSION, "approve payment terms")
-    locked = lock_organization(organization)
+    locked = organization_lock(organization)
     return organization_terms_write(
         organization=locked,
         actor=actor,

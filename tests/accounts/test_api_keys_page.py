@@ -3,7 +3,7 @@ import re
 import pytest
 from django.urls import reverse
 
-from accounts import keys
+from accounts.api_keys.format import parse
 from accounts.models import ApiKey
 from accounts.permissions import Role
 from tests.conftest import client_for, member_of
@@ -36,7 +36,7 @@ def test_creating_a_key_asks_for_the_password_then_shows_the_key_once(organizati
     )
     shown = re.search(r'id="new-key">(hbk_[^<]+)<', created.content.decode()).group(1)
     record = ApiKey.objects.get()
-    assert keys.parse(shown) == record.public_id
+    assert parse(shown) == record.public_id
     assert (record.name, record.scopes, record.created_by) == (
         "CI",
         ["reservations:read", "usage:write"],

@@ -6,9 +6,9 @@ from django.core import mail
 from django.urls import reverse
 from django.utils import timezone
 
-from accounts import services
 from accounts.models import Invitation, Membership
 from accounts.permissions import Role
+from accounts.services import memberships
 from core.errors import Conflict, NotAllowed
 from tests.conftest import client_for, member_of
 from tests.factories import PASSWORD, UserFactory
@@ -120,8 +120,8 @@ def test_reinviting_replaces_the_old_link(
     first.refresh_from_db()
     assert first.revoked_at is not None
     with pytest.raises(Conflict, match="withdrawn"):
-        services.invitation_for_token(first_token)
-    assert services.invitation_for_token(second_token).role == Role.MEMBER
+        memberships.invitation_for_token(first_token)
+    assert memberships.invitation_for_token(second_token).role == Role.MEMBER
 
 
 def test_revoked_invitation_cannot_be_used(client, organization, owner, invited):
@@ -161,7 +161,7 @@ def test_only_owners_may_invite_owners(organization):
     assert response.status_code == 400
     assert Invitation.objects.count() == 0
     with pytest.raises(NotAllowed, match="Only an owner can make someone an owner."):
-        services.invitation_create(
+        memberships.invitation_create(
             organization=organization, actor=admin, email="x@example.com", role=Role.OWNER
         )
     assert Invitation.objects.count() == 0
@@ -171,7 +171,7 @@ def test_accepting_twice_at_once_makes_one_membership(invited):
     """The second accept sees the first under the row lock and is refused."""
     _invitation, token = invited
     user = UserFactory(email="new@example.com", password=PASSWORD)
-    services.invitation_accept(token=token, user=user)
+    memberships.invitation_accept(token=token, user=user)
     with pytest.raises(Conflict, match="already been used"):
-        services.invitation_accept(token=token, user=user)
+        memberships.invitation_accept(token=token, user=user)
     assert Membership.objects.filter(user=user).count() == 1

@@ -6,7 +6,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from accounts.models import User
-from accounts.services import login_attempts_clean
+from accounts.services.users import login_attempts_clean
 from tests.factories import PASSWORD, UserFactory
 
 

@@ -3,9 +3,9 @@
 import pytest
 from django.urls import reverse
 
-from accounts import services
 from accounts.models import Invitation, Membership
 from accounts.permissions import ROLE_PERMISSIONS, Permission, Role, can
+from accounts.services import memberships
 from core.errors import Conflict, NotAllowed
 from tests.conftest import client_for, member_of
 
@@ -127,15 +127,15 @@ def test_the_last_owner_cannot_be_demoted_or_removed(organization, owner):
     ownership.refresh_from_db()
     assert ownership.role == Role.OWNER
     with pytest.raises(Conflict, match="at least one owner"):
-        services.membership_change_role(membership=ownership, actor=owner, role=Role.ADMIN)
+        memberships.membership_role_change(membership=ownership, actor=owner, role=Role.ADMIN)
     with pytest.raises(Conflict, match="at least one owner"):
-        services.membership_remove(membership=ownership, actor=owner)
+        memberships.membership_remove(membership=ownership, actor=owner)
     assert Membership.objects.filter(organization=organization, role=Role.OWNER).count() == 1
 
 
 def test_with_two_owners_one_may_step_down(organization, owner):
     second = Membership.objects.get(user=member_of(organization, Role.OWNER))
-    services.membership_change_role(membership=second, actor=owner, role=Role.MEMBER)
+    memberships.membership_role_change(membership=second, actor=owner, role=Role.MEMBER)
     second.refresh_from_db()
     assert second.role == Role.MEMBER
 
@@ -144,9 +144,9 @@ def test_admins_cannot_touch_owners(organization, owner):
     admin = member_of(organization, Role.ADMIN)
     ownership = Membership.objects.get(user=owner)
     with pytest.raises(NotAllowed, match="Only an owner can change another owner's role."):
-        services.membership_change_role(membership=ownership, actor=admin, role=Role.MEMBER)
+        memberships.membership_role_change(membership=ownership, actor=admin, role=Role.MEMBER)
     with pytest.raises(NotAllowed, match="Only an owner can remove another owner."):
-        services.membership_remove(membership=ownership, actor=admin)
+        memberships.membership_remove(membership=ownership, actor=admin)
     ownership.refresh_from_db()
     assert ownership.role == Role.OWNER
 

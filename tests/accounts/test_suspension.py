@@ -6,9 +6,11 @@ import pytest
 from django.core.cache import cache
 from django.test import Client
 
-from accounts import api_keys, services
+from accounts import api_keys, guards
+from accounts.api_keys.authentication import KeyRefused, api_key_authenticate
 from accounts.models import Organization
 from accounts.permissions import Role
+from accounts.services import organizations
 from backoffice.roles import FINANCE, OPERATIONS, SALES
 from billing.models import LedgerEntry
 from billing.services import terms
@@ -35,7 +37,7 @@ def owe(org: Organization, amount: str) -> None:
 # --- Suspension -------------------------------------------------------------------------------
 def test_suspending_records_the_reason_and_blocks_reserving(organization):
     sales = make_staff(SALES)
-    services.organization_suspend(
+    organizations.organization_suspend(
         organization=organization, actor=sales, reason="  Invoice INV-7 unpaid for 60 days. "
     )
     assert state(organization) | {"reviewed_at": None} == {
@@ -55,7 +57,7 @@ def test_suspending_records_the_reason_and_blocks_reserving(organization):
     )
     organization.refresh_from_db()
     with pytest.raises(NotAllowed) as refused:
-        services.require_active_organization(organization)
+        guards.require_active_organization(organization)
     assert refused.value.message == (
         f"{organization.name} is suspended: Invoice INV-7 unpaid for 60 days. Contact "
         "support@hyperblock.local to reactivate it."
@@ -73,7 +75,7 @@ def test_suspending_records_the_reason_and_blocks_reserving(organization):
 def test_a_suspension_needs_a_reason(organization, reason, message):
     before = state(organization)
     with pytest.raises(ServiceError) as refused:
-        services.organization_suspend(
+        organizations.organization_suspend(
             organization=organization, actor=make_staff(SALES), reason=reason
         )
     assert (refused.value.message, refused.value.param) == (message, "reason")
@@ -85,7 +87,7 @@ def test_a_suspension_needs_a_reason(organization, reason, message):
 def test_only_sales_suspends(organization, group):
     before = state(organization)
     with pytest.raises(NotAllowed) as refused:
-        services.organization_suspend(
+        organizations.organization_suspend(
             organization=organization, actor=make_staff(group), reason="Fraud"
         )
     assert refused.value.message == "You are not allowed to suspend or reactivate organizations."
@@ -94,19 +96,19 @@ def test_only_sales_suspends(organization, group):
 
 def test_a_customer_owner_cannot_suspend_even_their_own_organization(organization, owner):
     with pytest.raises(NotAllowed):
-        services.organization_suspend(organization=organization, actor=owner, reason="Fraud")
+        organizations.organization_suspend(organization=organization, actor=owner, reason="Fraud")
     assert state(organization)["status"] == "active"
 
 
 def test_suspending_twice_and_reactivating_an_active_organization_are_refused(organization):
     sales = make_staff(SALES)
     with pytest.raises(Conflict, match="is not suspended"):
-        services.organization_reactivate(organization=organization, actor=sales)
-    services.organization_suspend(organization=organization, actor=sales, reason="Fraud")
+        organizations.organization_reactivate(organization=organization, actor=sales)
+    organizations.organization_suspend(organization=organization, actor=sales, reason="Fraud")
     with pytest.raises(Conflict, match="is already suspended"):
-        services.organization_suspend(organization=organization, actor=sales, reason="Again")
+        organizations.organization_suspend(organization=organization, actor=sales, reason="Again")
     assert state(organization)["suspended_reason"] == "Fraud"
-    services.organization_reactivate(organization=organization, actor=sales, reason="Paid")
+    organizations.organization_reactivate(organization=organization, actor=sales, reason="Paid")
     assert (state(organization)["status"], state(organization)["suspended_reason"]) == (
         "active",
         "",
@@ -124,7 +126,7 @@ def test_a_suspended_organizations_api_key_is_refused_at_once(
     api = Client(headers={"authorization": f"Bearer {raw}"})
     assert api.get("/api/v1/reservations/").status_code == 200  # now cached
     with django_capture_on_commit_callbacks(execute=True):
-        services.organization_suspend(
+        organizations.organization_suspend(
             organization=organization, actor=make_staff(SALES), reason="Card fraud"
         )
     response = api.get("/api/v1/reservations/")
@@ -141,7 +143,7 @@ def test_a_suspended_organizations_api_key_is_refused_at_once(
         },
     )
     with django_capture_on_commit_callbacks(execute=True):
-        services.organization_reactivate(organization=organization, actor=make_staff(SALES))
+        organizations.organization_reactivate(organization=organization, actor=make_staff(SALES))
     assert api.get("/api/v1/reservations/").status_code == 200
 
 
@@ -152,18 +154,18 @@ def test_without_the_cache_drop_a_suspension_reaches_keys_within_the_cache_time(
     _, raw = api_keys.api_key_create(
         organization=organization, actor=owner, name="ci", scopes=["reservations:read"]
     )
-    api_keys.authenticate(raw)
+    api_key_authenticate(raw)
     Organization.objects.filter(pk=organization.pk).update(status="suspended")
-    api_keys.authenticate(raw)  # still cached: at most API_KEY_CACHE_SECONDS
+    api_key_authenticate(raw)  # still cached: at most API_KEY_CACHE_SECONDS
     cache.clear()
-    with pytest.raises(api_keys.KeyRefused) as refused:
-        api_keys.authenticate(raw)
+    with pytest.raises(KeyRefused) as refused:
+        api_key_authenticate(raw)
     assert (refused.value.code, refused.value.status) == ("organization_suspended", 403)
     assert settings.API_KEY_CACHE_SECONDS == 5
 
 
 def test_members_see_why_their_organization_is_suspended(organization, owner):
-    services.organization_suspend(
+    organizations.organization_suspend(
         organization=organization, actor=make_staff(SALES), reason="Invoice INV-7 is unpaid"
     )
     page = client_for(owner).get(f"/o/{organization.slug}/").content.decode()
@@ -176,7 +178,7 @@ def test_members_see_why_their_organization_is_suspended(organization, owner):
 
 
 def test_members_of_an_active_organization_see_no_banner(organization, other_organization):
-    services.organization_suspend(
+    organizations.organization_suspend(
         organization=other_organization, actor=make_staff(SALES), reason="Fraud"
     )
     page = client_for(member_of(organization, Role.MEMBER)).get(f"/o/{organization.slug}/")
@@ -290,12 +292,12 @@ def test_switching_back_to_card_closes_the_credit_line(organization):
 # --- Review -----------------------------------------------------------------------------------
 def test_sales_marks_a_new_organization_reviewed_once(organization):
     sales = make_staff(SALES)
-    services.organization_mark_reviewed(organization=organization, actor=sales)
+    organizations.organization_review(organization=organization, actor=sales)
     organization.refresh_from_db()
     assert organization.reviewed_by == sales
     assert organization.reviewed_at is not None
     with pytest.raises(Conflict, match="was already reviewed on"):
-        services.organization_mark_reviewed(organization=organization, actor=make_staff(SALES))
+        organizations.organization_review(organization=organization, actor=make_staff(SALES))
     organization.refresh_from_db()
     assert organization.reviewed_by == sales
     assert AuditEvent.objects.filter(action="organization.reviewed").count() == 1
@@ -304,5 +306,5 @@ def test_sales_marks_a_new_organization_reviewed_once(organization):
 @pytest.mark.parametrize("group", [OPERATIONS, FINANCE])
 def test_only_sales_reviews(organization, group):
     with pytest.raises(NotAllowed, match="You are not allowed to review organizations."):
-        services.organization_mark_reviewed(organization=organization, actor=make_staff(group))
+        organizations.organization_review(organization=organization, actor=make_staff(group))
     assert state(organization)["reviewed_at"] is None

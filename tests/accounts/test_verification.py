@@ -5,7 +5,7 @@ import pytest
 from django.core import mail, signing
 from django.urls import reverse
 
-from accounts import services, tokens
+from accounts import guards, tokens
 from accounts.models import User
 from core.errors import NotAllowed
 from tests.factories import UserFactory
@@ -69,9 +69,9 @@ def test_link_for_a_changed_address_no_longer_works(client, unverified):
 
 def test_unverified_users_are_stopped_by_the_shared_gate(unverified):
     with pytest.raises(NotAllowed) as excinfo:
-        services.require_verified_email(unverified)
+        guards.require_verified_email(unverified)
     assert excinfo.value.code == "email_unverified"
-    services.require_verified_email(UserFactory())  # a verified user passes
+    guards.require_verified_email(UserFactory())  # a verified user passes
 
 
 def test_resend_is_throttled_to_one_a_minute(

@@ -117,7 +117,7 @@ def test_deleting_a_discount_is_audited():
 
 
 def test_an_invitation_page_never_shows_its_token_digest():
-    from accounts.services import invitation_create
+    from accounts.services.memberships import invitation_create
     from tests.conftest import member_of
     from tests.factories import OrganizationFactory
 

@@ -6,8 +6,8 @@ import pytest
 from django.contrib.messages import get_messages
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
-from accounts import services as account_services
 from accounts.models import Organization
+from accounts.services import organizations as account_services
 from backoffice.roles import SALES
 from capacity import services
 from capacity.models import Reservation

@@ -31,9 +31,9 @@ from django.utils.encoding import force_bytes
 from django.utils.http import urlsafe_base64_encode
 
 from accounts import api_keys, tokens
-from accounts import services as account_services
 from accounts.models import ApiKey, Invitation, Membership, Organization, User
 from accounts.permissions import Permission, Role, can
+from accounts.services.memberships import invitation_create
 from billing import gateway
 from billing.models import BillingAccount, Invoice, ModelPrice, Payment, Refund, UsageHour
 from billing.services import accounts
@@ -164,7 +164,7 @@ def _tenant(org: Organization, owner: User, catalog, number: int, api: str) -> T
         output_tokens=2000 * number,
         cost=Decimal("0.42") * number,
     )
-    invitation, invitation_token = account_services.invitation_create(
+    invitation, invitation_token = invitation_create(
         organization=org, actor=owner, email=f"invitee{number}@example.com", role=Role.MEMBER
     )
     account = accounts.billing_account_ensure(org)

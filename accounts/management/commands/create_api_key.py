@@ -1,3 +1,5 @@
+from typing import Any
+
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from accounts.api_keys import SCOPES, api_key_create_for_operator
@@ -19,7 +21,7 @@ class Command(BaseCommand):
             help="repeat for several; default: reservations:read",
         )
 
-    def handle(self, *args: object, **options: object) -> None:
+    def handle(self, *args: Any, **options: Any) -> None:  # argparse's values
         organization = Organization.objects.filter(slug=options["org"]).first()
         if organization is None:
             raise CommandError(f"No organization with the slug {options['org']!r}.")

@@ -1,33 +1,22 @@
-"""API keys: create, revoke, rotate, and authenticate a presented key.
+"""API keys: create, revoke and rotate. The key format is in `format`, authentication and the
+key cache in `authentication`, the reads in `selectors`."""
 
-Authentication costs at most one database query per request: a key's record is cached for
-API_KEY_CACHE_SECONDS (5 s), so a revoked key stops within that, and its last-used time is
-written at most once a minute.
-"""
-
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from django.conf import settings
 from django.core.cache import cache
 from django.db import transaction
 from django.utils import timezone
 
 from core import audit
-from core.errors import NotFound, ServiceError
+from core.errors import ServiceError
 
-from . import keys
-from .models import ApiKey, Organization, User
-from .permissions import Permission
-from .services import (
-    require_active_organization,
-    require_permission,
-    require_verified_email,
-    suspension_message,
-)
+from ..guards import require_active_organization, require_permission, require_verified_email
+from ..models import ApiKey, Organization, User
+from ..permissions import Permission
+from .authentication import cache_key
+from .format import generate
 
 SCOPES = frozenset(ApiKey.Scope.values)
-LAST_USED_EVERY = timedelta(minutes=1)
 
 
 def _validate(name: str, scopes: list[str], expires_at: datetime | None) -> tuple[str, list[str]]:
@@ -60,7 +49,7 @@ def _create(
     expires_at: datetime | None,
 ) -> tuple[ApiKey, str]:
     name, scopes = _validate(name, scopes, expires_at)
-    key, public_id, digest = keys.generate()
+    key, public_id, digest = generate()
     api_key = ApiKey.objects.create(
         organization=organization,
         created_by=actor,
@@ -120,7 +109,7 @@ def api_key_revoke(*, api_key: ApiKey, actor: User) -> ApiKey:
     audit.record(
         action="api_key.revoked", actor=actor, organization=locked.organization, target=locked
     )
-    transaction.on_commit(lambda: cache.delete(_cache_key(locked.digest)))
+    transaction.on_commit(lambda: cache.delete(cache_key(locked.digest)))
     return locked
 
 
@@ -153,88 +142,5 @@ def api_key_rotate(*, api_key: ApiKey, actor: User, grace: timedelta) -> tuple[A
             target=locked,
             data={"replaced_by": new.public_id, "grace_seconds": int(grace.total_seconds())},
         )
-        transaction.on_commit(lambda: cache.delete(_cache_key(locked.digest)))
+        transaction.on_commit(lambda: cache.delete(cache_key(locked.digest)))
     return new, key
-
-
-# --- Authentication -------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Authenticated:
-    api_key: ApiKey
-    organization: Organization
-
-
-class KeyRefused(Exception):
-    """`status` 401 for a key that is not (or no longer) good, 403 for a good key whose
-    organization may not use it."""
-
-    def __init__(self, code: str, message: str, *, status: int = 401) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.status = status
-
-
-def _cache_key(digest: str) -> str:
-    return f"api-key:{digest}"
-
-
-def authenticate(raw: str, *, ip: str | None = None) -> Authenticated:
-    """The key's record and organization, or KeyRefused saying why (malformed, unknown,
-    revoked, expired, organization suspended)."""
-    if keys.parse(raw) is None:
-        raise KeyRefused("malformed_key", "The API key is malformed.")
-    digest = keys.digest(raw)
-    api_key = cache.get(_cache_key(digest))
-    if api_key is None:
-        api_key = (
-            ApiKey.objects.select_related("organization", "created_by")
-            .filter(digest=digest)
-            .first()
-        )
-        if api_key is None:
-            raise KeyRefused("unknown_key", "The API key is not valid.")
-        cache.set(_cache_key(digest), api_key, settings.API_KEY_CACHE_SECONDS)
-    if not keys.matches(raw, api_key.digest):  # constant time, on top of the index lookup
-        raise KeyRefused("unknown_key", "The API key is not valid.")
-    now = timezone.now()
-    if api_key.revoked_at is not None and api_key.revoked_at <= now:
-        raise KeyRefused("revoked_key", "The API key was revoked.")
-    if api_key.expires_at is not None and api_key.expires_at <= now:
-        raise KeyRefused("expired_key", "The API key has expired.")
-    if not api_key.organization.is_active:
-        raise KeyRefused(
-            "organization_suspended", suspension_message(api_key.organization), status=403
-        )
-    if api_key.last_used_at is None or api_key.last_used_at < now - LAST_USED_EVERY:
-        _touch(api_key, now, ip)
-    return Authenticated(api_key=api_key, organization=api_key.organization)
-
-
-def _touch(api_key: ApiKey, now: datetime, ip: str | None) -> None:
-    """Record use at most once a minute across every process (the filter is the guard)."""
-    ApiKey.objects.filter(pk=api_key.pk).exclude(last_used_at__gte=now - LAST_USED_EVERY).update(
-        last_used_at=now, last_used_ip=ip
-    )
-    api_key.last_used_at, api_key.last_used_ip = now, ip
-    cache.set(_cache_key(api_key.digest), api_key, settings.API_KEY_CACHE_SECONDS)
-
-
-def forget_cached_keys(*, organization_id: int) -> None:
-    """Drop the organization's keys from the cache, so a change to the organization (a
-    suspension) reaches the next request instead of waiting for the cache to lapse."""
-    digests = ApiKey.objects.filter(organization_id=organization_id).values_list(
-        "digest", flat=True
-    )
-    cache.delete_many([_cache_key(digest) for digest in digests])
-
-
-def keys_for_org(organization: Organization):  # type: ignore[no-untyped-def]
-    return ApiKey.objects.filter(organization=organization).select_related("created_by")
-
-
-def key_for_org(organization: Organization, public_id: str) -> ApiKey:
-    api_key = keys_for_org(organization).filter(public_id=public_id).first()
-    if api_key is None:
-        raise NotFound("No such API key.")
-    return api_key

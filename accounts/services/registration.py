@@ -1,0 +1,133 @@
+"""Sign-up (alone or through an invitation) and e-mail verification."""
+
+from django.conf import settings
+from django.contrib.auth.password_validation import validate_password
+from django.core import signing
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, transaction
+from django.urls import reverse
+from django.utils import timezone
+
+from core import audit
+from core.emails import queue_email
+from core.errors import Conflict, ServiceError
+
+from .. import tokens
+from ..models import Membership, Organization, User
+from .memberships import invitation_accept, invitation_for_token
+from .organizations import organization_create
+
+
+def validate_new_email(email: str) -> str:
+    email = User.objects.normalize_email(email).lower()
+    if User.objects.filter(email__iexact=email).exists():
+        raise Conflict(
+            "An account with this e-mail address already exists. Sign in instead.",
+            code="email_taken",
+            param="email",
+        )
+    return email
+
+
+def validate_new_password(password: str, user: User) -> None:
+    try:
+        validate_password(password, user)
+    except ValidationError as exc:
+        raise ServiceError(" ".join(exc.messages), code="weak_password", param="password") from exc
+
+
+@transaction.atomic
+def user_create(*, email: str, password: str, full_name: str = "") -> User:
+    email = validate_new_email(email)
+    user = User(email=email, full_name=full_name.strip())
+    validate_new_password(password, user)
+    user.set_password(password)
+    user.full_clean(exclude=["password"])
+    try:
+        with transaction.atomic():
+            user.save()
+    except IntegrityError as exc:  # lost a race with another sign-up for the same address
+        raise Conflict(
+            "An account with this e-mail address already exists. Sign in instead.",
+            code="email_taken",
+            param="email",
+        ) from exc
+    audit.record(action="user.created", actor=user, target=user)
+    return user
+
+
+@transaction.atomic
+def user_signup(
+    *,
+    email: str,
+    password: str,
+    full_name: str,
+    organization_name: str,
+    organization_slug: str,
+    country: str,
+    billing_email: str,
+) -> tuple[User, Organization]:
+    """Create the user, their organization and the owner membership together, or nothing."""
+    user = user_create(email=email, password=password, full_name=full_name)
+    try:
+        organization = organization_create(
+            owner=user,
+            name=organization_name,
+            slug=organization_slug,
+            country=country,
+            billing_email=billing_email or user.email,
+        )
+    except ServiceError as exc:
+        # Name the sign-up form's fields, which carry an organization_ prefix.
+        exc.param = {"slug": "organization_slug", "name": "organization_name"}.get(
+            exc.param or "", exc.param
+        )
+        raise
+    email_verification_send(user=user)
+    return user, organization
+
+
+@transaction.atomic
+def user_signup_with_invitation(*, token: str, password: str, full_name: str) -> Membership:
+    invitation = invitation_for_token(token)
+    user = user_create(email=invitation.email, password=password, full_name=full_name)
+    return invitation_accept(token=token, user=user)
+
+
+def email_verification_send(*, user: User) -> None:
+    if user.is_verified:
+        return
+    token = tokens.email_verification_token(user)
+    queue_email(
+        to=user.email,
+        template="verify_email",
+        context={"user": user, "url": settings.SITE_URL + reverse("verify-email", args=[token])},
+    )
+
+
+@transaction.atomic
+def email_verify(*, token: str) -> User:
+    try:
+        user_id, email = tokens.read_email_verification_token(token)
+    except signing.SignatureExpired as exc:
+        raise ServiceError(
+            "This verification link has expired. Sign in and send yourself a new one.",
+            code="link_expired",
+        ) from exc
+    except signing.BadSignature as exc:
+        raise ServiceError(
+            "This verification link is not valid. Copy the whole link from the e-mail, or send "
+            "yourself a new one.",
+            code="link_invalid",
+        ) from exc
+    user = User.objects.select_for_update().filter(pk=user_id, email=email).first()
+    if user is None:
+        raise ServiceError(
+            "This verification link is for an address that is no longer in use.",
+            code="link_invalid",
+        )
+    if not user.is_verified:
+        user.email_verified_at = timezone.now()
+        user.save(update_fields=["email_verified_at"])
+        audit.record(action="user.email_verified", actor=user, target=user)
+    return user
