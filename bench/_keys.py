@@ -22,7 +22,7 @@ from .stats import summarize_ms
 TARGET_RATIO = 10
 
 
-def _time(check, requests: int) -> tuple[list[float], int]:  # type: ignore[no-untyped-def]
+def _time(check, requests: int) -> tuple[list[float], int]:
     latencies = []
     for _ in range(requests):
         began = time.perf_counter()

@@ -1,4 +1,4 @@
-"""The reservation state machine: every state change goes through `transition`."""
+"""The reservation state machine: every state change goes through `reservation_transition`."""
 
 from collections.abc import Callable
 from typing import Any
@@ -49,7 +49,7 @@ def can_transition(state: str, to: str) -> bool:
 
 
 @transaction.atomic
-def transition(
+def reservation_transition(
     *,
     reservation: Reservation,
     to: str,
@@ -100,5 +100,5 @@ def transition(
         transaction.on_commit(after_commit)
     template = notifications.TEMPLATES.get(S(to))
     if notify and template is not None:
-        notifications.notify(locked, template)
+        notifications.notification_send(locked, template)
     return locked

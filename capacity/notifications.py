@@ -14,7 +14,7 @@ TEMPLATES = {
 }
 
 
-def notify_quote(reservation: Reservation) -> None:
+def quote_notification_send(reservation: Reservation) -> None:
     """Tell the organization's owners and billing address that sales made them a quote."""
     from accounts.models import Membership
     from accounts.permissions import Role
@@ -32,7 +32,7 @@ def notify_quote(reservation: Reservation) -> None:
         )
 
 
-def notify(reservation: Reservation, template: str, **context: object) -> None:
+def notification_send(reservation: Reservation, template: str, **context: object) -> None:
     """Mail whoever made the reservation (else the billing address) after the commit."""
     to = (
         reservation.created_by.email

@@ -250,7 +250,7 @@ def reservation_cancel(
     after_commit = None
     if locked.state == S.PROVISIONING:
         after_commit = lambda: provisioning._deprovision(locked)  # noqa: E731
-    canceled = lifecycle.transition(
+    canceled = lifecycle.reservation_transition(
         reservation=locked,
         to=S.CANCELED,
         actor=actor,
@@ -348,7 +348,7 @@ def reservation_release(*, reservation: Reservation, actor: Any, reason: str) ->
             "reservations can be released.",
             code="not_releasable",
         )
-    released = lifecycle.transition(
+    released = lifecycle.reservation_transition(
         reservation=locked,
         to=S.RELEASING,
         actor=actor,

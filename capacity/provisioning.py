@@ -43,7 +43,7 @@ def _nodes(reservation: Reservation) -> list[str]:
 def reservation_start(reservation: Reservation) -> bool:
     """Move a scheduled reservation to provisioning and enqueue the work after commit."""
     try:
-        lifecycle.transition(
+        lifecycle.reservation_transition(
             reservation=reservation,
             to=S.PROVISIONING,
             actor=None,
@@ -91,7 +91,7 @@ def block_provision(reservation_id: int) -> str:
         if _nodes(locked) != nodes or locked.ends_at != reservation.ends_at:
             # A node was swapped (or the end moved) while the driver worked: catch up.
             _enqueue_after_commit("capacity.sync_block", locked.pk)
-        lifecycle.transition(
+        lifecycle.reservation_transition(
             reservation=locked,
             to=S.ACTIVE,
             actor=None,
@@ -135,7 +135,7 @@ def provisioning_fail(reservation_id: int, reason: str) -> None:
     """Give up: fail the reservation (freeing its nodes), refund it, tell everyone."""
     reservation = Reservation.objects.get(pk=reservation_id)
     try:
-        failed = lifecycle.transition(
+        failed = lifecycle.reservation_transition(
             reservation=reservation,
             to=S.FAILED,
             actor=None,
@@ -253,7 +253,7 @@ def reservation_end_due(now: datetime | None = None) -> int:
     ended = 0
     for reservation in due:
         try:
-            lifecycle.transition(
+            lifecycle.reservation_transition(
                 reservation=reservation,
                 to=S.RELEASING,
                 actor=None,
@@ -272,7 +272,7 @@ def block_release(reservation_id: int) -> str:
         return reservation.state
     get_driver().deprovision(key=f"deprovision:{reservation.public_id}", nodes=_nodes(reservation))
     try:
-        lifecycle.transition(
+        lifecycle.reservation_transition(
             reservation=reservation, to=S.COMPLETED, actor=None, reason="Released."
         )
     except lifecycle.IllegalTransition:
@@ -302,7 +302,7 @@ def reminders_send(now: datetime | None = None) -> int:
                 continue
             locked.reminders_sent = sorted({*locked.reminders_sent, *labels})
             locked.save(update_fields=["reminders_sent", "updated_at"])
-            notifications.notify(locked, "reservation_ending", lead=labels[0])
+            notifications.notification_send(locked, "reservation_ending", lead=labels[0])
             sent += 1
     return sent
 

@@ -166,7 +166,7 @@ def quote_create(
         quoted_by=actor,
         quote_note=note,
     )
-    notifications.notify_quote(quote)
+    notifications.quote_notification_send(quote)
     return quote
 
 
@@ -209,7 +209,7 @@ def _accept_locked(*, reservation: Reservation, actor: User) -> Reservation:
             code="pay_by_card",
         )
     credit.require_credit(organization=organization, amount=locked.total)
-    confirmed = lifecycle.transition(
+    confirmed = lifecycle.reservation_transition(
         reservation=locked,
         to=S.SCHEDULED,
         actor=actor,

@@ -49,7 +49,7 @@ def _after_candidates() -> None:
 
 def _expire_lapsed_holds(clusters: list[Cluster], now: datetime) -> None:
     for reservation in selectors.lapsed_holds(now, [c.pk for c in clusters]):
-        lifecycle.transition(
+        lifecycle.reservation_transition(
             reservation=reservation, to=S.EXPIRED, actor=None, reason="The payment hold lapsed."
         )
 
@@ -280,7 +280,7 @@ def _create_locked(
         data={"to": S.HELD, "total": str(quote.total), "currency": quote.currency},
     )
     if organization.on_invoice_terms:
-        reservation = lifecycle.transition(
+        reservation = lifecycle.reservation_transition(
             reservation=reservation,
             to=S.SCHEDULED,
             actor=user,
@@ -327,7 +327,7 @@ def _confirm_locked(
     pool_lock(clusters)
     locked = Reservation.objects.select_for_update().get(pk=reservation.pk)
     if locked.state == S.HELD:
-        return lifecycle.transition(
+        return lifecycle.reservation_transition(
             reservation=locked, to=S.SCHEDULED, actor=actor, reason=reason, notify=notify
         )
     if locked.state != S.EXPIRED:
@@ -359,7 +359,7 @@ def _confirm_locked(
         )
         for node_id in node_ids
     )  # fmt: skip
-    return lifecycle.transition(
+    return lifecycle.reservation_transition(
         reservation=locked,
         to=S.SCHEDULED,
         actor=actor,
@@ -411,7 +411,7 @@ def reservation_cancel(*, reservation: Reservation, actor: User, reason: str = "
         )
     paid = locked.state == S.SCHEDULED
     refund = refund_amount(locked, now) if paid else None
-    return lifecycle.transition(
+    return lifecycle.reservation_transition(
         reservation=locked,
         to=S.CANCELED,
         actor=actor,
@@ -536,7 +536,7 @@ def lapsed_holds_expire(now: datetime | None = None) -> int:
     expired = 0
     for reservation in selectors.lapsed_holds(now):
         try:
-            lifecycle.transition(
+            lifecycle.reservation_transition(
                 reservation=reservation, to=S.EXPIRED, actor=None, reason="The payment hold lapsed."
             )
         except lifecycle.IllegalTransition:  # paid or canceled meanwhile

@@ -227,7 +227,9 @@ def test_another_organizations_reservation_is_404_and_untouched(
     catalog, organization, owner, other_organization, method_path
 ):
     theirs = reserve(other_organization, other_organization.memberships.get().user, catalog)
-    theirs = lifecycle.transition(reservation=theirs, to=Reservation.State.SCHEDULED, actor=None)
+    theirs = lifecycle.reservation_transition(
+        reservation=theirs, to=Reservation.State.SCHEDULED, actor=None
+    )
     method, path = method_path
     client = api(key_for(organization, owner))
     body = {"hours": 1, "client_token": "x"}

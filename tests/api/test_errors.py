@@ -13,7 +13,7 @@ pytestmark = pytest.mark.django_db
 def test_an_unexpected_failure_is_a_plain_500(organization, owner, monkeypatch, caplog):
     key = key_for(organization, owner)
 
-    def broken(*args, **kwargs):  # type: ignore[no-untyped-def]
+    def broken(*args, **kwargs):
         raise RuntimeError("connection to db://admin:hunter2@10.0.0.5 lost, key sk_live_abc123")
 
     monkeypatch.setattr("capacity.api.selectors.reservations_for_org", broken)

@@ -56,7 +56,9 @@ def test_another_organization_gets_404_and_changes_nothing(
     catalog, organization, owner, other_organization, route, kind, method
 ):
     mine = reserve(organization, owner, catalog)
-    mine = lifecycle.transition(reservation=mine, to=Reservation.State.SCHEDULED, actor=None)
+    mine = lifecycle.reservation_transition(
+        reservation=mine, to=Reservation.State.SCHEDULED, actor=None
+    )
     my_key, _ = api_keys.api_key_create(
         organization=organization, actor=owner, name="mine", scopes=ALL
     )

@@ -48,12 +48,14 @@ def reserve(org, user, pool, *, nodes=2, start=NEXT_HOUR, length=24) -> Reservat
 
 def scheduled(org, user, pool, **kwargs) -> Reservation:
     reservation = reserve(org, user, pool, **kwargs)
-    return lifecycle.transition(reservation=reservation, to=S.SCHEDULED, actor=None)
+    return lifecycle.reservation_transition(reservation=reservation, to=S.SCHEDULED, actor=None)
 
 
 def advance(reservation: Reservation, *states: str) -> Reservation:
     for state in states:
-        reservation = lifecycle.transition(reservation=reservation, to=state, actor=None)
+        reservation = lifecycle.reservation_transition(
+            reservation=reservation, to=state, actor=None
+        )
     return reservation
 
 

@@ -66,7 +66,7 @@ def test_nodes_in_maintenance_are_not_offered(catalog, organization):
 def test_released_allocations_are_free_again(catalog, organization, owner):
     held = reserve(organization, owner, catalog, nodes=8)
     assert search(catalog, organization, 8)[0].kind != "exact"
-    lifecycle.transition(reservation=held, to=Reservation.State.CANCELED, actor=owner)
+    lifecycle.reservation_transition(reservation=held, to=Reservation.State.CANCELED, actor=owner)
     assert search(catalog, organization, 8)[0].kind == "exact"
 
 

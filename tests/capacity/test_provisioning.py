@@ -17,7 +17,7 @@ S = Reservation.State
 
 def scheduled(organization, owner, catalog, **kwargs) -> Reservation:
     reservation = reserve(organization, owner, catalog, **kwargs)
-    return lifecycle.transition(reservation=reservation, to=S.SCHEDULED, actor=None)
+    return lifecycle.reservation_transition(reservation=reservation, to=S.SCHEDULED, actor=None)
 
 
 def state(reservation) -> str:
@@ -219,12 +219,12 @@ def test_a_block_canceled_while_provisioning_is_torn_down(
     catalog, organization, owner, monkeypatch, django_capture_on_commit_callbacks
 ):
     reservation = scheduled(organization, owner, catalog)
-    lifecycle.transition(reservation=reservation, to=S.PROVISIONING, actor=None)
+    lifecycle.reservation_transition(reservation=reservation, to=S.PROVISIONING, actor=None)
     real = SimulatedDriver.provision
 
     def cancel_meanwhile(self, **kwargs):
         access = real(self, **kwargs)
-        lifecycle.transition(
+        lifecycle.reservation_transition(
             reservation=reservation, to=S.CANCELED, actor=None, reason="Ops canceled"
         )
         return access
@@ -250,11 +250,11 @@ def test_a_teardown_the_backend_cannot_take_now_is_retried_until_it_can(
     catalog, organization, owner, settings, monkeypatch, django_capture_on_commit_callbacks
 ):
     reservation = scheduled(organization, owner, catalog)
-    lifecycle.transition(reservation=reservation, to=S.PROVISIONING, actor=None)
+    lifecycle.reservation_transition(reservation=reservation, to=S.PROVISIONING, actor=None)
     settings.PROVISIONING_DRIVER = "tests.capacity.test_provisioning.DownForTeardowns"
     broker = Broker(tasks.deprovision, monkeypatch)
     with django_capture_on_commit_callbacks(execute=True):
-        lifecycle.transition(
+        lifecycle.reservation_transition(
             reservation=reservation,
             to=S.CANCELED,
             actor=None,
@@ -277,9 +277,9 @@ def test_a_release_the_backend_refuses_tells_operations_once(
     catalog, organization, owner, settings, django_capture_on_commit_callbacks
 ):
     reservation = scheduled(organization, owner, catalog)
-    lifecycle.transition(reservation=reservation, to=S.PROVISIONING, actor=None)
-    lifecycle.transition(reservation=reservation, to=S.ACTIVE, actor=None)
-    lifecycle.transition(reservation=reservation, to=S.RELEASING, actor=None)
+    lifecycle.reservation_transition(reservation=reservation, to=S.PROVISIONING, actor=None)
+    lifecycle.reservation_transition(reservation=reservation, to=S.ACTIVE, actor=None)
+    lifecycle.reservation_transition(reservation=reservation, to=S.RELEASING, actor=None)
     settings.PROVISIONING_DRIVER = "tests.capacity.test_provisioning.RefusesTeardowns"
     # The task, then reconcile's re-sends of it: one incident, the block still releasing.
     assert tasks.release(reservation_id=reservation.pk) == "failed"
@@ -298,7 +298,7 @@ def test_a_provision_message_for_a_block_canceled_meanwhile_tears_it_down(
     catalog, organization, owner, django_capture_on_commit_callbacks
 ):
     reservation = scheduled(organization, owner, catalog)
-    lifecycle.transition(reservation=reservation, to=S.PROVISIONING, actor=None)
+    lifecycle.reservation_transition(reservation=reservation, to=S.PROVISIONING, actor=None)
     # An earlier attempt made it in the backend; then the block was canceled.
     SimulatedDriver().provision(
         key=f"provision:{reservation.public_id}",
@@ -307,7 +307,7 @@ def test_a_provision_message_for_a_block_canceled_meanwhile_tears_it_down(
         starts_at=reservation.starts_at,
         ends_at=reservation.ends_at,
     )
-    lifecycle.transition(reservation=reservation, to=S.CANCELED, actor=None)
+    lifecycle.reservation_transition(reservation=reservation, to=S.CANCELED, actor=None)
     with django_capture_on_commit_callbacks(execute=True):
         assert tasks.provision(reservation_id=reservation.pk) == S.CANCELED
     assert SimulatedCall.objects.get(key=f"deprovision:{reservation.public_id}").completions == 1
@@ -389,7 +389,7 @@ def test_held_and_provisioning_blocks_leave_an_unhealthy_node_too(
     at a node in maintenance again, so a block left on it would start on a dead node."""
     held = reserve(organization, owner, catalog, nodes=1)
     coming_up = scheduled(organization, owner, catalog, nodes=1)
-    lifecycle.transition(reservation=coming_up, to=S.PROVISIONING, actor=None)
+    lifecycle.reservation_transition(reservation=coming_up, to=S.PROVISIONING, actor=None)
     sick = {r.pk: Allocation.objects.get(reservation=r).node for r in (held, coming_up)}
     for node in sick.values():
         SimulatedNode.objects.update_or_create(hostname=node.hostname, defaults={"fault": "PSU"})
@@ -416,7 +416,7 @@ def test_a_stuck_provisioning_is_retried_by_reconcile(
 ):
     reservation = scheduled(organization, owner, catalog)
     # Its task was lost: nothing provisions it until the sweep notices.
-    lifecycle.transition(reservation=reservation, to=S.PROVISIONING, actor=None)
+    lifecycle.reservation_transition(reservation=reservation, to=S.PROVISIONING, actor=None)
     frozen_clock.shift(timedelta(minutes=16))
     with django_capture_on_commit_callbacks(execute=True):
         assert provisioning.provisioning_reconcile()["retried"] == 1
@@ -451,7 +451,7 @@ def test_live_panel_polls_only_while_a_transition_runs(catalog, organization, ow
     reservation = scheduled(organization, owner, catalog)
     url = reverse("reservation-status", args=[organization.slug, reservation.public_id])
     assert 'hx-trigger="every 3s"' not in client_for(owner).get(url).content.decode()
-    lifecycle.transition(reservation=reservation, to=S.PROVISIONING, actor=None)
+    lifecycle.reservation_transition(reservation=reservation, to=S.PROVISIONING, actor=None)
     assert 'hx-trigger="every 3s"' in client_for(owner).get(url).content.decode()
     # A page drawn while scheduled is redrawn once the state has moved on.
     moved = client_for(owner).get(url, {"shown": "scheduled"}, HTTP_HX_REQUEST="true")

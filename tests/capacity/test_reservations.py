@@ -182,7 +182,9 @@ def test_cancelling_a_scheduled_reservation_quotes_the_policy_refund(
 ):
     start = NOW.replace(minute=0) + start_in
     reservation = reserve(organization, owner, catalog, start=start, length=24)
-    reservation = lifecycle.transition(reservation=reservation, to=S.SCHEDULED, actor=None)
+    reservation = lifecycle.reservation_transition(
+        reservation=reservation, to=S.SCHEDULED, actor=None
+    )
     assert services.refund_percent(reservation) == percent
     canceled = services.reservation_cancel(reservation=reservation, actor=owner)
     assert (canceled.state, canceled.refund_due) == (S.CANCELED, refund)
@@ -192,7 +194,9 @@ def test_nothing_is_refunded_or_canceled_after_the_start(
     catalog, organization, owner, frozen_clock
 ):
     reservation = reserve(organization, owner, catalog)
-    reservation = lifecycle.transition(reservation=reservation, to=S.SCHEDULED, actor=None)
+    reservation = lifecycle.reservation_transition(
+        reservation=reservation, to=S.SCHEDULED, actor=None
+    )
     frozen_clock.shift(hours(1))
     assert services.refund_percent(reservation) == 0
     with pytest.raises(Conflict, match="has started"):
@@ -209,14 +213,16 @@ def test_illegal_transitions_are_refused(catalog, organization, owner, start, to
     reservation = reserve(organization, owner, catalog)
     Reservation.objects.filter(pk=reservation.pk).update(state=start)
     with pytest.raises(lifecycle.IllegalTransition):
-        lifecycle.transition(reservation=reservation, to=to, actor=None)
+        lifecycle.reservation_transition(reservation=reservation, to=to, actor=None)
     reservation.refresh_from_db()
     assert reservation.state == start
 
 
 def test_extending_keeps_the_same_nodes_and_adds_the_price(catalog, organization, owner):
     reservation = reserve(organization, owner, catalog, nodes=2, length=24)
-    reservation = lifecycle.transition(reservation=reservation, to=S.SCHEDULED, actor=None)
+    reservation = lifecycle.reservation_transition(
+        reservation=reservation, to=S.SCHEDULED, actor=None
+    )
     nodes = live_nodes(reservation)
     extended = services.reservation_extend(reservation=reservation, actor=owner, hours=6)
     assert extended.ends_at == NEXT_HOUR + hours(30)
@@ -233,7 +239,7 @@ def test_extension_blocked_by_the_next_booking_offers_alternatives(
     catalog, organization, owner, other_organization
 ):
     mine = reserve(organization, owner, catalog, nodes=4, length=24)  # all of east-a
-    mine = lifecycle.transition(reservation=mine, to=S.SCHEDULED, actor=None)
+    mine = lifecycle.reservation_transition(reservation=mine, to=S.SCHEDULED, actor=None)
     reserve(organization, owner, catalog, nodes=8, length=48)  # all of east-b
     theirs_owner = other_organization.memberships.get().user
     reserve(

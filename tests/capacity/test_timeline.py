@@ -148,7 +148,7 @@ def _scheduled(organization, owner, catalog, nodes: int, start: datetime) -> Res
         node_count=nodes,
         window=Window(start, start + hours(24)),
     )
-    return lifecycle.transition(reservation=reservation, to="scheduled", actor=None)
+    return lifecycle.reservation_transition(reservation=reservation, to="scheduled", actor=None)
 
 
 def test_the_timeline_reads_its_cluster_in_two_queries(

@@ -125,7 +125,7 @@ def test_unverified_users_see_why_they_cannot_reserve(catalog, organization):
 
 def test_cancel_page_quotes_the_refund_then_cancels(catalog, organization, owner):
     reservation = reserve(organization, owner, catalog)
-    lifecycle.transition(reservation=reservation, to=S.SCHEDULED, actor=None)
+    lifecycle.reservation_transition(reservation=reservation, to=S.SCHEDULED, actor=None)
     client = client_for(owner)
     page = client.get(url("reservation-cancel", organization, reservation.public_id))
     assert "Canceling now refunds <strong>$384.00</strong> (50%)" in page.content.decode()
@@ -138,7 +138,7 @@ def test_cancel_page_quotes_the_refund_then_cancels(catalog, organization, owner
 
 def test_extend_form_extends(catalog, organization, owner):
     reservation = reserve(organization, owner, catalog)
-    lifecycle.transition(reservation=reservation, to=S.SCHEDULED, actor=None)
+    lifecycle.reservation_transition(reservation=reservation, to=S.SCHEDULED, actor=None)
     response = client_for(owner).post(
         url("reservation-extend", organization, reservation.public_id), {"hours": 5}
     )
@@ -149,7 +149,7 @@ def test_extend_form_extends(catalog, organization, owner):
 
 def test_list_filters_by_state(catalog, organization, owner):
     held = reserve(organization, owner, catalog)
-    scheduled = lifecycle.transition(
+    scheduled = lifecycle.reservation_transition(
         reservation=reserve(organization, owner, catalog), to=S.SCHEDULED, actor=None
     )
     client = client_for(owner)
@@ -183,7 +183,7 @@ def test_another_organizations_reservations_are_404_and_untouched(
     catalog, organization, owner, other_organization, role
 ):
     theirs = reserve(other_organization, other_organization.memberships.get().user, catalog)
-    lifecycle.transition(reservation=theirs, to=S.SCHEDULED, actor=None)
+    lifecycle.reservation_transition(reservation=theirs, to=S.SCHEDULED, actor=None)
     actor = owner if role == Role.OWNER else member_of(organization, role)
     client = client_for(actor)
     before = (

@@ -50,7 +50,7 @@ def _worker(tmp_path: Path, name: str, latency: float) -> subprocess.Popen:
         return _popen(env, log, name)
 
 
-def _popen(env: dict[str, str], log, name: str) -> subprocess.Popen:  # type: ignore[no-untyped-def]
+def _popen(env: dict[str, str], log, name: str) -> subprocess.Popen:
     return subprocess.Popen(
         [
             sys.executable,
@@ -87,7 +87,9 @@ def _wait(condition, seconds: float, what: str) -> None:
 
 def test_provisioning_survives_a_killed_worker(catalog, organization, owner, tmp_path, monkeypatch):
     reservation = scheduled(organization, owner, catalog)
-    lifecycle.transition(reservation=reservation, to=Reservation.State.PROVISIONING, actor=None)
+    lifecycle.reservation_transition(
+        reservation=reservation, to=Reservation.State.PROVISIONING, actor=None
+    )
     monkeypatch.setattr(celery_app.conf, "task_always_eager", False)  # only the job goes out
     provision.apply_async(kwargs={"reservation_id": reservation.pk})
     key = f"provision:{reservation.public_id}"

@@ -13,7 +13,7 @@ from core import broker
 
 
 @pytest.fixture
-def channel(tmp_path: Path):  # type: ignore[no-untyped-def]
+def channel(tmp_path: Path):
     folders = {
         "data_folder_in": tmp_path / "queue",
         "data_folder_out": tmp_path / "queue",
@@ -54,7 +54,7 @@ def test_the_stock_transport_hands_a_reader_the_empty_file(tmp_path, channel, mo
     taken = []
     real_open = open
 
-    def open_then_read(path, mode="r", *args, **kwargs):  # type: ignore[no-untyped-def]
+    def open_then_read(path, mode="r", *args, **kwargs):
         f = real_open(path, mode, *args, **kwargs)
         if "w" in mode and str(path).endswith(".default.msg"):
             try:

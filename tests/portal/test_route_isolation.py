@@ -114,7 +114,7 @@ class World:
         }
 
 
-def _tenant(org: Organization, owner: User, catalog, number: int, api: str) -> Tenant:  # type: ignore[no-untyped-def]
+def _tenant(org: Organization, owner: User, catalog, number: int, api: str) -> Tenant:
     member = MembershipFactory(
         organization=org, role=Role.MEMBER, user__email=f"member@{org.slug}.example"
     )
@@ -248,7 +248,7 @@ def _build(api: str) -> World:
 
 
 @pytest.fixture(scope="module")
-def world(django_db_setup, django_db_blocker, localstripe_url) -> Iterator[World]:  # type: ignore[no-untyped-def]
+def world(django_db_setup, django_db_blocker, localstripe_url) -> Iterator[World]:
     """Built once, inside a transaction rolled back when the module is done; each test runs in
     a savepoint of it that undoes whatever the test changed."""
     stripe = {
@@ -907,7 +907,7 @@ def _client(world: World, role: str, *, reauthenticated: bool = False) -> Client
     return client
 
 
-def _send(client: Client, method: str, path: str, params: dict, *, api: bool = False):  # type: ignore[no-untyped-def]
+def _send(client: Client, method: str, path: str, params: dict, *, api: bool = False):
     client.cookies.pop("messages", None)  # each answer's messages are its own
     if method in ("GET", "HEAD"):
         return client.generic(method, path, QUERY_STRING=urlencode(params, doseq=True))
@@ -964,7 +964,7 @@ def _models() -> list:
     ]
 
 
-def _owner(model) -> str | None:  # type: ignore[no-untyped-def]
+def _owner(model) -> str | None:
     names = {f.name for f in model._meta.concrete_fields}
     return OWNER_PATHS.get(model._meta.label_lower) or (
         "organization_id" if "organization" in names else None

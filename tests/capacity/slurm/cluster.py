@@ -51,7 +51,7 @@ def free_ports(count: int) -> list[int]:
             s.close()
 
 
-def _wait(what: str, check, timeout: float, interval: float = 0.1):  # type: ignore[no-untyped-def]
+def _wait(what: str, check, timeout: float, interval: float = 0.1):
     deadline = time.monotonic() + timeout
     while True:
         result = check()
@@ -205,7 +205,7 @@ class SlurmCluster:
         )
 
     # --- internals ---------------------------------------------------------------------------
-    def _spawn(self, name: str, args: list[str], **kwargs) -> subprocess.Popen:  # type: ignore[no-untyped-def]
+    def _spawn(self, name: str, args: list[str], **kwargs) -> subprocess.Popen:
         log = open(self.root / "log" / f"{name.replace(':', '-')}.out", "ab")  # noqa: SIM115
         proc = subprocess.Popen(
             [_which(args[0]) or args[0], *args[1:]],  # daemons live in /usr/sbin

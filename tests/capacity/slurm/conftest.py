@@ -53,7 +53,7 @@ def slurm_accounting_cluster() -> Iterator[SlurmCluster]:
     cluster.stop()
 
 
-def _use(cluster: SlurmCluster, settings, accounting: bool) -> Iterator[SlurmCluster]:  # type: ignore[no-untyped-def]
+def _use(cluster: SlurmCluster, settings, accounting: bool) -> Iterator[SlurmCluster]:
     settings.PROVISIONING_DRIVER = DRIVER
     settings.SLURM_CONF = str(cluster.conf)
     settings.SLURM_BIN_DIR = ""
@@ -69,13 +69,13 @@ def _use(cluster: SlurmCluster, settings, accounting: bool) -> Iterator[SlurmClu
 
 
 @pytest.fixture
-def slurm(slurm_cluster: SlurmCluster, settings) -> Iterator[SlurmCluster]:  # type: ignore[no-untyped-def]
+def slurm(slurm_cluster: SlurmCluster, settings) -> Iterator[SlurmCluster]:
     """The session's cluster, with the Slurm driver pointed at it (no accounting)."""
     yield from _use(slurm_cluster, settings, accounting=False)
 
 
 @pytest.fixture
-def slurm_accounting(slurm_accounting_cluster: SlurmCluster, settings) -> Iterator[SlurmCluster]:  # type: ignore[no-untyped-def]
+def slurm_accounting(slurm_accounting_cluster: SlurmCluster, settings) -> Iterator[SlurmCluster]:
     yield from _use(slurm_accounting_cluster, settings, accounting=True)
 
 
@@ -87,7 +87,7 @@ def slurm_org(db: None) -> Organization:
 
 
 @pytest.fixture
-def inventory(db: None):  # type: ignore[no-untyped-def]
+def inventory(db: None):
     """inventory(["gpu001", "gpu002"]): a cluster of exactly those Slurm nodes, priced."""
     h100 = GpuModel.objects.create(slug="h100", name="H100", memory_gb=80)
     region = Region.objects.create(code="test-1", name="Test 1")
@@ -149,7 +149,7 @@ def state(reservation: Reservation) -> str:
     return reservation.state
 
 
-def start(reservation: Reservation, capture) -> None:  # type: ignore[no-untyped-def]
+def start(reservation: Reservation, capture) -> None:
     """What the beat does at the start: provisioning, then the (eager) provision task."""
     with capture(execute=True):
         assert provisioning.reservation_start(reservation)

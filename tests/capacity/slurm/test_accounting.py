@@ -15,7 +15,7 @@ S = Reservation.State
 pytestmark = pytest.mark.django_db
 
 
-def accounts(cluster) -> list[str]:  # type: ignore[no-untyped-def]
+def accounts(cluster) -> list[str]:
     out = cluster.run("sacctmgr", "-n", "-P", "show", "account", "format=account").stdout
     return sorted(out.split())
 

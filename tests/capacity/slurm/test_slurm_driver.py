@@ -319,7 +319,7 @@ def test_the_controller_stopped_mid_provision_is_retried_and_succeeds_once_back(
     real_call = Runner.__call__
     stopped = []
 
-    def controller_dies_before_create(self, command, *args):  # type: ignore[no-untyped-def]
+    def controller_dies_before_create(self, command, *args):
         if args[:2] == ("create", "reservation") and not stopped:
             slurm.stop_controller()
             stopped.append(True)
@@ -328,7 +328,7 @@ def test_the_controller_stopped_mid_provision_is_retried_and_succeeds_once_back(
     retries = []  # what the broker would deliver after the countdown
     send = tasks.provision.apply_async
 
-    def broker(args=None, kwargs=None, **options):  # type: ignore[no-untyped-def]
+    def broker(args=None, kwargs=None, **options):
         if kwargs.get("attempt", 0) == 0:
             return send(args, kwargs, **options)
         retries.append({"kwargs": kwargs, **options})
