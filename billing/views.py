@@ -13,15 +13,14 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
-from django_htmx.middleware import HtmxDetails
 
 from accounts.decorators import (
+    MemberRequest,
     ask_for_password,
     org_member,
     recent_password,
     recently_reauthenticated,
 )
-from accounts.models import Membership, Organization, User
 from accounts.permissions import Permission, can
 from capacity import selectors as capacity_selectors
 from capacity.models import Reservation
@@ -32,15 +31,6 @@ from .models import BillingAccount, Payment
 from .services import accounts, cards, payments
 
 logger = logging.getLogger(__name__)
-
-
-class OrganizationRequest(HttpRequest):
-    """A request as `org_member` passes it on: a signed-in member's, in their organization."""
-
-    user: User
-    organization: Organization
-    membership: Membership
-    htmx: HtmxDetails
 
 
 # --- Stripe webhooks ---------------------------------------------------------------------
@@ -60,11 +50,11 @@ def stripe_webhook(request: HttpRequest) -> JsonResponse:
 
 
 # --- Paying for a reservation -------------------------------------------------------------
-def _reservation(request: OrganizationRequest, public_id: str) -> Reservation | None:
+def _reservation(request: MemberRequest, public_id: str) -> Reservation | None:
     return capacity_selectors.reservation_for_org(request.organization, public_id)
 
 
-def _may_pay(request: OrganizationRequest) -> bool:
+def _may_pay(request: MemberRequest) -> bool:
     role = request.membership.role
     return can(role, Permission.MANAGE_BILLING) or can(role, Permission.MANAGE_RESERVATIONS)
 
@@ -75,7 +65,7 @@ def _attempt() -> str:
 
 @org_member(Permission.VIEW_RESERVATIONS)
 @require_GET
-def pay(request: OrganizationRequest, public_id: str) -> HttpResponse:
+def pay(request: MemberRequest, public_id: str) -> HttpResponse:
     reservation = _reservation(request, public_id)
     if reservation is None:
         return render(request, "404.html", status=404)
@@ -120,7 +110,7 @@ def pay(request: OrganizationRequest, public_id: str) -> HttpResponse:
 
 
 def _payment_answer(
-    request: OrganizationRequest, reservation: Reservation, payment: Payment
+    request: MemberRequest, reservation: Reservation, payment: Payment
 ) -> JsonResponse:
     slug = request.organization.slug
     if payment.status == Payment.Status.SUCCEEDED:
@@ -149,7 +139,7 @@ def _payment_answer(
 
 @org_member(Permission.VIEW_RESERVATIONS)
 @require_POST
-def pay_card(request: OrganizationRequest, public_id: str) -> JsonResponse:
+def pay_card(request: MemberRequest, public_id: str) -> JsonResponse:
     """The card form posts here once Stripe.js has collected the card: charge it."""
     reservation = _reservation(request, public_id)
     if reservation is None:
@@ -178,7 +168,7 @@ def pay_card(request: OrganizationRequest, public_id: str) -> JsonResponse:
 
 @org_member(Permission.VIEW_RESERVATIONS)
 @require_POST
-def pay_saved(request: OrganizationRequest, public_id: str) -> HttpResponse:
+def pay_saved(request: MemberRequest, public_id: str) -> HttpResponse:
     reservation = _reservation(request, public_id)
     if reservation is None:
         return render(request, "404.html", status=404)
@@ -202,7 +192,7 @@ def pay_saved(request: OrganizationRequest, public_id: str) -> HttpResponse:
 
 @org_member(Permission.VIEW_RESERVATIONS)
 @require_GET
-def payment_status(request: OrganizationRequest, payment_id: str) -> HttpResponse:
+def payment_status(request: MemberRequest, payment_id: str) -> HttpResponse:
     """htmx: the payment as Stripe sees it now; the page polls this after confirming a card."""
     payment = selectors.payment_for_org(request.organization, payment_id)
     if payment is None:
@@ -230,7 +220,7 @@ def payment_status(request: OrganizationRequest, payment_id: str) -> HttpRespons
 # --- Billing page ------------------------------------------------------------------------
 @org_member(Permission.VIEW_BILLING)
 @require_GET
-def billing(request: OrganizationRequest) -> HttpResponse:
+def billing(request: MemberRequest) -> HttpResponse:
     organization = request.organization
     account = BillingAccount.objects.filter(organization=organization).first()
     card_list, card_error = [], ""
@@ -256,7 +246,7 @@ def billing(request: OrganizationRequest) -> HttpResponse:
 
 @org_member(Permission.MANAGE_BILLING)
 @require_http_methods(["GET", "POST"])
-def card_add(request: OrganizationRequest) -> HttpResponse:
+def card_add(request: MemberRequest) -> HttpResponse:
     """Save a card with a SetupIntent and the card Element (confirmCardSetup). The password is
     asked before the SetupIntent is made; the POST that records it finishes that same setup."""
     if request.method == "GET" and not recently_reauthenticated(request):
@@ -292,7 +282,7 @@ def card_add(request: OrganizationRequest) -> HttpResponse:
 
 
 def _card_change(
-    request: OrganizationRequest,
+    request: MemberRequest,
     change: Callable[..., object],
     payment_method_id: str,
     done: str,
@@ -310,7 +300,7 @@ def _card_change(
     return redirect("billing", slug=request.organization.slug)
 
 
-def _is_our_card(request: OrganizationRequest, payment_method_id: str) -> bool:
+def _is_our_card(request: MemberRequest, payment_method_id: str) -> bool:
     try:
         return cards.is_organizations_card(request.organization, payment_method_id)
     except gateway.PaymentError:
@@ -320,7 +310,7 @@ def _is_our_card(request: OrganizationRequest, payment_method_id: str) -> bool:
 @org_member(Permission.MANAGE_BILLING)
 @require_POST
 @recent_password("billing", find=_is_our_card)
-def card_default(request: OrganizationRequest, payment_method_id: str) -> HttpResponse:
+def card_default(request: MemberRequest, payment_method_id: str) -> HttpResponse:
     return _card_change(
         request, cards.card_make_default, payment_method_id, "Default card changed."
     )
@@ -329,13 +319,13 @@ def card_default(request: OrganizationRequest, payment_method_id: str) -> HttpRe
 @org_member(Permission.MANAGE_BILLING)
 @require_POST
 @recent_password("billing", find=_is_our_card)
-def card_remove(request: OrganizationRequest, payment_method_id: str) -> HttpResponse:
+def card_remove(request: MemberRequest, payment_method_id: str) -> HttpResponse:
     return _card_change(request, cards.card_remove, payment_method_id, "Card removed.")
 
 
 @org_member(Permission.VIEW_BILLING)
 @require_GET
-def receipt(request: OrganizationRequest, payment_id: str) -> HttpResponse:
+def receipt(request: MemberRequest, payment_id: str) -> HttpResponse:
     payment = selectors.payment_for_org(request.organization, payment_id)
     if payment is None or payment.status != Payment.Status.SUCCEEDED:
         return render(request, "404.html", status=404)
@@ -353,7 +343,7 @@ def receipt(request: OrganizationRequest, payment_id: str) -> HttpResponse:
 
 @org_member(Permission.VIEW_USAGE)
 @require_GET
-def usage(request: OrganizationRequest) -> HttpResponse:
+def usage(request: MemberRequest) -> HttpResponse:
     """Tokens and spend per day and model (an SVG bar chart), and per key, for 30 days."""
     since = timezone.now() - timedelta(days=30)
     rows = selectors.usage_by_day_for_org(request.organization, since)

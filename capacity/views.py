@@ -1,14 +1,12 @@
 from datetime import date
 
 from django.contrib import messages
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpResponse
 from django.shortcuts import redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
-from django_htmx.middleware import HtmxDetails
 
-from accounts.decorators import org_member
-from accounts.models import Membership, Organization, User
+from accounts.decorators import MemberRequest, org_member
 from accounts.permissions import Permission, can
 from core import audit, crypto
 from core.errors import ServiceError
@@ -18,17 +16,6 @@ from . import availability, offerings, pricing, quotes, selectors, services
 from .forms import CancelForm, ExtendForm, OfferingSearchForm, ReserveForm, new_request_token
 from .lifecycle import SETTLED
 from .models import Reservation
-
-
-class MemberRequest(HttpRequest):
-    """A request `org_member` let through: a signed-in user, the organization and membership
-    it set, and django-htmx's details (its middleware runs on every request)."""
-
-    user: User
-    organization: Organization
-    membership: Membership
-    htmx: HtmxDetails
-
 
 ROLE_GATE = "Your role can look at capacity but not reserve it. Ask an owner or admin."
 

@@ -21,8 +21,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 
 from accounts import selectors as account_selectors
-from accounts.decorators import org_member
-from accounts.models import Membership, Organization
+from accounts.decorators import MemberRequest, org_member
 from accounts.permissions import Permission, can
 from billing import selectors as billing_selectors
 from capacity import selectors as capacity_selectors
@@ -43,13 +42,6 @@ def home(request: HttpRequest) -> HttpResponse:
     last = request.session.get("organization")
     chosen = next((m for m in memberships if m.organization.slug == last), memberships[0])
     return redirect("dashboard", slug=chosen.organization.slug)
-
-
-class MemberRequest(HttpRequest):
-    """A request through accounts.decorators.org_member, which sets these two."""
-
-    organization: Organization
-    membership: Membership
 
 
 @org_member(Permission.VIEW_ORGANIZATION)
