@@ -1,3 +1,4 @@
 """The staff site's pages, registered by audience: Django's admin autodiscovers this module."""
 
-from . import accounts_admin, audit_log, finance, operations, sales  # noqa: F401
+from . import accounts_admin, audit_log, operations, sales  # noqa: F401
+from .finance import billing_accounts, flags, invoices, ledger, payments, usage, webhooks  # noqa: F401
