@@ -3,3 +3,4 @@
 from . import accounts_admin, audit_log  # noqa: F401
 from .finance import billing_accounts, flags, invoices, ledger, payments, usage, webhooks  # noqa: F401
 from .operations import catalog, incidents, inventory, reservations  # noqa: F401
+from .sales import organizations, rates  # noqa: F401

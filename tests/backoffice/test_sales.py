@@ -125,7 +125,8 @@ def _count_queries(client, url: str) -> int:
 
 
 def test_the_organization_list_costs_the_same_queries_for_500_rows(catalog, monkeypatch):
-    from backoffice.sales import NegotiatedRateAdmin, OrganizationAdmin
+    from backoffice.sales.organizations import OrganizationAdmin
+    from backoffice.sales.rates import NegotiatedRateAdmin
 
     for admin_class in (OrganizationAdmin, NegotiatedRateAdmin):  # every row on one page
         monkeypatch.setattr(admin_class, "list_per_page", 1000)

@@ -1,17 +1,14 @@
-"""Sales: customers, their terms, negotiated rates and quotes.
+"""Organizations for sales: the list, the change form, terms and suspension actions, quotes."""
 
-Every change goes through a service (accounts.services, billing.services.terms, capacity.rates,
-capacity.quotes) that checks the staff member's permission and records an audit event; the
-admin only collects input. Actions that take something away (suspending, closing the credit
-line, deleting rates) show a confirmation page first, and report each row that failed and why.
-Change lists read one page of rows in a fixed number of queries: spend and member counts are
-subqueries, related rows are joined.
-"""
+# Every change goes through a service (accounts.services, billing.services.terms, capacity.rates,
+# capacity.quotes) that checks the staff member's permission and records an audit event; the
+# admin only collects input. Actions that take something away (suspending, closing the credit
+# line, deleting rates) show a confirmation page first, and report each row that failed and why.
+# Change lists read one page of rows in a fixed number of queries: spend and member counts are
+# subqueries, related rows are joined.
 
 from collections.abc import Callable, Iterable
-from datetime import timedelta
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
 
 from django import forms
 from django.contrib import admin, messages
@@ -29,32 +26,28 @@ from django.db.models import (
     Value,
 )
 from django.db.models.functions import Coalesce
-from django.forms.models import construct_instance
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import NoReverseMatch, URLPattern, path, reverse
-from django.utils import timezone
 from django.utils.html import format_html
-from django_countries import countries
 
-from accounts.models import ApiKey, Membership, Organization
+from accounts.models import Membership, Organization
 from accounts.services import organizations as account_services
 from backoffice.actor import staff_actor
 from billing import selectors as billing_selectors
 from billing.models import LedgerEntry
 from billing.services import terms
-from capacity import quotes, rates
-from capacity.models import GpuModel, NegotiatedRate, Region
+from capacity import quotes
 from capacity.services import SoldOut
-from capacity.windows import window_for
 from core.errors import ServiceError
 from core.forms import add_service_error
 from core.money import format_money
-from core.staff import ServiceErrorsAsMessages, StaffReasonForm, staff_may
+from core.staff import ServiceErrorsAsMessages, staff_may
 
-if TYPE_CHECKING:
-    from django.contrib.admin.options import _FieldGroups
+from .filters import CountryFilter, ReviewFilter, SpendFilter
+from .forms import QuoteForm, ReasonForm, SuspendForm, TermsForm
+from .inlines import ApiKeyInline, MembershipInline
 
 # What the organization was billed: charges and token usage, less credits (billing's spend).
 SPEND_KINDS = (LedgerEntry.Kind.CHARGE, LedgerEntry.Kind.CREDIT, LedgerEntry.Kind.USAGE)
@@ -81,154 +74,6 @@ def _members() -> Coalesce:
         .values("n")[:1]
     )
     return Coalesce(Subquery(count, output_field=IntegerField()), Value(0))
-
-
-# --- Filters ------------------------------------------------------------------------------------
-class SpendFilter(admin.SimpleListFilter):
-    title = "spend"
-    parameter_name = "spend"
-    BANDS = {
-        "none": ("No spend", None, Decimal("0.00")),
-        "lt1k": ("Under 1,000", Decimal("0.00"), Decimal("1000")),
-        "1k": ("1,000 – 10,000", Decimal("1000"), Decimal("10000")),
-        "10k": ("10,000 – 100,000", Decimal("10000"), Decimal("100000")),
-        "100k": ("100,000 and more", Decimal("100000"), None),
-    }
-
-    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
-        return [(key, label) for key, (label, _, _) in self.BANDS.items()]
-
-    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
-        band = self.BANDS.get(self.value() or "")
-        if band is None:
-            return queryset
-        _, low, high = band
-        if low is None:  # no spend: nothing billed, or fully credited
-            return queryset.filter(spend__lte=high)
-        queryset = queryset.filter(spend__gt=low) if low == 0 else queryset.filter(spend__gte=low)
-        return queryset if high is None else queryset.filter(spend__lt=high)
-
-
-class ReviewFilter(admin.SimpleListFilter):
-    """Named like the lookup the dashboard links to (`?reviewed_at__isnull=True`)."""
-
-    title = "review"
-    parameter_name = "reviewed_at__isnull"
-
-    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
-        return [("True", "Waiting for review"), ("False", "Reviewed")]
-
-    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
-        if self.value() in ("True", "False"):
-            return queryset.filter(reviewed_at__isnull=self.value() == "True")
-        return queryset
-
-
-class CountryFilter(admin.SimpleListFilter):
-    """Only the countries customers are in (the full list has 250)."""
-
-    title = "country"
-    parameter_name = "country"
-
-    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
-        codes = Organization.objects.order_by().values_list("country", flat=True).distinct()
-        return sorted(((code, countries.name(code) or code) for code in codes), key=lambda c: c[1])
-
-    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
-        return queryset.filter(country=self.value()) if self.value() else queryset
-
-
-# --- Inlines ------------------------------------------------------------------------------------
-class _ReadOnlyInline(admin.TabularInline):
-    template = "admin/sales/readonly_tabular.html"
-    extra = 0
-    can_delete = False
-    show_change_link = False
-
-    def has_add_permission(self, request: HttpRequest, obj: object = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
-        return False
-
-
-class MembershipInline(_ReadOnlyInline):
-    """Members join by invitation in the portal; here they are only listed."""
-
-    model = Membership
-    fields = readonly_fields = ("user", "user_name", "role", "created_at")
-    verbose_name_plural = "members"
-
-    def get_queryset(self, request: HttpRequest) -> QuerySet:
-        return super().get_queryset(request).select_related("user")
-
-    @admin.display(description="name")
-    def user_name(self, membership: Membership) -> str:
-        return membership.user.full_name
-
-
-class ApiKeyInline(_ReadOnlyInline):
-    """Keys without their secrets (only a digest is stored anyway)."""
-
-    model = ApiKey
-    fields = readonly_fields = (
-        "name",
-        "prefix",
-        "scopes",
-        "created_by",
-        "created_at",
-        "state",
-        "last_used_at",
-    )
-    verbose_name_plural = "API keys"
-
-    def get_queryset(self, request: HttpRequest) -> QuerySet:
-        return super().get_queryset(request).select_related("created_by")
-
-    @admin.display(description="key")
-    def prefix(self, key: ApiKey) -> str:
-        return f"hbk_{key.public_id}_…"
-
-    @admin.display(description="state")
-    def state(self, key: ApiKey) -> str:
-        now = timezone.now()
-        if key.revoked_at is not None and key.revoked_at <= now:
-            return f"Revoked {key.revoked_at:%Y-%m-%d}"
-        if key.expires_at is not None and key.expires_at <= now:
-            return f"Expired {key.expires_at:%Y-%m-%d}"
-        if key.revoked_at is not None:
-            return f"Rotated, works until {key.revoked_at:%Y-%m-%d %H:%M}"
-        return "Active"
-
-
-# --- Action forms ---------------------------------------------------------------------------------
-class ReasonForm(StaffReasonForm):
-    reason_required = False
-    reason_help = "Kept in the audit log."
-
-
-class SuspendForm(StaffReasonForm):
-    reason_missing = "Give a reason: the customer sees it and the audit log keeps it."
-    reason_help = "Shown to the organization's members on every page, and kept in the audit log."
-
-
-class TermsForm(ReasonForm):
-    credit_limit = forms.DecimalField(
-        max_digits=14,
-        decimal_places=2,
-        min_value=Decimal("0.00"),
-        help_text="The most the organization may owe. At least its current balance.",
-    )
-    payment_days = forms.IntegerField(
-        min_value=account_services.PAYMENT_DAYS_RANGE[0],
-        max_value=account_services.PAYMENT_DAYS_RANGE[1],
-        initial=30,
-        help_text="Days to pay each invoice (net days).",
-    )
-    field_order = ["credit_limit", "payment_days", "reason"]
 
 
 # --- Organizations ------------------------------------------------------------------------------
@@ -702,258 +547,4 @@ def related_links(request: HttpRequest, org: Organization) -> list[tuple[str, st
     return links
 
 
-class QuoteForm(forms.Form):
-    gpu_model = forms.ModelChoiceField(
-        queryset=GpuModel.objects.filter(is_active=True), empty_label=None, label="GPU model"
-    )
-    region = forms.ModelChoiceField(
-        queryset=Region.objects.filter(is_active=True), empty_label=None
-    )
-    node_count = forms.IntegerField(label="Nodes", min_value=1, initial=1)
-    starts_at = forms.DateTimeField(
-        label="Start (UTC)",
-        help_text="On the hour.",
-        widget=forms.DateTimeInput(attrs={"type": "datetime-local", "step": 3600}),
-    )
-    duration_hours = forms.IntegerField(label="Hours", min_value=1, initial=24)
-    price_per_gpu_hour = forms.DecimalField(
-        label="Price per GPU-hour",
-        required=False,
-        max_digits=10,
-        decimal_places=4,
-        min_value=Decimal("0.0001"),
-        help_text="Leave empty for the customer's own price (negotiated rate or list price).",
-    )
-    valid_days = forms.IntegerField(
-        label="Valid for (days)",
-        min_value=1,
-        max_value=quotes.MAX_VALIDITY.days,
-        initial=7,
-        help_text="The nodes stay held until then (at the latest until the start).",
-    )
-    note = forms.CharField(
-        required=False,
-        max_length=quotes.NOTE_MAX,
-        widget=forms.Textarea(attrs={"rows": 3, "cols": 60}),
-        help_text="The customer sees this with the quote.",
-    )
-
-    def clean(self) -> dict[str, Any]:
-        super().clean()
-        data = self.cleaned_data
-        if "valid_days" in data:
-            data["valid_for"] = timedelta(days=data["valid_days"])
-        if "duration_hours" in data and "starts_at" in data:
-            try:
-                data["window"] = window_for(
-                    starts_at=data["starts_at"], duration_hours=data["duration_hours"]
-                )
-            except ServiceError as exc:
-                add_service_error(self, exc)
-        return data
-
-
-# --- Negotiated rates ---------------------------------------------------------------------------
-class NegotiatedRateForm(StaffReasonForm, forms.ModelForm):
-    reason_required = False
-    reason_help = "Why this rate (kept in the audit log)."
-
-    class Meta:
-        model = NegotiatedRate
-        labels = {"price_per_gpu_hour": "Price per GPU-hour", "gpu_model": "GPU model"}
-        help_texts = {
-            "valid_from": "UTC. Reservations starting from then get this price.",
-            "valid_until": "UTC, exclusive.",
-            "region": "Empty means every region; a region's own rate beats an every-region one.",
-        }
-        fields = [
-            "organization",
-            "gpu_model",
-            "region",
-            "price_per_gpu_hour",
-            "valid_from",
-            "valid_until",
-        ]
-
-    def clean(self) -> dict[str, Any]:
-        """Check the rate the way the service will, with the organization's row locked: the
-        admin validates and saves in one transaction, so the check still holds at the save."""
-        super().clean()
-        data = self.cleaned_data
-        organization = data.get("organization") or (
-            self.instance.organization if self.instance.pk else None
-        )
-        if self.errors or organization is None:
-            return data
-        try:
-            rates.validate_rate(
-                organization=organization,
-                gpu_model=data["gpu_model"],
-                region=data.get("region"),
-                price_per_gpu_hour=data["price_per_gpu_hour"],
-                valid_from=data["valid_from"],
-                valid_until=data["valid_until"],
-                exclude_pk=self.instance.pk,
-            )
-        except ServiceError as exc:
-            add_service_error(self, exc)
-        return data
-
-    def _post_clean(self) -> None:
-        # Fill the instance (the admin logs and redirects with it) without the model's own
-        # checks, which would repeat ours in worse words; the service validates and saves.
-        self.instance = construct_instance(self, self.instance, self._meta.fields)
-
-
-class ValidityFilter(admin.SimpleListFilter):
-    title = "validity"
-    parameter_name = "validity"
-
-    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
-        return [("current", "In force now"), ("upcoming", "Upcoming"), ("ended", "Ended")]
-
-    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
-        now = timezone.now()
-        if self.value() == "current":
-            return queryset.filter(valid_from__lte=now, valid_until__gt=now)
-        if self.value() == "upcoming":
-            return queryset.filter(valid_from__gt=now)
-        if self.value() == "ended":
-            return queryset.filter(valid_until__lte=now)
-        return queryset
-
-
-class NegotiatedRateAdmin(ServiceErrorsAsMessages):
-    form = NegotiatedRateForm
-    list_display = [
-        "organization",
-        "gpu_model",
-        "region_label",
-        "price_label",
-        "valid_from",
-        "valid_until",
-        "validity",
-        "created_by",
-    ]
-    list_filter = [ValidityFilter, "gpu_model", "region"]
-    search_fields = ["^organization__name", "=organization__slug"]
-    search_help_text = "Organization name (from the start) or exact slug."
-    list_select_related = ["organization", "gpu_model", "region", "created_by"]
-    autocomplete_fields = ["organization"]
-    readonly_fields = ["created_by", "created_at"]
-    fields = [
-        "organization",
-        "gpu_model",
-        "region",
-        "price_per_gpu_hour",
-        "valid_from",
-        "valid_until",
-        "reason",
-        "created_by",
-        "created_at",
-    ]
-    actions = ["delete_rates"]
-    show_full_result_count = False
-
-    def get_actions(self, request: HttpRequest) -> dict:
-        actions = super().get_actions(request)
-        actions.pop("delete_selected", None)  # ours goes through the service, row by row
-        return actions
-
-    @admin.display(description="region", ordering="region__code")
-    def region_label(self, rate: NegotiatedRate) -> str:
-        return rate.region.code if rate.region else "Every region"
-
-    @admin.display(description="price / GPU-h", ordering="price_per_gpu_hour")
-    def price_label(self, rate: NegotiatedRate) -> str:
-        return f"{rate.price_per_gpu_hour.normalize():f}"
-
-    @admin.display(description="in force")
-    def validity(self, rate: NegotiatedRate) -> str:
-        now = timezone.now()
-        if rate.valid_until <= now:
-            return "Ended"
-        return "Now" if rate.valid_from <= now else "Upcoming"
-
-    def save_model(
-        self, request: HttpRequest, obj: NegotiatedRate, form: forms.ModelForm, change: bool
-    ) -> None:
-        data = form.cleaned_data
-        fields = {
-            "gpu_model": data["gpu_model"],
-            "region": data.get("region"),
-            "price_per_gpu_hour": data["price_per_gpu_hour"],
-            "valid_from": data["valid_from"],
-            "valid_until": data["valid_until"],
-            "reason": data.get("reason", ""),
-        }
-        if change:
-            saved = rates.negotiated_rate_update(rate=obj, actor=staff_actor(request), **fields)
-        else:
-            saved = rates.negotiated_rate_create(
-                organization=data["organization"], actor=staff_actor(request), **fields
-            )
-        obj.pk, obj.created_by, obj.created_at = saved.pk, saved.created_by, saved.created_at
-        obj._state.adding = False
-
-    def get_fields(self, request: HttpRequest, obj: object = None) -> "_FieldGroups":
-        fields = self.fields or []
-        if obj is None:  # who made it and when are filled in by the service
-            return [f for f in fields if f not in ("created_by", "created_at")]
-        return fields
-
-    def get_readonly_fields(self, request: HttpRequest, obj: object = None) -> list[str]:
-        # A rate stays with its organization; a rate for another one is a new rate.
-        return [*self.readonly_fields, "organization"] if obj is not None else self.readonly_fields
-
-    def delete_model(self, request: HttpRequest, obj: NegotiatedRate) -> None:
-        rates.negotiated_rate_delete(rate=obj, actor=staff_actor(request))
-
-    @admin.action(description="Delete selected rates", permissions=["delete"])
-    def delete_rates(self, request: HttpRequest, queryset: QuerySet) -> TemplateResponse | None:
-        form = ReasonForm(request.POST if "apply" in request.POST else None)
-        if form.is_bound and form.is_valid():
-            deleted = 0
-            for rate in queryset:
-                try:
-                    rates.negotiated_rate_delete(
-                        rate=rate, actor=staff_actor(request), reason=form.cleaned_data["reason"]
-                    )
-                except ServiceError as exc:
-                    self.message_user(request, f"{rate}: {exc.message}", messages.ERROR)
-                else:
-                    deleted += 1
-            if deleted:
-                self.message_user(
-                    request,
-                    f"Deleted {deleted} rate{'s' if deleted != 1 else ''}. Reservations already "
-                    "made keep their prices.",
-                    messages.SUCCESS,
-                )
-            return None
-        return TemplateResponse(
-            request,
-            "admin/sales/action_confirm.html",
-            {
-                **self.admin_site.each_context(request),
-                "title": "Delete negotiated rates",
-                "intro": "New reservations of these organizations will be priced without these "
-                "rates. Reservations already made keep their prices.",
-                "button": "Delete rates",
-                "danger": True,
-                "form": form,
-                "rows": [
-                    (rate, f"{rate.valid_from:%Y-%m-%d} → {rate.valid_until:%Y-%m-%d}")
-                    for rate in queryset
-                ],
-                "action": request.POST.get("action", ""),
-                "select_across": request.POST.get("select_across", "0"),
-                "selected": request.POST.getlist(ACTION_CHECKBOX_NAME),
-                "opts": self.model._meta,
-                "action_checkbox_name": ACTION_CHECKBOX_NAME,
-            },
-        )
-
-
 admin.site.register(Organization, OrganizationAdmin)
-admin.site.register(NegotiatedRate, NegotiatedRateAdmin)
