@@ -35,6 +35,17 @@ def require_staff_permission(actor: Any, permission: str, doing: str) -> None:
 
 
 # --- Reasons ------------------------------------------------------------------------------------
+BULK_LIMIT = 100  # rows one admin action may take; its confirmation page posts every id
+
+
+def bulk_limit_exceeded(request: HttpRequest, count: int) -> bool:
+    """Tell the staff member and answer True when an action was asked for too many rows."""
+    if count > BULK_LIMIT:
+        messages.error(request, f"Select at most {BULK_LIMIT} rows at a time.")
+        return True
+    return False
+
+
 def reason_clean(text: str | None, *, required: bool = True, missing: str = REASON_MISSING) -> str:
     """The reason as kept: stripped, present where `required` (else `missing` is raised), and
     refused, never cut, when longer than settings.STAFF_REASON_MAX_LENGTH."""

@@ -17,10 +17,9 @@ from django.utils.html import format_html
 
 from core.errors import ServiceError
 from core.money import format_money
-from core.staff import ReadOnlyAdmin
+from core.staff import ReadOnlyAdmin, bulk_limit_exceeded
 
 # Bulk actions work on at most this many rows at once: each row is a call to Stripe or a task.
-BULK_LIMIT = 100
 
 
 class IdSearch:
@@ -97,10 +96,7 @@ class FinanceAdmin(IdSearch, ReadOnlyAdmin):
             messages.error(request, f"{name}: {why}")
 
     def too_many(self, request: HttpRequest, queryset: QuerySet) -> bool:
-        if queryset.count() > BULK_LIMIT:
-            messages.error(request, f"Select at most {BULK_LIMIT} rows at a time.")
-            return True
-        return False
+        return bulk_limit_exceeded(request, queryset.count())
 
     def _url(self, name: str) -> str:
         return f"admin:{self.opts.app_label}_{self.opts.model_name}_{name}"

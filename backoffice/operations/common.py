@@ -24,6 +24,7 @@ from django.utils.text import capfirst
 
 from capacity.models import Reservation
 from core.errors import ServiceError
+from core.staff import bulk_limit_exceeded
 
 
 @dataclass(frozen=True)
@@ -35,9 +36,6 @@ class Section:
     rows: list[list[Any]]
     problem: str = ""
     note: str = ""
-
-
-BULK_LIMIT = 100  # rows one action may take; the confirmation page posts every id
 
 
 class OperationsMixin(admin.ModelAdmin):
@@ -52,8 +50,7 @@ class OperationsMixin(admin.ModelAdmin):
         selected = request.POST.getlist(ACTION_CHECKBOX_NAME)
         across = request.POST.get("select_across") == "1"
         count = queryset.count() if across else len(selected)
-        if count > BULK_LIMIT:
-            messages.error(request, f"Select at most {BULK_LIMIT} rows at a time.")
+        if bulk_limit_exceeded(request, count):
             return HttpResponseRedirect(request.get_full_path())
         return super().response_action(request, queryset)
 
