@@ -28,7 +28,7 @@ class UserAdmin(AuditedAdmin, DjangoUserAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
         # Users are deactivated (Active off), never deleted: the audit log names them, and the
-        # database refuses to rewrite an audit event (portal/append_only.py).
+        # database refuses to rewrite an audit event (core/append_only.py).
         return False
 
     def user_change_password(

@@ -53,15 +53,21 @@ def settle_pending() -> int:
         .values_list("pk", flat=True)
     )
     reservations = {*by_card, *by_invoice}
-    invoiced = Reservation.objects.filter(
-        organization__payment_terms="invoice",
-        invoice__isnull=True,
-        state__in=[
-            Reservation.State.SCHEDULED,
-            Reservation.State.PROVISIONING,
-            Reservation.State.ACTIVE,
-        ],
-    ).values_list("pk", flat=True)
+    invoiced = (
+        Reservation.objects.filter(
+            organization__payment_terms="invoice",
+            invoice__isnull=True,
+            state__in=[
+                Reservation.State.SCHEDULED,
+                Reservation.State.PROVISIONING,
+                Reservation.State.ACTIVE,
+            ],
+        )
+        # Paid by card (before the organization moved to invoice terms, or a quote paid by
+        # card): there is nothing to invoice, and settling it would do nothing again and again.
+        .exclude(payments__status="succeeded")
+        .values_list("pk", flat=True)
+    )
     stuck = Refund.objects.filter(status=Refund.Status.PENDING).values_list(
         "payment__reservation_id", flat=True
     )

@@ -156,24 +156,17 @@ class _ClientToken(serializers.Serializer):
     client_token = serializers.CharField(required=False, max_length=64, help_text="Retry safely")
 
 
-_TYPES: dict[object, type[serializers.Field]] = {
-    int: serializers.IntegerField,
-    str: serializers.CharField,
-}
-# The create's body, for the schema: the search's fields (a region required) and the token.
-CREATE_BODY = inline_serializer(
-    "CreateReservation",
-    {
-        **{
-            parameter.name: _TYPES[parameter.type](
-                required=parameter.required or parameter.name == "region",
-                help_text=str(parameter.description) if parameter.description else None,
-            )
-            for parameter in SEARCH_PARAMETERS
-        },
-        **_ClientToken().get_fields(),
-    },
-)
+class CreateReservation(_ClientToken):
+    """The create's body as the schema shows it. OfferingSearchForm validates these fields, as
+    it does the search's query; only the token is this serializer's to check."""
+
+    gpu_model = serializers.CharField(help_text="GPU model slug, e.g. h100-sxm")
+    region = serializers.CharField(help_text="Region code")
+    node_count = serializers.IntegerField()
+    starts_at = serializers.DateTimeField(
+        required=False, allow_null=True, help_text="ISO 8601 on the hour; now when omitted"
+    )
+    duration_hours = serializers.IntegerField()
 
 
 class Reservations(APIView, ListAPIView):
@@ -212,7 +205,7 @@ class Reservations(APIView, ListAPIView):
                 reservations = reservations.filter(**{lookup: value})
         return reservations
 
-    @extend_schema(request=CREATE_BODY, responses={201: ReservationSerializer})
+    @extend_schema(request=CreateReservation, responses={201: ReservationSerializer})
     def post(self, request: Request) -> Response:
         body = _ClientToken(data=request.data)
         if not body.is_valid() and not isinstance(request.data, Mapping):

@@ -99,7 +99,7 @@ class ExtendForm(forms.Form):
 class CancelForm(forms.Form):
     reason = forms.CharField(
         required=False,
-        max_length=settings.STAFF_REASON_MAX_LENGTH,
+        max_length=500,  # capacity.services.CUSTOMER_REASON_MAX
         widget=forms.Textarea(attrs={"rows": 2}),
         label="Why are you canceling?",
     )

@@ -21,7 +21,6 @@ from accounts.permissions import Permission
 from accounts.services.organizations import organization_lock
 from core import audit
 from core.errors import Conflict, ServiceError
-from core.staff import reason_clean
 
 from . import lifecycle, offerings, pricing, provisioning, selectors
 from .models import Allocation, Cluster, GpuModel, Region, Reservation
@@ -371,6 +370,11 @@ def _confirm_locked(
 
 
 # --- Cancellation ------------------------------------------------------------------------------
+# What a customer writes when canceling is kept to this length (the form says so; the API
+# keeps the start of a longer text). Staff reasons follow core.staff.reason_clean instead.
+CUSTOMER_REASON_MAX = 500
+
+
 def refund_percent(reservation: Reservation, now: datetime | None = None) -> int:
     """The share of the price the cancellation policy gives back at `now` (0 for unpaid holds)."""
     notice = reservation.starts_at - (now or timezone.now())
@@ -415,7 +419,7 @@ def reservation_cancel(*, reservation: Reservation, actor: User, reason: str = "
         reservation=locked,
         to=S.CANCELED,
         actor=actor,
-        reason=reason_clean(reason, required=False) or "Canceled by the customer.",
+        reason=reason.strip()[:CUSTOMER_REASON_MAX] or "Canceled by the customer.",
         data={
             "refund_due": str(refund) if refund is not None else None,
             "refund_percent": refund_percent(locked, now) if paid else None,

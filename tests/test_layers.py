@@ -28,7 +28,16 @@ LAYERS: tuple[tuple[str, ...], ...] = (
 MAX_LINES = 600
 SKIPPED_DIRS = {"migrations", "tests", "bench", "bin", "templates", "static", "__pycache__"}
 # Calls whose string argument names an app or a module by its dotted path.
-NAMING_CALLS = {"get_model", "get_app_config", "import_string", "import_module", "signature"}
+NAMING_CALLS = {
+    "get_model",
+    "get_app_config",
+    "import_string",
+    "import_module",
+    "signature",
+    "send_task",
+    "__import__",
+}
+NAMING_KEYWORDS = {"app_label", "package", "name"}
 
 
 @dataclass(frozen=True)
@@ -87,21 +96,64 @@ def _docstrings(tree: ast.AST) -> set[int]:
     }
 
 
+def _text(node: ast.AST) -> tuple[str, bool]:
+    """The string an expression starts with as far as it is written out, and whether that is
+    all of it: "billing.x", f"billing.{name}" (prefix "billing."), "bill" + "ing.x"."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return node.value, True
+    if isinstance(node, ast.JoinedStr):
+        text = ""
+        for part in node.values:
+            if not (isinstance(part, ast.Constant) and isinstance(part.value, str)):
+                return text, False
+            text += part.value
+        return text, True
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
+        left, whole = _text(node.left)
+        if not whole:
+            return left, False
+        right, whole = _text(node.right)
+        return left + right, whole
+    return "", False
+
+
+def _names_app(text: str, whole: bool, apps: set[str]) -> str | None:
+    head, dot, rest = text.partition(".")
+    if dot and head in apps and (rest[:1].isidentifier() or not (whole or rest)):
+        return head
+    return None
+
+
+def _call_name(node: ast.Call) -> str | None:
+    func = node.func
+    if isinstance(func, ast.Call):  # getattr(importlib, "import_module")("billing")
+        for argument in func.args:
+            text, _ = _text(argument)
+            if text in NAMING_CALLS:
+                return text
+        return _call_name(func)
+    return getattr(func, "attr", None) or getattr(func, "id", None)
+
+
 def _named_apps(tree: ast.AST, apps: set[str]) -> Iterator[tuple[str, int]]:
-    """Apps named by a dotted string ("billing.tasks.x", "billing.settle") or as an app label
-    in a call such as apps.get_model("billing", "Invoice")."""
+    """Apps named by a dotted string ("billing.tasks.x", f"billing.{task}", "bill" + "ing.x")
+    or as an app label or package in a call such as apps.get_model("billing", "Invoice"),
+    import_module(".tasks", package="billing") or __import__("billing")."""
     prose = _docstrings(tree)
     for node in ast.walk(tree):
-        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in prose:
-            head, dot, rest = node.value.partition(".")
-            if dot and head in apps and rest[:1].isidentifier():
-                yield head, node.lineno
-        if isinstance(node, ast.Call):
-            name = getattr(node.func, "attr", None) or getattr(node.func, "id", None)
-            if name in NAMING_CALLS:
-                for arg in node.args[:1]:
-                    if isinstance(arg, ast.Constant) and arg.value in apps:
-                        yield str(arg.value), node.lineno
+        if id(node) in prose or not isinstance(node, ast.Constant | ast.JoinedStr | ast.BinOp):
+            if isinstance(node, ast.Call) and _call_name(node) in NAMING_CALLS:
+                arguments = [*node.args[:1]]
+                arguments += [k.value for k in node.keywords if k.arg in NAMING_KEYWORDS]
+                for argument in arguments:
+                    text, whole = _text(argument)
+                    if text in apps and whole:
+                        yield text, node.lineno
+            continue
+        text, whole = _text(node)
+        app = _names_app(text, whole, apps)
+        if app:
+            yield app, node.lineno
 
 
 def check(root: Path, layers: tuple[tuple[str, ...], ...] = LAYERS) -> list[Finding]:
@@ -175,14 +227,15 @@ def test_the_project_keeps_its_layers():
     assert [str(f) for f in findings] == []
 
 
-def test_every_app_is_in_a_layer():
-    """A new app must be placed in LAYERS (and docs/layers.md), or the check would skip it."""
-    apps = {
+def test_every_package_is_in_a_layer():
+    """A new app or package must be placed in LAYERS (and docs/layers.md), or the check would
+    skip it and an import through it would go unseen."""
+    packages = {
         path.parent.name
-        for path in ROOT.glob("*/apps.py")
-        if not SKIPPED_DIRS.intersection(path.relative_to(ROOT).parts)
+        for path in ROOT.glob("*/__init__.py")
+        if path.parent.name not in SKIPPED_DIRS
     }
-    assert apps == set(_rank(LAYERS))
+    assert packages == set(_rank(LAYERS))
 
 
 # --- The check itself finds what it is for ----------------------------------------------------
@@ -231,8 +284,26 @@ def test_an_upward_import_fails(tmp_path, source):
         'import_string("high.hooks.run")\n',
         'send("high.settle_reservation")\n',
         'apps.get_model("high", "Thing")\n',
+        'apps.get_model(app_label="high", model_name="Thing")\n',
+        'send(f"high.{task}")\n',
+        'send(f"high.settle_{kind}")\n',
+        'send("hi" + "gh.settle")\n',
+        '__import__("high")\n',
+        'importlib.import_module(".tasks", package="high")\n',
+        'getattr(importlib, "import_module")("high")\n',
     ],
-    ids=["import-string", "task-name", "get-model"],
+    ids=[
+        "import-string",
+        "task-name",
+        "get-model",
+        "get-model-keyword",
+        "f-string-at-the-dot",
+        "f-string",
+        "concatenated",
+        "dunder-import",
+        "package-keyword",
+        "indirect-call",
+    ],
 )
 def test_naming_a_higher_app_by_string_fails(tmp_path, source):
     root = _tree(tmp_path, {"low/b.py": source})

@@ -165,7 +165,7 @@ def organization_terms_write(
     reason: str = "",
 ) -> Organization:
     """Write an organization's payment terms. `organization` must be locked by the caller
-    (billing.terms, which checks the credit limit against the balance under that lock)."""
+    (billing.services.terms, which checks the credit limit against the balance under that lock)."""
     require_staff_permission(actor, "accounts.approve_terms", "approve payment terms")
     if payment_terms not in Organization.PaymentTerms.values:
         raise ServiceError("Choose card or invoice terms.", param="payment_terms")

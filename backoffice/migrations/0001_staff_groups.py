@@ -1,13 +1,18 @@
 """The staff groups Sales, Operations and Finance, holding the permissions in backoffice/roles.py.
 
-Safe on a database whose groups an earlier migration made: each group is set to the table."""
+On a new database this makes them. A database whose groups an earlier migration (portal 0003)
+already made keeps them as they are, including grants an administrator changed since: the audit
+log's permissions followed its move to core with their content type (core 0001)."""
 
 from django.db import migrations
 
 
 def create_groups(apps, schema_editor):
-    from backoffice.roles import sync_staff_groups
+    from backoffice.roles import STAFF_GROUPS, sync_staff_groups
 
+    existing = apps.get_model("auth", "Group").objects.filter(name__in=list(STAFF_GROUPS))
+    if existing.count() == len(STAFF_GROUPS):
+        return
     sync_staff_groups(apps)
 
 

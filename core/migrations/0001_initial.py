@@ -29,6 +29,8 @@ def move_content_types(apps, schema_editor):
             else:
                 for group in perm.group_set.all():
                     group.permissions.add(twin)
+                for user in perm.user_set.all():
+                    user.user_permissions.add(twin)
         old.delete()
 
 

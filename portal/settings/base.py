@@ -257,7 +257,7 @@ CONTENT_SECURITY_POLICY = {
 CELERY_BROKER_DIR = Path(env.str("CELERY_BROKER_DIR", default=str(VAR_DIR / "broker")))
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="filesystem://localhost/")
 if CELERY_BROKER_URL.startswith("filesystem://"):
-    # kombu's on-disk transport with atomic writes and takes (see portal/broker.py).
+    # kombu's on-disk transport with atomic writes and takes (see core/broker.py).
     CELERY_BROKER_TRANSPORT = "core.broker:Transport"
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(CELERY_BROKER_DIR / "queue"),
@@ -306,6 +306,7 @@ CELERY_TASK_DEFAULT_EXCHANGE = QUEUE_DEFAULT
 CELERY_TASK_DEFAULT_ROUTING_KEY = QUEUE_DEFAULT
 CELERY_TASK_ROUTES = {
     "core.send_email": {"queue": QUEUE_EMAIL},
+    "accounts.send_email": {"queue": QUEUE_EMAIL},  # its former name, for messages still queued
     "capacity.*": {"queue": QUEUE_PROVISIONING},
     "billing.*": {"queue": QUEUE_BILLING},
 }
@@ -467,8 +468,8 @@ TRUSTED_PROXY_HOPS = env.int("TRUSTED_PROXY_HOPS", default=0)
 METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
 
 # --- Product --------------------------------------------------------------------------------
-# The one limit on a reason staff give for an action (and a customer for a cancellation): a
-# longer one is refused with a message that says the limit, never cut.
+# The one limit on a reason staff give for an action: a longer one is refused with a message
+# that says the limit, never cut (core.staff.reason_clean).
 STAFF_REASON_MAX_LENGTH = 500
 
 SITE_NAME = "Hyperblock"

@@ -37,7 +37,7 @@ def test_credit_in_use_is_the_balance_plus_what_is_confirmed_and_not_yet_invoice
         description="tokens",
     )  # fmt: skip
     assert selectors.credit_used_for_org(organization) == Decimal("722.90")
-    assert credit.credit_used(organization) == Decimal("722.90")  # through the registry
+    assert credit.credit_used(organization) == Decimal("722.90")  # through CREDIT_USED_HOOK
 
 
 def test_accepting_a_quote_past_the_limit_is_refused_and_changes_nothing(

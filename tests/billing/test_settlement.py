@@ -201,3 +201,18 @@ def test_a_failed_block_on_a_paid_invoice_is_credited_to_the_customers_balance(
     assert credits(organization) == [(Decimal("-768.00"), "paid")]
     assert selectors.balance_for_org(organization) == Decimal("-768.00")  # a credit for next time
     assert tasks.settle_pending() == 0
+
+
+def test_a_block_paid_by_card_is_not_invoiced_after_a_move_to_invoice_terms(
+    catalog, organization, owner, stripe_api
+):
+    """Paid by card, then sales moved the organization to invoice terms: the block is paid, so
+    neither settling it nor the sweep invoices it a second time."""
+    reservation = held_reservation(organization, owner, catalog, start=ten_days_out())
+    pay(reservation, owner, stripe_api)
+    Organization.objects.filter(pk=organization.pk).update(payment_terms="invoice")
+    reservation.refresh_from_db()
+    assert reservation.state == S.SCHEDULED
+    settlement.reservation_settle(reservation_id=reservation.pk)
+    assert Invoice.objects.count() == 0
+    assert tasks.settle_pending() == 0

@@ -69,3 +69,16 @@ def test_a_task_queued_before_the_worker_starts_is_delivered_once(
     assert "Subject: Queued first" in message
     assert "To: ops@example.com" in message
     assert "Hello from the queue." in message
+
+
+def test_e_mail_queued_under_the_former_task_name_still_goes_out(mailoutbox):
+    """A message on the broker named accounts.send_email (the task before it moved to core)
+    is handed to core's task and sent once."""
+    celery_app.signature(
+        "accounts.send_email",
+        kwargs={"to": "ops@example.com", "subject": "Queued before", "body": "Still sent."},
+    ).apply_async()
+    assert [(m.to, m.subject, m.body) for m in mailoutbox] == [
+        (["ops@example.com"], "Queued before", "Still sent.")
+    ]
+    assert celery_app.conf.task_routes["accounts.send_email"] == {"queue": "email"}

@@ -1,4 +1,4 @@
-"""The on-disk broker (portal/broker.py): a message is seen whole or not at all, and taken once."""
+"""The on-disk broker (core/broker.py): a message is seen whole or not at all, and taken once."""
 
 import os
 import threading
@@ -49,7 +49,7 @@ def test_a_message_being_written_is_not_taken(channel, monkeypatch):
 
 
 def test_the_stock_transport_hands_a_reader_the_empty_file(tmp_path, channel, monkeypatch):
-    """Why portal/broker.py exists: kombu's own transport creates the file before writing it."""
+    """Why core/broker.py exists: kombu's own transport creates the file before writing it."""
     stock = filesystem.Channel._get
     taken = []
     real_open = open
