@@ -1,0 +1,193 @@
+"""check_books against a real localstripe: money moved behind our back is caught, once."""
+
+import json
+from decimal import Decimal
+from io import StringIO
+
+import pytest
+import requests
+from django.conf import settings
+from django.core.management import CommandError, call_command
+
+from accounts.models import Organization
+from billing.models import FinanceFlag, Invoice, LedgerEntry, Payment
+from billing.services import payments, refunds
+from capacity.models import Reservation
+from core.money import format_money
+from portal.celery import app
+
+from .conftest import SECRET_KEY, card, held_reservation, stripe_charges
+
+pytestmark = pytest.mark.usefixtures("stripe_api")
+
+
+def check_books(*args: str) -> tuple[int, str]:
+    """Run the command as an operator would (everything checked: no grace period)."""
+    out = StringIO()
+    try:
+        call_command("check_books", "--grace", "0", *args, stdout=out)
+    except CommandError as exc:
+        return exc.returncode, out.getvalue()
+    return 0, out.getvalue()
+
+
+def paid(organization, owner, catalog, api) -> Payment:
+    return payments.payment_by_card_create(
+        reservation=held_reservation(organization, owner, catalog),
+        actor=owner,
+        payment_method_id=card(api),
+        attempt_token="books",
+    )
+
+
+def refund_at_stripe(api: str, payment: Payment, amount_minor: int) -> str:
+    """A refund made in Stripe's dashboard: our code never hears of it (no webhook here)."""
+    response = requests.post(
+        f"{api}/v1/refunds",
+        data={"payment_intent": payment.stripe_payment_intent_id, "amount": amount_minor},
+        auth=(SECRET_KEY, ""),
+        timeout=10,
+    )
+    response.raise_for_status()
+    return response.json()["id"]
+
+
+def test_books_that_agree_exit_0_and_flag_nothing(catalog, organization, owner, stripe_api):
+    payment = paid(organization, owner, catalog, stripe_api)
+    refunds.refund_issue(payment=payment, amount=Decimal("50.00"), reason="Goodwill.", actor=None)
+    code, out = check_books()
+    assert code == 0
+    assert out.splitlines() == [
+        "check_books: the books agree with Stripe; checked 1 organizations, 1 payments, "
+        "1 refunds, 0 invoices with Stripe and 1 reservations; 0 left for the next run "
+        "(too recent); 0 new finance flags"
+    ]
+    assert FinanceFlag.objects.count() == 0
+
+
+def test_a_refund_made_directly_at_stripe_is_caught(catalog, organization, owner, stripe_api):
+    payment = paid(organization, owner, catalog, stripe_api)
+    refund_id = refund_at_stripe(stripe_api, payment, 10000)
+    intent = payment.stripe_payment_intent_id
+    code, out = check_books()
+    assert code == 1
+    line = (
+        f"{organization.slug}: refund {refund_id} of {intent}: refunded: ledger $0.00, "
+        "Stripe $100.00 (refunded at Stripe; the ledger has no such refund)"
+    )
+    assert out.splitlines() == [
+        line,
+        "check_books: 1 difference; checked 1 organizations, 1 payments, 1 refunds, "
+        "0 invoices with Stripe and 1 reservations; 0 left for the next run (too recent); "
+        "1 new finance flags",
+    ]
+    flag = FinanceFlag.objects.get()
+    assert (flag.kind, flag.stripe_object_id, flag.organization, flag.detail) == (
+        "reconciliation",
+        f"books:{refund_id}",
+        organization,
+        f"check_books: {line}",
+    )
+
+
+def test_a_difference_is_flagged_once_however_often_the_check_runs(
+    catalog, organization, owner, stripe_api
+):
+    payment = paid(organization, owner, catalog, stripe_api)
+    refund_at_stripe(stripe_api, payment, 2500)
+    first = check_books()
+    second = check_books("--json")
+    third = check_books("--quiet")
+    assert (first[0], second[0], third[0]) == (1, 1, 1)
+    report = json.loads(second[1])
+    assert [(d["what"], d["ledger"], d["Stripe"]) for d in report["differences"]] == [
+        ("refunded", "0.00", "25.00")
+    ]
+    assert report["flags_raised"] == 0
+    assert third[1].splitlines()[-1].endswith("0 new finance flags")
+    assert FinanceFlag.objects.count() == 1
+
+
+def test_money_stripe_took_that_the_ledger_lacks(catalog, organization, owner, stripe_api):
+    reservation = held_reservation(organization, owner, catalog)
+    payment = stripe_charges(reservation, card(stripe_api))  # paid; we never heard back
+    code, out = check_books("--no-flags")
+    price = format_money(reservation.total, "usd")
+    assert code == 1
+    assert out.splitlines()[0] == (
+        f"{organization.slug}: payment {payment.stripe_payment_intent_id}: paid: ledger $0.00, "
+        f"Stripe {price} (Stripe took it; the ledger has no payment)"
+    )
+    assert FinanceFlag.objects.count() == 0
+
+
+def test_a_block_confirmed_beyond_what_was_charged(catalog, organization, owner, stripe_api):
+    """The extension-for-free shape: the block's price grew, the money did not."""
+    payment = paid(organization, owner, catalog, stripe_api)
+    reservation = payment.reservation
+    charged = reservation.total
+    Reservation.objects.filter(pk=reservation.pk).update(total=charged + Decimal("382.40"))
+    code, out = check_books()
+    assert code == 1
+    assert out.splitlines()[0] == (
+        f"{organization.slug}: reservation {reservation.public_id} (scheduled): sold: "
+        f"charged {format_money(charged, 'usd')}, "
+        f"its price {format_money(charged + Decimal('382.40'), 'usd')}"
+    )
+
+
+def test_invoice_terms_say_what_was_not_checked(catalog, organization, owner, stripe_api):
+    """localstripe has no invoices: an invoice sent (through a real Stripe) is not compared,
+    and the output says so; its charge in the ledger and the card side still are."""
+    Organization.objects.filter(pk=organization.pk).update(
+        payment_terms="invoice", credit_limit=Decimal("100000")
+    )
+    paid(organization, owner, catalog, stripe_api)  # paid by card before the terms changed
+    organization.refresh_from_db()
+    reservation = held_reservation(organization, owner, catalog, start=None, length=2)
+    invoice = Invoice.objects.create(
+        organization=organization,
+        reservation=reservation,
+        stripe_invoice_id="in_sent_elsewhere",
+        amount=reservation.total,
+        currency="usd",
+        status="open",
+    )
+    LedgerEntry.objects.create(
+        organization=organization,
+        kind=LedgerEntry.Kind.CHARGE,
+        amount=invoice.amount,
+        currency="usd",
+        reservation=reservation,
+        invoice=invoice,
+        description="Invoice in_sent_elsewhere",
+    )
+    code, out = check_books()
+    assert code == 0
+    assert out.splitlines()[0] == (
+        f"not checked: {organization.slug}: 1 invoices ({format_money(invoice.amount, 'usd')}) "
+        "not compared with Stripe (totals, payments, credit notes): this Stripe offers no "
+        "invoices or credit notes API (localstripe). Checked: its card payments and refunds, "
+        "each invoice's charge in the ledger, and each reservation's ledger."
+    )
+    assert "checked 1 organizations, 1 payments, 0 refunds, 0 invoices" in out
+
+
+def test_money_that_just_moved_is_left_for_the_next_run(catalog, organization, owner, stripe_api):
+    payment = paid(organization, owner, catalog, stripe_api)
+    refund_at_stripe(stripe_api, payment, 10000)
+    out = StringIO()
+    call_command("check_books", stdout=out)  # the default grace period: nothing is final yet
+    assert "the books agree with Stripe" in out.getvalue()
+    assert "2 left for the next run (too recent)" in out.getvalue()
+    assert FinanceFlag.objects.count() == 0
+
+
+def test_the_check_runs_daily_on_the_billing_queue():
+    entry = settings.CELERY_BEAT_SCHEDULE["billing.check_books"]
+    assert (entry["task"], entry["schedule"].hour, entry["schedule"].minute) == (
+        "billing.check_books",
+        {3},
+        {47},
+    )
+    assert app.amqp.router.route({}, "billing.check_books")["queue"].name == "billing"
