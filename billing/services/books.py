@@ -70,8 +70,10 @@ class Difference:
             "organization": self.organization,
             "subject": self.subject,
             "what": self.what,
-            self.ours_label: str(self.ours),
-            self.theirs_label: str(self.theirs),
+            "ours": str(self.ours),
+            "theirs": str(self.theirs),
+            "ours_is": self.ours_label,
+            "theirs_is": self.theirs_label,
             "currency": self.currency,
             "note": self.note,
             "flag": self.key,
@@ -386,14 +388,21 @@ def _check_invoices(
                 )
             )
     if not invoicing:
+        unsent = len(invoices) - len(sent)
+        parts = []
         if sent:
             total = sum((invoice.amount for invoice in sent), ZERO)
-            report.unchecked.append(
-                f"{slug}: {len(sent)} invoices ({format_money(total, sent[0].currency)}) not "
-                "compared with Stripe (totals, payments, credit notes): this Stripe offers no "
-                "invoices or credit notes API (localstripe). Checked: its card payments and "
-                "refunds, each invoice's charge in the ledger, and each reservation's ledger."
+            parts.append(
+                f"{len(sent)} invoices ({format_money(total, sent[0].currency)}) not compared "
+                "with Stripe (totals, payments, credit notes): this Stripe offers no invoices or "
+                "credit notes API (localstripe)"
             )
+        if unsent:
+            parts.append(f"{unsent} invoices never reached Stripe (nothing booked for them yet)")
+        report.unchecked.append(
+            f"{slug}: " + "; ".join(parts) + ". Checked: its card payments and refunds, each "
+            "invoice's charge in the ledger, and each reservation's ledger."
+        )
         return
     theirs = (
         {i.id: i for i in gateway.invoices_list(customer_id=account.stripe_customer_id)}

@@ -1,19 +1,21 @@
 """check_books against a real localstripe: money moved behind our back is caught, once."""
 
 import json
+import re
 from decimal import Decimal
 from io import StringIO
 
 import pytest
 import requests
+import responses
 from django.conf import settings
 from django.core.management import CommandError, call_command
 
 from accounts.models import Organization
 from billing.models import FinanceFlag, Invoice, LedgerEntry, Payment
-from billing.services import payments, refunds
+from billing.services import accounts, payments, refunds
 from capacity.models import Reservation
-from core.money import format_money
+from core.money import format_money, to_minor
 from portal.celery import app
 
 from .conftest import SECRET_KEY, card, held_reservation, stripe_charges
@@ -100,9 +102,10 @@ def test_a_difference_is_flagged_once_however_often_the_check_runs(
     third = check_books("--quiet")
     assert (first[0], second[0], third[0]) == (1, 1, 1)
     report = json.loads(second[1])
-    assert [(d["what"], d["ledger"], d["Stripe"]) for d in report["differences"]] == [
-        ("refunded", "0.00", "25.00")
-    ]
+    assert [
+        (d["what"], d["ours_is"], d["ours"], d["theirs_is"], d["theirs"])
+        for d in report["differences"]
+    ] == [("refunded", "ledger", "0.00", "Stripe", "25.00")]
     assert report["flags_raised"] == 0
     assert third[1].splitlines()[-1].endswith("0 new finance flags")
     assert FinanceFlag.objects.count() == 1
@@ -191,3 +194,70 @@ def test_the_check_runs_daily_on_the_billing_queue():
         {47},
     )
     assert app.amqp.router.route({}, "billing.check_books")["queue"].name == "billing"
+
+
+def test_an_invoice_credited_at_stripe_behind_our_back(catalog, organization, owner, stripe_api):
+    """Where Stripe has invoices (faked at the HTTP boundary: localstripe has none), each
+    invoice's total, payment and credit notes are compared with the ledger."""
+    Organization.objects.filter(pk=organization.pk).update(
+        payment_terms="invoice", credit_limit=Decimal("100000")
+    )
+    organization.refresh_from_db()
+    reservation = held_reservation(organization, owner, catalog, length=2)
+    account = accounts.billing_account_ensure(organization)
+    invoice = Invoice.objects.create(
+        organization=organization,
+        reservation=reservation,
+        stripe_invoice_id="in_books_1",
+        amount=reservation.total,
+        currency="usd",
+        status="open",
+    )
+    LedgerEntry.objects.create(
+        organization=organization,
+        kind=LedgerEntry.Kind.CHARGE,
+        amount=invoice.amount,
+        currency="usd",
+        reservation=reservation,
+        invoice=invoice,
+        description="Invoice in_books_1",
+    )
+    total = to_minor(invoice.amount, "usd")
+    stripe_invoice = {
+        "id": "in_books_1",
+        "object": "invoice",
+        "customer": account.stripe_customer_id,
+        "status": "open",
+        "total": total,
+        "amount_due": total,
+        "amount_paid": 0,
+        "currency": "usd",
+        "created": 1767225600,
+    }
+    note = {
+        "id": "cn_1",
+        "object": "credit_note",
+        "amount": 2500,
+        "currency": "usd",
+        "status": "issued",
+    }
+    base = re.escape(stripe_api)
+
+    def page(*items: dict) -> str:
+        return json.dumps({"object": "list", "data": list(items), "has_more": False})
+
+    with responses.RequestsMock(assert_all_requests_are_fired=True) as mock:
+        mock.add_passthru(stripe_api)
+        mock.add(responses.GET, re.compile(base + r"/v1/credit_notes\?limit=1$"), body=page())
+        mock.add(responses.GET, re.compile(base + r"/v1/invoices\?.*"), body=page(stripe_invoice))
+        mock.add(
+            responses.GET,
+            re.compile(base + r"/v1/credit_notes\?.*invoice=in_books_1.*"),
+            body=page(note),
+        )
+        code, out = check_books()
+    assert code == 1
+    assert out.splitlines()[0] == (
+        f"{organization.slug}: invoice in_books_1: credited: ledger $0.00, Stripe $25.00"
+    )
+    assert "1 invoices with Stripe" in out.splitlines()[-1]
