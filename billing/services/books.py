@@ -92,6 +92,21 @@ class BooksReport:
     too_recent: int = 0  # left for the next run (moved within the grace period)
     flags_raised: int = 0
 
+    def add(
+        self,
+        organization: str,
+        subject: str,
+        what: str,
+        ours: Decimal,
+        theirs: Decimal,
+        currency: str,
+        key: str,
+        **labels: str,  # ours_label, theirs_label, note
+    ) -> None:
+        self.differences.append(
+            Difference(organization, subject, what, ours, theirs, currency, key, **labels)
+        )
+
     def summary(self) -> str:
         verdict = (
             "the books agree with Stripe"
@@ -242,17 +257,15 @@ def _check_payments(
         report.payment_intents += 1
         subject = f"payment {key}" + (f" ({our_side.payment})" if our_side.payment else "")
         if stripe_side.currency and our_side.currency and stripe_side.currency != currency:
-            report.differences.append(
-                Difference(
-                    slug,
-                    subject,
-                    "currency",
-                    our_side.took,
-                    stripe_side.took,
-                    currency,
-                    f"books:{key}",
-                    note=f"Stripe charged in {stripe_side.currency.upper()}",
-                )
+            report.add(
+                slug,
+                subject,
+                "currency",
+                our_side.took,
+                stripe_side.took,
+                currency,
+                f"books:{key}",
+                note=f"Stripe charged in {stripe_side.currency.upper()}",
             )
             continue
         if our_side.took != stripe_side.took:
@@ -263,17 +276,15 @@ def _check_payments(
                 if not stripe_side.took
                 else ""
             )
-            report.differences.append(
-                Difference(
-                    slug,
-                    subject,
-                    "paid",
-                    our_side.took,
-                    stripe_side.took,
-                    currency,
-                    f"books:{key}",
-                    note=note,
-                )
+            report.add(
+                slug,
+                subject,
+                "paid",
+                our_side.took,
+                stripe_side.took,
+                currency,
+                f"books:{key}",
+                note=note,
             )
         if our_side.gave_back != stripe_side.gave_back or stripe_side.gave_back:
             _check_refunds(slug, key, stripe_side, our_side, currency, as_of, report)
@@ -322,30 +333,26 @@ def _check_refunds(
             if theirs is None
             else f"booked as {row['refund__public_id']}"
         )
-        report.differences.append(
-            Difference(
-                slug,
-                f"refund {refund_id} of {intent}",
-                "refunded",
-                booked_amount,
-                amount,
-                currency,
-                f"books:{refund_id}",
-                note=note,
-            )
+        report.add(
+            slug,
+            f"refund {refund_id} of {intent}",
+            "refunded",
+            booked_amount,
+            amount,
+            currency,
+            f"books:{refund_id}",
+            note=note,
         )
     # Stripe's charge totals and its refund list should agree; if not, say so on the intent.
     if stripe_side.gave_back - our_side.gave_back != explained:
-        report.differences.append(
-            Difference(
-                slug,
-                f"refunds of {intent}",
-                "refunded in all",
-                our_side.gave_back,
-                stripe_side.gave_back,
-                currency,
-                f"books:refunds:{intent}",
-            )
+        report.add(
+            slug,
+            f"refunds of {intent}",
+            "refunded in all",
+            our_side.gave_back,
+            stripe_side.gave_back,
+            currency,
+            f"books:refunds:{intent}",
         )
 
 
@@ -375,17 +382,15 @@ def _check_invoices(
         charged = ledger.get((invoice.pk, K.CHARGE), ZERO)
         expected = invoice.amount if invoice.stripe_invoice_id else ZERO
         if charged != expected and invoice.created_at < as_of:
-            report.differences.append(
-                Difference(
-                    slug,
-                    f"invoice {invoice.stripe_invoice_id or invoice.pk}",
-                    "charged in the ledger",
-                    charged,
-                    expected,
-                    invoice.currency,
-                    f"books:invoice:{invoice.pk}",
-                    theirs_label="invoice amount",
-                )
+            report.add(
+                slug,
+                f"invoice {invoice.stripe_invoice_id or invoice.pk}",
+                "charged in the ledger",
+                charged,
+                expected,
+                invoice.currency,
+                f"books:invoice:{invoice.pk}",
+                theirs_label="invoice amount",
             )
     if not invoicing:
         unsent = len(invoices) - len(sent)
@@ -413,17 +418,15 @@ def _check_invoices(
         stripe_invoice = theirs.pop(str(invoice.stripe_invoice_id), None)
         if stripe_invoice is None or invoice.created_at >= as_of:
             if stripe_invoice is None and invoice.created_at < as_of:
-                report.differences.append(
-                    Difference(
-                        slug,
-                        f"invoice {invoice.stripe_invoice_id}",
-                        "invoiced",
-                        invoice.amount,
-                        ZERO,
-                        invoice.currency,
-                        f"books:{invoice.stripe_invoice_id}",
-                        note="Stripe has no such invoice for this customer",
-                    )
+                report.add(
+                    slug,
+                    f"invoice {invoice.stripe_invoice_id}",
+                    "invoiced",
+                    invoice.amount,
+                    ZERO,
+                    invoice.currency,
+                    f"books:{invoice.stripe_invoice_id}",
+                    note="Stripe has no such invoice for this customer",
                 )
             continue
         report.invoices += 1
@@ -432,17 +435,15 @@ def _check_invoices(
         made = _stripe_time(stripe_invoice.created)
         if stripe_invoice.status in ("draft", "void") or (made is not None and made >= as_of):
             continue
-        report.differences.append(
-            Difference(
-                slug,
-                f"invoice {stripe_id}",
-                "invoiced",
-                ZERO,
-                from_minor(stripe_invoice.total, stripe_invoice.currency),
-                stripe_invoice.currency,
-                f"books:{stripe_id}",
-                note="at Stripe; the ledger has no such invoice",
-            )
+        report.add(
+            slug,
+            f"invoice {stripe_id}",
+            "invoiced",
+            ZERO,
+            from_minor(stripe_invoice.total, stripe_invoice.currency),
+            stripe_invoice.currency,
+            f"books:{stripe_id}",
+            note="at Stripe; the ledger has no such invoice",
         )
 
 
@@ -458,30 +459,26 @@ def _compare_invoice(
     total = from_minor(stripe_invoice.total, stripe_invoice.currency)
     charged = ledger.get((invoice.pk, K.CHARGE), ZERO)
     if charged != total:
-        report.differences.append(
-            Difference(
-                slug,
-                f"invoice {stripe_id}",
-                "invoiced",
-                charged,
-                total,
-                currency,
-                f"books:{stripe_id}",
-            )
+        report.add(
+            slug,
+            f"invoice {stripe_id}",
+            "invoiced",
+            charged,
+            total,
+            currency,
+            f"books:{stripe_id}",
         )
     paid = from_minor(stripe_invoice.amount_paid or 0, stripe_invoice.currency)
     booked_paid = -ledger.get((invoice.pk, K.INVOICE_PAYMENT), ZERO)
     if paid != booked_paid:
-        report.differences.append(
-            Difference(
-                slug,
-                f"invoice {stripe_id}",
-                "paid",
-                booked_paid,
-                paid,
-                currency,
-                f"books:paid:{stripe_id}",
-            )
+        report.add(
+            slug,
+            f"invoice {stripe_id}",
+            "paid",
+            booked_paid,
+            paid,
+            currency,
+            f"books:paid:{stripe_id}",
         )
     notes = gateway.credit_notes_list(invoice_id=stripe_id)
     credited = sum((from_minor(n.amount, n.currency) for n in notes if n.status != "void"), ZERO)
@@ -489,16 +486,14 @@ def _compare_invoice(
         credited = total  # voiding credits the whole invoice
     booked_credit = -ledger.get((invoice.pk, K.CREDIT), ZERO)
     if credited != booked_credit:
-        report.differences.append(
-            Difference(
-                slug,
-                f"invoice {stripe_id}",
-                "credited",
-                booked_credit,
-                credited,
-                currency,
-                f"books:credit:{stripe_id}",
-            )
+        report.add(
+            slug,
+            f"invoice {stripe_id}",
+            "credited",
+            booked_credit,
+            credited,
+            currency,
+            f"books:credit:{stripe_id}",
         )
 
 
@@ -543,49 +538,43 @@ def _check_reservations(organization: Organization, as_of: datetime, report: Boo
         subject = f"reservation {reservation.public_id} ({reservation.state})"
         slug, currency, key = organization.slug, reservation.currency, reservation.public_id
         if reservation.state in SOLD and charged != reservation.total:
-            report.differences.append(
-                Difference(
-                    slug,
-                    subject,
-                    "sold",
-                    charged,
-                    reservation.total,
-                    currency,
-                    f"books:sold:{key}",
-                    ours_label="charged",
-                    theirs_label="its price",
-                )
+            report.add(
+                slug,
+                subject,
+                "sold",
+                charged,
+                reservation.total,
+                currency,
+                f"books:sold:{key}",
+                ours_label="charged",
+                theirs_label="its price",
             )
         if reservation.pk in invoiced:
             # Credit notes on a paid invoice go to the customer's Stripe balance, not back:
             # only what can never be right is checked here.
             if credited > charged or (reservation.pk in open_invoices and received > charged):
-                report.differences.append(
-                    Difference(
-                        slug,
-                        subject,
-                        "credited or paid beyond the invoice",
-                        max(credited, received),
-                        charged,
-                        currency,
-                        f"books:settled:{key}",
-                        ours_label="credited/paid",
-                        theirs_label="invoiced",
-                    )
+                report.add(
+                    slug,
+                    subject,
+                    "credited or paid beyond the invoice",
+                    max(credited, received),
+                    charged,
+                    currency,
+                    f"books:settled:{key}",
+                    ours_label="credited/paid",
+                    theirs_label="invoiced",
                 )
             continue
         if settled != charged - credited:
-            report.differences.append(
-                Difference(
-                    slug,
-                    subject,
-                    "settled",
-                    settled,
-                    charged - credited,
-                    currency,
-                    f"books:settled:{key}",
-                    ours_label="settled",
-                    theirs_label="sold less refunds and credits",
-                    note=f"sold {charged}, refunds and credits {credited}",
-                )
+            report.add(
+                slug,
+                subject,
+                "settled",
+                settled,
+                charged - credited,
+                currency,
+                f"books:settled:{key}",
+                ours_label="settled",
+                theirs_label="sold less refunds and credits",
+                note=f"sold {charged}, refunds and credits {credited}",
             )
