@@ -108,16 +108,14 @@ class BooksReport:
         )
 
     def summary(self) -> str:
-        verdict = (
-            "the books agree with Stripe"
-            if not self.differences
-            else f"{len(self.differences)} difference{'s' * (len(self.differences) != 1)}"
-        )
+        found = len(self.differences)
+        verdict = "the books agree with Stripe" if not found else _count(found, "difference")
         return (
-            f"check_books: {verdict}; checked {self.organizations} organizations, "
-            f"{self.payment_intents} payments, {self.refunds} refunds, {self.invoices} invoices "
-            f"with Stripe and {self.reservations} reservations; {self.too_recent} left for the "
-            f"next run (too recent); {self.flags_raised} new finance flags"
+            f"check_books: {verdict}; checked {_count(self.organizations, 'organization')}, "
+            f"{_count(self.payment_intents, 'payment')}, {_count(self.refunds, 'refund')}, "
+            f"{_count(self.invoices, 'invoice')} with Stripe and "
+            f"{_count(self.reservations, 'reservation')}; {self.too_recent} left for the next "
+            f"run (too recent); {_count(self.flags_raised, 'new finance flag')}"
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -133,6 +131,10 @@ class BooksReport:
             "flags_raised": self.flags_raised,
             "summary": self.summary(),
         }
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'s' * (n != 1)}"
 
 
 @dataclass
@@ -396,14 +398,14 @@ def _check_invoices(
         unsent = len(invoices) - len(sent)
         parts = []
         if sent:
-            total = sum((invoice.amount for invoice in sent), ZERO)
+            total = format_money(sum((i.amount for i in sent), ZERO), sent[0].currency)
             parts.append(
-                f"{len(sent)} invoices ({format_money(total, sent[0].currency)}) not compared "
+                f"{_count(len(sent), 'invoice')} ({total}) not compared "
                 "with Stripe (totals, payments, credit notes): this Stripe offers no invoices or "
                 "credit notes API (localstripe)"
             )
         if unsent:
-            parts.append(f"{unsent} invoices never reached Stripe (nothing booked for them yet)")
+            parts.append(f"{_count(unsent, 'invoice')} never reached Stripe (nothing booked yet)")
         report.unchecked.append(
             f"{slug}: " + "; ".join(parts) + ". Checked: its card payments and refunds, each "
             "invoice's charge in the ledger, and each reservation's ledger."

@@ -61,8 +61,8 @@ def test_books_that_agree_exit_0_and_flag_nothing(catalog, organization, owner, 
     code, out = check_books()
     assert code == 0
     assert out.splitlines() == [
-        "check_books: the books agree with Stripe; checked 1 organizations, 1 payments, "
-        "1 refunds, 0 invoices with Stripe and 1 reservations; 0 left for the next run "
+        "check_books: the books agree with Stripe; checked 1 organization, 1 payment, "
+        "1 refund, 0 invoices with Stripe and 1 reservation; 0 left for the next run "
         "(too recent); 0 new finance flags"
     ]
     assert FinanceFlag.objects.count() == 0
@@ -80,9 +80,9 @@ def test_a_refund_made_directly_at_stripe_is_caught(catalog, organization, owner
     )
     assert out.splitlines() == [
         line,
-        "check_books: 1 difference; checked 1 organizations, 1 payments, 1 refunds, "
-        "0 invoices with Stripe and 1 reservations; 0 left for the next run (too recent); "
-        "1 new finance flags",
+        "check_books: 1 difference; checked 1 organization, 1 payment, 1 refund, "
+        "0 invoices with Stripe and 1 reservation; 0 left for the next run (too recent); "
+        "1 new finance flag",
     ]
     flag = FinanceFlag.objects.get()
     assert (flag.kind, flag.stripe_object_id, flag.organization, flag.detail) == (
@@ -171,12 +171,12 @@ def test_invoice_terms_say_what_was_not_checked(catalog, organization, owner, st
     code, out = check_books()
     assert code == 0
     assert out.splitlines()[0] == (
-        f"not checked: {organization.slug}: 1 invoices ({format_money(invoice.amount, 'usd')}) "
+        f"not checked: {organization.slug}: 1 invoice ({format_money(invoice.amount, 'usd')}) "
         "not compared with Stripe (totals, payments, credit notes): this Stripe offers no "
         "invoices or credit notes API (localstripe). Checked: its card payments and refunds, "
         "each invoice's charge in the ledger, and each reservation's ledger."
     )
-    assert "checked 1 organizations, 1 payments, 0 refunds, 0 invoices" in out
+    assert "checked 1 organization, 1 payment, 0 refunds, 0 invoices" in out
 
 
 def test_money_that_just_moved_is_left_for_the_next_run(catalog, organization, owner, stripe_api):
@@ -263,4 +263,4 @@ def test_an_invoice_credited_at_stripe_behind_our_back(catalog, organization, ow
     assert out.splitlines()[0] == (
         f"{organization.slug}: invoice in_books_1: credited: ledger $0.00, Stripe $25.00"
     )
-    assert "1 invoices with Stripe" in out.splitlines()[-1]
+    assert "1 invoice with Stripe" in out.splitlines()[-1]

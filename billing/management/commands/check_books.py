@@ -48,7 +48,8 @@ class Command(BaseCommand):
                     self.stdout.write(f"not checked: {note}")
             self.stdout.write(report.summary())
         if report.differences:
+            found = len(report.differences)
             raise CommandError(
-                f"{len(report.differences)} differences between the books and Stripe.",
+                f"{found} difference{'s' * (found != 1)} between the books and Stripe.",
                 returncode=1,
             )
