@@ -2,6 +2,7 @@
 
 import json
 import re
+from datetime import timedelta
 from decimal import Decimal
 from io import StringIO
 
@@ -10,11 +11,13 @@ import requests
 import responses
 from django.conf import settings as django_settings
 from django.core.management import CommandError, call_command
+from django.utils import timezone
 
 from accounts.models import Organization
 from billing import tasks
-from billing.models import FinanceFlag, Invoice, LedgerEntry, Payment
-from billing.services import accounts, payments, refunds
+from billing.models import FinanceFlag, Invoice, LedgerEntry, Payment, Refund
+from billing.services import accounts, payments, refunds, settlement
+from capacity import services as capacity_services
 from capacity.models import Reservation
 from core.money import format_money, to_minor
 from portal.celery import app
@@ -264,3 +267,33 @@ def test_an_invoice_credited_at_stripe_behind_our_back(catalog, organization, ow
         f"{organization.slug}: invoice in_books_1: credited: ledger $0.00, Stripe $25.00"
     )
     assert "1 invoice with Stripe" in out.splitlines()[-1]
+
+
+def test_the_usual_money_flows_leave_nothing_to_report(
+    catalog, organization, owner, stripe_api, django_capture_on_commit_callbacks
+):
+    """A cancellation refunded per the policy, a reservation paid twice (one refunded) and a
+    payment for a block canceled meanwhile (refunded in full): the books agree."""
+    start = timezone.now().replace(minute=0, second=0, microsecond=0) + timedelta(days=10)
+    canceled = paid(organization, owner, catalog, stripe_api).reservation
+    canceled.refresh_from_db()
+    capacity_services.reservation_cancel(reservation=canceled, actor=owner, reason="Plans")
+    settlement.reservation_settle(reservation_id=canceled.pk)
+    twice = held_reservation(organization, owner, catalog, start=start)
+    first = stripe_charges(twice, card(stripe_api), attempt="first")
+    second = stripe_charges(twice, card(stripe_api), attempt="second")
+    payments.payment_sync(payment_intent_id=first.stripe_payment_intent_id)
+    payments.payment_sync(payment_intent_id=second.stripe_payment_intent_id)
+    late = held_reservation(organization, owner, catalog, start=start + timedelta(days=2))
+    capacity_services.reservation_cancel(reservation=late, actor=owner)
+    with django_capture_on_commit_callbacks(execute=True):
+        payment = stripe_charges(late, card(stripe_api), attempt="late")
+        payments.payment_sync(payment_intent_id=payment.stripe_payment_intent_id)
+    assert Refund.objects.filter(status="succeeded").count() == 3
+    code, out = check_books()
+    assert (code, out.splitlines()[-1]) == (
+        0,
+        "check_books: the books agree with Stripe; checked 1 organization, 4 payments, "
+        "3 refunds, 0 invoices with Stripe and 3 reservations; 0 left for the next run "
+        "(too recent); 0 new finance flags",
+    )
