@@ -275,6 +275,11 @@ def invoices_list(*, customer_id: str) -> list[Any]:
     return _every(_client().v1.invoices.list, {"customer": customer_id})
 
 
+def invoice_payments_list(*, invoice_id: str) -> list[Any]:
+    """What paid an invoice (each names its PaymentIntent or charge)."""
+    return _every(_client().v1.invoice_payments.list, {"invoice": invoice_id})
+
+
 def invoicing_offered() -> bool:
     """Whether this Stripe has invoices and credit notes to read back (localstripe has not)."""
     try:

@@ -17,7 +17,7 @@ not be booked yet, and a flag raised on it would be noise.
 """
 
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -65,20 +65,6 @@ class Difference:
         )
         return f"{text} ({self.note})" if self.note else text
 
-    def as_dict(self) -> dict[str, str]:
-        return {
-            "organization": self.organization,
-            "subject": self.subject,
-            "what": self.what,
-            "ours": str(self.ours),
-            "theirs": str(self.theirs),
-            "ours_is": self.ours_label,
-            "theirs_is": self.theirs_label,
-            "currency": self.currency,
-            "note": self.note,
-            "flag": self.key,
-        }
-
 
 @dataclass
 class BooksReport:
@@ -119,18 +105,9 @@ class BooksReport:
         )
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "differences": [d.as_dict() for d in self.differences],
-            "unchecked": self.unchecked,
-            "organizations": self.organizations,
-            "payment_intents": self.payment_intents,
-            "refunds": self.refunds,
-            "invoices": self.invoices,
-            "reservations": self.reservations,
-            "too_recent": self.too_recent,
-            "flags_raised": self.flags_raised,
-            "summary": self.summary(),
-        }
+        """For JSON (amounts as strings): every field, each difference's too, and the summary."""
+        differences = [{k: str(v) for k, v in asdict(d).items()} for d in self.differences]
+        return {**asdict(self), "differences": differences, "summary": self.summary()}
 
 
 def _count(n: int, noun: str) -> str:
@@ -168,12 +145,15 @@ def books_check(*, grace: timedelta | None = None, raise_flags: bool = True) -> 
     for organization in organizations.distinct().order_by("slug"):
         report.organizations += 1
         account = BillingAccount.objects.filter(organization=organization).first()
-        _check_payments(organization, account, as_of, report)
         invoices = list(Invoice.objects.filter(organization=organization).order_by("pk"))
+        paid_invoices: set[str] = set()  # PaymentIntents and charges that paid an invoice
         if invoices:
             if invoicing is None:
                 invoicing = gateway.invoicing_offered()
-            _check_invoices(organization, account, invoices, invoicing, as_of, report)
+            paid_invoices = _check_invoices(
+                organization, account, invoices, invoicing, as_of, report
+            )
+        _check_payments(organization, account, paid_invoices, as_of, report)
         _check_reservations(organization, as_of, report)
     if LedgerEntry.objects.filter(kind=K.USAGE).exists():
         report.unchecked.append(
@@ -196,17 +176,21 @@ def _stripe_time(value: int | None) -> datetime | None:
     return datetime.fromtimestamp(value, tz=UTC) if value else None
 
 
-def _theirs(account: BillingAccount | None) -> dict[str, _Money]:
+def _id(value: Any) -> str | None:
+    """A Stripe reference as an id, whether it came expanded or not."""
+    return value if isinstance(value, str) or value is None else getattr(value, "id", None)
+
+
+def _theirs(account: BillingAccount | None, paid_invoices: set[str]) -> dict[str, _Money]:
     """What Stripe captured and refunded per PaymentIntent of this customer (a charge made
     without one under its own id); charges that paid an invoice are the invoice's business."""
     theirs: dict[str, _Money] = defaultdict(_Money)
     if account is None:
         return theirs
     for charge in gateway.charges_list(customer_id=account.stripe_customer_id):
-        if getattr(charge, "invoice", None):
+        key = _id(getattr(charge, "payment_intent", None)) or charge.id
+        if getattr(charge, "invoice", None) or {key, charge.id} & paid_invoices:
             continue
-        intent = getattr(charge, "payment_intent", None)
-        key = (intent if isinstance(intent, str) else getattr(intent, "id", None)) or charge.id
         side = theirs[key]
         side.currency = side.currency or charge.currency
         side.charges.append(charge.id)
@@ -243,9 +227,13 @@ def _ours(organization: Organization) -> dict[str, _Money]:
 
 
 def _check_payments(
-    organization: Organization, account: BillingAccount | None, as_of: datetime, report: BooksReport
+    organization: Organization,
+    account: BillingAccount | None,
+    paid_invoices: set[str],
+    as_of: datetime,
+    report: BooksReport,
 ) -> None:
-    theirs, ours = _theirs(account), _ours(organization)
+    theirs, ours = _theirs(account, paid_invoices), _ours(organization)
     slug = organization.slug
     for key in sorted(set(theirs) | set(ours)):
         stripe_side = theirs.get(key) or _Money()
@@ -375,7 +363,9 @@ def _check_invoices(
     invoicing: bool,
     as_of: datetime,
     report: BooksReport,
-) -> None:
+) -> set[str]:
+    """Returns the PaymentIntents and charges that paid these invoices (Stripe's API versions
+    since 2025-03-31 no longer name the invoice on a charge)."""
     slug = organization.slug
     ledger = _ledger_by_invoice(organization)
     sent = [invoice for invoice in invoices if invoice.stripe_invoice_id]
@@ -410,12 +400,23 @@ def _check_invoices(
             f"{slug}: " + "; ".join(parts) + ". Checked: its card payments and refunds, each "
             "invoice's charge in the ledger, and each reservation's ledger."
         )
-        return
+        return set()
     theirs = (
         {i.id: i for i in gateway.invoices_list(customer_id=account.stripe_customer_id)}
         if account is not None
         else {}
     )
+    paid_by: set[str] = set()
+    for stripe_id, stripe_invoice in theirs.items():
+        for item in (
+            gateway.invoice_payments_list(invoice_id=stripe_id)
+            if stripe_invoice.amount_paid
+            else []
+        ):
+            payment = getattr(item, "payment", None)
+            for ref in (getattr(payment, "payment_intent", None), getattr(payment, "charge", None)):
+                if _id(ref):
+                    paid_by.add(str(_id(ref)))
     for invoice in sent:
         stripe_invoice = theirs.pop(str(invoice.stripe_invoice_id), None)
         if stripe_invoice is None or invoice.created_at >= as_of:
@@ -447,6 +448,7 @@ def _check_invoices(
             f"books:{stripe_id}",
             note="at Stripe; the ledger has no such invoice",
         )
+    return paid_by
 
 
 def _compare_invoice(
@@ -483,7 +485,10 @@ def _compare_invoice(
             f"books:paid:{stripe_id}",
         )
     notes = gateway.credit_notes_list(invoice_id=stripe_id)
-    credited = sum((from_minor(n.amount, n.currency) for n in notes if n.status != "void"), ZERO)
+    credited = sum(
+        (from_minor(n.amount, n.currency) for n in notes if getattr(n, "status", "") != "void"),
+        ZERO,
+    )
     if stripe_invoice.status == "void":
         credited = total  # voiding credits the whole invoice
     booked_credit = -ledger.get((invoice.pk, K.CREDIT), ZERO)

@@ -14,7 +14,7 @@ from django.core.management import CommandError, call_command
 from django.utils import timezone
 
 from accounts.models import Organization
-from billing import tasks
+from billing import gateway, tasks
 from billing.models import FinanceFlag, Invoice, LedgerEntry, Payment, Refund
 from billing.services import accounts, payments, refunds, settlement
 from capacity import services as capacity_services
@@ -109,7 +109,7 @@ def test_a_difference_is_flagged_once_however_often_the_check_runs(
     assert (first[0], second[0], third[0]) == (1, 1, 1)
     report = json.loads(second[1])
     assert [
-        (d["what"], d["ours_is"], d["ours"], d["theirs_is"], d["theirs"])
+        (d["what"], d["ours_label"], d["ours"], d["theirs_label"], d["theirs"])
         for d in report["differences"]
     ] == [("refunded", "ledger", "0.00", "Stripe", "25.00")]
     assert (report["flags_raised"], first[1].splitlines()[-1][-19:]) == (0, "0 new finance flags")
@@ -202,15 +202,13 @@ def test_the_check_runs_daily_on_the_billing_queue():
     assert app.amqp.router.route({}, "billing.check_books")["queue"].name == "billing"
 
 
-def test_an_invoice_credited_at_stripe_behind_our_back(catalog, organization, owner, stripe_api):
-    """Where Stripe has invoices (faked at the HTTP boundary: localstripe has none), each
-    invoice's total, payment and credit notes are compared with the ledger."""
+def sent_invoice(organization, owner, catalog) -> tuple[Invoice, dict]:
+    """An invoice-terms block invoiced in Stripe: our row and its charge, and Stripe's JSON."""
     Organization.objects.filter(pk=organization.pk).update(
         payment_terms="invoice", credit_limit=Decimal("100000")
     )
     organization.refresh_from_db()
     reservation = held_reservation(organization, owner, catalog, length=2)
-    account = accounts.billing_account_ensure(organization)
     invoice = Invoice.objects.create(
         organization=organization,
         reservation=reservation,
@@ -229,10 +227,11 @@ def test_an_invoice_credited_at_stripe_behind_our_back(catalog, organization, ow
         description="Invoice in_books_1",
     )
     total = to_minor(invoice.amount, "usd")
-    stripe_invoice = {
+    customer = accounts.billing_account_ensure(organization).stripe_customer_id
+    return invoice, {
         "id": "in_books_1",
         "object": "invoice",
-        "customer": account.stripe_customer_id,
+        "customer": customer,
         "status": "open",
         "total": total,
         "amount_due": total,
@@ -240,6 +239,38 @@ def test_an_invoice_credited_at_stripe_behind_our_back(catalog, organization, ow
         "currency": "usd",
         "created": 1767225600,
     }
+
+
+def page(*items: dict) -> str:
+    return json.dumps({"object": "list", "data": list(items), "has_more": False})
+
+
+def check_books_with_invoicing(
+    api: str, stripe_invoice: dict, notes: list[dict], paid_by: list[dict] | None = None
+) -> tuple[int, str]:
+    """check_books where Stripe has invoices: those endpoints are faked at the HTTP boundary
+    (localstripe has none), shaped like Stripe's; the rest goes to localstripe."""
+    base = re.escape(api)
+    with responses.RequestsMock(assert_all_requests_are_fired=True) as mock:
+        mock.add_passthru(api)
+        mock.add(responses.GET, re.compile(base + r"/v1/credit_notes\?limit=1$"), body=page())
+        mock.add(responses.GET, re.compile(base + r"/v1/invoices\?.*"), body=page(stripe_invoice))
+        mock.add(
+            responses.GET,
+            re.compile(base + r"/v1/credit_notes\?.*invoice=in_books_1.*"),
+            body=page(*notes),
+        )
+        if paid_by is not None:
+            mock.add(
+                responses.GET,
+                re.compile(base + r"/v1/invoice_payments\?.*invoice=in_books_1.*"),
+                body=page(*paid_by),
+            )
+        return check_books()
+
+
+def test_an_invoice_credited_at_stripe_behind_our_back(catalog, organization, owner, stripe_api):
+    _invoice, stripe_invoice = sent_invoice(organization, owner, catalog)
     note = {
         "id": "cn_1",
         "object": "credit_note",
@@ -247,26 +278,45 @@ def test_an_invoice_credited_at_stripe_behind_our_back(catalog, organization, ow
         "currency": "usd",
         "status": "issued",
     }
-    base = re.escape(stripe_api)
-
-    def page(*items: dict) -> str:
-        return json.dumps({"object": "list", "data": list(items), "has_more": False})
-
-    with responses.RequestsMock(assert_all_requests_are_fired=True) as mock:
-        mock.add_passthru(stripe_api)
-        mock.add(responses.GET, re.compile(base + r"/v1/credit_notes\?limit=1$"), body=page())
-        mock.add(responses.GET, re.compile(base + r"/v1/invoices\?.*"), body=page(stripe_invoice))
-        mock.add(
-            responses.GET,
-            re.compile(base + r"/v1/credit_notes\?.*invoice=in_books_1.*"),
-            body=page(note),
-        )
-        code, out = check_books()
+    code, out = check_books_with_invoicing(stripe_api, stripe_invoice, [note])
     assert code == 1
     assert out.splitlines()[0] == (
         f"{organization.slug}: invoice in_books_1: credited: ledger $0.00, Stripe $25.00"
     )
     assert "1 invoice with Stripe" in out.splitlines()[-1]
+
+
+def test_an_invoice_paid_by_card_is_the_invoices_not_a_stray_payment(
+    catalog, organization, owner, stripe_api
+):
+    """Stripe's charges no longer name the invoice they paid: its invoice payments do."""
+    invoice, stripe_invoice = sent_invoice(organization, owner, catalog)
+    intent = gateway.payment_intent_create(
+        amount_minor=stripe_invoice["total"],
+        currency="usd",
+        customer_id=stripe_invoice["customer"],
+        metadata={"invoice": "in_books_1"},
+        idempotency_key="invoice-paid-by-card",
+        payment_method_id=card(stripe_api),
+    )
+    stripe_invoice.update(status="paid", amount_paid=stripe_invoice["total"])
+    LedgerEntry.objects.create(
+        organization=organization,
+        kind=LedgerEntry.Kind.INVOICE_PAYMENT,
+        amount=-invoice.amount,
+        currency="usd",
+        reservation=invoice.reservation,
+        invoice=invoice,
+        description="Payment of invoice in_books_1",
+    )
+    paid_by = {"object": "invoice_payment", "payment": {"payment_intent": intent.id}}
+    code, out = check_books_with_invoicing(stripe_api, stripe_invoice, [], [paid_by])
+    assert (code, out.splitlines()[-1]) == (
+        0,
+        "check_books: the books agree with Stripe; checked 1 organization, 0 payments, "
+        "0 refunds, 1 invoice with Stripe and 1 reservation; 0 left for the next run "
+        "(too recent); 0 new finance flags",
+    )
 
 
 def test_the_usual_money_flows_leave_nothing_to_report(
