@@ -267,10 +267,6 @@ def charges_list(*, customer_id: str) -> list[Any]:
     return _every(_client().v1.charges.list, {"customer": customer_id})
 
 
-def refunds_list_for_charge(*, charge_id: str) -> list[Any]:
-    return _every(_client().v1.refunds.list, {"charge": charge_id})
-
-
 def invoices_list(*, customer_id: str) -> list[Any]:
     return _every(_client().v1.invoices.list, {"customer": customer_id})
 

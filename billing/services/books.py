@@ -122,7 +122,6 @@ class _Money:
     gave_back: Decimal = ZERO
     currency: str = ""
     latest: datetime | None = None
-    charges: list[str] = field(default_factory=list)
     payment: str = ""  # our payment's public id, when the ledger knows the intent
 
     def saw(self, when: datetime | None) -> None:
@@ -193,7 +192,6 @@ def _theirs(account: BillingAccount | None, paid_invoices: set[str]) -> dict[str
             continue
         side = theirs[key]
         side.currency = side.currency or charge.currency
-        side.charges.append(charge.id)
         side.saw(_stripe_time(charge.created))
         if charge.status != "succeeded" or not getattr(charge, "captured", True):
             continue
@@ -291,10 +289,12 @@ def _check_refunds(
 ) -> None:
     """Refund by refund: Stripe's (listed per charge) against those the ledger booked."""
     stripe_refunds: dict[str, Any] = {}
-    for charge_id in stripe_side.charges:
-        for refund in gateway.refunds_list_for_charge(charge_id=charge_id):
-            if refund.status not in REFUND_GONE:
-                stripe_refunds[refund.id] = refund
+    # Charges without a PaymentIntent are not ours: their refunds are compared in total only;
+    # where Stripe captured nothing, it refunded nothing either.
+    listed = intent.startswith("pi_") and stripe_side.took > 0
+    for refund in gateway.refunds_list(payment_intent_id=intent) if listed else []:
+        if refund.status not in REFUND_GONE:
+            stripe_refunds[refund.id] = refund
     booked = (
         LedgerEntry.objects.filter(kind=K.REFUND)
         .filter(Q(payment__stripe_payment_intent_id=intent) | Q(payment__public_id=intent))
