@@ -47,7 +47,9 @@ class Difference:
     """One thing where the books and Stripe (or the books and what was sold) disagree."""
 
     organization: str
-    subject: str  # "payment pi_...", "refund re_...", "invoice in_...", "reservation r_..."
+    subject: (
+        str  # "payment pi_...", "refund re_... of pi_...", "invoice in_...", "reservation rsv_..."
+    )
     what: str
     ours: Decimal
     theirs: Decimal
