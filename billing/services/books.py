@@ -47,9 +47,8 @@ class Difference:
     """One thing where the books and Stripe (or the books and what was sold) disagree."""
 
     organization: str
-    subject: (
-        str  # "payment pi_...", "refund re_... of pi_...", "invoice in_...", "reservation rsv_..."
-    )
+    # "payment pi_...", "refund re_... of pi_...", "invoice in_...", "reservation rsv_..."
+    subject: str
     what: str
     ours: Decimal
     theirs: Decimal
