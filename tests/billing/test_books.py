@@ -347,3 +347,11 @@ def test_the_usual_money_flows_leave_nothing_to_report(
         "3 refunds, 0 invoices with Stripe and 3 reservations; 0 left for the next run "
         "(too recent); 0 new finance flags",
     )
+
+
+def test_stripe_out_of_reach_concludes_nothing(catalog, organization, owner, stripe_api, settings):
+    paid(organization, owner, catalog, stripe_api)
+    settings.STRIPE_API_BASE = "http://127.0.0.1:9"  # nothing listens there
+    code, out = check_books()
+    assert (code, out) == (2, "")
+    assert FinanceFlag.objects.count() == 0

@@ -5,6 +5,7 @@ from datetime import timedelta
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from billing.gateway import PaymentError
 from billing.services.books import books_check
 
 
@@ -12,7 +13,8 @@ class Command(BaseCommand):
     help = (
         "Compare each organization's ledger with Stripe (payments, refunds, invoices and credit "
         "notes where Stripe has them) and each reservation's money with what it was sold for. "
-        "Prints one line per difference, tells finance once per difference, exits 1 if any."
+        "Prints one line per difference, tells finance once per difference, exits 1 if any "
+        "(2 if Stripe could not be read)."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -34,10 +36,13 @@ class Command(BaseCommand):
 
     def handle(self, *args: object, **options: object) -> None:
         grace = options["grace"]
-        report = books_check(
-            grace=timedelta(seconds=grace) if isinstance(grace, int) else None,
-            raise_flags=not options["no_flags"],
-        )
+        try:
+            report = books_check(
+                grace=timedelta(seconds=grace) if isinstance(grace, int) else None,
+                raise_flags=not options["no_flags"],
+            )
+        except PaymentError as exc:  # exit 2: nothing was concluded, unlike 1
+            raise CommandError(f"Stripe could not be read: {exc.message}", returncode=2) from exc
         if options["json"]:
             self.stdout.write(json.dumps(report.as_dict(), indent=2))
         else:
