@@ -6,6 +6,8 @@ separate process), lets the system settle, and then checks with SQL, and against
 records, that the run left the data consistent.
 """
 
+import contextlib
+import io
 import json
 import os
 import re
@@ -22,6 +24,7 @@ import redis
 import requests
 from django.conf import settings
 from django.contrib.auth.hashers import Argon2PasswordHasher
+from django.core.management import CommandError, call_command
 from django.db import connection
 
 from accounts import api_keys
@@ -463,6 +466,23 @@ def _ledger(intents: list[dict], refunds: list[dict]) -> dict:
     }
 
 
+def _books() -> dict:
+    """`manage.py check_books` as an operator runs it (nothing left for later: the load is
+    over): every difference between the ledger and Stripe fails the run."""
+    out = io.StringIO()
+    with contextlib.suppress(CommandError):  # exit 1: the differences are in the report
+        call_command("check_books", "--json", "--grace", "0", stdout=out)
+    report = json.loads(out.getvalue())
+    return {
+        **_check(
+            not report["differences"],
+            report["summary"],
+            [tuple(d.values()) for d in report["differences"]],
+        ),
+        "not_checked": report["unchecked"],
+    }
+
+
 # --- Logs --------------------------------------------------------------------------------------
 # Where a log record starts: Django's format ("ERROR billing.webhooks [request id] ..."),
 # Celery's ("[2026-12-01 13:00:00,000: ERROR/ForkPoolWorker-1] ...") or gunicorn's
@@ -588,6 +608,8 @@ def run(*, db: Database, duration: int, users: int, orgs: int, seed: int = 20_26
         result["settling"] = _settle(web, api, attempted, broker)
         intents = _stripe_list(api, "payment_intents")
         refunds = _stripe_list(api, "refunds")
+        progress("checking the books against Stripe (check_books)")
+        books = _books()  # while localstripe still runs
     finally:
         stack.stop(processes[1:])  # the app first: a task finishing on shutdown may call Stripe
         stack.stop(processes[:1])
@@ -603,6 +625,7 @@ def run(*, db: Database, duration: int, users: int, orgs: int, seed: int = 20_26
         "stripe_agrees": _stripe_agrees(intents, refunds),
         "events_processed_once": _events(attempted),
         "ledger_balances": _ledger(intents, refunds),
+        "books_check": books,
     }
     result["logs"] = {}
     for name in ("web", "worker", "beat", "stripe"):

@@ -5,7 +5,8 @@ Customers browse the portal, API clients reserve, pay and cancel, and Stripe's w
 beat on Redis, and localstripe, for `--duration` seconds. Reports throughput, p50/p99 per
 endpoint and errors, then checks that no node was sold twice, every paid reservation is
 confirmed (or refunded as its cancellation says), every webhook event was processed exactly
-once, and the ledger balances with the payments and with Stripe.
+once, the ledger balances with the payments and with Stripe, and `check_books` finds no
+difference between the ledger and Stripe.
 """
 
 import argparse

@@ -240,6 +240,60 @@ def payment_intents_list(*, created_after: int) -> list[Any]:
         raise _translate(exc) from exc
 
 
+# --- Reading the books back (check_books) ---------------------------------------------------------
+class NotOffered(PaymentError):
+    """This Stripe has no such API at all (localstripe has no invoices or credit notes): what
+    it would have told us cannot be checked, which is not the same as finding nothing."""
+
+    status = 501
+    default_code = "stripe_api_not_offered"
+
+
+def _every(operation: Any, params: Mapping[str, Any]) -> list[Any]:
+    """Every object of a list call, page by page (reads carry no idempotency key)."""
+    try:
+        return list(operation(params={**params, "limit": 100}).auto_paging_iter())
+    except stripe.APIError as exc:
+        # Real Stripe answers JSON even for a 404; a bare 404 means the route does not exist.
+        if exc.http_status == 404:
+            raise NotOffered("This Stripe does not offer that API.") from exc
+        raise _translate(exc) from exc
+    except stripe.StripeError as exc:
+        raise _translate(exc) from exc
+
+
+def charges_list(*, customer_id: str) -> list[Any]:
+    """Every charge Stripe made on a customer: what it took (captured) and gave back (refunded)."""
+    return _every(_client().v1.charges.list, {"customer": customer_id})
+
+
+def invoices_list(*, customer_id: str) -> list[Any]:
+    return _every(_client().v1.invoices.list, {"customer": customer_id})
+
+
+def invoice_payments_list(*, invoice_id: str) -> list[Any]:
+    """What paid an invoice (each names its PaymentIntent or charge)."""
+    return _every(_client().v1.invoice_payments.list, {"invoice": invoice_id})
+
+
+def invoicing_offered() -> bool:
+    """Whether this Stripe has invoices and credit notes to read back (localstripe has not)."""
+    try:
+        _client().v1.credit_notes.list(params={"limit": 1})  # one page, not every note
+    except stripe.APIError as exc:
+        if exc.http_status == 404:
+            return False
+        raise _translate(exc) from exc
+    except stripe.StripeError as exc:
+        raise _translate(exc) from exc
+    return True
+
+
+def credit_notes_list(*, invoice_id: str) -> list[Any]:
+    """An invoice's credit notes; NotOffered where Stripe has no credit notes (localstripe)."""
+    return _every(_client().v1.credit_notes.list, {"invoice": invoice_id})
+
+
 # --- Invoices (send_invoice, net-N) ------------------------------------------------------------
 def invoice_create(
     *,

@@ -9,7 +9,7 @@ from capacity.models import Reservation
 
 from . import gateway, webhooks
 from .models import LedgerEntry, Refund, WebhookEvent, WebhookProcessing
-from .services import reconciliation, settlement, usage
+from .services import books, reconciliation, settlement, usage
 
 # Stripe out of reach, or the database refusing for now (a deadlock broken by PostgreSQL, a lock
 # wait timed out, a dropped connection): worth trying again in a moment.
@@ -99,6 +99,19 @@ def retry_webhooks() -> int:
 @shared_task(name="billing.reconcile", autoretry_for=TRANSIENT, retry_backoff=60, max_retries=5)
 def reconcile() -> int:
     return reconciliation.payments_reconcile()
+
+
+@shared_task(
+    name="billing.check_books",
+    autoretry_for=TRANSIENT,
+    retry_backoff=60,
+    max_retries=5,
+    soft_time_limit=30 * 60,  # reads every customer's charges: longer than the global limit
+    time_limit=35 * 60,
+)
+def check_books() -> int:
+    """Daily: the ledger against Stripe; each difference becomes a finance flag once."""
+    return len(books.books_check().differences)
 
 
 @shared_task(name="billing.aggregate_usage")
