@@ -1,5 +1,6 @@
-"""REST API v1 for capacity: offerings search and reservations (list, create, retrieve, cancel,
-extend). Every read is scoped to the caller's organization; another's ids are 404."""
+"""REST API v1 for capacity: offerings search and reservations (list, create, retrieve, cancel;
+extending is billing's, since it charges). Every read is scoped to the caller's organization;
+another's ids are 404."""
 
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
@@ -271,26 +272,3 @@ class CancelReservation(APIView):
             reason=str(reason),
         )
         return Response(ReservationSerializer(canceled).data)
-
-
-class _Extend(serializers.Serializer):
-    hours = serializers.IntegerField(min_value=1)
-
-
-class ExtendReservation(APIView):
-    required_scopes = {"POST": WRITE}
-
-    @extend_schema(
-        request=inline_serializer(
-            "ExtendRequest", {"hours": serializers.IntegerField(min_value=1)}
-        ),
-        responses=ReservationSerializer,
-    )
-    def post(self, request: Request, public_id: str) -> Response:
-        body = _Extend(data=request.data)
-        body.is_valid(raise_exception=True)
-        hours = body.validated_data["hours"]
-        extended = services.reservation_extend(
-            reservation=_reservation(request, public_id), actor=actor_of(request), hours=hours
-        )
-        return Response(ReservationSerializer(extended).data)

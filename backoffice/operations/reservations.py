@@ -1,5 +1,6 @@
 """The reservations' admin: filters, the event timeline, actions, and allocations."""
 
+import secrets
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -18,6 +19,7 @@ from django.utils.safestring import SafeString, mark_safe
 
 from accounts.models import Organization
 from backoffice.actor import staff_actor
+from billing.services import extensions as billing_extensions
 from capacity import operations, selectors
 from capacity.models import Allocation, Reservation
 from capacity.services import EXTENDABLE
@@ -47,10 +49,24 @@ class CancelForm(StaffReasonForm):
 
 
 class ExtendForm(StaffReasonForm):
+    CHARGED, COMPLIMENTARY = "charged", "complimentary"
     hours = forms.IntegerField(
         label="Extend by (hours)", min_value=1, max_value=settings.CAPACITY_MAX_HOURS
     )
-    field_order = ["hours", "reason"]
+    mode = forms.ChoiceField(
+        label="Billing",
+        choices=[
+            (CHARGED, "Charged: the customer pays (saved card, else on the payment page)"),
+            (
+                COMPLIMENTARY,
+                "Complimentary: applied now for nothing (above "
+                f"{settings.EXTENSION_COMPLIMENTARY_LIMIT} needs finance's refund permission)",
+            ),
+        ],
+        initial=CHARGED,
+        widget=forms.RadioSelect,
+    )
+    field_order = ["hours", "mode", "reason"]
 
 
 class OrganizationFilter(admin.SimpleListFilter):
@@ -428,14 +444,27 @@ class ReservationAdmin(OperationsMixin, admin.ModelAdmin):
         form = bound_form(ExtendForm, request)
         if form.is_bound and form.is_valid():
             hours, reason = form.cleaned_data["hours"], form.cleaned_data["reason"]
+            charged = form.cleaned_data["mode"] == ExtendForm.CHARGED
 
             def extend_one(r: Reservation) -> str:
+                if charged:
+                    started = billing_extensions.extension_charge_by_staff(
+                        reservation=r,
+                        actor=staff_actor(request),
+                        hours=hours,
+                        reason=reason,
+                        attempt_token=secrets.token_urlsafe(24),
+                    )
+                    if started.extension.state == "paid":
+                        return f"{r.public_id} paid, to {started.extension.ends_at:%d %b %H:%M} UTC"
+                    return f"{r.public_id} held until paid ({started.extension.public_id})"
                 extended = operations.reservation_extend(
                     reservation=r, actor=staff_actor(request), hours=hours, reason=reason
                 )
-                return f"{r.public_id} to {extended.ends_at:%d %b %H:%M} UTC"
+                return f"{r.public_id} to {extended.ends_at:%d %b %H:%M} UTC (complimentary)"
 
-            self.run_each(request, reservations, extend_one, done=f"Extended by {hours} h")
+            done = f"{'Charged' if charged else 'Complimentary'} extension by {hours} h"
+            self.run_each(request, reservations, extend_one, done=done)
             return None
         return self.confirmation(
             request,
@@ -444,7 +473,9 @@ class ReservationAdmin(OperationsMixin, admin.ModelAdmin):
             title="Extend reservations",
             intro=(
                 "Each reservation keeps its nodes for the extra hours if nobody holds them right "
-                "after its end, and its price grows by the extension at its own rate."
+                "after its end. Charged: the hours are held and the end moves once the customer's "
+                "payment succeeds. Complimentary: the end moves now, for nothing, with your "
+                "reason on record."
             ),
             form=form,
             sections=[
