@@ -169,10 +169,11 @@ class ReservationExtend(APIView):
         responses=EXTENSION_QUOTE,
     )
     def get(self, request: Request, public_id: str) -> Response:
+        reservation = _reservation(request, public_id)  # another's is 404, whatever it asks
         query = _ExtendQuery(data=request.query_params)
         query.is_valid(raise_exception=True)
         quote = capacity_extensions.extension_quote(
-            reservation=_reservation(request, public_id), hours=query.validated_data["hours"]
+            reservation=reservation, hours=query.validated_data["hours"]
         )
         return Response(
             {
@@ -188,9 +189,9 @@ class ReservationExtend(APIView):
 
     @extend_schema(request=_Extend, responses={202: EXTENSION})
     def post(self, request: Request, public_id: str) -> Response:
+        reservation = _reservation(request, public_id)
         body = _Extend(data=request.data)
         body.is_valid(raise_exception=True)
-        reservation = _reservation(request, public_id)
         data = body.validated_data
         started = extensions.extension_start(
             reservation=reservation,

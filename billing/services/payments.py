@@ -91,6 +91,7 @@ def _payable(reservation: Reservation, extension: Extension | None = None) -> No
 def _extension_payable(reservation: Reservation, extension: Extension) -> None:
     if extension.reservation_id != reservation.pk:
         raise NotAllowed("No such extension.", code="not_found")
+    extension.refresh_from_db(fields=["state", "hold_expires_at"])  # as it is now
     if extension.state != Extension.State.HELD:
         raise Conflict(
             f"Extension {extension.public_id} is {extension.get_state_display().lower()}; "
