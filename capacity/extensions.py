@@ -286,6 +286,7 @@ def _grow(locked: Reservation, extension: Extension, *, charged: bool) -> None:
             "to": extension.ends_at.isoformat(),
             "amount": str(extension.price if charged else Decimal("0.00")),
             "currency": extension.currency,
+            **({} if charged else {"complimentary": True}),
         },
     )
     provisioning.block_sync_after_commit(locked)  # a running block's backend must end later too
@@ -336,8 +337,9 @@ def extension_cancel(*, extension: Extension, actor: User | None, reason: str) -
 def extension_grant(
     *, reservation: Reservation, actor: Any, hours: object, reason: str
 ) -> Extension:
-    """Staff give `hours` more for nothing: applied at once, recorded with its list value and
-    the reason. The caller checks the staff permissions (and the complimentary limit)."""
+    """Staff give `hours` more for nothing: applied at once, the extension keeping its list
+    value and the reason. The caller checks the staff permissions (and the complimentary
+    limit) and records its own event with the reason."""
     checked = validate_hours(reservation, hours)
     locked = _locked_reservation(reservation)
     now = timezone.now()
@@ -367,19 +369,6 @@ def extension_grant(
         requested_by=actor,
         reason=reason,
         applied_at=now,
-    )
-    audit.record(
-        action="extension.complimentary",
-        actor=actor,
-        organization=locked.organization,
-        target=locked,
-        data={
-            "extension": extension.public_id,
-            "hours": checked,
-            "value": str(quote.total),
-            "currency": quote.currency,
-        },
-        reason=reason,
     )
     _grow(locked, extension, charged=False)
     return extension

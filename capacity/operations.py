@@ -302,7 +302,13 @@ def reservation_extend(
         actor=actor,
         organization=extended.organization,
         target=extended,
-        data={"hours": hours, "extension": extension.public_id, "complimentary": True},
+        data={
+            "hours": hours,
+            "extension": extension.public_id,
+            "complimentary": True,
+            "value": str(extension.price),
+            "currency": extension.currency,
+        },
         reason=reason,
     )
     return extended

@@ -179,12 +179,29 @@ def describe(event: AuditEvent) -> str:
                 text += f" (refund due {data['refund_due']}{basis})"
             return text
         case "reservation.extended":
-            return (
-                f"Extended by {data.get('hours')} h to {data.get('to', '')[:16].replace('T', ' ')}"
-                f" (+{data.get('amount')} {data.get('currency', '').upper()})"
+            price = (
+                "complimentary"
+                if data.get("complimentary")
+                else f"+{data.get('amount')} {data.get('currency', '').upper()}"
             )
+            to = data.get("to", "")[:16].replace("T", " ")
+            return f"Extended by {data.get('hours')} h to {to} ({price})"
         case "reservation.extended_by_staff":
+            if data.get("complimentary"):
+                return (
+                    f"Complimentary extension by {data.get('hours')} h granted by staff "
+                    f"(worth {data.get('value')} {data.get('currency', '').upper()})"
+                )
             return f"Extension by {data.get('hours')} h made by staff"
+        case "extension.held":
+            return (
+                f"Extension by {data.get('hours')} h held until paid "
+                f"({data.get('amount')} {data.get('currency', '').upper()})"
+            )
+        case "extension.transition":
+            return f"Extension by {data.get('hours')} h: {data.get('from')} → {data.get('to')}"
+        case "extension.charged_by_staff":
+            return f"Charged extension by {data.get('hours')} h started by staff"
         case "reservation.node_swapped":
             return f"Node {data.get('from')} replaced by {data.get('to')}"
         case "reservation.node_drained":
@@ -461,7 +478,7 @@ class ReservationAdmin(OperationsMixin, admin.ModelAdmin):
                 extended = operations.reservation_extend(
                     reservation=r, actor=staff_actor(request), hours=hours, reason=reason
                 )
-                return f"{r.public_id} to {extended.ends_at:%d %b %H:%M} UTC (complimentary)"
+                return f"{r.public_id} to {extended.ends_at:%d %b %H:%M} UTC"
 
             done = f"{'Charged' if charged else 'Complimentary'} extension by {hours} h"
             self.run_each(request, reservations, extend_one, done=done)

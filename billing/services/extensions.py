@@ -20,9 +20,9 @@ from core.errors import Conflict, ServiceError
 from core.staff import reason_clean, require_staff_permission
 
 from .. import gateway
-from ..models import Payment
+from ..models import BillingAccount, Payment
 from . import payments
-from .accounts import billing_account_ensure, require_may_pay
+from .accounts import require_may_pay
 
 OPERATE = "capacity.operate_reservation"
 SAVED_CARD, PAYMENT_INTENT, PAY_PAGE = "saved_card", "payment_intent", "pay_page"
@@ -67,9 +67,10 @@ def _charge(
     by_staff: bool,
     fallback: str = PAY_PAGE,
 ) -> ExtensionStarted:
-    account = billing_account_ensure(reservation.organization)
-    if collect == SAVED_CARD and not account.default_payment_method_id:
-        collect = fallback
+    if collect == SAVED_CARD:
+        account = BillingAccount.objects.filter(organization=reservation.organization).first()
+        if account is None or not account.default_payment_method_id:
+            collect = fallback
     if collect == PAY_PAGE:
         return ExtensionStarted(extension, None, None)
     if collect == PAYMENT_INTENT:

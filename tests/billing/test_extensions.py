@@ -341,7 +341,7 @@ def test_paying_an_extension_twice_refunds_the_second(
         collect=extensions.PAY_PAGE,
     )  # fmt: skip
     extension = started.extension
-    first, second_intent = payments.payment_intent_open(
+    first, _ = payments.payment_intent_open(
         reservation=reservation, actor=owner, attempt_token="a", extension=extension
     )
     second, _ = payments.payment_intent_open(
