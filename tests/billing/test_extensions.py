@@ -404,3 +404,63 @@ def test_cancel_after_a_paid_extension_refunds_from_what_was_paid(
     assert refunded == Decimal("448.00")
     assert set(Extension.objects.values_list("state", flat=True)) == {"paid", "canceled"}
     assert not Allocation.objects.filter(reservation=reservation, released_at__isnull=True)
+
+
+def test_staff_charge_an_extension_to_the_saved_card(catalog, organization, owner, stripe_api):
+    from backoffice.roles import OPERATIONS
+    from tests.backoffice.conftest import make_staff
+
+    reservation = paid_block(organization, owner, catalog, stripe_api)
+    save_card(organization, owner, stripe_api)
+    ops = make_staff(OPERATIONS)
+    started = extensions.extension_charge_by_staff(
+        reservation=reservation, actor=ops, hours=2, reason="Asked by phone", attempt_token="s1"
+    )
+    reservation.refresh_from_db()
+    assert (started.extension.state, started.payment.status) == ("paid", "succeeded")
+    assert reservation.total == BLOCK + Decimal("64.00") == succeeded(reservation)
+    event = AuditEvent.objects.get(action="extension.charged_by_staff")
+    assert (event.actor, event.reason) == (ops, "Asked by phone")
+
+
+def test_staff_charged_extension_without_a_saved_card_waits_for_the_customer(
+    catalog, organization, owner, stripe_api
+):
+    from backoffice.roles import OPERATIONS
+    from tests.backoffice.conftest import make_staff
+
+    reservation = paid_block(organization, owner, catalog, stripe_api)
+    started = extensions.extension_charge_by_staff(
+        reservation=reservation, actor=make_staff(OPERATIONS), hours=2, reason="Phone",
+        attempt_token="s2",
+    )  # fmt: skip
+    reservation.refresh_from_db()
+    assert (started.extension.state, started.payment.status) == ("held", "pending")
+    assert reservation.total == BLOCK
+
+
+def test_complimentary_hours_above_the_limit_need_finances_refund_permission(
+    catalog, organization, owner, stripe_api, settings
+):
+    from backoffice.roles import FINANCE, OPERATIONS
+    from capacity import operations
+    from core.errors import NotAllowed
+    from tests.backoffice.conftest import make_staff
+
+    settings.EXTENSION_COMPLIMENTARY_LIMIT = Decimal("100.00")
+    reservation = paid_block(organization, owner, catalog, stripe_api)
+    ops = make_staff(OPERATIONS)
+    with pytest.raises(NotAllowed, match="worth more than 100.00"):
+        operations.reservation_extend(reservation=reservation, actor=ops, hours=4, reason="SLA")
+    assert Extension.objects.count() == 0
+    operations.reservation_extend(reservation=reservation, actor=ops, hours=3, reason="SLA")
+    boss = make_staff(OPERATIONS)
+    boss.groups.add(*make_staff(FINANCE).groups.all())
+    operations.reservation_extend(reservation=reservation, actor=boss, hours=4, reason="Outage")
+    reservation.refresh_from_db()
+    # Granted hours move the end but add nothing to what a cancellation would refund.
+    assert (reservation.ends_at - reservation.starts_at, reservation.total) == (31 * HOUR, BLOCK)
+    assert sorted(Extension.objects.values_list("state", "price", "reason")) == [
+        ("complimentary", Decimal("96.00"), "SLA"),
+        ("complimentary", Decimal("128.00"), "Outage"),
+    ]
