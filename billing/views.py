@@ -494,7 +494,13 @@ def receipt(request: MemberRequest, payment_id: str) -> HttpResponse:
     response = render(
         request,
         "billing/receipt.html",
-        {"payment": payment, "reservation": payment.reservation, "refunds": payment.refunds.all()},
+        {
+            "payment": payment,
+            "reservation": payment.reservation,
+            # An extension's payment is receipted for the extension's hours only.
+            "lines": (payment.extension or payment.reservation).price_lines,
+            "refunds": payment.refunds.all(),
+        },
     )
     if request.GET.get("download"):
         response["Content-Disposition"] = (

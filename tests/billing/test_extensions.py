@@ -18,6 +18,7 @@ from capacity import extensions as capacity_extensions
 from capacity import services as capacity_services
 from capacity.models import Allocation, Extension, Reservation
 from core.models import AuditEvent
+from tests.conftest import client_for
 
 from .conftest import DECLINED, SECRET_KEY, card, event, held_reservation, signed
 
@@ -182,6 +183,15 @@ def test_saved_card_applies_the_extension_once_stripe_confirms(
         (Decimal("96.00"), "succeeded"),
     ]
     assert AuditEvent.objects.filter(action="reservation.extended").count() == 1
+    # The extension's receipt is for the extension's hours only.
+    payment = reservation.payments.get(extension__isnull=False)
+    receipt = (
+        client_for(owner)
+        .get(f"/o/{organization.slug}/billing/receipts/{payment.public_id}/")
+        .content.decode()
+    )
+    assert "2 × 8 H100 × 3 h at $2.00/GPU-h" in receipt
+    assert "2 × 8 H100 × 24 h" not in receipt
 
 
 def test_a_declined_saved_card_leaves_the_block_as_it_was_and_frees_the_hours(
