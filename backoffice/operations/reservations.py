@@ -21,7 +21,7 @@ from accounts.models import Organization
 from backoffice.actor import staff_actor
 from billing.services import extensions as billing_extensions
 from capacity import operations, selectors
-from capacity.models import Allocation, Reservation
+from capacity.models import Allocation, Extension, Reservation
 from capacity.services import EXTENDABLE
 from core.models import AuditEvent
 from core.staff import StaffReasonForm, staff_may
@@ -142,17 +142,28 @@ class AllocationInline(admin.TabularInline):
     model = Allocation
     extra = 0
     can_delete = False
-    fields = readonly_fields = ("node", "cluster", "starts_at", "ends_at", "released_at")
+    fields = readonly_fields = ("node", "starts_at", "ends_at", "released_at", "extension")
     ordering = ["released_at", "node__hostname"]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Allocation]:
-        return super().get_queryset(request).select_related("node", "cluster")
+        return super().get_queryset(request).select_related("node", "extension")
 
     def has_add_permission(self, request: HttpRequest, obj: object = None) -> bool:
         return False
 
     def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
         return False
+
+
+class ExtensionInline(admin.TabularInline):
+    model = Extension
+    extra = 0
+    can_delete = False
+    fields = readonly_fields = (
+        "public_id", "hours", "state", "price", "currency", "ends_at", "hold_expires_at", "reason",
+    )  # fmt: skip
+    has_add_permission = AllocationInline.has_add_permission
+    has_change_permission = AllocationInline.has_change_permission
 
 
 @dataclass(frozen=True)
@@ -300,7 +311,7 @@ class ReservationAdmin(OperationsMixin, admin.ModelAdmin):
         ),
         "price_lines_text",
     ]
-    inlines = [AllocationInline]
+    inlines = [ExtensionInline, AllocationInline]
     actions = ["cancel_with_refund", "extend", "retry", "force_release"]
     change_form_template = "admin/capacity/reservation/change_form.html"
 
