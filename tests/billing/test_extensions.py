@@ -123,6 +123,18 @@ def test_extension_moves_nothing_until_its_payment_succeeds(
     assert body["client_secret"].startswith(body["payment_intent"] + "_secret_")
     reservation.refresh_from_db()
     assert (reservation.ends_at, reservation.total, succeeded(reservation)) == (end, BLOCK, BLOCK)
+    shown = api_client(organization, owner).get(f"/api/v1/reservations/{reservation.public_id}/")
+    assert (shown.json()["price"], shown.json()["pending_extension"]) == (
+        "768.00",
+        {
+            "id": extension.public_id,
+            "hours": 20,
+            "ends_at": (end + 20 * HOUR).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "price": "640.00",
+            "currency": "usd",
+            "hold_expires_at": body["hold_expires_at"],
+        },
+    )
     assert reservation.price_lines[-1]["description"].startswith("2 × 8 H100 × 24 h")
     # The extra hours are held on the same nodes, beside the block's own allocations.
     nodes = {n for n, _, e, ext in live_windows(reservation) if ext is None}
