@@ -145,12 +145,18 @@ class _Busy(Exception):
 
 
 def extension_hold(
-    *, reservation: Reservation, actor: User, hours: object, staff: bool = False
+    *,
+    reservation: Reservation,
+    actor: User,
+    hours: object,
+    staff: bool = False,
+    request_token: str = "",
 ) -> Extension:
     """Hold `hours` more on the reservation's nodes while the customer pays; nothing about the
     reservation changes until `extension_apply`. Customers need the reservations permission,
     a verified e-mail and an active organization; staff callers (`staff=True`) checked their
-    own permission. Raises ExtensionUnavailable when the nodes are taken."""
+    own permission. Raises ExtensionUnavailable when the nodes are taken. A repeated
+    `request_token` returns the extension it made."""
     if not staff:
         organization = reservation.organization
         require_permission(
@@ -159,8 +165,12 @@ def extension_hold(
         require_verified_email(actor)
         require_active_organization(organization)
     checked = validate_hours(reservation, hours)
+    if len(request_token) > 64:
+        raise ServiceError("Send a client token of at most 64 characters.", param="client_token")
     try:
-        return _hold_locked(reservation=reservation, actor=actor, hours=checked)
+        return _hold_locked(
+            reservation=reservation, actor=actor, hours=checked, request_token=request_token
+        )
     except _Busy:
         reservation.refresh_from_db()
         raise _unavailable(reservation, checked) from None
@@ -183,8 +193,14 @@ def _expire_lapsed(reservation: Reservation, now: datetime) -> None:
 
 
 @transaction.atomic
-def _hold_locked(*, reservation: Reservation, actor: User, hours: int) -> Extension:
+def _hold_locked(
+    *, reservation: Reservation, actor: User, hours: int, request_token: str
+) -> Extension:
     locked = _locked_reservation(reservation)
+    if request_token:  # the same request, a moment ago
+        existing = locked.extensions.filter(request_token=request_token).first()
+        if existing is not None:
+            return existing
     now = timezone.now()
     _require_extendable(locked, now)
     validate_hours(locked, hours)
@@ -213,6 +229,7 @@ def _hold_locked(*, reservation: Reservation, actor: User, hours: int) -> Extens
         price=quote.total,
         price_lines=quote.lines_json(),
         requested_by=actor,
+        request_token=request_token,
     )
     extension.full_clean(exclude=["reservation", "requested_by"], validate_constraints=False)
     try:

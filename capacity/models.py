@@ -320,6 +320,9 @@ class Extension(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     reason = models.TextField(blank=True, help_text="Why staff granted it (complimentary).")
+    # The client's token: the same request again (a double click, a retried API call) finds
+    # this extension instead of asking for another.
+    request_token = models.CharField(max_length=64, blank=True, default="", editable=False)
     created_at = models.DateTimeField(default=timezone.now)
     applied_at = models.DateTimeField(null=True, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -350,6 +353,11 @@ class Extension(models.Model):
                 fields=["reservation"],
                 condition=models.Q(state="held"),
                 name="capacity_extension_one_held_per_reservation",
+            ),
+            models.UniqueConstraint(
+                fields=["reservation", "request_token"],
+                condition=~models.Q(request_token=""),
+                name="capacity_extension_request_token_unique",
             ),
         ]
 

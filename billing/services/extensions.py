@@ -40,21 +40,18 @@ def _refuse_invoice_terms(reservation: Reservation) -> None:
         raise Conflict(payments.EXTENSION_ON_INVOICE, code="invoiced")
 
 
-def _existing(reservation: Reservation, attempt_token: str) -> ExtensionStarted | None:
-    """A repeated request (the same client token) finds the extension it already started."""
-    payment = (
-        Payment.objects.filter(reservation=reservation, attempt_token=attempt_token)
-        .exclude(extension=None)
-        .select_related("extension")
-        .first()
-    )
-    if payment is None or payment.extension is None:
-        return None
+def _started(
+    reservation: Reservation, extension: Extension, attempt_token: str
+) -> ExtensionStarted | None:
+    """What a repeated request (the same token) started, when its payment reached Stripe."""
+    payment = extension.payments.filter(attempt_token=attempt_token).first()
+    if payment is None or not payment.stripe_payment_intent_id:
+        return None  # not charged yet, or Stripe never answered: charge (again, same key)
     secret: str | None = None
     if payment.status in (Payment.Status.PENDING, Payment.Status.REQUIRES_ACTION):
         secret = payments.client_secret_for_payment(payment)
-    payment.extension.refresh_from_db()
-    return ExtensionStarted(payment.extension, payment, secret)
+    extension.refresh_from_db()
+    return ExtensionStarted(extension, payment, secret)
 
 
 def _charge(
@@ -129,12 +126,13 @@ def extension_start(
         raise ServiceError("Send a client token of at most 64 characters.", param="client_token")
     require_may_pay(actor=actor, organization=reservation.organization)
     _refuse_invoice_terms(reservation)
-    existing = _existing(reservation, attempt_token)
-    if existing is not None:
-        return existing
     extension = capacity_extensions.extension_hold(
-        reservation=reservation, actor=actor, hours=hours
+        reservation=reservation, actor=actor, hours=hours, request_token=attempt_token
     )
+    if extension.state != Extension.State.HELD or extension.payments.exists():
+        started = _started(reservation, extension, attempt_token)
+        if started is not None or extension.state != Extension.State.HELD:
+            return started or ExtensionStarted(extension, None, None)
     return _charge(
         reservation=reservation,
         extension=extension,

@@ -157,7 +157,12 @@ def test_extend_form_holds_the_hours_and_sends_the_customer_to_pay(catalog, orga
         url("reservation-extend", organization, reservation.public_id),
         {"hours": 5, "attempt": "a1", "pay": "card"},
     )
+    again = client.post(  # the button pressed twice
+        url("reservation-extend", organization, reservation.public_id),
+        {"hours": 5, "attempt": "a1", "pay": "card"},
+    )
     extension = Extension.objects.get()
+    assert again["Location"] == response["Location"]
     assert response.status_code == 302
     assert response["Location"] == (
         f"/o/{organization.slug}/reservations/{reservation.public_id}/extensions/"
