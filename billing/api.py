@@ -281,12 +281,19 @@ class Usage(APIView):
 class PaymentSerializer(serializers.ModelSerializer):
     id = serializers.CharField(source="public_id")
     reservation = serializers.CharField(source="reservation.public_id")
+    extension = serializers.CharField(
+        source="extension.public_id",
+        allow_null=True,
+        default=None,
+        help_text="Set when the payment is for an extension of the reservation",
+    )
 
     class Meta:
         model = Payment
         fields = [
             "id",
             "reservation",
+            "extension",
             "status",
             "amount",
             "amount_refunded",

@@ -12,6 +12,7 @@ from django.utils import timezone
 from accounts import api_keys
 from accounts.models import ApiKey
 from billing import gateway
+from billing.api import PaymentSerializer
 from billing.models import FinanceFlag, LedgerEntry, Payment, Refund
 from billing.services import accounts, cards, extensions, payments, settlement
 from capacity import extensions as capacity_extensions
@@ -197,6 +198,11 @@ def test_saved_card_applies_the_extension_once_stripe_confirms(
     assert AuditEvent.objects.filter(action="reservation.extended").count() == 1
     # The extension's receipt is for the extension's hours only.
     payment = reservation.payments.get(extension__isnull=False)
+    documents = [PaymentSerializer(p).data for p in reservation.payments.order_by("id")]
+    assert [(d["amount"], d["extension"]) for d in documents] == [
+        ("768.00", None),
+        ("96.00", body["id"]),
+    ]
     receipt = (
         client_for(owner)
         .get(f"/o/{organization.slug}/billing/receipts/{payment.public_id}/")
