@@ -451,7 +451,11 @@ def _book_success(
             card_brand=card[0],
             card_last4=card[1],
             flagged=True,
-            flag_reason=f"A second payment for {what}, already paid.",
+            flag_reason=(
+                f"A second payment for the already paid extension {extension.public_id}."
+                if extension is not None
+                else "A second payment for an already paid reservation."
+            ),
         )
         payment.refresh_from_db()
         _ledger_payment(payment, received)

@@ -354,6 +354,11 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # Reservations and extensions both have a `state`: each its own named enum.
+    "ENUM_NAME_OVERRIDES": {
+        "ReservationStateEnum": "capacity.models.Reservation.State",
+        "ExtensionStateEnum": "capacity.models.Extension.State",
+    },
 }
 
 # --- Capacity -------------------------------------------------------------------------------
