@@ -221,6 +221,10 @@ class Reservations(APIView, ListAPIView):
             raise serializers.ValidationError(body.errors)  # not an object at all
         fields = cast(Mapping[str, Any], request.data).items()
         raw = {k: v for k, v in fields if k in OfferingSearchForm.base_fields}
+        for name, value in raw.items():
+            if isinstance(value, (list, dict)):  # the form's fields take one value each
+                one = serializers.ErrorDetail("Send one value, not a list or object.", "invalid")
+                raise serializers.ValidationError({name: [one]})
         if raw.get("starts_at") is None:
             raw.pop("starts_at", None)
         data = _search_form(raw).cleaned_data

@@ -430,3 +430,17 @@ def test_keys_are_listed_without_secrets_and_revoked_by_api(
     assert client.post(f"/api/v1/keys/{second.public_id}/revoke/").json()["revoked_at"] is not None
     theirs.refresh_from_db()
     assert theirs.revoked_at is None
+
+
+def test_a_list_where_one_value_belongs_is_a_clear_400(catalog, organization, owner):
+    response = api(key_for(organization, owner)).post(
+        "/api/v1/reservations/",
+        {**BLOCK, "starts_at": [None, None]},
+        content_type="application/json",
+    )
+    assert response.status_code == 400
+    assert (response.json()["error"]["param"], response.json()["error"]["message"]) == (
+        "starts_at",
+        "Send one value, not a list or object.",
+    )
+    assert Reservation.objects.count() == 0
