@@ -222,8 +222,9 @@ class Reservations(APIView, ListAPIView):
         fields = cast(Mapping[str, Any], request.data).items()
         raw = {k: v for k, v in fields if k in OfferingSearchForm.base_fields}
         for name, value in raw.items():
-            if isinstance(value, (list, dict)):  # the form's fields take one value each
-                one = serializers.ErrorDetail("Send one value, not a list or object.", "invalid")
+            # The form's fields each take one string or number (true/false is neither).
+            if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+                one = serializers.ErrorDetail("Send one string or number here.", "invalid")
                 raise serializers.ValidationError({name: [one]})
         if raw.get("starts_at") is None:
             raw.pop("starts_at", None)

@@ -432,15 +432,16 @@ def test_keys_are_listed_without_secrets_and_revoked_by_api(
     assert theirs.revoked_at is None
 
 
-def test_a_list_where_one_value_belongs_is_a_clear_400(catalog, organization, owner):
+@pytest.mark.parametrize("value", [[None, None], False, {"a": 1}])
+def test_a_list_where_one_value_belongs_is_a_clear_400(catalog, organization, owner, value):
     response = api(key_for(organization, owner)).post(
         "/api/v1/reservations/",
-        {**BLOCK, "starts_at": [None, None]},
+        {**BLOCK, "starts_at": value},
         content_type="application/json",
     )
     assert response.status_code == 400
     assert (response.json()["error"]["param"], response.json()["error"]["message"]) == (
         "starts_at",
-        "Send one value, not a list or object.",
+        "Send one string or number here.",
     )
     assert Reservation.objects.count() == 0
