@@ -222,10 +222,13 @@ class Reservations(APIView, ListAPIView):
         fields = cast(Mapping[str, Any], request.data).items()
         raw = {k: v for k, v in fields if k in OfferingSearchForm.base_fields}
         for name, value in raw.items():
+            if value is None:
+                continue
             # The form's fields each take one string or number (true/false is neither).
             if isinstance(value, bool) or not isinstance(value, (str, int, float)):
                 one = serializers.ErrorDetail("Send one string or number here.", "invalid")
                 raise serializers.ValidationError({name: [one]})
+            raw[name] = str(value)  # as a form would send it
         if raw.get("starts_at") is None:
             raw.pop("starts_at", None)
         data = _search_form(raw).cleaned_data

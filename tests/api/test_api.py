@@ -432,7 +432,7 @@ def test_keys_are_listed_without_secrets_and_revoked_by_api(
     assert theirs.revoked_at is None
 
 
-@pytest.mark.parametrize("value", [[None, None], False, {"a": 1}])
+@pytest.mark.parametrize("value", [[None, None], False, {"a": 1}, 0])
 def test_a_list_where_one_value_belongs_is_a_clear_400(catalog, organization, owner, value):
     response = api(key_for(organization, owner)).post(
         "/api/v1/reservations/",
@@ -440,8 +440,12 @@ def test_a_list_where_one_value_belongs_is_a_clear_400(catalog, organization, ow
         content_type="application/json",
     )
     assert response.status_code == 400
-    assert (response.json()["error"]["param"], response.json()["error"]["message"]) == (
-        "starts_at",
-        "Send one string or number here.",
-    )
+    assert response.json()["error"]["param"] == "starts_at"
     assert Reservation.objects.count() == 0
+
+
+def test_a_null_start_means_now(catalog, organization, owner):
+    response = api(key_for(organization, owner)).post(
+        "/api/v1/reservations/", {**BLOCK, "starts_at": None}, content_type="application/json"
+    )
+    assert (response.status_code, response.json()["starts_on_payment"]) == (201, True)
