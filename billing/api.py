@@ -1,5 +1,6 @@
+import secrets
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import UTC, timedelta
 
 from django.db.models import Model, QuerySet
 from django.utils import timezone
@@ -14,13 +15,15 @@ from accounts.api_keys.authentication import KeyRefused, api_key_authenticate
 from accounts.models import ApiKey, Organization, User
 from accounts.permissions import Permission, can
 from accounts.selectors import membership_for
+from capacity import extensions as capacity_extensions
 from capacity.api import _reservation
+from capacity.models import Extension
 from core.api import ApiView as APIView
 from core.errors import NotAllowed
 
 from . import selectors
 from .models import Invoice, Payment, Refund
-from .services import payments, usage
+from .services import extensions, payments, usage
 
 
 class _Pay(serializers.Serializer):
@@ -71,6 +74,134 @@ class PayReservation(APIView):
                 "client_secret": secret,
             }
         )
+
+
+class _ExtendQuery(serializers.Serializer):
+    hours = serializers.IntegerField(min_value=1, help_text="Extra hours to price")
+
+
+class _Extend(serializers.Serializer):
+    hours = serializers.IntegerField(min_value=1)
+    client_token = serializers.CharField(
+        required=False, max_length=64, help_text="Retry safely: the same token, one extension"
+    )
+    use_saved_card = serializers.BooleanField(
+        default=True,
+        help_text="Charge the saved default card off-session when there is one (else a "
+        "PaymentIntent to confirm is returned)",
+    )
+
+
+EXTENSION_QUOTE = inline_serializer(
+    "ExtensionQuote",
+    {
+        "hours": serializers.IntegerField(),
+        "starts_at": serializers.DateTimeField(),
+        "ends_at": serializers.DateTimeField(),
+        "price": serializers.DecimalField(max_digits=14, decimal_places=2),
+        "currency": serializers.CharField(),
+        "price_lines": serializers.ListField(child=serializers.DictField()),
+        "available": serializers.BooleanField(help_text="Whether the nodes are free for it"),
+    },
+)
+EXTENSION = inline_serializer(
+    "Extension",
+    {
+        "id": serializers.CharField(),
+        "reservation": serializers.CharField(),
+        "state": serializers.ChoiceField(choices=Extension.State.values),
+        "hours": serializers.IntegerField(),
+        "starts_at": serializers.DateTimeField(),
+        "ends_at": serializers.DateTimeField(),
+        "price": serializers.DecimalField(max_digits=14, decimal_places=2),
+        "currency": serializers.CharField(),
+        "hold_expires_at": serializers.DateTimeField(allow_null=True),
+        "payment": serializers.CharField(allow_null=True),
+        "payment_status": serializers.CharField(allow_null=True),
+        "payment_intent": serializers.CharField(
+            allow_null=True, help_text="Set when a card must be confirmed"
+        ),
+        "client_secret": serializers.CharField(
+            allow_null=True, help_text="Confirm with Stripe.js when set"
+        ),
+    },
+)
+
+
+def _utc(moment: object) -> str | None:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if moment else None  # type: ignore[attr-defined]
+
+
+def extension_document(started: extensions.ExtensionStarted) -> dict[str, object]:
+    extension, payment = started.extension, started.payment
+    confirm = started.client_secret is not None and payment is not None
+    return {
+        "id": extension.public_id,
+        "reservation": extension.reservation.public_id,
+        "state": extension.state,
+        "hours": extension.hours,
+        "starts_at": _utc(extension.starts_at),
+        "ends_at": _utc(extension.ends_at),
+        "price": f"{extension.price:.2f}",
+        "currency": extension.currency,
+        "hold_expires_at": _utc(extension.hold_expires_at),
+        "payment": payment.public_id if payment else None,
+        "payment_status": payment.status if payment else None,
+        "payment_intent": payment.stripe_payment_intent_id if confirm and payment else None,
+        "client_secret": started.client_secret if confirm else None,
+    }
+
+
+class ReservationExtend(APIView):
+    """GET quotes `hours` more (changing nothing); POST holds them and charges for them.
+
+    The end moves only once the payment succeeds: at once with a saved card that needs no
+    authentication, else after the client confirms `client_secret` with Stripe.js (the
+    webhook then applies it). Organizations on invoice terms are refused for now."""
+
+    required_scopes = {
+        "GET": ApiKey.Scope.RESERVATIONS_READ,
+        "POST": ApiKey.Scope.RESERVATIONS_WRITE,
+    }
+
+    @extend_schema(
+        parameters=[OpenApiParameter("hours", int, required=True)],
+        responses=EXTENSION_QUOTE,
+    )
+    def get(self, request: Request, public_id: str) -> Response:
+        reservation = _reservation(request, public_id)  # another's is 404, whatever it asks
+        query = _ExtendQuery(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        quote = capacity_extensions.extension_quote(
+            reservation=reservation, hours=query.validated_data["hours"]
+        )
+        return Response(
+            {
+                "hours": quote.hours,
+                "starts_at": _utc(quote.starts_at),
+                "ends_at": _utc(quote.ends_at),
+                "price": f"{quote.price:.2f}",
+                "currency": quote.currency,
+                "price_lines": quote.quote.lines_json(),
+                "available": quote.available,
+            }
+        )
+
+    @extend_schema(request=_Extend, responses={202: EXTENSION})
+    def post(self, request: Request, public_id: str) -> Response:
+        reservation = _reservation(request, public_id)
+        body = _Extend(data=request.data)
+        body.is_valid(raise_exception=True)
+        data = body.validated_data
+        started = extensions.extension_start(
+            reservation=reservation,
+            actor=actor_of(request),
+            hours=data["hours"],
+            attempt_token=data.get("client_token") or secrets.token_urlsafe(24),
+            collect=extensions.SAVED_CARD if data["use_saved_card"] else extensions.PAYMENT_INTENT,
+            fallback=extensions.PAYMENT_INTENT,
+        )
+        return Response(extension_document(started), status=202)
 
 
 class Usage(APIView):
@@ -150,12 +281,19 @@ class Usage(APIView):
 class PaymentSerializer(serializers.ModelSerializer):
     id = serializers.CharField(source="public_id")
     reservation = serializers.CharField(source="reservation.public_id")
+    extension = serializers.CharField(
+        source="extension.public_id",
+        allow_null=True,
+        default=None,
+        help_text="Set when the payment is for an extension of the reservation",
+    )
 
     class Meta:
         model = Payment
         fields = [
             "id",
             "reservation",
+            "extension",
             "status",
             "amount",
             "amount_refunded",

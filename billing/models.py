@@ -54,6 +54,15 @@ class Payment(models.Model):
     reservation = models.ForeignKey(
         "capacity.Reservation", on_delete=models.PROTECT, related_name="payments"
     )
+    # Set when the payment is for an extension of the reservation (its own price, its own
+    # success); empty for the reservation's own payment.
+    extension = models.ForeignKey(
+        "capacity.Extension",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="payments",
+    )
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
@@ -101,11 +110,17 @@ class Payment(models.Model):
             models.UniqueConstraint(
                 fields=["reservation", "attempt_token"], name="billing_payment_attempt_once"
             ),
-            # At most one successful payment per reservation: a second charge is impossible.
+            # At most one successful payment for a reservation's own hours, and one for each
+            # extension: a second charge is impossible.
             models.UniqueConstraint(
                 fields=["reservation"],
-                condition=models.Q(status="succeeded"),
+                condition=models.Q(status="succeeded", extension__isnull=True),
                 name="billing_payment_one_success_per_reservation",
+            ),
+            models.UniqueConstraint(
+                fields=["extension"],
+                condition=models.Q(status="succeeded", extension__isnull=False),
+                name="billing_payment_one_success_per_extension",
             ),
         ]
 

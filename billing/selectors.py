@@ -40,7 +40,9 @@ class KeyUsage(TypedDict):
 
 
 def payments_for_org(organization: Organization) -> QuerySet[Payment]:
-    return Payment.objects.filter(organization=organization).select_related("reservation")
+    return Payment.objects.filter(organization=organization).select_related(
+        "reservation", "extension"
+    )
 
 
 def payment_for_org(organization: Organization, public_id: str) -> Payment | None:

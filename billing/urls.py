@@ -10,6 +10,21 @@ urlpatterns = [
         "o/<slug:slug>/reservations/<str:public_id>/pay/saved/", views.pay_saved, name="pay-saved"
     ),
     path(
+        "o/<slug:slug>/reservations/<str:public_id>/extend/",
+        views.reservation_extend,
+        name="reservation-extend",
+    ),
+    path(
+        "o/<slug:slug>/reservations/<str:public_id>/extensions/<str:extension_id>/pay/",
+        views.extension_pay,
+        name="extension-pay",
+    ),
+    path(
+        "o/<slug:slug>/reservations/<str:public_id>/extensions/<str:extension_id>/pay/card/",
+        views.extension_pay_card,
+        name="extension-pay-card",
+    ),
+    path(
         "o/<slug:slug>/payments/<str:payment_id>/status/",
         views.payment_status,
         name="payment-status",

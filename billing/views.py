@@ -22,13 +22,16 @@ from accounts.decorators import (
     recently_reauthenticated,
 )
 from accounts.permissions import Permission, can
+from capacity import extensions as capacity_extensions
 from capacity import selectors as capacity_selectors
-from capacity.models import Reservation
+from capacity.forms import ExtendForm
+from capacity.models import Extension, Reservation
 from core.errors import ServiceError
+from core.forms import add_service_error
 
 from . import gateway, selectors, webhooks
 from .models import BillingAccount, Payment
-from .services import accounts, cards, payments
+from .services import accounts, cards, extensions, payments
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +117,12 @@ def _payment_answer(
 ) -> JsonResponse:
     slug = request.organization.slug
     if payment.status == Payment.Status.SUCCEEDED:
-        messages.success(request, "Payment received. Your reservation is confirmed.")
+        messages.success(
+            request,
+            "Payment received. The reservation is extended."
+            if payment.extension_id
+            else "Payment received. Your reservation is confirmed.",
+        )
         return JsonResponse(
             {
                 "status": "succeeded",
@@ -215,6 +223,160 @@ def payment_status(request: MemberRequest, payment_id: str) -> HttpResponse:
             "reservation-detail", args=[request.organization.slug, payment.reservation.public_id]
         )
     return response
+
+
+# --- Extending a reservation ---------------------------------------------------------------
+def _extension_quote(
+    reservation: Reservation, form: ExtendForm
+) -> capacity_extensions.ExtensionQuote | None:
+    if not form.is_valid():
+        return None
+    try:
+        return capacity_extensions.extension_quote(
+            reservation=reservation, hours=form.cleaned_data["hours"]
+        )
+    except ServiceError as exc:
+        add_service_error(form, exc)
+        return None
+
+
+@org_member(Permission.MANAGE_RESERVATIONS)
+@require_http_methods(["GET", "POST"])
+def reservation_extend(request: MemberRequest, public_id: str) -> HttpResponse:
+    """GET: the price of the extra hours (an htmx partial beside the form, or a confirm page).
+    POST: hold them and pay, with the saved card or on the payment page. The end moves only
+    once the payment has succeeded."""
+    reservation = _reservation(request, public_id)
+    if reservation is None:
+        return render(request, "404.html", status=404)
+    slug = request.organization.slug
+    form = ExtendForm(request.POST if request.method == "POST" else request.GET or None)
+    status = 200
+    if request.method == "POST" and form.is_valid():
+        collect = extensions.SAVED_CARD if request.POST.get("pay") == "saved" else "pay_page"
+        try:
+            started = extensions.extension_start(
+                reservation=reservation,
+                actor=request.user,
+                hours=form.cleaned_data["hours"],
+                attempt_token=request.POST.get("attempt", ""),
+                collect=collect,
+            )
+        except ServiceError as exc:
+            add_service_error(form, exc)
+            status = exc.status
+        else:
+            extension, payment = started.extension, started.payment
+            if extension.state == Extension.State.PAID:
+                messages.success(
+                    request,
+                    f"Paid {extension.price:.2f} {extension.currency.upper()} with your saved "
+                    f"card. The reservation now ends {extension.ends_at:%d %b %Y, %H:%M} UTC.",
+                )
+                return redirect("reservation-detail", slug=slug, public_id=public_id)
+            if payment is not None and payment.status == Payment.Status.REQUIRES_ACTION:
+                messages.warning(request, "Your bank wants to confirm this payment. Finish it.")
+            return redirect(
+                "extension-pay", slug=slug, public_id=public_id, extension_id=extension.public_id
+            )
+    elif request.method == "POST":
+        status = 400
+    quote = _extension_quote(reservation, form)
+    context = {
+        "reservation": reservation,
+        "form": form,
+        "quote": quote,
+        "saved_card": None,
+        "attempt": _attempt(),
+        "invoiced": request.organization.on_invoice_terms,
+    }
+    if request.htmx and request.htmx.target == "extend-quote":
+        return render(request, "billing/_extension_quote.html", context)
+    account = BillingAccount.objects.filter(organization=request.organization).first()
+    if account is not None and account.default_payment_method_id:
+        with contextlib.suppress(gateway.PaymentError):  # Stripe away: pay on the next page
+            context["saved_card"] = cards.default_card_for_account(account)
+    return render(request, "billing/extend.html", context, status=status)
+
+
+def _extension(reservation: Reservation, extension_id: str) -> Extension | None:
+    return reservation.extensions.filter(public_id=extension_id).first()
+
+
+@org_member(Permission.VIEW_RESERVATIONS)
+@require_GET
+def extension_pay(request: MemberRequest, public_id: str, extension_id: str) -> HttpResponse:
+    """The payment page for an extension's hours (the card Element, 3-D Secure)."""
+    reservation = _reservation(request, public_id)
+    extension = _extension(reservation, extension_id) if reservation else None
+    if reservation is None or extension is None:
+        return render(request, "404.html", status=404)
+    detail = reverse("reservation-detail", args=[request.organization.slug, public_id])
+    if not _may_pay(request):
+        message = "Your role cannot pay for reservations."
+        return render(request, "403.html", {"message": message}, status=403)
+    if extension.state != Extension.State.HELD:
+        return redirect(detail)
+    waiting = extension.payments.filter(status=Payment.Status.REQUIRES_ACTION).first()
+    try:
+        if waiting is not None:
+            secret, mode = payments.client_secret_for_payment(waiting), "action"
+        else:
+            secret = payments.card_form_start(
+                reservation=reservation, actor=request.user, extension=extension
+            )
+            mode = "payment"
+    except ServiceError as exc:
+        messages.error(request, exc.message)
+        return redirect(detail)
+    return render(
+        request,
+        "billing/pay.html",
+        {
+            "reservation": reservation,
+            "extension": extension,
+            "mode": mode,
+            "client_secret": secret,
+            "waiting": waiting,
+            "attempt": _attempt(),
+            "last_failure": extension.payments.filter(status=Payment.Status.FAILED).first(),
+            "saved_card": None,
+            "stripe_js_url": settings.STRIPE_JS_URL,
+            "publishable_key": settings.STRIPE_PUBLISHABLE_KEY,
+            "may_save_card": can(request.membership.role, Permission.MANAGE_BILLING),
+            "now": timezone.now(),
+        },
+    )
+
+
+@org_member(Permission.VIEW_RESERVATIONS)
+@require_POST
+def extension_pay_card(request: MemberRequest, public_id: str, extension_id: str) -> JsonResponse:
+    """The extension's card form posts here once Stripe.js has collected the card."""
+    reservation = _reservation(request, public_id)
+    extension = _extension(reservation, extension_id) if reservation else None
+    if reservation is None or extension is None:
+        return JsonResponse({"error": "No such extension."}, status=404)
+    try:
+        payment = payments.payment_by_card_create(
+            reservation=reservation,
+            actor=request.user,
+            payment_method_id=request.POST.get("payment_method", ""),
+            attempt_token=request.POST.get("attempt", ""),
+            keep_card=request.POST.get("make_default") == "on",
+            extension=extension,
+        )
+    except ServiceError as exc:
+        body = {"error": exc.message, "code": exc.code, "attempt": _attempt()}
+        if isinstance(exc, gateway.PaymentError) and not isinstance(
+            exc, gateway.GatewayUnavailable
+        ):
+            with contextlib.suppress(ServiceError):  # e.g. the hold lapsed meanwhile
+                body["client_secret"] = payments.card_form_start(
+                    reservation=reservation, actor=request.user, extension=extension
+                )
+        return JsonResponse(body, status=exc.status)
+    return _payment_answer(request, reservation, payment)
 
 
 # --- Billing page ------------------------------------------------------------------------
@@ -332,7 +494,13 @@ def receipt(request: MemberRequest, payment_id: str) -> HttpResponse:
     response = render(
         request,
         "billing/receipt.html",
-        {"payment": payment, "reservation": payment.reservation, "refunds": payment.refunds.all()},
+        {
+            "payment": payment,
+            "reservation": payment.reservation,
+            # An extension's payment is receipted for the extension's hours only.
+            "lines": (payment.extension or payment.reservation).price_lines,
+            "refunds": payment.refunds.all(),
+        },
     )
     if request.GET.get("download"):
         response["Content-Disposition"] = (

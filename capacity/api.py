@@ -1,5 +1,6 @@
-"""REST API v1 for capacity: offerings search and reservations (list, create, retrieve, cancel,
-extend). Every read is scoped to the caller's organization; another's ids are 404."""
+"""REST API v1 for capacity: offerings search and reservations (list, create, retrieve, cancel;
+extending is billing's, since it charges). Every read is scoped to the caller's organization;
+another's ids are 404."""
 
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
@@ -8,6 +9,7 @@ from typing import Any, cast
 
 from django.db.models import QuerySet
 from django.http import QueryDict
+from django.utils import timezone
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import serializers
 from rest_framework.generics import ListAPIView
@@ -21,7 +23,7 @@ from core.errors import NotFound
 
 from . import offerings, selectors, services
 from .forms import OfferingSearchForm
-from .models import GpuModel, Region, Reservation
+from .models import Extension, GpuModel, Region, Reservation
 from .windows import Window
 
 READ, WRITE = ApiKey.Scope.RESERVATIONS_READ, ApiKey.Scope.RESERVATIONS_WRITE
@@ -212,6 +214,14 @@ class Reservations(APIView, ListAPIView):
             raise serializers.ValidationError(body.errors)  # not an object at all
         fields = cast(Mapping[str, Any], request.data).items()
         raw = {k: v for k, v in fields if k in OfferingSearchForm.base_fields}
+        for name, value in raw.items():
+            if value is None:
+                continue
+            # The form's fields each take one string or number (true/false is neither).
+            if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+                one = serializers.ErrorDetail("Send one string or number here.", "invalid")
+                raise serializers.ValidationError({name: [one]})
+            raw[name] = str(value)  # as a form would send it
         if raw.get("starts_at") is None:
             raw.pop("starts_at", None)
         data = _search_form(raw).cleaned_data
@@ -239,12 +249,52 @@ def _reservation(request: Request, public_id: str) -> Reservation:
     return reservation
 
 
+class PendingExtensionSerializer(serializers.Serializer):
+    id = serializers.CharField(source="public_id")
+    hours = serializers.IntegerField()
+    ends_at = serializers.DateTimeField()
+    price = serializers.DecimalField(max_digits=14, decimal_places=2)
+    currency = serializers.CharField()
+    hold_expires_at = serializers.DateTimeField()
+
+
+class ReservationDetailSerializer(ReservationSerializer):
+    """One reservation, with the extension waiting for payment (its price is not in `price`,
+    which counts only hours paid for or granted)."""
+
+    pending_extension = PendingExtensionSerializer(allow_null=True)
+
+    def to_representation(self, instance: Reservation | dict) -> dict:
+        document = super().to_representation(instance)
+        assert isinstance(instance, Reservation)
+        pending = instance.extensions.filter(
+            state=Extension.State.HELD, hold_expires_at__gt=timezone.now()
+        ).first()
+        document["pending_extension"] = (
+            None
+            if pending is None
+            else {
+                "id": pending.public_id,
+                "hours": pending.hours,
+                "ends_at": _utc(pending.ends_at),
+                "price": _amount(pending.price),
+                "currency": pending.currency,
+                "hold_expires_at": _utc(pending.hold_expires_at),
+            }
+        )
+        return document
+
+    class Meta(ReservationSerializer.Meta):
+        fields = [*ReservationSerializer.Meta.fields, "pending_extension"]
+        read_only_fields = fields
+
+
 class ReservationDetail(APIView):
     required_scopes = {"GET": READ}
 
-    @extend_schema(responses=ReservationSerializer)
+    @extend_schema(responses=ReservationDetailSerializer)
     def get(self, request: Request, public_id: str) -> Response:
-        return Response(ReservationSerializer(_reservation(request, public_id)).data)
+        return Response(ReservationDetailSerializer(_reservation(request, public_id)).data)
 
 
 class CancelReservation(APIView):
@@ -264,26 +314,3 @@ class CancelReservation(APIView):
             reason=str(reason),
         )
         return Response(ReservationSerializer(canceled).data)
-
-
-class _Extend(serializers.Serializer):
-    hours = serializers.IntegerField(min_value=1)
-
-
-class ExtendReservation(APIView):
-    required_scopes = {"POST": WRITE}
-
-    @extend_schema(
-        request=inline_serializer(
-            "ExtendRequest", {"hours": serializers.IntegerField(min_value=1)}
-        ),
-        responses=ReservationSerializer,
-    )
-    def post(self, request: Request, public_id: str) -> Response:
-        body = _Extend(data=request.data)
-        body.is_valid(raise_exception=True)
-        hours = body.validated_data["hours"]
-        extended = services.reservation_extend(
-            reservation=_reservation(request, public_id), actor=actor_of(request), hours=hours
-        )
-        return Response(ReservationSerializer(extended).data)

@@ -11,6 +11,7 @@ from core.errors import Conflict
 from core.hooks import hook
 
 from . import notifications
+from .extension_states import held_extensions_cancel
 from .models import Allocation, Reservation
 
 S = Reservation.State
@@ -81,6 +82,11 @@ def reservation_transition(
         locked.hold_expires_at = None
     locked.save()
     if to in RELEASES_NODES:
+        held_extensions_cancel(
+            reservation_id=locked.pk,
+            actor=actor,
+            reason=f"The reservation became {S(to).label.lower()}.",
+        )
         Allocation.objects.filter(reservation=locked, released_at__isnull=True).update(
             released_at=timezone.now()
         )

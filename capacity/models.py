@@ -281,6 +281,90 @@ class Reservation(models.Model):
         return self.node_count * self.gpu_model.gpus_per_node
 
 
+def new_extension_id() -> str:
+    return public_id("ext_")
+
+
+class Extension(models.Model):
+    """More hours for a scheduled or active reservation: quoted, held, paid, then applied.
+
+    Its allocations hold the extra hours on the reservation's nodes while the customer pays
+    (a hold's expiry rules); the reservation's end and price move only once the money is
+    secured (`paid`) or staff grant the hours (`complimentary`). See capacity/extensions.py.
+    """
+
+    class State(models.TextChoices):
+        HELD = "held", "Awaiting payment"
+        PAID = "paid", "Paid and applied"
+        LAPSED = "lapsed", "Lapsed (not paid in time)"
+        COMPLIMENTARY = "complimentary", "Complimentary"
+        CANCELED = "canceled", "Canceled"
+
+    public_id = models.CharField(
+        max_length=24, unique=True, default=new_extension_id, editable=False
+    )
+    reservation = models.ForeignKey(
+        Reservation, on_delete=models.PROTECT, related_name="extensions"
+    )
+    hours = models.PositiveIntegerField()
+    starts_at = models.DateTimeField(help_text="The reservation's end when it was asked for.")
+    ends_at = models.DateTimeField()
+    state = models.CharField(max_length=16, choices=State.choices, default=State.HELD)
+    hold_expires_at = models.DateTimeField(null=True, blank=True)
+    currency = models.CharField(max_length=3)
+    subtotal = models.DecimalField(max_digits=14, decimal_places=2)
+    discount = models.DecimalField(max_digits=14, decimal_places=2)
+    price = models.DecimalField(max_digits=14, decimal_places=2)
+    price_lines = models.JSONField(default=list)
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    reason = models.TextField(blank=True, help_text="Why staff granted it (complimentary).")
+    # The client's token: the same request again (a double click, a retried API call) finds
+    # this extension instead of asking for another.
+    request_token = models.CharField(max_length=64, blank=True, default="", editable=False)
+    created_at = models.DateTimeField(default=timezone.now)
+    applied_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["state", "hold_expires_at"])]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(ends_at__gt=models.F("starts_at")),
+                name="capacity_extension_window_valid",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(hours__gte=1), name="capacity_extension_hours_positive"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(price__gte=0), name="capacity_extension_price_not_negative"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(
+                    state__in=["held", "paid", "lapsed", "complimentary", "canceled"]
+                ),
+                name="capacity_extension_state_valid",
+            ),
+            # One extension waits for payment at a time: a second one would hold hours that
+            # depend on the first being paid.
+            models.UniqueConstraint(
+                fields=["reservation"],
+                condition=models.Q(state="held"),
+                name="capacity_extension_one_held_per_reservation",
+            ),
+            models.UniqueConstraint(
+                fields=["reservation", "request_token"],
+                condition=~models.Q(request_token=""),
+                name="capacity_extension_request_token_unique",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.public_id
+
+
 class Allocation(models.Model):
     """One node held by one reservation for [starts_at, ends_at).
 
@@ -292,6 +376,11 @@ class Allocation(models.Model):
         Reservation, on_delete=models.CASCADE, related_name="allocations"
     )
     node = models.ForeignKey(Node, on_delete=models.PROTECT, related_name="allocations")
+    # Set on the hours an extension holds while it is paid for; once paid they are released
+    # and the reservation's own allocations run on to the new end.
+    extension = models.ForeignKey(
+        Extension, null=True, blank=True, on_delete=models.CASCADE, related_name="allocations"
+    )
     # Copied from the node so availability can be read per cluster from one index.
     cluster = models.ForeignKey(Cluster, on_delete=models.PROTECT, related_name="+")
     starts_at = models.DateTimeField()
@@ -324,7 +413,14 @@ class Allocation(models.Model):
                 name="capacity_allocation_period_valid",
             ),
             models.UniqueConstraint(
-                fields=["reservation", "node"], name="capacity_allocation_node_once"
+                fields=["reservation", "node"],
+                condition=models.Q(extension__isnull=True),
+                name="capacity_allocation_node_once",
+            ),
+            models.UniqueConstraint(
+                fields=["extension", "node"],
+                condition=models.Q(extension__isnull=False),
+                name="capacity_allocation_extension_node_once",
             ),
         ]
 

@@ -27,7 +27,7 @@ from core.errors import Conflict, NotAllowed, ServiceError
 from core.staff import reason_clean, require_staff_permission
 from core.tasks import enqueue_after_commit
 
-from . import lifecycle, provisioning, selectors, services
+from . import extensions, lifecycle, provisioning, selectors, services
 from .incidents import incident_open
 from .models import Incident, Node, Reservation
 from .pools import pool_lock
@@ -266,23 +266,27 @@ def reservation_cancel(
     return canceled
 
 
-@transaction.atomic
 def reservation_extend(
     *, reservation: Reservation, actor: Any, hours: int, reason: str
 ) -> Reservation:
-    """Extend a scheduled or active reservation on its own nodes, priced like the customer's."""
+    """Give a scheduled or active reservation `hours` more on its own nodes, for nothing (a
+    complimentary extension, recorded with its list value and the reason). Above
+    EXTENSION_COMPLIMENTARY_LIMIT it also needs finance's refund permission. A charged staff
+    extension goes through billing (billing.services.extensions), like the customer's."""
     _require(actor, OPERATE, "extend reservations")
     reason = _reason(reason)
-    if not isinstance(hours, int) or isinstance(hours, bool) or hours < 1:
-        raise ServiceError("Extend by a whole number of hours.", param="hours")
-    if reservation.duration_hours + hours > settings.CAPACITY_MAX_HOURS:
-        raise ServiceError(
-            f"A reservation can last at most {settings.CAPACITY_MAX_HOURS} hours in all.",
-            param="hours",
+    value = extensions.extension_quote(reservation=reservation, hours=hours).price
+    if value > settings.EXTENSION_COMPLIMENTARY_LIMIT:
+        require_staff_permission(
+            actor,
+            settings.EXTENSION_COMPLIMENTARY_PERMISSION,
+            f"grant complimentary hours worth more than {settings.EXTENSION_COMPLIMENTARY_LIMIT}",
         )
     try:
-        extended = services._extend_locked(reservation=reservation, actor=actor, hours=hours)
-    except services._NoCapacity:
+        extension = extensions.extension_grant(
+            reservation=reservation, actor=actor, hours=hours, reason=reason
+        )
+    except extensions.ExtensionUnavailable:
         window = (
             f"{reservation.ends_at:%d %b %H:%M}–{reservation.ends_at + hours * HOUR:%d %b %H:%M}"
         )
@@ -291,13 +295,20 @@ def reservation_extend(
             f"holds some of its nodes in {window} UTC.",
             code="capacity_unavailable",
         ) from None
+    extended = Reservation.objects.get(pk=extension.reservation_id)
     # The extension's own event has no reason field to carry; this one says why.
     audit.record(
         action="reservation.extended_by_staff",
         actor=actor,
         organization=extended.organization,
         target=extended,
-        data={"hours": hours},
+        data={
+            "hours": hours,
+            "extension": extension.public_id,
+            "complimentary": True,
+            "value": str(extension.price),
+            "currency": extension.currency,
+        },
         reason=reason,
     )
     return extended

@@ -33,7 +33,9 @@ def _enqueue_after_commit(task: str, reservation_id: int) -> None:
 
 def _nodes(reservation: Reservation) -> list[str]:
     return list(
-        Allocation.objects.filter(reservation=reservation, released_at__isnull=True)
+        Allocation.objects.filter(
+            reservation=reservation, released_at__isnull=True, extension__isnull=True
+        )
         .order_by("node__hostname")
         .values_list("node__hostname", flat=True)
     )

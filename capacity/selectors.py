@@ -13,7 +13,7 @@ from django.db.models.sql.compiler import SQLCompiler
 from accounts.models import Organization
 from core.models import AuditEvent
 
-from .models import Allocation, Cluster, GpuModel, Node, Region, Reservation
+from .models import Allocation, Cluster, Extension, GpuModel, Node, Region, Reservation
 
 if TYPE_CHECKING:
     from django.db.models.sql.compiler import _AsSqlType
@@ -229,6 +229,49 @@ def other_live_allocations(
         starts_at__lt=ends_at,
         ends_at__gt=starts_at,
     )
+
+
+def reservation_live_node_ids(reservation: Reservation) -> list[int]:
+    """The nodes a reservation runs on now (not the hours its extensions hold)."""
+    return list(
+        Allocation.objects.filter(
+            reservation=reservation, released_at__isnull=True, extension__isnull=True
+        )
+        .order_by("node_id")
+        .values_list("node_id", flat=True)
+    )
+
+
+def extension_blockers(
+    reservation: Reservation,
+    starts_at: datetime,
+    ends_at: datetime,
+    extension: Extension | None = None,
+) -> QuerySet[Allocation]:
+    """Live allocations on the reservation's nodes within a window, other than the hours
+    `extension` itself holds: anything here keeps the reservation from running on."""
+    busy = Allocation.objects.filter(
+        node_id__in=reservation_live_node_ids(reservation),
+        released_at__isnull=True,
+        starts_at__lt=ends_at,
+        ends_at__gt=starts_at,
+    ).exclude(reservation=reservation, extension__isnull=True)
+    if extension is not None:
+        busy = busy.exclude(extension=extension)
+    return busy
+
+
+def lapsed_extension_holds(
+    now: datetime, cluster_ids: list[int] | None = None
+) -> QuerySet[Extension]:
+    holds = Extension.objects.filter(state=Extension.State.HELD, hold_expires_at__lte=now)
+    if cluster_ids is not None:
+        holds = holds.filter(reservation__cluster_id__in=cluster_ids)
+    return holds.order_by("pk")
+
+
+def extensions_for_reservation(reservation: Reservation) -> QuerySet[Extension]:
+    return Extension.objects.filter(reservation=reservation).order_by("-created_at", "-id")
 
 
 # --- Operations: draining nodes, the cluster timeline -----------------------------------------

@@ -22,10 +22,10 @@ from accounts.services.organizations import organization_lock
 from core import audit
 from core.errors import Conflict, ServiceError
 
-from . import lifecycle, offerings, pricing, provisioning, selectors
+from . import extensions, lifecycle, offerings, pricing, provisioning, selectors
 from .models import Allocation, Cluster, GpuModel, Region, Reservation
 from .pools import pool_lock
-from .windows import HOUR, Window, validate_node_count
+from .windows import Window, validate_node_count
 
 S = Reservation.State
 
@@ -47,6 +47,7 @@ def _after_candidates() -> None:
 
 
 def _expire_lapsed_holds(clusters: list[Cluster], now: datetime) -> None:
+    extensions.lapsed_extensions_expire(now, [c.pk for c in clusters])
     for reservation in selectors.lapsed_holds(now, [c.pk for c in clusters]):
         lifecycle.reservation_transition(
             reservation=reservation, to=S.EXPIRED, actor=None, reason="The payment hold lapsed."
@@ -429,108 +430,8 @@ def reservation_cancel(*, reservation: Reservation, actor: User, reason: str = "
 
 
 # --- Extension ---------------------------------------------------------------------------------
-EXTENDABLE = (S.SCHEDULED, S.ACTIVE)
-
-
-def reservation_extend(*, reservation: Reservation, actor: User, hours: int) -> Reservation:
-    """Keep the same nodes for `hours` more, if nobody holds them right after the end."""
-    organization = reservation.organization
-    require_permission(
-        actor=actor, organization=organization, permission=Permission.MANAGE_RESERVATIONS
-    )
-    require_verified_email(actor)
-    require_active_organization(organization)
-    if not isinstance(hours, int) or isinstance(hours, bool) or hours < 1:
-        raise ServiceError("Extend by a whole number of hours.", param="hours")
-    if reservation.duration_hours + hours > settings.CAPACITY_MAX_HOURS:
-        raise ServiceError(
-            f"A reservation can last at most {settings.CAPACITY_MAX_HOURS} hours in all.",
-            param="hours",
-        )
-    try:
-        return _extend_locked(reservation=reservation, actor=actor, hours=hours)
-    except _NoCapacity:
-        window = Window(reservation.ends_at, reservation.ends_at + hours * HOUR)
-        raise SoldOut(
-            "Your nodes are booked right after this reservation ends, so it cannot be extended. "
-            "You can reserve another block for the extra time instead.",
-            alternatives=offerings.search(
-                organization=organization,
-                gpu_model=reservation.gpu_model,
-                region=reservation.region,
-                node_count=reservation.node_count,
-                window=window,
-            ),
-        ) from None
-
-
-@transaction.atomic
-def _extend_locked(*, reservation: Reservation, actor: User, hours: int) -> Reservation:
-    pool_lock(selectors.pool_clusters(reservation.gpu_model, reservation.region))
-    locked = (
-        Reservation.objects.select_for_update()
-        .select_related("gpu_model", "region")
-        .get(pk=reservation.pk)
-    )
-    if locked.state not in EXTENDABLE:
-        raise Conflict(
-            f"Only scheduled or active reservations can be extended; this one is "
-            f"{locked.get_state_display().lower()}.",
-            code="not_extendable",
-        )
-    if locked.ends_at <= timezone.now():
-        # Its end has passed: the backend is letting the block go (Slurm purges an ended
-        # reservation within seconds), so there is nothing left to extend.
-        raise Conflict(
-            f"{locked.public_id} has already ended and can no longer be extended. "
-            "You can reserve another block instead.",
-            code="not_extendable",
-        )
-    old_end = locked.ends_at
-    new_end = old_end + hours * HOUR
-    if selectors.other_live_allocations(locked, old_end, new_end).exists():
-        raise _NoCapacity
-    quote = pricing.quote(
-        organization=locked.organization,
-        gpu_model=locked.gpu_model,
-        region=locked.region,
-        node_count=locked.node_count,
-        starts_at=old_end,
-        ends_at=new_end,
-    )
-    Allocation.objects.filter(reservation=locked, released_at__isnull=True).update(ends_at=new_end)
-    locked.ends_at = new_end
-    locked.subtotal += quote.subtotal
-    locked.discount += quote.discount
-    locked.total += quote.total
-    locked.price_lines = [
-        *locked.price_lines,
-        *(
-            {
-                "description": f"Extension by {hours} h: {line.description}",
-                "amount": str(line.amount),
-            }
-            for line in quote.lines
-        ),
-    ]
-    locked.save(
-        update_fields=["ends_at", "subtotal", "discount", "total", "price_lines", "updated_at"]
-    )
-    audit.record(
-        action="reservation.extended",
-        actor=actor,
-        organization=locked.organization,
-        target=locked,
-        data={
-            "hours": hours,
-            "from": old_end.isoformat(),
-            "to": new_end.isoformat(),
-            "amount": str(quote.total),
-            "currency": quote.currency,
-        },
-    )
-    provisioning.block_sync_after_commit(locked)  # a running block's backend must end later too
-    return locked
+# Quoted, held, paid, then applied: capacity/extensions.py; billing collects the money.
+EXTENDABLE = extensions.EXTENDABLE
 
 
 # --- Holds ------------------------------------------------------------------------------------
@@ -546,4 +447,4 @@ def lapsed_holds_expire(now: datetime | None = None) -> int:
         except lifecycle.IllegalTransition:  # paid or canceled meanwhile
             continue
         expired += 1
-    return expired
+    return expired + extensions.lapsed_extensions_expire(now)

@@ -28,11 +28,6 @@ urlpatterns = [
         name="reservation-cancel",
     ),
     path(
-        "o/<slug:slug>/reservations/<str:public_id>/extend/",
-        views.reservation_extend,
-        name="reservation-extend",
-    ),
-    path(
         "o/<slug:slug>/reservations/<str:public_id>/accept/",
         views.quote_accept,
         name="reservation-quote-accept",

@@ -15,7 +15,7 @@ from core.forms import add_service_error
 from . import availability, offerings, pricing, quotes, selectors, services
 from .forms import CancelForm, ExtendForm, OfferingSearchForm, ReserveForm, new_request_token
 from .lifecycle import SETTLED
-from .models import Reservation
+from .models import Extension, Reservation
 
 ROLE_GATE = "Your role can look at capacity but not reserve it. Ask an owner or admin."
 
@@ -219,6 +219,10 @@ def _detail_context(request: MemberRequest, reservation: Reservation) -> dict:
         "refund_amount": services.refund_amount(reservation),
         "settled": reservation.state in SETTLED,
         "extend_form": ExtendForm(),
+        "extensions": list(selectors.extensions_for_reservation(reservation)[:20]),
+        "pending_extension": selectors.extensions_for_reservation(reservation)
+        .filter(state=Extension.State.HELD, hold_expires_at__gt=now)
+        .first(),
         "now": now,
     }
 
@@ -329,33 +333,3 @@ def quote_accept(request: MemberRequest, public_id: str) -> HttpResponse:
             f"(net {request.organization.payment_days} days).",
         )
     return redirect("reservation-detail", slug=request.organization.slug, public_id=public_id)
-
-
-@org_member(Permission.MANAGE_RESERVATIONS)
-@require_POST
-def reservation_extend(request: MemberRequest, public_id: str) -> HttpResponse:
-    reservation = _reservation(request, public_id)
-    if reservation is None:
-        return render(request, "404.html", status=404)
-    form = ExtendForm(request.POST)
-    context = _detail_context(request, reservation)
-    status = 400
-    if form.is_valid():
-        try:
-            services.reservation_extend(
-                reservation=reservation, actor=request.user, hours=form.cleaned_data["hours"]
-            )
-        except services.SoldOut as exc:
-            add_service_error(form, exc)
-            context["alternatives"] = exc.alternatives
-            status = 409
-        except ServiceError as exc:
-            add_service_error(form, exc)
-            status = exc.status
-        else:
-            messages.success(request, f"Extended by {form.cleaned_data['hours']} hours.")
-            return redirect(
-                "reservation-detail", slug=request.organization.slug, public_id=public_id
-            )
-    context.update(extend_form=form, kinds=offerings.KIND_LABELS)
-    return render(request, "capacity/reservation_detail.html", context, status=status)

@@ -43,7 +43,7 @@ urlpatterns = [
     ),
     path(
         "reservations/<str:public_id>/extend/",
-        capacity_api.ExtendReservation.as_view(),
+        billing_api.ReservationExtend.as_view(),
         name="api-extend",
     ),
     path("reservations/<str:public_id>/pay/", billing_api.PayReservation.as_view(), name="api-pay"),

@@ -1,5 +1,6 @@
 """The reservations' admin: filters, the event timeline, actions, and allocations."""
 
+import secrets
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -18,8 +19,9 @@ from django.utils.safestring import SafeString, mark_safe
 
 from accounts.models import Organization
 from backoffice.actor import staff_actor
+from billing.services import extensions as billing_extensions
 from capacity import operations, selectors
-from capacity.models import Allocation, Reservation
+from capacity.models import Allocation, Extension, Reservation
 from capacity.services import EXTENDABLE
 from core.models import AuditEvent
 from core.staff import StaffReasonForm, staff_may
@@ -47,10 +49,24 @@ class CancelForm(StaffReasonForm):
 
 
 class ExtendForm(StaffReasonForm):
+    CHARGED, COMPLIMENTARY = "charged", "complimentary"
     hours = forms.IntegerField(
         label="Extend by (hours)", min_value=1, max_value=settings.CAPACITY_MAX_HOURS
     )
-    field_order = ["hours", "reason"]
+    mode = forms.ChoiceField(
+        label="Billing",
+        choices=[
+            (CHARGED, "Charged: the customer pays (saved card, else on the payment page)"),
+            (
+                COMPLIMENTARY,
+                "Complimentary: applied now for nothing (above "
+                f"{settings.EXTENSION_COMPLIMENTARY_LIMIT} needs finance's refund permission)",
+            ),
+        ],
+        initial=CHARGED,
+        widget=forms.RadioSelect,
+    )
+    field_order = ["hours", "mode", "reason"]
 
 
 class OrganizationFilter(admin.SimpleListFilter):
@@ -126,17 +142,28 @@ class AllocationInline(admin.TabularInline):
     model = Allocation
     extra = 0
     can_delete = False
-    fields = readonly_fields = ("node", "cluster", "starts_at", "ends_at", "released_at")
+    fields = readonly_fields = ("node", "starts_at", "ends_at", "released_at", "extension")
     ordering = ["released_at", "node__hostname"]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Allocation]:
-        return super().get_queryset(request).select_related("node", "cluster")
+        return super().get_queryset(request).select_related("node", "extension")
 
     def has_add_permission(self, request: HttpRequest, obj: object = None) -> bool:
         return False
 
     def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
         return False
+
+
+class ExtensionInline(admin.TabularInline):
+    model = Extension
+    extra = 0
+    can_delete = False
+    fields = readonly_fields = (
+        "public_id", "hours", "state", "price", "currency", "ends_at", "hold_expires_at", "reason",
+    )  # fmt: skip
+    has_add_permission = AllocationInline.has_add_permission
+    has_change_permission = AllocationInline.has_change_permission
 
 
 @dataclass(frozen=True)
@@ -163,12 +190,29 @@ def describe(event: AuditEvent) -> str:
                 text += f" (refund due {data['refund_due']}{basis})"
             return text
         case "reservation.extended":
-            return (
-                f"Extended by {data.get('hours')} h to {data.get('to', '')[:16].replace('T', ' ')}"
-                f" (+{data.get('amount')} {data.get('currency', '').upper()})"
+            price = (
+                "complimentary"
+                if data.get("complimentary")
+                else f"+{data.get('amount')} {data.get('currency', '').upper()}"
             )
+            to = data.get("to", "")[:16].replace("T", " ")
+            return f"Extended by {data.get('hours')} h to {to} ({price})"
         case "reservation.extended_by_staff":
+            if data.get("complimentary"):
+                return (
+                    f"Complimentary extension by {data.get('hours')} h granted by staff "
+                    f"(worth {data.get('value')} {data.get('currency', '').upper()})"
+                )
             return f"Extension by {data.get('hours')} h made by staff"
+        case "extension.held":
+            return (
+                f"Extension by {data.get('hours')} h held until paid "
+                f"({data.get('amount')} {data.get('currency', '').upper()})"
+            )
+        case "extension.transition":
+            return f"Extension by {data.get('hours')} h: {data.get('from')} → {data.get('to')}"
+        case "extension.charged_by_staff":
+            return f"Charged extension by {data.get('hours')} h started by staff"
         case "reservation.node_swapped":
             return f"Node {data.get('from')} replaced by {data.get('to')}"
         case "reservation.node_drained":
@@ -267,7 +311,7 @@ class ReservationAdmin(OperationsMixin, admin.ModelAdmin):
         ),
         "price_lines_text",
     ]
-    inlines = [AllocationInline]
+    inlines = [ExtensionInline, AllocationInline]
     actions = ["cancel_with_refund", "extend", "retry", "force_release"]
     change_form_template = "admin/capacity/reservation/change_form.html"
 
@@ -428,14 +472,27 @@ class ReservationAdmin(OperationsMixin, admin.ModelAdmin):
         form = bound_form(ExtendForm, request)
         if form.is_bound and form.is_valid():
             hours, reason = form.cleaned_data["hours"], form.cleaned_data["reason"]
+            charged = form.cleaned_data["mode"] == ExtendForm.CHARGED
 
             def extend_one(r: Reservation) -> str:
+                if charged:
+                    started = billing_extensions.extension_charge_by_staff(
+                        reservation=r,
+                        actor=staff_actor(request),
+                        hours=hours,
+                        reason=reason,
+                        attempt_token=secrets.token_urlsafe(24),
+                    )
+                    if started.extension.state == "paid":
+                        return f"{r.public_id} paid, to {started.extension.ends_at:%d %b %H:%M} UTC"
+                    return f"{r.public_id} held until paid ({started.extension.public_id})"
                 extended = operations.reservation_extend(
                     reservation=r, actor=staff_actor(request), hours=hours, reason=reason
                 )
                 return f"{r.public_id} to {extended.ends_at:%d %b %H:%M} UTC"
 
-            self.run_each(request, reservations, extend_one, done=f"Extended by {hours} h")
+            done = f"{'Charged' if charged else 'Complimentary'} extension by {hours} h"
+            self.run_each(request, reservations, extend_one, done=done)
             return None
         return self.confirmation(
             request,
@@ -444,7 +501,9 @@ class ReservationAdmin(OperationsMixin, admin.ModelAdmin):
             title="Extend reservations",
             intro=(
                 "Each reservation keeps its nodes for the extra hours if nobody holds them right "
-                "after its end, and its price grows by the extension at its own rate."
+                "after its end. Charged: the hours are held and the end moves once the customer's "
+                "payment succeeds. Complimentary: the end moves now, for nothing, with your "
+                "reason on record."
             ),
             form=form,
             sections=[

@@ -16,8 +16,9 @@ from django.utils import timezone
 
 from accounts.guards import require_active_organization
 from accounts.models import User
+from capacity import extensions as capacity_extensions
 from capacity import services as capacity_services
-from capacity.models import Reservation
+from capacity.models import Extension, Reservation
 from core import audit
 from core.errors import Conflict, NotAllowed, ServiceError
 from core.money import format_money, from_minor, to_minor
@@ -68,7 +69,10 @@ def _settle_card(payment: Payment, payment_method_id: str) -> None:
         _forget_card(account, payment_method_id)
 
 
-def _payable(reservation: Reservation) -> None:
+def _payable(reservation: Reservation, extension: Extension | None = None) -> None:
+    if extension is not None:
+        _extension_payable(reservation, extension)
+        return
     if reservation.state != S.HELD:
         raise Conflict(
             f"This reservation is {reservation.get_state_display().lower()}; "
@@ -84,19 +88,52 @@ def _payable(reservation: Reservation) -> None:
         raise Conflict("This organization is invoiced; no card payment is needed.", code="invoiced")
 
 
+def _extension_payable(reservation: Reservation, extension: Extension) -> None:
+    if extension.reservation_id != reservation.pk:
+        raise NotAllowed("No such extension.", code="not_found")
+    extension.refresh_from_db(fields=["state", "hold_expires_at"])  # as it is now
+    if extension.state != Extension.State.HELD:
+        raise Conflict(
+            f"Extension {extension.public_id} is {extension.get_state_display().lower()}; "
+            "there is nothing to pay.",
+            code="not_payable",
+        )
+    if extension.hold_expires_at and extension.hold_expires_at <= timezone.now():
+        raise Conflict(
+            "The hold on the extra hours has lapsed. Ask for the extension again.",
+            code="hold_expired",
+        )
+    if reservation.state not in capacity_extensions.EXTENDABLE:
+        raise Conflict(
+            f"This reservation is {reservation.get_state_display().lower()}; "
+            "it can no longer be extended.",
+            code="not_payable",
+        )
+    if reservation.organization.on_invoice_terms:
+        raise Conflict(EXTENSION_ON_INVOICE, code="invoiced")
+
+
+EXTENSION_ON_INVOICE = "Extensions on invoice terms: ask your account manager."
+
+
 def _metadata(payment: Payment) -> dict[str, str]:
-    return {
+    metadata = {
         "payment": payment.public_id,
         "reservation": payment.reservation.public_id,
         "organization": payment.organization.slug,
     }
+    if payment.extension_id:
+        metadata["extension"] = Extension.objects.get(pk=payment.extension_id).public_id
+    return metadata
 
 
-def card_form_start(*, reservation: Reservation, actor: User) -> str:
+def card_form_start(
+    *, reservation: Reservation, actor: User, extension: Extension | None = None
+) -> str:
     """A SetupIntent the card form confirms to collect (and 3-D Secure) a card; returns its
     client secret. The payment itself is then made on the server with that card."""
     require_may_pay(actor=actor, organization=reservation.organization)
-    _payable(reservation)
+    _payable(reservation, extension)
     account = billing_account_ensure(reservation.organization)
     intent = gateway.setup_intent_create(
         customer_id=account.stripe_customer_id,
@@ -130,22 +167,32 @@ def _customer_card(account: BillingAccount, payment_method_id: str) -> str:
 
 
 def _attempt(
-    reservation: Reservation, actor: User, attempt_token: str, *, keep_card: bool = False
+    reservation: Reservation,
+    actor: User,
+    attempt_token: str,
+    *,
+    keep_card: bool = False,
+    extension: Extension | None = None,
 ) -> tuple[Payment, bool]:
     """The payment of one attempt (one click, one API call's client token), and whether it is
     new. Copies of an attempt racing each other get the same payment: get_or_create falls back
-    to reading the row when its insert meets the unique (reservation, attempt_token)."""
-    return Payment.objects.get_or_create(
+    to reading the row when its insert meets the unique (reservation, attempt_token). An
+    extension's payment is for the extension's price only."""
+    payment, created = Payment.objects.get_or_create(
         reservation=reservation,
         attempt_token=attempt_token,
         defaults={
             "organization": reservation.organization,
             "created_by": actor,
-            "amount": reservation.total,
-            "currency": reservation.currency,
+            "extension": extension,
+            "amount": extension.price if extension else reservation.total,
+            "currency": extension.currency if extension else reservation.currency,
             "keep_card": keep_card,
         },
     )
+    if payment.extension_id != (extension.pk if extension else None):
+        raise ServiceError("Reload the page and try again.", code="invalid_attempt")
+    return payment, created
 
 
 def payment_by_card_create(
@@ -156,6 +203,8 @@ def payment_by_card_create(
     attempt_token: str,
     off_session: bool = False,
     keep_card: bool = False,
+    extension: Extension | None = None,
+    by_staff: bool = False,
 ) -> Payment:
     """Charge a card for a held reservation, confirming the PaymentIntent on the server.
 
@@ -163,17 +212,22 @@ def payment_by_card_create(
     card raises PaymentError (the attempt is kept as failed; the customer may try again until
     the hold lapses); a card that needs 3-D Secure leaves the payment `requires_action` for
     the page to confirm with Stripe.js. With `keep_card` (billing managers only) the card
-    becomes the organization's default once paid; otherwise it is not kept.
+    becomes the organization's default once paid; otherwise it is not kept. With `extension`
+    the payment is for that extension's hours; `by_staff` means operations charge it (their
+    permission was checked by the caller).
     """
-    require_may_pay(actor=actor, organization=reservation.organization)
-    keep_card = keep_card and is_billing_manager(actor, reservation.organization)
+    if not by_staff:
+        require_may_pay(actor=actor, organization=reservation.organization)
+    keep_card = keep_card and not by_staff and is_billing_manager(actor, reservation.organization)
     require_active_organization(reservation.organization)
-    _payable(reservation)
+    _payable(reservation, extension)
     if not attempt_token or len(attempt_token) > 64:
         raise ServiceError("Reload the page and try again.", code="invalid_attempt")
     account = billing_account_ensure(reservation.organization)
     method = _customer_card(account, payment_method_id)
-    payment, created = _attempt(reservation, actor, attempt_token, keep_card=keep_card)
+    payment, created = _attempt(
+        reservation, actor, attempt_token, keep_card=keep_card, extension=extension
+    )
     if not created and payment.stripe_payment_intent_id:
         return payment_sync(payment_intent_id=payment.stripe_payment_intent_id) or payment
     try:
@@ -199,17 +253,23 @@ def payment_by_card_create(
 
 
 def payment_intent_open(
-    *, reservation: Reservation, actor: User, attempt_token: str
+    *,
+    reservation: Reservation,
+    actor: User,
+    attempt_token: str,
+    extension: Extension | None = None,
+    by_staff: bool = False,
 ) -> tuple[Payment, str]:
     """For API clients that confirm the payment themselves (Stripe.js or a Stripe SDK): an
     unconfirmed PaymentIntent and its client secret. One attempt token is one PaymentIntent."""
-    require_may_pay(actor=actor, organization=reservation.organization)
+    if not by_staff:
+        require_may_pay(actor=actor, organization=reservation.organization)
     require_active_organization(reservation.organization)
-    _payable(reservation)
+    _payable(reservation, extension)
     if not attempt_token or len(attempt_token) > 64:
         raise ServiceError("Send an attempt token of at most 64 characters.", param="client_token")
     account = billing_account_ensure(reservation.organization)
-    payment, _ = _attempt(reservation, actor, attempt_token)
+    payment, _ = _attempt(reservation, actor, attempt_token, extension=extension)
     intent = gateway.payment_intent_create(
         amount_minor=to_minor(payment.amount, payment.currency),
         currency=payment.currency,
@@ -223,7 +283,12 @@ def payment_intent_open(
 
 
 def payment_by_saved_card_create(
-    *, reservation: Reservation, actor: User, attempt_token: str
+    *,
+    reservation: Reservation,
+    actor: User,
+    attempt_token: str,
+    extension: Extension | None = None,
+    by_staff: bool = False,
 ) -> Payment:
     """Charge the organization's default card off-session."""
     account = billing_account_ensure(reservation.organization)
@@ -235,6 +300,8 @@ def payment_by_saved_card_create(
         payment_method_id=account.default_payment_method_id,
         attempt_token=attempt_token,
         off_session=True,
+        extension=extension,
+        by_staff=by_staff,
     )
 
 
@@ -326,7 +393,7 @@ def _payment_for_intent(intent: Any) -> Payment | None:
     # UPDATE with the joins) deadlocked against a reservation being made for the organization,
     # whose commit checks its foreign key to that organization row.
     payments = Payment.objects.select_for_update(of=("self",)).select_related(
-        "reservation", "organization"
+        "reservation", "organization", "extension"
     )
     payment = payments.filter(stripe_payment_intent_id=intent.id).first()
     if payment is None:
@@ -363,12 +430,15 @@ def _book_success(
     reservation = payment.reservation
     organization = payment.organization
     mismatch = intent.currency != payment.currency or received != payment.amount
-    mismatch = mismatch or payment.amount != reservation.total
+    extension = payment.extension
+    price = extension.price if extension is not None else reservation.total
+    what = f"extension {extension.public_id}" if extension is not None else "the reservation"
+    mismatch = mismatch or payment.amount != price
     if mismatch:
         payment.flagged = True
         payment.flag_reason = (
-            f"Stripe took {format_money(received, intent.currency)}, the reservation costs "
-            f"{format_money(reservation.total, reservation.currency)}."
+            f"Stripe took {format_money(received, intent.currency)}, {what} costs "
+            f"{format_money(price, payment.currency)}."
         )
     try:
         with transaction.atomic():
@@ -381,11 +451,15 @@ def _book_success(
             card_brand=card[0],
             card_last4=card[1],
             flagged=True,
-            flag_reason="A second payment for an already paid reservation.",
+            flag_reason=(
+                f"A second payment for the already paid extension {extension.public_id}."
+                if extension is not None
+                else "A second payment for an already paid reservation."
+            ),
         )
         payment.refresh_from_db()
         _ledger_payment(payment, received)
-        return lambda: _refund_in_full(payment, "The reservation was already paid.")
+        return lambda: _refund_in_full(payment, f"{what.capitalize()} was already paid.")
     _ledger_payment(payment, received)
     audit.record(
         action="payment.succeeded",
@@ -396,6 +470,7 @@ def _book_success(
             "amount": str(received),
             "currency": intent.currency,
             "reservation": reservation.public_id,
+            "extension": extension.public_id if extension is not None else None,
         },
     )
     if mismatch:
@@ -410,8 +485,14 @@ def _book_success(
         currency=payment.currency,
         reservation=reservation,
         payment=payment,
-        description=f"Reservation {reservation.public_id}",
+        description=(
+            f"Extension {extension.public_id} of {reservation.public_id} ({extension.hours} h)"
+            if extension is not None
+            else f"Reservation {reservation.public_id}"
+        ),
     )
+    if extension is not None:
+        return _apply_extension(payment, extension, intent.id)
     try:
         capacity_services.reservation_confirm(
             reservation=reservation, actor=None, reason=f"Paid by card ({payment.public_id})."
@@ -424,6 +505,27 @@ def _book_success(
         why = f"Not fulfilled: {exc.message}"
         return lambda: _refund_in_full(payment, why, tell_customer=True)
     billing_email_queue(organization, "payment_receipt", payment=payment, reservation=reservation)
+    return None
+
+
+def _apply_extension(
+    payment: Payment, extension: Extension, intent_id: str
+) -> Callable[[], None] | None:
+    """The extension's money is in: move the reservation's end, or refund when it cannot."""
+    try:
+        capacity_extensions.extension_apply(
+            extension=extension, reason=f"Paid by card ({payment.public_id})."
+        )
+    except capacity_extensions.ExtensionUnavailable:
+        reason = "The extension's hold lapsed before the payment arrived and its hours were taken."
+        flag_raise(FinanceFlag.Kind.LATE_PAYMENT_REFUNDED, intent_id, reason, payment=payment)
+        return lambda: _refund_in_full(payment, reason, tell_customer=True)
+    except Conflict as exc:  # the reservation was canceled or ended meanwhile
+        why = f"Not fulfilled: {exc.message}"
+        return lambda: _refund_in_full(payment, why, tell_customer=True)
+    billing_email_queue(
+        payment.organization, "payment_receipt", payment=payment, reservation=payment.reservation
+    )
     return None
 
 

@@ -70,26 +70,42 @@ def _settle_refund(
     if Invoice.objects.filter(reservation=reservation).exists():
         _credit_invoice(reservation, amount, reason)
         return
-    payment = reservation.payments.filter(status=Payment.Status.SUCCEEDED, flagged=False).first()
-    if payment is None or payment.refunds.filter(settles=settles).exists():
-        return
-    pending = sum(
-        payment.refunds.filter(status=Refund.Status.PENDING).values_list("amount", flat=True),
-        Decimal("0.00"),
-    )
-    left = payment.refundable - pending
-    amount = left if amount is None else min(amount, left)
-    if amount <= 0:
-        return
-    try:
-        refund = refund_issue(
-            payment=payment, amount=amount, reason=reason, actor=None, settles=settles
+    # A reservation has a payment for its block and one per paid extension: the latest is
+    # refunded first, then the earlier ones, up to what is due.
+    paid = list(
+        reservation.payments.filter(status=Payment.Status.SUCCEEDED, flagged=False).order_by(
+            "-succeeded_at", "-id"
         )
-    except AlreadySettled:  # a concurrent settlement made it first
-        return
-    billing_email_queue(
-        reservation.organization, "payment_refunded", payment=payment, refund=refund
     )
+    if amount is not None:
+        done = Refund.objects.filter(payment__in=paid, settles=settles).values_list(
+            "amount", flat=True
+        )
+        amount -= sum(done, Decimal("0.00"))
+    for payment in paid:
+        if amount is not None and amount <= 0:
+            return
+        if payment.refunds.filter(settles=settles).exists():
+            continue
+        pending = sum(
+            payment.refunds.filter(status=Refund.Status.PENDING).values_list("amount", flat=True),
+            Decimal("0.00"),
+        )
+        left = payment.refundable - pending
+        share = left if amount is None else min(amount, left)
+        if share <= 0:
+            continue
+        try:
+            refund = refund_issue(
+                payment=payment, amount=share, reason=reason, actor=None, settles=settles
+            )
+        except AlreadySettled:  # a concurrent settlement made it first
+            return
+        if amount is not None:
+            amount -= share
+        billing_email_queue(
+            reservation.organization, "payment_refunded", payment=payment, refund=refund
+        )
 
 
 def _credit_invoice(reservation: Reservation, amount: Decimal | None, reason: str) -> None:

@@ -2,6 +2,7 @@
 
 import os
 from datetime import timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -357,6 +358,11 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # Reservations and extensions both have a `state`: each its own named enum.
+    "ENUM_NAME_OVERRIDES": {
+        "ReservationStateEnum": "capacity.models.Reservation.State",
+        "ExtensionStateEnum": "capacity.models.Extension.State",
+    },
 }
 
 # --- Capacity -------------------------------------------------------------------------------
@@ -371,6 +377,10 @@ CAPACITY_SERIALIZE_ALLOCATIONS = True
 # Share of the price refunded on cancellation by time left before the start; the first row whose
 # notice is met applies; after the start nothing is refunded.
 CAPACITY_CANCELLATION_POLICY = [(timedelta(days=7), 100), (timedelta(0), 50)]
+# Staff may grant extensions for nothing up to this list value; above it they need the
+# permission named here (finance's refund permission).
+EXTENSION_COMPLIMENTARY_LIMIT = Decimal("500.00")
+EXTENSION_COMPLIMENTARY_PERMISSION = "billing.issue_refund"
 CAPACITY_ALTERNATIVES = 3  # alternative start times offered when a window is sold out
 CAPACITY_ALTERNATIVE_SPAN = timedelta(days=3)  # how far from the asked start to look
 

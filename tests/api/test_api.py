@@ -174,7 +174,9 @@ def test_the_list_pages_by_cursor_filters_and_matches_each_reservations_own_docu
     assert [r["id"] for r in listed] == [r.public_id for r in reversed(made)]  # newest first
     assert second["next"] is None
     for document in listed:
-        assert client.get(f"/api/v1/reservations/{document['id']}/").json() == document
+        # The one document has the list's fields, and the extension waiting for payment.
+        detail = client.get(f"/api/v1/reservations/{document['id']}/").json()
+        assert detail == {**document, "pending_extension": None}
     assert listed[-1]["duration_hours"] == 1
     later = client.get(
         "/api/v1/reservations/", {"starts_after": (NEXT_HOUR + timedelta(hours=1)).isoformat()}
@@ -428,3 +430,22 @@ def test_keys_are_listed_without_secrets_and_revoked_by_api(
     assert client.post(f"/api/v1/keys/{second.public_id}/revoke/").json()["revoked_at"] is not None
     theirs.refresh_from_db()
     assert theirs.revoked_at is None
+
+
+@pytest.mark.parametrize("value", [[None, None], False, {"a": 1}, 0])
+def test_a_list_where_one_value_belongs_is_a_clear_400(catalog, organization, owner, value):
+    response = api(key_for(organization, owner)).post(
+        "/api/v1/reservations/",
+        {**BLOCK, "starts_at": value},
+        content_type="application/json",
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "starts_at"
+    assert Reservation.objects.count() == 0
+
+
+def test_a_null_start_means_now(catalog, organization, owner):
+    response = api(key_for(organization, owner)).post(
+        "/api/v1/reservations/", {**BLOCK, "starts_at": None}, content_type="application/json"
+    )
+    assert (response.status_code, response.json()["starts_on_payment"]) == (201, True)

@@ -15,6 +15,7 @@ from capacity import lifecycle, operations, services
 from capacity.models import (
     Allocation,
     Cluster,
+    Extension,
     Incident,
     Node,
     Region,
@@ -461,7 +462,12 @@ def test_extending_keeps_the_nodes_and_prices_the_extra_hours(
     extended = operations.reservation_extend(
         reservation=block, actor=ops, hours=6, reason="Compensation for the outage"
     )
-    assert (extended.ends_at, extended.total) == (NEXT_HOUR + hours(30), Decimal("960.00"))
+    # Complimentary: the end moves, the price (what was paid) does not.
+    assert (extended.ends_at, extended.total) == (NEXT_HOUR + hours(30), Decimal("768.00"))
+    extension = Extension.objects.get()
+    assert (extension.state, extension.price, extension.reason) == (
+        "complimentary", Decimal("192.00"), "Compensation for the outage",
+    )  # fmt: skip
     assert live_hosts(block) == ["east-a-n00", "east-a-n01"]
     assert set(
         Allocation.objects.filter(reservation=block, released_at__isnull=True).values_list(
@@ -475,11 +481,13 @@ def test_extending_keeps_the_nodes_and_prices_the_extra_hours(
             "ops-five@example.com",
             block.public_id,
             {
+                "extension": extension.public_id,
                 "hours": 6,
                 "from": "2026-12-02T10:00:00+00:00",
                 "to": "2026-12-02T16:00:00+00:00",
-                "amount": "192.00",
+                "amount": "0.00",
                 "currency": "usd",
+                "complimentary": True,
             },
             "",
         ),
@@ -488,7 +496,13 @@ def test_extending_keeps_the_nodes_and_prices_the_extra_hours(
             "staff",
             "ops-five@example.com",
             block.public_id,
-            {"hours": 6},
+            {
+                "hours": 6,
+                "extension": extension.public_id,
+                "complimentary": True,
+                "value": "192.00",
+                "currency": "usd",
+            },
             "Compensation for the outage",
         ),
     ]
@@ -622,7 +636,7 @@ def test_posting_an_operation_without_the_permission_changes_nothing(
     before = snapshot()
     for action, extra in (
         ("cancel_with_refund", {"refund": "full", "reason": "r"}),
-        ("extend", {"hours": "2", "reason": "r"}),
+        ("extend", {"hours": "2", "reason": "r", "mode": "complimentary"}),
         ("retry", {}),
         ("force_release", {"reason": "r"}),
     ):
@@ -809,7 +823,14 @@ def test_extend_from_the_admin_validates_the_hours(
     before = snapshot()
     response = client.post(
         RESERVATIONS,
-        {"action": "extend", ACTION: [block.pk], "apply": "yes", "hours": "0", "reason": "x"},
+        {
+            "action": "extend",
+            ACTION: [block.pk],
+            "apply": "yes",
+            "hours": "0",
+            "reason": "x",
+            "mode": "complimentary",
+        },
     )
     assert response.context["form"].errors == {
         "hours": ["Ensure this value is greater than or equal to 1."]
@@ -817,9 +838,18 @@ def test_extend_from_the_admin_validates_the_hours(
     assert snapshot() == before
     response = client.post(
         RESERVATIONS,
-        {"action": "extend", ACTION: [block.pk], "apply": "yes", "hours": "3", "reason": "Asked"},
+        {
+            "action": "extend",
+            ACTION: [block.pk],
+            "apply": "yes",
+            "hours": "3",
+            "reason": "Asked",
+            "mode": "complimentary",
+        },
     )
-    assert texts(response) == [f"Extended by 3 h: {block.public_id} to 02 Dec 13:00 UTC."]
+    assert texts(response) == [
+        f"Complimentary extension by 3 h: {block.public_id} to 02 Dec 13:00 UTC."
+    ]
 
 
 def test_force_release_from_the_admin(
@@ -872,8 +902,16 @@ def test_the_reservation_page_shows_its_timeline_without_a_query_per_event(
         ("provisioning → active", "System", ""),
     ]
     assert rows[4:6] == [
-        ("Extended by 1 h to 2026-12-02 11:00 (+32.00 USD)", "Staff · ops-eight@example.com", ""),
-        ("Extension by 1 h made by staff", "Staff · ops-eight@example.com", "More time"),
+        (
+            "Extended by 1 h to 2026-12-02 11:00 (complimentary)",
+            "Staff · ops-eight@example.com",
+            "",
+        ),
+        (
+            "Complimentary extension by 1 h granted by staff (worth 32.00 USD)",
+            "Staff · ops-eight@example.com",
+            "More time",
+        ),
     ]
     assert len(rows) == 12
     assert [name for name, _ in response.context["operations"]] == ["extend", "force_release"]

@@ -5,7 +5,7 @@ import pytest
 
 from accounts.models import Organization
 from accounts.permissions import Role
-from capacity import lifecycle, services
+from capacity import extensions, lifecycle, services
 from capacity.models import Allocation, Reservation
 from capacity.windows import Window
 from core.errors import Conflict, NotAllowed
@@ -218,13 +218,20 @@ def test_illegal_transitions_are_refused(catalog, organization, owner, start, to
     assert reservation.state == start
 
 
+def extend_paid(reservation: Reservation, owner, n: int) -> Reservation:
+    """Hold `n` more hours and apply them as billing does once they are paid."""
+    extension = extensions.extension_hold(reservation=reservation, actor=owner, hours=n)
+    extensions.extension_apply(extension=extension, reason="Paid.")
+    return Reservation.objects.get(pk=reservation.pk)
+
+
 def test_extending_keeps_the_same_nodes_and_adds_the_price(catalog, organization, owner):
     reservation = reserve(organization, owner, catalog, nodes=2, length=24)
     reservation = lifecycle.reservation_transition(
         reservation=reservation, to=S.SCHEDULED, actor=None
     )
     nodes = live_nodes(reservation)
-    extended = services.reservation_extend(reservation=reservation, actor=owner, hours=6)
+    extended = extend_paid(reservation, owner, 6)
     assert extended.ends_at == NEXT_HOUR + hours(30)
     assert live_nodes(extended) == nodes
     assert set(extended.allocations.values_list("ends_at", flat=True)) == {NEXT_HOUR + hours(30)}
@@ -245,8 +252,8 @@ def test_extension_blocked_by_the_next_booking_offers_alternatives(
     reserve(
         other_organization, theirs_owner, catalog, nodes=4, start=NEXT_HOUR + hours(24), length=4
     )
-    with pytest.raises(services.SoldOut) as excinfo:
-        services.reservation_extend(reservation=mine, actor=owner, hours=2)
+    with pytest.raises(extensions.ExtensionUnavailable) as excinfo:
+        extensions.extension_hold(reservation=mine, actor=owner, hours=2)
     mine.refresh_from_db()
     assert mine.ends_at == NEXT_HOUR + hours(24)
     assert mine.total == Decimal("1536.00")
@@ -262,7 +269,7 @@ def test_extension_blocked_by_the_next_booking_offers_alternatives(
 def test_only_scheduled_or_active_reservations_extend(catalog, organization, owner):
     held = reserve(organization, owner, catalog)
     with pytest.raises(Conflict, match="Only scheduled or active"):
-        services.reservation_extend(reservation=held, actor=owner, hours=1)
+        extensions.extension_hold(reservation=held, actor=owner, hours=1)
     held.refresh_from_db()
     assert held.ends_at == NEXT_HOUR + hours(24)
 
@@ -274,7 +281,7 @@ def test_a_block_whose_end_has_passed_cannot_be_extended(
     Reservation.objects.filter(pk=reservation.pk).update(state=S.ACTIVE)
     frozen_clock.move_to(NEXT_HOUR + hours(4))  # its end, before the release sweep ran
     with pytest.raises(Conflict) as refused:
-        services.reservation_extend(reservation=reservation, actor=owner, hours=2)
+        extensions.extension_hold(reservation=reservation, actor=owner, hours=2)
     assert (refused.value.code, refused.value.message) == (
         "not_extendable",
         f"{reservation.public_id} has already ended and can no longer be extended. "

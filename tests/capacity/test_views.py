@@ -1,9 +1,11 @@
+from decimal import Decimal
+
 import pytest
 from django.urls import reverse
 
 from accounts.permissions import Role
 from capacity import lifecycle
-from capacity.models import Allocation, Reservation
+from capacity.models import Allocation, Extension, Reservation
 from core.models import AuditEvent
 from tests.conftest import client_for, member_of
 
@@ -136,15 +138,42 @@ def test_cancel_page_quotes_the_refund_then_cancels(catalog, organization, owner
     assert (reservation.state, str(reservation.refund_due)) == (S.CANCELED, "384.00")
 
 
-def test_extend_form_extends(catalog, organization, owner):
+def test_extend_form_holds_the_hours_and_sends_the_customer_to_pay(catalog, organization, owner):
     reservation = reserve(organization, owner, catalog)
     lifecycle.reservation_transition(reservation=reservation, to=S.SCHEDULED, actor=None)
-    response = client_for(owner).post(
-        url("reservation-extend", organization, reservation.public_id), {"hours": 5}
+    client = client_for(owner)
+    page = client.get(url("reservation-extend", organization, reservation.public_id), {"hours": 5})
+    assert page.status_code == 200
+    assert '<strong data-testid="extend-price">$160.00</strong>' in page.content.decode()
+    partial = client.get(
+        url("reservation-extend", organization, reservation.public_id),
+        {"hours": 5},
+        HTTP_HX_REQUEST="true",
+        HTTP_HX_TARGET="extend-quote",
     )
+    assert partial.content.decode().startswith('<div id="extend-quote"')
+    assert Extension.objects.count() == 0  # quoting changes nothing
+    response = client.post(
+        url("reservation-extend", organization, reservation.public_id),
+        {"hours": 5, "attempt": "a1", "pay": "card"},
+    )
+    again = client.post(  # the button pressed twice
+        url("reservation-extend", organization, reservation.public_id),
+        {"hours": 5, "attempt": "a1", "pay": "card"},
+    )
+    extension = Extension.objects.get()
+    assert again["Location"] == response["Location"]
     assert response.status_code == 302
+    assert response["Location"] == (
+        f"/o/{organization.slug}/reservations/{reservation.public_id}/extensions/"
+        f"{extension.public_id}/pay/"
+    )
     reservation.refresh_from_db()
-    assert reservation.duration_hours == 29
+    assert (reservation.duration_hours, extension.state, extension.price) == (
+        24, "held", Decimal("160.00"),
+    )  # fmt: skip
+    detail = client.get(url("reservation-detail", organization, reservation.public_id))
+    assert 'data-testid="pending-extension"' in detail.content.decode()
 
 
 def test_list_filters_by_state(catalog, organization, owner):

@@ -37,7 +37,16 @@ from accounts.services.memberships import invitation_create
 from billing import gateway
 from billing.models import BillingAccount, Invoice, ModelPrice, Payment, Refund, UsageHour
 from billing.services import accounts
-from capacity.models import Cluster, GpuModel, ListPrice, NegotiatedRate, Node, Region, Reservation
+from capacity.models import (
+    Cluster,
+    Extension,
+    GpuModel,
+    ListPrice,
+    NegotiatedRate,
+    Node,
+    Region,
+    Reservation,
+)
 from core import crypto
 from tests.billing.conftest import SECRET_KEY, card, localstripe_url  # noqa: F401
 from tests.capacity.conftest import NEXT_HOUR, NOW, hours
@@ -64,6 +73,7 @@ class Tenant:
     raw_key: str
     quote: Reservation  # held, an open quote: payable, acceptable, cancelable
     active: Reservation  # running with a kubeconfig to download; extendable
+    extension: Extension  # of `active`, held while it is paid for
     payment: Payment  # succeeded, so it has a receipt
     refund: Refund
     invoice: Invoice
@@ -106,6 +116,7 @@ class World:
             "key": theirs.key.public_id,
             "quote": theirs.quote.public_id,
             "active": theirs.active.public_id,
+            "extension": theirs.extension.public_id,
             "payment": theirs.payment.public_id,
             "refund": theirs.refund.public_id,
             "invoice": theirs.invoice.number,
@@ -130,6 +141,19 @@ def _tenant(org: Organization, owner: User, catalog, number: int, api: str) -> T
         state=Reservation.State.ACTIVE,
         hold_expires_at=None,
         access_secret=crypto.encrypt("apiVersion: v1\nkind: Config\n"),
+    )
+    active.refresh_from_db()
+    extension = Extension.objects.create(
+        reservation=active,
+        hours=1,
+        starts_at=active.ends_at,
+        ends_at=active.ends_at + hours(1),
+        hold_expires_at=NOW + timedelta(minutes=15),
+        currency=active.currency,
+        subtotal=Decimal("16.00"),
+        discount=Decimal("0.00"),
+        price=Decimal("16.00"),
+        requested_by=owner,
     )
     payment = Payment.objects.create(
         organization=org,
@@ -186,6 +210,7 @@ def _tenant(org: Organization, owner: User, catalog, number: int, api: str) -> T
         raw_key=raw_key,
         quote=quote,
         active=active,
+        extension=extension,
         payment=payment,
         refund=refund,
         invoice=invoice,
@@ -375,6 +400,10 @@ def _active(tenant: Tenant) -> dict[str, str]:
     return {"public_id": tenant.active.public_id}
 
 
+def _extension(tenant: Tenant) -> dict[str, str]:
+    return {"public_id": tenant.active.public_id, "extension_id": tenant.extension.public_id}
+
+
 def _payment(tenant: Tenant) -> dict[str, str]:
     return {"payment_id": tenant.payment.public_id}
 
@@ -498,7 +527,7 @@ ROUTES: dict[str, Entry] = {
     ),
     "reservation-extend": Portal(
         "o/<slug:slug>/reservations/<str:public_id>/extend/",
-        "POST",
+        "GET POST",
         P.MANAGE_RESERVATIONS,
         ids=_active,
         data={"hours": "1"},
@@ -527,6 +556,20 @@ ROUTES: dict[str, Entry] = {
         P.VIEW_RESERVATIONS,
         ids=_quote,
         data={"attempt": "route-isolation"},
+    ),
+    "extension-pay": Portal(
+        "o/<slug:slug>/reservations/<str:public_id>/extensions/<str:extension_id>/pay/",
+        "GET",
+        P.VIEW_RESERVATIONS,
+        ids=_extension,
+    ),
+    "extension-pay-card": Portal(
+        "o/<slug:slug>/reservations/<str:public_id>/extensions/<str:extension_id>/pay/card/",
+        "POST",
+        P.VIEW_RESERVATIONS,
+        ids=_extension,
+        data={"payment_method": "pm_card_visa", "attempt": "route-isolation"},
+        guessed=Answer(404, json=lambda w: {"error": "No such extension."}),
     ),
     "payment-status": Portal(
         "o/<slug:slug>/payments/<str:payment_id>/status/",
@@ -596,7 +639,7 @@ ROUTES: dict[str, Entry] = {
     ),
     "api-extend": Api(
         "api/v1/reservations/<str:public_id>/extend/",
-        {"POST": API_NOT_FOUND, "OPTIONS": OK},
+        {"GET": API_NOT_FOUND, "HEAD": Answer(404), "POST": API_NOT_FOUND, "OPTIONS": OK},
         ids=_active,
         params=lambda w: {"hours": 1},
     ),

@@ -9,7 +9,7 @@ from django.core import mail
 from django.utils import timezone
 
 from accounts.permissions import Role
-from capacity import operations, provisioning, services, tasks
+from capacity import extensions, operations, provisioning, tasks
 from capacity.drivers import get_driver
 from capacity.drivers.slurm.commands import Runner
 from capacity.drivers.slurm.parsing import format_time, parse_key_values
@@ -49,7 +49,10 @@ def test_provision_extend_and_end_a_block(
     assert reservation.access_secret == ""
 
     with django_capture_on_commit_callbacks(execute=True):
-        services.reservation_extend(reservation=reservation, actor=owner, hours=3)
+        extensions.extension_apply(
+            extension=extensions.extension_hold(reservation=reservation, actor=owner, hours=3),
+            reason="Paid.",
+        )
     reservation.refresh_from_db()
     assert slurm.reservation(name)["EndTime"] == format_time(reservation.ends_at)
     assert slurm.reservation(name)["Nodes"] == "gpu[001-002]"
@@ -102,7 +105,10 @@ def test_an_active_block_whose_slurm_reservation_vanished_gets_it_back_on_extens
     start(reservation, django_capture_on_commit_callbacks)
     slurm.scontrol("delete", f"ReservationName={reservation.public_id}")  # behind our back
     with django_capture_on_commit_callbacks(execute=True):
-        services.reservation_extend(reservation=reservation, actor=owner, hours=1)
+        extensions.extension_apply(
+            extension=extensions.extension_hold(reservation=reservation, actor=owner, hours=1),
+            reason="Paid.",
+        )
     reservation.refresh_from_db()
     view = slurm.reservation(reservation.public_id)
     assert (view["Nodes"], view["Accounts"], view["EndTime"]) == (
