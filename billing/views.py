@@ -72,37 +72,54 @@ def pay(request: MemberRequest, public_id: str) -> HttpResponse:
     reservation = _reservation(request, public_id)
     if reservation is None:
         return render(request, "404.html", status=404)
-    detail = reverse("reservation-detail", args=[request.organization.slug, public_id])
+    return _pay_page(request, reservation, None)
+
+
+def _pay_page(
+    request: MemberRequest, reservation: Reservation, extension: Extension | None
+) -> HttpResponse:
+    """The card page for a held reservation, or for one of its held extensions (the saved card
+    is offered for the reservation only; an extension asks for it on its own confirm page)."""
+    detail = reverse("reservation-detail", args=[request.organization.slug, reservation.public_id])
     if not _may_pay(request):
         message = "Your role cannot pay for reservations."
         return render(request, "403.html", {"message": message}, status=403)
-    if reservation.state != Reservation.State.HELD:
+    held = (
+        extension.state == Extension.State.HELD
+        if extension
+        else (reservation.state == Reservation.State.HELD)
+    )
+    if not held:
         return redirect(detail)
-    waiting = reservation.payments.filter(status=Payment.Status.REQUIRES_ACTION).first()
+    payments_of = extension.payments if extension else reservation.payments
+    waiting = payments_of.filter(status=Payment.Status.REQUIRES_ACTION).first()
+    saved = None
     try:
         if waiting is not None:
             secret, mode = payments.client_secret_for_payment(waiting), "action"
         else:
-            secret, mode = (
-                payments.card_form_start(reservation=reservation, actor=request.user),
-                "payment",
+            secret = payments.card_form_start(
+                reservation=reservation, actor=request.user, extension=extension
             )
-        account = accounts.billing_account_ensure(request.organization)
-        saved = cards.default_card_for_account(account)
+            mode = "payment"
+        if extension is None:
+            saved = cards.default_card_for_account(
+                accounts.billing_account_ensure(request.organization)
+            )
     except ServiceError as exc:
         messages.error(request, exc.message)
         return redirect(detail)
-    last_failure = reservation.payments.filter(status=Payment.Status.FAILED).first()
     return render(
         request,
         "billing/pay.html",
         {
             "reservation": reservation,
+            "extension": extension,
             "mode": mode,
             "client_secret": secret,
             "waiting": waiting,
             "attempt": _attempt(),
-            "last_failure": last_failure,
+            "last_failure": payments_of.filter(status=Payment.Status.FAILED).first(),
             "saved_card": saved,
             "stripe_js_url": settings.STRIPE_JS_URL,
             "publishable_key": settings.STRIPE_PUBLISHABLE_KEY,
@@ -311,42 +328,7 @@ def extension_pay(request: MemberRequest, public_id: str, extension_id: str) -> 
     extension = _extension(reservation, extension_id) if reservation else None
     if reservation is None or extension is None:
         return render(request, "404.html", status=404)
-    detail = reverse("reservation-detail", args=[request.organization.slug, public_id])
-    if not _may_pay(request):
-        message = "Your role cannot pay for reservations."
-        return render(request, "403.html", {"message": message}, status=403)
-    if extension.state != Extension.State.HELD:
-        return redirect(detail)
-    waiting = extension.payments.filter(status=Payment.Status.REQUIRES_ACTION).first()
-    try:
-        if waiting is not None:
-            secret, mode = payments.client_secret_for_payment(waiting), "action"
-        else:
-            secret = payments.card_form_start(
-                reservation=reservation, actor=request.user, extension=extension
-            )
-            mode = "payment"
-    except ServiceError as exc:
-        messages.error(request, exc.message)
-        return redirect(detail)
-    return render(
-        request,
-        "billing/pay.html",
-        {
-            "reservation": reservation,
-            "extension": extension,
-            "mode": mode,
-            "client_secret": secret,
-            "waiting": waiting,
-            "attempt": _attempt(),
-            "last_failure": extension.payments.filter(status=Payment.Status.FAILED).first(),
-            "saved_card": None,
-            "stripe_js_url": settings.STRIPE_JS_URL,
-            "publishable_key": settings.STRIPE_PUBLISHABLE_KEY,
-            "may_save_card": can(request.membership.role, Permission.MANAGE_BILLING),
-            "now": timezone.now(),
-        },
-    )
+    return _pay_page(request, reservation, extension)
 
 
 @org_member(Permission.VIEW_RESERVATIONS)
