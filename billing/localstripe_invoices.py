@@ -255,7 +255,6 @@ class NetInvoice(StripeObject):
             currency=self.currency,
             customer=self.customer,
             payment_method=method.id,
-            metadata={"invoice": self.id},
         )
         intent.invoice = self.id  # localstripe calls back _on_payment_success / _failure
         self._payment_intent = intent.id
