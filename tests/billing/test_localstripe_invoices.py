@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from io import StringIO
@@ -17,11 +18,13 @@ from pathlib import Path
 import pytest
 import requests
 from django.core.management import CommandError, call_command
+from django.utils import timezone
 
 from accounts.models import Organization
 from billing import gateway, selectors
 from billing.models import Invoice, LedgerEntry, WebhookEvent, WebhookProcessing
-from billing.services import accounts, settlement
+from billing.services import accounts, invoices, settlement
+from capacity import services as capacity_services
 from capacity.models import Reservation
 
 from .conftest import DECLINED, ROOT, SECRET_KEY, WEBHOOK_SECRET, _free_port, card, held_reservation
@@ -493,3 +496,61 @@ def test_invoice_terms_end_to_end_at_localstripe(
         f"{organization.slug}: invoice {invoice.stripe_invoice_id}: credited: "
         "ledger $0.00, Stripe $100.00",
     )
+
+
+def on_invoice_terms(organization: Organization) -> None:
+    Organization.objects.filter(pk=organization.pk).update(
+        payment_terms="invoice", payment_days=30, credit_limit=Decimal("10000")
+    )
+    organization.refresh_from_db()
+
+
+AGREE = (
+    "check_books: the books agree with Stripe; checked 1 organization, 0 payments, 0 refunds, "
+    "1 invoice with Stripe and 1 reservation; 0 left for the next run (too recent); "
+    "0 new finance flags"
+)
+
+
+@pytest.mark.parametrize(
+    ("how", "stripe_status", "notes", "paid"),
+    [
+        ("canceled in full", "void", [], 0),
+        ("canceled at 50%", "paid", [("pre_payment", 38400)], 38400),
+        ("failed after it was paid", "paid", [("post_payment", 76800)], 76800),
+    ],
+)
+def test_settling_at_localstripe_leaves_books_that_agree(
+    catalog, organization, owner, stripe_api, settings, how, stripe_status, notes, paid
+):
+    """Settlement's voids and credit notes, answered by localstripe as Stripe would, and the
+    customer paying what is left: check_books finds the ledger equal to Stripe."""
+    settings.CAPACITY_CANCELLATION_POLICY = [(timedelta(days=30), 100), (timedelta(0), 50)]
+    if how == "canceled in full":
+        settings.CAPACITY_CANCELLATION_POLICY = [(timedelta(0), 100)]
+    on_invoice_terms(organization)
+    start = timezone.now().replace(minute=0, second=0, microsecond=0) + timedelta(days=10)
+    reservation = held_reservation(organization, owner, catalog, start=start)
+    settlement.reservation_settle(reservation_id=reservation.pk)
+    invoice = Invoice.objects.get(reservation=reservation)
+    stripe_id = str(invoice.stripe_invoice_id)
+
+    def pay_what_is_left() -> None:
+        at_stripe(stripe_api, f"/v1/invoices/{stripe_id}/pay", paid_out_of_band="true")
+        invoices.invoice_sync(stripe_invoice_id=stripe_id)
+
+    if how == "failed after it was paid":
+        pay_what_is_left()
+        Reservation.objects.filter(pk=reservation.pk).update(state=Reservation.State.FAILED)
+    else:
+        capacity_services.reservation_cancel(reservation=reservation, actor=owner, reason="x")
+    settlement.reservation_settle(reservation_id=reservation.pk)
+    if how == "canceled at 50%":
+        pay_what_is_left()
+    at_stripe_now = gateway.invoice_retrieve(stripe_id)
+    assert (at_stripe_now.status, at_stripe_now.amount_paid) == (stripe_status, paid)
+    assert [(n.type, n.amount) for n in gateway.credit_notes_list(invoice_id=stripe_id)] == notes
+    assert selectors.balance_for_org(organization) == Decimal(
+        "-768.00" if how == "failed after it was paid" else "0.00"
+    )  # a failed block's credit waits on the customer's balance for the next invoice
+    assert check_books() == (0, AGREE + "\n")
