@@ -106,10 +106,8 @@ def invoice_create(request: web.Request, data: Data, match: dict[str, str]) -> A
             "days_until_due and due_date apply to send_invoice invoices only.",
             param="days_until_due",
         )
-    if _text(data, "pending_invoice_items_behavior", choices=("exclude",)) is None and (
-        data.get("pending_invoice_items_behavior")
-    ):
-        raise bad_request("Only pending_invoice_items_behavior=exclude is supported here.")
+    # Stripe's default since 2022-08-01; pulling in pending items is not emulated.
+    _text(data, "pending_invoice_items_behavior", choices=("exclude",))
     return NetInvoice(
         customer=customer,
         collection_method=method,
@@ -139,7 +137,7 @@ def invoice_update(request: web.Request, data: Data, match: dict[str, str]) -> A
     if "description" in data:
         changes["description"] = _text(data, "description")
     if "days_until_due" in data:
-        changes["days_until_due"] = _int(data, "days_until_due")
+        changes["days_until_due"] = _int(data, "days_until_due", required=True)
     if "auto_advance" in data:
         changes["auto_advance"] = _bool(data, "auto_advance", False)
     invoice._update(**changes)
@@ -396,10 +394,11 @@ async def hosted_page_middleware(
         invoice = net_invoice(found["id"])
         if found["action"] and request.method == "POST":
             form = await request.post()
+            out_of_band = form.get("how") == "out_of_band"
             invoice._pay(
                 origin=_origin(request),
-                paid_out_of_band=form.get("how") == "out_of_band",
-                payment_method=None,
+                paid_out_of_band=out_of_band,
+                payment_method=None if out_of_band else _card_on_file(invoice),
             )
             store.dump_to_disk()
             raise web.HTTPSeeOther(f"/i/{invoice.id}")
@@ -407,6 +406,19 @@ async def hosted_page_middleware(
         message = exc.body["error"].get("message", "")
         return web.Response(status=exc.code, text=message, content_type="text/plain")
     return web.Response(text=_page_html(invoice), content_type="text/html")
+
+
+def _card_on_file(invoice: NetInvoice) -> str | None:
+    """The card Stripe's hosted page would offer: the default, else the latest one saved."""
+    try:
+        return invoice._payment_method_id(None)
+    except UserError:
+        cards = [
+            obj.id
+            for key, obj in store.items()
+            if key.startswith("payment_method:") and obj.customer == invoice.customer
+        ]
+        return cards[-1] if cards else None
 
 
 def _page_html(invoice: NetInvoice) -> str:

@@ -97,6 +97,23 @@ def test_create_item_finalize_send_gives_an_open_invoice_for_the_amount(organiza
     assert (page.status_code, "still due 768.00 USD" in page.text) == (200, True)
 
 
+def test_the_hosted_page_pays_with_the_card_on_file(organization, stripe_api):
+    """What make run's customer opens from the invoice e-mail (no API key, as at Stripe)."""
+    customer = customer_of(organization)
+    invoice = issue(customer)
+    saved_card(stripe_api, customer)
+    answer = requests.post(
+        f"{invoice.hosted_invoice_url}/pay", data={"how": "card"}, timeout=10,
+        allow_redirects=False,
+    )  # fmt: skip
+    assert (answer.status_code, answer.headers["Location"]) == (303, f"/i/{invoice.id}")
+    again = gateway.invoice_retrieve(invoice.id)
+    assert (again.status, again.amount_paid) == ("paid", 76800)
+    assert len(gateway.invoice_payments_list(invoice_id=invoice.id)) == 1
+    page = requests.get(invoice.hosted_invoice_url, timeout=10).text
+    assert ("Status: paid" in page, "<button" in page) == (True, False)
+
+
 def test_the_same_idempotency_key_is_the_same_invoice(organization, stripe_api):
     customer = customer_of(organization)
     first, second = issue(customer), issue(customer)
