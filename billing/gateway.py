@@ -242,7 +242,7 @@ def payment_intents_list(*, created_after: int) -> list[Any]:
 
 # --- Reading the books back (check_books) ---------------------------------------------------------
 class NotOffered(PaymentError):
-    """This Stripe has no such API at all (localstripe has no invoices or credit notes): what
+    """This Stripe has no such API at all (a stand-in without invoices or credit notes): what
     it would have told us cannot be checked, which is not the same as finding nothing."""
 
     status = 501
@@ -277,7 +277,8 @@ def invoice_payments_list(*, invoice_id: str) -> list[Any]:
 
 
 def invoicing_offered() -> bool:
-    """Whether this Stripe has invoices and credit notes to read back (localstripe has not)."""
+    """Whether this Stripe has invoices and credit notes to read back (Stripe and our
+    localstripe wrapper have; a bare emulator may not)."""
     try:
         _client().v1.credit_notes.list(params={"limit": 1})  # one page, not every note
     except stripe.APIError as exc:
@@ -290,7 +291,7 @@ def invoicing_offered() -> bool:
 
 
 def credit_notes_list(*, invoice_id: str) -> list[Any]:
-    """An invoice's credit notes; NotOffered where Stripe has no credit notes (localstripe)."""
+    """An invoice's credit notes; NotOffered where this Stripe has no credit notes."""
     return _every(_client().v1.credit_notes.list, {"invoice": invoice_id})
 
 

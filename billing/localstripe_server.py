@@ -3,6 +3,8 @@
 The stock `localstripe` command listens on every interface and pickles its state to one fixed
 file in the system temp folder, so two runs on one machine would share (and corrupt) each other's
 data. This entry point binds 127.0.0.1 and keeps state in memory, or in the file given.
+It also answers what localstripe lacks: Stripe's standalone invoices, invoice items on them,
+credit notes and invoice payments (billing.localstripe_api), with their webhooks.
 
     python -m billing.localstripe_server --port 8420 [--state var/localstripe.pickle]
         [--webhook-url http://127.0.0.1:8000/stripe/webhook/ --webhook-secret whsec_...]
@@ -16,6 +18,8 @@ from pathlib import Path
 
 from aiohttp import web
 from localstripe import resources, server, webhooks
+
+from billing import localstripe_api
 
 
 def _use_state_file(path: Path | None) -> None:
@@ -42,6 +46,7 @@ def main() -> None:
     parser.add_argument("--webhook-secret", help="sign them with this secret")
     args = parser.parse_args()
     _use_state_file(args.state)
+    localstripe_api.install(server.app)
     if args.webhook_url and args.webhook_secret:
         webhooks.register_webhook("hyperblock", args.webhook_url, args.webhook_secret, None)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

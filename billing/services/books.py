@@ -393,7 +393,7 @@ def _check_invoices(
             parts.append(
                 f"{_count(len(sent), 'invoice')} ({total}) not compared "
                 "with Stripe (totals, payments, credit notes): this Stripe offers no invoices or "
-                "credit notes API (localstripe)"
+                "credit notes API"
             )
         if unsent:
             parts.append(f"{_count(unsent, 'invoice')} never reached Stripe (nothing booked yet)")

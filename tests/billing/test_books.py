@@ -146,8 +146,9 @@ def test_a_block_confirmed_beyond_what_was_charged(catalog, organization, owner,
 
 
 def test_invoice_terms_say_what_was_not_checked(catalog, organization, owner, stripe_api):
-    """localstripe has no invoices: an invoice sent (through a real Stripe) is not compared,
-    and the output says so; its charge in the ledger and the card side still are."""
+    """A Stripe without invoices or credit notes (its credit notes route is a bare 404): an
+    invoice sent is not compared, and the output says so; its charge in the ledger and the card
+    side still are."""
     Organization.objects.filter(pk=organization.pk).update(
         payment_terms="invoice", credit_limit=Decimal("100000")
     )
@@ -171,12 +172,21 @@ def test_invoice_terms_say_what_was_not_checked(catalog, organization, owner, st
         invoice=invoice,
         description="Invoice in_sent_elsewhere",
     )
-    code, out = check_books()
+    with responses.RequestsMock(assert_all_requests_are_fired=True) as mock:
+        mock.add_passthru(stripe_api)
+        mock.add(
+            responses.GET,
+            re.compile(re.escape(stripe_api) + r"/v1/credit_notes\?limit=1$"),
+            status=404,
+            body="404: Not Found",
+            content_type="text/plain",
+        )
+        code, out = check_books()
     assert code == 0
     assert out.splitlines()[0] == (
         f"not checked: {organization.slug}: 1 invoice ({format_money(invoice.amount, 'usd')}) "
         "not compared with Stripe (totals, payments, credit notes): this Stripe offers no "
-        "invoices or credit notes API (localstripe). Checked: its card payments and refunds, "
+        "invoices or credit notes API. Checked: its card payments and refunds, "
         "each invoice's charge in the ledger, and each reservation's ledger."
     )
     assert "checked 1 organization, 1 payment, 0 refunds, 0 invoices" in out
