@@ -19,6 +19,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Sum
+from django.urls import reverse
 from django.utils import timezone
 
 from capacity.models import Reservation
@@ -360,7 +361,13 @@ def _credit_granted(credit: SlaCredit, *, note: str | None) -> SlaCredit:
         },
     )
     billing_email_queue(
-        reservation.organization, "sla_credit", credit=locked, reservation=reservation
+        reservation.organization,
+        "sla_credit",
+        credit=locked,
+        reservation=reservation,
+        reservation_url=reverse(
+            "reservation-detail", args=[reservation.organization.slug, reservation.public_id]
+        ),
     )
     return locked
 

@@ -13,6 +13,7 @@ import pytest
 import responses
 import time_machine
 from django.core import mail
+from django.db import IntegrityError, transaction
 from django.urls import reverse
 
 from accounts.models import Organization
@@ -128,7 +129,9 @@ def test_a_late_start_is_credited_by_the_hours_begun_to_the_card(
     [message] = [m for m in mail.outbox if "credit" in m.subject]
     assert message.subject == f"A credit of $32.00 for {reservation.public_id}"
     assert message.to == [organization.billing_email]
-    assert "started late" in message.body
+    assert "started late: its nodes were up 61 minutes after its start" in message.body
+    assert "credit you 50% of the price of the 4 node-hours affected: $32.00." in message.body
+    assert f"/o/{organization.slug}/reservations/{reservation.public_id}/" in message.body
     assert "refunded to the card the block was paid with" in message.body
 
 
@@ -397,3 +400,19 @@ def test_the_reservation_page_shows_the_credit(
         f"refunded to your card {credit.granted_at:%-d %b %Y}</td>"
         '<td class="num">−$32.00</td></tr>'
     ) in html
+
+
+def test_the_database_allows_one_credit_per_reservation_cause_and_key(
+    catalog, organization, owner, stripe_api, django_capture_on_commit_callbacks
+):
+    reservation, _ = paid(organization, owner, catalog, stripe_api)
+    start(reservation, django_capture_on_commit_callbacks, late=timedelta(minutes=30))
+    first = SlaCredit.objects.get()
+    fields = {
+        f.attname: getattr(first, f.attname)
+        for f in SlaCredit._meta.concrete_fields
+        if f.attname not in ("id", "public_id", "stripe_credit_note_id")
+    }
+    with pytest.raises(IntegrityError), transaction.atomic():
+        SlaCredit.objects.create(**fields)
+    SlaCredit.objects.create(**{**fields, "key": "start-again"})  # another key is another credit
