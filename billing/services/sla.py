@@ -248,8 +248,16 @@ def _credit_refund(credit: SlaCredit) -> SlaCredit:
     settles = credit.refund_settles
     reason = _reason(credit, reservation)
     mine = Refund.objects.filter(settles=settles, status__in=[Refund.Status.PENDING])
-    for pending in mine:  # written before a crash, never sent
-        refund_send(pending)
+    for pending in mine:  # written before a crash or an outage, never sent
+        try:
+            refund_send(pending)
+        except gateway.GatewayUnavailable:
+            raise
+        except gateway.PaymentError as exc:
+            Refund.objects.filter(pk=pending.pk, status=Refund.Status.PENDING).update(
+                status=Refund.Status.FAILED, failure_message=exc.message[:300]
+            )
+            return _credit_fail(credit, exc.message)
     for payment in _card_payments(reservation):
         done = (
             Refund.objects.filter(
@@ -273,6 +281,8 @@ def _credit_refund(credit: SlaCredit) -> SlaCredit:
             refund_issue(payment=payment, amount=share, reason=reason, actor=None, settles=settles)
         except AlreadySettled:  # a concurrent grant made it first
             continue
+        except gateway.GatewayUnavailable:
+            raise  # the refund stays pending: the task's retry sends it (refund_send above)
         except gateway.PaymentError as exc:
             Refund.objects.filter(
                 payment=payment, settles=settles, status=Refund.Status.PENDING
@@ -313,6 +323,8 @@ def _credit_note(credit: SlaCredit) -> SlaCredit:
             paid=stripe_invoice.status == "paid",
             idempotency_key=f"sla_credit:{credit.public_id}",
         )
+    except gateway.GatewayUnavailable:
+        raise  # transient: the task retries with the same idempotency key
     except gateway.PaymentError as exc:
         return _credit_fail(credit, exc.message)
     return _credit_granted(credit, note=note.id)

@@ -12,13 +12,14 @@ from decimal import Decimal
 import pytest
 import responses
 import time_machine
+from celery.exceptions import Retry
 from django.core import mail
 from django.db import IntegrityError, transaction
 from django.urls import reverse
 
 from accounts.models import Organization
 from billing import gateway, tasks
-from billing.models import Invoice, LedgerEntry, Payment, Refund, SlaCredit
+from billing.models import FinanceFlag, Invoice, LedgerEntry, Payment, Refund, SlaCredit
 from billing.services import payments, settlement
 from billing.services.refunds import refund_issue
 from capacity import lifecycle, operations, provisioning
@@ -319,6 +320,9 @@ def fake_invoices(stripe_api):
     def credit_note(request):
         body = form(request)
         notes.append((request.headers.get("Idempotency-Key"), body))
+        if state.get("refuse"):
+            error = {"message": "Exceeds the invoice.", "type": "invalid_request_error"}
+            return 400, {}, json.dumps({"error": error})
         return 200, {}, json.dumps(
             {"id": f"cn_test_{len(notes)}", "object": "credit_note", "amount": int(body["amount"]),
              "currency": "usd", "invoice": body["invoice"], "status": "issued"}
@@ -339,10 +343,7 @@ def fake_invoices(stripe_api):
         yield state, notes
 
 
-def test_on_invoice_terms_a_credit_note_goes_on_the_latest_invoice(
-    catalog, organization, owner, fake_invoices, django_capture_on_commit_callbacks
-):
-    _, notes = fake_invoices
+def invoiced(organization, owner, catalog) -> tuple[Reservation, Invoice]:
     Organization.objects.filter(pk=organization.pk).update(
         payment_terms="invoice", payment_days=30, credit_limit=Decimal("10000")
     )
@@ -351,13 +352,24 @@ def test_on_invoice_terms_a_credit_note_goes_on_the_latest_invoice(
     if reservation.state == S.HELD:
         lifecycle.reservation_transition(reservation=reservation, to=S.SCHEDULED, actor=None)
     settlement.reservation_settle(reservation_id=reservation.pk)
-    invoice = Invoice.objects.get()
+    reservation.refresh_from_db()
+    return reservation, Invoice.objects.get()
+
+
+@pytest.mark.parametrize("status", ["open", "paid"])
+def test_on_invoice_terms_a_credit_note_goes_on_the_latest_invoice(
+    catalog, organization, owner, fake_invoices, django_capture_on_commit_callbacks, status
+):
+    state, notes = fake_invoices
+    reservation, invoice = invoiced(organization, owner, catalog)
     assert (invoice.stripe_invoice_id, invoice.status, invoice.amount) == (
         "in_test_1",
         "open",
         Decimal("768.00"),
     )
-    reservation.refresh_from_db()
+    if status == "paid":
+        state["status"] = "paid"
+        Invoice.objects.filter(pk=invoice.pk).update(status="paid")
     mail.outbox.clear()
     start(reservation, django_capture_on_commit_callbacks, late=timedelta(minutes=100))
     credit = SlaCredit.objects.get()
@@ -373,7 +385,10 @@ def test_on_invoice_terms_a_credit_note_goes_on_the_latest_invoice(
             {
                 "invoice": "in_test_1",
                 "amount": "3200",
-                "memo": notes[0][1]["memo"],
+                "memo": f"SLA+credit+{credit.public_id}+for+{reservation.public_id}"
+                "%3A+Started+late",
+                # On a paid invoice the credit goes to the customer's balance.
+                **({"credit_amount": "3200"} if status == "paid" else {}),
             },
         )
     ]
@@ -381,7 +396,61 @@ def test_on_invoice_terms_a_credit_note_goes_on_the_latest_invoice(
     assert ledger(reservation)[-1] == ("credit", Decimal("-32.00"))
     [message] = [m for m in mail.outbox if m.subject.startswith("A credit")]
     assert "credit note on invoice HB-0001" in message.body
-    assert "the amount due on it is lower by the credit" in message.body
+    assert (
+        "taken off your next invoice" if status == "paid" else "lower by the credit"
+    ) in message.body
+
+
+def test_a_credit_note_stripe_refuses_is_failed_and_flags_finance(
+    catalog, organization, owner, fake_invoices, django_capture_on_commit_callbacks
+):
+    state, notes = fake_invoices
+    reservation, _ = invoiced(organization, owner, catalog)
+    state["refuse"] = True
+    mail.outbox.clear()
+    start(reservation, django_capture_on_commit_callbacks, late=timedelta(minutes=30))
+    credit = SlaCredit.objects.get()
+    # The gateway's message (Stripe's own text is logged by the gateway).
+    assert (credit.status, credit.failure_message) == (
+        "failed",
+        "The payment could not be processed.",
+    )
+    flag = FinanceFlag.objects.get()
+    assert (flag.kind, flag.stripe_object_id, flag.detail) == (
+        "reconciliation",
+        f"sla:{credit.public_id}",
+        f"SLA credit {credit.public_id} of $16.00 for {reservation.public_id} could not be paid "
+        "back: The payment could not be processed.",
+    )
+    assert LedgerEntry.objects.filter(kind="credit").count() == 0
+    assert [m for m in mail.outbox if m.subject.startswith("A credit")] == []
+    # Run again: a failed credit is finance's now, nothing is sent twice.
+    tasks.grant_sla_credit(
+        reservation_id=reservation.pk, cause="late_start", key="start", minutes=30
+    )
+    assert len(notes) == 1
+
+
+def test_stripe_out_of_reach_leaves_the_credit_pending_for_the_retry(
+    catalog, organization, owner, fake_invoices, django_capture_on_commit_callbacks, monkeypatch
+):
+    _, notes = fake_invoices
+    reservation, _ = invoiced(organization, owner, catalog)
+
+    def unreachable(**kwargs):
+        raise gateway.GatewayUnavailable("Stripe could not be reached.")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(gateway, "credit_note_create", unreachable)
+        with pytest.raises(Retry):  # the task retries later (eager here: at once, raised)
+            start(reservation, django_capture_on_commit_callbacks, late=timedelta(minutes=30))
+    assert SlaCredit.objects.get().status == "pending"
+    # The task's retry: the same credit, sent once.
+    tasks.grant_sla_credit(
+        reservation_id=reservation.pk, cause="late_start", key="start", minutes=30
+    )
+    credit = SlaCredit.objects.get()
+    assert (credit.status, credit.amount, len(notes)) == ("granted", Decimal("16.00"), 1)
 
 
 def test_the_reservation_page_shows_the_credit(
