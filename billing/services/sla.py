@@ -288,6 +288,13 @@ def _credit_refund(credit: SlaCredit) -> SlaCredit:
                 payment=payment, settles=settles, status=Refund.Status.PENDING
             ).update(status=Refund.Status.FAILED, failure_message=exc.message[:300])
             return _credit_fail(credit, exc.message)
+        except ServiceError as exc:
+            # Refused before Stripe: the payment's room went meanwhile. When it went to this
+            # credit (the same incident reported twice at once, both paying it), nothing is
+            # lost; else another refund took it and finance must look.
+            if payment.refunds.filter(settles=settles).exists():
+                continue
+            return _credit_fail(credit, exc.message)
     refunds = Refund.objects.filter(settles=settles)
     refunded = refunds.filter(status=Refund.Status.SUCCEEDED).aggregate(s=Sum("amount"))["s"]
     if (refunded or ZERO) == credit.amount:
