@@ -9,7 +9,7 @@ from capacity.models import Reservation
 
 from . import gateway, webhooks
 from .models import LedgerEntry, Refund, WebhookEvent, WebhookProcessing
-from .services import books, reconciliation, settlement, usage
+from .services import books, reconciliation, settlement, sla, usage
 
 # Stripe out of reach, or the database refusing for now (a deadlock broken by PostgreSQL, a lock
 # wait timed out, a dropped connection): worth trying again in a moment.
@@ -32,6 +32,17 @@ def process_webhook_event(*, event_id: int) -> str:
 )
 def settle_reservation(*, reservation_id: int) -> None:
     settlement.reservation_settle(reservation_id=reservation_id)
+
+
+@shared_task(
+    name="billing.grant_sla_credit", autoretry_for=TRANSIENT, retry_backoff=5, max_retries=10
+)
+def grant_sla_credit(*, reservation_id: int, cause: str, key: str, minutes: int) -> str | None:
+    """An SLA credit capacity measured (SLA_CREDIT_HOOK); once per (reservation, cause, key)."""
+    credit = sla.sla_credit_grant(
+        reservation_id=reservation_id, cause=cause, key=key, minutes=minutes
+    )
+    return credit.public_id if credit else None
 
 
 @shared_task(name="billing.settle_pending")

@@ -27,7 +27,7 @@ from core.errors import Conflict, NotAllowed, ServiceError
 from core.staff import reason_clean, require_staff_permission
 from core.tasks import enqueue_after_commit
 
-from . import extensions, lifecycle, provisioning, selectors, services
+from . import extensions, incidents, lifecycle, provisioning, selectors, services
 from .incidents import incident_open
 from .models import Incident, Node, Reservation
 from .pools import pool_lock
@@ -366,6 +366,7 @@ def reservation_release(*, reservation: Reservation, actor: Any, reason: str) ->
         reason=reason,
         data={"forced": True},
     )
+    incidents.force_release_credit_request(reservation=released, now=timezone.now())
     enqueue_after_commit("capacity.release", reservation_id=released.pk)
     return released
 
@@ -395,4 +396,6 @@ def incident_resolve(*, incident: Incident, actor: Any, note: str = "") -> Incid
         data={"kind": locked.kind},
         reason=note,
     )
+    if locked.reservation is not None:
+        incidents.degraded_credits_request(reservation=locked.reservation, incident=locked)
     return locked

@@ -17,7 +17,7 @@ from django.utils import timezone
 from core import audit, crypto
 from core.tasks import enqueue_after_commit
 
-from . import lifecycle, notifications, selectors
+from . import incidents, lifecycle, notifications, selectors
 from .drivers import Access, MissingBlockError, get_driver
 from .incidents import incident_open
 from .models import Allocation, Incident, Node, Reservation
@@ -103,6 +103,7 @@ def block_provision(reservation_id: int) -> str:
                 "access_secret": crypto.encrypt(access.secret),
             },
         )
+        incidents.late_start_credit_request(reservation=locked, now=timezone.now())
     return S.ACTIVE
 
 
@@ -279,6 +280,7 @@ def block_release(reservation_id: int) -> str:
         )
     except lifecycle.IllegalTransition:
         return Reservation.objects.get(pk=reservation_id).state
+    incidents.degraded_credits_request(reservation=reservation)
     return S.COMPLETED
 
 

@@ -390,6 +390,27 @@ CAPACITY_ALTERNATIVE_SPAN = timedelta(days=3)  # how far from the asked start to
 RESERVATION_SETTLEMENT_HOOK = "billing.services.settlement.settlement_enqueue"
 # How much credit an organization on invoice terms has in use (owed plus committed).
 CREDIT_USED_HOOK = "billing.selectors.credit_used_for_org"
+# A block fell short of what was sold (ran degraded, started late, force-released by staff):
+# capacity reports the measured minutes, billing grants the SLA credit after the commit.
+SLA_CREDIT_HOOK = "billing.services.sla.sla_credit_enqueue"
+
+# --- SLA credits ----------------------------------------------------------------------------
+# The one table of what earns a credit and how much (billing.services.sla). Per cause:
+#   percent           of the block's price for the time lost (100: that time is given back);
+#   grace_minutes     shorter than this earns nothing (a block booked to start now is
+#                     provisioned after its payment, so a few minutes late is the normal case);
+#   round_up_to_hour  the time lost counts in whole hours begun instead of to the minute.
+# The time lost, priced at what the block was sold for per node-hour:
+#   degraded        minutes a failed node stayed in the block without a spare, x 1 node;
+#   late_start      minutes from the start to the nodes being up, x the block's nodes;
+#   force_released  minutes from a staff release to the block's end, x the block's nodes.
+# A cause left out (or percent 0) earns nothing. Never more than was paid for the block, less
+# its refunds and earlier credits.
+SLA_CREDIT_POLICY: dict[str, dict[str, Any]] = {
+    "degraded": {"percent": Decimal("100"), "grace_minutes": 0, "round_up_to_hour": False},
+    "late_start": {"percent": Decimal("100"), "grace_minutes": 15, "round_up_to_hour": True},
+    "force_released": {"percent": Decimal("100"), "grace_minutes": 0, "round_up_to_hour": False},
+}
 
 # --- Provisioning ---------------------------------------------------------------------------
 PROVISIONING_DRIVER = env.str(
