@@ -102,11 +102,12 @@ def settled_for_reservation(reservation: Reservation) -> Decimal:
     paid = Payment.objects.filter(
         reservation=reservation, status=Payment.Status.SUCCEEDED, flagged=False
     )
-    by_card = (
-        _sum(paid, "amount")
-        - _sum(paid, "amount_refunded")
-        - _sum(Refund.objects.filter(payment__in=paid, status=Refund.Status.PENDING), "amount")
+    zero = Decimal("0.00")
+    cards = paid.aggregate(
+        paid=Coalesce(Sum("amount"), zero), refunded=Coalesce(Sum("amount_refunded"), zero)
     )
+    pending = _sum(Refund.objects.filter(payment__in=paid, status=Refund.Status.PENDING), "amount")
+    by_card = cards["paid"] - cards["refunded"] - pending
     invoices = Invoice.objects.filter(reservation=reservation)
     billed = invoices.exclude(status=Invoice.Status.VOID)
     credits = LedgerEntry.objects.filter(kind=LedgerEntry.Kind.CREDIT, invoice__in=billed)
