@@ -341,3 +341,35 @@ def test_the_sweep_finishes_a_cancellation_refund_cut_short_between_payments(
         (Decimal("320.00"), "succeeded"),
     ]
     assert tasks.settle_pending() == 0
+
+
+def test_a_block_paid_by_card_with_hours_on_an_invoice_gets_both_back(
+    catalog, organization, owner, stripe_api, stripe_invoice
+):
+    """Paid by card, then 4 h more invoiced (after a move to invoice terms): the refund due goes
+    to the card first, and what the card cannot take is credited on the invoice."""
+    reservation = held_reservation(organization, owner, catalog, start=ten_days_out())
+    payment = pay(reservation, owner, stripe_api)
+    invoice = Invoice.objects.create(
+        organization=organization, reservation=reservation, amount=Decimal("128.00"),
+        currency="usd", stripe_invoice_id="in_test_1", status="open",
+    )  # fmt: skip
+    stripe_invoice["amount"] = 12800
+    reservation.refresh_from_db()
+    assert capacity_services.cancellation_quote(reservation).amount == Decimal("896.00")  # 100 %
+    capacity_services.reservation_cancel(reservation=reservation, actor=owner)
+    for _ in range(2):
+        settlement.reservation_settle(reservation_id=reservation.pk)
+    assert cancellation_refunds(reservation) == [
+        (payment.public_id, Decimal("768.00"), "succeeded")
+    ]
+    assert [c[0] for c in stripe_invoice["calls"]] == ["void"]
+    # The ledger credits both: the card's refund, and the invoice.
+    assert sorted(credits(organization)) == [
+        (Decimal("-768.00"), None),
+        (Decimal("-128.00"), "void"),
+    ]
+    invoice.refresh_from_db()
+    assert invoice.status == "void"
+    assert selectors.settled_for_reservation(reservation) == Decimal("0.00")
+    assert tasks.settle_pending() == 0
