@@ -2,7 +2,8 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import TypedDict
 
-from django.db.models import Count, Min, Q, QuerySet, Sum
+from django.db.models import Count, Exists, F, Min, OuterRef, Q, QuerySet, Subquery, Sum
+from django.db.models.functions import Coalesce
 
 from accounts.models import Organization
 from capacity.models import Reservation
@@ -81,6 +82,79 @@ def credit_used_for_org(organization: Organization) -> Decimal:
         .aggregate(total=Sum("total"))["total"]
     )
     return balance_for_org(organization) + (committed or Decimal("0.00"))
+
+
+def _sum(queryset: QuerySet, field: str) -> Decimal:
+    total: Decimal = queryset.aggregate(s=Coalesce(Sum(field), Decimal("0.00")))["s"]
+    return total
+
+
+def settled_for_reservation(reservation: Reservation) -> Decimal:
+    """RESERVATION_SETTLED_HOOK: the money a reservation holds now, which a cancellation's
+    policy percent applies to and a failure gives back in full (never its list total).
+
+    By card: its successful payments (the block's and each paid extension's) less what was
+    refunded and what is being refunded. A payment flagged for finance (a dispute, an amount
+    that did not match) is left out, as settlement never refunds it on its own. On invoice
+    terms: its invoices that are not void, less the credits booked on them. A reservation
+    confirmed on invoice terms whose invoice is not made yet (settlement runs after the commit)
+    is committed for its total, as `credit_used_for_org` counts it."""
+    paid = Payment.objects.filter(
+        reservation=reservation, status=Payment.Status.SUCCEEDED, flagged=False
+    )
+    zero = Decimal("0.00")
+    cards = paid.aggregate(
+        paid=Coalesce(Sum("amount"), zero), refunded=Coalesce(Sum("amount_refunded"), zero)
+    )
+    pending = _sum(Refund.objects.filter(payment__in=paid, status=Refund.Status.PENDING), "amount")
+    by_card = cards["paid"] - cards["refunded"] - pending
+    invoices = Invoice.objects.filter(reservation=reservation)
+    billed = invoices.exclude(status=Invoice.Status.VOID)
+    credits = LedgerEntry.objects.filter(kind=LedgerEntry.Kind.CREDIT, invoice__in=billed)
+    by_invoice = _sum(billed, "amount") + _sum(credits, "amount")  # credits are negative
+    S = Reservation.State
+    if (
+        reservation.organization.on_invoice_terms
+        and reservation.state in (S.SCHEDULED, S.PROVISIONING, S.ACTIVE)
+        and not invoices.exists()
+        and not reservation.payments.filter(status=Payment.Status.SUCCEEDED).exists()
+    ):
+        by_invoice = reservation.total
+    return (by_card + by_invoice).quantize(Decimal("0.01"))
+
+
+def reservations_owed_card_refunds() -> set[int]:
+    """Ids of canceled or failed reservations whose card refunds are not all made: a payment
+    with money left and no settling refund yet, and for a cancellation, settling refunds short
+    of `refund_due`. A cancellation refunded over several payments that was cut short after
+    the first is found here until the last is made (refunds written but never sent are the
+    sweep's other query)."""
+    S = Reservation.State
+    open_payments = Payment.objects.filter(
+        reservation=OuterRef("pk"),
+        status=Payment.Status.SUCCEEDED,
+        flagged=False,
+        amount__gt=F("amount_refunded"),
+    )
+    given = (
+        Refund.objects.filter(
+            payment__reservation=OuterRef("pk"), settles=Refund.Settles.CANCELLATION
+        )
+        .order_by()
+        .values("payment__reservation")
+        .annotate(s=Sum("amount"))
+        .values("s")
+    )
+    canceled = (
+        Reservation.objects.filter(state=S.CANCELED, refund_due__gt=0)
+        .annotate(given=Coalesce(Subquery(given), Decimal("0.00")))
+        .filter(given__lt=F("refund_due"))
+        .filter(Exists(open_payments.exclude(refunds__settles=Refund.Settles.CANCELLATION)))
+    )
+    failed = Reservation.objects.filter(state=S.FAILED).filter(
+        Exists(open_payments.exclude(refunds__settles=Refund.Settles.FAILURE))
+    )
+    return {*canceled.values_list("pk", flat=True), *failed.values_list("pk", flat=True)}
 
 
 def spend_for_org(organization: Organization, since: datetime) -> Decimal:

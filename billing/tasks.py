@@ -7,7 +7,7 @@ from django.utils import timezone
 
 from capacity.models import Reservation
 
-from . import gateway, webhooks
+from . import gateway, selectors, webhooks
 from .models import LedgerEntry, Refund, WebhookEvent, WebhookProcessing
 from .services import books, reconciliation, settlement, sla, usage
 
@@ -48,16 +48,12 @@ def grant_sla_credit(*, reservation_id: int, cause: str, key: str, minutes: int)
 @shared_task(name="billing.settle_pending")
 def settle_pending() -> int:
     """Safety net for settle_reservation: refunds due, invoices missing, refunds half-sent."""
-    # Canceled or failed and not yet given back: no settling refund on a card payment, or no
-    # credit on a sent invoice.
+    # Canceled or failed and not yet given back: card refunds short of what is due (over
+    # several payments, some may be made and others not), or no credit on a sent invoice.
     owed = Reservation.objects.filter(
         Q(state=Reservation.State.CANCELED, refund_due__gt=0) | Q(state=Reservation.State.FAILED)
     )
-    by_card = (
-        owed.filter(payments__status="succeeded", invoice__isnull=True)
-        .exclude(payments__refunds__settles__in=["cancellation", "failure"])
-        .values_list("pk", flat=True)
-    )
+    by_card = selectors.reservations_owed_card_refunds()
     by_invoice = (
         owed.filter(invoice__stripe_invoice_id__isnull=False)
         .exclude(invoice__in=LedgerEntry.objects.filter(kind="credit").values("invoice"))

@@ -258,11 +258,25 @@ class PendingExtensionSerializer(serializers.Serializer):
     hold_expires_at = serializers.DateTimeField()
 
 
+class CancellationRefundSerializer(serializers.Serializer):
+    amount = serializers.DecimalField(
+        max_digits=14,
+        decimal_places=2,
+        help_text="What canceling now refunds, to the cent: the policy's share of what was paid "
+        "(payments less refunds, invoices less credits).",
+    )
+    percent = serializers.IntegerField(help_text="The cancellation policy's share, 0 to 100.")
+    currency = serializers.CharField()
+
+
 class ReservationDetailSerializer(ReservationSerializer):
     """One reservation, with the extension waiting for payment (its price is not in `price`,
-    which counts only hours paid for or granted)."""
+    which counts only hours paid for or granted) and the refund a cancellation would give now
+    (null when it can no longer be canceled). Both are the detail's alone: the list stays one
+    query."""
 
     pending_extension = PendingExtensionSerializer(allow_null=True)
+    cancellation_refund = CancellationRefundSerializer(allow_null=True)
 
     def to_representation(self, instance: Reservation | dict) -> dict:
         document = super().to_representation(instance)
@@ -282,10 +296,20 @@ class ReservationDetailSerializer(ReservationSerializer):
                 "hold_expires_at": _utc(pending.hold_expires_at),
             }
         )
+        quote = services.cancellation_quote(instance)
+        document["cancellation_refund"] = (
+            None
+            if quote is None
+            else {
+                "amount": _amount(quote.amount),
+                "percent": quote.percent,
+                "currency": quote.currency,
+            }
+        )
         return document
 
     class Meta(ReservationSerializer.Meta):
-        fields = [*ReservationSerializer.Meta.fields, "pending_extension"]
+        fields = [*ReservationSerializer.Meta.fields, "pending_extension", "cancellation_refund"]
         read_only_fields = fields
 
 

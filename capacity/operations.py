@@ -24,6 +24,7 @@ from django.utils import timezone
 
 from core import audit
 from core.errors import Conflict, NotAllowed, ServiceError
+from core.money import format_money
 from core.staff import reason_clean, require_staff_permission
 from core.tasks import enqueue_after_commit
 
@@ -215,11 +216,12 @@ PAID = (S.SCHEDULED, S.PROVISIONING)
 def refund_calculate(
     reservation: Reservation, basis: str, now: datetime | None = None
 ) -> tuple[Decimal | None, int | None]:
-    """(amount, percent) a staff cancellation gives back; (None, None) for an unpaid hold."""
+    """(amount, percent) a staff cancellation gives back; (None, None) for an unpaid hold.
+    Both bases are shares of the money settled (paid less refunds, invoiced less credits)."""
     if reservation.state not in PAID:
         return None, None
     if basis == RefundBasis.FULL:
-        return reservation.total, 100
+        return services.settled_money(reservation), 100
     now = now or timezone.now()
     return services.refund_amount(reservation, now), services.refund_percent(reservation, now)
 
@@ -230,9 +232,10 @@ def reservation_cancel(
 ) -> Reservation:
     """Cancel a held, scheduled or provisioning reservation on the customer's behalf.
 
-    `refund` is "policy" (what the customer would get back canceling now) or "full". The
-    amount becomes `refund_due` and billing is asked, after commit, to pay it back; nodes being
-    provisioned are torn down after commit.
+    `refund` is "policy" (what the customer would get back canceling now) or "full" (all the
+    money settled); a full refund above the policy also needs CANCELLATION_REFUND_PERMISSION
+    (finance's refund permission). The amount becomes `refund_due` and billing is asked, after
+    commit, to pay it back; nodes being provisioned are torn down after commit.
     """
     _require(actor, OPERATE, "cancel reservations")
     reason = _reason(reason)
@@ -246,7 +249,20 @@ def reservation_cancel(
             f"canceled.{hint}",
             code="not_cancelable",
         )
-    amount, percent = refund_calculate(locked, refund)
+    now = timezone.now()
+    policy, policy_percent = refund_calculate(locked, RefundBasis.POLICY, now)
+    amount, percent = (
+        (policy, policy_percent)
+        if refund == RefundBasis.POLICY
+        else refund_calculate(locked, refund)
+    )
+    if amount is not None and policy is not None and amount > policy:
+        require_staff_permission(
+            actor,
+            settings.CANCELLATION_REFUND_PERMISSION,
+            "refund more than the cancellation policy gives back "
+            f"({format_money(policy, locked.currency)} of {format_money(amount, locked.currency)})",
+        )
     after_commit = None
     if locked.state == S.PROVISIONING:
         after_commit = lambda: provisioning._deprovision(locked)  # noqa: E731

@@ -215,8 +215,6 @@ def _detail_context(request: MemberRequest, reservation: Reservation) -> dict:
         "timeline": selectors.reservation_timeline(reservation).select_related("actor"),
         "may_cancel": may_manage and reservation.state in services.CANCELABLE,
         "may_extend": may_manage and reservation.state in services.EXTENDABLE,
-        "refund_percent": services.refund_percent(reservation),
-        "refund_amount": services.refund_amount(reservation),
         "settled": reservation.state in SETTLED,
         "extend_form": ExtendForm(),
         "extensions": list(selectors.extensions_for_reservation(reservation)[:20]),
@@ -311,7 +309,19 @@ def reservation_cancel(request: MemberRequest, public_id: str) -> HttpResponse:
             else:
                 messages.success(request, "Canceled. The nodes are released.")
         return redirect("reservation-detail", slug=request.organization.slug, public_id=public_id)
-    context = {**_detail_context(request, reservation), "form": form, "declining": declining}
+    # The refund shown is the one canceling gives: the policy's share of what was paid.
+    refund = services.cancellation_quote(reservation)
+    context = {
+        **_detail_context(request, reservation),
+        "form": form,
+        "declining": declining,
+        "refund": refund,
+        "paid": (
+            services.settled_money(reservation)
+            if reservation.state == Reservation.State.SCHEDULED
+            else None
+        ),
+    }
     return render(request, "capacity/reservation_cancel.html", context)
 
 

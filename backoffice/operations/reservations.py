@@ -1,7 +1,7 @@
 """The reservations' admin: filters, the event timeline, actions, and allocations."""
 
 import secrets
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -26,26 +26,15 @@ from capacity.services import EXTENDABLE
 from core.models import AuditEvent
 from core.staff import StaffReasonForm, staff_may
 
+from .cancellation import CancelAction
 from .common import (
     HostnameSearch,
     OperationsMixin,
     Section,
     bound_form,
-    reservation_link,
-    window_text,
 )
 
 S = Reservation.State
-
-
-class CancelForm(StaffReasonForm):
-    refund = forms.ChoiceField(
-        label="Refund",
-        choices=operations.RefundBasis.choices,
-        initial=operations.RefundBasis.POLICY,
-        widget=forms.RadioSelect,
-    )
-    field_order = ["refund", "reason"]
 
 
 class ExtendForm(StaffReasonForm):
@@ -237,7 +226,7 @@ def timeline_entries(events: Iterable[AuditEvent]) -> list[TimelineEntry]:
 
 
 @admin.register(Reservation)
-class ReservationAdmin(OperationsMixin, admin.ModelAdmin):
+class ReservationAdmin(CancelAction, OperationsMixin, admin.ModelAdmin):
     change_list_template = "admin/capacity/change_list_compact.html"
     list_display = [
         "public_id",
@@ -391,78 +380,6 @@ class ReservationAdmin(OperationsMixin, admin.ModelAdmin):
                     "admin:capacity_cluster_timeline", args=[obj.cluster_id]
                 )
         return super().render_change_form(request, context, add, change, form_url, obj)
-
-    def _rows(self, reservations: list[Reservation], extra: Callable[[Reservation], list]) -> list:
-        return [
-            [
-                reservation_link(r),
-                r.organization.name,
-                r.get_state_display(),
-                window_text(r.starts_at, r.ends_at),
-                *extra(r),
-            ]
-            for r in reservations
-        ]
-
-    @admin.action(description="Cancel with refund…", permissions=["operate"])
-    def cancel_with_refund(self, request: HttpRequest, queryset: QuerySet) -> HttpResponse | None:
-        reservations = list(queryset.select_related("organization").order_by("starts_at", "pk"))
-        form = bound_form(CancelForm, request)
-        if form.is_bound and form.is_valid():
-            refund, reason = form.cleaned_data["refund"], form.cleaned_data["reason"]
-
-            def cancel(r: Reservation) -> str:
-                canceled = operations.reservation_cancel(
-                    reservation=r, actor=staff_actor(request), reason=reason, refund=refund
-                )
-                due = canceled.refund_due
-                return (
-                    f"{r.public_id} (refund due {due} {r.currency.upper()})" if due else r.public_id
-                )
-
-            self.run_each(request, reservations, cancel, done="Canceled")
-            return None
-
-        def refunds(r: Reservation) -> list:
-            if r.state not in operations.CANCELABLE:
-                return [
-                    "—",
-                    "—",
-                    "cannot be canceled" + (": release it instead" if r.state == S.ACTIVE else ""),
-                ]
-            policy, percent = operations.refund_calculate(r, operations.RefundBasis.POLICY)
-            full, _ = operations.refund_calculate(r, operations.RefundBasis.FULL)
-            if policy is None:
-                return ["nothing paid", "nothing paid", ""]
-            return [f"{policy} ({percent} %)", f"{full}", ""]
-
-        return self.confirmation(
-            request,
-            reservations,
-            action="cancel_with_refund",
-            title="Cancel reservations",
-            intro=(
-                "The nodes are released at once, the customer is told by e-mail, and billing "
-                "pays back the refund due. Held reservations have nothing to refund."
-            ),
-            form=form,
-            sections=[
-                Section(
-                    title="Reservations",
-                    headers=[
-                        "Reservation",
-                        "Organization",
-                        "State",
-                        "Window",
-                        "Policy refund",
-                        "Full refund",
-                        "",
-                    ],
-                    rows=self._rows(reservations, refunds),
-                )
-            ],
-            submit="Cancel these reservations",
-        )
 
     @admin.action(description="Extend…", permissions=["operate"])
     def extend(self, request: HttpRequest, queryset: QuerySet) -> HttpResponse | None:

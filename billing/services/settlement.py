@@ -65,13 +65,24 @@ def _settle_refund(
     reservation: Reservation, amount: Decimal | None, reason: str, settles: str
 ) -> None:
     """Give back what a canceled or failed reservation is due (`amount`, or everything): to the
-    card it was paid with, or as a credit on its invoice. Once, however often it runs; refunds
-    finance made before (goodwill, a partial refund) only lower what is left to give back."""
-    if Invoice.objects.filter(reservation=reservation).exists():
-        _credit_invoice(reservation, amount, reason)
+    cards it was paid with, then, for what is left, as a credit on its invoices. Once, however
+    often it runs; refunds finance made before (goodwill, a partial refund) are already out of
+    the money settled the amount was computed from (capacity.services.refund_amount)."""
+    try:
+        left = _refund_cards(reservation, amount, reason, settles)
+    except AlreadySettled:  # a concurrent settlement is making the same refunds
         return
-    # A reservation has a payment for its block and one per paid extension: the latest is
-    # refunded first, then the earlier ones, up to what is due.
+    if (left is None or left > 0) and Invoice.objects.filter(reservation=reservation).exists():
+        _credit_invoice(reservation, left, reason)
+
+
+def _refund_cards(
+    reservation: Reservation, amount: Decimal | None, reason: str, settles: str
+) -> Decimal | None:
+    """Refund the reservation's card payments, the latest first (a paid extension's before the
+    block's), up to `amount` (None: all that is left on each). Returns what is still due after
+    them (None: everything, for the invoices too). A payment that already has its settling
+    refund is passed over, so a run cut short part-way on with the next payment."""
     paid = list(
         reservation.payments.filter(status=Payment.Status.SUCCEEDED, flagged=False).order_by(
             "-succeeded_at", "-id"
@@ -84,7 +95,7 @@ def _settle_refund(
         amount -= sum(done, Decimal("0.00"))
     for payment in paid:
         if amount is not None and amount <= 0:
-            return
+            break
         if payment.refunds.filter(settles=settles).exists():
             continue
         pending = sum(
@@ -95,17 +106,15 @@ def _settle_refund(
         share = left if amount is None else min(amount, left)
         if share <= 0:
             continue
-        try:
-            refund = refund_issue(
-                payment=payment, amount=share, reason=reason, actor=None, settles=settles
-            )
-        except AlreadySettled:  # a concurrent settlement made it first
-            return
+        refund = refund_issue(
+            payment=payment, amount=share, reason=reason, actor=None, settles=settles
+        )
         if amount is not None:
             amount -= share
         billing_email_queue(
             reservation.organization, "payment_refunded", payment=payment, refund=refund
         )
+    return amount
 
 
 def _credit_invoice(reservation: Reservation, amount: Decimal | None, reason: str) -> None:

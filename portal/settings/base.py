@@ -390,6 +390,12 @@ CAPACITY_ALTERNATIVE_SPAN = timedelta(days=3)  # how far from the asked start to
 RESERVATION_SETTLEMENT_HOOK = "billing.services.settlement.settlement_enqueue"
 # How much credit an organization on invoice terms has in use (owed plus committed).
 CREDIT_USED_HOOK = "billing.selectors.credit_used_for_org"
+# The money a reservation holds now (paid less refunds, invoiced less credits): what a
+# cancellation's refund is a share of. Refunding more than that share on a staff cancellation
+# needs the permission below (finance's refund permission).
+RESERVATION_SETTLED_HOOK = "billing.selectors.settled_for_reservation"
+CANCELLATION_REFUND_PERMISSION = "billing.issue_refund"
+
 # A block fell short of what was sold (ran degraded, started late, force-released by staff):
 # capacity reports the measured minutes, billing grants the SLA credit after the commit.
 SLA_CREDIT_HOOK = "billing.services.sla.sla_credit_enqueue"

@@ -1,7 +1,9 @@
 from datetime import timedelta
+from decimal import Decimal
 from io import StringIO
 
 import pytest
+import yaml
 from django.core.management import call_command
 from django.test import Client
 from django.utils import timezone
@@ -10,10 +12,11 @@ from accounts import api_keys
 from accounts.api_keys.format import generate, parse
 from accounts.models import ApiKey
 from accounts.permissions import Role
+from billing.models import Payment
 from capacity import lifecycle
 from capacity.models import Reservation
 from tests.capacity.conftest import NEXT_HOUR
-from tests.capacity.test_reservations import reserve
+from tests.capacity.test_reservations import reserve, scheduled
 from tests.conftest import member_of
 
 ALL = [s.value for s in ApiKey.Scope]
@@ -174,14 +177,29 @@ def test_the_list_pages_by_cursor_filters_and_matches_each_reservations_own_docu
     assert [r["id"] for r in listed] == [r.public_id for r in reversed(made)]  # newest first
     assert second["next"] is None
     for document in listed:
-        # The one document has the list's fields, and the extension waiting for payment.
+        # The one document has the list's fields, the extension waiting for payment and what
+        # canceling would refund now (a hold: nothing was paid).
         detail = client.get(f"/api/v1/reservations/{document['id']}/").json()
-        assert detail == {**document, "pending_extension": None}
+        nothing = {"amount": "0.00", "percent": 0, "currency": "usd"}
+        assert detail == {**document, "pending_extension": None, "cancellation_refund": nothing}
     assert listed[-1]["duration_hours"] == 1
     later = client.get(
         "/api/v1/reservations/", {"starts_after": (NEXT_HOUR + timedelta(hours=1)).isoformat()}
     ).json()
     assert [r["id"] for r in later["results"]] == [made[2].public_id, made[1].public_id]
+
+
+def test_the_detail_carries_the_refund_a_cancellation_gives_now(catalog, organization, owner):
+    reservation = scheduled(organization, owner, catalog)  # 768.00, starts in half an hour
+    Payment.objects.filter(reservation=reservation).update(amount_refunded=Decimal("100.01"))
+    client = api(key_for(organization, owner))
+    url = f"/api/v1/reservations/{reservation.public_id}/"
+    quoted = client.get(url).json()["cancellation_refund"]
+    # Half of what was paid less the refund already made (667.99), to the cent.
+    assert quoted == {"amount": "334.00", "percent": 50, "currency": "usd"}
+    canceled = client.post(f"{url}cancel/", {}, content_type="application/json").json()
+    assert canceled["refund_due"] == quoted["amount"]
+    assert client.get(url).json()["cancellation_refund"] is None
 
 
 @pytest.mark.parametrize(
@@ -295,6 +313,12 @@ def test_schema_and_docs_are_served(db):
     schema = Client().get("/api/v1/schema/")
     assert schema.status_code == 200
     assert b"/api/v1/reservations/{public_id}/pay/" in schema.content
+    detail = yaml.safe_load(schema.content)["components"]["schemas"]["ReservationDetail"]
+    refund = detail["properties"]["cancellation_refund"]
+    assert (refund["allOf"], refund["nullable"]) == (
+        [{"$ref": "#/components/schemas/CancellationRefund"}],
+        True,
+    )
     docs = Client().get("/api/v1/docs/")
     assert docs.status_code == 200
     assert b"swagger-ui" in docs.content

@@ -8,6 +8,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
+from accounts.models import User
 from backoffice.roles import FINANCE, OPERATIONS, SALES
 from billing.models import Refund
 from billing.services import payments, settlement
@@ -27,6 +28,8 @@ from core.errors import Conflict, NotAllowed, ServiceError
 from core.models import AuditEvent
 from tests.billing.conftest import card, localstripe_url, stripe_api  # noqa: F401
 from tests.capacity.conftest import NEXT_HOUR, NOW, catalog, frozen_clock, hours  # noqa: F401
+from tests.capacity.test_reservations import paid
+from tests.capacity.test_reservations import paid as record_payment
 from tests.factories import OrganizationFactory
 
 from .conftest import GROUPS, make_staff, verified_client
@@ -365,15 +368,27 @@ def settlements(monkeypatch) -> list[tuple[str, dict]]:
     return sent
 
 
+def operations_with_refunds(email: str = "") -> User:
+    """Operations staff who also hold finance's refund permission."""
+    user = make_staff(OPERATIONS, email=email)
+    user.groups.add(*make_staff(FINANCE).groups.all())
+    return user
+
+
 @pytest.mark.parametrize(
-    ("refund", "due", "percent"),
-    [("policy", Decimal("384.00"), 50), ("full", Decimal("768.00"), 100)],
+    ("refund", "due", "percent", "actor"),
+    [
+        ("policy", Decimal("384.00"), 50, OPERATIONS),
+        ("full", Decimal("768.00"), 100, "operations and finance"),
+    ],
 )
 def test_cancelling_a_scheduled_reservation_refunds_what_staff_chose(
-    catalog, organization, owner, staff, settlements, refund, due, percent
+    catalog, organization, owner, staff, settlements, refund, due, percent, actor
 ):
-    ops = staff(OPERATIONS, email="ops-four@example.com")
+    email = "ops-four@example.com"
+    ops = staff(OPERATIONS, email=email) if actor == OPERATIONS else operations_with_refunds(email)
     reservation = scheduled(organization, owner, catalog)  # $768, starts in half an hour
+    paid(reservation)
     canceled = operations.reservation_cancel(
         reservation=reservation, actor=ops, reason="Customer called: wrong region", refund=refund
     )
@@ -397,6 +412,35 @@ def test_cancelling_a_scheduled_reservation_refunds_what_staff_chose(
     )
 
 
+def test_operations_alone_cannot_refund_above_the_policy(
+    catalog, organization, owner, staff, settlements
+):
+    reservation = scheduled(organization, owner, catalog)  # starts in half an hour: 50 %
+    paid(reservation, amount_refunded=Decimal("68.00"))  # what is left of it: 700.00
+    before = snapshot()
+    with pytest.raises(NotAllowed) as refused:
+        operations.reservation_cancel(
+            reservation=reservation, actor=staff(OPERATIONS), reason="Outage", refund="full"
+        )
+    assert refused.value.message == (
+        "You are not allowed to refund more than the cancellation policy gives back "
+        "($350.00 of $700.00)."
+    )
+    assert snapshot() == before
+    assert settlements == []
+
+
+def test_operations_may_give_a_full_refund_when_the_policy_gives_it_all(
+    catalog, organization, owner, staff, settlements
+):
+    reservation = scheduled(organization, owner, catalog, start=NEXT_HOUR + hours(24 * 8))
+    paid(reservation)
+    canceled = operations.reservation_cancel(
+        reservation=reservation, actor=staff(OPERATIONS), reason="Asked", refund="full"
+    )
+    assert canceled.refund_due == Decimal("768.00")
+
+
 def test_cancelling_a_hold_refunds_nothing(catalog, organization, owner, staff, settlements):
     held = reserve(organization, owner, catalog)
     canceled = operations.reservation_cancel(
@@ -410,9 +454,13 @@ def test_cancelling_during_provisioning_tears_the_nodes_down(
     catalog, organization, owner, staff, settlements, django_capture_on_commit_callbacks
 ):
     reservation = advance(scheduled(organization, owner, catalog), S.PROVISIONING)
+    paid(reservation)
     with django_capture_on_commit_callbacks(execute=True):
         canceled = operations.reservation_cancel(
-            reservation=reservation, actor=staff(OPERATIONS), reason="Bad image", refund="full"
+            reservation=reservation,
+            actor=operations_with_refunds(),
+            reason="Bad image",
+            refund="full",
         )
     assert (canceled.state, canceled.refund_due) == ("canceled", Decimal("768.00"))
     assert live_hosts(reservation) == []
@@ -785,6 +833,7 @@ def test_cancel_from_the_admin_confirms_then_reports_each_row(
     catalog, organization, owner, staff_client, frozen_clock, settlements
 ):
     paid = scheduled(organization, owner, catalog, nodes=1, start=NEXT_HOUR + hours(24 * 8))
+    record_payment(paid)
     block = running(organization, owner, catalog, frozen_clock, nodes=1)
     client = staff_client(OPERATIONS)
     before = snapshot()
@@ -813,6 +862,42 @@ def test_cancel_from_the_admin_confirms_then_reports_each_row(
     paid.refresh_from_db()
     assert (paid.state, paid.refund_due) == ("canceled", Decimal("384.00"))
     assert settlements == [("billing.settle_reservation", {"reservation_id": paid.pk})]
+
+
+def test_a_full_refund_above_the_policy_from_the_admin_is_finances(
+    catalog, organization, owner, staff_client, settlements
+):
+    soon = scheduled(organization, owner, catalog, nodes=1)  # in half an hour: 50 %
+    record_payment(soon)
+    later = scheduled(organization, owner, catalog, nodes=1, start=NEXT_HOUR + hours(24 * 8))
+    record_payment(later)
+    client = staff_client(OPERATIONS)
+    page = client.post(RESERVATIONS, {"action": "cancel_with_refund", ACTION: [soon.pk, later.pk]})
+    [section] = page.context["sections"]
+    assert [[str(c) for c in row[4:]] for row in section.rows] == [
+        ["192.00 (50 %)", "384.00", "above the policy: needs finance"],
+        ["384.00 (100 %)", "384.00", ""],
+    ]
+    before = snapshot()
+    post = {"action": "cancel_with_refund", ACTION: [soon.pk, later.pk], "apply": "yes"}
+    refused = client.post(RESERVATIONS, {**post, "refund": "full", "reason": "Outage"})
+    assert refused.status_code == 200
+    assert refused.context["form"].errors["refund"] == [
+        f"A full refund gives back more than the cancellation policy for {soon.public_id}: that "
+        "needs finance's refund permission. Choose the policy refund, or ask finance."
+    ]
+    assert (texts(refused), snapshot(), settlements) == ([], before, [])
+    # Finance's refund permission as well: the same request goes through.
+    finance = verified_client(operations_with_refunds())
+    page = finance.post(RESERVATIONS, {"action": "cancel_with_refund", ACTION: [soon.pk]})
+    assert [str(c) for c in page.context["sections"][0].rows[0][4:]] == [
+        "192.00 (50 %)", "384.00", "",
+    ]  # fmt: skip
+    done = finance.post(RESERVATIONS, {**post, "refund": "full", "reason": "Outage"})
+    assert texts(done) == [
+        f"Canceled: {soon.public_id} (refund due 384.00 USD); "
+        f"{later.public_id} (refund due 384.00 USD)."
+    ]
 
 
 def test_extend_from_the_admin_validates_the_hours(
@@ -1056,7 +1141,10 @@ def test_a_full_refund_by_staff_reaches_stripe(
     assert held.state == "scheduled"
     with django_capture_on_commit_callbacks(execute=True):
         operations.reservation_cancel(
-            reservation=held, actor=staff(OPERATIONS), reason="Outage on our side", refund="full"
+            reservation=held,
+            actor=operations_with_refunds(),
+            reason="Outage on our side",
+            refund="full",
         )
     refund = Refund.objects.get()
     assert (refund.amount, refund.currency, refund.status) == (

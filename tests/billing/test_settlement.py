@@ -18,12 +18,13 @@ from django.utils import timezone
 from accounts.models import Organization
 from billing import selectors, tasks
 from billing.models import Invoice, LedgerEntry, Payment, Refund
-from billing.services import invoices, refunds, settlement
+from billing.services import extensions, invoices, refunds, settlement
 from capacity import services as capacity_services
 from capacity.models import Reservation
 from core.models import AuditEvent
 
 from .conftest import held_reservation
+from .test_extensions import paid_block, save_card
 from .test_invoices_and_disputes import invoice_json
 from .test_payments import pay
 
@@ -162,6 +163,8 @@ def test_a_partial_credit_is_a_credit_note_and_the_payment_books_what_was_paid(
 ):
     settings.CAPACITY_CANCELLATION_POLICY = [(timedelta(days=30), 100), (timedelta(0), 50)]
     reservation = invoiced(catalog, organization, owner)
+    # The invoice's amount, half of it: what the credit note below gives.
+    assert capacity_services.cancellation_quote(reservation).amount == Decimal("384.00")
     capacity_services.reservation_cancel(reservation=reservation, actor=owner, reason="Plans")
     settlement.reservation_settle(reservation_id=reservation.pk)
     settlement.reservation_settle(reservation_id=reservation.pk)
@@ -215,4 +218,158 @@ def test_a_block_paid_by_card_is_not_invoiced_after_a_move_to_invoice_terms(
     assert reservation.state == S.SCHEDULED
     settlement.reservation_settle(reservation_id=reservation.pk)
     assert Invoice.objects.count() == 0
+    assert tasks.settle_pending() == 0
+
+
+# --- Refunds from the money settled, never the total ---------------------------------------------
+def cancellation_refunds(reservation: Reservation) -> list[tuple]:
+    """(payment, amount, status) of the refunds settling the cancellation, latest first."""
+    return list(
+        Refund.objects.filter(payment__reservation=reservation, settles="cancellation")
+        .order_by("-payment__succeeded_at", "-payment_id")
+        .values_list("payment__public_id", "amount", "status")
+    )
+
+
+def test_a_goodwill_refund_before_canceling_lowers_the_quote_and_the_refund_alike(
+    catalog, organization, owner, stripe_api
+):
+    reservation = held_reservation(organization, owner, catalog)  # in an hour: 50 % back
+    payment = pay(reservation, owner, stripe_api)
+    refunds.refund_issue(payment=payment, amount=Decimal("100.01"), reason="Goodwill", actor=owner)
+    reservation.refresh_from_db()
+    quote = capacity_services.cancellation_quote(reservation)
+    # Half of 667.99 is 333.995: 334.00 to the cent, not half of the 768.00 total.
+    assert (quote.amount, quote.percent) == (Decimal("334.00"), 50)
+    canceled = capacity_services.reservation_cancel(reservation=reservation, actor=owner)
+    assert canceled.refund_due == quote.amount
+    for _ in range(2):
+        settlement.reservation_settle(reservation_id=reservation.pk)
+    assert cancellation_refunds(reservation) == [
+        (payment.public_id, Decimal("334.00"), "succeeded")
+    ]
+    payment.refresh_from_db()
+    assert payment.amount_refunded == Decimal("434.01")
+    assert tasks.settle_pending() == 0
+
+
+def test_after_a_paid_extension_the_latest_payment_is_refunded_first(
+    catalog, organization, owner, stripe_api
+):
+    reservation = paid_block(organization, owner, catalog, stripe_api)  # 768.00
+    save_card(organization, owner, stripe_api)
+    started = extensions.extension_start(
+        reservation=reservation, actor=owner, hours=4, attempt_token="more"
+    )  # 128.00 off-session
+    block = reservation.payments.get(extension__isnull=True)
+    extra = started.payment
+    refunds.refund_issue(payment=extra, amount=Decimal("28.00"), reason="Goodwill", actor=owner)
+    reservation.refresh_from_db()
+    # Paid 768.00 + 128.00 - 28.00 = 868.00; half back inside the week.
+    assert capacity_services.cancellation_quote(reservation).amount == Decimal("434.00")
+    capacity_services.reservation_cancel(reservation=reservation, actor=owner)
+    settlement.reservation_settle(reservation_id=reservation.pk)
+    assert cancellation_refunds(reservation) == [
+        (extra.public_id, Decimal("100.00"), "succeeded"),  # all that was left of it
+        (block.public_id, Decimal("334.00"), "succeeded"),
+    ]
+    assert tasks.settle_pending() == 0
+
+
+def test_complimentary_hours_are_not_in_the_quote_or_the_refund(
+    catalog, organization, owner, stripe_api
+):
+    from backoffice.roles import OPERATIONS
+    from capacity import operations
+    from tests.backoffice.conftest import make_staff
+
+    reservation = paid_block(organization, owner, catalog, stripe_api)
+    operations.reservation_extend(
+        reservation=reservation, actor=make_staff(OPERATIONS), hours=4, reason="Outage"
+    )
+    reservation.refresh_from_db()
+    assert reservation.duration_hours == 28
+    assert capacity_services.cancellation_quote(reservation).amount == Decimal("384.00")
+    capacity_services.reservation_cancel(reservation=reservation, actor=owner)
+    settlement.reservation_settle(reservation_id=reservation.pk)
+    assert [r[1:] for r in cancellation_refunds(reservation)] == [(Decimal("384.00"), "succeeded")]
+
+
+def test_a_failed_block_gives_back_everything_settled_on_every_payment(
+    catalog, organization, owner, stripe_api
+):
+    reservation = paid_block(organization, owner, catalog, stripe_api)
+    save_card(organization, owner, stripe_api)
+    extensions.extension_start(reservation=reservation, actor=owner, hours=2, attempt_token="x")
+    block = reservation.payments.get(extension__isnull=True)
+    refunds.refund_issue(payment=block, amount=Decimal("50.00"), reason="Goodwill", actor=owner)
+    settled = selectors.settled_for_reservation(reservation)
+    assert settled == Decimal("782.00")  # 768.00 + 64.00 - 50.00
+    Reservation.objects.filter(pk=reservation.pk).update(state=S.FAILED)
+    assert tasks.settle_pending() == 1  # the sweep sees it and (eagerly here) settles it
+    failure = Refund.objects.filter(settles="failure")
+    assert sorted(failure.values_list("amount", flat=True)) == [Decimal("64.00"), Decimal("718.00")]
+    assert sum(failure.values_list("amount", flat=True)) == settled
+    assert selectors.settled_for_reservation(reservation) == Decimal("0.00")
+    assert tasks.settle_pending() == 0
+
+
+def test_the_sweep_finishes_a_cancellation_refund_cut_short_between_payments(
+    catalog, organization, owner, stripe_api, monkeypatch
+):
+    reservation = paid_block(organization, owner, catalog, stripe_api)
+    save_card(organization, owner, stripe_api)
+    extensions.extension_start(reservation=reservation, actor=owner, hours=4, attempt_token="x")
+    reservation.refresh_from_db()
+    capacity_services.reservation_cancel(reservation=reservation, actor=owner)  # 448.00 due
+    issue, calls = settlement.refund_issue, []
+
+    def dies_before_the_second(**kwargs):
+        calls.append(kwargs["payment"].public_id)
+        if len(calls) == 2:
+            raise RuntimeError("the worker was stopped")
+        return issue(**kwargs)
+
+    monkeypatch.setattr(settlement, "refund_issue", dies_before_the_second)
+    with pytest.raises(RuntimeError):
+        settlement.reservation_settle(reservation_id=reservation.pk)
+    assert [r[1:] for r in cancellation_refunds(reservation)] == [(Decimal("128.00"), "succeeded")]
+    monkeypatch.setattr(settlement, "refund_issue", issue)
+    assert tasks.settle_pending() == 1  # one payment refunded is not the refund due
+    assert [r[1:] for r in cancellation_refunds(reservation)] == [
+        (Decimal("128.00"), "succeeded"),
+        (Decimal("320.00"), "succeeded"),
+    ]
+    assert tasks.settle_pending() == 0
+
+
+def test_a_block_paid_by_card_with_hours_on_an_invoice_gets_both_back(
+    catalog, organization, owner, stripe_api, stripe_invoice
+):
+    """Paid by card, then 4 h more invoiced (after a move to invoice terms): the refund due goes
+    to the card first, and what the card cannot take is credited on the invoice."""
+    reservation = held_reservation(organization, owner, catalog, start=ten_days_out())
+    payment = pay(reservation, owner, stripe_api)
+    invoice = Invoice.objects.create(
+        organization=organization, reservation=reservation, amount=Decimal("128.00"),
+        currency="usd", stripe_invoice_id="in_test_1", status="open",
+    )  # fmt: skip
+    stripe_invoice["amount"] = 12800
+    reservation.refresh_from_db()
+    assert capacity_services.cancellation_quote(reservation).amount == Decimal("896.00")  # 100 %
+    capacity_services.reservation_cancel(reservation=reservation, actor=owner)
+    for _ in range(2):
+        settlement.reservation_settle(reservation_id=reservation.pk)
+    assert cancellation_refunds(reservation) == [
+        (payment.public_id, Decimal("768.00"), "succeeded")
+    ]
+    assert [c[0] for c in stripe_invoice["calls"]] == ["void"]
+    # The ledger credits both: the card's refund, and the invoice.
+    assert sorted(credits(organization)) == [
+        (Decimal("-768.00"), None),
+        (Decimal("-128.00"), "void"),
+    ]
+    invoice.refresh_from_db()
+    assert invoice.status == "void"
+    assert selectors.settled_for_reservation(reservation) == Decimal("0.00")
     assert tasks.settle_pending() == 0

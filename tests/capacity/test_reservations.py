@@ -2,9 +2,11 @@ from datetime import timedelta
 from decimal import Decimal
 
 import pytest
+from django.utils import timezone
 
 from accounts.models import Organization
 from accounts.permissions import Role
+from billing.models import Invoice, LedgerEntry, Payment, Refund
 from capacity import extensions, lifecycle, services
 from capacity.models import Allocation, Reservation
 from capacity.windows import Window
@@ -23,6 +25,32 @@ def reserve(org, user, catalog, nodes=2, start=NEXT_HOUR, length=24, region=None
         organization=org, user=user, gpu_model=catalog.h100, region=region or catalog.east,
         node_count=nodes, window=Window(start, start + hours(length)), **kwargs,
     )  # fmt: skip
+
+
+def paid(reservation: Reservation, amount: str | None = None, *, attempt: str = "block", **fields):
+    """A payment Stripe took for the reservation, as billing records it. The quote reads only
+    these rows; tests/billing/test_settlement.py pays and refunds through localstripe."""
+    fields = {"status": Payment.Status.SUCCEEDED, **fields}
+    return Payment.objects.create(
+        organization=reservation.organization,
+        reservation=reservation,
+        attempt_token=attempt,
+        stripe_payment_intent_id=f"pi_{attempt}_{reservation.public_id}",
+        amount=Decimal(amount) if amount else reservation.total,
+        currency=reservation.currency,
+        succeeded_at=timezone.now(),
+        **fields,
+    )
+
+
+def scheduled(org, user, catalog, **kwargs) -> Reservation:
+    """A reservation paid in full by card (one payment of its total), so scheduled."""
+    reservation = reserve(org, user, catalog, **kwargs)
+    reservation = lifecycle.reservation_transition(
+        reservation=reservation, to=S.SCHEDULED, actor=None
+    )
+    paid(reservation)
+    return reservation
 
 
 def live_nodes(reservation: Reservation) -> list[int]:
@@ -181,13 +209,83 @@ def test_cancelling_a_scheduled_reservation_quotes_the_policy_refund(
     catalog, organization, owner, start_in, percent, refund
 ):
     start = NOW.replace(minute=0) + start_in
-    reservation = reserve(organization, owner, catalog, start=start, length=24)
+    reservation = scheduled(organization, owner, catalog, start=start, length=24)
+    assert services.refund_percent(reservation) == percent
+    assert services.cancellation_quote(reservation) == services.CancellationQuote(
+        refund, percent, "usd"
+    )
+    canceled = services.reservation_cancel(reservation=reservation, actor=owner)
+    assert (canceled.state, canceled.refund_due) == (S.CANCELED, refund)
+    assert services.cancellation_quote(canceled) is None  # canceled: nothing more to quote
+
+
+def test_the_refund_is_a_share_of_what_was_paid_not_of_the_total(catalog, organization, owner):
+    """The total is 768.00; what the customer still has in the block is less."""
+    reservation = reserve(organization, owner, catalog)  # starts in half an hour: 50 %
     reservation = lifecycle.reservation_transition(
         reservation=reservation, to=S.SCHEDULED, actor=None
     )
-    assert services.refund_percent(reservation) == percent
+    assert services.cancellation_quote(reservation).amount == Decimal("0.00")  # nothing paid
+    block = paid(reservation, amount_refunded=Decimal("100.00"))  # a goodwill refund since
+    assert services.settled_money(reservation) == Decimal("668.00")
+    assert services.refund_amount(reservation) == Decimal("334.00")
+    # A refund on its way to Stripe is money gone too; a failed one is not.
+    Refund.objects.create(payment=block, amount=Decimal("0.01"), currency="usd", reason="x")
+    Refund.objects.create(
+        payment=block, amount=Decimal("5.00"), currency="usd", reason="y", status="failed"
+    )
+    # 667.99 x 50 % is 333.995: to the cent, half up.
+    assert services.cancellation_quote(reservation) == services.CancellationQuote(
+        Decimal("334.00"), 50, "usd"
+    )
+    Refund.objects.filter(amount=Decimal("0.01")).update(amount=Decimal("0.03"))
+    assert services.refund_amount(reservation) == Decimal("333.99")  # 667.97 / 2 = 333.985
+    # A paid extension adds its payment; a second payment taken by mistake (refunded on its
+    # own, flagged for finance) does not.
+    reservation = extend_paid(reservation, owner, 4)
+    paid(reservation, "128.00", attempt="extension", extension=reservation.extensions.get())
+    paid(reservation, "50.00", attempt="twice", flagged=True, status="duplicate")
+    assert services.settled_money(reservation) == Decimal("795.97")
     canceled = services.reservation_cancel(reservation=reservation, actor=owner)
-    assert (canceled.state, canceled.refund_due) == (S.CANCELED, refund)
+    assert canceled.refund_due == Decimal("397.99")  # 795.97 / 2 = 397.985
+    event = AuditEvent.objects.filter(action="reservation.transition").latest("id")
+    assert (event.data["refund_due"], event.data["refund_percent"]) == ("397.99", 50)
+
+
+def test_on_invoice_terms_the_refund_is_a_share_of_invoices_less_credits(
+    catalog, organization, owner
+):
+    Organization.objects.filter(pk=organization.pk).update(
+        payment_terms="invoice", payment_days=30, credit_limit=10000
+    )
+    organization.refresh_from_db()
+    reservation = reserve(organization, owner, catalog)  # confirmed at once: 50 % now
+    # Not invoiced yet (settlement runs after the commit): committed for its total.
+    assert services.refund_amount(reservation) == Decimal("384.00")
+    invoice = Invoice.objects.create(
+        organization=organization, reservation=reservation, amount=Decimal("768.00"),
+        currency="usd", stripe_invoice_id="in_1", status="open",
+    )  # fmt: skip
+    LedgerEntry.objects.create(
+        organization=organization, kind="credit", amount=Decimal("-68.02"), currency="usd",
+        reservation=reservation, invoice=invoice, description="A credit note",
+    )  # fmt: skip
+    assert services.settled_money(reservation) == Decimal("699.98")
+    assert services.refund_amount(reservation) == Decimal("349.99")
+    Invoice.objects.filter(pk=invoice.pk).update(status="void")
+    assert services.refund_amount(reservation) == Decimal("0.00")  # nothing is owed any more
+
+
+def test_a_hold_quotes_nothing_back_and_a_started_block_cannot_be_quoted(
+    catalog, organization, owner, frozen_clock
+):
+    held = reserve(organization, owner, catalog)
+    assert services.cancellation_quote(held) == services.CancellationQuote(
+        Decimal("0.00"), 0, "usd"
+    )
+    block = scheduled(organization, owner, catalog, start=NEXT_HOUR + hours(48))
+    frozen_clock.shift(hours(49))
+    assert services.cancellation_quote(block) is None
 
 
 def test_nothing_is_refunded_or_canceled_after_the_start(

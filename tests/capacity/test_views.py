@@ -1,16 +1,18 @@
 from decimal import Decimal
 
 import pytest
+from django.contrib.messages import get_messages
 from django.urls import reverse
 
 from accounts.permissions import Role
+from billing.models import Payment
 from capacity import lifecycle
 from capacity.models import Allocation, Extension, Reservation
 from core.models import AuditEvent
 from tests.conftest import client_for, member_of
 
 from .conftest import NEXT_HOUR
-from .test_reservations import reserve
+from .test_reservations import reserve, scheduled
 
 S = Reservation.State
 BLOCK = {"gpu_model": "h100", "region": "us-east", "node_count": 2, "duration_hours": 24,
@@ -126,16 +128,23 @@ def test_unverified_users_see_why_they_cannot_reserve(catalog, organization):
 
 
 def test_cancel_page_quotes_the_refund_then_cancels(catalog, organization, owner):
-    reservation = reserve(organization, owner, catalog)
-    lifecycle.reservation_transition(reservation=reservation, to=S.SCHEDULED, actor=None)
+    reservation = scheduled(organization, owner, catalog)  # 768.00 paid
+    # A goodwill refund since: the policy's half is of what is left, 667.99.
+    Payment.objects.filter(reservation=reservation).update(amount_refunded=Decimal("100.01"))
     client = client_for(owner)
     page = client.get(url("reservation-cancel", organization, reservation.public_id))
-    assert "Canceling now refunds <strong>$384.00</strong> (50%)" in page.content.decode()
-    client.post(
+    assert (
+        "You paid $667.99. Canceling now refunds <strong>$334.00</strong> (50%)"
+        in page.content.decode()
+    )
+    response = client.post(
         url("reservation-cancel", organization, reservation.public_id), {"reason": "Done early"}
     )
     reservation.refresh_from_db()
-    assert (reservation.state, str(reservation.refund_due)) == (S.CANCELED, "384.00")
+    assert (reservation.state, str(reservation.refund_due)) == (S.CANCELED, "334.00")
+    assert [str(m) for m in get_messages(response.wsgi_request)] == [
+        "Canceled. USD 334.00 will be refunded to the original payment method."
+    ]
 
 
 def test_extend_form_holds_the_hours_and_sends_the_customer_to_pay(catalog, organization, owner):
