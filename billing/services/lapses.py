@@ -1,0 +1,73 @@
+"""Nothing payable after it lapsed: open PaymentIntents of holds, quotes and extensions that no
+longer wait for payment are canceled at Stripe.
+
+A hold or a quote that expires (capacity's lifecycle asks for settlement on entering
+`expired`) must not stay payable: a card form left open, or a client holding the client secret,
+could otherwise still pay for nodes that were given back. Each open PaymentIntent is canceled
+with an idempotency key from our payment's id, then re-read through `payments.payment_sync`,
+which records the cancellation (and forgets the card), or, when the customer paid a moment
+before, books the late payment, which is confirmed or refunded by the late-payment rules there.
+"""
+
+import logging
+
+from django.db.models import Q
+
+from capacity.models import Extension, Reservation
+
+from .. import gateway
+from ..models import Payment
+from . import payments
+
+logger = logging.getLogger(__name__)
+S = Reservation.State
+# Payments Stripe may still complete and that can still be canceled there. A `processing`
+# payment cannot be canceled: its outcome is booked (or refunded) when it arrives.
+OPEN = (Payment.Status.PENDING, Payment.Status.REQUIRES_ACTION)
+
+
+def lapsed_payments_for_reservation(reservation: Reservation) -> list[Payment]:
+    """The open payments of a reservation that nothing waits for any more: its own once it is
+    no longer held (expired, or paid by another attempt), an extension's once it is no longer
+    held (lapsed, canceled, paid)."""
+    # Read from the rows as they are now, not from the instance the caller holds.
+    stale = (Q(extension__isnull=False) & ~Q(extension__state=Extension.State.HELD)) | (
+        Q(extension__isnull=True) & ~Q(reservation__state=S.HELD)
+    )
+    return list(
+        Payment.objects.filter(
+            stale,
+            reservation=reservation,
+            status__in=OPEN,
+            stripe_payment_intent_id__isnull=False,
+        ).order_by("pk")
+    )
+
+
+def lapsed_payments_cancel(*, reservation: Reservation) -> int:
+    """Cancel at Stripe the open PaymentIntents of `reservation` that nothing waits for; returns
+    how many were canceled. Safe to run any number of times: the key is our payment's id, and
+    one Stripe no longer lets us cancel is re-read (a success there is booked as a late
+    payment). Stripe out of reach raises GatewayUnavailable, for the task to retry."""
+    canceled = 0
+    for payment in lapsed_payments_for_reservation(reservation):
+        intent_id = payment.stripe_payment_intent_id
+        assert intent_id is not None  # filtered on above
+        try:
+            gateway.payment_intent_cancel(
+                payment_intent_id=intent_id, idempotency_key=f"cancel:{payment.public_id}"
+            )
+        except gateway.GatewayUnavailable:
+            raise
+        except gateway.PaymentError as exc:
+            # Succeeded, processing or already canceled at Stripe: what it says now decides.
+            logger.info("PaymentIntent %s not canceled: %s", intent_id, exc.message)
+        synced = payments.payment_sync(payment_intent_id=intent_id)
+        if synced is not None and synced.status == Payment.Status.CANCELED:
+            canceled += 1
+    return canceled
+
+
+def reservation_lapse_settle(reservation: Reservation) -> None:
+    """The part of settling a reservation that lapses own: see `lapsed_payments_cancel`."""
+    lapsed_payments_cancel(reservation=reservation)
