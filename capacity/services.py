@@ -347,7 +347,9 @@ def reservation_confirm_paid(
         ) from None
     lead = timezone.now() + settings.PROVISIONING_LEAD
     if confirmed.state == S.SCHEDULED and confirmed.starts_at <= lead:
+        # A block that starts now (or whose start is near or past) starts at once.
         provisioning.reservation_start(confirmed)
+        confirmed.refresh_from_db()
     return confirmed, overpaid
 
 
