@@ -21,9 +21,11 @@ from . import payments
 
 logger = logging.getLogger(__name__)
 S = Reservation.State
-# Payments Stripe may still complete and that can still be canceled there. A `processing`
-# payment cannot be canceled: its outcome is booked (or refunded) when it arrives.
-OPEN = (Payment.Status.PENDING, Payment.Status.REQUIRES_ACTION)
+# Payments Stripe may still complete and that can still be canceled there. A failed one is
+# among them: after a decline or a failed 3-D Secure the PaymentIntent waits for another card,
+# and the page holding its client secret could still confirm it. A `processing` payment cannot
+# be canceled: its outcome is booked (or refunded) when it arrives.
+OPEN = (Payment.Status.PENDING, Payment.Status.REQUIRES_ACTION, Payment.Status.FAILED)
 
 
 def lapsed_payments_for_reservation(reservation: Reservation) -> list[Payment]:

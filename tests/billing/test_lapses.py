@@ -20,7 +20,15 @@ from capacity.windows import Window, ceil_hour
 from core.models import AuditEvent
 from tests.backoffice.conftest import make_staff
 
-from .conftest import card, event, held_reservation, signed, stripe_charges
+from .conftest import (
+    THREE_D_SECURE,
+    authenticate,
+    card,
+    event,
+    held_reservation,
+    signed,
+    stripe_charges,
+)
 from .test_webhooks import post
 
 S = Reservation.State
@@ -90,6 +98,36 @@ def test_a_lapsed_hold_cancels_its_open_payment_intent_at_stripe(
     assert ledger(organization) == []
 
 
+def test_every_attempt_still_open_at_stripe_is_canceled(
+    catalog, organization, owner, stripe_api, django_capture_on_commit_callbacks
+):
+    """One attempt waits for 3-D Secure, one failed it (Stripe waits for another card)."""
+    reservation = held_reservation(organization, owner, catalog)
+    waiting = payments.payment_by_card_create(
+        reservation=reservation,
+        actor=owner,
+        payment_method_id=card(stripe_api, THREE_D_SECURE),
+        attempt_token="a",
+    )
+    failed = payments.payment_by_card_create(
+        reservation=reservation,
+        actor=owner,
+        payment_method_id=card(stripe_api, THREE_D_SECURE),
+        attempt_token="b",
+    )
+    authenticate(stripe_api, payments.client_secret_for_payment(failed), success=False)
+    payments.payment_sync(payment_intent_id=failed.stripe_payment_intent_id)
+    failed.refresh_from_db()
+    assert (waiting.status, failed.status) == ("requires_action", "failed")
+    expire(timedelta(minutes=16), django_capture_on_commit_callbacks)
+    for payment in (waiting, failed):
+        payment.refresh_from_db()
+        assert payment.status == Payment.Status.CANCELED
+        intent = gateway.payment_intent_retrieve(payment.stripe_payment_intent_id)
+        assert intent.status == "canceled"
+    assert AuditEvent.objects.filter(action="payment.canceled").count() == 2
+
+
 def test_an_expired_quote_cancels_its_open_payment_intent_at_stripe(
     catalog, organization, owner, django_capture_on_commit_callbacks
 ):
@@ -153,6 +191,8 @@ def test_a_late_payment_for_an_expired_quote_is_refunded_in_full(
     assert selectors.balance_for_org(organization) == Decimal("0.00")
     assert [m.subject for m in mail.outbox] == [f"Refund of 710.40 USD for {quote.public_id}"]
     assert quote.allocations.filter(released_at__isnull=True).count() == 0
+    assert AuditEvent.objects.filter(action="refund.succeeded").count() == 1
+    assert AuditEvent.objects.filter(action="payment.succeeded").count() == 1
 
 
 def _lapsed(catalog, organization, owner, callbacks) -> Reservation:
