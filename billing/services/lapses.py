@@ -14,6 +14,7 @@ import logging
 from django.db.models import Q
 
 from capacity.models import Extension, Reservation
+from core.tasks import enqueue_after_commit
 
 from .. import gateway
 from ..models import Payment
@@ -73,3 +74,10 @@ def lapsed_payments_cancel(*, reservation: Reservation) -> int:
 def reservation_lapse_settle(reservation: Reservation) -> None:
     """The part of settling a reservation that lapses own: see `lapsed_payments_cancel`."""
     lapsed_payments_cancel(reservation=reservation)
+
+
+def extension_lapse_enqueue(reservation_id: int) -> None:
+    """EXTENSION_LAPSE_HOOK: capacity calls this in the transaction that ended an extension's
+    hold unpaid; once that commits, settling the reservation cancels the extension's open
+    PaymentIntents (and does nothing else a settled reservation does not already have)."""
+    enqueue_after_commit("billing.settle_reservation", reservation_id=reservation_id)

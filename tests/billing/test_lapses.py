@@ -12,7 +12,7 @@ from django.utils import timezone
 from backoffice.roles import SALES
 from billing import gateway, selectors
 from billing.models import FinanceFlag, LedgerEntry, Payment, Refund
-from billing.services import lapses, payments
+from billing.services import extensions, lapses, payments
 from capacity import quotes
 from capacity import services as capacity_services
 from capacity.models import GpuModel, ListPrice, Region, Reservation
@@ -29,6 +29,7 @@ from .conftest import (
     signed,
     stripe_charges,
 )
+from .test_extensions import paid_block
 from .test_webhooks import post
 
 S = Reservation.State
@@ -158,6 +159,30 @@ def test_a_payment_that_succeeded_just_before_the_cancel_is_booked_not_lost(
     payment.refresh_from_db()
     reservation.refresh_from_db()
     assert (payment.status, reservation.state) == ("succeeded", S.SCHEDULED)
+    assert Refund.objects.count() == 0
+
+
+def test_a_lapsed_extension_cancels_its_open_payment_intent_and_leaves_the_block_alone(
+    catalog, organization, owner, stripe_api, django_capture_on_commit_callbacks
+):
+    reservation = paid_block(organization, owner, catalog, stripe_api)
+    started = extensions.extension_start(
+        reservation=reservation,
+        actor=owner,
+        hours=2,
+        attempt_token="t",
+        collect=extensions.PAYMENT_INTENT,
+    )
+    block_payment = reservation.payments.get(extension__isnull=True)
+    expire(timedelta(minutes=16), django_capture_on_commit_callbacks)
+    started.extension.refresh_from_db()
+    payment = Payment.objects.get(pk=started.payment.pk)
+    assert (started.extension.state, payment.status) == ("lapsed", Payment.Status.CANCELED)
+    assert gateway.payment_intent_retrieve(payment.stripe_payment_intent_id).status == "canceled"
+    block_payment.refresh_from_db()
+    reservation.refresh_from_db()
+    assert (block_payment.status, block_payment.amount_refunded) == ("succeeded", Decimal("0"))
+    assert (reservation.state, reservation.total) == (S.SCHEDULED, Decimal("768.00"))
     assert Refund.objects.count() == 0
 
 
