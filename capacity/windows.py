@@ -21,6 +21,14 @@ class Window:
     def hours(self) -> int:
         return int((self.ends_at - self.starts_at) / HOUR)
 
+    @property
+    def held_until(self) -> datetime:
+        """Until when a hold for this window keeps the nodes: its end, or for a block that
+        starts now, past the latest end it could have (`start_now_held_until`)."""
+        if not self.starts_on_payment:
+            return self.ends_at
+        return start_now_held_until(self, self.starts_at + settings.CAPACITY_HOLD)
+
 
 def ceil_hour(moment: datetime) -> datetime:
     floor = moment.replace(minute=0, second=0, microsecond=0)

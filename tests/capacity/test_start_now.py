@@ -8,7 +8,7 @@ import pytest
 
 from accounts.models import Organization
 from billing.services import payments
-from capacity import provisioning, selectors, services
+from capacity import offerings, provisioning, selectors, services
 from capacity.models import Allocation, Reservation
 from capacity.windows import Window, start_now_held_until, window_for
 from core.models import AuditEvent
@@ -159,3 +159,40 @@ def test_paying_by_card_starts_the_block_from_the_payment(
         paid_at + hours(2),
     )
     assert periods(reservation) == {(paid_at, paid_at + hours(2))}
+
+
+def test_search_offers_start_now_only_when_the_held_hours_are_free(
+    catalog, organization, owner, other_organization, frozen_clock
+):
+    """At 09:50 a 4-hour block paid at the hold's last minute would end 14:05: 14:00-15:00
+    must be free too, or the search would offer a block the hold then cannot take."""
+    theirs = other_organization.memberships.get().user
+    Organization.objects.filter(pk=other_organization.pk).update(
+        payment_terms="invoice", payment_days=30, credit_limit=Decimal("10000")
+    )  # confirmed at once: their blocks do not lapse while the clock moves on
+    other_organization.refresh_from_db()
+    at = datetime(2026, 12, 1, 14, 0, tzinfo=UTC)
+    for nodes in (4, 8):  # the whole of us-east from 14:00 to 15:00
+        services.reservation_create(
+            organization=other_organization,
+            user=theirs,
+            gpu_model=catalog.h100,
+            region=catalog.east,
+            node_count=nodes,
+            window=Window(at, at + hours(1)),
+        )
+    frozen_clock.shift(timedelta(minutes=20))  # 09:50
+    window = window_for(starts_at=None, duration_hours=4)
+    assert window.held_until == datetime(2026, 12, 1, 15, 0, tzinfo=UTC)
+    found = offerings.search(
+        organization=organization,
+        gpu_model=catalog.h100,
+        region=catalog.east,
+        node_count=2,
+        window=window,
+    )
+    assert "exact" not in [o.kind for o in found]
+    with pytest.raises(services.SoldOut):
+        start_now(organization, owner, catalog)
+    frozen_clock.shift(timedelta(minutes=-10))  # 09:40: it would end by 13:55 at the latest
+    assert start_now(organization, owner, catalog).state == S.HELD
