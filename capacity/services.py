@@ -427,14 +427,20 @@ def _confirm_lapsed(
         window = Window(max(locked.starts_at, now.replace(second=0, microsecond=0)), runs.ends_at)
     if window.ends_at <= window.starts_at:
         raise _NoCapacity
-    current = pricing.quote_for_sale(
-        organization=locked.organization,
-        gpu_model=locked.gpu_model,
-        region=locked.region,
-        node_count=locked.node_count,
-        starts_at=runs.starts_at,
-        ends_at=runs.ends_at,
-    )
+    try:
+        current = pricing.quote(
+            organization=locked.organization,
+            gpu_model=locked.gpu_model,
+            region=locked.region,
+            node_count=locked.node_count,
+            starts_at=runs.starts_at,
+            ends_at=runs.ends_at,
+        )
+    except pricing.PriceUnavailable:
+        raise LatePaymentRefused(
+            f"The hold on {locked.public_id} lapsed before the payment arrived, and "
+            f"{locked.gpu_model.name} is no longer sold in {locked.region.name}.",
+        ) from None
     if paid is not None and (current.currency != locked.currency or current.total > paid):
         raise LatePaymentRefused(
             f"The hold on {locked.public_id} lapsed before the payment arrived, and the "

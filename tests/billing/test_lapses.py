@@ -336,3 +336,17 @@ def test_a_late_payment_whose_nodes_are_gone_is_refunded_in_full_once(
     assert Refund.objects.get().amount == payment.amount == Decimal("3072.00")
     assert LedgerEntry.objects.filter(kind="refund").count() == 1
     assert len(mail.outbox) == 1
+
+
+def test_a_late_payment_for_a_pool_no_longer_sold_is_refunded_in_full(
+    catalog, organization, owner, client, stripe_api, django_capture_on_commit_callbacks
+):
+    reservation = _lapsed(catalog, organization, owner, django_capture_on_commit_callbacks)
+    ListPrice.objects.filter(region=catalog.east).delete()
+    with django_capture_on_commit_callbacks(execute=True):
+        payment = stripe_charges(reservation, card(stripe_api))
+        arrives(client, payment)
+    payment.refresh_from_db()
+    reservation.refresh_from_db()
+    assert (reservation.state, payment.amount_refunded) == (S.EXPIRED, Decimal("768.00"))
+    assert Refund.objects.get().reason.endswith("H100 is no longer sold in US East.")
