@@ -5,6 +5,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
+from django.urls import reverse
 
 from accounts.models import Organization
 from billing.services import payments
@@ -13,6 +14,7 @@ from capacity.models import Allocation, Reservation
 from capacity.windows import Window, start_now_held_until, window_for
 from core.models import AuditEvent
 from tests.billing.conftest import card, localstripe_url, stripe_api  # noqa: F401
+from tests.conftest import client_for
 
 from .conftest import NOW, hours
 
@@ -196,3 +198,19 @@ def test_search_offers_start_now_only_when_the_held_hours_are_free(
         start_now(organization, owner, catalog)
     frozen_clock.shift(timedelta(minutes=-10))  # 09:40: it would end by 13:55 at the latest
     assert start_now(organization, owner, catalog).state == S.HELD
+
+
+def test_the_reservation_page_says_when_a_start_now_block_runs(
+    catalog, organization, owner, frozen_clock
+):
+    client = client_for(owner)
+    reservation = start_now(organization, owner, catalog)
+    page = reverse("reservation-detail", args=[organization.slug, reservation.public_id])
+    held = client.get(page).content.decode()
+    assert "<dt>Start</dt><dd>The minute it is paid</dd>" in held
+    assert "<dt>End</dt><dd>4 h after that</dd>" in held
+    frozen_clock.shift(timedelta(minutes=12))
+    services.reservation_confirm(reservation=reservation, actor=None, reason="Paid by card.")
+    running = client.get(page).content.decode()
+    assert "<dt>Start</dt><dd>Tue 1 Dec 2026, 09:42 UTC (when it was paid)</dd>" in running
+    assert "<dt>End</dt><dd>Tue 1 Dec 2026, 13:42 UTC</dd>" in running
