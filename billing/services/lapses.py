@@ -29,7 +29,7 @@ S = Reservation.State
 OPEN = (Payment.Status.PENDING, Payment.Status.REQUIRES_ACTION, Payment.Status.FAILED)
 
 
-def lapsed_payments_for_reservation(reservation: Reservation) -> list[Payment]:
+def _lapsed_payments(reservation: Reservation) -> list[Payment]:
     """The open payments of a reservation that nothing waits for any more: its own once it is
     no longer held (expired, or paid by another attempt), an extension's once it is no longer
     held (lapsed, canceled, paid)."""
@@ -53,7 +53,7 @@ def lapsed_payments_cancel(*, reservation: Reservation) -> int:
     one Stripe no longer lets us cancel is re-read (a success there is booked as a late
     payment). Stripe out of reach raises GatewayUnavailable, for the task to retry."""
     canceled = 0
-    for payment in lapsed_payments_for_reservation(reservation):
+    for payment in _lapsed_payments(reservation):
         intent_id = payment.stripe_payment_intent_id
         assert intent_id is not None  # filtered on above
         try:
