@@ -47,6 +47,18 @@ def _lapsed_payments(reservation: Reservation) -> list[Payment]:
     )
 
 
+def reservations_with_lapsed_payments() -> set[int]:
+    """For the settlement sweep: reservations with a PaymentIntent still open at Stripe for a
+    hold, quote or extension that lapsed (the settling task was lost, or Stripe was away)."""
+    lapsed = Payment.objects.filter(
+        Q(extension__isnull=True, reservation__state=S.EXPIRED)
+        | Q(extension__state__in=[Extension.State.LAPSED, Extension.State.CANCELED]),
+        status__in=OPEN,
+        stripe_payment_intent_id__isnull=False,
+    )
+    return set(lapsed.values_list("reservation_id", flat=True))
+
+
 def lapsed_payments_cancel(*, reservation: Reservation) -> int:
     """Cancel at Stripe the open PaymentIntents of `reservation` that nothing waits for; returns
     how many were canceled. Safe to run any number of times: the key is our payment's id, and

@@ -10,7 +10,7 @@ from django.core import mail
 from django.utils import timezone
 
 from backoffice.roles import SALES
-from billing import gateway, selectors
+from billing import gateway, selectors, tasks
 from billing.models import FinanceFlag, LedgerEntry, Payment, Refund
 from billing.services import extensions, lapses, payments
 from capacity import quotes
@@ -127,6 +127,25 @@ def test_every_attempt_still_open_at_stripe_is_canceled(
         intent = gateway.payment_intent_retrieve(payment.stripe_payment_intent_id)
         assert intent.status == "canceled"
     assert AuditEvent.objects.filter(action="payment.canceled").count() == 2
+
+
+def test_the_settlement_sweep_cancels_what_a_lost_task_left_open(
+    catalog, organization, owner, django_capture_on_commit_callbacks
+):
+    reservation = held_reservation(organization, owner, catalog)
+    payment, _ = payments.payment_intent_open(
+        reservation=reservation, actor=owner, attempt_token="api-1"
+    )
+    with time_machine.travel(timezone.now() + timedelta(minutes=16)):
+        capacity_services.lapsed_holds_expire()  # its settling task never ran
+    assert lapses.reservations_with_lapsed_payments() == {reservation.pk}
+    with django_capture_on_commit_callbacks(execute=True):
+        assert tasks.settle_pending() == 1
+    payment.refresh_from_db()
+    assert payment.status == Payment.Status.CANCELED
+    assert gateway.payment_intent_retrieve(payment.stripe_payment_intent_id).status == "canceled"
+    assert lapses.reservations_with_lapsed_payments() == set()
+    assert tasks.settle_pending() == 0
 
 
 def test_an_expired_quote_cancels_its_open_payment_intent_at_stripe(
