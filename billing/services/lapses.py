@@ -17,8 +17,9 @@ from capacity.models import Extension, Reservation
 from core.tasks import enqueue_after_commit
 
 from .. import gateway
-from ..models import Payment
+from ..models import FinanceFlag, Payment
 from . import payments
+from .flags import flag_raise
 
 logger = logging.getLogger(__name__)
 S = Reservation.State
@@ -55,7 +56,7 @@ def reservations_with_lapsed_payments() -> set[int]:
         | Q(extension__state__in=[Extension.State.LAPSED, Extension.State.CANCELED]),
         status__in=OPEN,
         stripe_payment_intent_id__isnull=False,
-    )
+    ).exclude(flags__kind=FinanceFlag.Kind.RECONCILIATION)  # finance has it: not every sweep
     return set(lapsed.values_list("reservation_id", flat=True))
 
 
@@ -77,7 +78,20 @@ def lapsed_payments_cancel(*, reservation: Reservation) -> int:
         except gateway.PaymentError as exc:
             # Succeeded, processing or already canceled at Stripe: what it says now decides.
             logger.info("PaymentIntent %s not canceled: %s", intent_id, exc.message)
-        synced = payments.payment_sync(payment_intent_id=intent_id)
+        try:
+            synced = payments.payment_sync(payment_intent_id=intent_id)
+        except gateway.GatewayUnavailable:
+            raise
+        except gateway.PaymentError as exc:
+            # Stripe does not know it (any more): finance looks, and the rest still settles.
+            flag_raise(
+                FinanceFlag.Kind.RECONCILIATION,
+                intent_id,
+                f"Could not cancel or read PaymentIntent {intent_id} of payment "
+                f"{payment.public_id}, left open by {reservation.public_id}: {exc.message}",
+                payment=payment,
+            )
+            continue
         if synced is not None and synced.status == Payment.Status.CANCELED:
             canceled += 1
     return canceled

@@ -148,6 +148,26 @@ def test_the_settlement_sweep_cancels_what_a_lost_task_left_open(
     assert tasks.settle_pending() == 0
 
 
+def test_an_intent_stripe_does_not_know_is_flagged_once_and_settling_goes_on(
+    catalog, organization, owner, django_capture_on_commit_callbacks
+):
+    reservation = held_reservation(organization, owner, catalog)
+    payment, _ = payments.payment_intent_open(
+        reservation=reservation, actor=owner, attempt_token="api-1"
+    )
+    Payment.objects.filter(pk=payment.pk).update(stripe_payment_intent_id="pi_unknown")
+    expire(timedelta(minutes=16), django_capture_on_commit_callbacks)
+    flag = FinanceFlag.objects.get()
+    assert (flag.kind, flag.stripe_object_id, flag.payment_id) == (
+        "reconciliation",
+        "pi_unknown",
+        payment.pk,
+    )
+    assert lapses.reservations_with_lapsed_payments() == set()  # not again at every sweep
+    assert lapses.lapsed_payments_cancel(reservation=reservation) == 0
+    assert FinanceFlag.objects.count() == 1
+
+
 def test_an_expired_quote_cancels_its_open_payment_intent_at_stripe(
     catalog, organization, owner, django_capture_on_commit_callbacks
 ):
