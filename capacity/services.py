@@ -378,11 +378,16 @@ def _confirm_locked(
             # It starts now: its nodes (held to beyond its latest end) are kept for exactly
             # the hours paid for, from this minute.
             window = _start_now_window(locked, now)
-            if selectors.other_live_allocations(locked, window.starts_at, window.ends_at).exists():
+            live = locked.allocations.filter(released_at__isnull=True)
+            taken = Allocation.objects.filter(
+                node_id__in=live.values("node_id"),
+                released_at__isnull=True,
+                starts_at__lt=window.ends_at,
+                ends_at__gt=window.starts_at,
+            ).exclude(reservation=locked)
+            if taken.exists():
                 raise _NoCapacity  # paid after the hold ran out and the hours were taken
-            locked.allocations.filter(released_at__isnull=True).update(
-                starts_at=window.starts_at, ends_at=window.ends_at
-            )
+            live.update(starts_at=window.starts_at, ends_at=window.ends_at)
             fields = {"starts_at": window.starts_at, "ends_at": window.ends_at}
         confirmed = lifecycle.reservation_transition(
             reservation=locked,

@@ -214,3 +214,27 @@ def test_the_reservation_page_says_when_a_start_now_block_runs(
     running = client.get(page).content.decode()
     assert "<dt>Start</dt><dd>Tue 1 Dec 2026, 09:42 UTC (when it was paid)</dd>" in running
     assert "<dt>End</dt><dd>Tue 1 Dec 2026, 13:42 UTC</dd>" in running
+
+
+def test_paid_after_its_hold_ran_out_into_a_taken_hour_it_is_sold_out(
+    catalog, organization, owner, other_organization, frozen_clock
+):
+    """Not swept yet, but paid at 10:05: it would run into 14:00, which was sold meanwhile."""
+    reservation = start_now(organization, owner, catalog)  # held on east-a until 14:00
+    theirs = other_organization.memberships.get().user
+    at = datetime(2026, 12, 1, 14, 0, tzinfo=UTC)
+    neighbour = services.reservation_create(
+        organization=other_organization,
+        user=theirs,
+        gpu_model=catalog.h100,
+        region=catalog.east,
+        node_count=4,
+        window=Window(at, at + hours(1)),
+    )
+    assert neighbour.cluster == reservation.cluster
+    frozen_clock.shift(timedelta(minutes=35))
+    with pytest.raises(services.SoldOut):
+        services.reservation_confirm(reservation=reservation, actor=None, reason="Paid by card.")
+    reservation.refresh_from_db()
+    assert (reservation.state, reservation.starts_at) == (S.HELD, NOW)
+    assert periods(reservation) == {(NOW, at)}  # nothing changed
