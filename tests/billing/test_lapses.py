@@ -99,6 +99,23 @@ def test_a_lapsed_hold_cancels_its_open_payment_intent_at_stripe(
     assert ledger(organization) == []
 
 
+def test_a_hold_the_customer_cancels_cancels_its_open_payment_intent_at_stripe(
+    catalog, organization, owner, django_capture_on_commit_callbacks
+):
+    reservation = held_reservation(organization, owner, catalog)
+    payment, _ = payments.payment_intent_open(
+        reservation=reservation, actor=owner, attempt_token="api-1"
+    )
+    with django_capture_on_commit_callbacks(execute=True):
+        capacity_services.reservation_cancel(reservation=reservation, actor=owner)
+    reservation.refresh_from_db()
+    payment.refresh_from_db()
+    assert (reservation.state, reservation.refund_due) == (S.CANCELED, None)
+    assert gateway.payment_intent_retrieve(payment.stripe_payment_intent_id).status == "canceled"
+    assert payment.status == Payment.Status.CANCELED
+    assert ledger(organization) == []
+
+
 def test_every_attempt_still_open_at_stripe_is_canceled(
     catalog, organization, owner, stripe_api, django_capture_on_commit_callbacks
 ):
