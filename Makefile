@@ -25,8 +25,8 @@ migrate: install
 	$(BIN)/python manage.py migrate --no-input
 	$(BIN)/python manage.py createcachetable
 
+# bin/run.py seeds the demo data first, with the local Stripe up, then starts everything.
 run: migrate
-	$(BIN)/python manage.py seed_demo
 	$(BIN)/python bin/run.py
 
 test: install

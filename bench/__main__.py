@@ -298,6 +298,8 @@ def load_report(result: dict) -> list[str]:
             f"      {name.replace('_', ' ')}: {_verdict(check['passed'])} ({check['detail']})"
         )
         lines += [f"        {violation}" for violation in check["violations"][:5]]
+    flags = ", ".join(f"{k} {n}" for k, n in sorted(result.get("finance_flags", {}).items()))
+    lines.append(f"    finance flags raised: {flags or 'none'}")
     logged = ", ".join(f"{name} {log['errors']}" for name, log in result["logs"].items())
     lines.append(f"    errors logged: {logged} (logs in bench/results/load-logs/)")
     for name, log in result["logs"].items():

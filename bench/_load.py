@@ -28,9 +28,11 @@ from django.core.management import CommandError, call_command
 from django.db import connection
 
 from accounts import api_keys
+from accounts.models import User
+from billing import demo as billing_demo
 from billing import gateway
-from billing.models import BillingAccount, WebhookEvent
-from billing.services import accounts
+from billing.models import BillingAccount, FinanceFlag, WebhookEvent
+from billing.services import accounts, terms
 from capacity import demo
 from capacity.models import GpuModel, Region
 from core.money import from_minor, to_minor
@@ -50,17 +52,36 @@ ORG_PREFIX = "load-"
 SETTLE_SECONDS = 180  # the longest the system may take to finish its work after the load
 CONFIRMED = ["scheduled", "provisioning", "active", "releasing", "completed"]
 LIVE = ["held", "scheduled", "provisioning", "active", "releasing"]
+INVOICE_EVERY = 4  # every 4th customer organization is on invoice terms (net 30)
+LOAD_CREDIT_LIMIT = "50000000.00"  # far above what a run books: no refusal for credit
 
 
 # --- Seeding -----------------------------------------------------------------------------------
-def _customers(count: int, api: str) -> list[dict]:
+def _staff() -> User:
+    """The sales member who approves invoice terms (the terms service asks for one)."""
+    return User.objects.create_user(
+        "sales@load.example", password=None, is_staff=True, is_superuser=True
+    )
+
+
+def _customers(count: int, api: str, staff: User) -> list[dict]:
     """Organizations on card terms, each with a verified owner who signs in with a password
     (hashed with Argon2, as in production: signing in costs what it costs there), an API key
-    and a saved card."""
+    and a saved card; every INVOICE_EVERY-th on invoice terms instead (its blocks confirmed at
+    once and invoiced at Stripe; its clients pay those invoices there)."""
     hasher = Argon2PasswordHasher()
     customers = []
     for n in range(1, count + 1):
         organization, owner = fixtures.verified_owner(f"{ORG_PREFIX}{n:02d}")
+        on_invoice = n % INVOICE_EVERY == 0
+        if on_invoice:
+            terms.invoice_terms_approve(
+                organization=organization,
+                actor=staff,
+                credit_limit=LOAD_CREDIT_LIMIT,
+                payment_days=30,
+                reason="Load test.",
+            )
         owner.password = hasher.encode(PASSWORD, hasher.salt())
         owner.save(update_fields=["password"])
         _record, key = api_keys.api_key_create(
@@ -78,7 +99,15 @@ def _customers(count: int, api: str) -> list[dict]:
         )
         BillingAccount.objects.filter(pk=account.pk).update(default_payment_method_id=card)
         customers.append(
-            {"slug": organization.slug, "email": owner.email, "password": PASSWORD, "api_key": key}
+            {
+                "slug": organization.slug,
+                "email": owner.email,
+                "password": PASSWORD,
+                "api_key": key,
+                "invoice_terms": on_invoice,
+                "stripe_customer": account.stripe_customer_id,
+                "card": card,
+            }
         )
     return customers
 
@@ -139,9 +168,26 @@ def _unsettled(broker: redis.Redis) -> dict[str, int]:
     (provisioning,) = _rows(
         "SELECT COUNT(*) FROM capacity_reservation WHERE state IN ('provisioning', 'releasing')"
     )[0]
+    (uninvoiced,) = _rows(
+        "SELECT COUNT(*) FROM capacity_reservation r"
+        " JOIN accounts_organization o ON o.id = r.organization_id"
+        " LEFT JOIN billing_invoice i ON i.reservation_id = r.id"
+        " WHERE o.payment_terms = 'invoice' AND r.state = ANY(%s)"
+        " AND i.stripe_invoice_id IS NULL",
+        (CONFIRMED,),
+    )[0]
+    (uncredited,) = _rows(
+        "SELECT COUNT(*) FROM capacity_reservation r"
+        " JOIN billing_invoice i ON i.reservation_id = r.id"
+        " WHERE r.state = 'canceled' AND r.refund_due > 0 AND i.stripe_invoice_id IS NOT NULL"
+        " AND NOT EXISTS (SELECT 1 FROM billing_ledgerentry l"
+        "  WHERE l.invoice_id = i.id AND l.kind = 'credit')"
+    )[0]
     return {
         "events_unprocessed": events,
         "refunds_pending": refunds,
+        "invoices_unsent": uninvoiced,
+        "invoice_credits_pending": uncredited,
         "money_unsettled": len(_paid_not_confirmed()),
         "reservations_in_transition": provisioning,
         "tasks_queued": _queued(broker),
@@ -231,7 +277,10 @@ def _payments_match_states() -> dict:
         " JOIN accounts_organization o ON o.id = r.organization_id"
         " WHERE o.slug LIKE %s AND r.state = ANY(%s) AND NOT EXISTS ("
         "  SELECT 1 FROM billing_payment p WHERE p.reservation_id = r.id"
-        "  AND p.status = 'succeeded' AND NOT p.flagged)",
+        "  AND p.status = 'succeeded' AND NOT p.flagged)"
+        # On invoice terms the invoice is the money (checked by _invoices).
+        " AND NOT EXISTS (SELECT 1 FROM billing_invoice i WHERE i.reservation_id = r.id"
+        "  AND i.stripe_invoice_id IS NOT NULL)",
         (f"{ORG_PREFIX}%", CONFIRMED),
     )
     states = dict(
@@ -278,7 +327,8 @@ def _stripe_agrees(intents: list[dict], refunds: list[dict]) -> dict:
     for public_id, state, total, refund_due, currency in _rows(
         "SELECT r.public_id, r.state, r.total, r.refund_due, r.currency"
         " FROM capacity_reservation r JOIN accounts_organization o ON o.id = r.organization_id"
-        " WHERE o.slug LIKE %s",
+        " WHERE o.slug LIKE %s AND NOT EXISTS ("  # invoiced ones: _invoices
+        "  SELECT 1 FROM billing_invoice i WHERE i.reservation_id = r.id)",
         (f"{ORG_PREFIX}%",),
     ):
         if state in CONFIRMED:
@@ -297,6 +347,55 @@ def _stripe_agrees(intents: list[dict], refunds: list[dict]) -> dict:
         f"{len(unknown)} charges we did not book",
         unknown + wrong,
     )
+
+
+def _invoices(invoices: list[dict], notes: list[dict]) -> dict:
+    """On invoice terms, what Stripe invoiced each reservation less its credit notes (nothing
+    when the invoice was voided) is what its state says it should be, and the invoice's status
+    here is Stripe's; every confirmed block of an organization on invoice terms was invoiced."""
+    at_stripe = {invoice["id"]: invoice for invoice in invoices}
+    credited: dict[str, int] = defaultdict(int)
+    for note in notes:
+        if note.get("status") != "void":
+            credited[note["invoice"]] += note["amount"]
+    wrong: list[tuple] = []
+    statuses: dict[str, int] = defaultdict(int)
+    rows = _rows(
+        "SELECT r.public_id, r.state, r.total, r.refund_due, r.currency, i.stripe_invoice_id,"
+        " i.status FROM capacity_reservation r"
+        " JOIN accounts_organization o ON o.id = r.organization_id"
+        " LEFT JOIN billing_invoice i ON i.reservation_id = r.id"
+        " WHERE i.id IS NOT NULL OR (o.payment_terms = 'invoice' AND r.state = ANY(%s))",
+        (CONFIRMED,),
+    )
+    for public_id, state, total, refund_due, currency, stripe_id, status in rows:
+        theirs = at_stripe.get(stripe_id or "")
+        if theirs is None:
+            wrong.append((public_id, state, f"no invoice at Stripe ({stripe_id or 'not sent'})"))
+            continue
+        statuses[theirs["status"]] += 1
+        kept = 0 if theirs["status"] == "void" else theirs["total"] - credited[stripe_id]
+        if state in CONFIRMED:
+            expected = total
+        elif state == "canceled" and refund_due is not None:
+            expected = total - refund_due
+        else:
+            expected = Decimal("0")
+        if from_minor(kept, currency) != expected:
+            wrong.append(
+                (public_id, state, f"Stripe kept {from_minor(kept, currency)}, expected {expected}")
+            )
+        if theirs["status"] != status:
+            wrong.append((public_id, stripe_id, f"here {status}, at Stripe {theirs['status']}"))
+    return {
+        **_check(
+            not wrong,
+            f"{len(rows)} invoiced reservations, {len(notes)} credit notes at Stripe; "
+            f"{len(wrong)} differences",
+            wrong,
+        ),
+        "at_stripe": dict(statuses),
+    }
 
 
 def _events(attempted: dict[str, str]) -> dict:
@@ -335,7 +434,8 @@ def _ledger(intents: list[dict], refunds: list[dict]) -> dict:
     the payment alone. A refund books the refund paid out (positive) and, when its payment was
     charged for something, a credit taking that back (negative). So each organization's
     balance is its unflagged charges minus its payments plus what went back on uncharged ones,
-    and matches what Stripe took and gave back from its customer.
+    and matches what Stripe took and gave back from its customer. Invoices' rows (and the
+    PaymentIntents that paid invoices at Stripe) are left to _invoices and check_books.
     """
     payments = _rows(
         "SELECT p.public_id, p.status, p.amount, p.flagged,"
@@ -384,7 +484,8 @@ def _ledger(intents: list[dict], refunds: list[dict]) -> dict:
     stripe_paid: dict[str, int] = defaultdict(int)
     customer_of_intent = {}
     for intent in intents:
-        if intent["status"] == "succeeded":
+        # An invoice paid by card has its PaymentIntent too: the invoice's money (_invoices).
+        if intent["status"] == "succeeded" and not intent.get("invoice"):
             stripe_paid[intent["customer"]] += intent["amount"]
             customer_of_intent[intent["id"]] = intent["customer"]
     stripe_refunded: dict[str, int] = defaultdict(int)
@@ -405,15 +506,16 @@ def _ledger(intents: list[dict], refunds: list[dict]) -> dict:
         uncharged,
     ) in _rows(
         "SELECT o.slug, o.currency, b.stripe_customer_id,"
-        " COALESCE((SELECT SUM(amount) FROM billing_ledgerentry WHERE organization_id = o.id), 0),"
         " COALESCE((SELECT SUM(amount) FROM billing_ledgerentry"
-        "  WHERE organization_id = o.id AND kind = 'charge'), 0),"
+        "  WHERE organization_id = o.id AND invoice_id IS NULL), 0),"
         " COALESCE((SELECT SUM(amount) FROM billing_ledgerentry"
-        "  WHERE organization_id = o.id AND kind = 'payment'), 0),"
+        "  WHERE organization_id = o.id AND invoice_id IS NULL AND kind = 'charge'), 0),"
         " COALESCE((SELECT SUM(amount) FROM billing_ledgerentry"
-        "  WHERE organization_id = o.id AND kind = 'credit'), 0),"
+        "  WHERE organization_id = o.id AND invoice_id IS NULL AND kind = 'payment'), 0),"
         " COALESCE((SELECT SUM(amount) FROM billing_ledgerentry"
-        "  WHERE organization_id = o.id AND kind = 'refund'), 0),"
+        "  WHERE organization_id = o.id AND invoice_id IS NULL AND kind = 'credit'), 0),"
+        " COALESCE((SELECT SUM(amount) FROM billing_ledgerentry"
+        "  WHERE organization_id = o.id AND invoice_id IS NULL AND kind = 'refund'), 0),"
         " COALESCE((SELECT SUM(CASE WHEN p.status = 'succeeded' AND NOT p.flagged"
         "  THEN p.amount ELSE 0 END) - SUM(p.amount)"
         "  FROM billing_payment p WHERE p.organization_id = o.id"
@@ -558,8 +660,15 @@ def run(*, db: Database, duration: int, users: int, orgs: int, seed: int = 20_26
         stack.wait_for(f"{api}/v1/customers", scratch, auth=(SECRET_KEY, ""))
         began = time.perf_counter()
         nodes = demo.load_catalog()
+        staff = _staff()
+        # The demo's other customer, on invoice terms: its bookings invoiced at Stripe (the
+        # bench's tasks run in-process), a few paid, the rest open through the run.
+        northwind = demo.northwind_ensure(PASSWORD)
+        billing_demo.invoice_terms_ensure(organization=northwind, actor=staff)
         bookings = demo.load_bookings(PASSWORD)
-        customers = _customers(orgs, api)
+        northwind.refresh_from_db()
+        billing_demo.invoices_settle(organization=northwind, pay=3)
+        customers = _customers(orgs, api, staff)
         with connection.cursor() as cursor:
             cursor.execute("ANALYZE")
         progress(
@@ -608,6 +717,8 @@ def run(*, db: Database, duration: int, users: int, orgs: int, seed: int = 20_26
         result["settling"] = _settle(web, api, attempted, broker)
         intents = _stripe_list(api, "payment_intents")
         refunds = _stripe_list(api, "refunds")
+        invoices = _stripe_list(api, "invoices")
+        credit_notes = _stripe_list(api, "credit_notes")
         progress("checking the books against Stripe (check_books)")
         books = _books()  # while localstripe still runs
     finally:
@@ -623,9 +734,14 @@ def run(*, db: Database, duration: int, users: int, orgs: int, seed: int = 20_26
         "no_node_double_allocated": _allocations(),
         "paid_reservations_confirmed": _payments_match_states(),
         "stripe_agrees": _stripe_agrees(intents, refunds),
+        "invoices_agree": _invoices(invoices, credit_notes),
         "events_processed_once": _events(attempted),
         "ledger_balances": _ledger(intents, refunds),
         "books_check": books,
+    }
+    result["finance_flags"] = {
+        kind: FinanceFlag.objects.filter(kind=kind).count()
+        for kind in FinanceFlag.objects.values_list("kind", flat=True).distinct()
     }
     result["logs"] = {}
     for name in ("web", "worker", "beat", "stripe"):

@@ -10,7 +10,9 @@ Three kinds of users share the run:
   reservations list and detail, billing.
 - ApiCustomer works with its organization's API key: searches offerings, reserves, pays (the
   saved card, or a PaymentIntent it confirms with Stripe like Stripe.js would; now and then a
-  declined card first, or a second attempt racing the first), lists, reads and cancels.
+  declined card first, or a second attempt racing the first), lists, reads and cancels. On
+  invoice terms its blocks are confirmed at once and invoiced; it pays open invoices at
+  Stripe (by card, or as paid outside Stripe, a bank transfer).
 - StripeWebhooks (one) plays Stripe's delivery: it reads the new events from localstripe and
   posts them signed, redelivers some of them, and sends event types the app does not handle.
 
@@ -282,7 +284,7 @@ class ApiCustomer(_Customer):
             "/api/v1/reservations/",
             "POST /api/v1/reservations/",
             expect=(201,),
-            refusals=((409, "capacity_unavailable"),),
+            refusals=((409, "capacity_unavailable"), (409, "credit_limit_exceeded")),
             json=body,
             headers={"Idempotency-Key": uuid.uuid4().hex},
         )
@@ -292,6 +294,11 @@ class ApiCustomer(_Customer):
         reservation = response.json()
         self.remember(reservation)
         TALLY.flows["reserved"] += 1
+        if self.org["invoice_terms"]:
+            # Confirmed at once; the invoice is made at Stripe after the commit.
+            TALLY.flows["confirmed_on_invoice" if reservation["state"] == "scheduled" else
+                        f"on_invoice_{reservation['state']}"] += 1  # fmt: skip
+            return
         roll = self.rng.random()
         if roll < 0.1:
             TALLY.flows["left_unpaid"] += 1  # the hold lapses on its own
@@ -327,14 +334,30 @@ class ApiCustomer(_Customer):
         )
         return response.json()["payment_intent"] if outcome is None else None
 
-    def stripe_call(self, name: str, path: str, data: dict, expect: int = 200) -> Any:
-        """One call to Stripe, timed apart from the app's figures; None when it failed."""
+    def stripe_call(
+        self,
+        name: str,
+        path: str,
+        data: dict,
+        expect: int = 200,
+        *,
+        method: str = "POST",
+        refusals: tuple[str, ...] = (),
+    ) -> Any:
+        """One call to Stripe, timed apart from the app's figures; None when it failed or was
+        refused (HTTP 400 with one of the error codes in `refusals`: counted, not an error)."""
         began = time.perf_counter()
         error: BaseException | None = None
         answer = None
         try:
-            answer = self.stripe.post(f"{CONFIG['stripe']}{path}", data=data, timeout=TIMEOUT)
-            if answer.status_code != expect:
+            sent = {"params": data} if method == "GET" else {"data": data}
+            answer = self.stripe.request(
+                method, f"{CONFIG['stripe']}{path}", timeout=TIMEOUT, **sent
+            )
+            if answer.status_code == 400 and _error_code(answer) in refusals:
+                TALLY.refused[name][_error_code(answer)] += 1
+                answer = None
+            elif answer.status_code != expect:
                 error = RuntimeError(f"HTTP {answer.status_code}: {answer.text[:200]}")
         except RequestException as exc:
             error = exc
@@ -421,6 +444,33 @@ class ApiCustomer(_Customer):
                 TALLY.confirm_ms.append((time.perf_counter() - since) * 1000)
                 return
         TALLY.flows["not_confirmed_while_polling"] += 1
+
+    @task(2)
+    def pay_invoice(self) -> None:
+        """On invoice terms: pay one of the organization's open invoices at Stripe, as its
+        accounts payable would: with the card on file, or marked paid outside Stripe."""
+        if not self.org["invoice_terms"]:
+            return
+        listed = self.stripe_call(
+            "GET /v1/invoices",
+            "/v1/invoices",
+            {"customer": self.org["stripe_customer"], "status": "open", "limit": 100},
+            method="GET",
+        )
+        open_ones = [i["id"] for i in listed.json()["data"]] if listed is not None else []
+        if not open_ones:
+            return
+        invoice = self.rng.choice(open_ones)
+        by_card = self.rng.random() < 0.5
+        paid = self.stripe_call(
+            "POST /v1/invoices/[id]/pay",
+            f"/v1/invoices/{invoice}/pay",
+            {"payment_method": self.org["card"]} if by_card else {"paid_out_of_band": "true"},
+            # Another client of the organization paid it, or a cancellation voided it, since.
+            refusals=("invoice_already_paid", "invoice_not_editable"),
+        )
+        if paid is not None:
+            TALLY.flows["invoice_paid_by_card" if by_card else "invoice_paid_out_of_band"] += 1
 
     @task(1)
     def cancel(self) -> None:

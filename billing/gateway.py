@@ -361,6 +361,16 @@ def invoice_void(*, invoice_id: str, idempotency_key: str) -> Any:
     )
 
 
+def invoice_pay_out_of_band(*, invoice_id: str, idempotency_key: str) -> Any:
+    """Mark an open invoice paid outside Stripe (a bank transfer the customer made)."""
+    client = _client()
+    return _call(
+        lambda params, options=None: client.v1.invoices.pay(invoice_id, params, options),
+        {"paid_out_of_band": True},
+        idempotency_key,
+    )
+
+
 def credit_note_create(
     *, invoice_id: str, amount_minor: int, memo: str, paid: bool, idempotency_key: str
 ) -> Any:

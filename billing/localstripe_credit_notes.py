@@ -111,7 +111,12 @@ def _check(invoice: NetInvoice, amount: int, credit: int, refund: int, out_of_ba
             "or paid invoices.",
             param="invoice",
         )
-    creditable = invoice.amount_paid - invoice.post_payment_credit_notes_amount
+    # What settled it: payments (by card or outside Stripe) and the customer's balance it used
+    # up when finalized (an invoice that balance paid in full has paid nothing); Stripe credits
+    # up to that, less the post-payment notes made before.
+    creditable = (
+        invoice.amount_paid + invoice._applied_balance - invoice.post_payment_credit_notes_amount
+    )
     if amount > creditable:
         raise bad_request(
             f"The credit note amount ({amount}) is greater than what is left to credit on "

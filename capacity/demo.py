@@ -10,7 +10,7 @@ from accounts.models import Membership, Organization, User
 from accounts.permissions import Role
 
 from . import services
-from .models import Cluster, DurationDiscount, GpuModel, ListPrice, Node, Region
+from .models import Cluster, DurationDiscount, GpuModel, ListPrice, Node, Region, Reservation
 from .windows import Window, ceil_hour
 
 REGIONS = [
@@ -35,6 +35,8 @@ DISCOUNTS = [
 ]
 CLUSTERS_PER_POOL = 2
 NODES_PER_CLUSTER = 16
+NORTHWIND_USER = "ml-platform@northwind.example"
+BOOKINGS_PER_POOL = 10  # Northwind's tries per GPU model and region (some sell out)
 
 
 def load_catalog() -> int:
@@ -77,11 +79,8 @@ def load_catalog() -> int:
     return Node.objects.count()
 
 
-def load_bookings(password: str) -> int:
-    """Another customer's bookings, so availability looks like a real, busy cloud.
-
-    They are confirmed without a payment or an invoice: nobody signs in as this customer, and
-    the local Stripe emulator cannot issue invoices."""
+def northwind_ensure(password: str) -> Organization:
+    """The other customer, Northwind AI, and its one user (signs in with the demo password)."""
     org, _ = Organization.objects.get_or_create(
         slug="northwind",
         defaults={
@@ -91,22 +90,32 @@ def load_bookings(password: str) -> int:
             "tier": Organization.Tier.ENTERPRISE,
         },
     )
+    user = User.objects.filter(email=NORTHWIND_USER).first()
+    if user is None:
+        user = User.objects.create_user(NORTHWIND_USER, password, full_name="Northwind Platform")
+    if user.email_verified_at is None:
+        user.email_verified_at = timezone.now()
+        user.save(update_fields=["email_verified_at"])
+    Membership.objects.get_or_create(user=user, organization=org, defaults={"role": Role.OWNER})
+    return org
+
+
+def load_bookings(password: str) -> int:
+    """Northwind AI's bookings, so availability looks like a real, busy cloud; made once.
+
+    On invoice terms (seed_demo approves them when Stripe can issue invoices) each booking is
+    confirmed at once and billing invoices it through the settlement hook, as for any customer.
+    Otherwise nobody pays for them: they are confirmed without a payment."""
+    org = northwind_ensure(password)
     if org.reservations.exists():
         return 0
-    user = User.objects.filter(email="ml-platform@northwind.example").first()
-    if user is None:
-        user = User.objects.create_user(
-            "ml-platform@northwind.example", password, full_name="Northwind Platform"
-        )
-    user.email_verified_at = user.email_verified_at or timezone.now()
-    user.save()
-    Membership.objects.get_or_create(user=user, organization=org, defaults={"role": Role.OWNER})
+    user = User.objects.get(email=NORTHWIND_USER)
     rng = random.Random(7)  # the same picture every time
     start = ceil_hour(timezone.now()) + timedelta(hours=2)
     made = 0
     for gpu in GpuModel.objects.all():
         for region in Region.objects.all():
-            for _ in range(10):
+            for _ in range(BOOKINGS_PER_POOL):
                 begin = start + timedelta(hours=rng.randrange(0, 24 * 50))
                 window = Window(begin, begin + timedelta(hours=rng.choice([24, 48, 72, 168, 336])))
                 try:
@@ -120,8 +129,9 @@ def load_bookings(password: str) -> int:
                     )
                 except services.SoldOut:
                     continue
-                services.reservation_confirm(
-                    reservation=held, actor=None, reason="Demo booking.", notify=False
-                )
+                if held.state == Reservation.State.HELD:  # card terms: nobody will pay
+                    services.reservation_confirm(
+                        reservation=held, actor=None, reason="Demo booking.", notify=False
+                    )
                 made += 1
     return made

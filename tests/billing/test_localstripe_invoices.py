@@ -260,6 +260,41 @@ def test_a_credit_note_on_a_paid_invoice_is_credit_the_next_invoice_uses(organiz
     assert [n.id for n in gateway.credit_notes_list(invoice_id=invoice.id)] == [note.id]
 
 
+def test_an_invoice_the_customers_balance_paid_can_be_credited_back_to_it(organization, stripe_api):
+    """The credit a post-payment note left pays the next invoice at finalization (paid, nothing
+    paid by the customer); crediting that invoice in full gives the balance back, as Stripe
+    does, for the invoice after it."""
+    customer = customer_of(organization)
+    first = issue(customer, amount=4144, key="a")
+    at_stripe(stripe_api, f"/v1/invoices/{first.id}/pay", paid_out_of_band="true")
+    gateway.credit_note_create(
+        invoice_id=first.id, amount_minor=4144, memo="Canceled", paid=True,
+        idempotency_key="credit:rsv_1",
+    )  # fmt: skip
+    second = issue(customer, amount=4144, key="b")
+    assert (second.status, second.amount_paid, second.amount_due, second.starting_balance) == (
+        "paid",
+        0,
+        0,
+        -4144,
+    )
+    note = gateway.credit_note_create(
+        invoice_id=second.id, amount_minor=4144, memo="Canceled", paid=True,
+        idempotency_key="credit:rsv_2",
+    )  # fmt: skip
+    assert (note.type, note.post_payment_amount) == ("post_payment", 4144)
+    too_much = at_stripe(
+        stripe_api, "/v1/credit_notes", invoice=second.id, amount=1, credit_amount=1
+    )
+    assert (too_much.status_code, too_much.json()["error"]["message"]) == (
+        400,
+        f"The credit note amount (1) is greater than what is left to credit on invoice "
+        f"{second.id} (0).",
+    )
+    third = issue(customer, amount=5000, key="c")
+    assert (third.status, third.amount_due, third.starting_balance) == ("open", 856, -4144)
+
+
 def test_lists_are_per_customer_and_per_invoice_newest_first(
     organization, other_organization, stripe_api
 ):

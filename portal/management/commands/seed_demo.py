@@ -1,3 +1,4 @@
+import logging
 import os
 
 from django.conf import settings
@@ -8,6 +9,8 @@ from django.utils import timezone
 from accounts.models import Membership, Organization, User
 from accounts.permissions import Role
 from backoffice import demo as backoffice_demo
+from billing import demo as billing_demo
+from billing import gateway
 from capacity import demo
 
 DEFAULT_PASSWORD = "hyperblock-demo"  # noqa: S105 - development only; refused in production
@@ -20,6 +23,10 @@ class Command(BaseCommand):
         if not getattr(settings, "DEMO_DATA_ALLOWED", False):
             raise CommandError("seed_demo refuses to run with these settings (production?).")
         password = os.environ.get("DEMO_PASSWORD") or DEFAULT_PASSWORD
+        # A line per Stripe request would bury the summary below (one invoice is four).
+        logging.getLogger("stripe").setLevel(logging.WARNING)
+        # Northwind AI is the invoice-terms customer when Stripe can issue its invoices.
+        no_invoicing = billing_demo.invoicing_unavailable()
         with transaction.atomic():
             customer = self._user("demo@example.com", "Dana Demo", password)
             organization, _ = Organization.objects.update_or_create(
@@ -37,16 +44,43 @@ class Command(BaseCommand):
             )
             staff = backoffice_demo.load_staff(password, self._user)
             nodes = demo.load_catalog()
+            northwind = demo.northwind_ensure(password)
+            if not no_invoicing:
+                sales = next(user for user, _ in staff if user.email == "sales@example.com")
+                billing_demo.invoice_terms_ensure(organization=northwind, actor=sales)
             bookings = demo.load_bookings(password)
             # The other customer was looked at by sales long ago; Demo Labs waits for review.
             Organization.objects.filter(slug="northwind", reviewed_at__isnull=True).update(
                 reviewed_at=timezone.now()
             )
+        northwind.refresh_from_db()
+        invoiced: dict[str, int] = {}
+        if not no_invoicing:
+            try:
+                invoiced = billing_demo.invoices_settle(organization=northwind)
+            except gateway.GatewayUnavailable as exc:
+                # Committed above; billing's settlement sweep issues the rest once Stripe answers.
+                no_invoicing = f"Stripe stopped answering ({exc.message})"
         self.stdout.write(self.style.SUCCESS("Demo data ready."))
         self.stdout.write(
             f"  Inventory: {nodes} GPU nodes; {bookings} new bookings by Northwind AI."
         )
         self.stdout.write(f"  Customer: demo@example.com / {password}  (organization /o/demo/)")
+        if northwind.on_invoice_terms:
+            counts = ", ".join(f"{n} {status}" for status, n in sorted(invoiced.items()))
+            self.stdout.write(
+                f"  Invoice terms: {demo.NORTHWIND_USER} / {password}  (organization "
+                f"/o/northwind/, {northwind.payment_terms_text}; invoices at Stripe: "
+                f"{counts or 'none'})"
+            )
+        if no_invoicing:
+            self.stdout.write(
+                f"  Skipped invoices: {no_invoicing}; Northwind AI's bookings are confirmed "
+                "without one."
+                if not northwind.on_invoice_terms
+                else f"  Skipped invoices: {no_invoicing}; billing's settlement sweep issues "
+                "Northwind AI's once Stripe answers."
+            )
         for user, key in staff:
             groups = ", ".join(user.groups.values_list("name", flat=True)) or "superuser"
             self.stdout.write(f"  Staff:    {user.email} / {password}  ({groups}; TOTP key {key})")
