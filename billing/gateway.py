@@ -276,6 +276,18 @@ def invoice_payments_list(*, invoice_id: str) -> list[Any]:
     return _every(_client().v1.invoice_payments.list, {"invoice": invoice_id})
 
 
+def payment_intent_paid_an_invoice(intent: Any) -> bool:
+    """Whether a PaymentIntent paid one of our invoices (its money is the invoice's business).
+    Older API versions name the invoice on the intent; newer ones only in invoice payments."""
+    if getattr(intent, "invoice", None):
+        return True
+    found = _call(
+        _client().v1.invoice_payments.list,
+        {"payment": {"type": "payment_intent", "payment_intent": intent.id}, "limit": 1},
+    )
+    return bool(found.data)
+
+
 def invoicing_offered() -> bool:
     """Whether this Stripe has invoices and credit notes to read back (Stripe and our
     localstripe wrapper have; a bare emulator may not)."""

@@ -220,16 +220,27 @@ def invoice_item_create(request: web.Request, data: Data, match: dict[str, str])
 
 
 def invoice_payment_list(request: web.Request, data: Data, match: dict[str, str]) -> Any:
-    _only(data, {"invoice", "limit", "starting_after", "status"})
+    _only(data, {"invoice", "limit", "payment", "starting_after", "status"})
     invoice, status = _text(data, "invoice"), _text(data, "status")
     if invoice is not None:
         net_invoice(invoice)
+    # Stripe's `payment` filter: payment[type]=payment_intent and payment[payment_intent]=pi_...
+    paid_by = data.get("payment")
+    if paid_by is not None:
+        if not isinstance(paid_by, dict) or set(paid_by) - {"type", "payment_intent"}:
+            raise bad_request("Invalid payment: give type and payment_intent.", param="payment")
+        if paid_by.get("type") != "payment_intent" or not paid_by.get("payment_intent"):
+            raise bad_request(
+                "Invalid payment: only type payment_intent with its id is supported.",
+                param="payment",
+            )
     found = [
         obj
         for key, obj in store.items()
         if isinstance(obj, InvoicePayment)
         and (invoice is None or obj.invoice == invoice)
         and (status is None or obj.status == status)
+        and (paid_by is None or obj.payment["payment_intent"] == paid_by["payment_intent"])
     ]
     return _page(request, data, found)
 

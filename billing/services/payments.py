@@ -344,6 +344,8 @@ def payment_sync(*, payment_intent_id: str) -> Payment | None:
         if payment is None:
             if intent.status != "succeeded":
                 return None  # no money moved: nothing to reconcile
+            if gateway.payment_intent_paid_an_invoice(intent):
+                return None  # an invoice paid by card: the invoice's sync books it
             flag_raise(
                 FinanceFlag.Kind.UNKNOWN_PAYMENT,
                 payment_intent_id,

@@ -22,8 +22,8 @@ from django.utils import timezone
 
 from accounts.models import Organization
 from billing import gateway, selectors
-from billing.models import Invoice, LedgerEntry, WebhookEvent, WebhookProcessing
-from billing.services import accounts, invoices, settlement
+from billing.models import FinanceFlag, Invoice, LedgerEntry, WebhookEvent, WebhookProcessing
+from billing.services import accounts, invoices, payments, settlement
 from capacity import services as capacity_services
 from capacity.models import Reservation
 
@@ -145,6 +145,32 @@ def test_paying_with_the_saved_card_pays_it_and_says_by_what(organization, strip
         400,
         "Invoice is already paid.",
     )
+
+
+def test_a_payment_intent_that_paid_an_invoice_is_no_unknown_payment(organization, stripe_api):
+    """Stripe announces the card payment of an invoice as payment_intent.succeeded too; it is
+    the invoice's money, not a payment nobody made."""
+    customer = customer_of(organization)
+    invoice = issue(customer)
+    method = saved_card(stripe_api, customer)
+    at_stripe(stripe_api, f"/v1/invoices/{invoice.id}/pay", payment_method=method)
+    [paid] = gateway.invoice_payments_list(invoice_id=invoice.id)
+    intent = gateway.payment_intent_retrieve(paid.payment.payment_intent)
+    assert gateway.payment_intent_paid_an_invoice(intent) is True
+    assert payments.payment_sync(payment_intent_id=intent.id) is None
+    assert FinanceFlag.objects.count() == 0
+    # Newer API versions no longer name the invoice on the intent: the invoice payments say it.
+    del intent["invoice"]
+    assert gateway.payment_intent_paid_an_invoice(intent) is True
+    # A card payment nobody of ours made, for no invoice, is still flagged.
+    stray = gateway.payment_intent_create(
+        amount_minor=1000, currency="usd", customer_id=customer, payment_method_id=method,
+        off_session=True, metadata={}, idempotency_key="stray",
+    )  # fmt: skip
+    assert payments.payment_sync(payment_intent_id=stray.id) is None
+    assert list(FinanceFlag.objects.values_list("kind", "stripe_object_id")) == [
+        (FinanceFlag.Kind.UNKNOWN_PAYMENT, stray.id)
+    ]
 
 
 def test_paying_with_the_customers_default_card_or_out_of_band(organization, stripe_api):
