@@ -56,7 +56,12 @@ def settle_pending() -> int:
     by_card = selectors.reservations_owed_card_refunds()
     by_invoice = (
         owed.filter(invoice__stripe_invoice_id__isnull=False)
-        .exclude(invoice__in=LedgerEntry.objects.filter(kind="credit").values("invoice"))
+        # An SLA credit note on the invoice is no cancellation's credit of it.
+        .exclude(
+            invoice__in=LedgerEntry.objects.filter(kind="credit", sla_credit__isnull=True).values(
+                "invoice"
+            )
+        )
         .values_list("pk", flat=True)
     )
     reservations = {*by_card, *by_invoice}

@@ -124,11 +124,12 @@ def _latest_invoice(reservation: Reservation) -> Invoice | None:
 
 def _invoice_room(invoice: Invoice) -> Decimal:
     """What an invoice can still be credited: its amount less the credits booked on it (a
-    cancellation's) and the SLA credit notes on it."""
+    cancellation's) and the SLA credits on it (pending ones too: their ledger rows, written
+    once granted, are left out of the first sum so none is counted twice)."""
     booked = (
-        LedgerEntry.objects.filter(invoice=invoice, kind=LedgerEntry.Kind.CREDIT).aggregate(
-            s=Sum("amount")
-        )["s"]
+        LedgerEntry.objects.filter(
+            invoice=invoice, kind=LedgerEntry.Kind.CREDIT, sla_credit__isnull=True
+        ).aggregate(s=Sum("amount"))["s"]
         or ZERO
     )
     sla = invoice.sla_credits.filter(status__in=LIVE).aggregate(s=Sum("amount"))["s"] or ZERO
@@ -348,9 +349,10 @@ def _credit_granted(credit: SlaCredit, *, note: str | None) -> SlaCredit:
     locked.stripe_credit_note_id = note
     locked.save(update_fields=["status", "granted_at", "stripe_credit_note_id"])
     if note is not None:
-        # Refunds book their own credit (refund_issue); a credit note is booked here. The row
-        # names the reservation, not the invoice: the ledger allows one credit row per invoice,
-        # which a cancellation's credit takes (books: SLA credit notes are on SlaCredit.invoice).
+        # Refunds book their own credit (refund_issue); a credit note is booked here, on its
+        # invoice (check_books adds it to the invoice's credits, as Stripe lists it among the
+        # invoice's credit notes) and marked as this credit's: the invoice's once-per-kind rule
+        # and settlement's "already credited" are about a cancellation's credit, not this.
         invoice = locked.invoice
         assert invoice is not None
         LedgerEntry.objects.create(
@@ -359,6 +361,8 @@ def _credit_granted(credit: SlaCredit, *, note: str | None) -> SlaCredit:
             amount=-locked.amount,
             currency=locked.currency,
             reservation=reservation,
+            invoice=invoice,
+            sla_credit=locked,
             description=(
                 f"SLA credit {locked.public_id} for {reservation.public_id} "
                 f"({locked.get_cause_display()}): credit note {note} on invoice "

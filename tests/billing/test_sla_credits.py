@@ -8,19 +8,22 @@ import json
 import re
 from datetime import timedelta
 from decimal import Decimal
+from io import StringIO
 
 import pytest
+import requests
 import responses
 import time_machine
 from celery.exceptions import Retry
 from django.core import mail
+from django.core.management import CommandError, call_command
 from django.db import IntegrityError, transaction
 from django.urls import reverse
 
 from accounts.models import Organization
 from billing import gateway, tasks
 from billing.models import FinanceFlag, Invoice, LedgerEntry, Payment, Refund, SlaCredit
-from billing.services import payments, settlement
+from billing.services import invoices, payments, settlement
 from billing.services.refunds import refund_issue
 from capacity import lifecycle, operations, provisioning
 from capacity.models import Incident, Reservation, SimulatedNode
@@ -28,7 +31,7 @@ from core.models import AuditEvent
 from tests.backoffice.conftest import make_staff
 from tests.conftest import client_for
 
-from .conftest import card, held_reservation
+from .conftest import SECRET_KEY, card, held_reservation
 from .test_invoices_and_disputes import invoice_json
 
 pytestmark = pytest.mark.usefixtures("stripe_api")
@@ -485,3 +488,94 @@ def test_the_database_allows_one_credit_per_reservation_cause_and_key(
     with pytest.raises(IntegrityError), transaction.atomic():
         SlaCredit.objects.create(**fields)
     SlaCredit.objects.create(**{**fields, "key": "start-again"})  # another key is another credit
+
+
+# --- Invoice terms at localstripe: the credit note is on the invoice's books ----------------------
+def check_books() -> tuple[int, str]:
+    out = StringIO()
+    try:
+        call_command("check_books", "--grace", "0", stdout=out)
+    except CommandError as exc:
+        return exc.returncode, out.getvalue()
+    return 0, out.getvalue()
+
+
+@pytest.mark.parametrize("then", ["left open", "paid in full after", "canceled later"])
+def test_an_sla_credit_note_leaves_books_that_agree_with_stripe(
+    catalog, organization, owner, stripe_api, settings, django_capture_on_commit_callbacks, then
+):
+    """Invoiced at localstripe, started 100 minutes late: a $32.00 credit note on the invoice,
+    booked on that invoice and as this credit's. check_books finds the invoice credited $32.00
+    on both sides (before, the ledger's row named no invoice: 'ledger $0.00, Stripe $32.00');
+    the customer paying what is left, or a cancellation's credit coming on top of it (the
+    invoice's own credit, still allowed once), changes nothing to that."""
+    reservation, invoice = invoiced(organization, owner, catalog)
+    stripe_id = str(invoice.stripe_invoice_id)
+    start(reservation, django_capture_on_commit_callbacks, late=timedelta(minutes=100))
+    credit = SlaCredit.objects.get()
+    assert (credit.status, credit.amount, credit.invoice_id) == (
+        "granted",
+        Decimal("32.00"),
+        invoice.pk,
+    )
+    notes = gateway.credit_notes_list(invoice_id=stripe_id)
+    assert [(n.id, n.amount) for n in notes] == [(credit.stripe_credit_note_id, 3200)]
+    booked = LedgerEntry.objects.get(sla_credit=credit)
+    assert (booked.kind, booked.amount, booked.invoice_id, booked.reservation_id) == (
+        "credit",
+        Decimal("-32.00"),
+        invoice.pk,
+        reservation.pk,
+    )
+    if then == "paid in full after":
+        at_stripe = f"{stripe_api}/v1/invoices/{stripe_id}/pay"
+        requests.post(
+            at_stripe, data={"paid_out_of_band": "true"}, auth=(SECRET_KEY, ""), timeout=10
+        ).raise_for_status()
+        invoices.invoice_sync(stripe_invoice_id=stripe_id)
+        assert gateway.invoice_retrieve(stripe_id).amount_paid == 73600  # 768.00 less 32.00
+    if then == "canceled later":
+        # Settlement credits the invoice once for a cancellation: the SLA credit note already
+        # on it is not that credit (without its exemption, nothing would be credited).
+        Reservation.objects.filter(pk=reservation.pk).update(
+            state=S.CANCELED, refund_due=Decimal("100.00")
+        )
+        settlement.reservation_settle(reservation_id=reservation.pk)
+        assert sorted(n.amount for n in gateway.credit_notes_list(invoice_id=stripe_id)) == [
+            3200,
+            10000,
+        ]
+        assert sorted(
+            LedgerEntry.objects.filter(invoice=invoice, kind="credit").values_list(
+                "amount", "sla_credit"
+            )
+        ) == [(Decimal("-100.00"), None), (Decimal("-32.00"), credit.pk)]
+    with time_machine.travel(reservation.ends_at, tick=False):  # the credit was booked then
+        code, out = check_books()
+    assert (code, out.splitlines()) == (
+        0,
+        [
+            "check_books: the books agree with Stripe; checked 1 organization, 0 payments, "
+            "0 refunds, 1 invoice with Stripe and 1 reservation; 0 left for the next run "
+            "(too recent); 0 new finance flags"
+        ],
+    )
+
+
+def test_the_ledger_books_an_sla_credit_note_once(
+    catalog, organization, owner, stripe_api, django_capture_on_commit_callbacks
+):
+    reservation, invoice = invoiced(organization, owner, catalog)
+    start(reservation, django_capture_on_commit_callbacks, late=timedelta(minutes=100))
+    credit = SlaCredit.objects.get()
+    with pytest.raises(IntegrityError), transaction.atomic():
+        LedgerEntry.objects.create(
+            organization=organization,
+            kind="credit",
+            amount=Decimal("-32.00"),
+            currency="usd",
+            reservation=reservation,
+            invoice=invoice,
+            sla_credit=credit,
+            description="again",
+        )
