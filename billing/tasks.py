@@ -45,6 +45,18 @@ def grant_sla_credit(*, reservation_id: int, cause: str, key: str, minutes: int)
     return credit.public_id if credit else None
 
 
+@shared_task(name="billing.sweep_sla_credits")
+def sweep_sla_credits() -> int:
+    """Safety net for grant_sla_credit: pending credits resumed, and the shortfalls of blocks
+    that ended lately granted where no credit was asked for (sla.sla_credits_due)."""
+    due = sla.sla_credits_due()
+    for item in due:
+        grant_sla_credit.delay(
+            reservation_id=item.reservation_id, cause=item.cause, key=item.key, minutes=item.minutes
+        )
+    return len(due)
+
+
 @shared_task(name="billing.settle_pending")
 def settle_pending() -> int:
     """Safety net for settle_reservation: refunds due, invoices missing, refunds half-sent."""
