@@ -363,6 +363,7 @@ SPECTACULAR_SETTINGS = {
     "ENUM_NAME_OVERRIDES": {
         "ReservationStateEnum": "capacity.models.Reservation.State",
         "ExtensionStateEnum": "capacity.models.Extension.State",
+        "SlaCreditCauseEnum": "capacity.api.SLA_CREDIT_CAUSES",
     },
 }
 
@@ -400,6 +401,8 @@ CANCELLATION_REFUND_PERMISSION = "billing.issue_refund"
 # A block fell short of what was sold (ran degraded, started late, force-released by staff):
 # capacity reports the measured minutes, billing grants the SLA credit after the commit.
 SLA_CREDIT_HOOK = "billing.services.sla.sla_credit_enqueue"
+# The SLA credits of a reservation (cause, amount, status, when granted), for its API document.
+RESERVATION_SLA_CREDITS_HOOK = "billing.selectors.sla_credits_for_reservation"
 
 # --- SLA credits ----------------------------------------------------------------------------
 # The one table of what earns a credit and how much (billing.services.sla). Per cause:
