@@ -9,7 +9,7 @@ from capacity.models import Reservation
 
 from . import gateway, selectors, webhooks
 from .models import LedgerEntry, Refund, WebhookEvent, WebhookProcessing
-from .services import books, reconciliation, settlement, sla, usage
+from .services import books, lapses, reconciliation, settlement, sla, usage
 
 # Stripe out of reach, or the database refusing for now (a deadlock broken by PostgreSQL, a lock
 # wait timed out, a dropped connection): worth trying again in a moment.
@@ -95,7 +95,8 @@ def settle_pending() -> int:
     stuck = Refund.objects.filter(status=Refund.Status.PENDING).values_list(
         "payment__reservation_id", flat=True
     )
-    pending = sorted(set(reservations) | set(invoiced) | set(stuck))
+    lapsed = lapses.reservations_with_lapsed_payments()  # open PaymentIntents to cancel
+    pending = sorted(set(reservations) | set(invoiced) | set(stuck) | lapsed)
     for reservation_id in pending:
         settle_reservation.delay(reservation_id=reservation_id)
     return len(pending)

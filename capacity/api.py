@@ -172,7 +172,13 @@ class CreateReservation(_ClientToken):
     region = serializers.CharField(help_text="Region code")
     node_count = serializers.IntegerField()
     starts_at = serializers.DateTimeField(
-        required=False, allow_null=True, help_text="ISO 8601 on the hour; now when omitted"
+        required=False,
+        allow_null=True,
+        help_text=(
+            "ISO 8601 on the hour. Omitted or null means start now: the block starts the "
+            "minute its payment is confirmed and runs duration_hours from then (starts_at and "
+            "ends_at move to the confirmation time)."
+        ),
     )
     duration_hours = serializers.IntegerField()
 

@@ -10,6 +10,7 @@ from django.utils import timezone
 
 from core import audit
 from core.errors import Conflict
+from core.hooks import hook
 
 from .models import Allocation, Extension
 
@@ -69,6 +70,9 @@ def extension_transition(
             released_at=now
         )
     reservation = locked.reservation
+    if to in (X.LAPSED, X.CANCELED):
+        # Unpaid and no longer held: a payment still open for it must not go through.
+        hook("EXTENSION_LAPSE_HOOK")(reservation.pk)
     audit.record(
         action="extension.transition",
         actor=actor,

@@ -37,11 +37,11 @@ class IllegalTransition(Conflict):
 
 def moves_money(reservation: Reservation) -> bool:
     """Whether the state just entered asks billing to act: a refund for a cancellation with
-    money due or a failure, an invoice for a block confirmed on invoice terms."""
-    if reservation.state == S.FAILED:
+    money due or a failure, an invoice for a block confirmed on invoice terms, and for a hold
+    (or quote) that lapsed or was canceled, canceling the payments still open for it so
+    nothing is payable."""
+    if reservation.state in (S.FAILED, S.EXPIRED, S.CANCELED):
         return True
-    if reservation.state == S.CANCELED:
-        return bool(reservation.refund_due)
     return reservation.state == S.SCHEDULED and reservation.organization.on_invoice_terms
 
 

@@ -106,8 +106,9 @@ def search(
     pricer = _Pricer(organization, gpu_model)
     clusters = selectors.pool_clusters(gpu_model)
     asked_clusters = [c for c in clusters if region is None or c.region == region]
+    # A start-now block is held past its own end while it is paid for: that has to be free too.
     free = selectors.free_nodes_by_cluster(
-        [c.pk for c in asked_clusters], window.starts_at, window.ends_at
+        [c.pk for c in asked_clusters], window.starts_at, window.held_until
     )
     best = _best_per_region(asked_clusters, free)
     asked = [region] if region is not None else sorted(best, key=lambda r: r.code)
@@ -126,7 +127,7 @@ def search(
         # Only now, with the asked region full, do the other regions matter.
         others = [c for c in clusters if c.region != region]
         other_free = selectors.free_nodes_by_cluster(
-            [c.pk for c in others], window.starts_at, window.ends_at
+            [c.pk for c in others], window.starts_at, window.held_until
         )
         best.update(_best_per_region(others, other_free))
         offerings += [

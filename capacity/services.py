@@ -7,8 +7,7 @@ On SQLite the immediate transaction already holds the database's write lock. The
 constraint on PostgreSQL is the guarantee behind both.
 """
 
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from decimal import Decimal
 
 from django.conf import settings
@@ -22,12 +21,22 @@ from accounts.permissions import Permission
 from accounts.services.organizations import organization_lock
 from core import audit
 from core.errors import Conflict, ServiceError
-from core.hooks import hook
+from core.money import format_money
 
 from . import extensions, lifecycle, offerings, pricing, provisioning, selectors
+
+# The cancellation lives in cancellation.py; its names are found here too, as they always were.
+from .cancellation import CANCELABLE as CANCELABLE
+from .cancellation import CUSTOMER_REASON_MAX as CUSTOMER_REASON_MAX
+from .cancellation import CancellationQuote as CancellationQuote
+from .cancellation import cancellation_quote as cancellation_quote
+from .cancellation import refund_amount as refund_amount
+from .cancellation import refund_percent as refund_percent
+from .cancellation import reservation_cancel as reservation_cancel
+from .cancellation import settled_money as settled_money
 from .models import Allocation, Cluster, GpuModel, Region, Reservation
 from .pools import pool_lock
-from .windows import Window, validate_node_count
+from .windows import HOUR, Window, start_now_held_until, validate_node_count
 
 S = Reservation.State
 
@@ -240,7 +249,11 @@ def _create_locked(
         if existing is not None:
             return existing
     _expire_lapsed_holds(clusters, now)
-    choice = _allocate(clusters, node_count, window)
+    held = window
+    if window.starts_on_payment and not (organization.on_invoice_terms and quoted_by is None):
+        # Paid at the hold's last moment it would end this late: hold the nodes that long.
+        held = Window(window.starts_at, start_now_held_until(window, hold_expires_at))
+    choice = _allocate(clusters, node_count, held)
     if choice is None:
         raise _NoCapacity
     cluster, node_ids = choice
@@ -252,8 +265,8 @@ def _create_locked(
             reservation=reservation,
             node_id=node_id,
             cluster=cluster,
-            starts_at=window.starts_at,
-            ends_at=window.ends_at,
+            starts_at=held.starts_at,
+            ends_at=held.ends_at,
         )
         for node_id in node_ids
     )
@@ -292,20 +305,51 @@ def _create_locked(
 
 
 # --- Confirmation (payment received) ----------------------------------------------------------
+class LatePaymentRefused(Conflict):
+    """A payment arrived after the hold lapsed and cannot buy the block: a quote that expired,
+    or a price that rose since. The caller refunds it."""
+
+    default_code = "late_payment_refused"
+
+
 def reservation_confirm(
     *, reservation: Reservation, actor: User | None, reason: str, notify: bool = True
 ) -> Reservation:
     """Confirm a paid reservation: held (or expired by a late payment) becomes scheduled, and
-    one paid at or after its start goes straight on to provisioning.
+    one paid at or after its start goes straight on to provisioning. See
+    `reservation_confirm_paid` for the rules."""
+    return reservation_confirm_paid(
+        reservation=reservation, actor=actor, reason=reason, paid=None, notify=notify
+    )[0]
 
-    A hold that already expired gets nodes again under the pool lock, the same nodes when they
-    are still free; when the pool has no room any more this raises SoldOut and the caller
-    refunds. Confirming a reservation that is already scheduled or further on changes nothing.
+
+def reservation_confirm_paid(
+    *,
+    reservation: Reservation,
+    actor: User | None,
+    reason: str,
+    paid: Decimal | None,
+    notify: bool = True,
+) -> tuple[Reservation, Decimal]:
+    """Confirm a reservation for which `paid` was received; returns it with what was paid
+    beyond its price now (to be refunded: non-zero only for a late payment).
+
+    A block booked to start now starts this minute and runs its whole length from here. A
+    hold that already expired is confirmed only when it was no quote (an expired quote's price
+    is no longer offered: LatePaymentRefused), its price now is at most `paid` (else
+    LatePaymentRefused), and nodes are free again under the pool lock, the same nodes when
+    they can be (else SoldOut). Confirming a reservation that is already scheduled or further
+    on changes nothing.
     """
     clusters = selectors.pool_clusters(reservation.gpu_model, reservation.region)
     try:
-        confirmed = _confirm_locked(
-            reservation=reservation, actor=actor, reason=reason, clusters=clusters, notify=notify
+        confirmed, overpaid = _confirm_locked(
+            reservation=reservation,
+            actor=actor,
+            reason=reason,
+            clusters=clusters,
+            notify=notify,
+            paid=paid,
         )
     except _NoCapacity:
         raise SoldOut(
@@ -313,8 +357,15 @@ def reservation_confirm(
         ) from None
     lead = timezone.now() + settings.PROVISIONING_LEAD
     if confirmed.state == S.SCHEDULED and confirmed.starts_at <= lead:
+        # A block that starts now (or whose start is near or past) starts at once.
         provisioning.reservation_start(confirmed)
-    return confirmed
+        confirmed.refresh_from_db()
+    return confirmed, overpaid
+
+
+def _start_now_window(reservation: Reservation, now: datetime) -> Window:
+    start = now.replace(second=0, microsecond=0)
+    return Window(start, start + reservation.duration_hours * HOUR)
 
 
 @transaction.atomic
@@ -325,13 +376,38 @@ def _confirm_locked(
     reason: str,
     clusters: list[Cluster],
     notify: bool,
-) -> Reservation:
+    paid: Decimal | None,
+) -> tuple[Reservation, Decimal]:
     pool_lock(clusters)
     locked = Reservation.objects.select_for_update().get(pk=reservation.pk)
+    now = timezone.now()
+    nothing = Decimal("0.00")
     if locked.state == S.HELD:
-        return lifecycle.reservation_transition(
-            reservation=locked, to=S.SCHEDULED, actor=actor, reason=reason, notify=notify
+        fields: dict = {}
+        if locked.starts_on_payment:
+            # It starts now: its nodes (held to beyond its latest end) are kept for exactly
+            # the hours paid for, from this minute.
+            window = _start_now_window(locked, now)
+            live = locked.allocations.filter(released_at__isnull=True)
+            taken = Allocation.objects.filter(
+                node_id__in=live.values("node_id"),
+                released_at__isnull=True,
+                starts_at__lt=window.ends_at,
+                ends_at__gt=window.starts_at,
+            ).exclude(reservation=locked)
+            if taken.exists():
+                raise _NoCapacity  # paid after the hold ran out and the hours were taken
+            live.update(starts_at=window.starts_at, ends_at=window.ends_at)
+            fields = {"starts_at": window.starts_at, "ends_at": window.ends_at}
+        confirmed = lifecycle.reservation_transition(
+            reservation=locked,
+            to=S.SCHEDULED,
+            actor=actor,
+            reason=reason,
+            notify=notify,
+            fields=fields,
         )
+        return confirmed, nothing
     if locked.state != S.EXPIRED:
         if locked.state in lifecycle.FINAL:
             raise Conflict(
@@ -339,11 +415,52 @@ def _confirm_locked(
                 "it cannot be confirmed.",
                 code="not_confirmable",
             )
-        return locked  # already confirmed: a repeated payment notice changes nothing
-    now = timezone.now()
-    window = Window(max(locked.starts_at, now.replace(second=0, microsecond=0)), locked.ends_at)
+        return locked, nothing  # already confirmed: a repeated payment notice changes nothing
+    return _confirm_lapsed(locked, actor, reason, clusters, notify, paid, now)
+
+
+def _confirm_lapsed(
+    locked: Reservation,
+    actor: User | None,
+    reason: str,
+    clusters: list[Cluster],
+    notify: bool,
+    paid: Decimal | None,
+    now: datetime,
+) -> tuple[Reservation, Decimal]:
+    """A payment for a hold that lapsed: sold again at today's price when it is no higher."""
+    if locked.quoted_by_id is not None or locked.price_source == "quote":
+        raise LatePaymentRefused(
+            f"The quote {locked.public_id} expired before the payment arrived; its price is "
+            "no longer offered.",
+        )
+    if locked.starts_on_payment:
+        window = _start_now_window(locked, now)
+        runs = window
+    else:
+        runs = Window(locked.starts_at, locked.ends_at)
+        window = Window(max(locked.starts_at, now.replace(second=0, microsecond=0)), runs.ends_at)
     if window.ends_at <= window.starts_at:
         raise _NoCapacity
+    try:
+        current = pricing.quote(
+            organization=locked.organization,
+            gpu_model=locked.gpu_model,
+            region=locked.region,
+            node_count=locked.node_count,
+            starts_at=runs.starts_at,
+            ends_at=runs.ends_at,
+        )
+    except pricing.PriceUnavailable:
+        raise LatePaymentRefused(
+            f"The hold on {locked.public_id} lapsed before the payment arrived, and "
+            f"{locked.gpu_model.name} is no longer sold in {locked.region.name}.",
+        ) from None
+    if paid is not None and (current.currency != locked.currency or current.total > paid):
+        raise LatePaymentRefused(
+            f"The hold on {locked.public_id} lapsed before the payment arrived, and the "
+            f"block now costs {format_money(current.total, current.currency)}, more than was paid.",
+        )
     previous = list(locked.allocations.values_list("node_id", flat=True))
     free = set(selectors.free_node_ids(locked.cluster, window.starts_at, window.ends_at))
     if set(previous) <= free:
@@ -357,123 +474,25 @@ def _confirm_locked(
     Allocation.objects.bulk_create(
         Allocation(
             reservation=locked, node_id=node_id, cluster=cluster,
-            starts_at=locked.starts_at, ends_at=locked.ends_at,
+            starts_at=runs.starts_at, ends_at=runs.ends_at,
         )
         for node_id in node_ids
     )  # fmt: skip
-    return lifecycle.reservation_transition(
+    overpaid = paid - current.total if paid is not None else Decimal("0.00")
+    confirmed = lifecycle.reservation_transition(
         reservation=locked,
         to=S.SCHEDULED,
         actor=actor,
         reason=f"{reason} Paid after the hold lapsed; capacity was still free.",
         notify=notify,
-        data={"reallocated": sorted(node_ids) != sorted(previous)},
-        fields={"cluster": cluster},
-    )
-
-
-# --- Cancellation ------------------------------------------------------------------------------
-# What a customer writes when canceling is kept to this length (the form says so; the API
-# keeps the start of a longer text). Staff reasons follow core.staff.reason_clean instead.
-CUSTOMER_REASON_MAX = 500
-
-
-def refund_percent(reservation: Reservation, now: datetime | None = None) -> int:
-    """The share of the money settled the cancellation policy gives back at `now` (0 for
-    unpaid holds and after the start)."""
-    notice = reservation.starts_at - (now or timezone.now())
-    if reservation.state == S.HELD or notice <= timedelta(0):
-        return 0
-    for minimum_notice, percent in settings.CAPACITY_CANCELLATION_POLICY:
-        if notice >= minimum_notice:
-            return percent
-    return 0
-
-
-def settled_money(reservation: Reservation) -> Decimal:
-    """What the customer actually paid (or was invoiced) for the reservation and still has in
-    it: payments less refunds, invoices less credits. Billing keeps that figure, so it is asked
-    through RESERVATION_SETTLED_HOOK; a list total or `total` would count hours never paid."""
-    amount: Decimal = hook("RESERVATION_SETTLED_HOOK")(reservation)
-    return pricing.money(amount)
-
-
-def refund_amount(reservation: Reservation, now: datetime | None = None) -> Decimal:
-    """What canceling at `now` refunds, to the cent: the policy's share of the money settled.
-    Billing's settlement pays back exactly this (it becomes `refund_due`)."""
-    percent = refund_percent(reservation, now)
-    if percent == 0:
-        return Decimal("0.00")  # nothing to ask billing
-    return pricing.money(settled_money(reservation) * percent / 100)
-
-
-CANCELABLE = (S.HELD, S.SCHEDULED)
-
-
-@dataclass(frozen=True)
-class CancellationQuote:
-    """The refund a customer's cancellation would give now."""
-
-    amount: Decimal
-    percent: int
-    currency: str
-
-
-def _cancel_refusal(reservation: Reservation, now: datetime) -> Conflict | None:
-    if reservation.state not in CANCELABLE:
-        return Conflict(
-            f"This reservation is {reservation.get_state_display().lower()} and can no longer "
-            "be canceled here.",
-            code="not_cancelable",
-        )
-    if reservation.state == S.SCHEDULED and reservation.starts_at <= now:
-        return Conflict(
-            "This reservation has started and can no longer be canceled.", code="not_cancelable"
-        )
-    return None
-
-
-def cancellation_quote(
-    reservation: Reservation, now: datetime | None = None
-) -> CancellationQuote | None:
-    """What `reservation_cancel` would refund at `now`, or None when it cannot be canceled."""
-    now = now or timezone.now()
-    if _cancel_refusal(reservation, now) is not None:
-        return None
-    return CancellationQuote(
-        amount=refund_amount(reservation, now),
-        percent=refund_percent(reservation, now),
-        currency=reservation.currency,
-    )
-
-
-@transaction.atomic
-def reservation_cancel(*, reservation: Reservation, actor: User, reason: str = "") -> Reservation:
-    """Cancel before the start. A scheduled reservation gets the policy's share of the money
-    settled as `refund_due` (what `cancellation_quote` showed), which billing then pays back."""
-    require_permission(
-        actor=actor,
-        organization=reservation.organization,
-        permission=Permission.MANAGE_RESERVATIONS,
-    )
-    locked = Reservation.objects.select_for_update().get(pk=reservation.pk)
-    now = timezone.now()
-    refusal = _cancel_refusal(locked, now)
-    if refusal is not None:
-        raise refusal
-    paid = locked.state == S.SCHEDULED
-    refund = refund_amount(locked, now) if paid else None
-    return lifecycle.reservation_transition(
-        reservation=locked,
-        to=S.CANCELED,
-        actor=actor,
-        reason=reason.strip()[:CUSTOMER_REASON_MAX] or "Canceled by the customer.",
         data={
-            "refund_due": str(refund) if refund is not None else None,
-            "refund_percent": refund_percent(locked, now) if paid else None,
+            "reallocated": sorted(node_ids) != sorted(previous),
+            "price_now": str(current.total),
+            "overpaid": str(overpaid),
         },
-        fields={"refund_due": refund},
+        fields={"cluster": cluster, "starts_at": runs.starts_at, "ends_at": runs.ends_at},
     )
+    return confirmed, overpaid
 
 
 # --- Extension ---------------------------------------------------------------------------------

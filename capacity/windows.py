@@ -21,16 +21,36 @@ class Window:
     def hours(self) -> int:
         return int((self.ends_at - self.starts_at) / HOUR)
 
+    @property
+    def held_until(self) -> datetime:
+        """Until when a hold for this window keeps the nodes: its end, or for a block that
+        starts now, past the latest end it could have (`start_now_held_until`)."""
+        if not self.starts_on_payment:
+            return self.ends_at
+        return start_now_held_until(self, self.starts_at + settings.CAPACITY_HOLD)
+
 
 def ceil_hour(moment: datetime) -> datetime:
     floor = moment.replace(minute=0, second=0, microsecond=0)
     return floor if floor == moment else floor + HOUR
 
 
+def start_now_held_until(window: Window, hold_expires_at: datetime) -> datetime:
+    """How long a start-now block's nodes are held while it waits for payment.
+
+    The block starts when its payment is confirmed and runs its whole length from then, so
+    the latest it can end is the hold's expiry plus its hours; the nodes are held to the end
+    of the whole hour after that, so that end is always free (no block starts off the hour).
+    """
+    return ceil_hour(hold_expires_at + window.hours * HOUR)
+
+
 def window_for(
     *, starts_at: datetime | None, duration_hours: int, now: datetime | None = None
 ) -> Window:
-    """Validate a requested window. No start means "now": the block starts once it is paid."""
+    """Validate a requested window. No start means "now": the block starts the minute its
+    payment is confirmed and runs `duration_hours` from then (the window returned starts at
+    this minute; confirmation moves it)."""
     now = now or timezone.now()
     if not isinstance(duration_hours, int) or isinstance(duration_hours, bool):
         raise ServiceError(

@@ -493,18 +493,34 @@ def _book_success(
     )
     if extension is not None:
         return _apply_extension(payment, extension, intent.id)
+    # A late payment (the hold lapsed) buys the block only if it is still free, was no quote and
+    # costs no more now; whatever it paid beyond today's price goes back, like an extension's.
     try:
-        capacity_services.reservation_confirm(
-            reservation=reservation, actor=None, reason=f"Paid by card ({payment.public_id})."
+        confirmed, overpaid = capacity_services.reservation_confirm_paid(
+            reservation=reservation,
+            actor=None,
+            reason=f"Paid by card ({payment.public_id}).",
+            paid=payment.amount,
         )
     except capacity_services.SoldOut:
         reason = "The hold lapsed before the payment arrived and the nodes were taken meanwhile."
         flag_raise(FinanceFlag.Kind.LATE_PAYMENT_REFUNDED, intent.id, reason, payment=payment)
         return lambda: _refund_in_full(payment, reason, tell_customer=True)
+    except capacity_services.LatePaymentRefused as exc:
+        why = exc.message
+        flag_raise(FinanceFlag.Kind.LATE_PAYMENT_REFUNDED, intent.id, why, payment=payment)
+        return lambda: _refund_in_full(payment, why, tell_customer=True)
     except Conflict as exc:  # canceled meanwhile
         why = f"Not fulfilled: {exc.message}"
         return lambda: _refund_in_full(payment, why, tell_customer=True)
-    billing_email_queue(organization, "payment_receipt", payment=payment, reservation=reservation)
+    billing_email_queue(organization, "payment_receipt", payment=payment, reservation=confirmed)
+    if overpaid > 0:
+        why = (
+            f"The hold lapsed before the payment arrived; the block costs "
+            f"{format_money(payment.amount - overpaid, payment.currency)} now, so the difference "
+            "goes back."
+        )
+        return lambda: _refund_part(payment, overpaid, why)
     return None
 
 
@@ -548,9 +564,15 @@ def _ledger_payment(payment: Payment, received: Decimal) -> None:
 
 def _refund_in_full(payment: Payment, reason: str, *, tell_customer: bool = False) -> None:
     payment.refresh_from_db()
-    if payment.refundable <= 0:
+    _refund_part(payment, payment.refundable, reason, tell_customer=tell_customer)
+
+
+def _refund_part(
+    payment: Payment, amount: Decimal, reason: str, *, tell_customer: bool = True
+) -> None:
+    if amount <= 0:
         return
-    refund = refund_issue(payment=payment, amount=payment.refundable, reason=reason, actor=None)
+    refund = refund_issue(payment=payment, amount=amount, reason=reason, actor=None)
     if tell_customer:
         billing_email_queue(
             payment.organization, "payment_refunded", payment=payment, refund=refund

@@ -15,6 +15,7 @@ from ..models import FinanceFlag, Invoice, LedgerEntry, Payment, Refund
 from .accounts import billing_email_queue
 from .flags import flag_raise
 from .invoices import invoice_issue
+from .lapses import reservation_lapse_settle
 from .refunds import AlreadySettled, refund_issue, refund_send
 
 logger = logging.getLogger(__name__)
@@ -30,6 +31,7 @@ def settlement_enqueue(reservation_id: int) -> None:
 def reservation_settle(*, reservation_id: int) -> None:
     """Do what money a reservation's state asks for. Safe to run any number of times."""
     reservation = Reservation.objects.select_related("organization").get(pk=reservation_id)
+    reservation_lapse_settle(reservation)  # payments still open for what lapsed: canceled
     if reservation.state == S.CANCELED and reservation.refund_due:
         _settle_refund(
             reservation,

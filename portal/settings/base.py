@@ -387,9 +387,12 @@ CAPACITY_ALTERNATIVES = 3  # alternative start times offered when a window is so
 CAPACITY_ALTERNATIVE_SPAN = timedelta(days=3)  # how far from the asked start to look
 
 # --- Hooks: a lower app calls a higher one's function named here (core/hooks.py) ------------
-# A reservation entered a state that moves money (canceled with a refund due, failed, or
-# confirmed on invoice terms): billing refunds or invoices it, after the commit.
+# A reservation entered a state that moves money (canceled with a refund due, failed, expired,
+# or confirmed on invoice terms): billing refunds or invoices it, or cancels the payments still
+# open for a lapsed hold, after the commit.
 RESERVATION_SETTLEMENT_HOOK = "billing.services.settlement.settlement_enqueue"
+# An extension's hold ended unpaid (lapsed or canceled): billing cancels its open payments.
+EXTENSION_LAPSE_HOOK = "billing.services.lapses.extension_lapse_enqueue"
 # How much credit an organization on invoice terms has in use (owed plus committed).
 CREDIT_USED_HOOK = "billing.selectors.credit_used_for_org"
 # The money a reservation holds now (paid less refunds, invoiced less credits): what a

@@ -447,7 +447,9 @@ def test_cancelling_a_hold_refunds_nothing(catalog, organization, owner, staff, 
         reservation=held, actor=staff(OPERATIONS), reason="Duplicate", refund="full"
     )
     assert (canceled.state, canceled.refund_due) == ("canceled", None)
-    assert settlements == []
+    # Settlement still runs: nothing to refund, but any payment left open for the hold is
+    # canceled at Stripe.
+    assert settlements == [("billing.settle_reservation", {"reservation_id": held.pk})]
 
 
 def test_cancelling_during_provisioning_tears_the_nodes_down(

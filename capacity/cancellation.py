@@ -1,0 +1,123 @@
+"""Cancellation: what a cancellation refunds now (a share of the money settled, never of a list
+total), and the cancellation itself, before the start."""
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from accounts.guards import require_permission
+from accounts.models import User
+from accounts.permissions import Permission
+from core.errors import Conflict
+from core.hooks import hook
+
+from . import lifecycle, pricing
+from .models import Reservation
+
+S = Reservation.State
+
+# What a customer writes when canceling is kept to this length (the form says so; the API
+# keeps the start of a longer text). Staff reasons follow core.staff.reason_clean instead.
+CUSTOMER_REASON_MAX = 500
+
+
+def refund_percent(reservation: Reservation, now: datetime | None = None) -> int:
+    """The share of the money settled the cancellation policy gives back at `now` (0 for
+    unpaid holds and after the start)."""
+    notice = reservation.starts_at - (now or timezone.now())
+    if reservation.state == S.HELD or notice <= timedelta(0):
+        return 0
+    for minimum_notice, percent in settings.CAPACITY_CANCELLATION_POLICY:
+        if notice >= minimum_notice:
+            return percent
+    return 0
+
+
+def settled_money(reservation: Reservation) -> Decimal:
+    """What the customer actually paid (or was invoiced) for the reservation and still has in
+    it: payments less refunds, invoices less credits. Billing keeps that figure, so it is asked
+    through RESERVATION_SETTLED_HOOK; a list total or `total` would count hours never paid."""
+    amount: Decimal = hook("RESERVATION_SETTLED_HOOK")(reservation)
+    return pricing.money(amount)
+
+
+def refund_amount(reservation: Reservation, now: datetime | None = None) -> Decimal:
+    """What canceling at `now` refunds, to the cent: the policy's share of the money settled.
+    Billing's settlement pays back exactly this (it becomes `refund_due`)."""
+    percent = refund_percent(reservation, now)
+    if percent == 0:
+        return Decimal("0.00")  # nothing to ask billing
+    return pricing.money(settled_money(reservation) * percent / 100)
+
+
+CANCELABLE = (S.HELD, S.SCHEDULED)
+
+
+@dataclass(frozen=True)
+class CancellationQuote:
+    """The refund a customer's cancellation would give now."""
+
+    amount: Decimal
+    percent: int
+    currency: str
+
+
+def _cancel_refusal(reservation: Reservation, now: datetime) -> Conflict | None:
+    if reservation.state not in CANCELABLE:
+        return Conflict(
+            f"This reservation is {reservation.get_state_display().lower()} and can no longer "
+            "be canceled here.",
+            code="not_cancelable",
+        )
+    if reservation.state == S.SCHEDULED and reservation.starts_at <= now:
+        return Conflict(
+            "This reservation has started and can no longer be canceled.", code="not_cancelable"
+        )
+    return None
+
+
+def cancellation_quote(
+    reservation: Reservation, now: datetime | None = None
+) -> CancellationQuote | None:
+    """What `reservation_cancel` would refund at `now`, or None when it cannot be canceled."""
+    now = now or timezone.now()
+    if _cancel_refusal(reservation, now) is not None:
+        return None
+    return CancellationQuote(
+        amount=refund_amount(reservation, now),
+        percent=refund_percent(reservation, now),
+        currency=reservation.currency,
+    )
+
+
+@transaction.atomic
+def reservation_cancel(*, reservation: Reservation, actor: User, reason: str = "") -> Reservation:
+    """Cancel before the start. A scheduled reservation gets the policy's share of the money
+    settled as `refund_due` (what `cancellation_quote` showed), which billing then pays back."""
+    require_permission(
+        actor=actor,
+        organization=reservation.organization,
+        permission=Permission.MANAGE_RESERVATIONS,
+    )
+    locked = Reservation.objects.select_for_update().get(pk=reservation.pk)
+    now = timezone.now()
+    refusal = _cancel_refusal(locked, now)
+    if refusal is not None:
+        raise refusal
+    paid = locked.state == S.SCHEDULED
+    refund = refund_amount(locked, now) if paid else None
+    return lifecycle.reservation_transition(
+        reservation=locked,
+        to=S.CANCELED,
+        actor=actor,
+        reason=reason.strip()[:CUSTOMER_REASON_MAX] or "Canceled by the customer.",
+        data={
+            "refund_due": str(refund) if refund is not None else None,
+            "refund_percent": refund_percent(locked, now) if paid else None,
+        },
+        fields={"refund_due": refund},
+    )
