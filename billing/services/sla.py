@@ -83,10 +83,12 @@ def sla_credits_due(*, now: datetime | None = None) -> list[SlaDue]:
             status=SlaCredit.Status.PENDING, created_at__lt=stale
         ).order_by("pk")
     ]
-    finished = Reservation.objects.filter(
-        state=Reservation.State.COMPLETED,
-        ends_at__gte=now - timedelta(days=settings.SLA_CREDIT_SWEEP_DAYS),
-        updated_at__lt=stale,
+    finished = incidents.reservations_short(
+        Reservation.objects.filter(
+            state=Reservation.State.COMPLETED,
+            ends_at__gte=now - timedelta(days=settings.SLA_CREDIT_SWEEP_DAYS),
+            updated_at__lt=stale,
+        )
     ).order_by("pk")
     credited = set(
         SlaCredit.objects.filter(reservation__in=finished).values_list(

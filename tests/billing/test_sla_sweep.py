@@ -15,7 +15,7 @@ from django.conf import settings as django_settings
 from billing import gateway, tasks
 from billing.models import Refund, SlaCredit
 from billing.services import sla
-from capacity import operations, provisioning
+from capacity import incidents, operations, provisioning
 from capacity.models import Incident, Reservation, SimulatedNode
 from core.models import AuditEvent
 from portal.celery import app
@@ -142,11 +142,15 @@ def test_the_sweep_looks_back_a_bounded_window_and_skips_what_earns_nothing(
 ):  # fmt: skip
     late, _ = paid(organization, owner, catalog, stripe_api)
     start(late, django_capture_on_commit_callbacks, late=timedelta(minutes=30))
+    # Beside it, on the other cluster, a block that ran as sold: nothing to measure.
+    on_time, _ = paid(organization, owner, catalog, stripe_api, nodes=4)
+    start(on_time, django_capture_on_commit_callbacks)
     with time_machine.travel(late.ends_at, tick=False):
-        provisioning.reservation_end_due()
-        provisioning.block_release(late.pk)
-    late.refresh_from_db()
-    assert late.state == S.COMPLETED
+        assert provisioning.reservation_end_due() == 2
+        for block in (late, on_time):
+            provisioning.block_release(block.pk)
+    assert set(Reservation.objects.values_list("state", flat=True)) == {S.COMPLETED}
+    assert list(incidents.reservations_short(Reservation.objects.all())) == [late]
     settings.SLA_CREDIT_SWEEP_DAYS = 2
     # Ended more than 2 days ago: out of the window, never measured again.
     assert sla.sla_credits_due(now=late.ends_at + timedelta(days=2, minutes=1)) == []
