@@ -82,6 +82,7 @@ STAFF_GROUPS: dict[str, frozenset[str]] = {
             "billing.add_modelprice",
             "billing.change_modelprice",
             "billing.view_usagehour",
+            "billing.view_slacredit",
             "core.view_auditevent",
         }
     ),

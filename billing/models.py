@@ -261,6 +261,11 @@ class LedgerEntry(AppendOnly):
     usage_hour = models.ForeignKey(
         "UsageHour", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
     )
+    # An SLA credit's credit note: the row names its invoice too (so the invoice's credits add
+    # up to Stripe's credit notes), but it is no cancellation's credit of that invoice.
+    sla_credit = models.ForeignKey(
+        "SlaCredit", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
@@ -284,10 +289,17 @@ class LedgerEntry(AppendOnly):
                 condition=models.Q(refund__isnull=False),
                 name="billing_ledger_once_per_refund",
             ),
+            # The invoice's own movements (its charge, its payment, a cancellation's credit);
+            # SLA credit notes on it are booked once per credit instead.
             models.UniqueConstraint(
                 fields=["kind", "invoice"],
-                condition=models.Q(invoice__isnull=False),
+                condition=models.Q(invoice__isnull=False, sla_credit__isnull=True),
                 name="billing_ledger_once_per_invoice",
+            ),
+            models.UniqueConstraint(
+                fields=["kind", "sla_credit"],
+                condition=models.Q(sla_credit__isnull=False),
+                name="billing_ledger_once_per_sla_credit",
             ),
         ]
 
@@ -516,7 +528,13 @@ class SlaCredit(models.Model):
 
     class Meta:
         ordering = ["-created_at", "-id"]
-        indexes = [models.Index(fields=["status", "created_at"])]
+        # The back office's filters (status, cause, method, created) each have their index.
+        indexes = [
+            models.Index(fields=["status", "created_at"]),
+            models.Index(fields=["cause", "created_at"]),
+            models.Index(fields=["method", "created_at"]),
+            models.Index(fields=["created_at"]),
+        ]
         constraints = [
             models.UniqueConstraint(
                 fields=["reservation", "cause", "key"], name="billing_sla_credit_once"

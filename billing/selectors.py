@@ -13,6 +13,7 @@ from .models import (
     LedgerEntry,
     Payment,
     Refund,
+    SlaCredit,
     UsageEvent,
     UsageHour,
     WebhookEvent,
@@ -196,3 +197,33 @@ def usage_by_key_for_org(organization: Organization, since: datetime) -> list[Ke
         .annotate(input_tokens=Sum("input_tokens"), output_tokens=Sum("output_tokens"))
         .order_by("api_key__name", "model")
     )
+
+
+class SlaCreditRow(TypedDict):
+    id: str
+    cause: str
+    amount: Decimal
+    currency: str
+    status: str
+    granted_at: datetime | None
+
+
+def sla_credits_for_reservation(reservation: Reservation) -> list[SlaCreditRow]:
+    """RESERVATION_SLA_CREDITS_HOOK: a reservation's SLA credits, the oldest first, as its API
+    document shows them (capacity names no billing model)."""
+    rows = (
+        SlaCredit.objects.filter(reservation=reservation)
+        .order_by("created_at", "pk")
+        .values("public_id", "cause", "amount", "currency", "status", "granted_at")
+    )
+    return [
+        SlaCreditRow(
+            id=row["public_id"],
+            cause=row["cause"],
+            amount=row["amount"],
+            currency=row["currency"],
+            status=row["status"],
+            granted_at=row["granted_at"],
+        )
+        for row in rows
+    ]

@@ -45,6 +45,18 @@ def grant_sla_credit(*, reservation_id: int, cause: str, key: str, minutes: int)
     return credit.public_id if credit else None
 
 
+@shared_task(name="billing.sweep_sla_credits")
+def sweep_sla_credits() -> int:
+    """Safety net for grant_sla_credit: pending credits resumed, and the shortfalls of blocks
+    that ended lately granted where no credit was asked for (sla.sla_credits_due)."""
+    due = sla.sla_credits_due()
+    for item in due:
+        grant_sla_credit.delay(
+            reservation_id=item.reservation_id, cause=item.cause, key=item.key, minutes=item.minutes
+        )
+    return len(due)
+
+
 @shared_task(name="billing.settle_pending")
 def settle_pending() -> int:
     """Safety net for settle_reservation: refunds due, invoices missing, refunds half-sent."""
@@ -56,7 +68,12 @@ def settle_pending() -> int:
     by_card = selectors.reservations_owed_card_refunds()
     by_invoice = (
         owed.filter(invoice__stripe_invoice_id__isnull=False)
-        .exclude(invoice__in=LedgerEntry.objects.filter(kind="credit").values("invoice"))
+        # An SLA credit note on the invoice is no cancellation's credit of it.
+        .exclude(
+            invoice__in=LedgerEntry.objects.filter(kind="credit", sla_credit__isnull=True).values(
+                "invoice"
+            )
+        )
         .values_list("pk", flat=True)
     )
     reservations = {*by_card, *by_invoice}

@@ -20,13 +20,19 @@ from accounts.api_auth import actor_of, organization_of
 from accounts.models import ApiKey
 from core.api import ApiView as APIView
 from core.errors import NotFound
+from core.hooks import hook
 
 from . import offerings, selectors, services
 from .forms import OfferingSearchForm
+from .incidents import DEGRADED, FORCE_RELEASED, LATE_START
 from .models import Extension, GpuModel, Region, Reservation
 from .windows import Window
 
 READ, WRITE = ApiKey.Scope.RESERVATIONS_READ, ApiKey.Scope.RESERVATIONS_WRITE
+# An SLA credit's cause (capacity measures it) and status (billing pays it back), as the API
+# names them.
+SLA_CREDIT_CAUSES = [DEGRADED, LATE_START, FORCE_RELEASED]
+SLA_CREDIT_STATUSES = ["pending", "granted", "failed"]
 
 
 def _utc(moment: datetime | None) -> str | None:
@@ -275,14 +281,36 @@ class CancellationRefundSerializer(serializers.Serializer):
     currency = serializers.CharField()
 
 
+class SlaCreditSerializer(serializers.Serializer):
+    id = serializers.CharField()
+    cause = serializers.ChoiceField(
+        choices=SLA_CREDIT_CAUSES,
+        help_text="degraded: a node failed and no spare took its place; late_start: the nodes "
+        "were up after the start; force_released: Hyperblock ended the block early.",
+    )
+    amount = serializers.DecimalField(
+        max_digits=14,
+        decimal_places=2,
+        help_text="Credited for the time lost (never more than was paid for the block).",
+    )
+    currency = serializers.CharField()
+    status = serializers.ChoiceField(
+        choices=SLA_CREDIT_STATUSES,
+        help_text="pending: being refunded or credited; granted: refunded to the card or "
+        "credited on the invoice; failed: finance is looking at it.",
+    )
+    granted_at = serializers.DateTimeField(allow_null=True)
+
+
 class ReservationDetailSerializer(ReservationSerializer):
     """One reservation, with the extension waiting for payment (its price is not in `price`,
-    which counts only hours paid for or granted) and the refund a cancellation would give now
-    (null when it can no longer be canceled). Both are the detail's alone: the list stays one
-    query."""
+    which counts only hours paid for or granted), the refund a cancellation would give now
+    (null when it can no longer be canceled) and its SLA credits. These are the detail's
+    alone: the list stays one query."""
 
     pending_extension = PendingExtensionSerializer(allow_null=True)
     cancellation_refund = CancellationRefundSerializer(allow_null=True)
+    sla_credits = SlaCreditSerializer(many=True)
 
     def to_representation(self, instance: Reservation | dict) -> dict:
         document = super().to_representation(instance)
@@ -312,10 +340,27 @@ class ReservationDetailSerializer(ReservationSerializer):
                 "currency": quote.currency,
             }
         )
+        # Billing keeps the credits; capacity asks through the hook (it imports no billing).
+        document["sla_credits"] = [
+            {
+                "id": credit["id"],
+                "cause": credit["cause"],
+                "amount": _amount(credit["amount"]),
+                "currency": credit["currency"],
+                "status": credit["status"],
+                "granted_at": _utc(credit["granted_at"]),
+            }
+            for credit in hook("RESERVATION_SLA_CREDITS_HOOK")(instance)
+        ]
         return document
 
     class Meta(ReservationSerializer.Meta):
-        fields = [*ReservationSerializer.Meta.fields, "pending_extension", "cancellation_refund"]
+        fields = [
+            *ReservationSerializer.Meta.fields,
+            "pending_extension",
+            "cancellation_refund",
+            "sla_credits",
+        ]
         read_only_fields = fields
 
 

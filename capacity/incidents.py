@@ -1,12 +1,16 @@
 """Incidents for operations: one open incident per kind and object (a reservation, a node or
 both), however often the same trouble is reported."""
 
-from datetime import datetime
+from datetime import datetime, timedelta
+from typing import NamedTuple
 
 from django.db import IntegrityError, transaction
+from django.db.models import CharField, Exists, OuterRef, Q, QuerySet
+from django.db.models.functions import Cast
 from django.utils import timezone
 
 from core.hooks import hook
+from core.models import AuditEvent
 
 from .models import Allocation, Incident, Node, Reservation
 
@@ -127,3 +131,67 @@ def force_release_credit_request(*, reservation: Reservation, now: datetime) -> 
         key="release",
         minutes=_minutes(now, reservation.ends_at),
     )
+
+
+# --- Measured again, from the records, once the block is over ------------------------------------
+class Shortfall(NamedTuple):
+    cause: str
+    key: str
+    minutes: int
+
+
+def reservations_short(reservations: QuerySet[Reservation]) -> QuerySet[Reservation]:
+    """Those of `reservations` with a record of falling short (a failed node under them, nodes
+    up a minute or more past the start, a staff release): what `sla_shortfalls` may find
+    something in, so a sweep over many blocks measures only these."""
+    moves = AuditEvent.objects.filter(
+        object_type=Reservation._meta.label_lower,
+        object_id=Cast(OuterRef("pk"), CharField()),
+        action="reservation.transition",
+    )
+    late = moves.filter(
+        data__to=Reservation.State.ACTIVE,
+        created_at__gte=OuterRef("starts_at") + timedelta(minutes=1),
+    )
+    forced = moves.filter(data__to=Reservation.State.RELEASING, data__forced=True)
+    failed = Incident.objects.filter(
+        kind=Incident.Kind.NODE_UNHEALTHY, reservation=OuterRef("pk"), node__isnull=False
+    )
+    return reservations.filter(Q(Exists(late)) | Q(Exists(forced)) | Q(Exists(failed)))
+
+
+def sla_shortfalls(reservation: Reservation) -> list[Shortfall]:
+    """What a finished block fell short by, measured from what was recorded as it ran (its
+    transitions in the audit log, its incidents), the same measures the live triggers take:
+    billing's sweep credits from this what a lost message never asked for. Empty for a block
+    that is not over."""
+    if reservation.state != Reservation.State.COMPLETED:
+        return []
+    found: list[Shortfall] = []
+    moves = list(
+        AuditEvent.objects.filter(
+            object_type=Reservation._meta.label_lower,
+            object_id=str(reservation.pk),
+            action="reservation.transition",
+        ).order_by("created_at", "pk")
+    )
+    up = next((m for m in moves if m.data.get("to") == Reservation.State.ACTIVE), None)
+    if up is not None:
+        found.append(Shortfall(LATE_START, "start", _minutes(reservation.starts_at, up.created_at)))
+    released = next(
+        (
+            m
+            for m in moves
+            if m.data.get("to") == Reservation.State.RELEASING and m.data.get("forced")
+        ),
+        None,
+    )
+    if released is not None:
+        found.append(
+            Shortfall(FORCE_RELEASED, "release", _minutes(released.created_at, reservation.ends_at))
+        )
+    for incident in Incident.objects.filter(
+        kind=Incident.Kind.NODE_UNHEALTHY, reservation=reservation, node__isnull=False
+    ).order_by("pk"):
+        found.append(Shortfall(DEGRADED, f"incident:{incident.pk}", degraded_minutes(incident)))
+    return [shortfall for shortfall in found if shortfall.minutes > 0]

@@ -22,6 +22,7 @@ from core.errors import ServiceError
 from core.staff import StaffReasonForm, staff_may
 
 from .common import FinanceAdmin, money, org_filter_link
+from .sla_credits import sla_credit_link
 
 PENDING_NOTE = (
     "Stripe could not be reached; the refund is saved as pending and is sent again automatically."
@@ -333,12 +334,14 @@ class RefundAdmin(FinanceAdmin):
         "organization_name",
         "refunded",
         "status",
+        "settles_what",
         "reason",
         "created_by",
         "created_at",
     ]
     list_filter = ["status", "currency", ("created_at", admin.DateFieldListFilter)]
     list_select_related = ["payment__organization", "created_by"]
+    readonly_fields = ["settles_what"]
     id_prefixes = {
         "ref_": "public_id",
         "re_": "stripe_refund_id",
@@ -351,6 +354,14 @@ class RefundAdmin(FinanceAdmin):
         "A refund (ref_…, re_…), payment (pay_…) or PaymentIntent (pi_…) id, "
         "or the start of an organization's name."
     )
+
+    @admin.display(description="settles")
+    def settles_what(self, obj: Refund) -> str:
+        """What a refund the system made is for: the cancellation, the failure, or a link to
+        the SLA credit (its "sla:<pk>")."""
+        if obj.settles.startswith("sla:"):
+            return sla_credit_link(obj.settles)
+        return obj.get_settles_display() if obj.settles else "—"
 
     @admin.display(description="organization", ordering="payment__organization__name")
     def organization_name(self, obj: Refund) -> str:

@@ -6,7 +6,8 @@ which PaymentIntent a ledger entry belongs to. Three things are compared:
 
 - per PaymentIntent, what the ledger booked as paid and refunded against what Stripe captured
   and refunded (a refund Stripe made that the ledger lacks is named by its Stripe id);
-- per invoice, when Stripe offers invoices: its total, what was paid and what was credited;
+- per invoice, when Stripe offers invoices: its total, what was paid and what was credited
+  (a cancellation's credit and the SLA credit notes on it: every credit row naming it);
 - per reservation, inside the ledger (which the first two tie to Stripe): the money settled
   equals what it was sold for minus its refunds and credits, and a confirmed block was charged
   its price.

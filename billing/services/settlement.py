@@ -126,7 +126,9 @@ def _credit_invoice(reservation: Reservation, amount: Decimal | None, reason: st
     invoice = Invoice.objects.get(reservation=reservation)
     if not invoice.stripe_invoice_id:
         return  # never sent, nothing booked: invoice_issue no longer sends it
-    if LedgerEntry.objects.filter(kind=LedgerEntry.Kind.CREDIT, invoice=invoice).exists():
+    if LedgerEntry.objects.filter(
+        kind=LedgerEntry.Kind.CREDIT, invoice=invoice, sla_credit__isnull=True
+    ).exists():
         return
     credit = invoice.amount if amount is None else min(amount, invoice.amount)
     if credit <= 0:
@@ -159,7 +161,9 @@ def _credit_invoice(reservation: Reservation, amount: Decimal | None, reason: st
         return
     with transaction.atomic():
         locked = Invoice.objects.select_for_update().get(pk=invoice.pk)
-        if LedgerEntry.objects.filter(kind=LedgerEntry.Kind.CREDIT, invoice=locked).exists():
+        if LedgerEntry.objects.filter(
+            kind=LedgerEntry.Kind.CREDIT, invoice=locked, sla_credit__isnull=True
+        ).exists():
             return
         if voided:
             locked.status = Invoice.Status.VOID

@@ -14,6 +14,7 @@ money movement is booked in the ledger with its audit event in one transaction (
 import logging
 import math
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 
 from django.conf import settings
@@ -22,6 +23,7 @@ from django.db.models import Sum
 from django.urls import reverse
 from django.utils import timezone
 
+from capacity import incidents
 from capacity.models import Reservation
 from core import audit
 from core.errors import ServiceError
@@ -52,6 +54,60 @@ def sla_credit_enqueue(*, reservation_id: int, cause: str, key: str, minutes: in
         key=key,
         minutes=minutes,
     )
+
+
+# --- The sweep ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SlaDue:
+    """One grant for the task to run (again): its arguments."""
+
+    reservation_id: int
+    cause: str
+    key: str
+    minutes: int
+
+
+def sla_credits_due(*, now: datetime | None = None) -> list[SlaDue]:
+    """What the sweep hands to the grant task: credits left pending (the task's message lost
+    while the broker was down, its retries used up, a refund still in flight), then the
+    shortfalls of blocks that ended in the last SLA_CREDIT_SWEEP_DAYS, measured again from
+    their records (capacity.incidents.sla_shortfalls), that have no credit yet. Only what is
+    older than SLA_CREDIT_SWEEP_STALE, so a grant just asked for is left to its task (a
+    duplicate would still credit once: the grant is idempotent). Shortfalls the policy gives
+    nothing for, or for blocks with nothing paid left, are not handed on."""
+    now = now or timezone.now()
+    stale = now - settings.SLA_CREDIT_SWEEP_STALE
+    due = [
+        SlaDue(credit.reservation_id, credit.cause, credit.key, credit.minutes)
+        for credit in SlaCredit.objects.filter(
+            status=SlaCredit.Status.PENDING, created_at__lt=stale
+        ).order_by("pk")
+    ]
+    finished = incidents.reservations_short(
+        Reservation.objects.filter(
+            state=Reservation.State.COMPLETED,
+            ends_at__gte=now - timedelta(days=settings.SLA_CREDIT_SWEEP_DAYS),
+            updated_at__lt=stale,
+        )
+    ).order_by("pk")
+    credited = set(
+        SlaCredit.objects.filter(reservation__in=finished).values_list(
+            "reservation_id", "cause", "key"
+        )
+    )
+    for reservation in finished:
+        for shortfall in incidents.sla_shortfalls(reservation):
+            if (reservation.pk, shortfall.cause, shortfall.key) in credited:
+                continue
+            quote = sla_credit_quote(
+                reservation=reservation, cause=shortfall.cause, minutes=shortfall.minutes
+            )
+            if quote is None or quote.amount <= 0:
+                continue
+            if sla_credit_cap(reservation)[0] <= 0:
+                break  # nothing paid is left to credit from
+            due.append(SlaDue(reservation.pk, *shortfall))
+    return due
 
 
 # --- The policy ----------------------------------------------------------------------------------
@@ -124,11 +180,12 @@ def _latest_invoice(reservation: Reservation) -> Invoice | None:
 
 def _invoice_room(invoice: Invoice) -> Decimal:
     """What an invoice can still be credited: its amount less the credits booked on it (a
-    cancellation's) and the SLA credit notes on it."""
+    cancellation's) and the SLA credits on it (pending ones too: their ledger rows, written
+    once granted, are left out of the first sum so none is counted twice)."""
     booked = (
-        LedgerEntry.objects.filter(invoice=invoice, kind=LedgerEntry.Kind.CREDIT).aggregate(
-            s=Sum("amount")
-        )["s"]
+        LedgerEntry.objects.filter(
+            invoice=invoice, kind=LedgerEntry.Kind.CREDIT, sla_credit__isnull=True
+        ).aggregate(s=Sum("amount"))["s"]
         or ZERO
     )
     sla = invoice.sla_credits.filter(status__in=LIVE).aggregate(s=Sum("amount"))["s"] or ZERO
@@ -348,9 +405,10 @@ def _credit_granted(credit: SlaCredit, *, note: str | None) -> SlaCredit:
     locked.stripe_credit_note_id = note
     locked.save(update_fields=["status", "granted_at", "stripe_credit_note_id"])
     if note is not None:
-        # Refunds book their own credit (refund_issue); a credit note is booked here. The row
-        # names the reservation, not the invoice: the ledger allows one credit row per invoice,
-        # which a cancellation's credit takes (books: SLA credit notes are on SlaCredit.invoice).
+        # Refunds book their own credit (refund_issue); a credit note is booked here, on its
+        # invoice (check_books adds it to the invoice's credits, as Stripe lists it among the
+        # invoice's credit notes) and marked as this credit's: the invoice's once-per-kind rule
+        # and settlement's "already credited" are about a cancellation's credit, not this.
         invoice = locked.invoice
         assert invoice is not None
         LedgerEntry.objects.create(
@@ -359,6 +417,8 @@ def _credit_granted(credit: SlaCredit, *, note: str | None) -> SlaCredit:
             amount=-locked.amount,
             currency=locked.currency,
             reservation=reservation,
+            invoice=invoice,
+            sla_credit=locked,
             description=(
                 f"SLA credit {locked.public_id} for {reservation.public_id} "
                 f"({locked.get_cause_display()}): credit note {note} on invoice "

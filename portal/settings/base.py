@@ -321,6 +321,7 @@ CELERY_BEAT_SCHEDULE = {
     "capacity.remind": {"task": "capacity.remind", "schedule": 300.0},
     "capacity.reconcile": {"task": "capacity.reconcile", "schedule": 300.0},
     "billing.settle_pending": {"task": "billing.settle_pending", "schedule": 300.0},
+    "billing.sweep_sla_credits": {"task": "billing.sweep_sla_credits", "schedule": 900.0},
     "billing.aggregate_usage": {"task": "billing.aggregate_usage", "schedule": crontab(minute=5)},
     "billing.retry_webhooks": {"task": "billing.retry_webhooks", "schedule": 120.0},
     "billing.reconcile": {"task": "billing.reconcile", "schedule": crontab(hour=3, minute=17)},
@@ -362,6 +363,7 @@ SPECTACULAR_SETTINGS = {
     "ENUM_NAME_OVERRIDES": {
         "ReservationStateEnum": "capacity.models.Reservation.State",
         "ExtensionStateEnum": "capacity.models.Extension.State",
+        "SlaCreditCauseEnum": "capacity.api.SLA_CREDIT_CAUSES",
     },
 }
 
@@ -402,6 +404,8 @@ CANCELLATION_REFUND_PERMISSION = "billing.issue_refund"
 # A block fell short of what was sold (ran degraded, started late, force-released by staff):
 # capacity reports the measured minutes, billing grants the SLA credit after the commit.
 SLA_CREDIT_HOOK = "billing.services.sla.sla_credit_enqueue"
+# The SLA credits of a reservation (cause, amount, status, when granted), for its API document.
+RESERVATION_SLA_CREDITS_HOOK = "billing.selectors.sla_credits_for_reservation"
 
 # --- SLA credits ----------------------------------------------------------------------------
 # The one table of what earns a credit and how much (billing.services.sla). Per cause:
@@ -420,6 +424,12 @@ SLA_CREDIT_POLICY: dict[str, dict[str, Any]] = {
     "late_start": {"percent": Decimal("100"), "grace_minutes": 15, "round_up_to_hour": True},
     "force_released": {"percent": Decimal("100"), "grace_minutes": 0, "round_up_to_hour": False},
 }
+# The sweep (billing.sweep_sla_credits) resumes credits left pending and credits what blocks
+# that ended in the last SLA_CREDIT_SWEEP_DAYS fell short by where nothing asked for it (a
+# message lost while the broker was down); it leaves what is younger than the STALE age to
+# the grant task already on its way.
+SLA_CREDIT_SWEEP_DAYS = 7
+SLA_CREDIT_SWEEP_STALE = timedelta(minutes=15)
 
 # --- Provisioning ---------------------------------------------------------------------------
 PROVISIONING_DRIVER = env.str(

@@ -12,7 +12,7 @@ from accounts import api_keys
 from accounts.api_keys.format import generate, parse
 from accounts.models import ApiKey
 from accounts.permissions import Role
-from billing.models import Payment
+from billing.models import Payment, SlaCredit
 from capacity import lifecycle
 from capacity.models import Reservation
 from tests.capacity.conftest import NEXT_HOUR
@@ -177,11 +177,16 @@ def test_the_list_pages_by_cursor_filters_and_matches_each_reservations_own_docu
     assert [r["id"] for r in listed] == [r.public_id for r in reversed(made)]  # newest first
     assert second["next"] is None
     for document in listed:
-        # The one document has the list's fields, the extension waiting for payment and what
-        # canceling would refund now (a hold: nothing was paid).
+        # The one document has the list's fields, the extension waiting for payment, what
+        # canceling would refund now (a hold: nothing was paid) and the SLA credits.
         detail = client.get(f"/api/v1/reservations/{document['id']}/").json()
         nothing = {"amount": "0.00", "percent": 0, "currency": "usd"}
-        assert detail == {**document, "pending_extension": None, "cancellation_refund": nothing}
+        assert detail == {
+            **document,
+            "pending_extension": None,
+            "cancellation_refund": nothing,
+            "sla_credits": [],
+        }
     assert listed[-1]["duration_hours"] == 1
     later = client.get(
         "/api/v1/reservations/", {"starts_after": (NEXT_HOUR + timedelta(hours=1)).isoformat()}
@@ -200,6 +205,43 @@ def test_the_detail_carries_the_refund_a_cancellation_gives_now(catalog, organiz
     canceled = client.post(f"{url}cancel/", {}, content_type="application/json").json()
     assert canceled["refund_due"] == quoted["amount"]
     assert client.get(url).json()["cancellation_refund"] is None
+
+
+def test_the_detail_shows_the_sla_credits_the_list_does_not(catalog, organization, owner):
+    reservation = scheduled(organization, owner, catalog)  # 768.00
+    granted_at = timezone.now().replace(microsecond=0)
+    made = [
+        SlaCredit.objects.create(
+            organization=organization,
+            reservation=reservation,
+            cause=cause,
+            key=key,
+            minutes=61,
+            node_hours=Decimal("4.0000"),
+            percent=Decimal("50"),
+            computed=amount,
+            amount=amount,
+            currency="usd",
+            method="refund",
+            status=status,
+            granted_at=when,
+        )
+        for cause, key, amount, status, when in [
+            ("late_start", "start", Decimal("32.00"), "granted", granted_at),
+            ("degraded", "incident:7", Decimal("5.33"), "pending", None),
+        ]
+    ]
+    client = api(key_for(organization, owner))
+    document = client.get(f"/api/v1/reservations/{reservation.public_id}/").json()
+    stamp = granted_at.strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert document["sla_credits"] == [
+        {"id": made[0].public_id, "cause": "late_start", "amount": "32.00", "currency": "usd",
+         "status": "granted", "granted_at": stamp},
+        {"id": made[1].public_id, "cause": "degraded", "amount": "5.33", "currency": "usd",
+         "status": "pending", "granted_at": None},
+    ]  # fmt: skip
+    [listed] = client.get("/api/v1/reservations/").json()["results"]
+    assert "sla_credits" not in listed
 
 
 @pytest.mark.parametrize(
@@ -319,6 +361,21 @@ def test_schema_and_docs_are_served(db):
         [{"$ref": "#/components/schemas/CancellationRefund"}],
         True,
     )
+    components = yaml.safe_load(schema.content)["components"]["schemas"]
+    assert detail["properties"]["sla_credits"] == {
+        "type": "array",
+        "items": {"$ref": "#/components/schemas/SlaCredit"},
+    }
+    credit = components["SlaCredit"]
+    assert sorted(credit["properties"]) == [
+        "amount", "cause", "currency", "granted_at", "id", "status",
+    ]  # fmt: skip
+    assert credit["properties"]["cause"]["allOf"] == [
+        {"$ref": "#/components/schemas/SlaCreditCauseEnum"}
+    ]
+    assert components["SlaCreditCauseEnum"]["enum"] == ["degraded", "late_start", "force_released"]
+    assert components["SlaCreditStatusEnum"]["enum"] == ["pending", "granted", "failed"]
+    assert "sla_credits" not in components["Reservation"]["properties"]
     docs = Client().get("/api/v1/docs/")
     assert docs.status_code == 200
     assert b"swagger-ui" in docs.content

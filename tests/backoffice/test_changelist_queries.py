@@ -25,6 +25,7 @@ from billing.models import (
     ModelPrice,
     Payment,
     Refund,
+    SlaCredit,
     UsageHour,
     WebhookEvent,
     WebhookProcessing,
@@ -235,8 +236,31 @@ BUILDERS: dict[str, B] = {
         )
         for k in range(s, s + n)
     ),
+    # Every other refund pays back an SLA credit: its link costs no query.
     "billing.refund": lambda w, n, s: Refund.objects.bulk_create(
-        Refund(payment=w.payment, amount=Decimal("0.10"), currency="usd", reason=f"r{k}")
+        Refund(
+            payment=w.payment,
+            amount=Decimal("0.10"),
+            currency="usd",
+            reason=f"r{k}",
+            settles=f"sla:{k}" if k % 2 else "",
+        )
+        for k in range(s, s + n)
+    ),
+    "billing.slacredit": lambda w, n, s: SlaCredit.objects.bulk_create(
+        SlaCredit(
+            organization=w.org,
+            reservation=w.reservation,
+            cause="late_start",
+            key=f"k{k}",
+            minutes=60,
+            node_hours=Decimal("1.0000"),
+            percent=Decimal("100"),
+            computed=Decimal("1.00"),
+            amount=Decimal("1.00"),
+            currency="usd",
+            method="refund",
+        )
         for k in range(s, s + n)
     ),
     "billing.invoice": lambda w, n, s: Invoice.objects.bulk_create(

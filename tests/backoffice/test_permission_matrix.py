@@ -60,6 +60,7 @@ EXPECTED: dict[str, dict[str, set[str]]] = {
         "billing.financeflag": {V},
         "billing.modelprice": {V, A, C},
         "billing.usagehour": {V},
+        "billing.slacredit": {V},
         "core.auditevent": {V},
     },
 }
@@ -94,6 +95,7 @@ NEVER_EDITED = {
     "billing.payment",
     "billing.refund",
     "billing.invoice",
+    "billing.slacredit",
     "core.auditevent",
 }
 

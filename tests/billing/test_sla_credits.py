@@ -8,19 +8,22 @@ import json
 import re
 from datetime import timedelta
 from decimal import Decimal
+from io import StringIO
 
 import pytest
+import requests
 import responses
 import time_machine
 from celery.exceptions import Retry
 from django.core import mail
+from django.core.management import CommandError, call_command
 from django.db import IntegrityError, transaction
 from django.urls import reverse
 
 from accounts.models import Organization
 from billing import gateway, tasks
 from billing.models import FinanceFlag, Invoice, LedgerEntry, Payment, Refund, SlaCredit
-from billing.services import payments, settlement
+from billing.services import invoices, payments, settlement
 from billing.services.refunds import refund_issue
 from capacity import lifecycle, operations, provisioning
 from capacity.models import Incident, Reservation, SimulatedNode
@@ -28,7 +31,7 @@ from core.models import AuditEvent
 from tests.backoffice.conftest import make_staff
 from tests.conftest import client_for
 
-from .conftest import card, held_reservation
+from .conftest import SECRET_KEY, card, held_reservation
 from .test_invoices_and_disputes import invoice_json
 
 pytestmark = pytest.mark.usefixtures("stripe_api")
@@ -287,8 +290,9 @@ def test_a_credit_is_never_more_than_is_still_paid(
 
 @pytest.fixture
 def fake_invoices(stripe_api):
-    """Stripe's invoice and credit note endpoints (localstripe has neither), answered as in
-    test_invoices_and_disputes.py; everything else goes to localstripe."""
+    """Stripe's invoice and credit note endpoints answered at the HTTP boundary, as in
+    test_invoices_and_disputes.py, for what localstripe cannot be made to do: refuse a credit
+    note the invoice has room for. Everything else goes to localstripe."""
     state = {"status": "draft", "customer": "", "amount": 0}
     notes: list[tuple[str | None, dict]] = []
 
@@ -356,20 +360,28 @@ def invoiced(organization, owner, catalog) -> tuple[Reservation, Invoice]:
     return reservation, Invoice.objects.get()
 
 
+def pay_at_stripe(api: str, invoice: Invoice) -> None:
+    """The customer pays the invoice at Stripe (out of band); its webhook's work done here."""
+    requests.post(
+        f"{api}/v1/invoices/{invoice.stripe_invoice_id}/pay",
+        data={"paid_out_of_band": "true"},
+        auth=(SECRET_KEY, ""),
+        timeout=10,
+    ).raise_for_status()
+    invoices.invoice_sync(stripe_invoice_id=str(invoice.stripe_invoice_id))
+
+
 @pytest.mark.parametrize("status", ["open", "paid"])
 def test_on_invoice_terms_a_credit_note_goes_on_the_latest_invoice(
-    catalog, organization, owner, fake_invoices, django_capture_on_commit_callbacks, status
+    catalog, organization, owner, stripe_api, django_capture_on_commit_callbacks, status
 ):
-    state, notes = fake_invoices
     reservation, invoice = invoiced(organization, owner, catalog)
-    assert (invoice.stripe_invoice_id, invoice.status, invoice.amount) == (
-        "in_test_1",
-        "open",
-        Decimal("768.00"),
-    )
+    stripe_id = str(invoice.stripe_invoice_id)
+    assert (invoice.status, invoice.amount) == ("open", Decimal("768.00"))
     if status == "paid":
-        state["status"] = "paid"
-        Invoice.objects.filter(pk=invoice.pk).update(status="paid")
+        pay_at_stripe(stripe_api, invoice)
+        invoice.refresh_from_db()
+        assert invoice.status == "paid"
     mail.outbox.clear()
     start(reservation, django_capture_on_commit_callbacks, late=timedelta(minutes=100))
     credit = SlaCredit.objects.get()
@@ -378,24 +390,26 @@ def test_on_invoice_terms_a_credit_note_goes_on_the_latest_invoice(
         "late_start", "start", 100, Decimal("4.0000"), Decimal("50.00"),
         Decimal("32.00"), Decimal("32.00"), "credit_note", "granted",
     )  # fmt: skip
-    assert (credit.invoice_id, credit.stripe_credit_note_id) == (invoice.pk, "cn_test_1")
-    assert notes == [
-        (
-            f"sla_credit:{credit.public_id}",
-            {
-                "invoice": "in_test_1",
-                "amount": "3200",
-                "memo": f"SLA+credit+{credit.public_id}+for+{reservation.public_id}"
-                "%3A+Started+late",
-                # On a paid invoice the credit goes to the customer's balance.
-                **({"credit_amount": "3200"} if status == "paid" else {}),
-            },
-        )
-    ]
+    [note] = gateway.credit_notes_list(invoice_id=stripe_id)
+    assert (credit.invoice_id, credit.stripe_credit_note_id) == (invoice.pk, note.id)
+    # On a paid invoice the credit goes to the customer's balance (a post-payment note).
+    assert (note.amount, note.memo, note.type, bool(note.customer_balance_transaction)) == (
+        3200,
+        f"SLA credit {credit.public_id} for {reservation.public_id}: Started late",
+        "post_payment" if status == "paid" else "pre_payment",
+        status == "paid",
+    )
+    at_stripe = gateway.invoice_retrieve(stripe_id)
+    assert at_stripe.amount_remaining == (0 if status == "paid" else 73600)
+    # The same grant again (a retried task, the sweep): the same credit, no second note.
+    tasks.grant_sla_credit(
+        reservation_id=reservation.pk, cause="late_start", key="start", minutes=100
+    )
+    assert len(gateway.credit_notes_list(invoice_id=stripe_id)) == 1
     assert Refund.objects.count() == 0
     assert ledger(reservation)[-1] == ("credit", Decimal("-32.00"))
     [message] = [m for m in mail.outbox if m.subject.startswith("A credit")]
-    assert "credit note on invoice HB-0001" in message.body
+    assert f"credit note on invoice {invoice.number}" in message.body
     assert (
         "taken off your next invoice" if status == "paid" else "lower by the credit"
     ) in message.body
@@ -432,10 +446,9 @@ def test_a_credit_note_stripe_refuses_is_failed_and_flags_finance(
 
 
 def test_stripe_out_of_reach_leaves_the_credit_pending_for_the_retry(
-    catalog, organization, owner, fake_invoices, django_capture_on_commit_callbacks, monkeypatch
+    catalog, organization, owner, stripe_api, django_capture_on_commit_callbacks, monkeypatch
 ):
-    _, notes = fake_invoices
-    reservation, _ = invoiced(organization, owner, catalog)
+    reservation, invoice = invoiced(organization, owner, catalog)
 
     def unreachable(**kwargs):
         raise gateway.GatewayUnavailable("Stripe could not be reached.")
@@ -450,7 +463,12 @@ def test_stripe_out_of_reach_leaves_the_credit_pending_for_the_retry(
         reservation_id=reservation.pk, cause="late_start", key="start", minutes=30
     )
     credit = SlaCredit.objects.get()
-    assert (credit.status, credit.amount, len(notes)) == ("granted", Decimal("16.00"), 1)
+    notes = gateway.credit_notes_list(invoice_id=str(invoice.stripe_invoice_id))
+    assert (credit.status, credit.amount, [n.amount for n in notes]) == (
+        "granted",
+        Decimal("16.00"),
+        [1600],
+    )
 
 
 def test_the_reservation_page_shows_the_credit(
@@ -485,3 +503,121 @@ def test_the_database_allows_one_credit_per_reservation_cause_and_key(
     with pytest.raises(IntegrityError), transaction.atomic():
         SlaCredit.objects.create(**fields)
     SlaCredit.objects.create(**{**fields, "key": "start-again"})  # another key is another credit
+
+
+# --- Invoice terms at localstripe: the credit note is on the invoice's books ----------------------
+def check_books() -> tuple[int, str]:
+    out = StringIO()
+    try:
+        call_command("check_books", "--grace", "0", stdout=out)
+    except CommandError as exc:
+        return exc.returncode, out.getvalue()
+    return 0, out.getvalue()
+
+
+@pytest.mark.parametrize("then", ["left open", "paid in full after", "canceled later"])
+def test_an_sla_credit_note_leaves_books_that_agree_with_stripe(
+    catalog, organization, owner, stripe_api, settings, django_capture_on_commit_callbacks, then
+):
+    """Invoiced at localstripe, started 100 minutes late: a $32.00 credit note on the invoice,
+    booked on that invoice and as this credit's. check_books finds the invoice credited $32.00
+    on both sides (before, the ledger's row named no invoice: 'ledger $0.00, Stripe $32.00');
+    the customer paying what is left, or a cancellation's credit coming on top of it (the
+    invoice's own credit, still allowed once), changes nothing to that."""
+    reservation, invoice = invoiced(organization, owner, catalog)
+    stripe_id = str(invoice.stripe_invoice_id)
+    start(reservation, django_capture_on_commit_callbacks, late=timedelta(minutes=100))
+    credit = SlaCredit.objects.get()
+    assert (credit.status, credit.amount, credit.invoice_id) == (
+        "granted",
+        Decimal("32.00"),
+        invoice.pk,
+    )
+    notes = gateway.credit_notes_list(invoice_id=stripe_id)
+    assert [(n.id, n.amount) for n in notes] == [(credit.stripe_credit_note_id, 3200)]
+    booked = LedgerEntry.objects.get(sla_credit=credit)
+    assert (booked.kind, booked.amount, booked.invoice_id, booked.reservation_id) == (
+        "credit",
+        Decimal("-32.00"),
+        invoice.pk,
+        reservation.pk,
+    )
+    if then == "paid in full after":
+        at_stripe = f"{stripe_api}/v1/invoices/{stripe_id}/pay"
+        requests.post(
+            at_stripe, data={"paid_out_of_band": "true"}, auth=(SECRET_KEY, ""), timeout=10
+        ).raise_for_status()
+        invoices.invoice_sync(stripe_invoice_id=stripe_id)
+        assert gateway.invoice_retrieve(stripe_id).amount_paid == 73600  # 768.00 less 32.00
+    if then == "canceled later":
+        # Settlement credits the invoice once for a cancellation: the SLA credit note already
+        # on it is not that credit (without its exemption, nothing would be credited).
+        Reservation.objects.filter(pk=reservation.pk).update(
+            state=S.CANCELED, refund_due=Decimal("100.00")
+        )
+        settlement.reservation_settle(reservation_id=reservation.pk)
+        assert sorted(n.amount for n in gateway.credit_notes_list(invoice_id=stripe_id)) == [
+            3200,
+            10000,
+        ]
+        assert sorted(
+            LedgerEntry.objects.filter(invoice=invoice, kind="credit").values_list(
+                "amount", "sla_credit"
+            )
+        ) == [(Decimal("-100.00"), None), (Decimal("-32.00"), credit.pk)]
+    with time_machine.travel(reservation.ends_at, tick=False):  # the credit was booked then
+        code, out = check_books()
+    assert (code, out.splitlines()) == (
+        0,
+        [
+            "check_books: the books agree with Stripe; checked 1 organization, 0 payments, "
+            "0 refunds, 1 invoice with Stripe and 1 reservation; 0 left for the next run "
+            "(too recent); 0 new finance flags"
+        ],
+    )
+
+
+def test_sla_refunds_to_the_card_leave_books_that_agree_with_stripe(
+    catalog, organization, owner, stripe_api, django_capture_on_commit_callbacks
+):
+    """Late by 61 minutes ($32.00) and released by staff 20 h 10 min early ($161.33): two
+    refunds at localstripe, each booked once, and the reservation's money adds up."""
+    reservation, payment = paid(organization, owner, catalog, stripe_api)
+    start(reservation, django_capture_on_commit_callbacks, late=timedelta(minutes=61))
+    with (
+        time_machine.travel(reservation.ends_at - timedelta(hours=20, minutes=10), tick=False),
+        django_capture_on_commit_callbacks(execute=True),
+    ):
+        operations.reservation_release(
+            reservation=reservation, actor=make_staff(superuser=True), reason="Rack work"
+        )
+    assert stripe_refunds(payment) == [3200, 16133]
+    with time_machine.travel(reservation.ends_at, tick=False):
+        code, out = check_books()
+    assert (code, out.splitlines()) == (
+        0,
+        [
+            "check_books: the books agree with Stripe; checked 1 organization, 1 payment, "
+            "2 refunds, 0 invoices with Stripe and 1 reservation; 0 left for the next run "
+            "(too recent); 0 new finance flags"
+        ],
+    )
+
+
+def test_the_ledger_books_an_sla_credit_note_once(
+    catalog, organization, owner, stripe_api, django_capture_on_commit_callbacks
+):
+    reservation, invoice = invoiced(organization, owner, catalog)
+    start(reservation, django_capture_on_commit_callbacks, late=timedelta(minutes=100))
+    credit = SlaCredit.objects.get()
+    with pytest.raises(IntegrityError), transaction.atomic():
+        LedgerEntry.objects.create(
+            organization=organization,
+            kind="credit",
+            amount=Decimal("-32.00"),
+            currency="usd",
+            reservation=reservation,
+            invoice=invoice,
+            sla_credit=credit,
+            description="again",
+        )
