@@ -104,6 +104,7 @@ def reservation_create(
     )
     require_verified_email(user)
     require_active_organization(organization)
+    credit.require_reservations_allowed(organization)  # billing: nothing long overdue or lost
     validate_node_count(node_count)
     if request_token:
         existing = Reservation.objects.filter(

@@ -35,6 +35,7 @@ class InvoiceAdmin(FinanceAdmin):
         "__str__",
         "organization_link",
         "reservation",
+        "extension",
         "status",
         "billed",
         "due_at",
@@ -49,11 +50,15 @@ class InvoiceAdmin(FinanceAdmin):
         ("due_at", admin.DateFieldListFilter),
         ("created_at", admin.DateFieldListFilter),
     ]
-    list_select_related = ["organization", "reservation"]
-    id_prefixes = {"in_": "stripe_invoice_id", "rsv_": "reservation__public_id"}
+    list_select_related = ["organization", "reservation", "extension"]
+    id_prefixes = {
+        "in_": "stripe_invoice_id",
+        "rsv_": "reservation__public_id",
+        "ext_": "extension__public_id",
+    }
     search_fields = ["=number", "^organization__name"]
     search_help_text = (
-        "A Stripe invoice (in_…) or reservation (rsv_…) id, an invoice number, "
+        "A Stripe invoice (in_…), reservation (rsv_…) or extension (ext_…) id, an invoice number, "
         "or the start of an organization's name."
     )
 

@@ -393,15 +393,18 @@ def test_paying_an_extension_twice_refunds_the_second(
         )
 
 
-def test_canceled_blocks_and_invoice_terms_are_refused(catalog, organization, owner, stripe_api):
+def test_canceled_blocks_and_invoice_terms_past_the_limit_are_refused(
+    catalog, organization, owner, stripe_api
+):
     reservation = paid_block(organization, owner, catalog, stripe_api)
     client = api_client(organization, owner)
     organization.payment_terms = "invoice"
-    organization.save()
+    organization.save()  # credit limit 0: the extra hours do not fit
     response = client.post(extend_url(reservation), {"hours": 2}, content_type="application/json")
-    assert (response.status_code, response.json()["error"]["message"]) == (
-        409, "Extensions on invoice terms: ask your account manager.",
+    assert (response.status_code, response.json()["error"]["code"]) == (
+        409, "credit_limit_exceeded",
     )  # fmt: skip
+    assert Allocation.objects.filter(extension__isnull=False).count() == 0
     organization.payment_terms = "card"
     organization.save()
     capacity_services.reservation_cancel(reservation=reservation, actor=owner)
