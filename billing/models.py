@@ -210,6 +210,9 @@ class Invoice(models.Model):
     stripe_invoice_id = models.CharField(max_length=64, unique=True, null=True, blank=True)
     number = models.CharField(max_length=64, blank=True)
     amount = models.DecimalField(max_digits=14, decimal_places=2)
+    # The refund of a block canceled before its invoice went out, taken off the amount instead
+    # of credited later.
+    waived = models.DecimalField(max_digits=14, decimal_places=2, default=Decimal("0.00"))
     currency = models.CharField(max_length=3)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
     due_at = models.DateTimeField(null=True, blank=True)

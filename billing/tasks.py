@@ -55,9 +55,16 @@ def settle_pending() -> int:
     uncredited = Invoice.objects.filter(stripe_invoice_id__isnull=False).exclude(
         pk__in=credited.values("invoice")
     )
+    # A block canceled before its invoice went out was invoiced less its refund instead.
+    reduced = Invoice.objects.filter(
+        extension__isnull=True,
+        stripe_invoice_id__isnull=False,
+        waived__gte=F("reservation__refund_due"),
+    )
     by_invoice = (
         owed.filter(pk__in=uncredited.values("reservation"))
         .exclude(state=S.CANCELED, pk__in=credited.values("reservation"))
+        .exclude(state=S.CANCELED, pk__in=reduced.values("reservation"))
         .values_list("pk", flat=True)
     )
     # A block's own invoice that is missing, or was written and never reached Stripe: confirmed

@@ -44,27 +44,33 @@ def block_amount(reservation: Reservation) -> Decimal:
     return reservation.total - extra
 
 
-def invoice_issue(*, reservation: Reservation, amount: Decimal | None = None) -> Invoice | None:
-    """The block's net-N invoice (one per reservation), for `amount` (default its own hours);
-    sent now when it was not. Raises the gateway's errors after counting the try."""
-    amount = block_amount(reservation) if amount is None else amount
+def invoice_issue(*, reservation: Reservation, waived: Decimal = Decimal("0.00")) -> Invoice | None:
+    """The block's net-N invoice (one per reservation) for its own hours less `waived` (the
+    refund of a block canceled before it went out); sent now when it was not. Raises the
+    gateway's errors after counting the try."""
+    full = block_amount(reservation)
+    amount = full - waived
     invoice = block_invoice(reservation)
     if invoice is None:
-        if amount <= 0:
-            return None
         invoice, _ = Invoice.objects.get_or_create(
             reservation=reservation,
             extension=None,
             defaults={
                 "organization": reservation.organization,
                 "amount": amount,
+                "waived": waived,
                 "currency": reservation.currency,
             },
         )
-    elif not invoice.stripe_invoice_id and invoice.amount != amount:
+    elif not invoice.stripe_invoice_id and invoice.waived != waived:
         # Not sent yet and the block was canceled meanwhile: it bills what is kept.
-        Invoice.objects.filter(pk=invoice.pk, stripe_invoice_id__isnull=True).update(amount=amount)
+        Invoice.objects.filter(pk=invoice.pk, stripe_invoice_id__isnull=True).update(
+            amount=amount, waived=waived
+        )
         invoice.refresh_from_db()
+    if invoice.amount <= 0:
+        invoice_abandon(invoice=invoice, reason="Refunded in full before it was sent.")
+        return None
     return invoice_send(invoice)
 
 

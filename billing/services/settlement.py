@@ -29,16 +29,7 @@ def reservation_settle(*, reservation_id: int) -> None:
     """Do what money a reservation's state asks for. Safe to run any number of times."""
     reservation = Reservation.objects.select_related("organization").get(pk=reservation_id)
     if reservation.state == S.CANCELED and _invoiced(reservation):
-        # A block on invoice terms whose invoice never went out: what the customer keeps
-        # paying for (the price less the policy's refund) is invoiced now, and only the rest
-        # of the refund is credited on invoices already sent.
-        due = reservation.refund_due or Decimal("0.00")
-        waived = _waived(reservation)
-        if waived is None:
-            waived = min(due, invoices.block_amount(reservation))
-            _invoice_block(reservation, invoices.block_amount(reservation) - waived)
-        if due - waived > 0:
-            _credit_invoice(reservation, due - waived, "Cancellation refund per the policy.")
+        _settle_canceled_on_invoice(reservation)
     elif reservation.state == S.CANCELED and reservation.refund_due:
         _settle_refund(
             reservation,
@@ -54,7 +45,7 @@ def reservation_settle(*, reservation_id: int) -> None:
             reservation, None, "Provisioning failed: full refund.", Refund.Settles.FAILURE
         )
     elif reservation.state in (S.SCHEDULED, S.PROVISIONING, S.ACTIVE) and _invoiced(reservation):
-        _invoice_block(reservation, None)
+        _invoice_block(reservation, Decimal("0.00"))
     # Extensions on invoice terms whose invoice did not go out yet (Stripe was away).
     for invoice in Invoice.objects.filter(
         reservation=reservation,
@@ -71,6 +62,24 @@ def reservation_settle(*, reservation_id: int) -> None:
         refund_send(refund)
 
 
+def _settle_canceled_on_invoice(reservation: Reservation) -> None:
+    """A canceled block on invoice terms. When its invoice never went out, what the customer
+    keeps paying for (its price less the policy's refund) is invoiced now, and only the rest
+    of the refund (the extensions' share) is credited on the invoices already sent."""
+    due = reservation.refund_due or Decimal("0.00")
+    block = invoices.block_invoice(reservation)
+    if block is None or (
+        block.stripe_invoice_id is None and block.status == Invoice.Status.PENDING
+    ):
+        _invoice_block(reservation, min(due, invoices.block_amount(reservation)))
+        block = invoices.block_invoice(reservation)
+        if block is not None and block.status == Invoice.Status.PENDING:
+            return  # not sent (Stripe away): nothing is credited before it is
+    waived = block.waived if block is not None else Decimal("0.00")
+    if due - waived > 0:
+        _credit_invoice(reservation, due - waived, "Cancellation refund per the policy.")
+
+
 def _invoiced(reservation: Reservation) -> bool:
     """Whether the block's own hours are billed by invoice: on invoice terms, confirmed (a
     canceled hold has no refund due: it was never sold) and not paid by card (paid while the
@@ -84,30 +93,14 @@ def _invoiced(reservation: Reservation) -> bool:
     ).exists()
 
 
-def _waived(reservation: Reservation) -> Decimal | None:
-    """How much of a canceled block's refund was taken off its invoice before it was sent;
-    None while it is not sent (nothing decided yet)."""
-    block = invoices.block_invoice(reservation)
-    if block is None or not block.stripe_invoice_id:
-        if block is not None and block.status == Invoice.Status.VOID:
-            return invoices.block_amount(reservation)  # never sent, and nothing is kept
-        return None
-    return invoices.block_amount(reservation) - block.amount
-
-
-def _invoice_block(reservation: Reservation, amount: Decimal | None) -> None:
+def _invoice_block(reservation: Reservation, waived: Decimal) -> None:
     """Send the block's invoice; a failure is counted for the sweep (which tries again up to
     INVOICE_CREATE_MAX_ATTEMPTS and then tells finance), so it is never silently lost."""
-    if amount is not None and amount <= 0:
-        block = invoices.block_invoice(reservation)
-        if block is not None:
-            invoices.invoice_abandon(invoice=block, reason="Canceled with a full refund.")
-        return
     block = invoices.block_invoice(reservation)
     if block is not None and block.attempts >= invoices.max_attempts():
         return  # finance was told; it is theirs now
     try:
-        invoices.invoice_issue(reservation=reservation, amount=amount)
+        invoices.invoice_issue(reservation=reservation, waived=waived)
     except gateway.PaymentError as exc:  # counted on the invoice; the sweep tries again
         logger.error("invoice for %s failed: %s", reservation.public_id, exc.message)
 

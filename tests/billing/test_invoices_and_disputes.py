@@ -5,16 +5,29 @@ shaped like Stripe's API; every other call still goes to the real localstripe.""
 import json
 import re
 import time
+from datetime import timedelta
 from decimal import Decimal
+from urllib.parse import parse_qsl
 
 import pytest
 import requests
 import responses
+from django.db import IntegrityError, transaction
+from django.utils import timezone
 
 from accounts.models import Organization
-from billing import selectors
+from billing import selectors, tasks
 from billing.models import FinanceFlag, Invoice, LedgerEntry, Payment, Refund
-from billing.services import disputes, invoices, payments, reconciliation, refunds, settlement
+from billing.services import (
+    disputes,
+    extensions,
+    invoices,
+    payments,
+    reconciliation,
+    refunds,
+    settlement,
+)
+from capacity import services as capacity_services
 from capacity.models import Reservation
 from core.models import AuditEvent
 
@@ -266,3 +279,286 @@ def test_reconciliation_finds_a_payment_marked_paid_that_stripe_does_not_know(
     assert (
         FinanceFlag.objects.get().detail == f"{ghost.public_id} is paid here but unknown to Stripe."
     )
+
+
+# --- Several invoices per reservation -----------------------------------------------------------
+class FakeInvoices:
+    """Stripe's invoices, invoice items, void and credit notes for any number of invoices,
+    answered at the HTTP boundary; `fail` makes the next creations fail (a status code)."""
+
+    def __init__(self) -> None:
+        self.invoices: dict[str, dict] = {}
+        self.calls: list[tuple[str, str | None, dict]] = []
+        self.fail: list[int] = []
+
+    def body(self, invoice_id: str) -> dict:
+        invoice = self.invoices[invoice_id]
+        body = invoice_json(invoice_id, invoice["status"], invoice["customer"], invoice["amount"])
+        body.update(number=invoice["number"], total=invoice["amount"], due_date=invoice["due"])
+        body["amount_paid"] = invoice["amount"] if invoice["status"] == "paid" else 0
+        return body
+
+    def create(self, request):
+        form = dict(parse_qsl(request.body))
+        self.calls.append(("create", request.headers.get("Idempotency-Key"), form))
+        if self.fail:
+            status = self.fail.pop(0)
+            error = {"type": "invalid_request_error", "message": "Refused by the test."}
+            return status, {}, json.dumps({"error": error})
+        invoice_id = f"in_test_{len(self.invoices) + 1}"
+        self.invoices[invoice_id] = {
+            "status": "draft", "customer": form["customer"], "amount": 0,
+            "number": f"HB-{len(self.invoices) + 1:04d}",
+            "due": int(time.time()) + 30 * 86400,
+        }  # fmt: skip
+        return 200, {}, json.dumps(self.body(invoice_id))
+
+    def item(self, request):
+        form = dict(parse_qsl(request.body))
+        self.invoices[form["invoice"]]["amount"] += int(form["amount"])
+        self.calls.append(("item", request.headers.get("Idempotency-Key"), form))
+        return 200, {}, json.dumps({"id": "ii_test", "object": "invoiceitem"})
+
+    def action(self, request):
+        invoice_id, step = request.url.rsplit("/", 2)[-2:]
+        self.calls.append((f"{step}:{invoice_id}", request.headers.get("Idempotency-Key"), {}))
+        invoice = self.invoices[invoice_id]
+        invoice["status"] = {"finalize": "open", "send": invoice["status"], "void": "void"}[step]
+        return 200, {}, json.dumps(self.body(invoice_id))
+
+    def retrieve(self, request):
+        return 200, {}, json.dumps(self.body(request.url.rsplit("/", 1)[-1]))
+
+    def credit_note(self, request):
+        form = dict(parse_qsl(request.body))
+        self.calls.append((f"credit_note:{form['invoice']}", request.headers.get(
+            "Idempotency-Key"), form))  # fmt: skip
+        return 200, {}, json.dumps({"id": "cn_test", "object": "credit_note", **form})
+
+    def steps(self) -> list[str]:
+        return [c[0] for c in self.calls if c[0] != "item" and not c[0].startswith("send")]
+
+
+@pytest.fixture
+def stripe_invoices(stripe_api):
+    fake = FakeInvoices()
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        mock.add_passthru(stripe_api)
+        base = re.escape(stripe_api)
+        mock.add_callback(responses.POST, re.compile(base + r"/v1/invoices$"), fake.create)
+        mock.add_callback(responses.POST, re.compile(base + r"/v1/invoiceitems$"), fake.item)
+        mock.add_callback(
+            responses.POST,
+            re.compile(base + r"/v1/invoices/in_test_\d+/(finalize|send|void)$"),
+            fake.action,
+        )
+        mock.add_callback(
+            responses.GET, re.compile(base + r"/v1/invoices/in_test_\d+$"), fake.retrieve
+        )
+        mock.add_callback(responses.POST, re.compile(base + r"/v1/credit_notes$"), fake.credit_note)
+        yield fake
+
+
+def on_invoice_terms(organization, limit: str = "10000") -> None:
+    Organization.objects.filter(pk=organization.pk).update(
+        payment_terms="invoice", payment_days=30, credit_limit=Decimal(limit)
+    )
+    organization.refresh_from_db()
+
+
+def test_the_database_holds_one_invoice_per_block(catalog, organization, owner):
+    reservation = held_reservation(organization, owner, catalog)
+    Invoice.objects.create(
+        organization=organization, reservation=reservation, amount=Decimal("1.00"), currency="usd"
+    )
+    with pytest.raises(IntegrityError), transaction.atomic():
+        Invoice.objects.create(
+            organization=organization,
+            reservation=reservation,
+            amount=Decimal("1.00"),
+            currency="usd",
+        )
+    assert reservation.invoices.count() == 1
+
+
+def test_a_failed_invoice_creation_is_retried_by_the_sweep_then_flagged_once(
+    catalog, organization, owner, stripe_invoices, settings
+):
+    settings.INVOICE_CREATE_MAX_ATTEMPTS = 3
+    on_invoice_terms(organization)
+    stripe_invoices.fail = [400, 400, 400]
+    reservation = held_reservation(organization, owner, catalog)
+    for expected in (1, 2, 3):
+        assert tasks.settle_pending() == 1  # the sweep finds it and settles it (eager here)
+        invoice = Invoice.objects.get()
+        assert (invoice.attempts, invoice.stripe_invoice_id) == (expected, None)
+    # A definite refusal is not asked again under the same key (Stripe would answer the same).
+    assert [c[1] for c in stripe_invoices.calls] == [
+        f"invoice:{reservation.public_id}:invoice",
+        f"invoice:{reservation.public_id}:v1:invoice",
+        f"invoice:{reservation.public_id}:v2:invoice",
+    ]
+    flag = FinanceFlag.objects.get()
+    assert (flag.kind, flag.stripe_object_id, flag.organization_id) == (
+        "invoice_not_sent",
+        f"invoice:{invoice.pk}",
+        organization.pk,
+    )
+    assert flag.detail == (
+        f"Invoice {invoice.pk} ($768.00) for {reservation.public_id} could not be created at "
+        "Stripe after 3 tries: The payment could not be processed.. Create it by hand or fix "
+        "the cause and reset its attempts."
+    )
+    # After the last try the sweep leaves it to finance: nothing more is sent or flagged.
+    assert tasks.settle_pending() == 0
+    settlement.reservation_settle(reservation_id=reservation.pk)
+    assert (len(stripe_invoices.calls), FinanceFlag.objects.count()) == (3, 1)
+    assert selectors.balance_for_org(organization) == Decimal("0.00")
+    # Still counted against the credit line: it was sold on credit.
+    assert selectors.credit_used_for_org(organization) == Decimal("768.00")
+
+
+def test_an_invoice_that_failed_once_is_sent_by_the_sweep(
+    catalog, organization, owner, stripe_invoices
+):
+    on_invoice_terms(organization)
+    stripe_invoices.fail = [400]
+    reservation = held_reservation(organization, owner, catalog)
+    settlement.reservation_settle(reservation_id=reservation.pk)
+    assert Invoice.objects.get().last_error == "The payment could not be processed."
+    assert tasks.settle_pending() == 1  # and settles it (eager here)
+    invoice = Invoice.objects.get()
+    assert (invoice.stripe_invoice_id, invoice.status, invoice.amount) == (
+        "in_test_1", "open", Decimal("768.00"),
+    )  # fmt: skip
+    assert list(LedgerEntry.objects.values_list("kind", "amount", "invoice")) == [
+        ("charge", Decimal("768.00"), invoice.pk)
+    ]
+    assert tasks.settle_pending() == 0
+    assert FinanceFlag.objects.count() == 0
+
+
+def days_out(days: int):
+    return timezone.now().replace(minute=0, second=0, microsecond=0) + timedelta(days=days)
+
+
+def invoiced_with_extension(catalog, organization, owner, start) -> Reservation:
+    """A block on invoice terms (768.00, in_test_1) extended by 2 h (64.00, in_test_2)."""
+    on_invoice_terms(organization)
+    reservation = held_reservation(organization, owner, catalog, start=start)
+    settlement.reservation_settle(reservation_id=reservation.pk)
+    started = extensions.extension_start(
+        reservation=reservation, actor=owner, hours=2, attempt_token="more"
+    )
+    assert (started.extension.state, started.invoice.stripe_invoice_id) == ("paid", "in_test_2")
+    reservation.refresh_from_db()
+    assert reservation.total == Decimal("832.00")
+    return reservation
+
+
+def test_a_block_and_its_extension_are_two_invoices_with_their_own_keys(
+    catalog, organization, owner, stripe_invoices
+):
+    reservation = invoiced_with_extension(catalog, organization, owner, days_out(10))
+    extension = reservation.extensions.get()
+    creates = [(c[1], c[2]["metadata[reservation]"]) for c in stripe_invoices.calls
+               if c[0] == "create"]  # fmt: skip
+    assert creates == [
+        (f"invoice:{reservation.public_id}:invoice", reservation.public_id),
+        (f"invoice:{extension.public_id}:invoice", reservation.public_id),
+    ]
+    assert sorted(reservation.invoices.values_list("stripe_invoice_id", "extension", "amount")) == [
+        ("in_test_1", None, Decimal("768.00")),
+        ("in_test_2", extension.pk, Decimal("64.00")),
+    ]
+    assert stripe_invoices.invoices["in_test_2"]["amount"] == 6400
+    booked = LedgerEntry.objects.values_list("kind", "amount", "invoice__stripe_invoice_id")
+    assert sorted(booked) == [
+        ("charge", Decimal("64.00"), "in_test_2"),
+        ("charge", Decimal("768.00"), "in_test_1"),
+    ]  # fmt: skip
+    assert selectors.credit_used_for_org(organization) == Decimal("832.00")
+    # A block settled again sends nothing more.
+    settlement.reservation_settle(reservation_id=reservation.pk)
+    assert Invoice.objects.count() == 2
+    assert len([c for c in stripe_invoices.calls if c[0] == "create"]) == 2
+
+
+def test_a_cancellation_credits_the_latest_invoice_first_up_to_the_refund_once(
+    catalog, organization, owner, stripe_invoices
+):
+    # Three days out: the policy gives back 50% of 832.00 = 416.00.
+    reservation = invoiced_with_extension(catalog, organization, owner, days_out(3))
+    capacity_services.reservation_cancel(reservation=reservation, actor=owner, reason="Plans")
+    reservation.refresh_from_db()
+    assert reservation.refund_due == Decimal("416.00")
+    for _ in range(3):
+        settlement.reservation_settle(reservation_id=reservation.pk)
+    # The extension's open invoice is credited in full (void), the rest is a credit note on
+    # the block's: 64.00 + 352.00.
+    assert stripe_invoices.steps()[-2:] == ["void:in_test_2", "credit_note:in_test_1"]
+    [note] = [c for c in stripe_invoices.calls if c[0].startswith("credit_note")]
+    assert (note[1], note[2]["amount"]) == ("credit:in_test_1", "35200")
+    assert sorted(LedgerEntry.objects.filter(kind="credit").values_list(
+        "invoice__stripe_invoice_id", "amount", "invoice__status")) == [
+        ("in_test_1", Decimal("-352.00"), "open"),
+        ("in_test_2", Decimal("-64.00"), "void"),
+    ]  # fmt: skip
+    assert selectors.balance_for_org(organization) == Decimal("416.00")
+    assert tasks.settle_pending() == 0
+
+
+def test_a_failed_block_credits_every_invoice_in_full(
+    catalog, organization, owner, stripe_invoices
+):
+    reservation = invoiced_with_extension(catalog, organization, owner, days_out(3))
+    Reservation.objects.filter(pk=reservation.pk).update(state=Reservation.State.FAILED)
+    for _ in range(2):
+        settlement.reservation_settle(reservation_id=reservation.pk)
+    assert sorted(s for s in stripe_invoices.steps() if s.startswith("void")) == [
+        "void:in_test_1", "void:in_test_2",
+    ]  # fmt: skip
+    assert selectors.balance_for_org(organization) == Decimal("0.00")
+    assert LedgerEntry.objects.filter(kind="credit").count() == 2
+
+
+def test_a_canceled_block_whose_invoice_never_went_out_is_invoiced_what_it_keeps(
+    catalog, organization, owner, stripe_invoices
+):
+    on_invoice_terms(organization)
+    stripe_invoices.fail = [400]
+    reservation = held_reservation(organization, owner, catalog, start=days_out(3))
+    settlement.reservation_settle(reservation_id=reservation.pk)
+    assert Invoice.objects.get().stripe_invoice_id is None
+    capacity_services.reservation_cancel(reservation=reservation, actor=owner, reason="Plans")
+    reservation.refresh_from_db()
+    assert reservation.refund_due == Decimal("384.00")  # 50% of 768.00
+    assert tasks.settle_pending() == 1  # and settles it (eager here)
+    invoice = Invoice.objects.get()
+    assert (invoice.stripe_invoice_id, invoice.amount) == ("in_test_1", Decimal("384.00"))
+    assert stripe_invoices.invoices["in_test_1"]["amount"] == 38400
+    assert list(LedgerEntry.objects.values_list("kind", "amount")) == [
+        ("charge", Decimal("384.00"))
+    ]
+    # Nothing is credited on top: the refund was taken off before it went out.
+    for _ in range(2):
+        settlement.reservation_settle(reservation_id=reservation.pk)
+    assert LedgerEntry.objects.count() == 1
+    assert len([c for c in stripe_invoices.calls if c[0] == "create"]) == 2
+    assert tasks.settle_pending() == 0
+
+
+def test_a_canceled_block_refunded_in_full_before_its_invoice_went_out_bills_nothing(
+    catalog, organization, owner, stripe_invoices
+):
+    on_invoice_terms(organization)
+    stripe_invoices.fail = [400]
+    reservation = held_reservation(organization, owner, catalog, start=days_out(10))
+    settlement.reservation_settle(reservation_id=reservation.pk)
+    capacity_services.reservation_cancel(reservation=reservation, actor=owner, reason="Plans")
+    for _ in range(2):
+        settlement.reservation_settle(reservation_id=reservation.pk)
+    assert list(Invoice.objects.values_list("status", "stripe_invoice_id")) == [("void", None)]
+    assert LedgerEntry.objects.count() == 0
+    assert len(stripe_invoices.calls) == 1
+    assert tasks.settle_pending() == 0
