@@ -13,15 +13,19 @@ import pytest
 import requests
 import responses
 from django.db import IntegrityError, transaction
+from django.test import Client
 from django.utils import timezone
 
-from accounts.models import Organization
-from billing import selectors, tasks
-from billing.models import FinanceFlag, Invoice, LedgerEntry, Payment, Refund
+from accounts import api_keys, credit
+from accounts.models import ApiKey, Organization
+from billing import selectors, tasks, webhooks
+from billing.models import FinanceFlag, Invoice, LedgerEntry, Payment, Refund, WebhookEvent
 from billing.services import (
     disputes,
     extensions,
+    flags,
     invoices,
+    overdue,
     payments,
     reconciliation,
     refunds,
@@ -29,6 +33,7 @@ from billing.services import (
 )
 from capacity import services as capacity_services
 from capacity.models import Reservation
+from core.errors import Conflict
 from core.models import AuditEvent
 
 from .conftest import SECRET_KEY, card, held_reservation, stripe_charges
@@ -562,3 +567,167 @@ def test_a_canceled_block_refunded_in_full_before_its_invoice_went_out_bills_not
     assert LedgerEntry.objects.count() == 0
     assert len(stripe_invoices.calls) == 1
     assert tasks.settle_pending() == 0
+
+
+# --- Overdue invoices, uncollectible ones, lost disputes ------------------------------------------
+@pytest.fixture
+def finance_user(db):
+    from backoffice.roles import FINANCE
+    from tests.backoffice.conftest import make_staff
+
+    return make_staff(FINANCE)
+
+
+def sent_block(catalog, organization, owner) -> Invoice:
+    on_invoice_terms(organization)
+    reservation = held_reservation(organization, owner, catalog)
+    settlement.reservation_settle(reservation_id=reservation.pk)
+    return reservation.invoices.get()
+
+
+def test_overdue_reminders_go_out_at_one_and_seven_days_each_once(
+    catalog, organization, owner, stripe_invoices, mailoutbox, django_capture_on_commit_callbacks
+):
+    invoice = sent_block(catalog, organization, owner)
+    Invoice.objects.filter(pk=invoice.pk).update(due_at=timezone.now() - timedelta(hours=12))
+    assert overdue.invoice_reminders_send() == 0  # not a day late yet
+    Invoice.objects.filter(pk=invoice.pk).update(due_at=timezone.now() - timedelta(days=1, hours=1))
+    with django_capture_on_commit_callbacks(execute=True):
+        assert overdue.invoice_reminders_send() == 1
+        assert overdue.invoice_reminders_send() == 0
+    [mail] = mailoutbox
+    assert mail.subject == "Invoice HB-0001 is 1 day overdue"
+    assert mail.to == [organization.billing_email]
+    assert "($768.00) was due on" in mail.body
+    assert "Once an invoice is 14 days overdue" in mail.body
+    Invoice.objects.filter(pk=invoice.pk).update(due_at=timezone.now() - timedelta(days=7, hours=1))
+    with django_capture_on_commit_callbacks(execute=True):
+        assert tasks.remind_overdue_invoices() == 1
+        assert tasks.remind_overdue_invoices() == 0
+    assert [m.subject for m in mailoutbox] == [
+        "Invoice HB-0001 is 1 day overdue",
+        "Invoice HB-0001 is 7 days overdue",
+    ]
+    assert list(invoice.reminders.values_list("days_overdue", flat=True)) == [1, 7]
+    # Paid: no more reminders.
+    stripe_invoices.invoices["in_test_1"]["status"] = "paid"
+    invoices.invoice_sync(stripe_invoice_id="in_test_1")
+    Invoice.objects.filter(pk=invoice.pk).update(due_at=timezone.now() - timedelta(days=30))
+    assert overdue.invoice_reminders_send() == 0
+
+
+def test_new_reservations_are_refused_at_fourteen_days_overdue_until_paid(
+    catalog, organization, owner, stripe_invoices, settings
+):
+    invoice = sent_block(catalog, organization, owner)
+    reservation = invoice.reservation
+    Invoice.objects.filter(pk=invoice.pk).update(due_at=timezone.now() - timedelta(days=13))
+    assert selectors.reservations_refused_for_org(organization) is None
+    Invoice.objects.filter(pk=invoice.pk).update(due_at=timezone.now() - timedelta(days=15))
+    message = (
+        "Invoice HB-0001 ($768.00) is 15 days overdue, so new reservations are paused. Pay it "
+        "and you can reserve again at once."
+    )
+    with pytest.raises(credit.ReservationsRefused) as refused:
+        held_reservation(organization, owner, catalog)
+    assert (refused.value.message, refused.value.code) == (message, "reservations_refused")
+    with pytest.raises(Conflict) as refused_extension:
+        extensions.extension_start(reservation=reservation, actor=owner, hours=1, attempt_token="x")
+    assert refused_extension.value.message == message
+    assert (Reservation.objects.count(), reservation.extensions.count()) == (1, 0)
+    # Through the API: a 409 with the reason, nothing held.
+    key = api_keys.api_key_create(
+        organization=organization, actor=owner, name="ci",
+        scopes=[ApiKey.Scope.RESERVATIONS_READ, ApiKey.Scope.RESERVATIONS_WRITE],
+    )[1]  # fmt: skip
+    response = Client(HTTP_AUTHORIZATION=f"Bearer {key}").post(
+        "/api/v1/reservations/",
+        {"gpu_model": "h100", "region": "us-east", "node_count": 1, "duration_hours": 2},
+        content_type="application/json",
+    )
+    assert (response.status_code, response.json()["error"]["code"]) == (409, "reservations_refused")
+    assert Reservation.objects.count() == 1
+    settings.INVOICE_REFUSE_AFTER_DAYS = 30
+    assert selectors.reservations_refused_for_org(organization) is None
+    settings.INVOICE_REFUSE_AFTER_DAYS = 14
+    stripe_invoices.invoices["in_test_1"]["status"] = "paid"
+    invoices.invoice_sync(stripe_invoice_id="in_test_1")
+    assert held_reservation(organization, owner, catalog).state == "scheduled"
+
+
+def test_an_invoice_marked_uncollectible_is_flagged_and_pauses_reservations(
+    catalog, organization, owner, stripe_invoices, finance_user
+):
+    invoice = sent_block(catalog, organization, owner)
+    stripe_invoices.invoices["in_test_1"]["status"] = "uncollectible"
+    for n in range(2):
+        stored = WebhookEvent.objects.create(
+            stripe_event_id=f"evt_unc_{n}", type="invoice.marked_uncollectible",
+            object_id="in_test_1", payload={},
+        )  # fmt: skip
+        assert webhooks.webhook_process(stored.pk) == "processed"
+    invoice.refresh_from_db()
+    assert invoice.status == "uncollectible"
+    flag = FinanceFlag.objects.get()
+    assert (flag.kind, flag.stripe_object_id, flag.organization_id) == (
+        "invoice_uncollectible", "in_test_1", organization.pk,
+    )  # fmt: skip
+    # Still owed in the ledger (it was sold); no new reservations until finance resolves it.
+    assert selectors.balance_for_org(organization) == Decimal("768.00")
+    with pytest.raises(credit.ReservationsRefused, match="written off as uncollectible"):
+        held_reservation(organization, owner, catalog)
+    flags.flag_resolve(flag=flag, actor=finance_user, resolution="Agreed a payment plan.")
+    assert selectors.reservations_refused_for_org(organization) is None
+
+
+def dispute(payment: Payment, status: str) -> dict:
+    return {
+        "id": "dp_test_2", "object": "dispute", "amount": 76800, "currency": "usd",
+        "reason": "fraudulent", "status": status,
+        "payment_intent": payment.stripe_payment_intent_id, "charge": "ch_x",
+    }  # fmt: skip
+
+
+def test_a_lost_dispute_books_the_loss_once_flags_finance_and_pauses_reservations(
+    catalog, organization, owner, stripe_api, finance_user
+):
+    payment = payments.payment_by_card_create(
+        reservation=held_reservation(organization, owner, catalog),
+        actor=owner,
+        payment_method_id=card(stripe_api),
+        attempt_token="d",
+    )
+    assert selectors.balance_for_org(organization) == Decimal("0.00")
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        mock.add_passthru(stripe_api)
+        mock.add(responses.GET, f"{stripe_api}/v1/disputes/dp_test_2", json=dispute(payment, "won"))
+        disputes.dispute_close_record(dispute_id="dp_test_2")  # won: nothing moves
+        assert LedgerEntry.objects.filter(kind="dispute_loss").count() == 0
+        assert FinanceFlag.objects.count() == 0
+        mock.replace(
+            responses.GET, f"{stripe_api}/v1/disputes/dp_test_2", json=dispute(payment, "lost")
+        )
+        for n in range(2):
+            stored = WebhookEvent.objects.create(
+                stripe_event_id=f"evt_lost_{n}", type="charge.dispute.closed",
+                object_id="dp_test_2", payload={},
+            )  # fmt: skip
+            assert webhooks.webhook_process(stored.pk) == "processed"
+    [loss] = LedgerEntry.objects.filter(kind="dispute_loss")
+    assert (loss.amount, loss.payment_id, loss.reservation_id) == (
+        Decimal("768.00"), payment.pk, payment.reservation_id,
+    )  # fmt: skip
+    assert selectors.balance_for_org(organization) == Decimal("768.00")  # owed again
+    flag = FinanceFlag.objects.get()
+    assert (flag.kind, flag.payment_id, flag.organization_id) == (
+        "dispute_lost", payment.pk, organization.pk,
+    )  # fmt: skip
+    assert AuditEvent.objects.filter(action="payment.dispute_lost").count() == 1
+    with pytest.raises(credit.ReservationsRefused) as refused:
+        held_reservation(organization, owner, catalog)
+    assert refused.value.message == (
+        f"New reservations are paused for {organization.name}: a payment was disputed and the "
+        "dispute was lost. Contact your account manager or billing support to settle it."
+    )
+    flags.flag_resolve(flag=flag, actor=finance_user, resolution="Customer paid by wire.")
+    assert held_reservation(organization, owner, catalog).state == "held"
