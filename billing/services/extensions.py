@@ -114,13 +114,19 @@ def extension_invoice_settle(*, invoice: Invoice) -> ExtensionStarted:
                 reason=f"Invoiced ({invoice.number or invoice.stripe_invoice_id}).",
             )
         except Conflict as exc:  # ExtensionUnavailable included
+            why = f"Extension {extension.public_id} not applied: {exc.message}"
             invoices.invoice_credit(
                 invoice=invoice,
                 amount=invoice.amount,
-                reason=f"Extension {extension.public_id} not applied: {exc.message}",
+                reason=why,
                 reservation=extension.reservation,
             )
+            invoice.refresh_from_db()
             extension.refresh_from_db()
+            if extension.state == Extension.State.HELD:  # give the held hours back now
+                extension = capacity_extensions.extension_cancel(
+                    extension=extension, actor=None, reason=why
+                )
     return ExtensionStarted(extension, None, None, invoice)
 
 
@@ -247,7 +253,11 @@ def extension_charge_by_staff(
     reason = reason_clean(reason, required=True)
     if reservation.organization.on_invoice_terms:
         started = _on_invoice(
-            reservation=reservation, actor=actor, hours=hours, attempt_token="", staff=True
+            reservation=reservation,
+            actor=actor,
+            hours=hours,
+            attempt_token=attempt_token,
+            staff=True,
         )
     else:
         extension = capacity_extensions.extension_hold(

@@ -649,3 +649,28 @@ def test_on_invoice_terms_the_portal_extends_with_an_invoice(
     assert "Extended by 3 h: invoice HB-0002 for 96.00 USD is on your terms." in (
         response.content.decode()
     )
+
+
+def test_staff_charged_extension_on_invoice_terms_is_invoiced_within_the_limit(
+    catalog, organization, owner, stripe_invoices
+):
+    from backoffice.roles import OPERATIONS
+    from tests.backoffice.conftest import make_staff
+
+    reservation = invoiced_block(organization, owner, catalog, limit="800")
+    ops = make_staff(OPERATIONS)
+    with pytest.raises(credit.CreditLimitExceeded):
+        extensions.extension_charge_by_staff(
+            reservation=reservation, actor=ops, hours=2, reason="Phone", attempt_token="s1"
+        )
+    assert Extension.objects.count() == 0
+    started = extensions.extension_charge_by_staff(
+        reservation=reservation, actor=ops, hours=1, reason="Phone", attempt_token="s2"
+    )
+    reservation.refresh_from_db()
+    assert (started.extension.state, started.payment, started.invoice.amount) == (
+        "paid", None, PER_HOUR,
+    )  # fmt: skip
+    assert reservation.total == BLOCK + PER_HOUR
+    assert selectors.balance_for_org(organization) == BLOCK + PER_HOUR
+    assert AuditEvent.objects.get(action="extension.charged_by_staff").actor == ops

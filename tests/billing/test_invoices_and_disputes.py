@@ -32,7 +32,7 @@ from billing.services import (
     settlement,
 )
 from capacity import services as capacity_services
-from capacity.models import Reservation
+from capacity.models import Allocation, Reservation
 from core.errors import Conflict
 from core.models import AuditEvent
 
@@ -295,6 +295,7 @@ class FakeInvoices:
         self.invoices: dict[str, dict] = {}
         self.calls: list[tuple[str, str | None, dict]] = []
         self.fail: list[int] = []
+        self.on_send = None  # called as Stripe sends an invoice (to make a race happen then)
 
     def body(self, invoice_id: str) -> dict:
         invoice = self.invoices[invoice_id]
@@ -329,6 +330,8 @@ class FakeInvoices:
         self.calls.append((f"{step}:{invoice_id}", request.headers.get("Idempotency-Key"), {}))
         invoice = self.invoices[invoice_id]
         invoice["status"] = {"finalize": "open", "send": invoice["status"], "void": "void"}[step]
+        if step == "send" and self.on_send is not None:
+            self.on_send()
         return 200, {}, json.dumps(self.body(invoice_id))
 
     def retrieve(self, request):
@@ -731,3 +734,66 @@ def test_a_lost_dispute_books_the_loss_once_flags_finance_and_pauses_reservation
     )
     flags.flag_resolve(flag=flag, actor=finance_user, resolution="Customer paid by wire.")
     assert held_reservation(organization, owner, catalog).state == "held"
+
+
+def test_an_extension_invoice_sent_as_the_block_is_canceled_is_withdrawn_and_the_books_agree(
+    catalog, organization, owner, stripe_invoices
+):
+    from billing.services import books
+
+    on_invoice_terms(organization)
+    reservation = held_reservation(organization, owner, catalog, start=days_out(10))
+    settlement.reservation_settle(reservation_id=reservation.pk)
+    # The customer cancels while Stripe is sending the extension's invoice.
+    stripe_invoices.on_send = lambda: capacity_services.reservation_cancel(
+        reservation=reservation, actor=owner, reason="Plans"
+    )
+    started = extensions.extension_start(
+        reservation=reservation, actor=owner, hours=2, attempt_token="x"
+    )
+    stripe_invoices.on_send = None
+    assert (started.extension.state, started.invoice.stripe_invoice_id) == ("canceled", "in_test_2")
+    assert "void:in_test_2" in stripe_invoices.steps()
+    for _ in range(2):
+        settlement.reservation_settle(reservation_id=reservation.pk)
+    reservation.refresh_from_db()
+    assert (reservation.state, reservation.total, reservation.refund_due) == (
+        "canceled", Decimal("768.00"), Decimal("768.00"),
+    )  # fmt: skip
+    # The block's invoice is credited the refund; the withdrawn one counts for nothing.
+    booked = LedgerEntry.objects.values_list("kind", "amount", "invoice__stripe_invoice_id")
+    assert sorted(booked) == [
+        ("charge", Decimal("64.00"), "in_test_2"),
+        ("charge", Decimal("768.00"), "in_test_1"),
+        ("credit", Decimal("-768.00"), "in_test_1"),
+        ("credit", Decimal("-64.00"), "in_test_2"),
+    ]  # fmt: skip
+    assert selectors.balance_for_org(organization) == Decimal("0.00")
+    report = books.books_check(grace=timedelta(0), raise_flags=False)
+    assert report.differences == []
+
+
+def test_a_withdrawn_extension_invoice_is_no_part_of_what_a_live_block_was_sold_for(
+    catalog, organization, owner, stripe_invoices
+):
+    from billing.services import books
+
+    on_invoice_terms(organization)
+    reservation = held_reservation(organization, owner, catalog, start=days_out(10))
+    settlement.reservation_settle(reservation_id=reservation.pk)
+    # While Stripe sends the extension's invoice the block's end moves earlier (a reclaim):
+    # the extension no longer starts where the block ends and cannot be applied.
+    end = reservation.ends_at
+    stripe_invoices.on_send = lambda: Reservation.objects.filter(pk=reservation.pk).update(
+        ends_at=end - timedelta(hours=1)
+    )
+    started = extensions.extension_start(
+        reservation=reservation, actor=owner, hours=2, attempt_token="x"
+    )
+    assert (started.extension.state, started.invoice.status) == ("canceled", "void")
+    assert Allocation.objects.filter(extension__isnull=False, released_at__isnull=True).count() == 0
+    reservation.refresh_from_db()
+    assert (reservation.state, reservation.total) == ("scheduled", Decimal("768.00"))
+    assert selectors.balance_for_org(organization) == Decimal("768.00")
+    report = books.books_check(grace=timedelta(0), raise_flags=False)
+    assert report.differences == []
