@@ -533,14 +533,14 @@ def _check_reservations(organization: Organization, as_of: datetime, report: Boo
     # An extension's invoice sent but withdrawn (credited in full) because the extension could
     # not be applied any more: charged and credited, and no part of the reservation's price.
     withdrawn: dict[int, Decimal] = defaultdict(lambda: ZERO)
-    for row in (
+    for taken_back in (
         Invoice.objects.filter(organization=organization, stripe_invoice_id__isnull=False)
         .exclude(extension__isnull=True)
         .exclude(extension__state="paid")
         .values("reservation_id")
         .annotate(total=Sum("amount"))
     ):
-        withdrawn[row["reservation_id"]] = row["total"]
+        withdrawn[taken_back["reservation_id"]] = taken_back["total"]
     reservations = Reservation.objects.filter(pk__in=list(sums)).only(
         "pk", "public_id", "state", "total", "currency", "updated_at"
     )
