@@ -104,7 +104,6 @@ def reservation_create(
     )
     require_verified_email(user)
     require_active_organization(organization)
-    credit.require_reservations_allowed(organization)  # billing: nothing long overdue or lost
     validate_node_count(node_count)
     if request_token:
         existing = Reservation.objects.filter(
@@ -112,6 +111,7 @@ def reservation_create(
         ).first()
         if existing is not None:
             return existing
+    credit.require_reservations_allowed(organization)  # billing: nothing long overdue or lost
     quote = pricing.quote_for_sale(
         organization=organization,
         gpu_model=gpu_model,
