@@ -17,13 +17,16 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
+from accounts.models import User
 from capacity.models import Extension, Reservation
 from core import audit
+from core.errors import Conflict
 from core.money import format_money, from_minor, to_minor
+from core.tasks import enqueue_after_commit
 
 from .. import gateway
 from ..models import FinanceFlag, Invoice, LedgerEntry
-from .accounts import billing_account_ensure, billing_email_queue
+from .accounts import billing_account_ensure, billing_email_queue, require_finance_staff
 from .flags import flag_raise
 
 
@@ -198,10 +201,40 @@ def _failed(invoice: Invoice, exc: gateway.PaymentError) -> None:
             f"invoice:{invoice.pk}",
             f"Invoice {invoice.pk} ({format_money(invoice.amount, invoice.currency)}) for "
             f"{invoice.reservation.public_id} could not be created at Stripe after "
-            f"{invoice.attempts} tries: {message}. Create it by hand or fix the cause and "
-            "reset its attempts.",
+            f"{invoice.attempts} tries: {message} Fix the cause and send it again (the "
+            "invoice's 'Send again' action), then resolve this flag.",
             organization=invoice.organization,
         )
+
+
+RETRY_PERMISSION = "billing.resolve_financeflag"
+
+
+@transaction.atomic
+def invoice_retry(*, invoice: Invoice, actor: User) -> Invoice:
+    """Finance sends again an invoice whose creation failed for good (after the cause was
+    fixed): its tries start over and settlement sends it after the commit, as the first time."""
+    require_finance_staff(actor, RETRY_PERMISSION, "Only finance staff can send an invoice again.")
+    locked = Invoice.objects.select_for_update().get(pk=invoice.pk)
+    if locked.stripe_invoice_id or locked.status != Invoice.Status.PENDING:
+        raise Conflict(
+            f"Invoice {locked} is {locked.get_status_display().lower()}"
+            + (f" ({locked.stripe_invoice_id})" if locked.stripe_invoice_id else "")
+            + ": there is nothing to send again.",
+            code="not_pending",
+        )
+    before = locked.attempts
+    locked.attempts = 0
+    locked.save(update_fields=["attempts"])
+    audit.record(
+        action="invoice.retried",
+        actor=actor,
+        organization=locked.organization,
+        target=locked,
+        data={"attempts_before": before, "last_error": locked.last_error},
+    )
+    enqueue_after_commit("billing.settle_reservation", reservation_id=locked.reservation_id)
+    return locked
 
 
 def invoice_abandon(*, invoice: Invoice, reason: str) -> bool:

@@ -414,8 +414,8 @@ def test_a_failed_invoice_creation_is_retried_by_the_sweep_then_flagged_once(
     )
     assert flag.detail == (
         f"Invoice {invoice.pk} ($768.00) for {reservation.public_id} could not be created at "
-        "Stripe after 3 tries: The payment could not be processed.. Create it by hand or fix "
-        "the cause and reset its attempts."
+        "Stripe after 3 tries: The payment could not be processed. Fix the cause and send it "
+        "again (the invoice's 'Send again' action), then resolve this flag."
     )
     # After the last try the sweep leaves it to finance: nothing more is sent or flagged.
     assert tasks.settle_pending() == 0
@@ -797,3 +797,31 @@ def test_a_withdrawn_extension_invoice_is_no_part_of_what_a_live_block_was_sold_
     assert selectors.balance_for_org(organization) == Decimal("768.00")
     report = books.books_check(grace=timedelta(0), raise_flags=False)
     assert report.differences == []
+
+
+def test_finance_sends_again_an_invoice_that_failed_for_good(
+    catalog, organization, owner, stripe_invoices, settings, finance_user,
+    django_capture_on_commit_callbacks,
+):  # fmt: skip
+    from core.errors import NotAllowed
+
+    settings.INVOICE_CREATE_MAX_ATTEMPTS = 1
+    on_invoice_terms(organization)
+    stripe_invoices.fail = [400]
+    reservation = held_reservation(organization, owner, catalog)
+    settlement.reservation_settle(reservation_id=reservation.pk)
+    invoice = Invoice.objects.get()
+    assert (invoice.attempts, FinanceFlag.objects.get().kind) == (1, "invoice_not_sent")
+    with pytest.raises(NotAllowed):
+        invoices.invoice_retry(invoice=invoice, actor=owner)
+    with django_capture_on_commit_callbacks(execute=True):
+        invoices.invoice_retry(invoice=invoice, actor=finance_user)
+    invoice.refresh_from_db()
+    assert (invoice.stripe_invoice_id, invoice.attempts, invoice.amount) == (
+        "in_test_1", 0, Decimal("768.00"),
+    )  # fmt: skip
+    assert selectors.balance_for_org(organization) == Decimal("768.00")
+    retried = AuditEvent.objects.get(action="invoice.retried")
+    assert (retried.actor, retried.data["attempts_before"]) == (finance_user, 1)
+    with pytest.raises(Conflict, match="nothing to send again"):
+        invoices.invoice_retry(invoice=invoice, actor=finance_user)
