@@ -721,6 +721,10 @@ def test_a_lost_dispute_books_the_loss_once_flags_finance_and_pauses_reservation
         Decimal("768.00"), payment.pk, payment.reservation_id,
     )  # fmt: skip
     assert selectors.balance_for_org(organization) == Decimal("768.00")  # owed again
+    from backoffice.dashboard import revenue
+
+    this_month = revenue(timezone.now())[0]
+    assert (this_month.booked, this_month.collected) == (Decimal("768.00"), Decimal("0.00"))
     flag = FinanceFlag.objects.get()
     assert (flag.kind, flag.payment_id, flag.organization_id) == (
         "dispute_lost", payment.pk, organization.pk,
