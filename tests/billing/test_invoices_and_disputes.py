@@ -829,3 +829,33 @@ def test_finance_sends_again_an_invoice_that_failed_for_good(
     assert (retried.actor, retried.data["attempts_before"]) == (finance_user, 1)
     with pytest.raises(Conflict, match="nothing to send again"):
         invoices.invoice_retry(invoice=invoice, actor=finance_user)
+
+
+def test_the_invoice_admin_confirms_then_sends_again(
+    catalog, organization, owner, stripe_invoices, settings, finance_user,
+    django_capture_on_commit_callbacks,
+):  # fmt: skip
+    from django.urls import reverse
+
+    from tests.backoffice.conftest import verified_client
+
+    settings.INVOICE_CREATE_MAX_ATTEMPTS = 1
+    on_invoice_terms(organization)
+    stripe_invoices.fail = [400]
+    reservation = held_reservation(organization, owner, catalog)
+    settlement.reservation_settle(reservation_id=reservation.pk)
+    invoice = Invoice.objects.get()
+    admin = verified_client(finance_user)
+    url = reverse("admin:billing_invoice_changelist")
+    chosen = {"action": "send_again", "_selected_action": [invoice.pk]}
+    page = admin.post(url, chosen)
+    assert page.status_code == 200
+    text = page.content.decode()
+    assert "Send invoices again" in text
+    assert "The payment could not be processed." in text
+    assert Invoice.objects.get().attempts == 1  # nothing happens before the confirmation
+    with django_capture_on_commit_callbacks(execute=True):
+        done = admin.post(url, {**chosen, "confirm": "yes"}, follow=True)
+    assert f"Sending again 1: {invoice}." in done.content.decode()
+    invoice.refresh_from_db()
+    assert (invoice.stripe_invoice_id, invoice.attempts) == ("in_test_1", 0)
