@@ -120,12 +120,12 @@ def invoice_send(invoice: Invoice) -> Invoice:
     )
     extension = Extension.objects.get(pk=invoice.extension_id) if invoice.extension_id else None
     organization = reservation.organization
-    account = billing_account_ensure(organization)
     description = _description(invoice, reservation, extension)
     metadata = {"reservation": reservation.public_id, "organization": organization.slug}
     if extension is not None:
         metadata["extension"] = extension.public_id
     try:
+        account = billing_account_ensure(organization)
         stripe_invoice = gateway.invoice_create(
             customer_id=account.stripe_customer_id,
             amount_minor=to_minor(invoice.amount, invoice.currency),

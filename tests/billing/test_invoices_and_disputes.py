@@ -859,3 +859,22 @@ def test_the_invoice_admin_confirms_then_sends_again(
     assert f"Sending again 1: {invoice}." in done.content.decode()
     invoice.refresh_from_db()
     assert (invoice.stripe_invoice_id, invoice.attempts) == ("in_test_1", 0)
+
+
+def test_an_outage_keeps_the_idempotency_key_of_the_invoice(
+    catalog, organization, owner, stripe_invoices, settings
+):
+    """Stripe may have made the invoice before the answer was lost: only the same key is safe."""
+    settings.STRIPE_MAX_NETWORK_RETRIES = 0  # one call per try, no back-off sleeps
+    on_invoice_terms(organization)
+    stripe_invoices.fail = [500]
+    reservation = held_reservation(organization, owner, catalog)
+    settlement.reservation_settle(reservation_id=reservation.pk)
+    invoice = Invoice.objects.get()
+    assert (invoice.attempts, invoice.key_version, invoice.stripe_invoice_id) == (1, 0, None)
+    stripe_invoices.fail = []
+    settlement.reservation_settle(reservation_id=reservation.pk)
+    keys = {c[1] for c in stripe_invoices.calls if c[0] == "create"}
+    assert keys == {f"invoice:{reservation.public_id}:invoice"}
+    invoice.refresh_from_db()
+    assert (invoice.stripe_invoice_id, invoice.amount) == ("in_test_1", Decimal("768.00"))
