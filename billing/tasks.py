@@ -89,9 +89,13 @@ def settle_pending() -> int:
         .values_list("pk", flat=True)
     )
     # An extension's invoice not sent yet: sent and applied while its hold lasts, else dropped.
-    extensions = Invoice.objects.filter(
-        extension__isnull=False, status="pending", stripe_invoice_id__isnull=True
-    ).values_list("reservation_id", flat=True)
+    extensions = (
+        Invoice.objects.filter(
+            extension__isnull=False, status="pending", stripe_invoice_id__isnull=True
+        )
+        .exclude(attempts__gte=tries, extension__state="held")  # finance's, until the hold ends
+        .values_list("reservation_id", flat=True)
+    )
     stuck = Refund.objects.filter(status=Refund.Status.PENDING).values_list(
         "payment__reservation_id", flat=True
     )

@@ -47,13 +47,13 @@ def reservation_settle(*, reservation_id: int) -> None:
     elif reservation.state in (S.SCHEDULED, S.PROVISIONING, S.ACTIVE) and _invoiced(reservation):
         _invoice_block(reservation, Decimal("0.00"))
     # Extensions on invoice terms whose invoice did not go out yet (Stripe was away).
+    # After the last try one is finance's, until its hold ends and takes it along.
     for invoice in Invoice.objects.filter(
         reservation=reservation,
         extension__isnull=False,
         status=Invoice.Status.PENDING,
         stripe_invoice_id__isnull=True,
-        attempts__lt=invoices.max_attempts(),
-    ):
+    ).exclude(attempts__gte=invoices.max_attempts(), extension__state=Extension.State.HELD):
         extension_invoice_settle(invoice=invoice)
     # Refunds that were written but never reached Stripe (a crash in between).
     for refund in Refund.objects.filter(

@@ -674,3 +674,25 @@ def test_staff_charged_extension_on_invoice_terms_is_invoiced_within_the_limit(
     assert reservation.total == BLOCK + PER_HOUR
     assert selectors.balance_for_org(organization) == BLOCK + PER_HOUR
     assert AuditEvent.objects.get(action="extension.charged_by_staff").actor == ops
+
+
+def test_on_invoice_terms_an_extension_invoice_out_of_tries_waits_for_finance_or_its_hold(
+    catalog, organization, owner, stripe_invoices, settings
+):
+    settings.INVOICE_CREATE_MAX_ATTEMPTS = 2
+    reservation = invoiced_block(organization, owner, catalog)
+    stripe_invoices.fail = [400, 400]
+    extensions.extension_start(reservation=reservation, actor=owner, hours=2, attempt_token="a")
+    assert tasks.settle_pending() == 1  # the second and last try
+    invoice = Invoice.objects.get(extension__isnull=False)
+    assert (invoice.attempts, invoice.status) == (2, "pending")
+    assert FinanceFlag.objects.get().kind == "invoice_not_sent"
+    assert tasks.settle_pending() == 0  # finance's now, while the hours are held
+    with time_machine.travel(timezone.now() + timedelta(minutes=20)):
+        capacity_extensions.lapsed_extensions_expire()
+        assert tasks.settle_pending() == 1  # the hold lapsed: its invoice goes with it
+        assert tasks.settle_pending() == 0
+    invoice.refresh_from_db()
+    assert (invoice.status, invoice.stripe_invoice_id) == ("void", None)
+    assert len([c for c in stripe_invoices.calls if c[0] == "create"]) == 3  # block + 2 tries
+    assert selectors.credit_used_for_org(organization) == BLOCK
