@@ -649,6 +649,10 @@ def test_on_invoice_terms_the_portal_extends_with_an_invoice(
     assert "Extended by 3 h: invoice HB-0002 for 96.00 USD is on your terms." in (
         response.content.decode()
     )
+    billing = browser.get(f"/o/{organization.slug}/billing/").content.decode()
+    assert "extension 3 h" in billing
+    assert "HB-0001" in billing
+    assert "HB-0002" in billing
 
 
 def test_staff_charged_extension_on_invoice_terms_is_invoiced_within_the_limit(

@@ -878,3 +878,17 @@ def test_an_outage_keeps_the_idempotency_key_of_the_invoice(
     assert keys == {f"invoice:{reservation.public_id}:invoice"}
     invoice.refresh_from_db()
     assert (invoice.stripe_invoice_id, invoice.amount) == ("in_test_1", Decimal("768.00"))
+
+
+def test_an_invoice_voided_at_stripe_follows_once(catalog, organization, owner, stripe_invoices):
+    invoice = sent_block(catalog, organization, owner)
+    stripe_invoices.invoices["in_test_1"]["status"] = "void"
+    for n in range(2):
+        stored = WebhookEvent.objects.create(
+            stripe_event_id=f"evt_void_{n}", type="invoice.voided", object_id="in_test_1",
+            payload={},
+        )  # fmt: skip
+        assert webhooks.webhook_process(stored.pk) == "processed"
+    invoice.refresh_from_db()
+    assert invoice.status == "void"
+    assert AuditEvent.objects.filter(action="invoice.void").count() == 1
