@@ -2,7 +2,8 @@
 
 Billing keeps the ledger, so it answers how much credit is in use: the function the setting
 CREDIT_USED_HOOK names. The apps below billing (capacity confirms reservations on invoice terms)
-ask here without importing it.
+ask here without importing it; RESERVATIONS_REFUSED_HOOK likewise says when an organization may
+not reserve more (money it owes long overdue, a dispute lost).
 """
 
 from decimal import Decimal
@@ -16,6 +17,18 @@ from .models import Organization
 
 class CreditLimitExceeded(Conflict):
     default_code = "credit_limit_exceeded"
+
+
+class ReservationsRefused(Conflict):
+    default_code = "reservations_refused"
+
+
+def require_reservations_allowed(organization: Organization) -> None:
+    """Refuse a new block while billing says the organization may not buy more (an invoice
+    long overdue, one written off, a dispute lost): RESERVATIONS_REFUSED_HOOK's reason."""
+    refused: str | None = hook("RESERVATIONS_REFUSED_HOOK")(organization)
+    if refused:
+        raise ReservationsRefused(refused)
 
 
 def credit_used(organization: Organization) -> Decimal:

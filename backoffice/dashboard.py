@@ -139,7 +139,7 @@ class MonthMoney:
     month: date
     currency: str
     booked: Decimal  # charges and usage, less credits given back
-    collected: Decimal  # card and invoice payments received, less refunds paid out
+    collected: Decimal  # card and invoice payments received, less refunds and disputes lost
 
 
 def _month_start(moment: datetime) -> datetime:
@@ -158,7 +158,8 @@ def revenue(now: datetime) -> list[MonthMoney]:
         .annotate(
             booked=Sum("amount", filter=Q(kind__in=[K.CHARGE, K.USAGE, K.CREDIT])),
             received=Sum("amount", filter=Q(kind__in=[K.PAYMENT, K.INVOICE_PAYMENT])),
-            refunded=Sum("amount", filter=Q(kind=K.REFUND)),
+            # A dispute lost took the money back like a refund.
+            refunded=Sum("amount", filter=Q(kind__in=[K.REFUND, K.DISPUTE_LOSS])),
         )
         .order_by("-month", "currency")
     )

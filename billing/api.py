@@ -157,7 +157,8 @@ class ReservationExtend(APIView):
 
     The end moves only once the payment succeeds: at once with a saved card that needs no
     authentication, else after the client confirms `client_secret` with Stripe.js (the
-    webhook then applies it). Organizations on invoice terms are refused for now."""
+    webhook then applies it). On invoice terms the hours are invoiced within the credit limit
+    and applied once the invoice is issued (no card: `payment` and `client_secret` are null)."""
 
     required_scopes = {
         "GET": ApiKey.Scope.RESERVATIONS_READ,
@@ -318,12 +319,19 @@ class RefundSerializer(serializers.ModelSerializer):
 
 class InvoiceSerializer(serializers.ModelSerializer):
     reservation = serializers.CharField(source="reservation.public_id")
+    extension = serializers.CharField(
+        source="extension.public_id",
+        allow_null=True,
+        default=None,
+        help_text="Set on an extension's invoice (its extra hours); null on the block's own",
+    )
 
     class Meta:
         model = Invoice
         fields = [
             "number",
             "reservation",
+            "extension",
             "status",
             "amount",
             "currency",

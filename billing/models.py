@@ -183,7 +183,8 @@ class Refund(models.Model):
 
 
 class Invoice(models.Model):
-    """A Stripe invoice (send_invoice, net-N) for a reservation on invoice terms."""
+    """A Stripe invoice (send_invoice, net-N) on invoice terms: one for a reservation's block and
+    one for each extension of it (a sent Stripe invoice takes no new lines)."""
 
     class Status(models.TextChoices):
         PENDING = "pending", "Being created"
@@ -195,17 +196,34 @@ class Invoice(models.Model):
     organization = models.ForeignKey(
         "accounts.Organization", on_delete=models.PROTECT, related_name="invoices"
     )
-    reservation = models.OneToOneField(
-        "capacity.Reservation", on_delete=models.PROTECT, related_name="invoice"
+    reservation = models.ForeignKey(
+        "capacity.Reservation", on_delete=models.PROTECT, related_name="invoices"
+    )
+    # Set on an extension's invoice (its extra hours); empty on the block's own invoice.
+    extension = models.OneToOneField(
+        "capacity.Extension",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="invoice",
     )
     stripe_invoice_id = models.CharField(max_length=64, unique=True, null=True, blank=True)
     number = models.CharField(max_length=64, blank=True)
     amount = models.DecimalField(max_digits=14, decimal_places=2)
+    # The refund of a block canceled before its invoice went out, taken off the amount instead
+    # of credited later.
+    waived = models.DecimalField(max_digits=14, decimal_places=2, default=Decimal("0.00"))
     currency = models.CharField(max_length=3)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
     due_at = models.DateTimeField(null=True, blank=True)
     hosted_invoice_url = models.URLField(max_length=500, blank=True)
     payment_failed = models.BooleanField(default=False)
+    # Tries to create it at Stripe that failed; the settlement sweep tries again up to
+    # INVOICE_CREATE_MAX_ATTEMPTS, then finance is told.
+    attempts = models.PositiveIntegerField(default=0)
+    # Raised after each definite refusal: the next try is a new request at Stripe (which keeps
+    # a refused request's answer under its idempotency key); an outage keeps the key.
+    key_version = models.PositiveSmallIntegerField(default=0, editable=False)
     last_error = models.CharField(max_length=300, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
     paid_at = models.DateTimeField(null=True, blank=True)
@@ -218,9 +236,36 @@ class Invoice(models.Model):
             models.Index(fields=["created_at"]),
             models.Index(fields=["payment_failed", "created_at"]),
         ]
+        constraints = [
+            # One invoice for the block's own hours; each extension has its own (one-to-one).
+            models.UniqueConstraint(
+                fields=["reservation"],
+                condition=models.Q(extension__isnull=True),
+                name="billing_invoice_one_per_block",
+            ),
+        ]
 
     def __str__(self) -> str:
         return self.number or f"Invoice {self.pk}"
+
+
+class InvoiceReminder(models.Model):
+    """A reminder e-mailed for an overdue invoice, once per step of INVOICE_REMINDER_DAYS."""
+
+    invoice = models.ForeignKey(Invoice, on_delete=models.PROTECT, related_name="reminders")
+    days_overdue = models.PositiveSmallIntegerField()
+    sent_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["invoice", "days_overdue"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["invoice", "days_overdue"], name="billing_invoice_reminder_once"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.invoice_id} +{self.days_overdue} d"
 
 
 class LedgerEntry(AppendOnly):
@@ -238,6 +283,8 @@ class LedgerEntry(AppendOnly):
         CREDIT = "credit", "Credit"
         REFUND = "refund", "Refund"
         USAGE = "usage", "Token usage"
+        # A dispute the customer won at the bank: Stripe took the payment back from us.
+        DISPUTE_LOSS = "dispute_loss", "Dispute lost"
 
     organization = models.ForeignKey(
         "accounts.Organization", on_delete=models.PROTECT, related_name="ledger_entries"
@@ -364,6 +411,9 @@ class FinanceFlag(models.Model):
         RECONCILIATION = "reconciliation", "Reconciliation difference"
         LATE_PAYMENT_REFUNDED = "late_payment_refunded", "Late payment refunded"
         INVOICE_FAILED = "invoice_failed", "Invoice payment failed"
+        INVOICE_NOT_SENT = "invoice_not_sent", "Invoice could not be created"
+        INVOICE_UNCOLLECTIBLE = "invoice_uncollectible", "Invoice marked uncollectible"
+        DISPUTE_LOST = "dispute_lost", "Dispute lost"
 
     kind = models.CharField(max_length=32, choices=Kind.choices)
     organization = models.ForeignKey(

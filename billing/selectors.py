@@ -1,14 +1,18 @@
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import TypedDict
 
+from django.conf import settings
 from django.db.models import Count, Exists, F, Min, OuterRef, Q, QuerySet, Subquery, Sum
 from django.db.models.functions import Coalesce
+from django.utils import timezone
 
 from accounts.models import Organization
-from capacity.models import Reservation
+from capacity.models import Extension, Reservation
+from core.money import format_money
 
 from .models import (
+    FinanceFlag,
     Invoice,
     LedgerEntry,
     Payment,
@@ -56,7 +60,9 @@ def refunds_for_org(organization: Organization) -> QuerySet[Refund]:
 
 
 def invoices_for_org(organization: Organization) -> QuerySet[Invoice]:
-    return Invoice.objects.filter(organization=organization).select_related("reservation")
+    return Invoice.objects.filter(organization=organization).select_related(
+        "reservation", "extension"
+    )
 
 
 def ledger_for_org(organization: Organization) -> QuerySet[LedgerEntry]:
@@ -70,19 +76,78 @@ def balance_for_org(organization: Organization) -> Decimal:
 
 
 def credit_used_for_org(organization: Organization) -> Decimal:
-    """Credit in use on invoice terms: what is owed now, plus reservations confirmed whose
-    invoice has not been sent yet (their charge is booked when it is)."""
+    """Credit in use on invoice terms: what is owed now, plus what is sold on credit and not
+    invoiced yet (its charge is booked when the invoice is sent): confirmed blocks whose own
+    invoice has not gone out, and extensions held for an invoice not sent yet."""
     S = Reservation.State
-    committed = (
+    sent_blocks = Invoice.objects.filter(
+        extension__isnull=True, stripe_invoice_id__isnull=False
+    ).values("reservation")
+    card_paid = Payment.objects.filter(status="succeeded", extension__isnull=True)
+    unsent = (
         Reservation.objects.filter(
             organization=organization,
             state__in=[S.SCHEDULED, S.PROVISIONING, S.ACTIVE, S.RELEASING, S.COMPLETED],
         )
-        .exclude(invoice__stripe_invoice_id__isnull=False)
-        .exclude(payments__status="succeeded")
-        .aggregate(total=Sum("total"))["total"]
+        .exclude(pk__in=sent_blocks)
+        .exclude(pk__in=card_paid.values("reservation"))
     )
-    return balance_for_org(organization) + (committed or Decimal("0.00"))
+    committed = unsent.aggregate(total=Sum("total"))["total"] or Decimal("0.00")
+    # Extensions applied on their own money (invoice or card) are in the total but not owed
+    # through the block's invoice.
+    applied = Extension.objects.filter(reservation__in=unsent, state=Extension.State.PAID)
+    committed -= applied.aggregate(total=Sum("price"))["total"] or Decimal("0.00")
+    held = Invoice.objects.filter(
+        organization=organization,
+        extension__state=Extension.State.HELD,
+        status=Invoice.Status.PENDING,
+        stripe_invoice_id__isnull=True,
+    ).aggregate(total=Sum("amount"))["total"] or Decimal("0.00")
+    return balance_for_org(organization) + committed + held
+
+
+def overdue_invoices_for_org(organization: Organization, days: int) -> QuerySet[Invoice]:
+    """Open invoices more than `days` days past their due date."""
+    return Invoice.objects.filter(
+        organization=organization,
+        status=Invoice.Status.OPEN,
+        due_at__lt=timezone.now() - timedelta(days=days),
+    ).order_by("due_at", "pk")
+
+
+def reservations_refused_for_org(organization: Organization) -> str | None:
+    """RESERVATIONS_REFUSED_HOOK: why the organization may not reserve more now, or None. An
+    invoice more than INVOICE_REFUSE_AFTER_DAYS overdue (until it is paid), and an invoice
+    written off as uncollectible or a dispute lost (until finance resolves the flag)."""
+    days = int(getattr(settings, "INVOICE_REFUSE_AFTER_DAYS", 14))
+    overdue = overdue_invoices_for_org(organization, days).first()
+    if overdue is not None:
+        late = (timezone.now() - overdue.due_at).days if overdue.due_at else days
+        return (
+            f"Invoice {overdue.number or overdue.stripe_invoice_id} "
+            f"({format_money(overdue.amount, overdue.currency)}) is {late} days overdue, so new "
+            "reservations are paused. Pay it and you can reserve again at once."
+        )
+    flag = (
+        FinanceFlag.objects.filter(
+            organization=organization,
+            resolved_at__isnull=True,
+            kind__in=[FinanceFlag.Kind.INVOICE_UNCOLLECTIBLE, FinanceFlag.Kind.DISPUTE_LOST],
+        )
+        .order_by("created_at", "pk")
+        .first()
+    )
+    if flag is None:
+        return None
+    why = (
+        "a payment was disputed and the dispute was lost"
+        if flag.kind == FinanceFlag.Kind.DISPUTE_LOST
+        else "an invoice was written off as uncollectible"
+    )
+    return (
+        f"New reservations are paused for {organization.name}: {why}. Contact your account "
+        "manager or billing support to settle it."
+    )
 
 
 def _sum(queryset: QuerySet, field: str) -> Decimal:
@@ -110,17 +175,26 @@ def settled_for_reservation(reservation: Reservation) -> Decimal:
     pending = _sum(Refund.objects.filter(payment__in=paid, status=Refund.Status.PENDING), "amount")
     by_card = cards["paid"] - cards["refunded"] - pending
     invoices = Invoice.objects.filter(reservation=reservation)
-    billed = invoices.exclude(status=Invoice.Status.VOID)
+    # An extension's invoice is part of what was sold once the extension was applied; one
+    # withdrawn before that (its hours given back) is not.
+    billed = invoices.exclude(status=Invoice.Status.VOID).filter(
+        Q(extension__isnull=True) | Q(extension__state=Extension.State.PAID)
+    )
     credits = LedgerEntry.objects.filter(kind=LedgerEntry.Kind.CREDIT, invoice__in=billed)
     by_invoice = _sum(billed, "amount") + _sum(credits, "amount")  # credits are negative
     S = Reservation.State
     if (
         reservation.organization.on_invoice_terms
         and reservation.state in (S.SCHEDULED, S.PROVISIONING, S.ACTIVE)
-        and not invoices.exists()
-        and not reservation.payments.filter(status=Payment.Status.SUCCEEDED).exists()
+        and not invoices.filter(extension__isnull=True).exists()
+        and not reservation.payments.filter(
+            status=Payment.Status.SUCCEEDED, extension__isnull=True
+        ).exists()
     ):
-        by_invoice = reservation.total
+        # The block's invoice is not made yet: its own hours (the total less the extensions
+        # applied on their own money) are committed all the same.
+        applied = reservation.extensions.filter(state=Extension.State.PAID)
+        by_invoice += reservation.total - _sum(applied, "price")
     return (by_card + by_invoice).quantize(Decimal("0.01"))
 
 

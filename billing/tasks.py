@@ -2,14 +2,14 @@ from datetime import timedelta
 
 from celery import shared_task
 from django.db import OperationalError
-from django.db.models import Q
+from django.db.models import F, Q
 from django.utils import timezone
 
 from capacity.models import Reservation
 
 from . import gateway, selectors, webhooks
-from .models import LedgerEntry, Refund, WebhookEvent, WebhookProcessing
-from .services import books, lapses, reconciliation, settlement, sla, usage
+from .models import Invoice, LedgerEntry, Payment, Refund, WebhookEvent, WebhookProcessing
+from .services import books, invoices, lapses, overdue, reconciliation, settlement, sla, usage
 
 # Stripe out of reach, or the database refusing for now (a deadlock broken by PostgreSQL, a lock
 # wait timed out, a dropped connection): worth trying again in a moment.
@@ -59,47 +59,78 @@ def sweep_sla_credits() -> int:
 
 @shared_task(name="billing.settle_pending")
 def settle_pending() -> int:
-    """Safety net for settle_reservation: refunds due, invoices missing, refunds half-sent."""
+    """Safety net for settle_reservation: refunds due, invoices missing or not sent (tried again
+    up to INVOICE_CREATE_MAX_ATTEMPTS, then finance is told), refunds half-sent."""
+    S = Reservation.State
+    tries = invoices.max_attempts()
     # Canceled or failed and not yet given back: card refunds short of what is due (over
     # several payments, some may be made and others not), or no credit on a sent invoice.
-    owed = Reservation.objects.filter(
-        Q(state=Reservation.State.CANCELED, refund_due__gt=0) | Q(state=Reservation.State.FAILED)
-    )
+    owed = Reservation.objects.filter(Q(state=S.CANCELED, refund_due__gt=0) | Q(state=S.FAILED))
     by_card = selectors.reservations_owed_card_refunds()
+    # A failed block credits every sent invoice; a canceled one credits the latest first up to
+    # its refund, so one credit on any of its invoices means it was settled.
+    # (An SLA credit note on an invoice is no cancellation's credit of it.)
+    credited = LedgerEntry.objects.filter(
+        kind="credit", invoice__isnull=False, sla_credit__isnull=True
+    )
+    uncredited = Invoice.objects.filter(stripe_invoice_id__isnull=False).exclude(
+        pk__in=credited.values("invoice")
+    )
+    # A block canceled before its invoice went out was invoiced less its refund instead.
+    reduced = Invoice.objects.filter(
+        extension__isnull=True,
+        stripe_invoice_id__isnull=False,
+        waived__gte=F("reservation__refund_due"),
+    )
     by_invoice = (
-        owed.filter(invoice__stripe_invoice_id__isnull=False)
-        # An SLA credit note on the invoice is no cancellation's credit of it.
+        owed.filter(pk__in=uncredited.values("reservation"))
+        .exclude(state=S.CANCELED, pk__in=credited.values("reservation"))
+        .exclude(state=S.CANCELED, pk__in=reduced.values("reservation"))
+        .values_list("pk", flat=True)
+    )
+    # A block's own invoice that is missing, or was written and never reached Stripe: confirmed
+    # on invoice terms, or canceled (what it keeps of the price is invoiced). Blocks paid by
+    # card (before the move to invoice terms, a quote paid by card) have nothing to invoice.
+    done = Invoice.objects.filter(extension__isnull=True).filter(
+        Q(stripe_invoice_id__isnull=False) | Q(attempts__gte=tries) | ~Q(status="pending")
+    )
+    invoiced = (
+        Reservation.objects.filter(organization__payment_terms="invoice")
+        .filter(
+            Q(state__in=[S.SCHEDULED, S.PROVISIONING, S.ACTIVE])
+            # Canceled with less than all of it refunded: the rest is invoiced.
+            | Q(state=S.CANCELED, refund_due__isnull=False, refund_due__lt=F("total"))
+        )
+        .exclude(pk__in=done.values("reservation"))
         .exclude(
-            invoice__in=LedgerEntry.objects.filter(kind="credit", sla_credit__isnull=True).values(
-                "invoice"
+            pk__in=Payment.objects.filter(status="succeeded", extension__isnull=True).values(
+                "reservation"
             )
         )
         .values_list("pk", flat=True)
     )
-    reservations = {*by_card, *by_invoice}
-    invoiced = (
-        Reservation.objects.filter(
-            organization__payment_terms="invoice",
-            invoice__isnull=True,
-            state__in=[
-                Reservation.State.SCHEDULED,
-                Reservation.State.PROVISIONING,
-                Reservation.State.ACTIVE,
-            ],
+    # An extension's invoice not sent yet: sent and applied while its hold lasts, else dropped.
+    extensions = (
+        Invoice.objects.filter(
+            extension__isnull=False, status="pending", stripe_invoice_id__isnull=True
         )
-        # Paid by card (before the organization moved to invoice terms, or a quote paid by
-        # card): there is nothing to invoice, and settling it would do nothing again and again.
-        .exclude(payments__status="succeeded")
-        .values_list("pk", flat=True)
+        .exclude(attempts__gte=tries, extension__state="held")  # finance's, until the hold ends
+        .values_list("reservation_id", flat=True)
     )
     stuck = Refund.objects.filter(status=Refund.Status.PENDING).values_list(
         "payment__reservation_id", flat=True
     )
     lapsed = lapses.reservations_with_lapsed_payments()  # open PaymentIntents to cancel
-    pending = sorted(set(reservations) | set(invoiced) | set(stuck) | lapsed)
+    pending = sorted({*by_card, *by_invoice, *invoiced, *extensions, *stuck, *lapsed})
     for reservation_id in pending:
         settle_reservation.delay(reservation_id=reservation_id)
     return len(pending)
+
+
+@shared_task(name="billing.remind_overdue_invoices")
+def remind_overdue_invoices() -> int:
+    """Daily: e-mail each overdue invoice's reminders (INVOICE_REMINDER_DAYS), each once."""
+    return overdue.invoice_reminders_send()
 
 
 @shared_task(name="billing.retry_webhooks")

@@ -284,6 +284,8 @@ def reservation_extend(request: MemberRequest, public_id: str) -> HttpResponse:
             status = exc.status
         else:
             extension, payment = started.extension, started.payment
+            if started.invoice is not None:
+                return _extension_invoiced(request, started)
             if extension.state == Extension.State.PAID:
                 messages.success(
                     request,
@@ -314,6 +316,35 @@ def reservation_extend(request: MemberRequest, public_id: str) -> HttpResponse:
         with contextlib.suppress(gateway.PaymentError):  # Stripe away: pay on the next page
             context["saved_card"] = cards.default_card_for_account(account)
     return render(request, "billing/extend.html", context, status=status)
+
+
+def _extension_invoiced(
+    request: MemberRequest, started: extensions.ExtensionStarted
+) -> HttpResponse:
+    """Invoice terms: the extension is applied once its invoice is issued (Stripe away: later)."""
+    extension, invoice = started.extension, started.invoice
+    assert invoice is not None
+    if extension.state == Extension.State.PAID:
+        messages.success(
+            request,
+            f"Extended by {extension.hours} h: invoice "
+            f"{invoice.number or invoice.stripe_invoice_id} for {extension.price:.2f} "
+            f"{extension.currency.upper()} is on your terms. The reservation now ends "
+            f"{extension.ends_at:%d %b %Y, %H:%M} UTC.",
+        )
+    elif extension.state == Extension.State.HELD:
+        messages.warning(
+            request,
+            f"The extra {extension.hours} h are held for you while the invoice is being created; "
+            "the reservation's end moves as soon as it is issued.",
+        )
+    else:
+        messages.error(request, "The extension could not be applied; nothing was charged.")
+    return redirect(
+        "reservation-detail",
+        slug=request.organization.slug,
+        public_id=extension.reservation.public_id,
+    )
 
 
 def _extension(reservation: Reservation, extension_id: str) -> Extension | None:

@@ -78,10 +78,17 @@ HANDLERS: dict[str, Callable[[str], object]] = {
     "payment_intent.canceled": _payment_intent,
     "charge.refunded": _charge_refunded,
     "charge.dispute.created": lambda dispute_id: disputes.dispute_record(dispute_id=dispute_id),
+    "charge.dispute.closed": lambda dispute_id: disputes.dispute_close_record(
+        dispute_id=dispute_id
+    ),
     "invoice.paid": lambda invoice_id: invoices.invoice_sync(stripe_invoice_id=invoice_id),
     "invoice.payment_failed": lambda invoice_id: invoices.invoice_failure_record(
         stripe_invoice_id=invoice_id
     ),
+    "invoice.marked_uncollectible": lambda invoice_id: invoices.invoice_uncollectible_record(
+        stripe_invoice_id=invoice_id
+    ),
+    "invoice.voided": lambda invoice_id: invoices.invoice_sync(stripe_invoice_id=invoice_id),
 }
 
 

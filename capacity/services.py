@@ -122,6 +122,7 @@ def reservation_create(
         ).first()
         if existing is not None:
             return existing
+    credit.require_reservations_allowed(organization)  # billing: nothing long overdue or lost
     quote = pricing.quote_for_sale(
         organization=organization,
         gpu_model=gpu_model,

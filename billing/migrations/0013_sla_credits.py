@@ -10,7 +10,7 @@ class Migration(migrations.Migration):
 
     dependencies = [
         ('accounts', '0007_payment_terms_label'),
-        ('billing', '0011_extensions'),
+        ('billing', '0012_invoices_per_extension'),
         ('capacity', '0009_extensions'),
     ]
 

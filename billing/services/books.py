@@ -531,6 +531,17 @@ def _check_reservations(organization: Organization, as_of: datetime, report: Boo
             organization=organization, status__in=[Invoice.Status.PENDING, Invoice.Status.OPEN]
         ).values_list("reservation_id", flat=True)
     )
+    # An extension's invoice sent but withdrawn (credited in full) because the extension could
+    # not be applied any more: charged and credited, and no part of the reservation's price.
+    withdrawn: dict[int, Decimal] = defaultdict(lambda: ZERO)
+    for taken_back in (
+        Invoice.objects.filter(organization=organization, stripe_invoice_id__isnull=False)
+        .exclude(extension__isnull=True)
+        .exclude(extension__state="paid")
+        .values("reservation_id")
+        .annotate(total=Sum("amount"))
+    ):
+        withdrawn[taken_back["reservation_id"]] = taken_back["total"]
     reservations = Reservation.objects.filter(pk__in=list(sums)).only(
         "pk", "public_id", "state", "total", "currency", "updated_at"
     )
@@ -546,12 +557,12 @@ def _check_reservations(organization: Organization, as_of: datetime, report: Boo
         settled = received - money.get(K.REFUND, ZERO)
         subject = f"reservation {reservation.public_id} ({reservation.state})"
         slug, currency, key = organization.slug, reservation.currency, reservation.public_id
-        if reservation.state in SOLD and charged != reservation.total:
+        if reservation.state in SOLD and charged - withdrawn[reservation.pk] != reservation.total:
             report.add(
                 slug,
                 subject,
                 "sold",
-                charged,
+                charged - withdrawn[reservation.pk],
                 reservation.total,
                 currency,
                 f"books:sold:{key}",

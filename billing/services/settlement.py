@@ -3,18 +3,16 @@
 import logging
 from decimal import Decimal
 
-from django.db import transaction
+from django.db.models import Sum
 
-from capacity.models import Reservation
-from core import audit
-from core.money import format_money, to_minor
+from capacity.models import Extension, Reservation
 from core.tasks import enqueue_after_commit
 
 from .. import gateway
-from ..models import FinanceFlag, Invoice, LedgerEntry, Payment, Refund
+from ..models import Invoice, LedgerEntry, Payment, Refund
+from . import invoices
 from .accounts import billing_email_queue
-from .flags import flag_raise
-from .invoices import invoice_issue
+from .extensions import extension_invoice_settle
 from .lapses import reservation_lapse_settle
 from .refunds import AlreadySettled, refund_issue, refund_send
 
@@ -32,7 +30,9 @@ def reservation_settle(*, reservation_id: int) -> None:
     """Do what money a reservation's state asks for. Safe to run any number of times."""
     reservation = Reservation.objects.select_related("organization").get(pk=reservation_id)
     reservation_lapse_settle(reservation)  # payments still open for what lapsed: canceled
-    if reservation.state == S.CANCELED and reservation.refund_due:
+    if reservation.state == S.CANCELED and _invoiced(reservation):
+        _settle_canceled_on_invoice(reservation)
+    elif reservation.state == S.CANCELED and reservation.refund_due:
         _settle_refund(
             reservation,
             reservation.refund_due,
@@ -40,27 +40,76 @@ def reservation_settle(*, reservation_id: int) -> None:
             Refund.Settles.CANCELLATION,
         )
     elif reservation.state == S.FAILED:
+        block = invoices.block_invoice(reservation)
+        if block is not None:
+            invoices.invoice_abandon(invoice=block, reason="Provisioning failed before sending.")
         _settle_refund(
             reservation, None, "Provisioning failed: full refund.", Refund.Settles.FAILURE
         )
-    elif (
-        reservation.state in (S.SCHEDULED, S.PROVISIONING, S.ACTIVE)
-        and reservation.organization.on_invoice_terms
-        # Paid by card while the organization was still on card terms: nothing to invoice.
-        and not reservation.payments.filter(status=Payment.Status.SUCCEEDED).exists()
-    ):
-        try:
-            invoice_issue(reservation=reservation)
-        except gateway.GatewayUnavailable:
-            raise  # transient: the task retries
-        except gateway.PaymentError as exc:
-            Invoice.objects.filter(reservation=reservation).update(last_error=exc.message[:300])
-            logger.error("invoice for %s failed: %s", reservation.public_id, exc.message)
+    elif reservation.state in (S.SCHEDULED, S.PROVISIONING, S.ACTIVE) and _invoiced(reservation):
+        _invoice_block(reservation, Decimal("0.00"))
+    # Extensions on invoice terms whose invoice did not go out yet (Stripe was away).
+    # After the last try one is finance's, until its hold ends and takes it along.
+    for invoice in Invoice.objects.filter(
+        reservation=reservation,
+        extension__isnull=False,
+        status=Invoice.Status.PENDING,
+        stripe_invoice_id__isnull=True,
+    ).exclude(attempts__gte=invoices.max_attempts(), extension__state=Extension.State.HELD):
+        extension_invoice_settle(invoice=invoice)
     # Refunds that were written but never reached Stripe (a crash in between).
     for refund in Refund.objects.filter(
         payment__reservation=reservation, status=Refund.Status.PENDING
     ):
         refund_send(refund)
+
+
+def _settle_canceled_on_invoice(reservation: Reservation) -> None:
+    """A canceled block on invoice terms. When its invoice never went out, what the customer
+    keeps paying for (its price less the policy's refund) is invoiced now, and only the rest
+    of the refund (the extensions' share) is credited on the invoices already sent."""
+    due = reservation.refund_due or Decimal("0.00")
+    block = invoices.block_invoice(reservation)
+    if block is None or (
+        block.stripe_invoice_id is None and block.status == Invoice.Status.PENDING
+    ):
+        _invoice_block(reservation, min(due, invoices.block_amount(reservation)))
+        block = invoices.block_invoice(reservation)
+        if block is not None and block.status == Invoice.Status.PENDING:
+            return  # not sent (Stripe away): nothing is credited before it is
+    waived = block.waived if block is not None else Decimal("0.00")
+    if due - waived > 0:
+        _settle_refund(
+            reservation,
+            due - waived,
+            "Cancellation refund per the policy.",
+            Refund.Settles.CANCELLATION,
+        )
+
+
+def _invoiced(reservation: Reservation) -> bool:
+    """Whether the block's own hours are billed by invoice: on invoice terms, confirmed (a
+    canceled hold has no refund due: it was never sold) and not paid by card (paid while the
+    organization was still on card terms, or a quote paid by card)."""
+    if not reservation.organization.on_invoice_terms:
+        return bool(Invoice.objects.filter(reservation=reservation, extension=None).exists())
+    if reservation.state == S.CANCELED and reservation.refund_due is None:
+        return False
+    return not reservation.payments.filter(
+        status=Payment.Status.SUCCEEDED, extension__isnull=True
+    ).exists()
+
+
+def _invoice_block(reservation: Reservation, waived: Decimal) -> None:
+    """Send the block's invoice; a failure is counted for the sweep (which tries again up to
+    INVOICE_CREATE_MAX_ATTEMPTS and then tells finance), so it is never silently lost."""
+    block = invoices.block_invoice(reservation)
+    if block is not None and block.attempts >= invoices.max_attempts():
+        return  # finance was told; it is theirs now
+    try:
+        invoices.invoice_issue(reservation=reservation, waived=waived)
+    except gateway.PaymentError as exc:  # counted on the invoice; the sweep tries again
+        logger.error("invoice for %s failed: %s", reservation.public_id, exc.message)
 
 
 def _settle_refund(
@@ -120,74 +169,39 @@ def _refund_cards(
 
 
 def _credit_invoice(reservation: Reservation, amount: Decimal | None, reason: str) -> None:
-    """Credit the invoice of a canceled or failed reservation on invoice terms: void it when
-    nothing is owed any more and it is still open, else a Stripe credit note for the amount
-    (on a paid invoice, to the customer's balance). The ledger books the credit once."""
-    invoice = Invoice.objects.get(reservation=reservation)
-    if not invoice.stripe_invoice_id:
-        return  # never sent, nothing booked: invoice_issue no longer sends it
-    if LedgerEntry.objects.filter(
-        kind=LedgerEntry.Kind.CREDIT, invoice=invoice, sla_credit__isnull=True
-    ).exists():
-        return
-    credit = invoice.amount if amount is None else min(amount, invoice.amount)
-    if credit <= 0:
-        return
-    stripe_invoice = gateway.invoice_retrieve(invoice.stripe_invoice_id)
-    key = f"credit:{reservation.public_id}"
-    voided = stripe_invoice.status == "open" and credit == invoice.amount
-    try:
-        if voided:
-            gateway.invoice_void(invoice_id=invoice.stripe_invoice_id, idempotency_key=key)
-        elif stripe_invoice.status in ("open", "paid"):
-            gateway.credit_note_create(
-                invoice_id=invoice.stripe_invoice_id,
-                amount_minor=to_minor(credit, invoice.currency),
-                memo=reason,
-                paid=stripe_invoice.status == "paid",
-                idempotency_key=key,
-            )
-    except gateway.GatewayUnavailable:
-        raise  # transient: the task retries
-    except gateway.PaymentError as exc:
-        flag_raise(
-            FinanceFlag.Kind.RECONCILIATION,
-            f"credit:{invoice.stripe_invoice_id}",
-            f"Could not credit {format_money(credit, invoice.currency)} on invoice "
-            f"{invoice.number or invoice.stripe_invoice_id} for {reservation.public_id} "
-            f"({reason}): {exc.message}",
-            organization=invoice.organization,
+    """Credit a canceled or failed reservation on invoice terms: its sent invoices (the
+    block's and each applied extension's), the latest first, up to `amount` (None: all of
+    them). Each is credited once (void when open and credited in full, else a credit note);
+    what earlier runs credited counts, so running again credits nothing more."""
+    sent = [
+        invoice
+        for invoice in Invoice.objects.filter(
+            reservation=reservation, stripe_invoice_id__isnull=False
         )
-        return
-    with transaction.atomic():
-        locked = Invoice.objects.select_for_update().get(pk=invoice.pk)
-        if LedgerEntry.objects.filter(
-            kind=LedgerEntry.Kind.CREDIT, invoice=locked, sla_credit__isnull=True
-        ).exists():
+        .select_related("extension", "organization")
+        .order_by("-created_at", "-id")
+        # An extension's invoice withdrawn before it was applied is no part of what was sold.
+        if invoice.extension is None or invoice.extension.state == Extension.State.PAID
+    ]
+    credited = {
+        row["invoice"]: -row["total"]
+        for row in LedgerEntry.objects.filter(
+            kind=LedgerEntry.Kind.CREDIT, invoice__in=sent, sla_credit__isnull=True
+        )
+        .values("invoice")
+        .annotate(total=Sum("amount"))
+    }
+    left = None if amount is None else amount - sum(credited.values(), Decimal("0.00"))
+    for invoice in sent:
+        if invoice.pk in credited:
+            continue
+        if left is not None and left <= 0:
             return
-        if voided:
-            locked.status = Invoice.Status.VOID
-            locked.save(update_fields=["status"])
-        LedgerEntry.objects.create(
-            organization=locked.organization,
-            kind=LedgerEntry.Kind.CREDIT,
-            amount=-credit,
-            currency=locked.currency,
-            reservation=reservation,
-            invoice=locked,
-            description=f"Credit on invoice {locked.number or locked.stripe_invoice_id}: {reason}"[
-                :300
-            ],
+        share = invoice.amount if left is None else min(left, invoice.amount)
+        done = invoices.invoice_credit(
+            invoice=invoice, amount=share, reason=reason, reservation=reservation
         )
-        audit.record(
-            action="invoice.credited",
-            actor=None,
-            organization=locked.organization,
-            target=locked,
-            data={"amount": str(credit), "voided": voided, "reservation": reservation.public_id},
-            reason=reason,
-        )
-    billing_email_queue(
-        reservation.organization, "invoice_credited", invoice=locked, credit=credit,
-        reservation=reservation, voided=voided,
-    )  # fmt: skip
+        if done <= 0:
+            return  # Stripe refused it and finance was told: crediting another is theirs
+        if left is not None:
+            left -= done

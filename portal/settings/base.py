@@ -311,6 +311,12 @@ CELERY_TASK_ROUTES = {
     "capacity.*": {"queue": QUEUE_PROVISIONING},
     "billing.*": {"queue": QUEUE_BILLING},
 }
+# Invoices on invoice terms: a creation at Stripe that fails is tried again by the settlement
+# sweep (every 5 minutes) this many times, then finance is told. Reminders go out this many days
+# past the due date (each once); this long past it, new reservations are refused until it is paid.
+INVOICE_CREATE_MAX_ATTEMPTS = 6
+INVOICE_REMINDER_DAYS = (1, 7)
+INVOICE_REFUSE_AFTER_DAYS = 14
 # check_books leaves money that moved this recently for its next run (not booked yet, maybe).
 BOOKS_CHECK_GRACE_SECONDS = 15 * 60
 # Periodic work lives in code; every entry is safe to run twice.
@@ -326,6 +332,10 @@ CELERY_BEAT_SCHEDULE = {
     "billing.retry_webhooks": {"task": "billing.retry_webhooks", "schedule": 120.0},
     "billing.reconcile": {"task": "billing.reconcile", "schedule": crontab(hour=3, minute=17)},
     "billing.check_books": {"task": "billing.check_books", "schedule": crontab(hour=3, minute=47)},
+    "billing.remind_overdue_invoices": {
+        "task": "billing.remind_overdue_invoices",
+        "schedule": crontab(hour=9, minute=7),
+    },
     "accounts.clean_login_attempts": {
         "task": "accounts.clean_login_attempts",
         "schedule": crontab(minute="*/15"),
@@ -395,6 +405,10 @@ RESERVATION_SETTLEMENT_HOOK = "billing.services.settlement.settlement_enqueue"
 EXTENSION_LAPSE_HOOK = "billing.services.lapses.extension_lapse_enqueue"
 # How much credit an organization on invoice terms has in use (owed plus committed).
 CREDIT_USED_HOOK = "billing.selectors.credit_used_for_org"
+# Why an organization may not reserve more now (an invoice long overdue, one uncollectible, a
+# dispute lost), or None: capacity asks before it holds a new block.
+RESERVATIONS_REFUSED_HOOK = "billing.selectors.reservations_refused_for_org"
+
 # The money a reservation holds now (paid less refunds, invoiced less credits): what a
 # cancellation's refund is a share of. Refunding more than that share on a staff cancellation
 # needs the permission below (finance's refund permission).

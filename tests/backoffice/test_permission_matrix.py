@@ -83,6 +83,7 @@ ACTIONS: dict[str, dict[str, set[str]]] = {
     },
     "Finance": {
         "billing.payment": {"refund_in_full"},
+        "billing.invoice": {"send_again"},
         "billing.webhookevent": {"replay"},
         "billing.financeflag": {"resolve"},
     },

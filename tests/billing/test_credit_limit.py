@@ -12,6 +12,7 @@ from billing.models import LedgerEntry
 from capacity import quotes
 from capacity.models import Reservation
 from core.models import AuditEvent
+from tests.billing.test_invoices_and_disputes import stripe_invoices  # noqa: F401
 from tests.capacity.test_quotes import quote
 
 S = Reservation.State
@@ -87,3 +88,63 @@ def test_reserving_on_invoice_terms_past_the_limit_is_refused_and_holds_nothing(
     )
     assert list(Reservation.objects.values_list("pk", flat=True)) == [first.pk]
     assert Allocation.objects.filter(released_at__isnull=True).count() == 2
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_two_extensions_racing_for_the_last_credit_get_one(
+    catalog, organization, owner, stripe_invoices
+):
+    """PostgreSQL: the organization's row lock makes the credit checks take turns, so two
+    extensions that each fit but not both cannot both be held (the blocks are in different
+    regions: no pool lock orders them)."""
+    import threading
+
+    from django.db import connection, connections
+
+    from billing.models import Invoice
+    from billing.services import extensions, settlement
+    from capacity import services as capacity_services
+    from capacity.models import Extension
+    from capacity.windows import Window
+    from tests.billing.conftest import held_reservation
+
+    if connection.vendor != "postgresql":
+        pytest.skip("needs PostgreSQL: set DATABASE_URL")
+    # Blocks of 768.00 (east) and 576.00 (west); 2 h more is 64.00 or 48.00: one fits, not both.
+    on_invoice(organization, "1408")
+    east = held_reservation(organization, owner, catalog)
+    west = capacity_services.reservation_create(
+        organization=organization, user=owner, gpu_model=catalog.h100, region=catalog.west,
+        node_count=2, window=Window(east.starts_at, east.ends_at),
+    )  # fmt: skip
+    blocks = [east, west]
+    for block in blocks:
+        settlement.reservation_settle(reservation_id=block.pk)
+    start = threading.Barrier(2, timeout=30)
+    outcomes: list[str] = []
+    lock = threading.Lock()
+
+    def extend(reservation: Reservation) -> None:
+        try:
+            start.wait()
+            started = extensions.extension_start(
+                reservation=reservation, actor=owner, hours=2, attempt_token="race"
+            )
+            outcome = started.extension.state
+        except credit.CreditLimitExceeded:
+            outcome = "refused"
+        finally:
+            connections.close_all()
+        with lock:
+            outcomes.append(outcome)
+
+    threads = [threading.Thread(target=extend, args=(block,)) for block in blocks]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert sorted(outcomes) == ["paid", "refused"]
+    (extension,) = Extension.objects.all()
+    assert Invoice.objects.get(extension__isnull=False).amount == extension.price
+    assert selectors.balance_for_org(organization) == Decimal("1344.00") + extension.price

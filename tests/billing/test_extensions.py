@@ -9,11 +9,11 @@ import time_machine
 from django.test import Client
 from django.utils import timezone
 
-from accounts import api_keys
+from accounts import api_keys, credit
 from accounts.models import ApiKey
-from billing import gateway
+from billing import gateway, selectors, tasks
 from billing.api import PaymentSerializer
-from billing.models import FinanceFlag, LedgerEntry, Payment, Refund
+from billing.models import FinanceFlag, Invoice, LedgerEntry, Payment, Refund
 from billing.services import accounts, cards, extensions, payments, settlement
 from capacity import extensions as capacity_extensions
 from capacity import services as capacity_services
@@ -22,6 +22,7 @@ from core.models import AuditEvent
 from tests.conftest import client_for
 
 from .conftest import DECLINED, SECRET_KEY, card, event, held_reservation, signed
+from .test_invoices_and_disputes import on_invoice_terms, stripe_invoices  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("stripe_api")
 HOUR = timedelta(hours=1)
@@ -393,15 +394,18 @@ def test_paying_an_extension_twice_refunds_the_second(
         )
 
 
-def test_canceled_blocks_and_invoice_terms_are_refused(catalog, organization, owner, stripe_api):
+def test_canceled_blocks_and_invoice_terms_past_the_limit_are_refused(
+    catalog, organization, owner, stripe_api
+):
     reservation = paid_block(organization, owner, catalog, stripe_api)
     client = api_client(organization, owner)
     organization.payment_terms = "invoice"
-    organization.save()
+    organization.save()  # credit limit 0: the extra hours do not fit
     response = client.post(extend_url(reservation), {"hours": 2}, content_type="application/json")
-    assert (response.status_code, response.json()["error"]["message"]) == (
-        409, "Extensions on invoice terms: ask your account manager.",
+    assert (response.status_code, response.json()["error"]["code"]) == (
+        409, "credit_limit_exceeded",
     )  # fmt: skip
+    assert Allocation.objects.filter(extension__isnull=False).count() == 0
     organization.payment_terms = "card"
     organization.save()
     capacity_services.reservation_cancel(reservation=reservation, actor=owner)
@@ -492,3 +496,207 @@ def test_complimentary_hours_above_the_limit_need_finances_refund_permission(
         ("complimentary", Decimal("96.00"), "SLA"),
         ("complimentary", Decimal("128.00"), "Outage"),
     ]
+
+
+# --- On invoice terms ----------------------------------------------------------------------------
+def invoiced_block(organization, owner, catalog, limit: str = "10000") -> Reservation:
+    on_invoice_terms(organization, limit)
+    reservation = held_reservation(organization, owner, catalog)
+    settlement.reservation_settle(reservation_id=reservation.pk)  # in_test_1, 768.00
+    reservation.refresh_from_db()
+    assert (reservation.state, reservation.invoices.get().stripe_invoice_id) == (
+        "scheduled", "in_test_1",
+    )  # fmt: skip
+    return reservation
+
+
+def test_on_invoice_terms_the_api_extends_with_an_invoice_of_its_own(
+    catalog, organization, owner, stripe_invoices
+):
+    reservation = invoiced_block(organization, owner, catalog)
+    end = reservation.ends_at
+    client = api_client(organization, owner)
+    quoted = client.get(extend_url(reservation) + "?hours=2").json()
+    assert (quoted["price"], quoted["available"]) == ("64.00", True)
+    response = client.post(
+        extend_url(reservation), {"hours": 2, "client_token": "tok-1"},
+        content_type="application/json",
+    )  # fmt: skip
+    assert response.status_code == 202
+    extension = Extension.objects.get()
+    body = response.json()
+    assert body == {
+        "id": extension.public_id,
+        "reservation": reservation.public_id,
+        "state": "paid",
+        "hours": 2,
+        "starts_at": end.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "ends_at": (end + 2 * HOUR).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "price": "64.00",
+        "currency": "usd",
+        "hold_expires_at": None,
+        "payment": None,
+        "payment_status": None,
+        "payment_intent": None,
+        "client_secret": None,
+    }
+    reservation.refresh_from_db()
+    assert (reservation.ends_at, reservation.total) == (end + 2 * HOUR, BLOCK + 2 * PER_HOUR)
+    assert all(ext is None and e == end + 2 * HOUR for _, _, e, ext in live_windows(reservation))
+    invoice = extension.invoice
+    assert (invoice.stripe_invoice_id, invoice.amount, invoice.status) == (
+        "in_test_2", Decimal("64.00"), "open",
+    )  # fmt: skip
+    assert sorted(LedgerEntry.objects.values_list("kind", "amount", "invoice")) == [
+        ("charge", Decimal("64.00"), invoice.pk),
+        ("charge", BLOCK, reservation.invoices.get(extension=None).pk),
+    ]
+    # The same request again is the same extension: no second invoice, no second charge.
+    again = client.post(
+        extend_url(reservation), {"hours": 2, "client_token": "tok-1"},
+        content_type="application/json",
+    )  # fmt: skip
+    assert (again.status_code, again.json()["id"], again.json()["state"]) == (
+        202, extension.public_id, "paid",
+    )  # fmt: skip
+    assert (Extension.objects.count(), Invoice.objects.count(), LedgerEntry.objects.count()) == (
+        1, 2, 2,
+    )  # fmt: skip
+    assert len([c for c in stripe_invoices.calls if c[0] == "create"]) == 2
+    assert Payment.objects.count() == 0
+
+
+def test_on_invoice_terms_past_the_credit_limit_the_extension_is_refused_and_changes_nothing(
+    catalog, organization, owner, stripe_invoices
+):
+    reservation = invoiced_block(organization, owner, catalog, limit="800")
+    end = reservation.ends_at
+    with pytest.raises(credit.CreditLimitExceeded) as refused:
+        extensions.extension_start(reservation=reservation, actor=owner, hours=2, attempt_token="a")
+    assert refused.value.message == (
+        f"This would take {organization.name} past its credit limit of $800.00: $768.00 is owed "
+        "or committed, so $32.00 is left and this costs $64.00. Pay an open invoice first, or "
+        "ask your account manager to raise the limit."
+    )
+    reservation.refresh_from_db()
+    assert (reservation.ends_at, reservation.total) == (end, BLOCK)
+    assert (Extension.objects.count(), Invoice.objects.count(), LedgerEntry.objects.count()) == (
+        0, 1, 1,
+    )  # fmt: skip
+    assert Allocation.objects.filter(extension__isnull=False).count() == 0
+    # One hour fits (32.00): the held hours count against the limit until invoiced.
+    started = extensions.extension_start(
+        reservation=reservation, actor=owner, hours=1, attempt_token="b"
+    )
+    assert (started.extension.state, started.invoice.amount) == ("paid", PER_HOUR)
+    assert selectors.credit_used_for_org(organization) == Decimal("800.00")
+
+
+def test_on_invoice_terms_stripe_away_holds_the_hours_until_the_sweep_sends_the_invoice(
+    catalog, organization, owner, stripe_invoices
+):
+    reservation = invoiced_block(organization, owner, catalog)
+    end = reservation.ends_at
+    stripe_invoices.fail = [400]
+    started = extensions.extension_start(
+        reservation=reservation, actor=owner, hours=2, attempt_token="a"
+    )
+    assert (started.extension.state, started.invoice.stripe_invoice_id) == ("held", None)
+    assert started.invoice.attempts == 1
+    reservation.refresh_from_db()
+    assert (reservation.ends_at, reservation.total) == (end, BLOCK)
+    # Held and not invoiced: it counts against the credit line all the same.
+    assert selectors.credit_used_for_org(organization) == BLOCK + 2 * PER_HOUR
+    assert tasks.settle_pending() == 1  # sends it and applies the extension (eager here)
+    extension = Extension.objects.get()
+    reservation.refresh_from_db()
+    assert (extension.state, extension.invoice.stripe_invoice_id) == ("paid", "in_test_2")
+    assert (reservation.ends_at, reservation.total) == (end + 2 * HOUR, BLOCK + 2 * PER_HOUR)
+    assert selectors.balance_for_org(organization) == BLOCK + 2 * PER_HOUR
+    assert tasks.settle_pending() == 0
+
+
+def test_on_invoice_terms_an_unsent_invoice_goes_with_a_lapsed_hold(
+    catalog, organization, owner, stripe_invoices
+):
+    reservation = invoiced_block(organization, owner, catalog)
+    stripe_invoices.fail = [400]
+    extensions.extension_start(reservation=reservation, actor=owner, hours=2, attempt_token="a")
+    with time_machine.travel(timezone.now() + timedelta(minutes=20)):
+        capacity_extensions.lapsed_extensions_expire()
+        assert tasks.settle_pending() == 1
+    extension = Extension.objects.get()
+    assert (extension.state, extension.invoice.status, extension.invoice.stripe_invoice_id) == (
+        "lapsed", "void", None,
+    )  # fmt: skip
+    assert len([c for c in stripe_invoices.calls if c[0] == "create"]) == 2  # block + 1 try
+    assert selectors.credit_used_for_org(organization) == BLOCK
+    assert tasks.settle_pending() == 0
+
+
+def test_on_invoice_terms_the_portal_extends_with_an_invoice(
+    catalog, organization, owner, stripe_invoices
+):
+    reservation = invoiced_block(organization, owner, catalog)
+    browser = client_for(owner)
+    url = f"/o/{organization.slug}/reservations/{reservation.public_id}/extend/"
+    page = browser.get(url + "?hours=3")
+    assert b'data-testid="extend-invoice"' in page.content
+    assert "Extend and invoice $96.00" in page.content.decode()
+    response = browser.post(url, {"hours": 3, "attempt": "p-1", "pay": "invoice"}, follow=True)
+    extension = Extension.objects.get()
+    assert (extension.state, extension.invoice.amount) == ("paid", Decimal("96.00"))
+    assert "Extended by 3 h: invoice HB-0002 for 96.00 USD is on your terms." in (
+        response.content.decode()
+    )
+    billing = browser.get(f"/o/{organization.slug}/billing/").content.decode()
+    assert "extension 3 h" in billing
+    assert "HB-0001" in billing
+    assert "HB-0002" in billing
+
+
+def test_staff_charged_extension_on_invoice_terms_is_invoiced_within_the_limit(
+    catalog, organization, owner, stripe_invoices
+):
+    from backoffice.roles import OPERATIONS
+    from tests.backoffice.conftest import make_staff
+
+    reservation = invoiced_block(organization, owner, catalog, limit="800")
+    ops = make_staff(OPERATIONS)
+    with pytest.raises(credit.CreditLimitExceeded):
+        extensions.extension_charge_by_staff(
+            reservation=reservation, actor=ops, hours=2, reason="Phone", attempt_token="s1"
+        )
+    assert Extension.objects.count() == 0
+    started = extensions.extension_charge_by_staff(
+        reservation=reservation, actor=ops, hours=1, reason="Phone", attempt_token="s2"
+    )
+    reservation.refresh_from_db()
+    assert (started.extension.state, started.payment, started.invoice.amount) == (
+        "paid", None, PER_HOUR,
+    )  # fmt: skip
+    assert reservation.total == BLOCK + PER_HOUR
+    assert selectors.balance_for_org(organization) == BLOCK + PER_HOUR
+    assert AuditEvent.objects.get(action="extension.charged_by_staff").actor == ops
+
+
+def test_on_invoice_terms_an_extension_invoice_out_of_tries_waits_for_finance_or_its_hold(
+    catalog, organization, owner, stripe_invoices, settings
+):
+    settings.INVOICE_CREATE_MAX_ATTEMPTS = 2
+    reservation = invoiced_block(organization, owner, catalog)
+    stripe_invoices.fail = [400, 400]
+    extensions.extension_start(reservation=reservation, actor=owner, hours=2, attempt_token="a")
+    assert tasks.settle_pending() == 1  # the second and last try
+    invoice = Invoice.objects.get(extension__isnull=False)
+    assert (invoice.attempts, invoice.status) == (2, "pending")
+    assert FinanceFlag.objects.get().kind == "invoice_not_sent"
+    assert tasks.settle_pending() == 0  # finance's now, while the hours are held
+    with time_machine.travel(timezone.now() + timedelta(minutes=20)):
+        capacity_extensions.lapsed_extensions_expire()
+        assert tasks.settle_pending() == 1  # the hold lapsed: its invoice goes with it
+        assert tasks.settle_pending() == 0
+    invoice.refresh_from_db()
+    assert (invoice.status, invoice.stripe_invoice_id) == ("void", None)
+    assert len([c for c in stripe_invoices.calls if c[0] == "create"]) == 3  # block + 2 tries
+    assert selectors.credit_used_for_org(organization) == BLOCK
