@@ -139,7 +139,8 @@ class Refund(models.Model):
         FAILED = "failed", "Failed"
 
     class Settles(models.TextChoices):
-        """What a refund made by the system settles; each happens once per payment."""
+        """What a refund made by the system settles; each is given once per payment (a try
+        Stripe failed does not count: settlement tries again, or gives up and flags it)."""
 
         NOTHING = "", "Nothing (a refund staff chose)"
         CANCELLATION = "cancellation", "The reservation's cancellation"
@@ -153,6 +154,12 @@ class Refund(models.Model):
     reason = models.CharField(max_length=500)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
     failure_message = models.CharField(max_length=300, blank=True)
+    # Stripe's failure_reason for a refund it failed, or its error code for one it refused.
+    failure_code = models.CharField(max_length=64, blank=True)
+    # Settlement gave up on this failed settling refund (Stripe refused it for good, or it was
+    # the last try): it stands for the payment's settling refund so nothing tries again, and a
+    # finance flag says what the customer was not given back.
+    refused = models.BooleanField(default=False)
     settles = models.CharField(max_length=16, choices=Settles.choices, blank=True, default="")
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
@@ -170,10 +177,12 @@ class Refund(models.Model):
             models.CheckConstraint(
                 condition=models.Q(amount__gt=0), name="billing_refund_amount_positive"
             ),
-            # A cancellation or a failure is refunded once, however often settlement runs.
+            # A cancellation or a failure is refunded once, however often settlement runs; a
+            # try Stripe failed leaves room for the next one, unless it was given up on.
             models.UniqueConstraint(
                 fields=["payment", "settles"],
-                condition=~models.Q(settles=""),
+                condition=~models.Q(settles="")
+                & (~models.Q(status="failed") | models.Q(refused=True)),
                 name="billing_refund_settles_once",
             ),
         ]
