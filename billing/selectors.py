@@ -128,7 +128,8 @@ def reservations_owed_card_refunds() -> set[int]:
     with money left and no settling refund yet, and for a cancellation, settling refunds short
     of `refund_due`. A cancellation refunded over several payments that was cut short after
     the first is found here until the last is made (refunds written but never sent are the
-    sweep's other query)."""
+    sweep's other query). A try Stripe failed is not a refund made, so the sweep tries again;
+    one settlement gave up on (`Refund.refused`, finance flagged) counts as done."""
     S = Reservation.State
 
     def settled(settles: str) -> Exists:
