@@ -203,18 +203,24 @@ def reservations_owed_card_refunds() -> set[int]:
     with money left and no settling refund yet, and for a cancellation, settling refunds short
     of `refund_due`. A cancellation refunded over several payments that was cut short after
     the first is found here until the last is made (refunds written but never sent are the
-    sweep's other query)."""
+    sweep's other query). A try Stripe failed is not a refund made, so the sweep tries again;
+    one settlement gave up on (`Refund.refused`, finance flagged) counts as done."""
     S = Reservation.State
+
+    def settled(settles: str) -> Exists:
+        return Exists(done.filter(payment=OuterRef("pk"), settles=settles))
+
     open_payments = Payment.objects.filter(
         reservation=OuterRef("pk"),
         status=Payment.Status.SUCCEEDED,
         flagged=False,
         amount__gt=F("amount_refunded"),
     )
+    # A try Stripe failed is not given; one settlement gave up on (finance was flagged) is
+    # done with, so the sweep does not enqueue it again and again.
+    done = Refund.objects.exclude(status=Refund.Status.FAILED, refused=False)
     given = (
-        Refund.objects.filter(
-            payment__reservation=OuterRef("pk"), settles=Refund.Settles.CANCELLATION
-        )
+        done.filter(payment__reservation=OuterRef("pk"), settles=Refund.Settles.CANCELLATION)
         .order_by()
         .values("payment__reservation")
         .annotate(s=Sum("amount"))
@@ -224,10 +230,10 @@ def reservations_owed_card_refunds() -> set[int]:
         Reservation.objects.filter(state=S.CANCELED, refund_due__gt=0)
         .annotate(given=Coalesce(Subquery(given), Decimal("0.00")))
         .filter(given__lt=F("refund_due"))
-        .filter(Exists(open_payments.exclude(refunds__settles=Refund.Settles.CANCELLATION)))
+        .filter(Exists(open_payments.exclude(settled(Refund.Settles.CANCELLATION))))
     )
     failed = Reservation.objects.filter(state=S.FAILED).filter(
-        Exists(open_payments.exclude(refunds__settles=Refund.Settles.FAILURE))
+        Exists(open_payments.exclude(settled(Refund.Settles.FAILURE)))
     )
     return {*canceled.values_list("pk", flat=True), *failed.values_list("pk", flat=True)}
 

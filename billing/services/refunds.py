@@ -56,7 +56,11 @@ def refund_open(
                 code="refund_too_large",
                 param="amount",
             )
-        if settles and locked.refunds.filter(settles=settles).exists():
+        # A try Stripe failed leaves room for another, unless settlement gave up on it.
+        given = locked.refunds.filter(settles=settles).exclude(
+            status=Refund.Status.FAILED, refused=False
+        )
+        if settles and given.exists():
             raise AlreadySettled("This payment has already been refunded for that.")
         refund = Refund.objects.create(
             payment=locked,
@@ -79,18 +83,33 @@ def refund_send(refund: Refund) -> Refund:
         metadata={"refund": refund.public_id, "payment": payment.public_id},
         idempotency_key=f"refund:{refund.public_id}",
     )
-    return _book_refund(refund.pk, stripe_refund.id, stripe_refund.status)
+    return _book_refund(
+        refund.pk,
+        stripe_refund.id,
+        stripe_refund.status,
+        getattr(stripe_refund, "failure_reason", None) or "",
+    )
 
 
-def _book_refund(refund_pk: int, stripe_refund_id: str, stripe_status: str) -> Refund:
+def _book_refund(
+    refund_pk: int, stripe_refund_id: str, stripe_status: str, failure_reason: str = ""
+) -> Refund:
+    """Book what Stripe says of a refund of ours, once: a success moves the money in the
+    ledger; a refund Stripe failed or canceled moved nothing, so it books nothing."""
     with transaction.atomic():
         refund = Refund.objects.select_for_update().select_related("payment").get(pk=refund_pk)
-        if refund.status == Refund.Status.SUCCEEDED:
+        if refund.status in (Refund.Status.SUCCEEDED, Refund.Status.FAILED):
             return refund
         refund.stripe_refund_id = stripe_refund_id
         if stripe_status in ("failed", "canceled"):
+            code = failure_reason or stripe_status
             refund.status = Refund.Status.FAILED
-            refund.save(update_fields=["stripe_refund_id", "status"])
+            refund.failure_code = code[:64]
+            refund.failure_message = f"Stripe {stripe_status} the refund ({code})."[:300]
+            refund.save(
+                update_fields=["stripe_refund_id", "status", "failure_code", "failure_message"]
+            )
+            _audit_failed(refund, None)
             return refund
         refund.status = Refund.Status.SUCCEEDED
         refund.save(update_fields=["stripe_refund_id", "status"])
@@ -244,21 +263,31 @@ def staff_refund_issue(*, payment: Payment, amount: Decimal, reason: str, actor:
     except gateway.GatewayUnavailable:
         raise
     except gateway.PaymentError as exc:
-        _refund_failed(refund, actor, exc.message)
+        refund_fail(refund=refund, error=exc, actor=actor)
         raise
 
 
 @transaction.atomic
-def _refund_failed(refund: Refund, actor: User, message: str) -> None:
+def refund_fail(*, refund: Refund, error: gateway.PaymentError, actor: User | None) -> bool:
+    """Mark a pending refund that Stripe refused (an error, not a refund) failed, with its
+    message and code, audited; False when it was no longer pending. Nothing is booked."""
     updated = Refund.objects.filter(pk=refund.pk, status=Refund.Status.PENDING).update(
-        status=Refund.Status.FAILED, failure_message=message[:300]
+        status=Refund.Status.FAILED,
+        failure_message=error.message[:300],
+        failure_code=(error.code or "")[:64],
     )
     if updated:
-        audit.record(
-            action="refund.failed",
-            actor=actor,
-            organization=refund.payment.organization,
-            target=refund,
-            data={"payment": refund.payment.public_id, "message": message[:300]},
-            reason=refund.reason,
-        )
+        refund.refresh_from_db()
+        _audit_failed(refund, actor)
+    return bool(updated)
+
+
+def _audit_failed(refund: Refund, actor: User | None) -> None:
+    audit.record(
+        action="refund.failed",
+        actor=actor,
+        organization=refund.payment.organization,
+        target=refund,
+        data={"payment": refund.payment.public_id, "message": refund.failure_message},
+        reason=refund.reason,
+    )

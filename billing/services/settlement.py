@@ -3,18 +3,22 @@
 import logging
 from decimal import Decimal
 
+from django.conf import settings
+from django.db import transaction
 from django.db.models import Sum
 
 from capacity.models import Extension, Reservation
+from core.money import format_money
 from core.tasks import enqueue_after_commit
 
 from .. import gateway
-from ..models import Invoice, LedgerEntry, Payment, Refund
+from ..models import FinanceFlag, Invoice, LedgerEntry, Payment, Refund
 from . import invoices
 from .accounts import billing_email_queue
 from .extensions import extension_invoice_settle
+from .flags import flag_raise
 from .lapses import reservation_lapse_settle
-from .refunds import AlreadySettled, refund_issue, refund_send
+from .refunds import AlreadySettled, refund_fail, refund_open, refund_send
 
 logger = logging.getLogger(__name__)
 S = Reservation.State
@@ -61,7 +65,7 @@ def reservation_settle(*, reservation_id: int) -> None:
     for refund in Refund.objects.filter(
         payment__reservation=reservation, status=Refund.Status.PENDING
     ):
-        refund_send(refund)
+        _refund_attempt(reservation, refund)
 
 
 def _settle_canceled_on_invoice(reservation: Reservation) -> None:
@@ -133,21 +137,28 @@ def _refund_cards(
     """Refund the reservation's card payments, the latest first (a paid extension's before the
     block's), up to `amount` (None: all that is left on each). Returns what is still due after
     them (None: everything, for the invoices too). A payment that already has its settling
-    refund is passed over, so a run cut short part-way on with the next payment."""
+    refund (made, in flight, or given up on and flagged) is passed over, so a run cut short
+    part-way on with the next payment. A try Stripe failed is not a refund given: the payment
+    gets one new try per run (the sweep's), up to SETTLEMENT_REFUND_ATTEMPTS. Its share stays
+    the payment's meanwhile, and once given up on, is not moved to another card: finance
+    decides where money a card could not take goes."""
     paid = list(
         reservation.payments.filter(status=Payment.Status.SUCCEEDED, flagged=False).order_by(
             "-succeeded_at", "-id"
         )
     )
     if amount is not None:
-        done = Refund.objects.filter(payment__in=paid, settles=settles).values_list(
-            "amount", flat=True
+        done = (
+            Refund.objects.filter(payment__in=paid, settles=settles)
+            .exclude(status=Refund.Status.FAILED, refused=False)
+            .values_list("amount", flat=True)
         )
         amount -= sum(done, Decimal("0.00"))
     for payment in paid:
         if amount is not None and amount <= 0:
             break
-        if payment.refunds.filter(settles=settles).exists():
+        settling = payment.refunds.filter(settles=settles)
+        if settling.exclude(status=Refund.Status.FAILED, refused=False).exists():
             continue
         pending = sum(
             payment.refunds.filter(status=Refund.Status.PENDING).values_list("amount", flat=True),
@@ -157,15 +168,84 @@ def _refund_cards(
         share = left if amount is None else min(amount, left)
         if share <= 0:
             continue
-        refund = refund_issue(
+        refund = refund_open(
             payment=payment, amount=share, reason=reason, actor=None, settles=settles
         )
+        refund = _refund_attempt(reservation, refund)
         if amount is not None:
-            amount -= share
-        billing_email_queue(
-            reservation.organization, "payment_refunded", payment=payment, refund=refund
-        )
+            amount -= share  # made, or failed: either way this payment's to give
+        if refund.status == Refund.Status.SUCCEEDED:
+            billing_email_queue(
+                reservation.organization, "payment_refunded", payment=payment, refund=refund
+            )
     return amount
+
+
+# The refunds settlement makes on its own, which it tries again and gives up on.
+SETTLING = (Refund.Settles.CANCELLATION, Refund.Settles.FAILURE)
+# Stripe's failure_reason values that another try may overcome (our Stripe balance was short,
+# a partner declined for now, a reason Stripe does not know); any other is for good.
+RETRYABLE_REFUND_FAILURES = frozenset({"insufficient_funds", "declined", "unknown", "failed"})
+
+
+def _refund_attempt(reservation: Reservation, refund: Refund) -> Refund:
+    """Send a pending refund of the reservation's. Stripe out of reach raises (the refund
+    stays pending, the task retries). Stripe refusing it, or answering it failed, marks it
+    failed with nothing booked; for a cancellation or failure refund, settlement then gives
+    up when it was for good or the last try, and tells finance once."""
+    try:
+        refund = refund_send(refund)
+    except gateway.GatewayUnavailable:
+        raise
+    except gateway.PaymentError as exc:
+        if not refund_fail(refund=refund, error=exc, actor=None):
+            return refund
+        final = True
+    else:
+        if refund.status != Refund.Status.FAILED:
+            return refund
+        final = refund.failure_code not in RETRYABLE_REFUND_FAILURES
+    if refund.settles in SETTLING:
+        _refund_give_up(reservation, refund, final=final)
+    elif not refund.settles:
+        # A staff refund the sweep sent late (Stripe was out of reach when it was made): the
+        # person who made it is no longer looking, so finance is told.
+        flag_raise(
+            FinanceFlag.Kind.RECONCILIATION,
+            f"refund:{refund.public_id}",
+            f"Stripe refused refund {refund.public_id} of "
+            f"{format_money(refund.amount, refund.currency)} for {reservation.public_id}: "
+            f"{refund.failure_message}",
+            payment=refund.payment,
+        )
+    return refund
+
+
+def _refund_give_up(reservation: Reservation, refund: Refund, *, final: bool) -> None:
+    """After a failed settling refund: give up on the payment when Stripe refused it for good
+    or it was the last try allowed; then the refund stands for the payment's settling refund
+    (nothing tries again) and finance gets one flag naming the money not given back."""
+    with transaction.atomic():
+        payment = Payment.objects.select_for_update().get(pk=refund.payment_id)
+        tries = payment.refunds.filter(settles=refund.settles, status=Refund.Status.FAILED)
+        if not final and tries.count() < settings.SETTLEMENT_REFUND_ATTEMPTS:
+            return
+        if payment.refunds.filter(settles=refund.settles, refused=True).exists():
+            return
+        Refund.objects.filter(pk=refund.pk).update(refused=True)
+        refund.refused = True
+        money = format_money(refund.amount, refund.currency)
+        what = "cancellation" if refund.settles == Refund.Settles.CANCELLATION else "failure"
+        n = tries.count()
+        flag_raise(
+            FinanceFlag.Kind.RECONCILIATION,
+            f"refund:{payment.stripe_payment_intent_id}:{refund.settles}",
+            f"Stripe refused the {what} refund of {money} for {reservation.public_id} "
+            f"(payment {payment.public_id}) after {n} {'try' if n == 1 else 'tries'}: "
+            f"{refund.failure_message} The customer has not got these {money} back and "
+            "settlement will not try again.",
+            payment=payment,
+        )
 
 
 def _credit_invoice(reservation: Reservation, amount: Decimal | None, reason: str) -> None:

@@ -414,6 +414,10 @@ RESERVATIONS_REFUSED_HOOK = "billing.selectors.reservations_refused_for_org"
 # needs the permission below (finance's refund permission).
 RESERVATION_SETTLED_HOOK = "billing.selectors.settled_for_reservation"
 CANCELLATION_REFUND_PERMISSION = "billing.issue_refund"
+# A cancellation or failure refund that Stripe fails is tried again by the settlement sweep (every
+# 5 minutes) up to this many tries in all; after the last, or at once when Stripe refuses it for
+# good, settlement stops and flags it to finance.
+SETTLEMENT_REFUND_ATTEMPTS = 3
 
 # A block fell short of what was sold (ran degraded, started late, force-released by staff):
 # capacity reports the measured minutes, billing grants the SLA credit after the commit.

@@ -12,12 +12,13 @@ from urllib.parse import parse_qsl
 
 import pytest
 import responses
+from django.core import mail
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from accounts.models import Organization
 from billing import selectors, tasks
-from billing.models import Invoice, LedgerEntry, Payment, Refund
+from billing.models import FinanceFlag, Invoice, LedgerEntry, Payment, Refund
 from billing.services import extensions, invoices, refunds, settlement
 from capacity import services as capacity_services
 from capacity.models import Reservation
@@ -59,6 +60,11 @@ def test_the_database_holds_one_settling_refund_per_payment(
     catalog, organization, owner, stripe_api
 ):
     payment = pay(held_reservation(organization, owner, catalog), owner, stripe_api)
+    # A try Stripe failed leaves room for the next; one given up on (refused) does not.
+    Refund.objects.create(
+        payment=payment, amount=Decimal("1.00"), currency="usd", reason="w", settles="failure",
+        status="failed",
+    )  # fmt: skip
     Refund.objects.create(
         payment=payment, amount=Decimal("1.00"), currency="usd", reason="x", settles="failure"
     )
@@ -70,7 +76,17 @@ def test_the_database_holds_one_settling_refund_per_payment(
         refunds.refund_open(
             payment=payment, amount=Decimal("1.00"), reason="z", actor=None, settles="failure"
         )
-    assert Refund.objects.filter(payment=payment).count() == 1
+    refused = {"currency": "usd", "reason": "v", "settles": "cancellation", "status": "failed"}
+    Refund.objects.create(payment=payment, amount=Decimal("1.00"), refused=True, **refused)
+    with pytest.raises(IntegrityError), transaction.atomic():
+        Refund.objects.create(
+            payment=payment, amount=Decimal("1.00"), **refused | {"refused": True}
+        )
+    with pytest.raises(IntegrityError), transaction.atomic():
+        Refund.objects.create(
+            payment=payment, amount=Decimal("1.00"), **refused | {"status": "pending"}
+        )
+    assert Refund.objects.filter(payment=payment).count() == 3
 
 
 @pytest.fixture
@@ -322,7 +338,7 @@ def test_the_sweep_finishes_a_cancellation_refund_cut_short_between_payments(
     extensions.extension_start(reservation=reservation, actor=owner, hours=4, attempt_token="x")
     reservation.refresh_from_db()
     capacity_services.reservation_cancel(reservation=reservation, actor=owner)  # 448.00 due
-    issue, calls = settlement.refund_issue, []
+    issue, calls = settlement.refund_open, []
 
     def dies_before_the_second(**kwargs):
         calls.append(kwargs["payment"].public_id)
@@ -330,11 +346,11 @@ def test_the_sweep_finishes_a_cancellation_refund_cut_short_between_payments(
             raise RuntimeError("the worker was stopped")
         return issue(**kwargs)
 
-    monkeypatch.setattr(settlement, "refund_issue", dies_before_the_second)
+    monkeypatch.setattr(settlement, "refund_open", dies_before_the_second)
     with pytest.raises(RuntimeError):
         settlement.reservation_settle(reservation_id=reservation.pk)
     assert [r[1:] for r in cancellation_refunds(reservation)] == [(Decimal("128.00"), "succeeded")]
-    monkeypatch.setattr(settlement, "refund_issue", issue)
+    monkeypatch.setattr(settlement, "refund_open", issue)
     assert tasks.settle_pending() == 1  # one payment refunded is not the refund due
     assert [r[1:] for r in cancellation_refunds(reservation)] == [
         (Decimal("128.00"), "succeeded"),
@@ -373,3 +389,242 @@ def test_a_block_paid_by_card_with_hours_on_an_invoice_gets_both_back(
     assert invoice.status == "void"
     assert selectors.settled_for_reservation(reservation) == Decimal("0.00")
     assert tasks.settle_pending() == 0
+
+
+# --- A settling refund Stripe fails is not given: tried again, or flagged to finance once -----
+@pytest.fixture
+def stripe_refunds(stripe_api):
+    """POST /v1/refunds answered like Stripe when it fails a refund (status failed, with a
+    failure_reason) or refuses one (an error). `state["accept"]()` lets the real localstripe
+    make the next ones; every other call goes to localstripe throughout."""
+    state: dict = {"answer": ("failed", "declined"), "tries": []}
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        mock.add_passthru(stripe_api)
+
+        def create(request):
+            body = dict(parse_qsl(request.body))
+            state["tries"].append((body["amount"], request.headers.get("Idempotency-Key")))
+            kind, code = state["answer"]
+            if kind == "error":
+                error = {"type": "invalid_request_error", "code": code, "message": "No way."}
+                return 400, {}, json.dumps({"error": error})
+            refund = {
+                "id": f"re_failed_{len(state['tries'])}", "object": "refund",
+                "amount": int(body["amount"]), "currency": "usd", "status": "failed",
+                "failure_reason": code, "payment_intent": body["payment_intent"],
+                "metadata": {},
+            }  # fmt: skip
+            return 200, {}, json.dumps(refund)
+
+        fake = mock.add_callback(
+            responses.POST, re.compile(re.escape(stripe_api) + r"/v1/refunds$"), callback=create
+        )
+        state["accept"] = lambda: mock.remove(fake)
+        yield state
+
+
+def canceled_in_the_half_window(organization, owner, catalog, stripe_api) -> tuple:
+    reservation = held_reservation(organization, owner, catalog)  # in an hour: 50 % back
+    payment = pay(reservation, owner, stripe_api)
+    reservation.refresh_from_db()
+    capacity_services.reservation_cancel(reservation=reservation, actor=owner, reason="Plans")
+    reservation.refresh_from_db()
+    assert reservation.refund_due == Decimal("384.00")
+    return reservation, payment
+
+
+def refund_rows(reservation: Reservation) -> list[tuple]:
+    return list(
+        Refund.objects.filter(payment__reservation=reservation)
+        .order_by("created_at", "id")
+        .values_list("amount", "settles", "status", "failure_code", "refused")
+    )
+
+
+def money_rows(organization) -> list[tuple]:
+    return sorted(
+        LedgerEntry.objects.filter(organization=organization).values_list("kind", "amount")
+    )
+
+
+PAID_ONLY = [("charge", Decimal("768.00")), ("payment", Decimal("-768.00"))]
+
+
+def test_a_failed_cancellation_refund_is_not_given_and_is_tried_again_until_it_goes(
+    catalog, organization, owner, stripe_api, stripe_refunds, settings,
+    django_capture_on_commit_callbacks,
+):  # fmt: skip
+    settings.SETTLEMENT_REFUND_ATTEMPTS = 3
+    reservation, payment = canceled_in_the_half_window(organization, owner, catalog, stripe_api)
+    settlement.reservation_settle(reservation_id=reservation.pk)
+    settlement.reservation_settle(reservation_id=reservation.pk)  # one try per run of the sweep
+    assert refund_rows(reservation) == [
+        (Decimal("384.00"), "cancellation", "failed", "declined", False),
+        (Decimal("384.00"), "cancellation", "failed", "declined", False),
+    ]
+    # Nothing moved, so nothing is booked and the money is still the reservation's.
+    assert money_rows(organization) == PAID_ONLY
+    payment.refresh_from_db()
+    assert payment.amount_refunded == Decimal("0.00")
+    assert selectors.settled_for_reservation(reservation) == Decimal("768.00")
+    assert selectors.reservations_owed_card_refunds() == {reservation.pk}
+    assert FinanceFlag.objects.count() == 0
+    stripe_refunds["accept"]()  # Stripe takes the third try
+    with django_capture_on_commit_callbacks(execute=True):
+        assert tasks.settle_pending() == 1
+    assert refund_rows(reservation)[-1] == (
+        Decimal("384.00"), "cancellation", "succeeded", "", False
+    )  # fmt: skip
+    # Each try is a refund of its own, so Stripe's idempotency cannot replay the failure.
+    made = Refund.objects.order_by("created_at", "id").values_list("public_id", flat=True)
+    keys = [f"refund:{public_id}" for public_id in made]
+    assert [key for _, key in stripe_refunds["tries"]] == keys[:2]
+    assert [m.subject for m in mail.outbox] == [
+        f"Refund of 384.00 USD for {reservation.public_id}"
+    ]  # only for the refund that went
+    assert money_rows(organization) == sorted(
+        [*PAID_ONLY, ("credit", Decimal("-384.00")), ("refund", Decimal("384.00"))]
+    )
+    assert selectors.settled_for_reservation(reservation) == Decimal("384.00")
+    for _ in range(2):
+        assert tasks.settle_pending() == 0
+    assert Refund.objects.count() == 3
+    assert FinanceFlag.objects.count() == 0
+
+
+def test_after_the_last_try_finance_is_flagged_once_and_the_sweep_lets_it_be(
+    catalog, organization, owner, stripe_api, stripe_refunds, settings
+):
+    settings.SETTLEMENT_REFUND_ATTEMPTS = 2
+    reservation, payment = canceled_in_the_half_window(organization, owner, catalog, stripe_api)
+    settlement.reservation_settle(reservation_id=reservation.pk)
+    assert FinanceFlag.objects.count() == 0
+    assert tasks.settle_pending() == 1  # the second and last try
+    assert refund_rows(reservation) == [
+        (Decimal("384.00"), "cancellation", "failed", "declined", False),
+        (Decimal("384.00"), "cancellation", "failed", "declined", True),
+    ]
+    flag = FinanceFlag.objects.get()
+    assert (flag.kind, flag.stripe_object_id, flag.payment, flag.organization) == (
+        "reconciliation",
+        f"refund:{payment.stripe_payment_intent_id}:cancellation",
+        payment,
+        organization,
+    )
+    assert flag.detail == (
+        f"Stripe refused the cancellation refund of $384.00 for {reservation.public_id} "
+        f"(payment {payment.public_id}) after 2 tries: Stripe failed the refund (declined). "
+        "The customer has not got these $384.00 back and settlement will not try again."
+    )
+    for _ in range(2):
+        assert tasks.settle_pending() == 0
+        settlement.reservation_settle(reservation_id=reservation.pk)
+    assert len(stripe_refunds["tries"]) == 2
+    assert Refund.objects.count() == 2
+    assert FinanceFlag.objects.count() == 1
+    assert money_rows(organization) == PAID_ONLY  # no money moved, none booked
+    assert selectors.settled_for_reservation(reservation) == Decimal("768.00")
+    assert (
+        list(AuditEvent.objects.filter(action="refund.failed").values_list("data", flat=True))
+        == [{"payment": payment.public_id, "message": "Stripe failed the refund (declined)."}] * 2
+    )
+
+
+@pytest.mark.parametrize(
+    ("answer", "message"),
+    [
+        (
+            ("failed", "expired_or_canceled_card"),
+            "Stripe failed the refund (expired_or_canceled_card).",
+        ),
+        (("error", "charge_disputed"), "The payment could not be processed."),
+    ],
+)  # fmt: skip
+def test_a_refund_stripe_refuses_for_good_is_flagged_at_once(
+    catalog, organization, owner, stripe_api, stripe_refunds, settings, answer, message
+):
+    settings.SETTLEMENT_REFUND_ATTEMPTS = 3
+    stripe_refunds["answer"] = answer
+    reservation, payment = canceled_in_the_half_window(organization, owner, catalog, stripe_api)
+    settlement.reservation_settle(reservation_id=reservation.pk)
+    assert refund_rows(reservation) == [
+        (Decimal("384.00"), "cancellation", "failed", answer[1], True)
+    ]
+    assert FinanceFlag.objects.get().detail == (
+        f"Stripe refused the cancellation refund of $384.00 for {reservation.public_id} "
+        f"(payment {payment.public_id}) after 1 try: {message} "
+        "The customer has not got these $384.00 back and settlement will not try again."
+    )
+    for _ in range(2):
+        assert tasks.settle_pending() == 0
+    assert (len(stripe_refunds["tries"]), Refund.objects.count()) == (1, 1)
+    assert money_rows(organization) == PAID_ONLY
+
+
+def test_a_failed_block_refused_on_one_card_still_gets_the_other_back(
+    catalog, organization, owner, stripe_api, settings
+):
+    """Two payments (the block, then an extension); Stripe refuses the extension's refund for
+    good: the block's refund still goes, and the 64.00 not given back is the one flag."""
+    settings.SETTLEMENT_REFUND_ATTEMPTS = 3
+    reservation = paid_block(organization, owner, catalog, stripe_api)
+    save_card(organization, owner, stripe_api)
+    extensions.extension_start(reservation=reservation, actor=owner, hours=2, attempt_token="x")
+    block = reservation.payments.get(extension__isnull=True)
+    extra = reservation.payments.get(extension__isnull=False)
+    Reservation.objects.filter(pk=reservation.pk).update(state=S.FAILED)
+    refused = {"type": "card_error", "code": "expired_card", "message": "The card has expired."}
+    with responses.RequestsMock(assert_all_requests_are_fired=True) as mock:
+        mock.add_passthru(stripe_api)  # the block's refund is made at localstripe
+        mock.add(
+            responses.POST,
+            f"{stripe_api}/v1/refunds",
+            status=402,
+            json={"error": refused},
+            match=[lambda request: (extra.stripe_payment_intent_id in request.body, "")],
+        )
+        for _ in range(3):
+            tasks.settle_pending()
+    assert sorted(
+        Refund.objects.values_list("payment", "amount", "status", "failure_code", "refused")
+    ) == [
+        (block.pk, Decimal("768.00"), "succeeded", "", False),
+        (extra.pk, Decimal("64.00"), "failed", "expired_card", True),
+    ]
+    assert FinanceFlag.objects.get().detail == (
+        f"Stripe refused the failure refund of $64.00 for {reservation.public_id} "
+        f"(payment {extra.public_id}) after 1 try: The card has expired. "
+        "The customer has not got these $64.00 back and settlement will not try again."
+    )
+    assert money_rows(organization) == sorted(
+        [
+            *PAID_ONLY,
+            ("charge", Decimal("64.00")),
+            ("payment", Decimal("-64.00")),
+            ("credit", Decimal("-768.00")),
+            ("refund", Decimal("768.00")),
+        ]
+    )
+    assert selectors.settled_for_reservation(reservation) == Decimal("64.00")
+    assert tasks.settle_pending() == 0
+
+
+def test_a_staff_refund_stuck_pending_that_stripe_refuses_is_marked_failed_and_flagged(
+    catalog, organization, owner, stripe_api, stripe_refunds
+):
+    """Before, the sweep sent it again every five minutes forever, and nobody heard of it."""
+    stripe_refunds["answer"] = ("error", "charge_disputed")
+    reservation = held_reservation(organization, owner, catalog)
+    payment = pay(reservation, owner, stripe_api)
+    refund = refunds.refund_open(
+        payment=payment, amount=Decimal("10.00"), reason="Goodwill", actor=owner
+    )  # written, never sent: Stripe was out of reach
+    assert tasks.settle_pending() == 1
+    refund.refresh_from_db()
+    assert (refund.status, refund.failure_code) == ("failed", "charge_disputed")
+    assert FinanceFlag.objects.get().detail == (
+        f"Stripe refused refund {refund.public_id} of $10.00 for {reservation.public_id}: "
+        "The payment could not be processed."
+    )
+    assert tasks.settle_pending() == 0
+    assert money_rows(organization) == PAID_ONLY

@@ -133,10 +133,14 @@ def test_cancel_page_quotes_the_refund_then_cancels(catalog, organization, owner
     Payment.objects.filter(reservation=reservation).update(amount_refunded=Decimal("100.01"))
     client = client_for(owner)
     page = client.get(url("reservation-cancel", organization, reservation.public_id))
+    html = page.content.decode()
+    assert "You paid $667.99. Canceling now refunds <strong>$334.00</strong> (50%)" in html
+    # The same two amounts again, one under the other in the figures column.
     assert (
-        "You paid $667.99. Canceling now refunds <strong>$334.00</strong> (50%)"
-        in page.content.decode()
-    )
+        '<tr><td>Paid, less refunds and credits</td><td class="num">$667.99</td></tr>\n'
+        '      <tr class="total"><td>Refunded if you cancel now (50%)</td>'
+        '<td class="num">$334.00</td></tr>'
+    ) in html
     response = client.post(
         url("reservation-cancel", organization, reservation.public_id), {"reason": "Done early"}
     )
@@ -248,3 +252,27 @@ def test_another_organizations_reservations_are_404_and_untouched(
         AuditEvent.objects.count(),
     )
     assert after == before
+
+
+def test_the_timeline_names_sla_credits_and_never_shows_an_empty_arrow(
+    catalog, organization, owner
+):
+    from core import audit
+
+    reservation = scheduled(organization, owner, catalog)
+    common = {"actor": None, "organization": organization, "target": reservation}
+    data = {"credit": "slc_1", "cause": "late_start", "amount": "32.00", "currency": "usd"}
+    audit.record(action="sla_credit.opened", data=data, **common)
+    audit.record(action="sla_credit.granted", data={**data, "method": "refund"}, **common)
+    audit.record(action="sla_credit.failed", data={"credit": "slc_2", "message": "x"}, **common)
+    audit.record(action="reservation.something_new", data={}, **common)
+    page = client_for(owner).get(url("reservation-detail", organization, reservation.public_id))
+    html = page.content.decode()
+    for text in (
+        "<strong>SLA credit of $32.00 for time lost</strong>",
+        "<strong>SLA credit of $32.00 refunded to your card</strong>",
+        "<strong>SLA credit not paid back yet: our finance team is on it</strong>",
+        "<strong>Updated</strong>",
+    ):
+        assert text in html
+    assert "<strong> → </strong>" not in html
