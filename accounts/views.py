@@ -40,8 +40,15 @@ from .forms import (
     SignupForm,
     role_choices_for,
 )
-from .models import User
-from .permissions import PERMISSION_LABELS, Permission, Role, can, role_matrix
+from .models import ApiKey, User
+from .permissions import (
+    PERMISSION_LABELS,
+    Permission,
+    Role,
+    can,
+    may_make_service_keys,
+    role_matrix,
+)
 from .services import memberships, organizations, registration, users
 from .validators import suggest_slug
 
@@ -477,6 +484,7 @@ def api_keys_page(request: MemberRequest) -> HttpResponse:
                     name=form.cleaned_data["name"],
                     scopes=form.cleaned_data["scopes"],
                     expires_at=form.cleaned_data["expires_at"],
+                    kind=form.cleaned_data["kind"] or ApiKey.Kind.PERSONAL,
                 )
             except ServiceError as exc:
                 add_service_error(form, exc)
@@ -490,6 +498,7 @@ def api_keys_page(request: MemberRequest) -> HttpResponse:
             "form": form,
             "created_key": created_key,
             "may_manage": may_manage,
+            "may_make_service_keys": may_make_service_keys(request.membership.role),
             "now": timezone.now(),
         },
         status=400 if form.errors else 200,
@@ -525,6 +534,7 @@ def api_key_action(request: MemberRequest, public_id: str, action: str) -> HttpR
                     "created_key": key,
                     "rotated": api_key,
                     "may_manage": True,
+                    "may_make_service_keys": may_make_service_keys(request.membership.role),
                     "now": timezone.now(),
                 },
             )
