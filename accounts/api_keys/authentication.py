@@ -99,7 +99,7 @@ def api_key_authenticate(raw: str, *, ip: str | None = None, touch: bool = True)
         )
         if api_key is None:
             raise KeyRefused("unknown_key", "The API key is not valid.")
-        if matches(raw, api_key.digest):
+        if matches(raw, api_key.digest) and api_key.is_usable():  # else refused below
             _maker_check(api_key)  # a refused key is not cached: it is checked again next time
         cache.set(cache_key(key_digest), api_key, settings.API_KEY_CACHE_SECONDS)
     if not matches(raw, api_key.digest):  # constant time, on top of the index lookup
