@@ -18,6 +18,7 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.core.cache import cache
+from django.db.models import OuterRef, Subquery
 from django.utils import timezone
 
 from ..guards import suspension_message
@@ -63,11 +64,7 @@ def _maker_check(api_key: ApiKey) -> None:
         return
     if not maker.is_active:
         raise KeyRefused("key_owner_inactive", "The person who made this key was deactivated.")
-    role = (
-        Membership.objects.filter(user_id=maker.pk, organization_id=api_key.organization_id)
-        .values_list("role", flat=True)
-        .first()
-    )
+    role = api_key.maker_membership_role  # type: ignore[attr-defined]  # annotated on fill
     if role is None:
         raise KeyRefused(
             "key_owner_left", "The person who made this key is no longer in the organization."
@@ -94,6 +91,15 @@ def api_key_authenticate(raw: str, *, ip: str | None = None, touch: bool = True)
     if api_key is None:
         api_key = (
             ApiKey.objects.select_related("organization", "created_by", "service_user")
+            # The maker's role comes in the same query: still one query per cache fill.
+            .annotate(
+                maker_membership_role=Subquery(
+                    Membership.objects.filter(
+                        user_id=OuterRef("created_by_id"),
+                        organization_id=OuterRef("organization_id"),
+                    ).values("role")[:1]
+                )
+            )
             .filter(digest=key_digest)
             .first()
         )

@@ -308,4 +308,18 @@ def test_keys_scopes_are_all_known_to_the_ceiling():
 
     named = set().union(*ROLE_SCOPE_CEILING.values()) - {ALL_SCOPES}
     assert named <= set(ApiKey.Scope.values)
-    assert timezone.now()  # the module imports are exercised
+
+
+def test_a_cold_key_check_with_its_maker_is_still_one_query(
+    organization, owner, django_assert_num_queries
+):
+    from accounts.api_keys.authentication import api_key_authenticate
+
+    _record, raw = api_keys.api_key_create(
+        organization=organization, actor=owner, name="ci", scopes=["reservations:read"]
+    )
+    ApiKey.objects.update(last_used_at=timezone.now())  # no last-use write in this request
+    with django_assert_num_queries(1):
+        api_key_authenticate(raw)
+    with django_assert_num_queries(0):
+        api_key_authenticate(raw)
