@@ -18,8 +18,11 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.core.cache import cache
-from django.db.models import OuterRef, Subquery
+from django.db import transaction
+from django.db.models import OuterRef, Q, Subquery
 from django.utils import timezone
+
+from core import audit
 
 from ..guards import suspension_message
 from ..models import ApiKey, Membership, Organization
@@ -51,6 +54,27 @@ def cache_key(key_digest: str) -> str:
     return f"api-key:{key_digest}"
 
 
+def _revoke_orphan(api_key: ApiKey, reason: str) -> None:
+    """A key whose maker left or was deactivated some other way than through the services
+    (the admin form, a script) is revoked for good the first time it is presented, as the
+    services would have done: bringing the person back does not bring the key back."""
+    now = timezone.now()
+    with transaction.atomic():
+        revoked = (
+            ApiKey.objects.filter(pk=api_key.pk)
+            .filter(Q(revoked_at__isnull=True) | Q(revoked_at__gt=now))
+            .update(revoked_at=now)
+        )
+        if revoked:
+            audit.record(
+                action="api_key.revoked",
+                actor=None,
+                organization=api_key.organization,
+                target=api_key,
+                data={"reason": reason, "maker": getattr(api_key.created_by, "email", "")},
+            )
+
+
 def _maker_check(api_key: ApiKey) -> None:
     """Refuse a key whose maker can no longer stand behind it; note the maker's role on the
     record (`maker_role`, cached with it) for the reads that depend on it."""
@@ -63,9 +87,11 @@ def _maker_check(api_key: ApiKey) -> None:
     if maker is None:  # an operator's key (manage.py create_api_key without --user)
         return
     if not maker.is_active:
+        _revoke_orphan(api_key, "key_owner_inactive")
         raise KeyRefused("key_owner_inactive", "The person who made this key was deactivated.")
     role = api_key.maker_membership_role  # type: ignore[attr-defined]  # annotated on fill
     if role is None:
+        _revoke_orphan(api_key, "key_owner_left")
         raise KeyRefused(
             "key_owner_left", "The person who made this key is no longer in the organization."
         )

@@ -38,6 +38,15 @@ def test_a_plain_save_deactivation_stops_the_key_within_the_cache_time(
     owner.save()  # as the admin form or a script would: no service, no cache drop
     frozen_clock.shift(timedelta(seconds=6))
     assert error(api(key).get(RESERVATIONS)) == (401, "key_owner_inactive")
+    # Refused once for the reason, then revoked for good (audited) as the services would have.
+    event = AuditEvent.objects.get(action="api_key.revoked")
+    assert (event.actor, event.data) == (
+        None,
+        {"reason": "key_owner_inactive", "maker": owner.email},
+    )
+    User.objects.filter(pk=owner.pk).update(is_active=True)
+    frozen_clock.shift(timedelta(seconds=6))
+    assert error(api(key).get(RESERVATIONS)) == (401, "revoked_key")
 
 
 def test_a_membership_deleted_by_hand_stops_the_key(catalog, organization, frozen_clock):
