@@ -490,11 +490,13 @@ def api_keys_page(request: MemberRequest) -> HttpResponse:
                 add_service_error(form, exc)
             else:
                 form = ApiKeyForm()
+    keys = list(api_keys_for_org(organization))
     return render(
         request,
         "accounts/api_keys.html",
         {
-            "keys": api_keys_for_org(organization),
+            "keys": keys,
+            "manageable": _manageable(request, keys) if may_manage else set(),
             "form": form,
             "created_key": created_key,
             "may_manage": may_manage,
@@ -503,6 +505,15 @@ def api_keys_page(request: MemberRequest) -> HttpResponse:
         },
         status=400 if form.errors else 200,
     )
+
+
+def _manageable(request: MemberRequest, keys: list[ApiKey]) -> set[str]:
+    role = request.membership.role
+    return {
+        k.public_id
+        for k in keys
+        if api_keys.may_manage_key(role=role, actor=request.user, api_key=k)
+    }
 
 
 @org_member(Permission.MANAGE_API_KEYS)
@@ -525,11 +536,13 @@ def api_key_action(request: MemberRequest, public_id: str, action: str) -> HttpR
             _new, key = api_keys.api_key_rotate(
                 api_key=api_key, actor=request.user, grace=timedelta(hours=24)
             )
+            keys = list(api_keys_for_org(request.organization))
             return render(
                 request,
                 "accounts/api_keys.html",
                 {
-                    "keys": api_keys_for_org(request.organization),
+                    "keys": keys,
+                    "manageable": _manageable(request, keys),
                     "form": ApiKeyForm(),
                     "created_key": key,
                     "rotated": api_key,

@@ -190,14 +190,17 @@ def _require_may_manage(*, actor: User, api_key: ApiKey) -> None:
     role = require_permission(
         actor=actor, organization=api_key.organization, permission=Permission.MANAGE_API_KEYS
     )
-    if api_key.is_service and not may_make_service_keys(role):
-        raise NotAllowed("Only an owner can rotate or revoke a service key.")
-    if (
-        not api_key.is_service
-        and api_key.created_by_id != actor.pk
-        and not may_manage_others_keys(role)
-    ):
+    if not may_manage_key(role=role, actor=actor, api_key=api_key):
+        if api_key.is_service:
+            raise NotAllowed("Only an owner can rotate or revoke a service key.")
         raise NotAllowed(f"Your role ({role}) manages only the keys you made.")
+
+
+def may_manage_key(*, role: str, actor: User, api_key: ApiKey) -> bool:
+    """May someone with `role` rotate or revoke this key (the page shows the buttons by it)."""
+    if api_key.is_service:
+        return may_make_service_keys(role)
+    return api_key.created_by_id == actor.pk or may_manage_others_keys(role)
 
 
 @transaction.atomic

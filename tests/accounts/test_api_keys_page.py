@@ -133,3 +133,26 @@ def test_an_admin_sees_no_service_choice_and_cannot_make_one(organization, owner
     )
     assert response.status_code == 400
     assert ApiKey.objects.count() == 0
+
+
+def test_a_member_sees_rotate_and_revoke_only_on_their_own_keys(organization, owner):
+    from accounts import api_keys
+
+    theirs, _ = api_keys.api_key_create(
+        organization=organization, actor=owner, name="owners", scopes=["inference"]
+    )
+    member = member_of(organization, Role.MEMBER)
+    mine, _ = api_keys.api_key_create(
+        organization=organization, actor=member, name="mine", scopes=["inference"]
+    )
+    html = reauthenticated(member).get(page(organization)).content.decode()
+    assert reverse("api-key-action", args=[organization.slug, mine.public_id, "revoke"]) in html
+    assert (
+        reverse("api-key-action", args=[organization.slug, theirs.public_id, "revoke"]) not in html
+    )
+    refused = reauthenticated(member).post(
+        reverse("api-key-action", args=[organization.slug, theirs.public_id, "revoke"])
+    )
+    assert refused.status_code == 302
+    theirs.refresh_from_db()
+    assert theirs.revoked_at is None
