@@ -77,6 +77,10 @@ class User(AbstractBaseUser, PermissionsMixin):
         super().clean()
         self.email = self.__class__.objects.normalize_email(self.email).lower()
 
+    def set_password(self, raw_password: str | None) -> None:
+        # A service key's identity never signs in, whoever sets a password (the admin form).
+        super().set_password(None if self.is_service else raw_password)
+
     @property
     def is_verified(self) -> bool:
         return self.email_verified_at is not None

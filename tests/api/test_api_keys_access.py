@@ -332,3 +332,12 @@ def test_a_cold_key_check_with_its_maker_is_still_one_query(
         api_key_authenticate(raw)
     with django_assert_num_queries(0):
         api_key_authenticate(raw)
+
+
+def test_a_service_keys_identity_cannot_be_given_a_password(organization, owner):
+    record, _key = _service_key(organization, owner)
+    identity = record.service_user
+    identity.set_password("a-long-enough-password")
+    identity.save()
+    identity.refresh_from_db()
+    assert identity.has_usable_password() is False
