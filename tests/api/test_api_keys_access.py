@@ -341,3 +341,15 @@ def test_a_service_keys_identity_cannot_be_given_a_password(organization, owner)
     identity.save()
     identity.refresh_from_db()
     assert identity.has_usable_password() is False
+
+
+def test_mail_about_a_service_keys_reservation_goes_to_the_billing_address(
+    catalog, organization, owner, mailoutbox, django_capture_on_commit_callbacks
+):
+    from capacity.notifications import notification_send
+
+    _record, key = _service_key(organization, owner)
+    api(key).post(RESERVATIONS, BLOCK, content_type="application/json")
+    with django_capture_on_commit_callbacks(execute=True):
+        notification_send(Reservation.objects.get(), "reservation_scheduled")
+    assert [m.to for m in mailoutbox] == [[organization.billing_email]]
