@@ -11,6 +11,7 @@ from .api_auth import actor_of, organization_of
 from .api_keys import api_key_revoke
 from .api_keys.selectors import api_key_for_org, api_keys_for_org
 from .models import ApiKey
+from .permissions import key_lists_only_own
 
 
 class KeySerializer(serializers.ModelSerializer):
@@ -22,6 +23,7 @@ class KeySerializer(serializers.ModelSerializer):
         fields = [
             "id",
             "name",
+            "kind",
             "scopes",
             "created_by",
             "created_at",
@@ -39,7 +41,11 @@ class Keys(APIView, ListAPIView):
     required_scopes = {"GET": ApiKey.Scope.KEYS_READ}
 
     def get_queryset(self) -> QuerySet[ApiKey]:
-        return api_keys_for_org(organization_of(self.request))
+        keys = api_keys_for_org(organization_of(self.request))
+        auth = self.request.auth
+        if isinstance(auth, ApiKey) and key_lists_only_own(getattr(auth, "maker_role", None)):
+            keys = keys.filter(created_by_id=auth.created_by_id)  # a member's key sees its own
+        return keys
 
 
 class RevokeKey(APIView):

@@ -38,7 +38,8 @@ def organization_of(request: Request) -> Organization:
 
 
 def actor_of(request: Request) -> User:
-    """Who acts: the signed-in user, or the member who made the key."""
+    """Who acts: the signed-in user, the member who made the key, or a service key's own
+    identity (so the audit log names the key)."""
     user = request.user
     if getattr(user, "pk", None) is None:
         raise NotAllowed(
@@ -72,7 +73,8 @@ class ApiKeyAuthentication(BaseAuthentication):
             if exc.status == 403:  # a good key its organization may not use (suspended)
                 raise exceptions.PermissionDenied(exc.message, code=exc.code) from exc
             raise exceptions.AuthenticationFailed(exc.message, code=exc.code) from exc
-        return (found.api_key.created_by or _KeyUser(), found.api_key)
+        key = found.api_key
+        return (key.service_user if key.is_service else key.created_by) or _KeyUser(), key
 
     def authenticate_header(self, request: Request) -> str:
         return 'Bearer realm="api"'

@@ -156,6 +156,16 @@ class RoleForm(forms.Form):
 
 class ApiKeyForm(forms.Form):
     name = forms.CharField(max_length=80, help_text="Where it is used, e.g. “CI runner”.")
+    kind = forms.ChoiceField(
+        choices=[
+            (ApiKey.Kind.PERSONAL, "Personal: acts for you, ends when you leave"),
+            (ApiKey.Kind.SERVICE, "Service: belongs to the organization (owners only)"),
+        ],
+        initial=ApiKey.Kind.PERSONAL,
+        required=False,
+        widget=forms.RadioSelect,
+        help_text="A service key survives people leaving and ends only when revoked.",
+    )
     scopes = forms.MultipleChoiceField(
         choices=ApiKey.Scope.choices,
         widget=forms.CheckboxSelectMultiple,

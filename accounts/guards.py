@@ -34,7 +34,10 @@ def require_active_organization(organization: Organization) -> None:
 
 
 def require_permission(*, actor: User, organization: Organization, permission: Permission) -> str:
-    """Return the actor's role in the organization, or raise if the role lacks `permission`."""
+    """Return the actor's role in the organization, or raise if the role lacks `permission`
+    (or the actor was deactivated: a session or key that outlived that must not act)."""
+    if not actor.is_active:
+        raise NotAllowed("This account is deactivated.", code="user_inactive")
     membership = Membership.objects.filter(user=actor, organization=organization).first()
     if membership is None:
         raise NotFound("Organization not found.")

@@ -49,6 +49,9 @@ class User(AbstractBaseUser, PermissionsMixin):
     is_staff = models.BooleanField(default=False, help_text="Staff can sign in to the back office.")
     date_joined = models.DateTimeField(default=timezone.now)
     email_verified_at = models.DateTimeField(null=True, blank=True)
+    # The identity a service key acts as (see ApiKey.Kind.SERVICE): no password, never signs in,
+    # not listed on the team page.
+    is_service = models.BooleanField(default=False, editable=False)
 
     objects = UserManager()
 
@@ -73,6 +76,10 @@ class User(AbstractBaseUser, PermissionsMixin):
     def clean(self) -> None:
         super().clean()
         self.email = self.__class__.objects.normalize_email(self.email).lower()
+
+    def set_password(self, raw_password: str | None) -> None:
+        # A service key's identity never signs in, whoever sets a password (the admin form).
+        super().set_password(None if self.is_service else raw_password)
 
     @property
     def is_verified(self) -> bool:
@@ -276,7 +283,17 @@ class Invitation(models.Model):
 
 
 class ApiKey(models.Model):
-    """A key for the API, made by a member for an organization (see accounts/api_keys/format.py)."""
+    """A key for the API, made by a member for an organization (see accounts/api_keys/format.py).
+
+    A personal key acts for the member who made it and lives only while that member is active,
+    in the organization, in a role that covers its scopes. A service key belongs to the
+    organization: it acts as its own service identity (`service_user`, shared with the keys it
+    is rotated into) and ends only when revoked.
+    """
+
+    class Kind(models.TextChoices):
+        PERSONAL = "personal", "Personal"
+        SERVICE = "service", "Service"
 
     class Scope(models.TextChoices):
         RESERVATIONS_READ = "reservations:read", "Read reservations and offerings"
@@ -292,6 +309,14 @@ class ApiKey(models.Model):
     )
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.PERSONAL)
+    service_user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="service_keys",
     )
     name = models.CharField(max_length=80)
     public_id = models.CharField(max_length=12, unique=True)
@@ -309,7 +334,17 @@ class ApiKey(models.Model):
 
     class Meta:
         ordering = ["-created_at", "-id"]
-        indexes = [models.Index(fields=["organization", "-created_at"])]
+        indexes = [
+            models.Index(fields=["organization", "-created_at"]),
+            models.Index(fields=["created_by", "organization"]),
+        ]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(kind="personal", service_user__isnull=True)
+                | models.Q(kind="service", service_user__isnull=False),
+                name="accounts_apikey_service_user_iff_service",
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.name} (hbk_{self.public_id}_…)"
@@ -319,3 +354,7 @@ class ApiKey(models.Model):
         if self.revoked_at is not None and self.revoked_at <= now:
             return False
         return self.expires_at is None or self.expires_at > now
+
+    @property
+    def is_service(self) -> bool:
+        return self.kind == self.Kind.SERVICE

@@ -94,3 +94,42 @@ def role_matrix() -> list[tuple[str, list[bool]]]:
         (label, [can(role, perm) for role in Role.values])
         for perm, label in PERMISSION_LABELS.items()
     ]
+
+
+# The scopes a role may put on a key it makes (and keep using while the role lasts). Scope
+# names are spelled out here because the API key model imports this module; a test checks
+# every name is a real scope. Service keys (the organization's own) take any scope an owner
+# grants.
+ALL_SCOPES = "*"
+ROLE_SCOPE_CEILING: dict[str, frozenset[str]] = {
+    Role.OWNER: frozenset({ALL_SCOPES}),
+    Role.ADMIN: frozenset({ALL_SCOPES}),
+    Role.MEMBER: frozenset(
+        {"reservations:read", "reservations:write", "usage:write", "inference", "keys:read"}
+    ),
+    Role.BILLING: frozenset({"billing:read", "keys:read"}),
+}
+
+
+def scopes_beyond_role(role: str | None, scopes: list[str]) -> list[str]:
+    """The scopes in `scopes` a key made by someone with `role` may not carry (sorted); every
+    scope when `role` is None (not a member)."""
+    ceiling = ROLE_SCOPE_CEILING.get(role or "", frozenset())
+    if ALL_SCOPES in ceiling:
+        return []
+    return sorted(set(scopes) - ceiling)
+
+
+def may_make_service_keys(role: str) -> bool:
+    """Service keys outlive every member, so only an owner makes (rotates, revokes) them."""
+    return role == Role.OWNER
+
+
+def may_manage_others_keys(role: str) -> bool:
+    """A member revokes and rotates only the keys they made."""
+    return role in (Role.OWNER, Role.ADMIN)
+
+
+def key_lists_only_own(role: str | None) -> bool:
+    """A member's keys:read key lists only the keys that member made."""
+    return role == Role.MEMBER

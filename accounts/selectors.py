@@ -27,8 +27,9 @@ def membership_for(*, user: User | AnonymousUser, slug: str) -> Membership | Non
 
 
 def memberships_for_org(organization: Organization) -> QuerySet[Membership]:
+    """The team: people, not the identities service keys act as."""
     return (
-        Membership.objects.filter(organization=organization)
+        Membership.objects.filter(organization=organization, user__is_service=False)
         .select_related("user")
         .order_by("created_at", "id")
     )

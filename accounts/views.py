@@ -40,8 +40,15 @@ from .forms import (
     SignupForm,
     role_choices_for,
 )
-from .models import User
-from .permissions import PERMISSION_LABELS, Permission, Role, can, role_matrix
+from .models import ApiKey, User
+from .permissions import (
+    PERMISSION_LABELS,
+    Permission,
+    Role,
+    can,
+    may_make_service_keys,
+    role_matrix,
+)
 from .services import memberships, organizations, registration, users
 from .validators import suggest_slug
 
@@ -477,23 +484,36 @@ def api_keys_page(request: MemberRequest) -> HttpResponse:
                     name=form.cleaned_data["name"],
                     scopes=form.cleaned_data["scopes"],
                     expires_at=form.cleaned_data["expires_at"],
+                    kind=form.cleaned_data["kind"] or ApiKey.Kind.PERSONAL,
                 )
             except ServiceError as exc:
                 add_service_error(form, exc)
             else:
                 form = ApiKeyForm()
+    keys = list(api_keys_for_org(organization))
     return render(
         request,
         "accounts/api_keys.html",
         {
-            "keys": api_keys_for_org(organization),
+            "keys": keys,
+            "manageable": _manageable(request, keys) if may_manage else set(),
             "form": form,
             "created_key": created_key,
             "may_manage": may_manage,
+            "may_make_service_keys": may_make_service_keys(request.membership.role),
             "now": timezone.now(),
         },
         status=400 if form.errors else 200,
     )
+
+
+def _manageable(request: MemberRequest, keys: list[ApiKey]) -> set[str]:
+    role = request.membership.role
+    return {
+        k.public_id
+        for k in keys
+        if api_keys.may_manage_key(role=role, actor=request.user, api_key=k)
+    }
 
 
 @org_member(Permission.MANAGE_API_KEYS)
@@ -516,15 +536,18 @@ def api_key_action(request: MemberRequest, public_id: str, action: str) -> HttpR
             _new, key = api_keys.api_key_rotate(
                 api_key=api_key, actor=request.user, grace=timedelta(hours=24)
             )
+            keys = list(api_keys_for_org(request.organization))
             return render(
                 request,
                 "accounts/api_keys.html",
                 {
-                    "keys": api_keys_for_org(request.organization),
+                    "keys": keys,
+                    "manageable": _manageable(request, keys),
                     "form": ApiKeyForm(),
                     "created_key": key,
                     "rotated": api_key,
                     "may_manage": True,
+                    "may_make_service_keys": may_make_service_keys(request.membership.role),
                     "now": timezone.now(),
                 },
             )

@@ -11,7 +11,8 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from accounts.api_auth import actor_of, organization_of
-from accounts.api_keys.authentication import KeyRefused, api_key_authenticate
+from accounts.api_keys import api_key_verify
+from accounts.api_keys.authentication import KeyRefused
 from accounts.models import ApiKey, Organization, User
 from accounts.permissions import Permission, can
 from accounts.selectors import membership_for
@@ -415,7 +416,7 @@ class VerifyKey(APIView):
         if not isinstance(raw, str) or not raw:
             raise serializers.ValidationError({"key": ["Send the key to check as `key`."]})
         try:
-            found = api_key_authenticate(raw)
+            found = api_key_verify(raw, caller=request.auth)
         except KeyRefused as exc:
             return Response(
                 {

@@ -33,10 +33,11 @@ def quote_notification_send(reservation: Reservation) -> None:
 
 
 def notification_send(reservation: Reservation, template: str, **context: object) -> None:
-    """Mail whoever made the reservation (else the billing address) after the commit."""
+    """Mail whoever made the reservation (else the billing address: also when a service key
+    made it, whose identity has no mailbox) after the commit."""
     to = (
         reservation.created_by.email
-        if reservation.created_by
+        if reservation.created_by and not reservation.created_by.is_service
         else reservation.organization.billing_email
     )
     queue_email(

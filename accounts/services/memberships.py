@@ -11,6 +11,8 @@ from core.emails import queue_email
 from core.errors import Conflict, NotAllowed, NotFound, ServiceError
 
 from .. import selectors, tokens
+from ..api_keys import api_keys_revoke_for_maker
+from ..api_keys.authentication import api_key_cache_forget_maker
 from ..guards import require_permission
 from ..models import Invitation, Membership, Organization, User
 from ..permissions import Permission, Role, can
@@ -192,6 +194,8 @@ def membership_role_change(*, membership: Membership, actor: User, role: str) ->
     previous = target.role
     target.role = role
     target.save(update_fields=["role"])
+    # Keys beyond the new role stop at the next request here (the key cache checks the role).
+    transaction.on_commit(lambda: api_key_cache_forget_maker(user_id=target.user_id))
     audit.record(
         action="membership.role_changed",
         actor=actor,
@@ -230,4 +234,10 @@ def membership_remove(*, membership: Membership, actor: User) -> None:
         actor=actor,
         organization=organization,
         data={"user": target.user.email, "role": target.role},
+    )
+    api_keys_revoke_for_maker(
+        user=target.user,
+        actor=actor,
+        organization=organization,
+        reason="membership.left" if leaving else "membership.removed",
     )

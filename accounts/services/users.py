@@ -8,6 +8,7 @@ from django.utils import timezone
 from core import audit
 from core.errors import ServiceError
 
+from ..api_keys import api_keys_revoke_for_maker
 from ..models import User
 
 
@@ -36,3 +37,16 @@ def login_attempts_clean() -> int:
     threshold = timezone.now() - settings.AXES_COOLOFF_TIME
     deleted, _ = AccessAttempt.objects.filter(attempt_time__lt=threshold).delete()
     return deleted
+
+
+@transaction.atomic
+def user_deactivate(*, user: User, actor: User | None, reason: str = "") -> User:
+    """Deactivate a person and revoke, permanently, every key they made. (A deactivation that
+    bypasses this, a plain save(), still stops the keys: the key cache checks the maker.)"""
+    locked = User.objects.select_for_update().get(pk=user.pk)
+    if locked.is_active:
+        locked.is_active = False
+        locked.save(update_fields=["is_active"])
+        audit.record(action="user.deactivated", actor=actor, target=locked, reason=reason)
+    api_keys_revoke_for_maker(user=locked, actor=actor, reason="user.deactivated")
+    return locked

@@ -96,3 +96,63 @@ def test_another_organizations_keys_cannot_be_touched(organization, owner, other
     assert mine.get(page(other_organization)).status_code == 404
     theirs.refresh_from_db()
     assert theirs.revoked_at is None
+
+
+def test_a_member_cannot_give_a_key_scopes_beyond_the_role(organization, owner):
+    client = reauthenticated(member_of(organization, Role.MEMBER))
+    response = client.post(
+        page(organization), {"name": "k", "scopes": ["reservations:read", "billing:read"]}
+    )
+    assert response.status_code == 400
+    assert response.context["form"].errors["scopes"] == [
+        "Your role (member) cannot give a key billing:read."
+    ]
+    assert ApiKey.objects.count() == 0
+
+
+def test_an_owner_makes_a_service_key_labelled_as_such(organization, owner):
+    client = reauthenticated(owner)
+    response = client.post(
+        page(organization), {"name": "pipeline", "kind": "service", "scopes": ["billing:read"]}
+    )
+    assert response.status_code == 200
+    record = ApiKey.objects.get()
+    assert (record.kind, record.created_by, record.service_user.is_service) == (
+        "service",
+        owner,
+        True,
+    )
+    assert 'data-testid="service-key">Service key<' in response.content.decode()
+
+
+def test_an_admin_sees_no_service_choice_and_cannot_make_one(organization, owner):
+    client = reauthenticated(member_of(organization, Role.ADMIN))
+    assert 'name="kind"' not in client.get(page(organization)).content.decode()
+    response = client.post(
+        page(organization), {"name": "pipeline", "kind": "service", "scopes": ["billing:read"]}
+    )
+    assert response.status_code == 400
+    assert ApiKey.objects.count() == 0
+
+
+def test_a_member_sees_rotate_and_revoke_only_on_their_own_keys(organization, owner):
+    from accounts import api_keys
+
+    theirs, _ = api_keys.api_key_create(
+        organization=organization, actor=owner, name="owners", scopes=["inference"]
+    )
+    member = member_of(organization, Role.MEMBER)
+    mine, _ = api_keys.api_key_create(
+        organization=organization, actor=member, name="mine", scopes=["inference"]
+    )
+    html = reauthenticated(member).get(page(organization)).content.decode()
+    assert reverse("api-key-action", args=[organization.slug, mine.public_id, "revoke"]) in html
+    assert (
+        reverse("api-key-action", args=[organization.slug, theirs.public_id, "revoke"]) not in html
+    )
+    refused = reauthenticated(member).post(
+        reverse("api-key-action", args=[organization.slug, theirs.public_id, "revoke"])
+    )
+    assert refused.status_code == 302
+    theirs.refresh_from_db()
+    assert theirs.revoked_at is None

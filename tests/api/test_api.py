@@ -18,6 +18,7 @@ from capacity.models import Reservation
 from tests.capacity.conftest import NEXT_HOUR
 from tests.capacity.test_reservations import reserve, scheduled
 from tests.conftest import member_of
+from tests.factories import OrganizationFactory
 
 ALL = [s.value for s in ApiKey.Scope]
 BLOCK = {
@@ -39,6 +40,13 @@ def api(key=None, **headers):
         headers["HTTP_AUTHORIZATION"] = f"Bearer {key}"
     client.defaults.update(headers)
     return client
+
+
+def gateway_key():
+    """The model gateway's key: a platform organization's, with usage:write."""
+    platform = OrganizationFactory(name="Hyperblock Gateway", slug="gateway", is_platform=True)
+    operator = member_of(platform, Role.OWNER)
+    return key_for(platform, operator, scopes=["usage:write"])
 
 
 def error(response):
@@ -321,7 +329,7 @@ def test_session_users_name_their_organization(catalog, organization, owner):
 
 
 def test_key_verification_for_the_model_gateway(catalog, organization, owner):
-    gateway = key_for(organization, owner, scopes=["usage:write"])
+    gateway = gateway_key()
     customer = key_for(organization, member_of(organization, Role.MEMBER), scopes=["inference"])
     answer = api(gateway).post(
         "/api/v1/keys/verify/", {"key": customer}, content_type="application/json"
@@ -472,7 +480,7 @@ def test_inference_stops_when_the_unpaid_balance_passes_the_credit_limit(
 ):
     from billing.models import LedgerEntry
 
-    gateway = key_for(organization, owner, scopes=["usage:write"])
+    gateway = gateway_key()
     customer = key_for(organization, owner, scopes=["inference"])
 
     def ask():

@@ -57,3 +57,40 @@ def test_each_endpoint_needs_its_scope(catalog, organization, owner, route, meth
     assert _state() == before
     allowed = _call(only, route, method)
     assert allowed.status_code not in (401, 403, 500), (route, method, allowed.content)
+
+
+# The scope ceiling per role (accounts/permissions.py), written out again so that a change to
+# the table is a change to this test too.
+CEILING = {
+    "owner": ALL,
+    "admin": ALL,
+    "member": {"reservations:read", "reservations:write", "usage:write", "inference", "keys:read"},
+    "billing": {"billing:read", "keys:read"},
+}
+
+
+@pytest.mark.parametrize("scope", sorted(ALL))
+@pytest.mark.parametrize("role", sorted(CEILING))
+def test_each_role_mints_and_uses_only_the_scopes_its_ceiling_holds(
+    catalog, organization, owner, role, scope
+):
+    from accounts.models import Membership
+    from accounts.permissions import Role, scopes_beyond_role
+    from tests.conftest import member_of
+
+    assert (scopes_beyond_role(role, [scope]) == []) == (scope in CEILING[role])
+    maker = owner if role == Role.OWNER else member_of(organization, role)
+    # Minted while an admin (any scope), then moved to the role: every cache fill checks it.
+    Membership.objects.filter(user=maker).update(role=Role.ADMIN)
+    _record, key = api_keys.api_key_create(
+        organization=organization, actor=maker, name="k", scopes=[scope]
+    )
+    Membership.objects.filter(user=maker).update(role=role)
+    answer = _call(key, "keys/", "get")
+    if scope not in CEILING[role]:
+        assert answer.status_code == 403
+        assert answer.json()["error"]["code"] == "scope_beyond_role"
+    elif scope != "keys:read":
+        assert answer.json()["error"]["code"] == "missing_scope"  # the key itself is good
+    else:
+        assert answer.status_code == 200

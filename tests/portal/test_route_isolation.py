@@ -714,12 +714,12 @@ ROUTES: dict[str, Entry] = {
     ),
     "api-keys-verify": Api(
         "api/v1/keys/verify/",
-        {"POST": Answer(200, json=lambda w: NOT_A_KEY), "OPTIONS": OK},
+        {"POST": Answer(403, error="permission_denied"), "OPTIONS": OK},
         params=lambda w: {"key": w.theirs.key.public_id},
-        session={"POST": Answer(200, json=lambda w: NOT_A_KEY)},
+        session={"POST": Answer(403, error="permission_denied")},
         why=(
-            "for the model gateway: it answers about the key sent in the body, which is itself "
-            "the secret; their key's public id alone is no key"
+            "for the model gateway only: a customer's key or session is refused (403 "
+            "not_platform) before the key sent in the body is looked at"
         ),
     ),
     "api-key-revoke": Api(
@@ -885,13 +885,6 @@ USAGE = {
             "cost": "0.42",
         }
     ]
-}
-NOT_A_KEY = {
-    "valid": False,
-    "organization": None,
-    "scopes": [],
-    "inference_allowed": False,
-    "reason": "malformed_key",
 }
 ALIVE = {"status": "ok"}
 READY = {"status": "ok", "checks": {"database": "ok", "broker": "ok"}}
