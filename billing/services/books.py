@@ -18,7 +18,7 @@ not be booked yet, and a flag raised on it would be noise.
 """
 
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -32,7 +32,8 @@ from capacity.models import Reservation
 from core.money import format_money, from_minor
 
 from .. import gateway
-from ..models import BillingAccount, FinanceFlag, Invoice, LedgerEntry
+from ..models import BillingAccount, FinanceFlag, Invoice, LedgerEntry, Refund
+from .books_report import BooksReport, count_noun
 from .flags import flag_raise
 
 K = LedgerEntry.Kind
@@ -41,79 +42,6 @@ ZERO = Decimal("0.00")
 # The states in which a block has been sold and must have been charged its price.
 SOLD = (S.SCHEDULED, S.PROVISIONING, S.ACTIVE, S.RELEASING, S.COMPLETED)
 REFUND_GONE = ("failed", "canceled")  # a Stripe refund in these states gave nothing back
-
-
-@dataclass(frozen=True)
-class Difference:
-    """One thing where the books and Stripe (or the books and what was sold) disagree."""
-
-    organization: str
-    # "payment pi_...", "refund re_... of pi_...", "invoice in_...", "reservation rsv_..."
-    subject: str
-    what: str
-    ours: Decimal
-    theirs: Decimal
-    currency: str
-    key: str  # the finance flag's object id: one flag per difference
-    ours_label: str = "ledger"
-    theirs_label: str = "Stripe"
-    note: str = ""
-
-    def line(self) -> str:
-        text = (
-            f"{self.organization}: {self.subject}: {self.what}: "
-            f"{self.ours_label} {format_money(self.ours, self.currency)}, "
-            f"{self.theirs_label} {format_money(self.theirs, self.currency)}"
-        )
-        return f"{text} ({self.note})" if self.note else text
-
-
-@dataclass
-class BooksReport:
-    differences: list[Difference] = field(default_factory=list)
-    unchecked: list[str] = field(default_factory=list)  # what could not be checked, and why
-    organizations: int = 0
-    payment_intents: int = 0
-    refunds: int = 0
-    invoices: int = 0
-    reservations: int = 0
-    too_recent: int = 0  # left for the next run (moved within the grace period)
-    flags_raised: int = 0
-
-    def add(
-        self,
-        organization: str,
-        subject: str,
-        what: str,
-        ours: Decimal,
-        theirs: Decimal,
-        currency: str,
-        key: str,
-        **labels: str,  # ours_label, theirs_label, note
-    ) -> None:
-        self.differences.append(
-            Difference(organization, subject, what, ours, theirs, currency, key, **labels)
-        )
-
-    def summary(self) -> str:
-        found = len(self.differences)
-        verdict = "the books agree with Stripe" if not found else _count(found, "difference")
-        return (
-            f"check_books: {verdict}; checked {_count(self.organizations, 'organization')}, "
-            f"{_count(self.payment_intents, 'payment')}, {_count(self.refunds, 'refund')}, "
-            f"{_count(self.invoices, 'invoice')} with Stripe and "
-            f"{_count(self.reservations, 'reservation')}; {self.too_recent} left for the next "
-            f"run (too recent); {_count(self.flags_raised, 'new finance flag')}"
-        )
-
-    def as_dict(self) -> dict[str, Any]:
-        """For JSON (amounts as strings): every field, each difference's too, and the summary."""
-        differences = [{k: str(v) for k, v in asdict(d).items()} for d in self.differences]
-        return {**asdict(self), "differences": differences, "summary": self.summary()}
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}{'s' * (n != 1)}"
 
 
 @dataclass
@@ -392,12 +320,14 @@ def _check_invoices(
         if sent:
             total = format_money(sum((i.amount for i in sent), ZERO), sent[0].currency)
             parts.append(
-                f"{_count(len(sent), 'invoice')} ({total}) not compared "
+                f"{count_noun(len(sent), 'invoice')} ({total}) not compared "
                 "with Stripe (totals, payments, credit notes): this Stripe offers no invoices or "
                 "credit notes API"
             )
         if unsent:
-            parts.append(f"{_count(unsent, 'invoice')} never reached Stripe (nothing booked yet)")
+            parts.append(
+                f"{count_noun(unsent, 'invoice')} never reached Stripe (nothing booked yet)"
+            )
         report.unchecked.append(
             f"{slug}: " + "; ".join(parts) + ". Checked: its card payments and refunds, each "
             "invoice's charge in the ledger, and each reservation's ledger."
@@ -542,8 +472,9 @@ def _check_reservations(organization: Organization, as_of: datetime, report: Boo
         .annotate(total=Sum("amount"))
     ):
         withdrawn[taken_back["reservation_id"]] = taken_back["total"]
+    given_back = _cancellations_given_back(organization)
     reservations = Reservation.objects.filter(pk__in=list(sums)).only(
-        "pk", "public_id", "state", "total", "currency", "updated_at"
+        "pk", "public_id", "state", "total", "currency", "updated_at", "refund_due"
     )
     for reservation in reservations.order_by("pk"):
         if reservation.updated_at >= as_of or latest[reservation.pk] >= as_of:
@@ -568,6 +499,19 @@ def _check_reservations(organization: Organization, as_of: datetime, report: Boo
                 f"books:sold:{key}",
                 ours_label="charged",
                 theirs_label="its price",
+            )
+        due = reservation.refund_due if reservation.state == S.CANCELED else None
+        if due and given_back[reservation.pk] != due:
+            report.add(
+                slug,
+                subject,
+                "refunded for the cancellation",
+                given_back[reservation.pk],
+                due,
+                currency,
+                f"books:refund_due:{key}",
+                ours_label="given back",
+                theirs_label="its cancellation refund",
             )
         if reservation.pk in invoiced:
             # Credit notes on a paid invoice go to the customer's Stripe balance, not back:
@@ -598,3 +542,32 @@ def _check_reservations(organization: Organization, as_of: datetime, report: Boo
                 theirs_label="sold less refunds and credits",
                 note=f"sold {charged}, refunds and credits {credited}",
             )
+
+
+def _cancellations_given_back(organization: Organization) -> dict[int, Decimal]:
+    """Per canceled reservation, what its cancellation gave back: refunds made for it, credits
+    booked on its invoices (not an SLA credit note's) and what its invoice was sent without."""
+    given: dict[int, Decimal] = defaultdict(lambda: ZERO)
+    canceled = LedgerEntry.objects.filter(organization=organization, reservation__state=S.CANCELED)
+    for row in (
+        canceled.filter(kind=K.REFUND, refund__settles=Refund.Settles.CANCELLATION)
+        .values("reservation_id")
+        .annotate(total=Sum("amount"))
+    ):
+        given[row["reservation_id"]] += row["total"]
+    for row in (
+        canceled.filter(kind=K.CREDIT, invoice__isnull=False, sla_credit__isnull=True)
+        # An extension's invoice withdrawn before it was applied is credited as no sale.
+        .filter(Q(invoice__extension__isnull=True) | Q(invoice__extension__state="paid"))
+        .values("reservation_id")
+        .annotate(total=Sum("amount"))
+    ):
+        given[row["reservation_id"]] -= row["total"]  # credits are negative
+    for reservation_id, waived in Invoice.objects.filter(
+        organization=organization,
+        extension__isnull=True,
+        stripe_invoice_id__isnull=False,
+        reservation__state=S.CANCELED,
+    ).values_list("reservation_id", "waived"):
+        given[reservation_id] += waived
+    return given
