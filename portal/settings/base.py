@@ -209,7 +209,7 @@ STORAGES = {
 }
 
 # --- Cache ----------------------------------------------------------------------------------
-# The database cache is shared by every process on one machine; REDIS_URL (or CACHE_URL) moves it
+# The database cache is shared by every process on one machine; CACHE_URL=redis://... moves it
 # to Redis when the app scales out.
 CACHES = {
     "default": env.cache_url(
