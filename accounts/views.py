@@ -6,7 +6,7 @@ from django.contrib import messages
 from django.contrib.auth import authenticate, login, logout, update_session_auth_hash
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
-from django.contrib.auth.forms import AuthenticationForm, SetPasswordForm
+from django.contrib.auth.forms import AuthenticationForm, PasswordResetForm, SetPasswordForm
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse, reverse_lazy
@@ -177,6 +177,14 @@ class PasswordResetView(auth_views.PasswordResetView):
     template_name = "accounts/password_reset.html"
     form_class = QueuedPasswordResetForm
     success_url = reverse_lazy("password-reset-done")
+
+    def form_valid(self, form: PasswordResetForm) -> HttpResponse:
+        try:  # the same refusal for every address, known or not
+            registration.password_reset_rate_enforce(email=form.cleaned_data["email"])
+        except ServiceError as exc:
+            add_service_error(form, exc)
+            return self.render_to_response(self.get_context_data(form=form), status=exc.status)
+        return super().form_valid(form)
 
 
 class PasswordResetDoneView(auth_views.PasswordResetDoneView):

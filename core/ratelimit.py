@@ -19,6 +19,7 @@ import math
 import time
 from dataclasses import dataclass
 
+from django.conf import settings
 from django.core.cache import BaseCache, caches
 from django.core.cache.backends.db import BaseDatabaseCache
 from django.core.cache.backends.redis import RedisCache
@@ -86,15 +87,26 @@ def rate_limit_enforce(
     *, scope: str, ident: str, limit: int, window: int, message: str, param: str | None = None
 ) -> None:
     """Count a request and raise RateLimited (429) with `message` when it is over `limit`.
-    `message` may use `{minutes}`: the whole minutes until the window ends."""
+    `message` may name `{limit}` and `{minutes}` (whole minutes until the window ends); nothing
+    else in it is read as a placeholder, so it may quote what a user typed."""
     hit = rate_limit_hit(scope=scope, ident=ident, limit=limit, window=window)
     if not hit.allowed:
         minutes = max(1, math.ceil(hit.retry_after / 60))
-        raise RateLimited(
-            message.format(minutes=minutes, limit=limit),
-            retry_after=hit.retry_after,
-            param=param,
-        )
+        text = message.replace("{limit}", str(limit)).replace("{minutes}", str(minutes))
+        raise RateLimited(text, retry_after=hit.retry_after, param=param)
+
+
+def email_rate_enforce(*, kind: str, ident: str, message: str, param: str | None = None) -> None:
+    """One more e-mail of `kind` (a key of EMAIL_RATE_LIMITS) for `ident` in the current
+    EMAIL_RATE_WINDOW, or RateLimited with `message`."""
+    rate_limit_enforce(
+        scope=f"email:{kind}",
+        ident=ident,
+        limit=settings.EMAIL_RATE_LIMITS[kind],
+        window=int(settings.EMAIL_RATE_WINDOW.total_seconds()),
+        message=message,
+        param=param,
+    )
 
 
 def _increment(cache: BaseCache, key: str, *, timeout: int) -> int:
