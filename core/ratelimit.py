@@ -15,6 +15,7 @@ The increment is atomic on every cache the settings can name:
 """
 
 import hashlib
+import ipaddress
 import math
 import time
 from dataclasses import dataclass
@@ -107,6 +108,20 @@ def email_rate_enforce(*, kind: str, ident: str, message: str, param: str | None
         message=message,
         param=param,
     )
+
+
+def client_bucket(address: str) -> str:
+    """The client address a per-client limit counts: an IPv6 address by its /64, the block one
+    subscriber is usually given, so cycling through addresses in it does not reset the count."""
+    try:
+        parsed = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(parsed, ipaddress.IPv6Address):
+        if parsed.ipv4_mapped is not None:  # an IPv4 client seen through a dual-stack socket
+            return str(parsed.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{parsed}/64", strict=False))
+    return str(parsed)
 
 
 def _increment(cache: BaseCache, key: str, *, timeout: int) -> int:

@@ -11,7 +11,7 @@ from django.utils import timezone
 from core import audit, context
 from core.emails import queue_email
 from core.errors import Conflict, ServiceError
-from core.ratelimit import email_rate_enforce
+from core.ratelimit import client_bucket, email_rate_enforce
 
 from .. import tokens
 from ..models import Membership, Organization, User
@@ -74,7 +74,7 @@ def user_signup(
     if client:
         email_rate_enforce(
             kind="signup_client",
-            ident=client,
+            ident=client_bucket(client),
             message=(
                 "{limit} accounts were made from your network this hour, the most we allow. "
                 "Try again in {minutes} minutes."
@@ -119,7 +119,9 @@ def password_reset_rate_enforce(*, email: str) -> None:
     email_rate_enforce(kind="password_reset_recipient", ident=typed, message=message)
     client = context.client_ip.get()
     if client:
-        email_rate_enforce(kind="password_reset_client", ident=client, message=message)
+        email_rate_enforce(
+            kind="password_reset_client", ident=client_bucket(client), message=message
+        )
 
 
 def email_verification_send(*, user: User) -> None:

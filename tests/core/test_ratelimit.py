@@ -18,7 +18,7 @@ from django.db import connection, connections
 
 from accounts import api_keys
 from core.api import KeyRateThrottle
-from core.ratelimit import RateLimited, rate_limit_enforce, rate_limit_hit
+from core.ratelimit import RateLimited, client_bucket, rate_limit_enforce, rate_limit_hit
 
 CLIENTS = 32
 LIMIT = 10
@@ -170,3 +170,17 @@ def test_concurrent_api_clients_see_exactly_the_limit_pass(
     # Every refusal names the end of the same window (a second apart at most).
     assert max(waits) - min(waits) <= 1
     assert 0 < min(waits) <= 3600
+
+
+@pytest.mark.parametrize(
+    ("address", "bucket"),
+    [
+        ("203.0.113.7", "203.0.113.7"),
+        ("2001:db8:1:2:aaaa::1", "2001:db8:1:2::/64"),
+        ("2001:db8:1:2:ffff:ffff:ffff:ffff", "2001:db8:1:2::/64"),
+        ("::ffff:203.0.113.7", "203.0.113.7"),
+        ("not an address", "not an address"),
+    ],
+)
+def test_a_client_is_counted_by_its_address_or_its_ipv6_slash_64(address, bucket):
+    assert client_bucket(address) == bucket
