@@ -1,11 +1,12 @@
 from datetime import timedelta
 
+from axes.handlers.proxy import AxesProxyHandler
 from django.conf import settings
 from django.contrib import messages
-from django.contrib.auth import login, update_session_auth_hash
+from django.contrib.auth import authenticate, login, logout, update_session_auth_hash
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
-from django.contrib.auth.forms import AuthenticationForm, SetPasswordForm
+from django.contrib.auth.forms import AuthenticationForm, PasswordResetForm, SetPasswordForm
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse, reverse_lazy
@@ -18,6 +19,7 @@ from core.forms import add_service_error
 
 from . import api_keys, selectors
 from .api_keys.selectors import api_key_for_org, api_keys_for_org
+from .auth import axes_username
 from .decorators import (
     AuthenticatedRequest,
     MemberRequest,
@@ -122,8 +124,34 @@ class LoginView(auth_views.LoginView):
 def locked_out(
     request: HttpRequest, response: HttpResponse | None, credentials: dict
 ) -> HttpResponse:
-    """django-axes calls this once an account has too many failed sign-ins."""
-    return render(request, "accounts/locked_out.html", status=429)
+    """django-axes calls this once an account has too many wrong passwords (at sign-in, the
+    password confirmation or the password change)."""
+    return render(
+        request,
+        "accounts/locked_out.html",
+        {
+            "failure_limit": settings.AXES_FAILURE_LIMIT,
+            "cooloff_minutes": int(settings.AXES_COOLOFF_TIME.total_seconds() // 60),
+        },
+        status=429,
+    )
+
+
+def _password_recheck(request: AuthenticatedRequest, password: str) -> bool:
+    """Check the signed-in user's password as sign-in does, through django-axes: a wrong one
+    counts toward the account's lockout (AXES_FAILURE_LIMIT), and a locked account is refused
+    even the right one. At the lockout the session is signed out too (ten wrong guesses from a
+    signed-in session look like someone else holding it) and axes' middleware answers with the
+    lockout page."""
+    email = request.user.email
+    user = authenticate(request, username=email, password=password)
+    if user is not None and user.pk == request.user.pk:
+        if settings.AXES_RESET_ON_SUCCESS:  # as a successful sign-in does
+            AxesProxyHandler.reset_attempts(username=axes_username(request, {"username": email}))
+        return True
+    if getattr(request, "axes_locked_out", False):
+        logout(request)
+    return False
 
 
 @require_GET
@@ -156,6 +184,14 @@ class PasswordResetView(auth_views.PasswordResetView):
     template_name = "accounts/password_reset.html"
     form_class = QueuedPasswordResetForm
     success_url = reverse_lazy("password-reset-done")
+
+    def form_valid(self, form: PasswordResetForm) -> HttpResponse:
+        try:  # the same refusal for every address, known or not
+            registration.password_reset_rate_enforce(email=form.cleaned_data["email"])
+        except ServiceError as exc:
+            add_service_error(form, exc)
+            return self.render_to_response(self.get_context_data(form=form), status=exc.status)
+        return super().form_valid(form)
 
 
 class PasswordResetDoneView(auth_views.PasswordResetDoneView):
@@ -194,7 +230,13 @@ def profile(request: AuthenticatedRequest) -> HttpResponse:
                 return redirect("profile")
     elif request.method == "POST" and request.POST.get("form") == "password":
         password_form = PasswordChangeForm(request.user, request.POST)
-        if password_form.is_valid():
+        if not _password_recheck(request, request.POST.get("old_password", "")):
+            if not request.user.is_authenticated:  # locked out: axes answers with its page
+                return redirect("login")
+            password_form.is_valid()  # shows every other problem too
+            if "old_password" not in password_form.errors:  # right, but the account is locked
+                password_form.add_error("old_password", "That password is not right.")
+        elif password_form.is_valid():
             user = password_form.save()
             update_session_auth_hash(request, user)
             users.password_change_record(user=user)
@@ -446,9 +488,11 @@ def confirm_password(request: AuthenticatedRequest) -> HttpResponse:
         next_url = "/"
     error = ""
     if request.method == "POST":
-        if request.user.check_password(request.POST.get("password", "")):
+        if _password_recheck(request, request.POST.get("password", "")):
             mark_reauthenticated(request)
             return redirect(next_url)
+        if not request.user.is_authenticated:  # locked out: axes answers with its page
+            return redirect("login")
         error = "That password is not right."
     return render(
         request,

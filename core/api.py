@@ -4,11 +4,9 @@ is in core/scopes.py: DRF's settings import both early, before its views exist).
 
 import hashlib
 import logging
-import time
 from datetime import timedelta
 
 from django.conf import settings
-from django.core.cache import cache
 from django.db import IntegrityError, transaction
 from django.http import Http404
 from django.utils import timezone
@@ -23,6 +21,7 @@ from rest_framework.views import exception_handler as drf_exception_handler
 from core import context as request_context
 from core.errors import ServiceError
 from core.models import IdempotencyRecord
+from core.ratelimit import RateLimited, rate_limit_hit
 
 logger = logging.getLogger(__name__)
 
@@ -52,11 +51,15 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
             403: "permission_denied",
             404: "not_found",
             409: "conflict",
+            429: "rate_limited",
             503: "unavailable",
         }
-        return _shape(
+        shaped = _shape(
             exc.status, kinds.get(exc.status, "invalid_request"), exc.code, exc.message, exc.param
         )
+        if isinstance(exc, RateLimited):
+            shaped["Retry-After"] = str(exc.retry_after)
+        return shaped
     if isinstance(exc, Http404):
         return _shape(404, "not_found", "not_found", "Not found.")
     response = drf_exception_handler(exc, context)
@@ -110,25 +113,22 @@ IDEMPOTENCY_WINDOW = timedelta(hours=24)
 
 
 class KeyRateThrottle(BaseThrottle):
-    """A token bucket per API key (or user) in the shared cache: API_RATE_LIMIT requests
-    refill over API_RATE_WINDOW seconds, bursts up to the full bucket. 429 with Retry-After
-    when empty; every answer says how much is left."""
+    """API_RATE_LIMIT requests per API key (or user) in each API_RATE_WINDOW-second window,
+    counted atomically in the shared cache (core.ratelimit), so clients arriving together get
+    exactly the limit between them. 429 with Retry-After (until the window ends) past it;
+    every answer says how much is left."""
 
     def allow_request(self, request: Request, view: APIView) -> bool:
-        capacity = settings.API_RATE_LIMIT
-        rate = capacity / settings.API_RATE_WINDOW  # tokens per second
-        now = time.time()
-        key = f"rate:{_owner(request)}"
-        tokens, stamp = cache.get(key, (capacity, now))
-        tokens = min(capacity, tokens + max(0.0, now - stamp) * rate)  # clocks can step back
-        allowed = tokens >= 1
-        if allowed:
-            tokens -= 1
-        cache.set(key, (tokens, now), settings.API_RATE_WINDOW * 2)
+        hit = rate_limit_hit(
+            scope="api",
+            ident=_owner(request),
+            limit=settings.API_RATE_LIMIT,
+            window=settings.API_RATE_WINDOW,
+        )
         if isinstance(view, ApiView):
-            view.rate_limit = (capacity, int(tokens))
-        self.wait_seconds = 0 if allowed else (1 - tokens) / rate
-        return allowed
+            view.rate_limit = (hit.limit, hit.remaining)
+        self.wait_seconds = 0 if hit.allowed else hit.retry_after
+        return hit.allowed
 
     def wait(self) -> float:
         return self.wait_seconds

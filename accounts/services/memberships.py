@@ -9,11 +9,12 @@ from django.utils import timezone
 from core import audit
 from core.emails import queue_email
 from core.errors import Conflict, NotAllowed, NotFound, ServiceError
+from core.ratelimit import email_rate_enforce
 
 from .. import selectors, tokens
 from ..api_keys import api_keys_revoke_for_maker
 from ..api_keys.authentication import api_key_cache_forget_maker
-from ..guards import require_permission
+from ..guards import require_permission, require_verified_email
 from ..models import Invitation, Membership, Organization, User
 from ..permissions import Permission, Role, can
 
@@ -32,11 +33,14 @@ def invitation_create(
     """Invite an address with a role; returns the invitation and its token (only in the e-mail).
 
     An open invitation to the same address is replaced, so the newest link is the only one that
-    works.
+    works. Only a verified address may invite (an unverified account could be anyone's), and
+    invitations are limited per sender, per invited address and per organization
+    (EMAIL_RATE_LIMITS), so the portal cannot be used to flood an inbox.
     """
     actor_role = require_permission(
         actor=actor, organization=organization, permission=Permission.MANAGE_TEAM
     )
+    require_verified_email(actor)
     _require_role_grant(actor_role=actor_role, role=role)
     email = User.objects.normalize_email(email.strip()).lower()
     try:
@@ -47,6 +51,7 @@ def invitation_create(
         ) from exc
     if Membership.objects.filter(organization=organization, user__email__iexact=email).exists():
         raise Conflict(f"{email} is already a member.", code="already_member", param="email")
+    _invitation_rate_enforce(organization=organization, actor=actor, email=email)
     now = timezone.now()
     Invitation.objects.select_for_update().filter(
         organization=organization,
@@ -81,6 +86,31 @@ def invitation_create(
         },
     )
     return invitation, token
+
+
+def _invitation_rate_enforce(*, organization: Organization, actor: User, email: str) -> None:
+    later = "Try again in {minutes} minutes."
+    email_rate_enforce(
+        kind="invitation_sender",
+        ident=str(actor.pk),
+        message=f"You have sent {{limit}} invitations this hour, the most one person may. {later}",
+        param="email",
+    )
+    email_rate_enforce(
+        kind="invitation_recipient",
+        ident=email,
+        message=f"{email} was invited {{limit}} times this hour, the most for one address. {later}",
+        param="email",
+    )
+    email_rate_enforce(
+        kind="invitation_organization",
+        ident=str(organization.pk),
+        message=(
+            f"{organization.name} has sent {{limit}} invitations this hour. {later} "
+            "Support can raise the limit for your organization."
+        ),
+        param="email",
+    )
 
 
 @transaction.atomic

@@ -8,9 +8,10 @@ from django.db import IntegrityError, transaction
 from django.urls import reverse
 from django.utils import timezone
 
-from core import audit
+from core import audit, context
 from core.emails import queue_email
 from core.errors import Conflict, ServiceError
+from core.ratelimit import client_bucket, email_rate_enforce
 
 from .. import tokens
 from ..models import Membership, Organization, User
@@ -67,7 +68,18 @@ def user_signup(
     country: str,
     billing_email: str,
 ) -> tuple[User, Organization]:
-    """Create the user, their organization and the owner membership together, or nothing."""
+    """Create the user, their organization and the owner membership together, or nothing.
+    Sign-ups per client address are limited (each mails a verification link)."""
+    client = context.client_ip.get()
+    if client:
+        email_rate_enforce(
+            kind="signup_client",
+            ident=client_bucket(client),
+            message=(
+                "{limit} accounts were made from your network this hour, the most we allow. "
+                "Try again in {minutes} minutes."
+            ),
+        )
     user = user_create(email=email, password=password, full_name=full_name)
     try:
         organization = organization_create(
@@ -92,6 +104,24 @@ def user_signup_with_invitation(*, token: str, password: str, full_name: str) ->
     invitation = invitation_for_token(token)
     user = user_create(email=invitation.email, password=password, full_name=full_name)
     return invitation_accept(token=token, user=user)
+
+
+def password_reset_rate_enforce(*, email: str) -> None:
+    """Count a password-reset request for the address typed and for the client's address.
+
+    Counted whether or not the address has an account, and refused with one message either
+    way, so the answer never says which addresses have accounts."""
+    message = (
+        "Too many password reset e-mails were asked for this address or from your network "
+        "this hour. Try again in {minutes} minutes."
+    )
+    typed = User.objects.normalize_email(email.strip()).lower()
+    email_rate_enforce(kind="password_reset_recipient", ident=typed, message=message)
+    client = context.client_ip.get()
+    if client:
+        email_rate_enforce(
+            kind="password_reset_client", ident=client_bucket(client), message=message
+        )
 
 
 def email_verification_send(*, user: User) -> None:

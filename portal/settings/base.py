@@ -182,6 +182,18 @@ API_RATE_LIMIT = env.int("API_RATE_LIMIT", default=600)  # requests per key per 
 API_RATE_WINDOW = 60  # seconds
 # Sensitive actions (API keys, payment methods, roles) ask for the password again after this.
 REAUTHENTICATION_MAX_AGE = timedelta(minutes=10)
+# E-mail anyone can make the portal send, limited so nobody turns it on an inbox: how many in
+# each EMAIL_RATE_WINDOW, counted in the shared cache (core.ratelimit). Past a limit the request
+# is refused with a message that says when to try again; nothing is sent.
+EMAIL_RATE_WINDOW = timedelta(hours=1)
+EMAIL_RATE_LIMITS = {
+    "invitation_sender": 20,  # per inviting user
+    "invitation_recipient": 3,  # per invited address, whichever organization invites
+    "invitation_organization": 50,
+    "signup_client": 10,  # sign-ups (each sends a verification link) per client address
+    "password_reset_recipient": 3,  # per address typed, whether or not it has an account
+    "password_reset_client": 20,  # per client address
+}
 
 # --- Back office ----------------------------------------------------------------------------
 # Staff sign in to /admin/ with a password and a TOTP code; only the local settings relax it.
@@ -209,7 +221,7 @@ STORAGES = {
 }
 
 # --- Cache ----------------------------------------------------------------------------------
-# The database cache is shared by every process on one machine; REDIS_URL (or CACHE_URL) moves it
+# The database cache is shared by every process on one machine; CACHE_URL=redis://... moves it
 # to Redis when the app scales out.
 CACHES = {
     "default": env.cache_url(

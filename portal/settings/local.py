@@ -18,3 +18,8 @@ DEMO_DATA_ALLOWED = True
 # Serve static files straight from the apps, without collectstatic.
 WHITENOISE_USE_FINDERS = True
 WHITENOISE_AUTOREFRESH = True
+# runserver (`make run`) serves each connection in a thread of its own and, unlike gunicorn's
+# workers, never closes a thread's database connection that CONN_MAX_AGE keeps: 32 concurrent
+# clients ran PostgreSQL out of connections. Here every request closes its own; production keeps
+# them (with health checks, portal/settings/base.py).
+DATABASES["default"]["CONN_MAX_AGE"] = 0  # noqa: F405

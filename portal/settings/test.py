@@ -20,6 +20,8 @@ STORAGES = {
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
 }
 CACHES = {"default": env.cache_url("CACHE_URL", default="locmemcache://")}
+# Generous, so no test is throttled by accident; tests of the limits set their own.
+EMAIL_RATE_LIMITS = dict.fromkeys(EMAIL_RATE_LIMITS, 10_000)  # noqa: F405
 
 # Each test run gets its own broker folder so parallel runs never share messages.
 CELERY_BROKER_DIR = Path(os.environ.get("TEST_BROKER_DIR") or tempfile.mkdtemp(prefix="hb-broker-"))

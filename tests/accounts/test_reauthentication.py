@@ -5,6 +5,7 @@ nothing and comes back to the page it was made from."""
 import time
 
 import pytest
+from axes.models import AccessAttempt
 from django.test import Client
 from django.urls import reverse
 
@@ -148,3 +149,68 @@ def test_another_organization_is_404_before_any_password_prompt(owner, other_org
         == 404
     )
     assert client.get(reverse("card-add", args=[slug])).status_code == 404
+
+
+def _failures(user) -> int:
+    attempt = AccessAttempt.objects.filter(username=user.email.lower()).first()
+    return 0 if attempt is None else attempt.failures_since_start
+
+
+def test_wrong_confirmation_passwords_lock_the_account_as_sign_in_does(
+    organization, owner, settings
+):
+    client = client_for(owner)
+    team = reverse("team", args=[organization.slug])
+    for _ in range(settings.AXES_FAILURE_LIMIT - 1):
+        assert client.post(CONFIRM, {"password": "not it", "next": team}).status_code == 400
+    assert _failures(owner) == settings.AXES_FAILURE_LIMIT - 1
+    locked = client.post(CONFIRM, {"password": "still not it", "next": team})
+    assert locked.status_code == 429
+    assert "locked for 15 minutes after 10 failed attempts" in locked.text
+    # The guessing session is signed out, and the right password no longer signs in.
+    assert "_auth_user_id" not in client.session
+    assert client.post(CONFIRM, {"password": PASSWORD, "next": team}).status_code == 302
+    assert REAUTH_SESSION_KEY not in client.session
+    signed_in = Client().post(reverse("login"), {"username": owner.email, "password": PASSWORD})
+    assert signed_in.status_code == 429
+
+
+def test_a_locked_account_is_refused_the_right_confirmation_password(organization, owner, settings):
+    client = client_for(owner)  # a session from before someone guessed at the sign-in
+    for _ in range(settings.AXES_FAILURE_LIMIT):
+        Client().post(reverse("login"), {"username": owner.email, "password": "wrong"})
+    refused = client.post(CONFIRM, {"password": PASSWORD})
+    assert refused.status_code == 429
+    assert "_auth_user_id" not in client.session
+    assert REAUTH_SESSION_KEY not in client.session
+
+
+def test_a_right_confirmation_clears_earlier_failures(organization, owner):
+    client = client_for(owner)
+    for _ in range(3):
+        client.post(CONFIRM, {"password": "not it"})
+    assert _failures(owner) == 3
+    assert client.post(CONFIRM, {"password": PASSWORD}).status_code == 302
+    assert _failures(owner) == 0
+
+
+def test_wrong_passwords_at_the_password_change_count_toward_the_lockout(owner, settings):
+    client = client_for(owner)
+    profile = reverse("profile")
+    change = {
+        "form": "password",
+        "new_password1": "a-new-pass-123",
+        "new_password2": "a-new-pass-123",
+    }
+    for _ in range(settings.AXES_FAILURE_LIMIT - 1):
+        wrong = client.post(profile, {**change, "old_password": "not it"})
+        assert wrong.status_code == 200
+        assert wrong.context["password_form"].errors["old_password"] == [
+            "Your old password was entered incorrectly. Please enter it again."
+        ]
+    assert client.post(profile, {**change, "old_password": "not it"}).status_code == 429
+    assert "_auth_user_id" not in client.session
+    signed_in = Client().post(reverse("login"), {"username": owner.email, "password": PASSWORD})
+    assert signed_in.status_code == 429
+    owner.refresh_from_db()
+    assert owner.check_password(PASSWORD)

@@ -463,9 +463,12 @@ def test_an_idempotency_key_expires_after_a_day(catalog, organization, owner, fr
     assert Reservation.objects.count() == 2
 
 
-def test_the_rate_limit_answers_429_with_retry_after(catalog, organization, owner, settings):
+def test_the_rate_limit_answers_429_with_retry_after(
+    catalog, organization, owner, settings, frozen_clock
+):
     settings.API_RATE_LIMIT = 3
     client = api(key_for(organization, owner))
+    frozen_clock.shift(timedelta(seconds=40))  # 20 seconds before the minute's window ends
     answers = [client.get("/api/v1/reservations/") for _ in range(4)]
     assert [a.status_code for a in answers] == [200, 200, 200, 429]
     assert [a["X-RateLimit-Remaining"] for a in answers[:3]] == ["2", "1", "0"]

@@ -1,3 +1,4 @@
+import json
 import os
 import subprocess
 import sys
@@ -133,3 +134,42 @@ def test_a_worker_serves_its_task_metrics_when_asked(monkeypatch):
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
         text = answer.read().decode()
     assert "# TYPE hyperblock_celery_task_seconds histogram" in text
+
+
+def _database_settings(module: str) -> list:
+    code = (
+        "import django, json; from django.conf import settings; django.setup();"
+        "db = settings.DATABASES['default'];"
+        "print(json.dumps([db['ENGINE'], db['CONN_MAX_AGE'], db['CONN_HEALTH_CHECKS']]))"
+    )
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("DJANGO_")}
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        env={
+            **clean,
+            "DJANGO_SETTINGS_MODULE": module,
+            "DJANGO_SECRET_KEY": "x" * 50,
+            "DJANGO_ALLOWED_HOSTS": "console.example.com",
+            "DATABASE_URL": "postgres://hb@db.example.com:5432/hyperblock",
+        },
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_production_keeps_database_connections_and_checks_them_before_use():
+    assert _database_settings("portal.settings.production") == [
+        "django.db.backends.postgresql",
+        60,
+        True,
+    ]
+
+
+def test_the_development_server_closes_each_requests_database_connection():
+    # runserver's threads never close a kept connection: `make run` would run out of them.
+    assert _database_settings("portal.settings.local") == ["django.db.backends.postgresql", 0, True]
