@@ -517,7 +517,7 @@ ROUTES: dict[str, Entry] = {
     "reservation-kubeconfig": Portal(
         "o/<slug:slug>/reservations/<str:public_id>/kubeconfig/",
         "GET",
-        P.VIEW_RESERVATIONS,
+        P.USE_HARDWARE,
         ids=_active,
     ),
     "reservation-cancel": Portal(
