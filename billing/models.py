@@ -1,11 +1,17 @@
 from decimal import Decimal
 
 from django.conf import settings
+from django.core.validators import MinValueValidator
 from django.db import models
 from django.utils import timezone
 
 from core.ids import public_id
 from core.models import AppendOnly
+from core.money import NOT_TO_THE_CENT, validate_currency
+
+# Money stored as an amount (a price, a cost, a credit) is never below 0; only LedgerEntry
+# carries a sign, on purpose: charges positive, what settles them negative.
+NOT_NEGATIVE = MinValueValidator(Decimal("0"))
 
 
 def new_payment_id() -> str:
@@ -72,9 +78,13 @@ class Payment(models.Model):
     # Whether the customer asked to keep the card for later; other cards are detached once the
     # payment is settled, so the organization's saved cards are the ones it chose to save.
     keep_card = models.BooleanField(default=False)
-    amount = models.DecimalField(max_digits=14, decimal_places=2)
+    amount = models.DecimalField(
+        max_digits=14, decimal_places=2, validators=[MinValueValidator(Decimal("0.01"))]
+    )
     currency = models.CharField(max_length=3)
-    amount_refunded = models.DecimalField(max_digits=14, decimal_places=2, default=Decimal("0.00"))
+    amount_refunded = models.DecimalField(
+        max_digits=14, decimal_places=2, default=Decimal("0.00"), validators=[NOT_NEGATIVE]
+    )
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING)
     failure_message = models.CharField(max_length=300, blank=True)
     card_brand = models.CharField(max_length=20, blank=True)
@@ -148,7 +158,9 @@ class Refund(models.Model):
     public_id = models.CharField(max_length=24, unique=True, default=new_refund_id, editable=False)
     payment = models.ForeignKey(Payment, on_delete=models.PROTECT, related_name="refunds")
     stripe_refund_id = models.CharField(max_length=64, unique=True, null=True, blank=True)
-    amount = models.DecimalField(max_digits=14, decimal_places=2)
+    amount = models.DecimalField(
+        max_digits=14, decimal_places=2, validators=[MinValueValidator(Decimal("0.01"))]
+    )
     currency = models.CharField(max_length=3)
     reason = models.CharField(max_length=500)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
@@ -200,7 +212,7 @@ class Invoice(models.Model):
     )
     stripe_invoice_id = models.CharField(max_length=64, unique=True, null=True, blank=True)
     number = models.CharField(max_length=64, blank=True)
-    amount = models.DecimalField(max_digits=14, decimal_places=2)
+    amount = models.DecimalField(max_digits=14, decimal_places=2, validators=[NOT_NEGATIVE])
     currency = models.CharField(max_length=3)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
     due_at = models.DateTimeField(null=True, blank=True)
@@ -217,6 +229,11 @@ class Invoice(models.Model):
             models.Index(fields=["status", "due_at"]),
             models.Index(fields=["created_at"]),
             models.Index(fields=["payment_failed", "created_at"]),
+        ]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(amount__gte=0), name="billing_invoice_amount_not_negative"
+            ),
         ]
 
     def __str__(self) -> str:
@@ -390,9 +407,26 @@ class ModelPrice(models.Model):
     """The price of a hosted model, per million input and output tokens."""
 
     model = models.SlugField(max_length=80, unique=True)
-    input_per_million = models.DecimalField(max_digits=10, decimal_places=4)
-    output_per_million = models.DecimalField(max_digits=10, decimal_places=4)
-    currency = models.CharField(max_length=3, default="usd")
+    input_per_million = models.DecimalField(
+        max_digits=10, decimal_places=4, validators=[NOT_NEGATIVE]
+    )
+    output_per_million = models.DecimalField(
+        max_digits=10, decimal_places=4, validators=[NOT_NEGATIVE]
+    )
+    currency = models.CharField(max_length=3, default="usd", validators=[validate_currency])
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(input_per_million__gte=0, output_per_million__gte=0),
+                name="billing_modelprice_not_negative",
+            ),
+            # Usage is costed to the cent in this currency and charged from it.
+            models.CheckConstraint(
+                condition=~models.Q(currency__in=sorted(NOT_TO_THE_CENT)),
+                name="billing_modelprice_currency_to_the_cent",
+            ),
+        ]
 
     def __str__(self) -> str:
         return self.model
@@ -442,13 +476,18 @@ class UsageHour(models.Model):
     hour = models.DateTimeField()
     input_tokens = models.PositiveBigIntegerField(default=0)
     output_tokens = models.PositiveBigIntegerField(default=0)
-    cost = models.DecimalField(max_digits=14, decimal_places=2, default=Decimal("0.00"))
+    cost = models.DecimalField(
+        max_digits=14, decimal_places=2, default=Decimal("0.00"), validators=[NOT_NEGATIVE]
+    )
     currency = models.CharField(max_length=3, default="usd")
     pushed_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-hour"]
         constraints = [
+            models.CheckConstraint(
+                condition=models.Q(cost__gte=0), name="billing_usage_hour_cost_not_negative"
+            ),
             models.UniqueConstraint(
                 fields=["organization", "model", "hour"], name="billing_usage_hour_once"
             ),
@@ -498,11 +537,13 @@ class SlaCredit(models.Model):
     # What the cause is about: the incident's id for a failed node, "start", "release".
     key = models.CharField(max_length=64)
     minutes = models.PositiveIntegerField(help_text="The time lost, as capacity measured it.")
-    node_hours = models.DecimalField(max_digits=12, decimal_places=4)
-    percent = models.DecimalField(max_digits=6, decimal_places=2)
+    node_hours = models.DecimalField(max_digits=12, decimal_places=4, validators=[NOT_NEGATIVE])
+    percent = models.DecimalField(max_digits=6, decimal_places=2, validators=[NOT_NEGATIVE])
     # What the policy gave, and what was credited once capped by what was paid.
-    computed = models.DecimalField(max_digits=14, decimal_places=2)
-    amount = models.DecimalField(max_digits=14, decimal_places=2)
+    computed = models.DecimalField(max_digits=14, decimal_places=2, validators=[NOT_NEGATIVE])
+    amount = models.DecimalField(
+        max_digits=14, decimal_places=2, validators=[MinValueValidator(Decimal("0.01"))]
+    )
     currency = models.CharField(max_length=3)
     method = models.CharField(max_length=16, choices=Method.choices)
     invoice = models.ForeignKey(
@@ -524,6 +565,10 @@ class SlaCredit(models.Model):
             models.CheckConstraint(
                 condition=models.Q(amount__gt=0, amount__lte=models.F("computed")),
                 name="billing_sla_credit_amount_valid",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(node_hours__gte=0, percent__gte=0),
+                name="billing_sla_credit_measures_not_negative",
             ),
         ]
 
