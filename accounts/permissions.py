@@ -27,6 +27,9 @@ class Permission(StrEnum):
     VIEW_BILLING = "billing:view"
     MANAGE_BILLING = "billing:manage"
     VIEW_USAGE = "usage:view"
+    # Reaching the nodes (SSH endpoints, the kubeconfig): for the people who run the work,
+    # not for Billing, who may see a reservation to pay for it.
+    USE_HARDWARE = "hardware:use"
 
 
 P = Permission
@@ -44,6 +47,7 @@ ROLE_PERMISSIONS: dict[str, frozenset[Permission]] = {
             P.VIEW_BILLING,
             P.MANAGE_BILLING,
             P.VIEW_USAGE,
+            P.USE_HARDWARE,
         }
     ),
     Role.MEMBER: frozenset(
@@ -54,6 +58,7 @@ ROLE_PERMISSIONS: dict[str, frozenset[Permission]] = {
             P.MANAGE_RESERVATIONS,
             P.MANAGE_API_KEYS,
             P.VIEW_USAGE,
+            P.USE_HARDWARE,
         }
     ),
     Role.BILLING: frozenset(
@@ -81,6 +86,7 @@ PERMISSION_LABELS: dict[Permission, str] = {
     P.VIEW_BILLING: "See payments and invoices",
     P.MANAGE_BILLING: "Pay and manage payment methods",
     P.VIEW_USAGE: "See token usage",
+    P.USE_HARDWARE: "Reach the nodes: SSH access and kubeconfigs",
 }
 
 

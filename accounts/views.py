@@ -1,4 +1,5 @@
 from datetime import timedelta
+from urllib.parse import urlencode
 
 from axes.handlers.proxy import AxesProxyHandler
 from django.conf import settings
@@ -11,7 +12,6 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse, reverse_lazy
 from django.utils import timezone
-from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from core.errors import NotFound, ServiceError
@@ -51,6 +51,7 @@ from .permissions import (
     may_make_service_keys,
     role_matrix,
 )
+from .redirects import safe_next
 from .services import memberships, organizations, registration, users
 from .validators import suggest_slug
 
@@ -177,7 +178,7 @@ def verify_email_resend(request: AuthenticatedRequest) -> HttpResponse:
         registration.email_verification_send(user=request.user)
         request.session["verification_sent_at"] = now
         messages.success(request, f"We sent a new verification link to {request.user.email}.")
-    return redirect(request.POST.get("next") or "home")
+    return redirect(safe_next(request, reverse("home")))
 
 
 class PasswordResetView(auth_views.PasswordResetView):
@@ -470,7 +471,7 @@ def invitation(request: HttpRequest, token: str) -> HttpResponse:
             "account_exists": account_exists,
             "wrong_user": request.user.is_authenticated
             and request.user.email.lower() != invite.email.lower(),
-            "login_url": f"{reverse('login')}?next={request.path}",
+            "login_url": f"{reverse('login')}?{urlencode({'next': request.path}, safe='/')}",
             "role_permissions": [
                 label for perm, label in PERMISSION_LABELS.items() if can(invite.role, perm)
             ],
@@ -483,9 +484,7 @@ def invitation(request: HttpRequest, token: str) -> HttpResponse:
 @require_http_methods(["GET", "POST"])
 def confirm_password(request: AuthenticatedRequest) -> HttpResponse:
     """Ask for the password again before a sensitive action (API keys, payment methods, roles)."""
-    next_url = request.POST.get("next") or request.GET.get("next") or "/"
-    if not url_has_allowed_host_and_scheme(next_url, allowed_hosts={request.get_host()}):
-        next_url = "/"
+    next_url = safe_next(request, "/")
     error = ""
     if request.method == "POST":
         if _password_recheck(request, request.POST.get("password", "")):

@@ -137,7 +137,9 @@ SEARCH_PARAMETERS = [
     OpenApiParameter("gpu_model", str, required=True, description="GPU model slug, e.g. h100-sxm"),
     OpenApiParameter("region", str, description="Region code; any region when omitted"),
     OpenApiParameter("node_count", int, required=True),
-    OpenApiParameter("starts_at", str, description="ISO 8601 on the hour; now when omitted"),
+    OpenApiParameter(
+        "starts_at", str, description="ISO 8601 on a whole hour in UTC; now when omitted"
+    ),
     OpenApiParameter("duration_hours", int, required=True),
 ]
 
@@ -175,7 +177,8 @@ class CreateReservation(_ClientToken):
         required=False,
         allow_null=True,
         help_text=(
-            "ISO 8601 on the hour. Omitted or null means start now: the block starts the "
+            "ISO 8601 on a whole hour in UTC (09:00+05:30 is 03:30 UTC: refused). Omitted "
+            "or null means start now: the block starts the "
             "minute its payment is confirmed and runs duration_hours from then (starts_at and "
             "ends_at move to the confirmation time)."
         ),

@@ -37,7 +37,7 @@ class OfferingSearchForm(forms.Form):
     starts_at = forms.DateTimeField(
         label="Start (UTC)",
         required=False,
-        help_text="On the hour. Leave empty to start as soon as it is paid.",
+        help_text="On a whole hour in UTC. Leave empty to start as soon as it is paid.",
         widget=forms.DateTimeInput(attrs={"type": "datetime-local", "step": 3600}),
         error_messages={"invalid": "Give the start as a date and time, e.g. 2026-12-01T09:00Z."},
     )
@@ -71,7 +71,9 @@ class OfferingSearchForm(forms.Form):
         try:
             return check(value)
         except ServiceError as exc:
-            self.add_error(exc.param if exc.param in self.fields else field, exc.message)
+            # The service's code travels with the message: the API answers with it.
+            error = forms.ValidationError(exc.message, code=exc.code)
+            self.add_error(exc.param if exc.param in self.fields else field, error)
             return None
 
 

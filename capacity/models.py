@@ -7,8 +7,13 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from core.ids import public_id
+from core.money import NOT_TO_THE_CENT, validate_currency
 
 from .windows import Window
+
+# Money the database stores as an amount (a price, a total, what is due back) is never below 0;
+# only the ledger's entries carry a sign.
+NOT_NEGATIVE = MinValueValidator(Decimal("0"))
 
 
 class GpuModel(models.Model):
@@ -88,7 +93,7 @@ class ListPrice(models.Model):
     price_per_gpu_hour = models.DecimalField(
         max_digits=10, decimal_places=4, validators=[MinValueValidator(Decimal("0.0001"))]
     )
-    currency = models.CharField(max_length=3, default="usd")
+    currency = models.CharField(max_length=3, default="usd", validators=[validate_currency])
 
     class Meta:
         constraints = [
@@ -97,6 +102,11 @@ class ListPrice(models.Model):
             ),
             models.CheckConstraint(
                 condition=models.Q(price_per_gpu_hour__gt=0), name="capacity_listprice_positive"
+            ),
+            # Reservations take their currency from here; it must count in cents.
+            models.CheckConstraint(
+                condition=~models.Q(currency__in=sorted(NOT_TO_THE_CENT)),
+                name="capacity_listprice_currency_to_the_cent",
             ),
         ]
 
@@ -202,14 +212,18 @@ class Reservation(models.Model):
     hold_expires_at = models.DateTimeField(null=True, blank=True)
     # Price snapshot taken when the reservation was made (and grown by extensions).
     currency = models.CharField(max_length=3)
-    price_per_gpu_hour = models.DecimalField(max_digits=10, decimal_places=4)
+    price_per_gpu_hour = models.DecimalField(
+        max_digits=10, decimal_places=4, validators=[NOT_NEGATIVE]
+    )
     price_source = models.CharField(max_length=16)
-    subtotal = models.DecimalField(max_digits=14, decimal_places=2)
-    discount = models.DecimalField(max_digits=14, decimal_places=2)
-    total = models.DecimalField(max_digits=14, decimal_places=2)
+    subtotal = models.DecimalField(max_digits=14, decimal_places=2, validators=[NOT_NEGATIVE])
+    discount = models.DecimalField(max_digits=14, decimal_places=2, validators=[NOT_NEGATIVE])
+    total = models.DecimalField(max_digits=14, decimal_places=2, validators=[NOT_NEGATIVE])
     price_lines = models.JSONField(default=list)
     # Cancellation: what the policy allows back; the payment side refunds it.
-    refund_due = models.DecimalField(max_digits=14, decimal_places=2, null=True, blank=True)
+    refund_due = models.DecimalField(
+        max_digits=14, decimal_places=2, null=True, blank=True, validators=[NOT_NEGATIVE]
+    )
     # A form's one-time token: a stale form submitted twice finds the first reservation.
     request_token = models.CharField(max_length=64, blank=True, default="", editable=False)
     # Provisioning: how the customer reaches the block. The secret part (a kubeconfig with its
@@ -267,6 +281,17 @@ class Reservation(models.Model):
                 condition=~models.Q(request_token=""),
                 name="capacity_reservation_request_token_unique",
             ),
+            # The price snapshot: amounts, never signs (the ledger is the signed record).
+            models.CheckConstraint(
+                condition=models.Q(
+                    price_per_gpu_hour__gte=0, subtotal__gte=0, discount__gte=0, total__gte=0
+                ),
+                name="capacity_reservation_money_not_negative",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(refund_due__isnull=True) | models.Q(refund_due__gte=0),
+                name="capacity_reservation_refund_due_not_negative",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -312,9 +337,9 @@ class Extension(models.Model):
     state = models.CharField(max_length=16, choices=State.choices, default=State.HELD)
     hold_expires_at = models.DateTimeField(null=True, blank=True)
     currency = models.CharField(max_length=3)
-    subtotal = models.DecimalField(max_digits=14, decimal_places=2)
-    discount = models.DecimalField(max_digits=14, decimal_places=2)
-    price = models.DecimalField(max_digits=14, decimal_places=2)
+    subtotal = models.DecimalField(max_digits=14, decimal_places=2, validators=[NOT_NEGATIVE])
+    discount = models.DecimalField(max_digits=14, decimal_places=2, validators=[NOT_NEGATIVE])
+    price = models.DecimalField(max_digits=14, decimal_places=2, validators=[NOT_NEGATIVE])
     price_lines = models.JSONField(default=list)
     requested_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
@@ -340,6 +365,10 @@ class Extension(models.Model):
             ),
             models.CheckConstraint(
                 condition=models.Q(price__gte=0), name="capacity_extension_price_not_negative"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(subtotal__gte=0, discount__gte=0),
+                name="capacity_extension_money_not_negative",
             ),
             models.CheckConstraint(
                 condition=models.Q(

@@ -210,6 +210,8 @@ def _detail_context(request: MemberRequest, reservation: Reservation) -> dict:
     )
     return {
         "reservation": reservation,
+        # SSH endpoints and the kubeconfig: only for roles that run work on the nodes.
+        "may_use_hardware": can(request.membership.role, Permission.USE_HARDWARE),
         "is_quote": is_quote,
         "may_accept": may_manage and open_quote and request.organization.on_invoice_terms,
         "timeline": selectors.reservation_timeline(reservation).select_related("actor"),
@@ -253,7 +255,7 @@ def reservation_status(request: MemberRequest, public_id: str) -> HttpResponse:
     return response
 
 
-@org_member(Permission.VIEW_RESERVATIONS)
+@org_member(Permission.USE_HARDWARE)
 @require_GET
 def reservation_kubeconfig(request: MemberRequest, public_id: str) -> HttpResponse:
     reservation = _reservation(request, public_id)

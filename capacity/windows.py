@@ -1,7 +1,7 @@
 """Reservation windows: whole nodes, whole hours, on hour boundaries, within the booking limits."""
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
 from django.utils import timezone
@@ -31,6 +31,8 @@ class Window:
 
 
 def ceil_hour(moment: datetime) -> datetime:
+    """The next whole UTC hour (an hour in +05:30 is not one)."""
+    moment = moment.astimezone(UTC) if timezone.is_aware(moment) else moment
     floor = moment.replace(minute=0, second=0, microsecond=0)
     return floor if floor == moment else floor + HOUR
 
@@ -72,12 +74,8 @@ def window_for(
             code="start_without_timezone",
             param="starts_at",
         )
-    if (starts_at.minute, starts_at.second, starts_at.microsecond) != (0, 0, 0):
-        raise ServiceError(
-            "Blocks start on the hour (for example 09:00, not 09:30).",
-            code="start_not_on_hour",
-            param="starts_at",
-        )
+    check_on_utc_hour(starts_at)
+    starts_at = starts_at.astimezone(UTC)
     if starts_at <= now:
         raise ServiceError(
             "The start is in the past. Choose a later hour, or start now.",
@@ -93,6 +91,25 @@ def window_for(
             param="starts_at",
         )
     return Window(starts_at, starts_at + duration_hours * HOUR)
+
+
+def check_on_utc_hour(starts_at: datetime) -> None:
+    """Blocks start on a whole hour in UTC: an offset of half an hour (India) or 45 minutes
+    (Nepal) turns 09:00 local into a start off the hour, which the hourly capacity count
+    cannot hold. The message shows the UTC time the start really is."""
+    utc = starts_at.astimezone(UTC)
+    if (utc.minute, utc.second, utc.microsecond) == (0, 0, 0):
+        return
+    if starts_at.utcoffset() == timedelta(0):
+        message = "Blocks start on the hour (for example 09:00, not 09:30)."
+    else:
+        spec = "minutes" if (utc.second, utc.microsecond) == (0, 0) else "seconds"
+        given = starts_at.isoformat(timespec=spec)[11:]
+        message = (
+            f"Blocks start on the hour in UTC: {given} is {utc.isoformat(timespec=spec)[11:-6]} "
+            "UTC."
+        )
+    raise ServiceError(message, code="start_not_on_hour", param="starts_at")
 
 
 def validate_node_count(node_count: int) -> None:

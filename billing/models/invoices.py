@@ -5,6 +5,8 @@ from decimal import Decimal
 from django.db import models
 from django.utils import timezone
 
+from .payments import NOT_NEGATIVE
+
 
 class Invoice(models.Model):
     """A Stripe invoice (send_invoice, net-N) on invoice terms: one for a reservation's block and
@@ -33,7 +35,7 @@ class Invoice(models.Model):
     )
     stripe_invoice_id = models.CharField(max_length=64, unique=True, null=True, blank=True)
     number = models.CharField(max_length=64, blank=True)
-    amount = models.DecimalField(max_digits=14, decimal_places=2)
+    amount = models.DecimalField(max_digits=14, decimal_places=2, validators=[NOT_NEGATIVE])
     # The refund of a block canceled before its invoice went out, taken off the amount instead
     # of credited later.
     waived = models.DecimalField(max_digits=14, decimal_places=2, default=Decimal("0.00"))
@@ -66,6 +68,9 @@ class Invoice(models.Model):
                 fields=["reservation"],
                 condition=models.Q(extension__isnull=True),
                 name="billing_invoice_one_per_block",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(amount__gte=0), name="billing_invoice_amount_not_negative"
             ),
         ]
 

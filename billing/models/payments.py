@@ -3,10 +3,16 @@
 from decimal import Decimal
 
 from django.conf import settings
+from django.core.validators import MinValueValidator
 from django.db import models
 from django.utils import timezone
 
 from core.ids import public_id
+
+# Money stored as an amount (a price, a cost, a credit) is never below 0; only LedgerEntry
+# carries a sign, on purpose: charges positive, what settles them negative.
+NOT_NEGATIVE = MinValueValidator(Decimal("0"))
+AT_LEAST_A_CENT = MinValueValidator(Decimal("0.01"))
 
 
 def new_payment_id() -> str:
@@ -73,9 +79,11 @@ class Payment(models.Model):
     # Whether the customer asked to keep the card for later; other cards are detached once the
     # payment is settled, so the organization's saved cards are the ones it chose to save.
     keep_card = models.BooleanField(default=False)
-    amount = models.DecimalField(max_digits=14, decimal_places=2)
+    amount = models.DecimalField(max_digits=14, decimal_places=2, validators=[AT_LEAST_A_CENT])
     currency = models.CharField(max_length=3)
-    amount_refunded = models.DecimalField(max_digits=14, decimal_places=2, default=Decimal("0.00"))
+    amount_refunded = models.DecimalField(
+        max_digits=14, decimal_places=2, default=Decimal("0.00"), validators=[NOT_NEGATIVE]
+    )
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING)
     failure_message = models.CharField(max_length=300, blank=True)
     card_brand = models.CharField(max_length=20, blank=True)
@@ -150,7 +158,7 @@ class Refund(models.Model):
     public_id = models.CharField(max_length=24, unique=True, default=new_refund_id, editable=False)
     payment = models.ForeignKey(Payment, on_delete=models.PROTECT, related_name="refunds")
     stripe_refund_id = models.CharField(max_length=64, unique=True, null=True, blank=True)
-    amount = models.DecimalField(max_digits=14, decimal_places=2)
+    amount = models.DecimalField(max_digits=14, decimal_places=2, validators=[AT_LEAST_A_CENT])
     currency = models.CharField(max_length=3)
     reason = models.CharField(max_length=500)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)

@@ -6,6 +6,7 @@ from django.utils import timezone
 from core.ids import public_id
 
 from .invoices import Invoice
+from .payments import AT_LEAST_A_CENT, NOT_NEGATIVE
 
 
 def new_sla_credit_id() -> str:
@@ -48,11 +49,11 @@ class SlaCredit(models.Model):
     # What the cause is about: the incident's id for a failed node, "start", "release".
     key = models.CharField(max_length=64)
     minutes = models.PositiveIntegerField(help_text="The time lost, as capacity measured it.")
-    node_hours = models.DecimalField(max_digits=12, decimal_places=4)
-    percent = models.DecimalField(max_digits=6, decimal_places=2)
+    node_hours = models.DecimalField(max_digits=12, decimal_places=4, validators=[NOT_NEGATIVE])
+    percent = models.DecimalField(max_digits=6, decimal_places=2, validators=[NOT_NEGATIVE])
     # What the policy gave, and what was credited once capped by what was paid.
-    computed = models.DecimalField(max_digits=14, decimal_places=2)
-    amount = models.DecimalField(max_digits=14, decimal_places=2)
+    computed = models.DecimalField(max_digits=14, decimal_places=2, validators=[NOT_NEGATIVE])
+    amount = models.DecimalField(max_digits=14, decimal_places=2, validators=[AT_LEAST_A_CENT])
     currency = models.CharField(max_length=3)
     method = models.CharField(max_length=16, choices=Method.choices)
     invoice = models.ForeignKey(
@@ -80,6 +81,10 @@ class SlaCredit(models.Model):
             models.CheckConstraint(
                 condition=models.Q(amount__gt=0, amount__lte=models.F("computed")),
                 name="billing_sla_credit_amount_valid",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(node_hours__gte=0, percent__gte=0),
+                name="billing_sla_credit_measures_not_negative",
             ),
         ]
 

@@ -24,7 +24,9 @@ def test_matrix_is_exactly_as_documented():
         Permission.MANAGE_RESERVATIONS,
         Permission.MANAGE_API_KEYS,
         Permission.VIEW_USAGE,
+        Permission.USE_HARDWARE,
     }
+    # Billing sees reservations to pay for them, but does not reach the nodes.
     assert {p for p in Permission if can(Role.BILLING, p)} == {
         Permission.VIEW_ORGANIZATION,
         Permission.VIEW_TEAM,

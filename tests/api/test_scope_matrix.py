@@ -1,6 +1,9 @@
 """Every API route and method names the scope it needs, a key without that scope (but with
 every other) gets 403 missing_scope and changes nothing, and a key with only that scope gets
-past the check. A new endpoint without `required_scopes` fails this test."""
+past the check. A new endpoint without `required_scopes` fails this test.
+
+HEAD and OPTIONS are walked too, on every route: they need the scope of the route's GET, and
+where there is no GET no key may use them (the check fails closed)."""
 
 import json
 
@@ -18,8 +21,8 @@ ALL = {s.value for s in ApiKey.Scope}
 UNSCOPED = {"schema/", "docs/"}  # public documents
 
 
-def _cases() -> list[tuple[str, str, str]]:
-    cases = []
+def _cases() -> list[tuple[str, str, str | None]]:
+    cases: list[tuple[str, str, str | None]] = []
     for pattern in api_urls.urlpatterns:
         assert isinstance(pattern, URLPattern)
         route = str(pattern.pattern)
@@ -31,18 +34,29 @@ def _cases() -> list[tuple[str, str, str]]:
                 needed = getattr(view, "required_scopes", {}).get(method.upper())
                 assert needed in ALL, f"{route} {method.upper()} names no scope"
                 cases.append((route, method, needed))
+        # Not listed by any view: they read what GET reads, so they need its scope.
+        read = getattr(view, "required_scopes", {}).get("GET") if hasattr(view, "get") else None
+        cases.append((route, "head", read))
+        cases.append((route, "options", read))
     return cases
 
 
 def _call(key: str, route: str, method: str):
     client = Client(HTTP_AUTHORIZATION=f"Bearer {key}")
     path = "/api/v1/" + route.replace("<str:public_id>", "rsv_doesnotexist0")
-    if method == "get":
-        return client.get(path)
+    if method in ("get", "head", "options"):
+        return getattr(client, method)(path)
     return getattr(client, method)(path, json.dumps({}), content_type="application/json")
 
 
-@pytest.mark.parametrize(("route", "method", "needed"), _cases())
+def _refused(response, method: str, status: int, code: str) -> bool:
+    # A HEAD answer has no body to read the error from; its status says enough.
+    if response.status_code != status:
+        return False
+    return method == "head" or response.json()["error"]["code"] == code
+
+
+@pytest.mark.parametrize(("route", "method", "needed"), [c for c in _cases() if c[2] is not None])
 def test_each_endpoint_needs_its_scope(catalog, organization, owner, route, method, needed):
     _record, without = api_keys.api_key_create(
         organization=organization, actor=owner, name="without", scopes=sorted(ALL - {needed})
@@ -52,8 +66,7 @@ def test_each_endpoint_needs_its_scope(catalog, organization, owner, route, meth
     )
     before = _state()
     refused = _call(without, route, method)
-    assert refused.status_code == 403, (route, method, refused.content)
-    assert refused.json()["error"]["code"] == "missing_scope"
+    assert _refused(refused, method, 403, "missing_scope"), (route, method, refused.content)
     assert _state() == before
     allowed = _call(only, route, method)
     assert allowed.status_code not in (401, 403, 500), (route, method, allowed.content)
@@ -94,3 +107,43 @@ def test_each_role_mints_and_uses_only_the_scopes_its_ceiling_holds(
         assert answer.json()["error"]["code"] == "missing_scope"  # the key itself is good
     else:
         assert answer.status_code == 200
+
+
+@pytest.mark.parametrize(("route", "method"), [(c[0], c[1]) for c in _cases() if c[2] is None])
+def test_methods_no_scope_covers_are_refused(catalog, organization, owner, route, method):
+    """OPTIONS on an endpoint without a GET is refused even to a key with every scope (it
+    would describe the endpoint's fields); HEAD there has nothing to answer: 405."""
+    _record, every = api_keys.api_key_create(
+        organization=organization, actor=owner, name="every", scopes=sorted(ALL)
+    )
+    before = _state()
+    refused = _call(every, route, method)
+    status, code = (405, "") if method == "head" else (403, "method_not_scoped")
+    assert _refused(refused, method, status, code), (route, method, refused.content)
+    assert _state() == before
+
+
+def test_head_needs_the_read_scope(catalog, organization, owner):
+    """A key that may only report usage cannot list reservations by asking with HEAD."""
+    _record, usage_only = api_keys.api_key_create(
+        organization=organization, actor=owner, name="usage", scopes=["usage:write"]
+    )
+    client = Client(HTTP_AUTHORIZATION=f"Bearer {usage_only}")
+    assert client.head("/api/v1/reservations/").status_code == 403
+    refused = client.options("/api/v1/reservations/")
+    assert refused.status_code == 403
+    assert refused.json()["error"] == {
+        "type": "permission_denied",
+        "code": "missing_scope",
+        "message": "This key lacks the reservations:read scope.",
+        "param": None,
+    }
+
+
+def test_a_method_no_view_has_is_still_405(catalog, organization, owner):
+    _record, every = api_keys.api_key_create(
+        organization=organization, actor=owner, name="every", scopes=sorted(ALL)
+    )
+    client = Client(HTTP_AUTHORIZATION=f"Bearer {every}")
+    response = client.put("/api/v1/reservations/", "{}", content_type="application/json")
+    assert response.status_code == 405

@@ -310,6 +310,8 @@ class Answer:
 NOT_FOUND = Answer(404)
 API_NOT_FOUND = Answer(404, error="not_found")
 FORBIDDEN = Answer(403)
+# OPTIONS on an endpoint without a GET: no scope covers it, so no key may use it.
+KEY_UNSCOPED = Answer(403, error="permission_denied")
 OK = Answer(200)
 HOME = Answer(302, "/")
 
@@ -515,7 +517,7 @@ ROUTES: dict[str, Entry] = {
     "reservation-kubeconfig": Portal(
         "o/<slug:slug>/reservations/<str:public_id>/kubeconfig/",
         "GET",
-        P.VIEW_RESERVATIONS,
+        P.USE_HARDWARE,
         ids=_active,
     ),
     "reservation-cancel": Portal(
@@ -633,7 +635,7 @@ ROUTES: dict[str, Entry] = {
     ),
     "api-cancel": Api(
         "api/v1/reservations/<str:public_id>/cancel/",
-        {"POST": API_NOT_FOUND, "OPTIONS": OK},
+        {"POST": API_NOT_FOUND, "OPTIONS": KEY_UNSCOPED},
         ids=_quote,
         params=lambda w: {"reason": "intruder"},
     ),
@@ -645,7 +647,7 @@ ROUTES: dict[str, Entry] = {
     ),
     "api-pay": Api(
         "api/v1/reservations/<str:public_id>/pay/",
-        {"POST": API_NOT_FOUND, "OPTIONS": OK},
+        {"POST": API_NOT_FOUND, "OPTIONS": KEY_UNSCOPED},
         ids=_quote,
         params=lambda w: {"client_token": "route-isolation", "use_saved_card": True},
     ),
@@ -714,7 +716,7 @@ ROUTES: dict[str, Entry] = {
     ),
     "api-keys-verify": Api(
         "api/v1/keys/verify/",
-        {"POST": Answer(403, error="permission_denied"), "OPTIONS": OK},
+        {"POST": Answer(403, error="permission_denied"), "OPTIONS": KEY_UNSCOPED},
         params=lambda w: {"key": w.theirs.key.public_id},
         session={"POST": Answer(403, error="permission_denied")},
         why=(
@@ -724,7 +726,7 @@ ROUTES: dict[str, Entry] = {
     ),
     "api-key-revoke": Api(
         "api/v1/keys/<str:public_id>/revoke/",
-        {"POST": API_NOT_FOUND, "OPTIONS": OK},
+        {"POST": API_NOT_FOUND, "OPTIONS": KEY_UNSCOPED},
         ids=lambda t: {"public_id": t.key.public_id},
     ),
     "api-schema": Untenanted(
