@@ -24,7 +24,6 @@ from django.utils import timezone
 from accounts.guards import require_active_organization, require_permission, require_verified_email
 from accounts.models import User
 from accounts.permissions import Permission
-from accounts.services.organizations import organization_lock
 from core import audit
 from core.errors import Conflict, ServiceError
 
@@ -203,7 +202,7 @@ def _hold_locked(
 ) -> Extension:
     # The organization first (its hold limits count this hold with the others; locks are
     # always taken organization, then pool, then reservation).
-    organization = organization_lock(reservation.organization)
+    organization = limits.organization_hold_lock(reservation.organization)
     locked = _locked_reservation(reservation)
     if request_token:  # the same request, a moment ago
         existing = locked.extensions.filter(request_token=request_token).first()

@@ -11,7 +11,7 @@ settings.CAPACITY_LIMITS and raised for one organization by sales (its `max_*` f
 
 And a rate: at most CAPACITY_HOLD_RATE_PER_MINUTE new holds a minute per organization.
 
-The checks run with the organization's row locked (organization_lock), in the transaction that
+The checks run with the organization's row locked (organization_hold_lock), in the transaction that
 writes the hold, so two concurrent holds cannot both take the last place. The rate counter is
 a cache `add` then `incr`: atomic on its own with Redis and the local-memory cache, and made so
 for the database cache (whose `incr` reads then writes) by the same row lock. Sales' quotes and
@@ -73,6 +73,17 @@ class Limits:
     open_holds: int | None
     held_node_hours: int | None
     live_nodes: int | None
+
+
+def organization_hold_lock(organization: Organization) -> Organization:
+    """The organization's row, locked for the transaction that writes a hold: holds of one
+    organization take turns, and wait for a change of its terms (organization_lock).
+
+    FOR NO KEY UPDATE, not FOR UPDATE: rows that merely point at the organization (an audit
+    event written while a payment is confirmed under the pool lock, or while a reservation is
+    canceled) take a key-share lock on it, which FOR UPDATE would make wait for this hold while
+    the hold waits for their pool or reservation: a deadlock. Call inside a transaction."""
+    return Organization.objects.select_for_update(no_key=True, of=("self",)).get(pk=organization.pk)
 
 
 def organization_limits(organization: Organization) -> Limits:

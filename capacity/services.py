@@ -18,7 +18,6 @@ from accounts import credit
 from accounts.guards import require_active_organization, require_permission, require_verified_email
 from accounts.models import Organization, User
 from accounts.permissions import Permission
-from accounts.services.organizations import organization_lock
 from core import audit
 from core.errors import Conflict, ServiceError
 from core.money import format_money
@@ -240,7 +239,7 @@ def _create_locked(
     # always taken organization first, then the pool): its limits and credit line are checked
     # against holds already written, and its terms are read from the row as they are now, not
     # from the instance the request loaded (sales may have switched them since).
-    locked = organization_lock(organization)
+    locked = limits.organization_hold_lock(organization)
     reservation.organization = locked
     require_active_organization(locked)
     if request_token:  # the same form may have won the lock a moment ago

@@ -161,7 +161,9 @@ def test_negative_control_without_the_organizations_lock_every_hold_passes_the_c
         tier: {"open_holds": CAP, "held_node_hours": None, "live_nodes": None}
         for tier in ("self_serve", "enterprise")
     }
-    monkeypatch.setattr(services, "organization_lock", lambda org: type(org).objects.get(pk=org.pk))
+    monkeypatch.setattr(
+        limits, "organization_hold_lock", lambda org: type(org).objects.get(pk=org.pk)
+    )
     everyone_has_checked = threading.Barrier(CAP + 1, timeout=30)
     check = limits.hold_limits_check
 
