@@ -14,7 +14,7 @@ from accounts.models import Organization
 from backoffice.roles import FINANCE, SALES
 from billing.models import Invoice
 from billing.services import terms
-from capacity import extensions, lifecycle, limits, quotes
+from capacity import demo, extensions, lifecycle, limits, quotes
 from capacity.models import Extension, Reservation
 from capacity.windows import Window
 from core.errors import NotAllowed, ServiceError
@@ -367,3 +367,9 @@ def test_changing_terms_drops_the_organizations_cached_keys(
         terms.card_terms_set(organization=organization, actor=sales)
     assert cache.get(cache_key(digest(raw))) is None
     assert not api_key_authenticate(raw).organization.on_invoice_terms
+
+
+def test_the_demos_busy_customer_is_not_held_to_the_limits(catalog, capped, settings):
+    capped(open_holds=1, held_node_hours=1, live_nodes=1)
+    settings.CAPACITY_HOLD_RATE_PER_MINUTE = 1
+    assert demo.load_bookings("demo-password") > 2
