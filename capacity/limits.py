@@ -14,7 +14,9 @@ And a rate: at most CAPACITY_HOLD_RATE_PER_MINUTE new holds a minute per organiz
 The checks run with the organization's row locked (organization_hold_lock), in the transaction that
 writes the hold, so two concurrent holds cannot both take the last place. The rate counter is
 a cache `add` then `incr`: atomic on its own with Redis and the local-memory cache, and made so
-for the database cache (whose `incr` reads then writes) by the same row lock. Sales' quotes and
+for the database cache (whose `incr` reads then writes) by the same row lock; there the count
+is written in the hold's transaction, so a hold refused after it (sold out) is not counted,
+while Redis and local memory count every attempt that got that far. Sales' quotes and
 staff extensions are not held to the caps: the people who set the limits made them.
 """
 
