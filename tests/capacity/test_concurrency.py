@@ -4,9 +4,12 @@ SQLite serializes every writer with its immediate transactions, so the race only
 PostgreSQL; `.ci/run` always runs this file there.
 """
 
+import os
 import threading
+import uuid
 
 import pytest
+import redis
 from django.core.management import call_command
 from django.db import IntegrityError, connection, connections
 
@@ -135,10 +138,23 @@ def test_live_nodes_racing_under_a_cap_get_exactly_the_cap(catalog, organization
     assert outcomes == ["live_nodes_limit"] + ["won"] * CAP
 
 
-@pytest.mark.parametrize("backend", ["locmem", "database"])
+@pytest.mark.parametrize("backend", ["locmem", "database", "redis"])
 def test_holds_racing_the_rate_limit_get_exactly_the_rate(catalog, organization, settings, backend):
-    """The counter is atomic with the local-memory cache (and Redis) on its own; the database
+    """The counter is atomic with the local-memory cache and Redis on their own; the database
     cache's `incr` reads then writes, and the organization's lock serializes it."""
+    if backend == "redis":
+        url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+        try:
+            redis.Redis.from_url(url, socket_connect_timeout=1).ping()
+        except redis.RedisError:
+            pytest.skip(f"needs Redis at {url}")
+        settings.CACHES = {
+            "default": {
+                "BACKEND": "django.core.cache.backends.redis.RedisCache",
+                "LOCATION": url,
+                "KEY_PREFIX": f"hb-test-{uuid.uuid4().hex}",  # apart from any other run
+            }
+        }
     if backend == "database":
         settings.CACHES = {
             "default": {
