@@ -147,6 +147,27 @@ class Organization(models.Model):
         default=False,
         help_text="Our own services (the model gateway): its usage keys report for customers.",
     )
+    # Sales raises the tier's capacity limits (settings.CAPACITY_LIMITS) for one customer;
+    # blank keeps the tier's. capacity/limits.py enforces them.
+    max_open_holds = models.PositiveIntegerField(
+        "open holds limit",
+        null=True,
+        blank=True,
+        help_text="Reservations and extensions waiting for payment at once. Blank: the tier's.",
+    )
+    max_held_node_hours = models.PositiveIntegerField(
+        "held node-hours limit",
+        null=True,
+        blank=True,
+        help_text="Node-hours in those holds together. Blank: the tier's.",
+    )
+    max_live_nodes = models.PositiveIntegerField(
+        "live nodes limit",
+        null=True,
+        blank=True,
+        help_text="Nodes in reservations held, scheduled, provisioning or active. Blank: the "
+        "tier's.",
+    )
     created_at = models.DateTimeField(default=timezone.now)
     # Sales looks at every new customer once; until then it waits on the back-office dashboard.
     reviewed_at = models.DateTimeField(null=True, blank=True)

@@ -631,6 +631,9 @@ def _environment(db_url: str, api: str) -> dict[str, str]:
         "DATABASE_URL": db_url,
         # Shared by every process, as in production (API key cache, rate limits).
         "CACHE_URL": CACHE_URL,
+        # Each simulated customer reserves far more, far faster, than one customer may.
+        "CAPACITY_LIMITS": "false",
+        "CAPACITY_HOLD_RATE_PER_MINUTE": "0",
         "CELERY_BROKER_URL": BROKER_URL,
         "STRIPE_SECRET_KEY": SECRET_KEY,
         "STRIPE_API_BASE": api,

@@ -27,7 +27,7 @@ from accounts.permissions import Permission
 from core import audit
 from core.errors import Conflict, ServiceError
 
-from . import offerings, pricing, provisioning, selectors
+from . import limits, offerings, pricing, provisioning, selectors
 from .extension_states import APPLIED, X, extension_transition
 from .models import Allocation, Extension, Reservation
 from .pools import pool_lock
@@ -169,7 +169,11 @@ def extension_hold(
         raise ServiceError("Send a client token of at most 64 characters.", param="client_token")
     try:
         return _hold_locked(
-            reservation=reservation, actor=actor, hours=checked, request_token=request_token
+            reservation=reservation,
+            actor=actor,
+            hours=checked,
+            request_token=request_token,
+            limited=not staff,
         )
     except _Busy:
         reservation.refresh_from_db()
@@ -194,8 +198,11 @@ def _expire_lapsed(reservation: Reservation, now: datetime) -> None:
 
 @transaction.atomic
 def _hold_locked(
-    *, reservation: Reservation, actor: User, hours: int, request_token: str
+    *, reservation: Reservation, actor: User, hours: int, request_token: str, limited: bool
 ) -> Extension:
+    # The organization first (its hold limits count this hold with the others; locks are
+    # always taken organization, then pool, then reservation).
+    organization = limits.organization_hold_lock(reservation.organization)
     locked = _locked_reservation(reservation)
     if request_token:  # the same request, a moment ago
         existing = locked.extensions.filter(request_token=request_token).first()
@@ -215,6 +222,12 @@ def _hold_locked(
     end = locked.ends_at + hours * HOUR
     if selectors.extension_blockers(locked, locked.ends_at, end).exists():
         raise _Busy
+    if limited:  # staff who hold hours for a customer are not held to the limits
+        limits.hold_rate_check(organization)
+        limits.hold_limits_check(
+            organization=organization, now=now, holds=1, node_hours=hours * locked.node_count,
+            nodes=0,
+        )  # fmt: skip
     quote = _price(locked, hours)
     extension = Extension(
         reservation=locked,

@@ -18,12 +18,11 @@ from accounts import credit
 from accounts.guards import require_active_organization, require_permission, require_verified_email
 from accounts.models import Organization, User
 from accounts.permissions import Permission
-from accounts.services.organizations import organization_lock
 from core import audit
 from core.errors import Conflict, ServiceError
 from core.money import format_money
 
-from . import extensions, lifecycle, offerings, pricing, provisioning, selectors
+from . import extensions, lifecycle, limits, offerings, pricing, provisioning, selectors
 
 # The cancellation lives in cancellation.py; its names are found here too, as they always were.
 from .cancellation import CANCELABLE as CANCELABLE
@@ -237,21 +236,36 @@ def _create_locked(
         validate_unique=False,
         validate_constraints=False,
     )
-    if organization.on_invoice_terms and quoted_by is None:
-        # Confirmed below without a payment: it has to fit in the credit line. The row lock
-        # makes concurrent confirmations take turns (locks are always taken organization
-        # first, then the pool).
-        credit.require_credit(organization=organization_lock(organization), amount=quote.total)
-    pool_lock(clusters)
+    # Every hold of one organization takes its turn on the organization's row (locks are
+    # always taken organization first, then the pool): its limits and credit line are checked
+    # against holds already written, and its terms are read from the row as they are now, not
+    # from the instance the request loaded (sales may have switched them since).
+    locked = limits.organization_hold_lock(organization)
+    reservation.organization = locked
+    require_active_organization(locked)
     if request_token:  # the same form may have won the lock a moment ago
         existing = Reservation.objects.filter(
-            organization=organization, request_token=request_token
+            organization=locked, request_token=request_token
         ).first()
         if existing is not None:
             return existing
+    invoiced = locked.on_invoice_terms and quoted_by is None
+    if quoted_by is None:  # sales' quotes are not held to the limits sales sets
+        limits.hold_rate_check(locked)
+        limits.hold_limits_check(
+            organization=locked,
+            now=now,
+            holds=0 if invoiced else 1,  # confirmed at once: no hold, the credit line caps it
+            node_hours=node_count * window.hours,
+            nodes=node_count,
+        )
+    if invoiced:
+        # Confirmed below without a payment: it has to fit in the credit line.
+        credit.require_credit(organization=locked, amount=quote.total)
+    pool_lock(clusters)
     _expire_lapsed_holds(clusters, now)
     held = window
-    if window.starts_on_payment and not (organization.on_invoice_terms and quoted_by is None):
+    if window.starts_on_payment and not invoiced:
         # Paid at the hold's last moment it would end this late: hold the nodes that long.
         held = Window(window.starts_at, start_now_held_until(window, hold_expires_at))
     choice = _allocate(clusters, node_count, held)
@@ -295,12 +309,12 @@ def _create_locked(
         target=reservation,
         data={"to": S.HELD, "total": str(quote.total), "currency": quote.currency},
     )
-    if organization.on_invoice_terms:
+    if invoiced:
         reservation = lifecycle.reservation_transition(
             reservation=reservation,
             to=S.SCHEDULED,
             actor=user,
-            reason=f"Confirmed on invoice terms (net {organization.payment_days}).",
+            reason=f"Confirmed on invoice terms (net {locked.payment_days}).",
         )
     return reservation
 

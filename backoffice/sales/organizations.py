@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable
 from decimal import Decimal
 
 from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.core.exceptions import PermissionDenied
@@ -38,7 +39,7 @@ from backoffice.actor import staff_actor
 from billing import selectors as billing_selectors
 from billing.models import LedgerEntry
 from billing.services import terms
-from capacity import quotes
+from capacity import limits, quotes
 from capacity.services import SoldOut
 from core.errors import ServiceError
 from core.forms import add_service_error
@@ -122,11 +123,20 @@ class OrganizationAdmin(ServiceErrorsAsMessages):
         "reviewed_at",
         "reviewed_by",
         "created_at",
+        "tier_limits",
     ]
     fieldsets = [
         (None, {"fields": ["name", "slug", "legal_name", "country", "billing_email", "tax_id"]}),
         ("Address", {"fields": ["address"], "classes": ["collapse"]}),
         ("Sales", {"fields": ["tier", "account_owner", "reviewed_at", "reviewed_by"]}),
+        (
+            "Capacity limits",
+            {
+                "fields": [*limits.OVERRIDE_FIELDS, "tier_limits"],
+                "description": "Raise (or lower) the tier's limits for this customer; blank "
+                "keeps the tier's. Each change is audited.",
+            },
+        ),
         (
             "Terms and status",
             {
@@ -218,7 +228,15 @@ class OrganizationAdmin(ServiceErrorsAsMessages):
     def balance(self, org: Organization) -> str:
         return format_money(billing_selectors.balance_for_org(org), org.currency)
 
-    # The change form: details, tier and account owner, through the service
+    @admin.display(description="tier's limits")
+    def tier_limits(self, org: Organization) -> str:
+        tier = settings.CAPACITY_LIMITS.get(org.tier, {})
+        return "; ".join(
+            f"{label}: {tier.get(name) if tier.get(name) is not None else 'none'}"
+            for name, (_, label) in limits.OVERRIDES.items()
+        )
+
+    # The change form: details, tier, account owner and limits, through the services
     def save_model(
         self, request: HttpRequest, obj: Organization, form: forms.ModelForm, change: bool
     ) -> None:
@@ -227,6 +245,11 @@ class OrganizationAdmin(ServiceErrorsAsMessages):
         if changes:
             account_services.organization_staff_update(
                 organization=obj, actor=staff_actor(request), changes=changes
+            )
+        caps = {n: form.cleaned_data[n] for n in form.changed_data if n in limits.OVERRIDE_FIELDS}
+        if caps:
+            limits.organization_limits_set(
+                organization=obj, actor=staff_actor(request), changes=caps
             )
 
     def change_view(

@@ -2,13 +2,16 @@
 
 Here rather than in accounts because the credit limit is checked against the organization's
 balance, which is billing's ledger. The organization row is locked first, so two staff members
-changing terms at once queue, and the write itself is the accounts service.
+changing terms at once queue, and the write itself is the accounts service. After the commit
+the organization's cached API keys are dropped: the key cache holds the organization's row with
+the key, and the next API request must see the new terms, not the old ones for a few seconds.
 """
 
 from decimal import Decimal, InvalidOperation
 
 from django.db import transaction
 
+from accounts.api_keys.authentication import api_key_cache_forget
 from accounts.models import Organization, User
 from accounts.services.organizations import organization_lock, organization_terms_write
 from core.errors import ServiceError
@@ -58,7 +61,7 @@ def invoice_terms_approve(
             code="credit_limit_below_balance",
             param="credit_limit",
         )
-    return organization_terms_write(
+    changed = organization_terms_write(
         organization=locked,
         actor=actor,
         payment_terms=Organization.PaymentTerms.INVOICE,
@@ -66,6 +69,8 @@ def invoice_terms_approve(
         credit_limit=limit,
         reason=reason,
     )
+    _forget_cached_keys_after_commit(changed)
+    return changed
 
 
 @transaction.atomic
@@ -74,7 +79,7 @@ def card_terms_set(*, organization: Organization, actor: User, reason: str = "")
     value for a later approval. Reservations already confirmed on invoice stay invoiced."""
     require_staff_permission(actor, TERMS_PERMISSION, "approve payment terms")
     locked = organization_lock(organization)
-    return organization_terms_write(
+    changed = organization_terms_write(
         organization=locked,
         actor=actor,
         payment_terms=Organization.PaymentTerms.CARD,
@@ -82,3 +87,10 @@ def card_terms_set(*, organization: Organization, actor: User, reason: str = "")
         credit_limit=Decimal("0.00"),
         reason=reason,
     )
+    _forget_cached_keys_after_commit(changed)
+    return changed
+
+
+def _forget_cached_keys_after_commit(organization: Organization) -> None:
+    pk = organization.pk
+    transaction.on_commit(lambda: api_key_cache_forget(organization_id=pk))

@@ -407,6 +407,21 @@ EXTENSION_COMPLIMENTARY_LIMIT = Decimal("500.00")
 EXTENSION_COMPLIMENTARY_PERMISSION = "billing.issue_refund"
 CAPACITY_ALTERNATIVES = 3  # alternative start times offered when a window is sold out
 CAPACITY_ALTERNATIVE_SPAN = timedelta(days=3)  # how far from the asked start to look
+# What one organization may hold at once, by tier (accounts.Organization.Tier): open holds
+# (reservations and extensions waiting for payment), their node-hours, and nodes in live
+# reservations (held, scheduled, provisioning or active). None means no limit. Sales raises them
+# for one organization in the back office (its nullable override fields). capacity/limits.py.
+# CAPACITY_LIMITS=false in the environment lifts them all (the load benchmark's servers).
+CAPACITY_LIMITS: dict[str, dict[str, int | None]] = {
+    "self_serve": {"open_holds": 5, "held_node_hours": 10_000, "live_nodes": 32},
+    "enterprise": {"open_holds": 25, "held_node_hours": 250_000, "live_nodes": 512},
+}
+if not env.bool("CAPACITY_LIMITS", default=True):
+    CAPACITY_LIMITS = {}
+# New holds (reservations and extensions) per organization per minute; 0 (or None) turns it off.
+CAPACITY_HOLD_RATE_PER_MINUTE: int | None = (
+    env.int("CAPACITY_HOLD_RATE_PER_MINUTE", default=10) or None
+)
 
 # --- Hooks: a lower app calls a higher one's function named here (core/hooks.py) ------------
 # A reservation entered a state that moves money (canceled with a refund due, failed, expired,

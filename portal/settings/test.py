@@ -52,3 +52,11 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":  # noqa: F405
 # The simulated data center answers at once and never fails, unless a test says otherwise.
 PROVISIONING_SIMULATED_LATENCY = env.float("PROVISIONING_SIMULATED_LATENCY", default=0.0)
 PROVISIONING_SIMULATED_FAILURE_RATE = 0.0
+
+# Capacity limits out of the way (capacity/limits.py): tests of the limits set their own, and
+# the race tests must never be stopped by a limit before they reach the lock they test.
+CAPACITY_LIMITS = {
+    "self_serve": {"open_holds": None, "held_node_hours": None, "live_nodes": None},
+    "enterprise": {"open_holds": None, "held_node_hours": None, "live_nodes": None},
+}
+CAPACITY_HOLD_RATE_PER_MINUTE = None
