@@ -32,6 +32,7 @@ from django.db.models import Sum
 from accounts.models import Organization, User
 from core import audit
 from core.errors import Conflict, ServiceError
+from core.ratelimit import RateLimited
 from core.staff import reason_clean, require_staff_permission
 
 from .models import Extension, Reservation
@@ -59,15 +60,11 @@ class HoldLimitExceeded(Conflict):
     default_code = "hold_limit_exceeded"
 
 
-class HoldRateLimited(ServiceError):
-    """Too many holds this minute; `retry_after` says in how many seconds the next is taken."""
+class HoldRateLimited(RateLimited):
+    """Too many holds this minute; `retry_after` says in how many seconds the next is taken
+    (the API answers 429 with Retry-After, as for any rate limit)."""
 
-    status = 429
     default_code = "hold_rate_limited"
-
-    def __init__(self, message: str, *, retry_after: int) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
 
 
 @dataclass(frozen=True)

@@ -305,7 +305,11 @@ def test_the_api_answers_409_with_the_limit_and_429_for_the_rate(
     assert post("/api/v1/reservations/", BLOCK, content_type="application/json").status_code == 201
     response = post("/api/v1/reservations/", BLOCK, content_type="application/json")
     assert response.status_code == 429
-    assert response.json()["error"]["code"] == "hold_rate_limited"
+    assert (response.json()["error"]["type"], response.json()["error"]["code"]) == (
+        "rate_limited",
+        "hold_rate_limited",
+    )
+    assert response["Retry-After"] == "60"
     assert response.json()["error"]["message"] == (
         f"{organization.name} may place at most 1 hold a minute; try again in 60 seconds. If "
         "you need more, ask your account manager (sales) to raise it."
