@@ -149,10 +149,10 @@ def test_invoice_terms_say_what_was_not_checked(catalog, organization, owner, st
     """A Stripe without invoices or credit notes (its credit notes route is a bare 404): an
     invoice sent is not compared, and the output says so; its charge in the ledger and the card
     side still are."""
+    paid(organization, owner, catalog, stripe_api)  # paid by card before the terms changed
     Organization.objects.filter(pk=organization.pk).update(
         payment_terms="invoice", credit_limit=Decimal("100000")
     )
-    paid(organization, owner, catalog, stripe_api)  # paid by card before the terms changed
     organization.refresh_from_db()
     reservation = held_reservation(organization, owner, catalog, start=None, length=2)
     invoice = Invoice.objects.create(
