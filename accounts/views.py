@@ -175,6 +175,11 @@ def verify_email_resend(request: AuthenticatedRequest) -> HttpResponse:
     elif now - last < RESEND_INTERVAL_SECONDS:
         messages.warning(request, "We just sent a link. Give it a minute, then check spam too.")
     else:
+        try:
+            registration.verification_resend_rate_enforce(user=request.user)
+        except ServiceError as exc:
+            messages.error(request, exc.message)
+            return redirect(safe_next(request, reverse("home")))
         registration.email_verification_send(user=request.user)
         request.session["verification_sent_at"] = now
         messages.success(request, f"We sent a new verification link to {request.user.email}.")

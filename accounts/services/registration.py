@@ -106,6 +106,17 @@ def user_signup_with_invitation(*, token: str, password: str, full_name: str) ->
     return invitation_accept(token=token, user=user)
 
 
+def verification_resend_rate_enforce(*, user: User) -> None:
+    """Count one more verification link for this address: the per-session minute between
+    links ends with the session, this does not (signing in again gives a new session)."""
+    email_rate_enforce(
+        kind="verification_recipient",
+        ident=user.email.lower(),
+        message="Too many verification links were sent to this address this hour. "
+        "Try again in {minutes} minutes.",
+    )
+
+
 def password_reset_rate_enforce(*, email: str) -> None:
     """Count a password-reset request for the address typed and for the client's address.
 

@@ -193,6 +193,7 @@ EMAIL_RATE_LIMITS = {
     "signup_client": 10,  # sign-ups (each sends a verification link) per client address
     "password_reset_recipient": 3,  # per address typed, whether or not it has an account
     "password_reset_client": 20,  # per client address
+    "verification_recipient": 5,  # verification links re-sent to one address
 }
 
 # --- Back office ----------------------------------------------------------------------------

@@ -184,3 +184,19 @@ def test_password_resets_are_limited_per_client_address(
     assert RESET_REFUSED in refused.text
     assert elsewhere.status_code == 302
     assert [message.to for message in mail.outbox] == [["ada@example.com"]]
+
+
+def test_verification_links_are_limited_per_address_across_sessions(
+    limits, django_capture_on_commit_callbacks
+):
+    """The minute between links is kept in the session; signing in again gives a new one, so
+    the address itself is counted too."""
+    limits(verification_recipient=2)
+    unverified = UserFactory(email_verified_at=None)
+    for _ in range(3):
+        client = client_for(unverified)  # a new session each time
+        with django_capture_on_commit_callbacks(execute=True):
+            client.post(reverse("verify-email-resend"))
+    assert [m.to for m in mail.outbox] == [[unverified.email]] * 2
+    page = client.get("/account/")
+    assert b"Too many verification links were sent to this address this hour." in page.content
