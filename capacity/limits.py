@@ -30,6 +30,7 @@ from django.db import transaction
 from django.db.models import Sum
 
 from accounts.models import Organization, User
+from accounts.services.organizations import organization_lock
 from core import audit
 from core.errors import Conflict, ServiceError
 from core.ratelimit import RateLimited
@@ -76,13 +77,8 @@ class Limits:
 
 def organization_hold_lock(organization: Organization) -> Organization:
     """The organization's row, locked for the transaction that writes a hold: holds of one
-    organization take turns, and wait for a change of its terms (organization_lock).
-
-    FOR NO KEY UPDATE, not FOR UPDATE: rows that merely point at the organization (an audit
-    event written while a payment is confirmed under the pool lock, or while a reservation is
-    canceled) take a key-share lock on it, which FOR UPDATE would make wait for this hold while
-    the hold waits for their pool or reservation: a deadlock. Call inside a transaction."""
-    return Organization.objects.select_for_update(no_key=True, of=("self",)).get(pk=organization.pk)
+    organization take turns, and wait for a change of its terms (see organization_lock)."""
+    return organization_lock(organization)
 
 
 def organization_limits(organization: Organization) -> Limits:

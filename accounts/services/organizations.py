@@ -102,8 +102,14 @@ STAFF_EDITABLE = frozenset(
 
 def organization_lock(organization: Organization) -> Organization:
     """The organization's row, locked until the transaction ends: the one lock that serializes
-    changes to its terms, status and negotiated rates. Call inside a transaction."""
-    return Organization.objects.select_for_update(of=("self",)).get(pk=organization.pk)
+    changes to its terms, status and negotiated rates, and the holds it places.
+
+    FOR NO KEY UPDATE, not FOR UPDATE: rows that merely point at the organization (an audit
+    event, a payment, a reservation) take a key-share lock on it as they are written, which FOR
+    UPDATE would make wait for whoever holds this lock while that one waits for their pool or
+    reservation: a deadlock. Lockers of the organization still take turns. Call inside a
+    transaction."""
+    return Organization.objects.select_for_update(no_key=True, of=("self",)).get(pk=organization.pk)
 
 
 def _clean_reason(reason: str, *, required: bool) -> str:
