@@ -1,7 +1,7 @@
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from . import views
+from . import team_views, views
 
 urlpatterns = [
     path("signup/", views.signup, name="signup"),
@@ -25,18 +25,22 @@ urlpatterns = [
         views.api_key_action,
         name="api-key-action",
     ),
-    path("invitations/<str:token>/", views.invitation, name="invitation"),
+    path("invitations/<str:token>/", team_views.invitation, name="invitation"),
     path("organizations/new/", views.organization_create, name="organization-create"),
     path("o/<slug:slug>/settings/", views.organization_settings, name="organization-settings"),
-    path("o/<slug:slug>/team/", views.team, name="team"),
-    path("o/<slug:slug>/team/invite/", views.team_invite, name="team-invite"),
+    path("o/<slug:slug>/team/", team_views.team, name="team"),
+    path("o/<slug:slug>/team/invite/", team_views.team_invite, name="team-invite"),
     path(
         "o/<slug:slug>/team/invitations/<int:invitation_id>/revoke/",
-        views.invitation_revoke,
+        team_views.invitation_revoke,
         name="invitation-revoke",
     ),
-    path("o/<slug:slug>/team/<int:membership_id>/role/", views.member_role, name="member-role"),
     path(
-        "o/<slug:slug>/team/<int:membership_id>/remove/", views.member_remove, name="member-remove"
+        "o/<slug:slug>/team/<int:membership_id>/role/", team_views.member_role, name="member-role"
+    ),
+    path(
+        "o/<slug:slug>/team/<int:membership_id>/remove/",
+        team_views.member_remove,
+        name="member-remove",
     ),
 ]
