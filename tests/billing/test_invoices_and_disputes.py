@@ -30,6 +30,7 @@ from billing.services import (
     reconciliation,
     refunds,
     settlement,
+    sla,
 )
 from capacity import services as capacity_services
 from capacity.models import Allocation, Reservation
@@ -934,6 +935,7 @@ def disputed_then_closed(catalog, organization, owner, stripe_api, status: str) 
         assert payment.flagged is True
         # While it is open the bank may take the money back: nothing of it is refunded.
         assert capacity_services.cancellation_quote(payment.reservation).amount == Decimal("0.00")
+        assert sla.sla_credit_cap(payment.reservation) == (Decimal("0.00"), None)
         mock.replace(responses.GET, url, json=dispute(payment, status))
         for n in range(2):
             stored = WebhookEvent.objects.create(
@@ -966,6 +968,7 @@ def test_a_won_dispute_clears_the_flag_and_a_cancellation_refunds_the_policy_sha
     assert (resolved.object_id, resolved.reason) == (str(flag.pk), note)
     reservation = payment.reservation
     assert selectors.settled_for_reservation(reservation) == Decimal("768.00")
+    assert sla.sla_credit_cap(reservation) == (Decimal("768.00"), None)  # SLA credits may use it
     # Eight days out the policy gives everything back.
     assert capacity_services.cancellation_quote(reservation).amount == Decimal("768.00")
     capacity_services.reservation_cancel(reservation=reservation, actor=owner, reason="Plans")
