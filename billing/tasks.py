@@ -73,9 +73,10 @@ def settle_pending() -> int:
     credited = LedgerEntry.objects.filter(
         kind="credit", invoice__isnull=False, sla_credit__isnull=True
     )
-    uncredited = Invoice.objects.filter(stripe_invoice_id__isnull=False).exclude(
-        pk__in=credited.values("invoice")
-    )
+    # A void or uncollectible invoice takes no credit (settlement passes it over).
+    uncredited = Invoice.objects.filter(
+        stripe_invoice_id__isnull=False, status__in=["open", "paid"]
+    ).exclude(pk__in=credited.values("invoice"))
     # A block canceled before its invoice went out was invoiced less its refund instead.
     reduced = Invoice.objects.filter(
         extension__isnull=True,

@@ -1,4 +1,10 @@
-"""Disputes: the disputed payment is flagged and finance is told; a lost one is booked.
+"""Disputes: the disputed payment is flagged and finance is told; a lost one is booked, a won
+one gives the payment back to settlement.
+
+While a dispute is open the payment is flagged, so settlement, the money a reservation holds
+and SLA credits leave it alone (the bank may take it back). One that closes in our favour
+(status `won`, or `warning_closed`: an inquiry that never became a chargeback) clears that
+flag and resolves finance's dispute flag with a note, so the payment counts as paid again.
 
 A dispute the customer wins at the bank (`charge.dispute.closed`, status `lost`) means Stripe
 took the money back: the ledger books it once as owed again, finance is told, and the
@@ -9,6 +15,7 @@ organization takes no new reservations until finance resolves the flag
 from typing import Any
 
 from django.db import IntegrityError, transaction
+from django.utils import timezone
 
 from core import audit
 from core.money import format_money, from_minor
@@ -50,10 +57,17 @@ def dispute_record(*, dispute_id: str) -> None:
     flag_raise(FinanceFlag.Kind.DISPUTE, dispute_id, detail, payment=payment)
 
 
+# Closed without Stripe taking the money: the payment stands.
+CLOSED_IN_OUR_FAVOUR = ("won", "warning_closed")
+
+
 def dispute_close_record(*, dispute_id: str) -> None:
-    """`charge.dispute.closed`: re-read the dispute; only a lost one moves money (won ones and
-    warnings closed change nothing). Booked once however often the event comes."""
+    """`charge.dispute.closed`: re-read the dispute; a lost one is booked as owed again, a won
+    one (or a warning closed) clears the payment's flag. Once however often the event comes."""
     dispute = gateway.dispute_retrieve(dispute_id)
+    if dispute.status in CLOSED_IN_OUR_FAVOUR:
+        _dispute_won(dispute_id, dispute)
+        return
     if dispute.status != "lost":
         return
     payment = _disputed_payment(dispute)
@@ -97,3 +111,45 @@ def dispute_close_record(*, dispute_id: str) -> None:
         f"owed again. {organization.name} takes no new reservations until this is resolved.",
         payment=payment,
     )
+
+
+def _dispute_won(dispute_id: str, dispute: Any) -> None:
+    """Clear the flag the dispute put on its payment (audited) and resolve finance's dispute
+    flag with a system note. A flag raised for something else (an amount that did not match)
+    is left for finance."""
+    payment = _disputed_payment(dispute)
+    note = (
+        f"Closed by the system: dispute {dispute_id} was {dispute.status.replace('_', ' ')}; "
+        "the payment stands and settlement treats it as paid again."
+    )
+    with transaction.atomic():
+        if payment is not None and Payment.objects.filter(
+            pk=payment.pk, flagged=True, flag_reason__startswith=f"Dispute {dispute_id} "
+        ).update(flagged=False, flag_reason=""):
+            audit.record(
+                action="payment.dispute_won",
+                actor=None,
+                organization=payment.organization,
+                target=payment,
+                data={"dispute": dispute_id, "status": dispute.status},
+                reason=note,
+            )
+        flag = (
+            FinanceFlag.objects.select_for_update()
+            .filter(
+                kind=FinanceFlag.Kind.DISPUTE, stripe_object_id=dispute_id, resolved_at__isnull=True
+            )
+            .first()
+        )
+        if flag is not None:
+            flag.resolved_at = timezone.now()
+            flag.resolution = note
+            flag.save(update_fields=["resolved_at", "resolution"])
+            audit.record(
+                action="finance_flag.resolved",
+                actor=None,
+                organization=flag.organization,
+                target=flag,
+                data={"kind": flag.kind, "object": flag.stripe_object_id},
+                reason=note,
+            )

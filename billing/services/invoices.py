@@ -256,13 +256,21 @@ def invoice_abandon(*, invoice: Invoice, reason: str) -> bool:
     return bool(done)
 
 
+# What Stripe lets a credit reach the customer on: an open invoice owes less, a paid one
+# credits the customer's balance. A void one is owed nothing; an uncollectible one was
+# written off (finance's to settle).
+CREDITABLE_AT_STRIPE = ("open", "paid")
+
+
 def invoice_credit(
     *, invoice: Invoice, amount: Decimal, reason: str, reservation: Reservation, notify: bool = True
 ) -> Decimal:
     """Credit `amount` on a sent invoice, once: void it when it is open and credited in full,
     else a Stripe credit note (on a paid one, to the customer's balance). The ledger books the
-    credit once per invoice. Returns what was credited (0 when it already was, or Stripe
-    refused: finance is told)."""
+    credit once per invoice, only after Stripe took it. Returns what was credited: 0 when it
+    already was, when Stripe refused (finance is told), or when the invoice is neither open
+    nor paid at Stripe (void, uncollectible: nothing is booked and its status here follows
+    Stripe's, so the caller can put the credit elsewhere)."""
     if not invoice.stripe_invoice_id or amount <= 0:
         return Decimal("0.00")
     credits = LedgerEntry.objects.filter(kind=LedgerEntry.Kind.CREDIT, invoice=invoice)
@@ -275,13 +283,19 @@ def invoice_credit(
     if credit <= 0:
         return Decimal("0.00")
     stripe_invoice = gateway.invoice_retrieve(invoice.stripe_invoice_id)
+    if stripe_invoice.status not in CREDITABLE_AT_STRIPE:
+        # Voided or written off at Stripe (finance, the dashboard) and perhaps not heard of
+        # yet: a credit booked here would be one the customer never gets.
+        invoice_sync(stripe_invoice_id=invoice.stripe_invoice_id)
+        invoice.refresh_from_db()
+        return Decimal("0.00")
     key = f"credit:{invoice.stripe_invoice_id}"
     # Voided only when nothing else was credited on it: a credit note is left in place.
     voided = stripe_invoice.status == "open" and credit == invoice.amount
     try:
         if voided:
             gateway.invoice_void(invoice_id=invoice.stripe_invoice_id, idempotency_key=key)
-        elif stripe_invoice.status in ("open", "paid"):
+        else:
             gateway.credit_note_create(
                 invoice_id=invoice.stripe_invoice_id,
                 amount_minor=to_minor(credit, invoice.currency),

@@ -252,7 +252,10 @@ def _credit_invoice(reservation: Reservation, amount: Decimal | None, reason: st
     """Credit a canceled or failed reservation on invoice terms: its sent invoices (the
     block's and each applied extension's), the latest first, up to `amount` (None: all of
     them). Each is credited once (void when open and credited in full, else a credit note);
-    what earlier runs credited counts, so running again credits nothing more."""
+    what earlier runs credited counts, so running again credits nothing more. An invoice that
+    is void or uncollectible (here, or at Stripe when we have not heard yet) takes nothing:
+    its share goes to the next one, and what none can take is told to finance, once."""
+    creditable = (Invoice.Status.OPEN, Invoice.Status.PAID)
     sent = [
         invoice
         for invoice in Invoice.objects.filter(
@@ -273,7 +276,7 @@ def _credit_invoice(reservation: Reservation, amount: Decimal | None, reason: st
     }
     left = None if amount is None else amount - sum(credited.values(), Decimal("0.00"))
     for invoice in sent:
-        if invoice.pk in credited:
+        if invoice.pk in credited or invoice.status not in creditable:
             continue
         if left is not None and left <= 0:
             return
@@ -282,6 +285,18 @@ def _credit_invoice(reservation: Reservation, amount: Decimal | None, reason: st
             invoice=invoice, amount=share, reason=reason, reservation=reservation
         )
         if done <= 0:
+            if invoice.status not in creditable:
+                continue  # void or written off at Stripe meanwhile: the next one takes it
             return  # Stripe refused it and finance was told: crediting another is theirs
         if left is not None:
             left -= done
+    if left is not None and left > 0:
+        money = format_money(left, reservation.currency)
+        flag_raise(
+            FinanceFlag.Kind.RECONCILIATION,
+            f"credit:{reservation.public_id}",
+            f"{money} of the credit due for {reservation.public_id} ({reason}) was not given: "
+            "none of its invoices is open or paid at Stripe to take it. Settle it with the "
+            "customer (a credit on another invoice, a refund), then resolve this flag.",
+            organization=reservation.organization,
+        )

@@ -34,6 +34,7 @@ from .. import gateway
 from ..models import FinanceFlag, Invoice, LedgerEntry, Payment, Refund, SlaCredit
 from .accounts import billing_email_queue
 from .flags import flag_raise
+from .invoices import invoice_sync
 from .refunds import AlreadySettled, refund_issue, refund_send
 
 logger = logging.getLogger(__name__)
@@ -376,6 +377,9 @@ def _credit_note(credit: SlaCredit) -> SlaCredit:
     assert invoice.stripe_invoice_id, "a credit note needs a sent invoice"
     stripe_invoice = gateway.invoice_retrieve(invoice.stripe_invoice_id)
     if stripe_invoice.status not in CREDITABLE_INVOICE:
+        # Voided or written off at Stripe before we heard: nothing is booked, finance is told,
+        # and the invoice's status here follows so no later credit picks it.
+        invoice_sync(stripe_invoice_id=invoice.stripe_invoice_id)
         return _credit_fail(
             credit, f"invoice {invoice.stripe_invoice_id} is {stripe_invoice.status}"
         )

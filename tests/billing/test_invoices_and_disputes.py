@@ -30,6 +30,7 @@ from billing.services import (
     reconciliation,
     refunds,
     settlement,
+    sla,
 )
 from capacity import services as capacity_services
 from capacity.models import Allocation, Reservation
@@ -915,3 +916,105 @@ def test_an_invoice_voided_at_stripe_follows_once(catalog, organization, owner, 
     invoice.refresh_from_db()
     assert invoice.status == "void"
     assert AuditEvent.objects.filter(action="invoice.void").count() == 1
+
+
+def disputed_then_closed(catalog, organization, owner, stripe_api, status: str) -> Payment:
+    """Paid 768.00 for a block 8 days out; a dispute opened on it, then closed as `status`."""
+    payment = payments.payment_by_card_create(
+        reservation=held_reservation(organization, owner, catalog, start=days_out(8)),
+        actor=owner,
+        payment_method_id=card(stripe_api),
+        attempt_token="d",
+    )
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        mock.add_passthru(stripe_api)
+        url = f"{stripe_api}/v1/disputes/dp_test_2"
+        mock.add(responses.GET, url, json=dispute(payment, "needs_response"))
+        disputes.dispute_record(dispute_id="dp_test_2")
+        payment.refresh_from_db()
+        assert payment.flagged is True
+        # While it is open the bank may take the money back: nothing of it is refunded.
+        assert capacity_services.cancellation_quote(payment.reservation).amount == Decimal("0.00")
+        assert sla.sla_credit_cap(payment.reservation) == (Decimal("0.00"), None)
+        mock.replace(responses.GET, url, json=dispute(payment, status))
+        for n in range(2):
+            stored = WebhookEvent.objects.create(
+                stripe_event_id=f"evt_closed_{n}", type="charge.dispute.closed",
+                object_id="dp_test_2", payload={},
+            )  # fmt: skip
+            assert webhooks.webhook_process(stored.pk) == "processed"
+    payment.refresh_from_db()
+    return payment
+
+
+@pytest.mark.parametrize("status", ["won", "warning_closed"])
+def test_a_won_dispute_clears_the_flag_and_a_cancellation_refunds_the_policy_share(
+    catalog, organization, owner, stripe_api, status
+):
+    payment = disputed_then_closed(catalog, organization, owner, stripe_api, status)
+    assert (payment.flagged, payment.flag_reason) == (False, "")
+    note = (
+        f"Closed by the system: dispute dp_test_2 was {status.replace('_', ' ')}; the payment "
+        "stands and settlement treats it as paid again."
+    )
+    flag = FinanceFlag.objects.get()
+    assert (flag.kind, flag.resolved_by, flag.resolution) == ("dispute", None, note)
+    assert flag.resolved_at is not None
+    won = AuditEvent.objects.get(action="payment.dispute_won")  # once, for two deliveries
+    assert (won.object_id, won.actor, won.data, won.reason) == (
+        str(payment.pk), None, {"dispute": "dp_test_2", "status": status}, note,
+    )  # fmt: skip
+    resolved = AuditEvent.objects.get(action="finance_flag.resolved")
+    assert (resolved.object_id, resolved.reason) == (str(flag.pk), note)
+    reservation = payment.reservation
+    assert selectors.settled_for_reservation(reservation) == Decimal("768.00")
+    assert sla.sla_credit_cap(reservation) == (Decimal("768.00"), None)  # SLA credits may use it
+    # Eight days out the policy gives everything back.
+    assert capacity_services.cancellation_quote(reservation).amount == Decimal("768.00")
+    capacity_services.reservation_cancel(reservation=reservation, actor=owner, reason="Plans")
+    reservation.refresh_from_db()
+    assert reservation.refund_due == Decimal("768.00")
+    for _ in range(2):
+        settlement.reservation_settle(reservation_id=reservation.pk)
+    assert list(Refund.objects.values_list("amount", "settles", "status")) == [
+        (Decimal("768.00"), "cancellation", "succeeded")
+    ]
+    payment.refresh_from_db()
+    assert payment.amount_refunded == Decimal("768.00")
+    assert tasks.settle_pending() == 0
+
+
+def test_after_a_won_dispute_a_failed_block_is_refunded_in_full(
+    catalog, organization, owner, stripe_api
+):
+    payment = disputed_then_closed(catalog, organization, owner, stripe_api, "won")
+    Reservation.objects.filter(pk=payment.reservation_id).update(state=Reservation.State.FAILED)
+    assert tasks.settle_pending() == 1  # the sweep sees the refund owed (eagerly settled here)
+    assert list(Refund.objects.values_list("amount", "settles", "status")) == [
+        (Decimal("768.00"), "failure", "succeeded")
+    ]
+    assert tasks.settle_pending() == 0
+
+
+def test_a_won_dispute_leaves_a_flag_raised_for_something_else(
+    catalog, organization, owner, stripe_api
+):
+    """Flagged for an amount that did not match before the dispute: that is still finance's."""
+    payment = payments.payment_by_card_create(
+        reservation=held_reservation(organization, owner, catalog, start=days_out(8)),
+        actor=owner,
+        payment_method_id=card(stripe_api),
+        attempt_token="d",
+    )
+    Payment.objects.filter(pk=payment.pk).update(flagged=True, flag_reason="Stripe took $1.00.")
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        mock.add_passthru(stripe_api)
+        url = f"{stripe_api}/v1/disputes/dp_test_2"
+        mock.add(responses.GET, url, json=dispute(payment, "needs_response"))
+        disputes.dispute_record(dispute_id="dp_test_2")
+        mock.replace(responses.GET, url, json=dispute(payment, "won"))
+        disputes.dispute_close_record(dispute_id="dp_test_2")
+    payment.refresh_from_db()
+    assert (payment.flagged, payment.flag_reason) == (True, "Stripe took $1.00.")
+    assert AuditEvent.objects.filter(action="payment.dispute_won").count() == 0
+    assert FinanceFlag.objects.get().resolved_at is not None  # the dispute itself is over

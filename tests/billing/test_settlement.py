@@ -628,3 +628,128 @@ def test_a_staff_refund_stuck_pending_that_stripe_refuses_is_marked_failed_and_f
     )
     assert tasks.settle_pending() == 0
     assert money_rows(organization) == PAID_ONLY
+
+
+# --- Invoices void or written off at Stripe take no credit (real localstripe) ---------------------
+def invoiced_at_localstripe(catalog, organization, owner, *, extended: bool) -> Reservation:
+    """Three days out on invoice terms (50 % back): the block's invoice (768.00) and, when
+    `extended`, 2 h more on an invoice of their own (64.00), both sent at localstripe."""
+    from .test_invoices_and_disputes import on_invoice_terms
+
+    on_invoice_terms(organization)
+    start = timezone.now().replace(minute=0, second=0, microsecond=0) + timedelta(days=3)
+    reservation = held_reservation(organization, owner, catalog, start=start)
+    settlement.reservation_settle(reservation_id=reservation.pk)
+    if extended:
+        started = extensions.extension_start(
+            reservation=reservation, actor=owner, hours=2, attempt_token="more"
+        )
+        assert (started.extension.state, started.invoice.status) == ("paid", "open")
+    reservation.refresh_from_db()
+    return reservation
+
+
+def stripe_id(reservation: Reservation, *, extension: bool) -> str:
+    invoice = reservation.invoices.get(extension__isnull=not extension)
+    return str(invoice.stripe_invoice_id)
+
+
+def void_at_stripe(api: str, invoice_id: str) -> None:
+    """Finance voids the invoice in Stripe's dashboard."""
+    from .test_localstripe_invoices import at_stripe
+
+    at_stripe(api, f"/v1/invoices/{invoice_id}/void").raise_for_status()
+
+
+def notes_at_stripe(invoice_id: str) -> list[tuple[str, int]]:
+    from billing import gateway
+
+    return [(n.type, n.amount) for n in gateway.credit_notes_list(invoice_id=invoice_id)]
+
+
+def booked_credits(organization) -> list[tuple]:
+    return sorted(
+        LedgerEntry.objects.filter(organization=organization, kind="credit").values_list(
+            "invoice__stripe_invoice_id", "amount"
+        )
+    )
+
+
+def test_an_extension_invoice_voided_at_stripe_takes_no_share_of_the_cancellation_credit(
+    catalog, organization, owner, stripe_api
+):
+    reservation = invoiced_at_localstripe(catalog, organization, owner, extended=True)
+    block, extra = stripe_id(reservation, extension=False), stripe_id(reservation, extension=True)
+    void_at_stripe(stripe_api, extra)
+    invoices.invoice_sync(stripe_invoice_id=extra)  # what invoice.voided's webhook does
+    capacity_services.reservation_cancel(reservation=reservation, actor=owner, reason="Plans")
+    reservation.refresh_from_db()
+    assert reservation.refund_due == Decimal("384.00")  # half of the 768.00 still billed
+    for _ in range(2):
+        settlement.reservation_settle(reservation_id=reservation.pk)
+    assert (notes_at_stripe(block), notes_at_stripe(extra)) == ([("pre_payment", 38400)], [])
+    assert booked_credits(organization) == [(block, Decimal("-384.00"))]
+    assert FinanceFlag.objects.count() == 0
+    assert tasks.settle_pending() == 0
+
+
+def test_an_invoice_voided_at_stripe_before_we_heard_passes_its_share_to_the_next(
+    catalog, organization, owner, stripe_api
+):
+    reservation = invoiced_at_localstripe(catalog, organization, owner, extended=True)
+    block, extra = stripe_id(reservation, extension=False), stripe_id(reservation, extension=True)
+    capacity_services.reservation_cancel(reservation=reservation, actor=owner, reason="Plans")
+    reservation.refresh_from_db()
+    assert reservation.refund_due == Decimal("416.00")  # half of 832.00, as quoted
+    void_at_stripe(stripe_api, extra)  # its webhook not processed yet
+    for _ in range(2):
+        settlement.reservation_settle(reservation_id=reservation.pk)
+    assert (notes_at_stripe(block), notes_at_stripe(extra)) == ([("pre_payment", 41600)], [])
+    assert booked_credits(organization) == [(block, Decimal("-416.00"))]
+    assert reservation.invoices.get(extension__isnull=False).status == "void"  # follows Stripe
+    assert FinanceFlag.objects.count() == 0
+    assert tasks.settle_pending() == 0
+
+
+@pytest.mark.parametrize("written_off", ["void", "mark_uncollectible"])
+def test_a_credit_no_invoice_can_take_is_flagged_to_finance_once_and_not_booked(
+    catalog, organization, owner, stripe_api, written_off
+):
+    from .test_localstripe_invoices import at_stripe
+
+    reservation = invoiced_at_localstripe(catalog, organization, owner, extended=False)
+    block = stripe_id(reservation, extension=False)
+    capacity_services.reservation_cancel(reservation=reservation, actor=owner, reason="Plans")
+    at_stripe(stripe_api, f"/v1/invoices/{block}/{written_off}").raise_for_status()
+    for _ in range(2):
+        settlement.reservation_settle(reservation_id=reservation.pk)
+    assert (notes_at_stripe(block), booked_credits(organization)) == ([], [])
+    status = "void" if written_off == "void" else "uncollectible"
+    assert reservation.invoices.get().status == status
+    flag = FinanceFlag.objects.get()
+    assert (flag.kind, flag.stripe_object_id, flag.detail) == (
+        "reconciliation",
+        f"credit:{reservation.public_id}",
+        f"$384.00 of the credit due for {reservation.public_id} (Cancellation refund per the "
+        "policy.) was not given: none of its invoices is open or paid at Stripe to take it. "
+        "Settle it with the customer (a credit on another invoice, a refund), then resolve "
+        "this flag.",
+    )
+    assert tasks.settle_pending() == 0
+
+
+def test_a_failed_block_credits_its_invoices_but_not_one_voided_at_stripe(
+    catalog, organization, owner, stripe_api
+):
+    reservation = invoiced_at_localstripe(catalog, organization, owner, extended=True)
+    block, extra = stripe_id(reservation, extension=False), stripe_id(reservation, extension=True)
+    void_at_stripe(stripe_api, extra)
+    Reservation.objects.filter(pk=reservation.pk).update(state=S.FAILED)
+    for _ in range(2):
+        settlement.reservation_settle(reservation_id=reservation.pk)
+    from billing import gateway
+
+    assert gateway.invoice_retrieve(block).status == "void"
+    assert booked_credits(organization) == [(block, Decimal("-768.00"))]
+    assert FinanceFlag.objects.count() == 0
+    assert tasks.settle_pending() == 0

@@ -445,6 +445,31 @@ def test_a_credit_note_stripe_refuses_is_failed_and_flags_finance(
     assert len(notes) == 1
 
 
+@pytest.mark.parametrize("written_off", ["void", "mark_uncollectible"])
+def test_a_credit_note_on_an_invoice_written_off_at_stripe_is_not_booked_and_flags_finance(
+    catalog, organization, owner, stripe_api, django_capture_on_commit_callbacks, written_off
+):
+    """Finance voided (or wrote off) the invoice in Stripe's dashboard before its webhook was
+    processed: nothing is credited or booked, finance is told, and the invoice follows Stripe
+    here so no later credit picks it."""
+    reservation, invoice = invoiced(organization, owner, catalog)
+    stripe_id = str(invoice.stripe_invoice_id)
+    requests.post(
+        f"{stripe_api}/v1/invoices/{stripe_id}/{written_off}", auth=(SECRET_KEY, ""), timeout=10
+    ).raise_for_status()
+    start(reservation, django_capture_on_commit_callbacks, late=timedelta(minutes=100))
+    credit = SlaCredit.objects.get()
+    status = "void" if written_off == "void" else "uncollectible"
+    assert (credit.status, credit.amount, credit.failure_message) == (
+        "failed", Decimal("32.00"), f"invoice {stripe_id} is {status}",
+    )  # fmt: skip
+    assert gateway.credit_notes_list(invoice_id=stripe_id) == []
+    assert LedgerEntry.objects.filter(kind="credit").count() == 0
+    assert FinanceFlag.objects.get().stripe_object_id == f"sla:{credit.public_id}"
+    invoice.refresh_from_db()
+    assert invoice.status == status
+
+
 def test_stripe_out_of_reach_leaves_the_credit_pending_for_the_retry(
     catalog, organization, owner, stripe_api, django_capture_on_commit_callbacks, monkeypatch
 ):
