@@ -529,9 +529,9 @@ def _apply_extension(
         capacity_extensions.LateExtensionRefused,
     ) as exc:
         flag_raise(FinanceFlag.Kind.LATE_PAYMENT_REFUNDED, intent_id, exc.message, payment=payment)
-        return _not_applied(payment, exc.message)
+        return _not_applied(payment, extension, exc.message)
     except Conflict as exc:  # the reservation was canceled or ended meanwhile
-        return _not_applied(payment, f"Not fulfilled: {exc.message}")
+        return _not_applied(payment, extension, f"Not fulfilled: {exc.message}")
     _ledger_charge(
         payment,
         f"Extension {applied.public_id} of {payment.reservation.public_id} ({applied.hours} h)",
@@ -546,24 +546,20 @@ def _apply_extension(
     return None
 
 
-def _not_applied(payment: Payment, reason: str) -> Callable[[], None]:
+def _not_applied(payment: Payment, extension: Extension, reason: str) -> Callable[[], None]:
     """Hours not applied: the payment is booked like a second one (received, never charged, so
     no cancellation or failure refund counts it) and refunded in full after the commit."""
     payment.status, payment.flag_reason = Payment.Status.DUPLICATE, reason[:300]
     payment.save(update_fields=["status", "flag_reason", "updated_at"])
+    audit.record(
+        action="payment.not_applied", actor=None, organization=payment.organization,
+        target=payment, data={"extension": extension.public_id}, reason=reason,
+    )  # fmt: skip
     return lambda: _refund_in_full(payment, reason, tell_customer=True)
 
 
 def _ledger_charge(payment: Payment, description: str) -> None:
-    LedgerEntry.objects.create(
-        organization=payment.organization,
-        kind=LedgerEntry.Kind.CHARGE,
-        amount=payment.amount,
-        currency=payment.currency,
-        reservation=payment.reservation,
-        payment=payment,
-        description=description,
-    )
+    _ledger(payment, LedgerEntry.Kind.CHARGE, payment.amount, description)
 
 
 def amount_received(intent: Any) -> int:
@@ -571,16 +567,15 @@ def amount_received(intent: Any) -> int:
 
 
 def _ledger_payment(payment: Payment, received: Decimal) -> None:
+    card = f" ({payment.card_brand} •••• {payment.card_last4})" if payment.card_last4 else ""
+    _ledger(payment, LedgerEntry.Kind.PAYMENT, -received, f"Card payment {payment.public_id}{card}")
+
+
+def _ledger(payment: Payment, kind: str, amount: Decimal, description: str) -> None:
     LedgerEntry.objects.create(
-        organization=payment.organization,
-        kind=LedgerEntry.Kind.PAYMENT,
-        amount=-received,
-        currency=payment.currency,
-        reservation=payment.reservation,
-        payment=payment,
-        description=f"Card payment {payment.public_id}"
-        + (f" ({payment.card_brand} •••• {payment.card_last4})" if payment.card_last4 else ""),
-    )
+        organization=payment.organization, kind=kind, amount=amount, currency=payment.currency,
+        reservation=payment.reservation, payment=payment, description=description,
+    )  # fmt: skip
 
 
 def _refund_in_full(payment: Payment, reason: str, *, tell_customer: bool = False) -> None:

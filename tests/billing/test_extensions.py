@@ -304,6 +304,9 @@ def test_a_late_payment_for_hours_taken_since_is_refunded_in_full(
     # Received for hours never applied: booked like a second payment, never charged.
     assert (payment.status, payment.amount_refunded) == ("duplicate", Decimal("64.00"))
     assert FinanceFlag.objects.get().kind == "late_payment_refunded"
+    assert AuditEvent.objects.get(action="payment.not_applied").data == {
+        "extension": started.extension.public_id
+    }
     assert ledger() == [
         ("charge", BLOCK),
         ("payment", -BLOCK),
