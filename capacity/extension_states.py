@@ -17,7 +17,8 @@ from .models import Allocation, Extension
 X = Extension.State
 LEGAL: dict[str, frozenset[str]] = {
     X.HELD: frozenset({X.PAID, X.LAPSED, X.CANCELED}),
-    # A payment that arrives after the hold lapsed is applied when the hours are still free.
+    # A payment that arrives after the hold lapsed is applied when the hours are still free and
+    # cost no more now than was paid.
     X.LAPSED: frozenset({X.PAID}),
 }
 # Entering one of these gives the held hours back (a paid extension hands them on to the

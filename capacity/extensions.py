@@ -3,9 +3,10 @@
 The customer asks for N more hours: `extension_quote` prices them and says whether the
 reservation's nodes are free right after its end, changing nothing. `extension_hold` holds
 those hours on the same nodes (a hold like a new reservation's, expiring after
-CAPACITY_HOLD) while billing collects the money; `extension_apply`, called by billing once the
-payment succeeded, moves the reservation's end and adds the price to its total. Staff may grant
-hours instead (`extension_grant`): applied at once, for nothing, with a reason.
+CAPACITY_HOLD) while billing collects the money; `extension_confirm_paid`, called by billing once
+the payment succeeded (`extension_apply` for an issued invoice), moves the reservation's end and
+adds the price to its total. Staff may grant hours instead (`extension_grant`): applied at
+once, for nothing, with a reason.
 
 Locks: the pool's cluster rows first (like every allocator), then the reservation, then the
 extension. The database allows one held extension per reservation, and on PostgreSQL the
@@ -26,6 +27,7 @@ from accounts.models import User
 from accounts.permissions import Permission
 from core import audit
 from core.errors import Conflict, ServiceError
+from core.money import format_money
 
 from . import limits, offerings, pricing, provisioning, selectors
 from .extension_states import APPLIED, X, extension_transition
@@ -322,18 +324,60 @@ def _grow(locked: Reservation, extension: Extension, *, charged: bool) -> None:
     provisioning.block_sync_after_commit(locked)  # a running block's backend must end later too
 
 
-@transaction.atomic
+class LateExtensionRefused(Conflict):
+    """A payment arrived after the extension's hold lapsed and its hours cost more now (or are
+    no longer sold): it cannot buy them. The caller refunds it."""
+
+    default_code = "late_payment_refused"
+
+
 def extension_apply(*, extension: Extension, reason: str) -> Extension:
-    """The money for an extension is secured: move the reservation's end and add the price.
+    """The money for an extension is secured (an invoice issued): move the reservation's end
+    and add the price. See `extension_confirm_paid` for the rules; a lapsed one is applied at
+    its quoted price when its hours are still free."""
+    return _apply(extension, reason, paid=None)[0]
+
+
+def extension_confirm_paid(
+    *, extension: Extension, reason: str, paid: Decimal
+) -> tuple[Extension, Decimal]:
+    """A card payment of `paid` for an extension succeeded: apply it, returning it and what was
+    paid beyond its price (to refund).
 
     Idempotent: an extension already applied is returned unchanged. One that lapsed is applied
-    when its hours are still free on the reservation's nodes, else ExtensionUnavailable is
-    raised (billing refunds the payment). A canceled extension, or a reservation that ended or
-    whose end moved meanwhile, raises Conflict."""
+    when its hours are still free on the reservation's nodes (else ExtensionUnavailable) and
+    its hours cost no more now than was paid (else LateExtensionRefused), as a lapsed hold is;
+    what was paid beyond today's price is the overpayment. A canceled extension, or a
+    reservation that ended or whose end moved meanwhile, raises Conflict. The caller refunds
+    the payment whenever this raises."""
+    return _apply(extension, reason, paid=paid)
+
+
+def _price_now(locked: Reservation, extension: Extension, paid: Decimal) -> Decimal:
+    """What a late payment of `paid` bought too much: today's price for the lapsed hours
+    must be at most what was paid, in the same currency."""
+    try:
+        current = _price(locked, extension.hours)
+    except Conflict:
+        raise LateExtensionRefused(
+            f"The hold on extension {extension.public_id} lapsed before the payment arrived, "
+            f"and {locked.gpu_model.name} is no longer sold in {locked.region.name}."
+        ) from None
+    if current.currency != extension.currency or current.total > paid:
+        raise LateExtensionRefused(
+            f"The hold on extension {extension.public_id} lapsed before the payment arrived, "
+            f"and its {extension.hours} h now cost {format_money(current.total, current.currency)}"
+            ", more than was paid."
+        )
+    return paid - current.total
+
+
+@transaction.atomic
+def _apply(extension: Extension, reason: str, *, paid: Decimal | None) -> tuple[Extension, Decimal]:
     locked = _locked_reservation(extension.reservation)
     current = Extension.objects.select_for_update(of=("self",)).get(pk=extension.pk)
     if current.state in APPLIED:
-        return current
+        return current, Decimal("0.00")
     if current.state == X.CANCELED:
         raise Conflict(
             f"Extension {current.public_id} was canceled: {locked.public_id} is "
@@ -351,11 +395,18 @@ def extension_apply(*, extension: Extension, reason: str) -> Extension:
             f"The hold on extension {current.public_id} lapsed and its hours have been taken."
         )
     late = current.state == X.LAPSED
+    overpaid = Decimal("0.00")
+    data: dict[str, Any] = {"late": late}
+    if late and paid is not None:
+        overpaid = _price_now(locked, current, paid)
+        data.update(price_now=str(paid - overpaid), overpaid=str(overpaid))
     applied = extension_transition(
-        extension=current, to=X.PAID, actor=None, reason=reason, data={"late": late}
+        extension=current, to=X.PAID, actor=None, reason=reason, data=data
     )
+    # Like a lapsed block sold again cheaper: the price paid stays the sale, and billing
+    # refunds the overpayment against it (a credit), so the books keep charge = price.
     _grow(locked, applied, charged=True)
-    return applied
+    return applied, overpaid
 
 
 def extension_cancel(*, extension: Extension, actor: User | None, reason: str) -> Extension:

@@ -5,8 +5,9 @@ nodes (`capacity.extensions.extension_hold`), then the organization's saved card
 off-session, or a PaymentIntent is opened for the customer to confirm on the payment page
 (3-D Secure included). The end moves only when Stripe reports the payment succeeded
 (`payments.payment_sync`, from the webhook or a status check), which calls
-`capacity.extensions.extension_apply`. A declined off-session charge gives the hours back at
-once; an abandoned payment lapses with the hold (the capacity sweep).
+`capacity.extensions.extension_confirm_paid` (a late payment is re-priced there). A declined
+off-session charge gives the hours back at once; an abandoned payment lapses with the hold
+(the capacity sweep).
 
 On invoice terms the extra hours are checked against the credit limit under the
 organization's lock (in the transaction that holds them, so two extensions cannot both fit in

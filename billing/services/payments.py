@@ -480,21 +480,9 @@ def _book_success(
             FinanceFlag.Kind.AMOUNT_MISMATCH, intent.id, payment.flag_reason, payment=payment
         )
         return None
-    LedgerEntry.objects.create(
-        organization=organization,
-        kind=LedgerEntry.Kind.CHARGE,
-        amount=payment.amount,
-        currency=payment.currency,
-        reservation=reservation,
-        payment=payment,
-        description=(
-            f"Extension {extension.public_id} of {reservation.public_id} ({extension.hours} h)"
-            if extension is not None
-            else f"Reservation {reservation.public_id}"
-        ),
-    )
-    if extension is not None:
+    if extension is not None:  # charged once applied: a payment hours cannot take is no sale
         return _apply_extension(payment, extension, intent.id)
+    _ledger_charge(payment, f"Reservation {reservation.public_id}")
     # A late payment (the hold lapsed) buys the block only if it is still free, was no quote and
     # costs no more now; whatever it paid beyond today's price goes back, like an extension's.
     try:
@@ -529,22 +517,49 @@ def _book_success(
 def _apply_extension(
     payment: Payment, extension: Extension, intent_id: str
 ) -> Callable[[], None] | None:
-    """The extension's money is in: move the reservation's end, or refund when it cannot."""
+    """The extension's money is in: move the reservation's end and charge its price, else
+    refund it in full. A late payment (the hold lapsed) is re-priced by capacity: refused when
+    the hours cost more now, what it paid beyond today's price goes back."""
     try:
-        capacity_extensions.extension_apply(
-            extension=extension, reason=f"Paid by card ({payment.public_id})."
+        applied, overpaid = capacity_extensions.extension_confirm_paid(
+            extension=extension, reason=f"Paid by card ({payment.public_id}).", paid=payment.amount
         )
-    except capacity_extensions.ExtensionUnavailable:
-        reason = "The extension's hold lapsed before the payment arrived and its hours were taken."
-        flag_raise(FinanceFlag.Kind.LATE_PAYMENT_REFUNDED, intent_id, reason, payment=payment)
-        return lambda: _refund_in_full(payment, reason, tell_customer=True)
+    except (
+        capacity_extensions.ExtensionUnavailable,
+        capacity_extensions.LateExtensionRefused,
+    ) as exc:
+        flag_raise(FinanceFlag.Kind.LATE_PAYMENT_REFUNDED, intent_id, exc.message, payment=payment)
+        return _not_applied(payment, extension, exc.message)
     except Conflict as exc:  # the reservation was canceled or ended meanwhile
-        why = f"Not fulfilled: {exc.message}"
-        return lambda: _refund_in_full(payment, why, tell_customer=True)
+        return _not_applied(payment, extension, f"Not fulfilled: {exc.message}")
+    _ledger_charge(
+        payment,
+        f"Extension {applied.public_id} of {payment.reservation.public_id} ({applied.hours} h)",
+    )
     billing_email_queue(
         payment.organization, "payment_receipt", payment=payment, reservation=payment.reservation
     )
+    if overpaid > 0:
+        now = format_money(payment.amount - overpaid, payment.currency)
+        why = f"The extension's hold lapsed before the payment arrived; its hours cost {now} now."
+        return lambda: _refund_part(payment, overpaid, why)
     return None
+
+
+def _not_applied(payment: Payment, extension: Extension, reason: str) -> Callable[[], None]:
+    """Hours not applied: the payment is booked like a second one (received, never charged, so
+    no cancellation or failure refund counts it) and refunded in full after the commit."""
+    payment.status, payment.flag_reason = Payment.Status.DUPLICATE, reason[:300]
+    payment.save(update_fields=["status", "flag_reason", "updated_at"])
+    audit.record(
+        action="payment.not_applied", actor=None, organization=payment.organization,
+        target=payment, data={"extension": extension.public_id}, reason=reason,
+    )  # fmt: skip
+    return lambda: _refund_in_full(payment, reason, tell_customer=True)
+
+
+def _ledger_charge(payment: Payment, description: str) -> None:
+    _ledger(payment, LedgerEntry.Kind.CHARGE, payment.amount, description)
 
 
 def amount_received(intent: Any) -> int:
@@ -552,16 +567,15 @@ def amount_received(intent: Any) -> int:
 
 
 def _ledger_payment(payment: Payment, received: Decimal) -> None:
+    card = f" ({payment.card_brand} •••• {payment.card_last4})" if payment.card_last4 else ""
+    _ledger(payment, LedgerEntry.Kind.PAYMENT, -received, f"Card payment {payment.public_id}{card}")
+
+
+def _ledger(payment: Payment, kind: str, amount: Decimal, description: str) -> None:
     LedgerEntry.objects.create(
-        organization=payment.organization,
-        kind=LedgerEntry.Kind.PAYMENT,
-        amount=-received,
-        currency=payment.currency,
-        reservation=payment.reservation,
-        payment=payment,
-        description=f"Card payment {payment.public_id}"
-        + (f" ({payment.card_brand} •••• {payment.card_last4})" if payment.card_last4 else ""),
-    )
+        organization=payment.organization, kind=kind, amount=amount, currency=payment.currency,
+        reservation=payment.reservation, payment=payment, description=description,
+    )  # fmt: skip
 
 
 def _refund_in_full(payment: Payment, reason: str, *, tell_customer: bool = False) -> None:

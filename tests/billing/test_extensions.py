@@ -14,10 +14,10 @@ from accounts.models import ApiKey
 from billing import gateway, selectors, tasks
 from billing.api import PaymentSerializer
 from billing.models import FinanceFlag, Invoice, LedgerEntry, Payment, Refund
-from billing.services import accounts, cards, extensions, payments, settlement
+from billing.services import accounts, books, cards, extensions, payments, settlement
 from capacity import extensions as capacity_extensions
 from capacity import services as capacity_services
-from capacity.models import Allocation, Extension, Reservation
+from capacity.models import Allocation, Extension, ListPrice, Reservation
 from core.models import AuditEvent
 from tests.conftest import client_for
 
@@ -258,17 +258,34 @@ def test_an_unpaid_extension_lapses_and_frees_its_hours(
     )  # fmt: skip
 
 
-def test_a_late_payment_for_hours_taken_since_is_refunded_in_full(
-    catalog, organization, owner, other_organization, stripe_api, client,
-    django_capture_on_commit_callbacks,
-):  # fmt: skip
-    reservation = paid_block(organization, owner, catalog, stripe_api)
+def lapsed_extension(organization, owner, catalog, api: str) -> extensions.ExtensionStarted:
+    """A paid block whose 2 h extension (64.00) was never paid before its hold lapsed."""
+    reservation = paid_block(organization, owner, catalog, api)
     started = extensions.extension_start(
         reservation=reservation, actor=owner, hours=2, attempt_token="t",
         collect=extensions.PAYMENT_INTENT,
     )  # fmt: skip
     with time_machine.travel(timezone.now() + timedelta(minutes=16)):
         capacity_services.lapsed_holds_expire()
+    started.extension.refresh_from_db()
+    assert started.extension.state == "lapsed"
+    return started
+
+
+def ledger() -> list[tuple[str, Decimal]]:
+    return sorted(LedgerEntry.objects.values_list("kind", "amount"))
+
+
+def books_agree() -> None:
+    assert books.books_check(grace=timedelta(0), raise_flags=False).differences == []
+
+
+def test_a_late_payment_for_hours_taken_since_is_refunded_in_full(
+    catalog, organization, owner, other_organization, stripe_api, client,
+    django_capture_on_commit_callbacks,
+):  # fmt: skip
+    started = lapsed_extension(organization, owner, catalog, stripe_api)
+    reservation = started.extension.reservation
     # Someone else books all of the pool right after the block's end.
     theirs = other_organization.memberships.get().user
     for nodes in (4, 8):
@@ -284,8 +301,65 @@ def test_a_late_payment_for_hours_taken_since_is_refunded_in_full(
     reservation.refresh_from_db()
     payment = Payment.objects.get(pk=started.payment.pk)
     assert (reservation.ends_at, reservation.total) == (started.extension.starts_at, BLOCK)
-    assert (payment.status, payment.amount_refunded) == ("succeeded", Decimal("64.00"))
+    # Received for hours never applied: booked like a second payment, never charged.
+    assert (payment.status, payment.amount_refunded) == ("duplicate", Decimal("64.00"))
     assert FinanceFlag.objects.get().kind == "late_payment_refunded"
+    assert AuditEvent.objects.get(action="payment.not_applied").data == {
+        "extension": started.extension.public_id
+    }
+    assert ledger() == [
+        ("charge", BLOCK),
+        ("payment", -BLOCK),
+        ("payment", Decimal("-64.00")),
+        ("refund", Decimal("64.00")),
+    ]
+    books_agree()
+
+
+@pytest.mark.parametrize(
+    ("per_gpu_hour", "applied", "refund"),
+    [
+        ("1.50", True, Decimal("16.00")),  # fell: 2 h now cost 48.00, the 16.00 paid over back
+        ("2.00", True, None),  # the same price: applied, nothing back
+        ("2.01", False, Decimal("64.00")),  # rose to 64.32: refused, refunded in full
+    ],
+)
+def test_a_late_extension_payment_is_repriced(
+    catalog, organization, owner, stripe_api, client, django_capture_on_commit_callbacks,
+    per_gpu_hour, applied, refund,
+):  # fmt: skip
+    started = lapsed_extension(organization, owner, catalog, stripe_api)
+    reservation = started.extension.reservation
+    end = reservation.ends_at
+    ListPrice.objects.filter(region=catalog.east).update(price_per_gpu_hour=Decimal(per_gpu_hour))
+    intent = started.payment.stripe_payment_intent_id
+    confirm_at_stripe(stripe_api, intent)
+    with django_capture_on_commit_callbacks(execute=True):
+        webhook(client, intent, "evt_late")
+    reservation.refresh_from_db()
+    started.extension.refresh_from_db()
+    payment = Payment.objects.get(pk=started.payment.pk)
+    paid = [("charge", BLOCK), ("payment", -BLOCK), ("payment", Decimal("-64.00"))]
+    if applied:
+        # The price paid stays the sale; what it paid beyond today's price is credited back.
+        assert started.extension.state == "paid"
+        assert (reservation.ends_at, reservation.total) == (end + 2 * HOUR, BLOCK + 64)
+        assert (payment.status, payment.amount_refunded) == ("succeeded", refund or 0)
+        back = [("credit", -refund), ("refund", refund)] if refund else []
+        assert ledger() == sorted([*paid, ("charge", Decimal("64.00")), *back])
+        assert not FinanceFlag.objects.exists()
+        if refund:
+            assert "cost $48.00 now" in Refund.objects.get().reason
+    else:
+        assert started.extension.state == "lapsed"
+        assert (reservation.ends_at, reservation.total) == (end, BLOCK)
+        assert (payment.status, payment.amount_refunded) == ("duplicate", refund)
+        assert ledger() == sorted([*paid, ("refund", refund)])
+        flag = FinanceFlag.objects.get()
+        assert flag.kind == "late_payment_refunded"
+        assert "now cost $64.32, more than was paid" in flag.detail
+        assert not Allocation.objects.filter(extension__isnull=False, released_at__isnull=True)
+    books_agree()
 
 
 def test_the_quote_changes_nothing(catalog, organization, owner, stripe_api):
