@@ -47,7 +47,7 @@ class Payment(models.Model):
         SUCCEEDED = "succeeded", "Paid"
         # Stripe took the money for a reservation another payment had already paid (a retry
         # with a new attempt while the first was still pending): refunded in full.
-        DUPLICATE = "duplicate", "Paid twice (refunded)"
+        DUPLICATE = "duplicate", "Refunded in full (paid twice, or too late to apply)"
         FAILED = "failed", "Failed"
         CANCELED = "canceled", "Canceled"
 

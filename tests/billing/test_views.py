@@ -96,6 +96,24 @@ def test_payment_status_redirects_once_paid(catalog, organization, owner, stripe
     assert status["HX-Redirect"] == url("reservation-detail", organization, reservation.public_id)
 
 
+def test_a_payment_refunded_because_it_came_too_late_says_so(
+    catalog, organization, owner, stripe_api
+):
+    reservation = held_reservation(organization, owner, catalog)
+    payment = payments.payment_by_card_create(
+        reservation=reservation, actor=owner, payment_method_id=card(stripe_api), attempt_token="s"
+    )
+    Payment.objects.filter(pk=payment.pk).update(status=Payment.Status.DUPLICATE)
+    status = client_for(owner).get(
+        url("payment-status", organization, payment.public_id), HTTP_HX_REQUEST="true"
+    )
+    text = " ".join(status.content.decode().split())
+    assert 'data-status="duplicate"' in text
+    assert "so all $768.00 of it is refunded to your card." in text
+    assert "hx-trigger" not in text  # settled: the page stops asking
+    assert "HX-Redirect" not in status
+
+
 def test_billing_page_lists_payments_and_receipts_download(
     catalog, organization, owner, stripe_api
 ):
