@@ -10,6 +10,8 @@ from django.db.models.functions import Lower
 from django.utils import timezone
 from django_countries.fields import CountryField
 
+from core.money import NOT_TO_THE_CENT, validate_currency
+
 from .permissions import Role
 
 
@@ -133,7 +135,8 @@ class Organization(models.Model):
         default=Decimal("0.00"),
         validators=[MinValueValidator(Decimal("0.00"))],
     )
-    currency = models.CharField(max_length=3, default="usd")
+    # Prices, credit limits and invoices are in this currency, kept to the cent.
+    currency = models.CharField(max_length=3, default="usd", validators=[validate_currency])
     account_owner = models.ForeignKey(
         settings.AUTH_USER_MODEL,
         null=True,
@@ -194,6 +197,10 @@ class Organization(models.Model):
             models.CheckConstraint(
                 condition=models.Q(status__in=["active", "suspended"]),
                 name="accounts_org_status_valid",
+            ),
+            models.CheckConstraint(
+                condition=~models.Q(currency__in=sorted(NOT_TO_THE_CENT)),
+                name="accounts_org_currency_to_the_cent",
             ),
         ]
         indexes = [
