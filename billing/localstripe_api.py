@@ -2,9 +2,10 @@
 Stripe's routes for invoices, invoice items on an invoice, credit notes and invoice payments,
 answered ahead of localstripe's own routes by a middleware, plus a hosted invoice page.
 
-localstripe ignores `Idempotency-Key`; these routes honour it as Stripe does: the same key with
-the same request answers what the first answered (a success or a card decline), without doing
-it again; the same key with another request is an `idempotency_error`. The answers are kept in
+localstripe ignores `Idempotency-Key`; these routes, and by another middleware localstripe's own
+POST routes, honour it as Stripe does: the same key with the same request answers what the first
+answered (a success or a card decline), without doing it again; the same key with another
+request is an `idempotency_error`. The answers are kept in
 localstripe's store, so the state file keeps them and `DELETE /_config/data` forgets them.
 """
 
@@ -364,17 +365,7 @@ async def invoicing_middleware(
         kept = store.get(f"idempotency:{key}")
         if kept is not None:
             if kept[0] != request_print:
-                return _body(
-                    {
-                        "error": {
-                            "type": "idempotency_error",
-                            "message": "Keys for idempotent requests can only be used with the "
-                            "same parameters they were first used with. Try using a key other "
-                            f"than '{key}' if you meant to execute a different request.",
-                        }
-                    },
-                    status=400,
-                )
+                return _idempotency_error(key)
             return _body(kept[2], status=kept[1], replayed=True)
     expand = data.pop("expand", None)
     try:
@@ -386,6 +377,53 @@ async def invoicing_middleware(
     if key:
         store[f"idempotency:{key}"] = (request_print, status, payload)
     return _body(payload, status=status)
+
+
+@web.middleware
+async def idempotency_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[Any]]
+) -> Any:
+    """Stripe's `Idempotency-Key` on localstripe's own POST routes too (refunds, payment
+    intents, customers...): the same key and body replay the first answer, the same key with
+    another body is an `idempotency_error`. Without it, a client that timed out and retried
+    (the Stripe library does, with the same key) would refund or charge twice here, where
+    Stripe would not."""
+    key = request.headers.get("Idempotency-Key") if request.method == "POST" else None
+    if not key:
+        return await handler(request)
+    body = await request.read()  # kept by aiohttp: the route reads it again
+    request_print = json.dumps(["POST", request.path, body.decode("utf-8", "replace")])
+    kept = store.get(f"idempotency:{key}")
+    if kept is not None:
+        if kept[0] != request_print:
+            return _idempotency_error(key)
+        return web.Response(
+            status=kept[1],
+            text=kept[2],
+            content_type="application/json",
+            headers={"Idempotent-Replayed": "true"},
+        )
+    try:
+        response = await handler(request)
+    except UserError as exc:
+        response = exc.to_response()
+    if isinstance(response, web.Response) and response.status < 500 and response.text:
+        store[f"idempotency:{key}"] = (request_print, response.status, response.text)
+    return response
+
+
+def _idempotency_error(key: str) -> Any:
+    return _body(
+        {
+            "error": {
+                "type": "idempotency_error",
+                "message": "Keys for idempotent requests can only be used with the same "
+                f"parameters they were first used with. Try using a key other than '{key}' if "
+                "you meant to execute a different request.",
+            }
+        },
+        status=400,
+    )
 
 
 # --- The hosted invoice page (what hosted_invoice_url opens) -------------------------------------
@@ -460,3 +498,4 @@ def install(app: Any) -> None:
     """Put the invoicing routes in front of localstripe's (before the app starts)."""
     app.middlewares.insert(0, hosted_page_middleware)
     app.middlewares.append(invoicing_middleware)
+    app.middlewares.append(idempotency_middleware)  # localstripe's own routes, behind ours

@@ -8,6 +8,7 @@ from django.db import transaction
 from django.db.models import Sum
 
 from capacity.models import Extension, Reservation
+from core.errors import ServiceError
 from core.money import format_money
 from core.tasks import enqueue_after_commit
 
@@ -168,9 +169,17 @@ def _refund_cards(
         share = left if amount is None else min(amount, left)
         if share <= 0:
             continue
-        refund = refund_open(
-            payment=payment, amount=share, reason=reason, actor=None, settles=settles
-        )
+        try:
+            refund = refund_open(
+                payment=payment, amount=share, reason=reason, actor=None, settles=settles
+            )
+        except ServiceError as exc:
+            if exc.code != "refund_too_large":
+                raise
+            # Money left this payment since it was read (another refund, under its lock): this
+            # run stops; the sweep settles it again from what is there then.
+            logger.warning("settling %s: %s", reservation.public_id, exc.message)
+            return Decimal("0.00")
         refund = _refund_attempt(reservation, refund)
         if amount is not None:
             amount -= share  # made, or failed: either way this payment's to give

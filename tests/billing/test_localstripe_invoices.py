@@ -632,3 +632,34 @@ def test_settling_at_localstripe_leaves_books_that_agree(
         "-768.00" if how == "failed after it was paid" else "0.00"
     )  # a failed block's credit waits on the customer's balance for the next invoice
     assert check_books() == (0, AGREE + "\n")
+
+
+def test_localstripes_own_posts_honour_the_idempotency_key(
+    catalog, organization, owner, stripe_api
+):
+    """A refund retried with its key (the Stripe library retries a request that timed out) is
+    one refund, as at Stripe; the key with another body is refused."""
+    payment = payments.payment_by_card_create(
+        reservation=held_reservation(organization, owner, catalog),
+        actor=owner,
+        payment_method_id=card(stripe_api),
+        attempt_token="idem",
+    )
+    intent = payment.stripe_payment_intent_id
+
+    def refund(amount: int) -> requests.Response:
+        return requests.post(
+            f"{stripe_api}/v1/refunds",
+            data={"payment_intent": intent, "amount": amount},
+            headers={"Idempotency-Key": "refund:once"},
+            auth=(SECRET_KEY, ""),
+            timeout=10,
+        )
+
+    first, again = refund(1000), refund(1000)
+    assert (first.status_code, again.status_code) == (200, 200)
+    assert again.json()["id"] == first.json()["id"]
+    assert again.headers["Idempotent-Replayed"] == "true"
+    other = refund(2000)
+    assert (other.status_code, other.json()["error"]["type"]) == (400, "idempotency_error")
+    assert [r.amount for r in gateway.refunds_list(payment_intent_id=intent)] == [1000]

@@ -753,3 +753,31 @@ def test_a_failed_block_credits_its_invoices_but_not_one_voided_at_stripe(
     assert booked_credits(organization) == [(block, Decimal("-768.00"))]
     assert FinanceFlag.objects.count() == 0
     assert tasks.settle_pending() == 0
+
+
+def test_money_leaving_a_payment_while_it_is_settled_stops_the_run_without_a_crash(
+    catalog, organization, owner, stripe_api, monkeypatch, caplog
+):
+    """Settlement reads a payment's refundable money without its lock; when another refund
+    takes it first, refund_open refuses under the lock: the run stops, nothing is lost, and the
+    next run settles from what is there."""
+    reservation, payment = canceled_in_the_half_window(organization, owner, catalog, stripe_api)
+    opened = refunds.refund_open
+
+    def goodwill_first(**kwargs):
+        if kwargs.get("settles"):
+            refunds.refund_issue(
+                payment=payment, amount=Decimal("500.00"), reason="Goodwill", actor=owner
+            )
+        return opened(**kwargs)
+
+    monkeypatch.setattr(settlement, "refund_open", goodwill_first)
+    settlement.reservation_settle(reservation_id=reservation.pk)  # no exception
+    assert refund_rows(reservation) == [(Decimal("500.00"), "", "succeeded", "", False)]
+    assert "settling " + reservation.public_id in caplog.text
+    monkeypatch.setattr(settlement, "refund_open", opened)
+    settlement.reservation_settle(reservation_id=reservation.pk)
+    assert refund_rows(reservation) == [
+        (Decimal("500.00"), "", "succeeded", "", False),
+        (Decimal("268.00"), "cancellation", "succeeded", "", False),  # all that was left
+    ]
