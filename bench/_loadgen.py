@@ -373,7 +373,7 @@ class ApiCustomer(_Customer):
         )
         return None if error else answer
 
-    def confirm(self, intent: str, card_number: str) -> bool:
+    def confirm(self, intent: str, card_number: str, refusals: tuple[str, ...] = ()) -> bool:
         """What Stripe.js does in the customer's browser: make a PaymentMethod of the card the
         customer typed, put it on the PaymentIntent, confirm. True when the charge went
         through; a declined card (HTTP 402) is what the test card is for."""
@@ -403,6 +403,7 @@ class ApiCustomer(_Customer):
             f"/v1/payment_intents/{intent}/confirm",
             {},
             expect=402 if declined else 200,
+            refusals=refusals,
         )
         return confirmed is not None and not declined
 
@@ -473,7 +474,7 @@ class ApiCustomer(_Customer):
         if paid is not None:
             TALLY.flows["invoice_paid_by_card" if by_card else "invoice_paid_out_of_band"] += 1
 
-    @task(2)
+    @task(3)
     def extend(self) -> None:
         """Extend a confirmed block: quote the extra hours, then ask for them. On card terms
         the saved card pays off-session, or the client confirms the PaymentIntent itself (now
@@ -523,6 +524,17 @@ class ApiCustomer(_Customer):
         way = "invoice" if self.org["invoice_terms"] else "saved_card"
         if extension["client_secret"]:
             way = "intent"
+            if self.rng.random() < 0.2:
+                # The block is canceled while the page to pay for its extension is still
+                # open, and the customer pays anyway: the late money must come back in full.
+                self.cancel_one(public_id, "scheduled", label="extension unpaid")
+                paid = self.confirm(
+                    extension["payment_intent"],
+                    GOOD_CARD,
+                    refusals=("payment_intent_unexpected_state",),  # canceled at Stripe
+                )
+                TALLY.flows["extension_paid_late" if paid else "extension_late_refused"] += 1
+                return
             if self.rng.random() < 0.08:
                 self.confirm(extension["payment_intent"], DECLINED_CARD)
                 TALLY.flows["extension_declined_then_retried"] += 1
@@ -530,7 +542,7 @@ class ApiCustomer(_Customer):
                 TALLY.flows["extension_confirm_failed"] += 1
                 return
         TALLY.flows[f"extension_{way}_{extension['state']}"] += 1
-        if self.rng.random() < 0.3:  # plans changed: cancel it at once, paid or on its way
+        if self.rng.random() < 0.35:  # plans changed: cancel it at once, paid or on its way
             self.cancel_one(public_id, "scheduled", label="after extending")
             TALLY.flows["extended_then_canceled_attempt"] += 1
 
