@@ -237,7 +237,9 @@ def _allocations() -> dict:
     )
     wrong_count = _rows(
         "SELECT r.public_id, r.state, r.node_count, COUNT(a.id) FROM capacity_reservation r"
+        # The hours an extension holds while it is paid for are allocations of their own.
         " LEFT JOIN capacity_allocation a ON a.reservation_id = r.id AND a.released_at IS NULL"
+        "  AND a.extension_id IS NULL"
         " WHERE r.state = ANY(%s) GROUP BY r.id HAVING COUNT(a.id) <> r.node_count",
         (LIVE,),
     )

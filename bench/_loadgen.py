@@ -531,13 +531,17 @@ class ApiCustomer(_Customer):
                 paid = self.confirm(
                     extension["payment_intent"],
                     GOOD_CARD,
-                    refusals=("payment_intent_unexpected_state",),  # canceled at Stripe
+                    # Canceled at Stripe (localstripe answers 400 without a code).
+                    refusals=("payment_intent_unexpected_state", ""),
                 )
                 TALLY.flows["extension_paid_late" if paid else "extension_late_refused"] += 1
                 return
             if self.rng.random() < 0.08:
+                # Declined: the customer leaves it (localstripe takes no second confirmation
+                # of a PaymentIntent whose charge failed); the hold lapses.
                 self.confirm(extension["payment_intent"], DECLINED_CARD)
-                TALLY.flows["extension_declined_then_retried"] += 1
+                TALLY.flows["extension_declined"] += 1
+                return
             if not self.confirm(extension["payment_intent"], GOOD_CARD):
                 TALLY.flows["extension_confirm_failed"] += 1
                 return
