@@ -298,6 +298,9 @@ def load_report(result: dict) -> list[str]:
             f"      {name.replace('_', ' ')}: {_verdict(check['passed'])} ({check['detail']})"
         )
         lines += [f"        {violation}" for violation in check["violations"][:5]]
+    for what, rows in result.get("money", {}).items():
+        seen = ", ".join(f"{k} {n} ({amount})" for k, (n, amount) in sorted(rows.items()))
+        lines.append(f"    {what.replace('_', ' ')}: {seen or 'none'}")
     flags = ", ".join(f"{k} {n}" for k, n in sorted(result.get("finance_flags", {}).items()))
     lines.append(f"    finance flags raised: {flags or 'none'}")
     logged = ", ".join(f"{name} {log['errors']}" for name, log in result["logs"].items())

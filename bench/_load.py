@@ -171,7 +171,7 @@ def _unsettled(broker: redis.Redis) -> dict[str, int]:
     (uninvoiced,) = _rows(
         "SELECT COUNT(*) FROM capacity_reservation r"
         " JOIN accounts_organization o ON o.id = r.organization_id"
-        " LEFT JOIN billing_invoice i ON i.reservation_id = r.id"
+        " LEFT JOIN billing_invoice i ON i.reservation_id = r.id AND i.extension_id IS NULL"
         " WHERE o.payment_terms = 'invoice' AND r.state = ANY(%s)"
         " AND i.stripe_invoice_id IS NULL",
         (CONFIRMED,),
@@ -180,8 +180,10 @@ def _unsettled(broker: redis.Redis) -> dict[str, int]:
         "SELECT COUNT(*) FROM capacity_reservation r"
         " JOIN billing_invoice i ON i.reservation_id = r.id"
         " WHERE r.state = 'canceled' AND r.refund_due > 0 AND i.stripe_invoice_id IS NOT NULL"
+        " AND i.extension_id IS NULL"  # the refund is credited on any of its invoices
         " AND NOT EXISTS (SELECT 1 FROM billing_ledgerentry l"
-        "  WHERE l.invoice_id = i.id AND l.kind = 'credit')"
+        "  JOIN billing_invoice j ON j.id = l.invoice_id"
+        "  WHERE j.reservation_id = r.id AND l.kind = 'credit')"
     )[0]
     return {
         "events_unprocessed": events,
@@ -235,7 +237,9 @@ def _allocations() -> dict:
     )
     wrong_count = _rows(
         "SELECT r.public_id, r.state, r.node_count, COUNT(a.id) FROM capacity_reservation r"
+        # The hours an extension holds while it is paid for are allocations of their own.
         " LEFT JOIN capacity_allocation a ON a.reservation_id = r.id AND a.released_at IS NULL"
+        "  AND a.extension_id IS NULL"
         " WHERE r.state = ANY(%s) GROUP BY r.id HAVING COUNT(a.id) <> r.node_count",
         (LIVE,),
     )
@@ -250,24 +254,40 @@ def _allocations() -> dict:
 
 
 def _paid_not_confirmed() -> list[tuple]:
-    """Paid reservations whose state or refunds do not match the payment: paid ones must be
-    confirmed (scheduled or later) and keep the money; a canceled one gives back what the
-    policy set when it was canceled (everything if it was still unpaid then, i.e. paid late);
-    a failed one everything; a second payment of one reservation is given back in full."""
-    return _rows(
-        "SELECT r.public_id, r.state, r.total, r.refund_due, p.public_id, p.amount,"
-        " p.amount_refunded, p.flagged"
+    """Paid reservations whose state or refunds do not match their payments (the block's and
+    its paid extensions', summed): paid ones must be confirmed (scheduled or later) and keep
+    the money; a canceled one gives back what the policy set when it was canceled (everything
+    if it was still unpaid then, i.e. paid late); a failed one everything. A second payment of
+    one reservation (flagged), and a payment for an extension that was never applied (lapsed
+    or canceled before its money arrived), are given back in full."""
+    kept = _rows(
+        "SELECT r.public_id, r.state, r.total, r.refund_due, COUNT(p.id), SUM(p.amount),"
+        " SUM(p.amount_refunded)"
         " FROM capacity_reservation r"
         " JOIN billing_payment p ON p.reservation_id = r.id AND p.status = 'succeeded'"
+        "  AND NOT p.flagged"
+        " LEFT JOIN capacity_extension x ON x.id = p.extension_id"
         " JOIN accounts_organization o ON o.id = r.organization_id"
-        " WHERE o.slug LIKE %s AND NOT ("
-        "  (NOT p.flagged AND r.state = ANY(%s) AND p.amount_refunded = 0)"
-        "  OR (NOT p.flagged AND r.state = 'canceled'"
-        "      AND p.amount_refunded = COALESCE(r.refund_due, p.amount))"
-        "  OR (NOT p.flagged AND r.state = 'failed' AND p.amount_refunded = p.amount)"
-        "  OR (p.flagged AND p.amount_refunded = p.amount))",
+        " WHERE o.slug LIKE %s AND (x.id IS NULL OR x.state = 'paid')"
+        " GROUP BY r.id HAVING NOT ("
+        "  (r.state = ANY(%s) AND SUM(p.amount_refunded) = 0)"
+        "  OR (r.state = 'canceled'"
+        "      AND SUM(p.amount_refunded) = COALESCE(r.refund_due, SUM(p.amount)))"
+        "  OR (r.state = 'failed' AND SUM(p.amount_refunded) = SUM(p.amount)))",
         (f"{ORG_PREFIX}%", CONFIRMED),
     )
+    given_back = _rows(
+        "SELECT r.public_id, r.state, p.public_id, x.public_id, x.state, p.amount,"
+        " p.amount_refunded, p.flagged"
+        " FROM billing_payment p JOIN capacity_reservation r ON r.id = p.reservation_id"
+        " LEFT JOIN capacity_extension x ON x.id = p.extension_id"
+        " JOIN accounts_organization o ON o.id = r.organization_id"
+        " WHERE o.slug LIKE %s AND p.status = 'succeeded'"
+        " AND (p.flagged OR (x.id IS NOT NULL AND x.state <> 'paid'))"
+        " AND p.amount_refunded <> p.amount",
+        (f"{ORG_PREFIX}%",),
+    )
+    return kept + given_back
 
 
 def _payments_match_states() -> dict:
@@ -360,37 +380,47 @@ def _invoices(invoices: list[dict], notes: list[dict]) -> dict:
             credited[note["invoice"]] += note["amount"]
     wrong: list[tuple] = []
     statuses: dict[str, int] = defaultdict(int)
+    # A reservation has its block's invoice and one per extension: what Stripe kept is summed
+    # over them.
     rows = _rows(
         "SELECT r.public_id, r.state, r.total, r.refund_due, r.currency, i.stripe_invoice_id,"
-        " i.status FROM capacity_reservation r"
+        " i.status, i.extension_id FROM capacity_reservation r"
         " JOIN accounts_organization o ON o.id = r.organization_id"
         " LEFT JOIN billing_invoice i ON i.reservation_id = r.id"
-        " WHERE i.id IS NOT NULL OR (o.payment_terms = 'invoice' AND r.state = ANY(%s))",
+        " WHERE i.id IS NOT NULL OR (o.payment_terms = 'invoice' AND r.state = ANY(%s))"
+        " ORDER BY r.id, i.id",
         (CONFIRMED,),
     )
-    for public_id, state, total, refund_due, currency, stripe_id, status in rows:
+    reservations: dict[str, tuple] = {}
+    kept_minor: dict[str, int] = defaultdict(int)
+    for public_id, state, total, refund_due, currency, stripe_id, status, extension in rows:
+        reservations[public_id] = (state, total, refund_due, currency)
         theirs = at_stripe.get(stripe_id or "")
         if theirs is None:
-            wrong.append((public_id, state, f"no invoice at Stripe ({stripe_id or 'not sent'})"))
+            if extension is None or status not in ("void", "draft", "abandoned"):
+                wrong.append(
+                    (public_id, state, f"no invoice at Stripe ({stripe_id or 'not sent'})")
+                )
             continue
         statuses[theirs["status"]] += 1
-        kept = 0 if theirs["status"] == "void" else theirs["total"] - credited[stripe_id]
+        if theirs["status"] != "void":
+            kept_minor[public_id] += theirs["total"] - credited[stripe_id]
+        if theirs["status"] != status:
+            wrong.append((public_id, stripe_id, f"here {status}, at Stripe {theirs['status']}"))
+    for public_id, (state, total, refund_due, currency) in reservations.items():
         if state in CONFIRMED:
             expected = total
         elif state == "canceled" and refund_due is not None:
             expected = total - refund_due
         else:
             expected = Decimal("0")
-        if from_minor(kept, currency) != expected:
-            wrong.append(
-                (public_id, state, f"Stripe kept {from_minor(kept, currency)}, expected {expected}")
-            )
-        if theirs["status"] != status:
-            wrong.append((public_id, stripe_id, f"here {status}, at Stripe {theirs['status']}"))
+        kept = from_minor(kept_minor[public_id], currency)
+        if kept != expected:
+            wrong.append((public_id, state, f"Stripe kept {kept}, expected {expected}"))
     return {
         **_check(
             not wrong,
-            f"{len(rows)} invoiced reservations, {len(notes)} credit notes at Stripe; "
+            f"{len(reservations)} invoiced reservations, {len(notes)} credit notes at Stripe; "
             f"{len(wrong)} differences",
             wrong,
         ),
@@ -585,6 +615,47 @@ def _books() -> dict:
     }
 
 
+def _money() -> dict:
+    """What the run sold and gave back, for the report: extensions by state (and how they
+    were paid), refunds, invoices (the blocks' and the extensions') and credit notes."""
+
+    def counted(sql: str) -> dict[str, list]:
+        return {str(k): [n, str(amount)] for k, n, amount in _rows(sql, (f"{ORG_PREFIX}%",))}
+
+    return {
+        "extensions": counted(
+            "SELECT x.state || CASE WHEN o.payment_terms = 'invoice' THEN ' (invoice)'"
+            " WHEN EXISTS (SELECT 1 FROM billing_payment p WHERE p.extension_id = x.id"
+            "  AND p.status = 'succeeded') THEN ' (card)' ELSE '' END,"
+            " COUNT(*), COALESCE(SUM(x.price), 0) FROM capacity_extension x"
+            " JOIN capacity_reservation r ON r.id = x.reservation_id"
+            " JOIN accounts_organization o ON o.id = r.organization_id WHERE o.slug LIKE %s"
+            " GROUP BY 1"
+        ),
+        "refunds": counted(
+            "SELECT f.status, COUNT(*), COALESCE(SUM(f.amount), 0) FROM billing_refund f"
+            " JOIN billing_payment p ON p.id = f.payment_id"
+            " JOIN capacity_reservation r ON r.id = p.reservation_id"
+            " JOIN accounts_organization o ON o.id = r.organization_id WHERE o.slug LIKE %s"
+            " GROUP BY 1"
+        ),
+        "invoices": counted(
+            "SELECT i.status || CASE WHEN i.extension_id IS NULL THEN ' (block)'"
+            " ELSE ' (extension)' END, COUNT(*), COALESCE(SUM(i.amount), 0)"
+            " FROM billing_invoice i JOIN capacity_reservation r ON r.id = i.reservation_id"
+            " JOIN accounts_organization o ON o.id = r.organization_id WHERE o.slug LIKE %s"
+            " GROUP BY 1"
+        ),
+        "invoice_credits": counted(
+            "SELECT l.kind, COUNT(*), COALESCE(SUM(l.amount), 0) FROM billing_ledgerentry l"
+            " JOIN billing_invoice i ON i.id = l.invoice_id"
+            " JOIN capacity_reservation r ON r.id = i.reservation_id"
+            " JOIN accounts_organization o ON o.id = r.organization_id WHERE o.slug LIKE %s"
+            " AND l.kind = 'credit' GROUP BY 1"
+        ),
+    }
+
+
 # --- Logs --------------------------------------------------------------------------------------
 # Where a log record starts: Django's format ("ERROR billing.webhooks [request id] ..."),
 # Celery's ("[2026-12-01 13:00:00,000: ERROR/ForkPoolWorker-1] ...") or gunicorn's
@@ -742,6 +813,7 @@ def run(*, db: Database, duration: int, users: int, orgs: int, seed: int = 20_26
         "ledger_balances": _ledger(intents, refunds),
         "books_check": books,
     }
+    result["money"] = _money()
     result["finance_flags"] = {
         kind: FinanceFlag.objects.filter(kind=kind).count()
         for kind in FinanceFlag.objects.values_list("kind", flat=True).distinct()

@@ -46,6 +46,7 @@ TIMEOUT = 30  # seconds per request: a hung server shows up as errors, never as 
 CONFIRM_POLLS = 20  # how often a client looks for its paid reservation to be confirmed (1 s apart)
 DURATIONS = (1, 2, 4, 8, 12, 24, 48, 72, 168)
 NODE_COUNTS = (1, 1, 1, 2, 2, 3, 4)
+EXTENSION_HOURS = (1, 2, 4, 8, 24)
 HORIZON_HOURS = 7 * 7 * 24  # inside the 8 weeks a block may start ahead
 # Stripe's test cards: one that pays, one whose charge is declined (not its attachment).
 GOOD_CARD, DECLINED_CARD = "4242424242424242", "4000000000000341"
@@ -372,7 +373,7 @@ class ApiCustomer(_Customer):
         )
         return None if error else answer
 
-    def confirm(self, intent: str, card_number: str) -> bool:
+    def confirm(self, intent: str, card_number: str, refusals: tuple[str, ...] = ()) -> bool:
         """What Stripe.js does in the customer's browser: make a PaymentMethod of the card the
         customer typed, put it on the PaymentIntent, confirm. True when the charge went
         through; a declined card (HTTP 402) is what the test card is for."""
@@ -402,6 +403,7 @@ class ApiCustomer(_Customer):
             f"/v1/payment_intents/{intent}/confirm",
             {},
             expect=402 if declined else 200,
+            refusals=refusals,
         )
         return confirmed is not None and not declined
 
@@ -472,6 +474,96 @@ class ApiCustomer(_Customer):
         if paid is not None:
             TALLY.flows["invoice_paid_by_card" if by_card else "invoice_paid_out_of_band"] += 1
 
+    @task(3)
+    def extend(self) -> None:
+        """Extend a confirmed block: quote the extra hours, then ask for them. On card terms
+        the saved card pays off-session, or the client confirms the PaymentIntent itself (now
+        and then declined first); on invoice terms the hours are invoiced. Now and then the
+        block is canceled right after, so the refund must follow the money of both payments
+        (one of which may still be on its way)."""
+        choices = [public_id for public_id, (state, _) in self.mine.items() if state == "scheduled"]
+        if not choices:
+            return
+        public_id = self.rng.choice(choices)
+        hours = self.rng.choice(EXTENSION_HOURS)
+        refusals = (
+            (409, "not_extendable"),  # it started and ended, or was canceled, meanwhile
+            (409, "capacity_unavailable"),  # its nodes are taken right after its end
+            (409, "extension_pending"),  # an earlier extension still waits for its payment
+            (400, "invalid"),  # past the longest a block may last
+        )
+        response, outcome = self.call(
+            "GET",
+            f"/api/v1/reservations/{public_id}/extend/",
+            "GET /api/v1/reservations/[id]/extend/ (quote)",
+            refusals=refusals,
+            params={"hours": hours},
+        )
+        if outcome is not None:
+            TALLY.flows["extension_quote_refused" if outcome != "error" else "quote_failed"] += 1
+            return
+        if not response.json()["available"]:
+            TALLY.flows["extension_quote_unavailable"] += 1
+            return
+        saved_card = self.org["invoice_terms"] or self.rng.random() < 0.5
+        how = "invoice" if self.org["invoice_terms"] else "saved card" if saved_card else "intent"
+        response, outcome = self.call(
+            "POST",
+            f"/api/v1/reservations/{public_id}/extend/",
+            f"POST /api/v1/reservations/[id]/extend/ ({how})",
+            expect=(202,),
+            refusals=(*refusals, (409, "credit_limit_exceeded")),
+            json={"hours": hours, "client_token": uuid.uuid4().hex, "use_saved_card": saved_card},
+            headers={"Idempotency-Key": uuid.uuid4().hex},
+        )
+        if outcome is not None:
+            TALLY.flows["extension_refused" if outcome != "error" else "extension_failed"] += 1
+            return
+        extension = response.json()
+        TALLY.flows["extension_requested"] += 1
+        way = "invoice" if self.org["invoice_terms"] else "saved_card"
+        if extension["client_secret"]:
+            way = "intent"
+            if self.rng.random() < 0.2:
+                # The block is canceled while the page to pay for its extension is still
+                # open, and the customer pays anyway: the late money must come back in full.
+                self.cancel_one(public_id, "scheduled", label="extension unpaid")
+                paid = self.confirm(
+                    extension["payment_intent"],
+                    GOOD_CARD,
+                    # Canceled at Stripe (localstripe answers 400 without a code).
+                    refusals=("payment_intent_unexpected_state", ""),
+                )
+                TALLY.flows["extension_paid_late" if paid else "extension_late_refused"] += 1
+                return
+            if self.rng.random() < 0.08:
+                # Declined: the customer leaves it (localstripe takes no second confirmation
+                # of a PaymentIntent whose charge failed); the hold lapses.
+                self.confirm(extension["payment_intent"], DECLINED_CARD)
+                TALLY.flows["extension_declined"] += 1
+                return
+            if not self.confirm(extension["payment_intent"], GOOD_CARD):
+                TALLY.flows["extension_confirm_failed"] += 1
+                return
+        TALLY.flows[f"extension_{way}_{extension['state']}"] += 1
+        if self.rng.random() < 0.35:  # plans changed: cancel it at once, paid or on its way
+            self.cancel_one(public_id, "scheduled", label="after extending")
+            TALLY.flows["extended_then_canceled_attempt"] += 1
+
+    def cancel_one(self, public_id: str, state: str, *, label: str = "") -> None:
+        response, outcome = self.call(
+            "POST",
+            f"/api/v1/reservations/{public_id}/cancel/",
+            "POST /api/v1/reservations/[id]/cancel/" + (f" ({label})" if label else ""),
+            refusals=((409, "not_cancelable"),),
+            json={"reason": "Plans changed."},
+        )
+        if outcome is None:
+            self.remember(response.json())
+            TALLY.flows[f"canceled_{state}" + ("_" + label.replace(" ", "_") if label else "")] += 1
+        elif outcome != "error":
+            TALLY.flows["cancel_refused"] += 1
+
     @task(1)
     def cancel(self) -> None:
         """Cancel a block that has not started: mostly paid ones (refunded by the policy)."""
@@ -485,18 +577,7 @@ class ApiCustomer(_Customer):
             return
         paid = [c for c in choices if c[1] == "scheduled"]
         public_id, state = self.rng.choice(paid if paid and self.rng.random() < 0.8 else choices)
-        response, outcome = self.call(
-            "POST",
-            f"/api/v1/reservations/{public_id}/cancel/",
-            "POST /api/v1/reservations/[id]/cancel/",
-            refusals=((409, "not_cancelable"),),
-            json={"reason": "Plans changed."},
-        )
-        if outcome is None:
-            self.remember(response.json())
-            TALLY.flows[f"canceled_{state}"] += 1
-        elif outcome != "error":
-            TALLY.flows["cancel_refused"] += 1
+        self.cancel_one(public_id, state)
 
 
 # --- Stripe's webhook delivery -----------------------------------------------------------------

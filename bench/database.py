@@ -101,7 +101,7 @@ def prepared(kind: str) -> Iterator[Database]:
         finally:
             if folder:
                 shutil.rmtree(folder, ignore_errors=True)
-            else:
+            elif not os.environ.get("BENCH_KEEP_DATABASE"):  # kept: to look into a failure
                 _drop_postgres(url)
 
 
