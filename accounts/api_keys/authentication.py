@@ -82,6 +82,13 @@ def _maker_check(api_key: ApiKey) -> None:
     if api_key.is_service:
         if api_key.service_user is None or not api_key.service_user.is_active:
             raise KeyRefused("revoked_key", "The API key was revoked.")
+        # Its identity's membership is what lets it act; one deleted (a script, the admin)
+        # ends the key as it would a person's.
+        if api_key.service_membership_role is None:  # type: ignore[attr-defined]
+            _revoke_orphan(api_key, "key_owner_left")
+            raise KeyRefused(
+                "key_owner_left", "This service key's access to the organization was removed."
+            )
         return
     maker = api_key.created_by
     if maker is None:  # an operator's key (manage.py create_api_key without --user)
@@ -124,7 +131,13 @@ def api_key_authenticate(raw: str, *, ip: str | None = None, touch: bool = True)
                         user_id=OuterRef("created_by_id"),
                         organization_id=OuterRef("organization_id"),
                     ).values("role")[:1]
-                )
+                ),
+                service_membership_role=Subquery(
+                    Membership.objects.filter(
+                        user_id=OuterRef("service_user_id"),
+                        organization_id=OuterRef("organization_id"),
+                    ).values("role")[:1]
+                ),
             )
             .filter(digest=key_digest)
             .first()

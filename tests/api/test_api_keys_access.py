@@ -201,6 +201,20 @@ def test_a_service_key_writes_as_itself_and_outlives_its_maker(
     assert [m.user for m in memberships_for_org(organization)] == [second]
 
 
+def test_a_service_key_whose_membership_was_deleted_stops(catalog, organization, owner):
+    """Its identity's membership deleted by hand (a script, the admin): refused and revoked."""
+    from django.core.cache import cache
+
+    record, key = _service_key(organization, owner, scopes=["reservations:read"])
+    assert api(key).get(RESERVATIONS).status_code == 200
+    Membership.objects.filter(user=record.service_user).delete()
+    cache.clear()  # as the cache time passing does
+    refused = api(key).get(RESERVATIONS)
+    assert (refused.status_code, refused.json()["error"]["code"]) == (401, "key_owner_left")
+    record.refresh_from_db()
+    assert record.revoked_at is not None
+
+
 def test_a_service_key_is_labelled_in_the_api(catalog, organization, owner):
     _record, key = _service_key(organization, owner, scopes=["keys:read"])
     personal = key_for(organization, owner, scopes=["keys:read"])
