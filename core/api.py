@@ -134,6 +134,15 @@ class KeyRateThrottle(BaseThrottle):
         return self.wait_seconds
 
 
+def _key_in_use() -> exceptions.APIException:
+    return exceptions.APIException(
+        detail=exceptions.ErrorDetail(
+            "A request with this Idempotency-Key is still being processed.",
+            code="idempotency_key_in_use",
+        )
+    )
+
+
 class _Replay(exceptions.APIException):
     """Carries a stored response out of `initial`, where DRF lets us stop a request early."""
 
@@ -175,7 +184,10 @@ class ApiView(APIView):
                 )
             return
         except IntegrityError:
-            earlier = IdempotencyRecord.objects.get(owner=owner, key=key)
+            earlier = IdempotencyRecord.objects.filter(owner=owner, key=key).first()
+        if earlier is None:
+            # The request that held the key failed and let it go meanwhile: try again.
+            raise _key_in_use() from None
         if earlier.request_hash != fingerprint:
             raise exceptions.APIException(
                 detail=exceptions.ErrorDetail(
@@ -184,12 +196,7 @@ class ApiView(APIView):
                 )
             ) from None
         if earlier.status_code is None:
-            raise exceptions.APIException(
-                detail=exceptions.ErrorDetail(
-                    "A request with this Idempotency-Key is still being processed.",
-                    code="idempotency_key_in_use",
-                )
-            ) from None
+            raise _key_in_use() from None
         replay = Response(earlier.body, status=earlier.status_code)
         replay["Idempotent-Replayed"] = "true"
         raise _Replay(replay)

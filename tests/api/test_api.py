@@ -446,6 +446,35 @@ def test_an_idempotency_key_in_flight_is_409(catalog, organization, owner):
     assert error(response) == (409, "idempotency_key_in_use")
 
 
+def test_an_idempotency_key_let_go_between_the_clash_and_the_read_is_409_not_500(
+    catalog, organization, owner, monkeypatch
+):
+    """The key's holder failed and deleted its record just after our insert clashed with it."""
+    from core import api as core_api
+    from core.models import IdempotencyRecord
+
+    client = api(key_for(organization, owner))
+    record_owner = f"key:{ApiKey.objects.get().pk}"
+    IdempotencyRecord.objects.create(owner=record_owner, key="gone", request_hash="x")
+    filtered = IdempotencyRecord.objects.filter
+
+    def gone_by_the_read(*args, **kwargs):
+        IdempotencyRecord.objects.all().delete()
+        return filtered(*args, **kwargs)
+
+    created = IdempotencyRecord.objects.create
+
+    def clash_then_vanish(**kwargs):
+        monkeypatch.setattr(IdempotencyRecord.objects, "filter", gone_by_the_read)
+        return created(**kwargs)
+
+    monkeypatch.setattr(core_api.IdempotencyRecord.objects, "create", clash_then_vanish)
+    response = client.post(
+        "/api/v1/reservations/", b"{}", content_type="application/json", HTTP_IDEMPOTENCY_KEY="gone"
+    )
+    assert error(response) == (409, "idempotency_key_in_use")
+
+
 def test_an_idempotency_key_expires_after_a_day(catalog, organization, owner, frozen_clock):
     client = api(key_for(organization, owner))
     client.post(
