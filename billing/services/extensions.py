@@ -252,6 +252,7 @@ def extension_charge_by_staff(
     the credit limit, as the customer's would be."""
     require_staff_permission(actor, OPERATE, "extend reservations")
     reason = reason_clean(reason, required=True)
+    _require_not_refused(reservation)  # sold like any hours: complimentary ones are the way round
     if reservation.organization.on_invoice_terms:
         started = _on_invoice(
             reservation=reservation,

@@ -18,6 +18,7 @@ from billing.services import accounts, books, cards, extensions, payments, settl
 from capacity import extensions as capacity_extensions
 from capacity import services as capacity_services
 from capacity.models import Allocation, Extension, ListPrice, Reservation
+from core.errors import Conflict
 from core.models import AuditEvent
 from tests.conftest import client_for
 
@@ -527,6 +528,27 @@ def test_staff_charge_an_extension_to_the_saved_card(catalog, organization, owne
     assert reservation.total == BLOCK + Decimal("64.00") == succeeded(reservation)
     event = AuditEvent.objects.get(action="extension.charged_by_staff")
     assert (event.actor, event.reason) == (ops, "Asked by phone")
+
+
+def test_staff_cannot_sell_hours_to_an_organization_refused_new_ones(
+    catalog, organization, owner, stripe_api
+):
+    """A lost dispute pauses new reservations and extensions: staff charged ones too."""
+    from backoffice.roles import OPERATIONS
+    from billing.services.flags import flag_raise
+    from tests.backoffice.conftest import make_staff
+
+    reservation = paid_block(organization, owner, catalog, stripe_api)
+    save_card(organization, owner, stripe_api)
+    flag_raise(FinanceFlag.Kind.DISPUTE_LOST, "dp_lost", "Lost.", organization=organization)
+    with pytest.raises(Conflict) as refused:
+        extensions.extension_charge_by_staff(
+            reservation=reservation, actor=make_staff(OPERATIONS), hours=2, reason="Phone",
+            attempt_token="s3",
+        )  # fmt: skip
+    assert refused.value.code == "reservations_refused"
+    assert Extension.objects.count() == 0
+    assert Payment.objects.filter(extension__isnull=False).count() == 0
 
 
 def test_staff_charged_extension_without_a_saved_card_waits_for_the_customer(
