@@ -658,6 +658,16 @@ def test_on_invoice_terms_the_api_extends_with_an_invoice_of_its_own(
     assert (Extension.objects.count(), Invoice.objects.count(), LedgerEntry.objects.count()) == (
         1, 2, 2,
     )  # fmt: skip
+    # The reservation's page tells it as an invoice, not a payment.
+    page = " ".join(
+        client_for(owner)
+        .get(f"/o/{organization.slug}/reservations/{reservation.public_id}/")
+        .content.decode()
+        .split()
+    )
+    assert "Extension by 2 h: invoiced" in page
+    assert "Extension by 2 h held while paying" not in page
+    assert "the extra hours get an invoice of their own and the end moves once it is issued" in page
     assert len([c for c in stripe_invoices.calls if c[0] == "create"]) == 2
     assert Payment.objects.count() == 0
 
