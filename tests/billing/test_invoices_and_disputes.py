@@ -827,18 +827,23 @@ def test_a_withdrawn_extension_invoice_is_no_part_of_what_a_live_block_was_sold_
     assert report.differences == []
 
 
+def invoice_failed_for_good(catalog, organization, owner, stripe_invoices, settings) -> Invoice:
+    """A block on invoice terms whose invoice Stripe refused on its one allowed try."""
+    settings.INVOICE_CREATE_MAX_ATTEMPTS = 1
+    on_invoice_terms(organization)
+    stripe_invoices.fail = [400]
+    reservation = held_reservation(organization, owner, catalog)
+    settlement.reservation_settle(reservation_id=reservation.pk)
+    return Invoice.objects.get()
+
+
 def test_finance_sends_again_an_invoice_that_failed_for_good(
     catalog, organization, owner, stripe_invoices, settings, finance_user,
     django_capture_on_commit_callbacks,
 ):  # fmt: skip
     from core.errors import NotAllowed
 
-    settings.INVOICE_CREATE_MAX_ATTEMPTS = 1
-    on_invoice_terms(organization)
-    stripe_invoices.fail = [400]
-    reservation = held_reservation(organization, owner, catalog)
-    settlement.reservation_settle(reservation_id=reservation.pk)
-    invoice = Invoice.objects.get()
+    invoice = invoice_failed_for_good(catalog, organization, owner, stripe_invoices, settings)
     assert (invoice.attempts, FinanceFlag.objects.get().kind) == (1, "invoice_not_sent")
     with pytest.raises(NotAllowed):
         invoices.invoice_retry(invoice=invoice, actor=owner)
@@ -863,12 +868,7 @@ def test_the_invoice_admin_confirms_then_sends_again(
 
     from tests.backoffice.conftest import verified_client
 
-    settings.INVOICE_CREATE_MAX_ATTEMPTS = 1
-    on_invoice_terms(organization)
-    stripe_invoices.fail = [400]
-    reservation = held_reservation(organization, owner, catalog)
-    settlement.reservation_settle(reservation_id=reservation.pk)
-    invoice = Invoice.objects.get()
+    invoice = invoice_failed_for_good(catalog, organization, owner, stripe_invoices, settings)
     admin = verified_client(finance_user)
     url = reverse("admin:billing_invoice_changelist")
     chosen = {"action": "send_again", "_selected_action": [invoice.pk]}
