@@ -77,6 +77,40 @@ class OfferingSearchForm(forms.Form):
             return None
 
 
+class CalendarForm(forms.Form):
+    """What the availability calendar shows: every field optional, a bad value falls back to its
+    default (a link kept from a search never turns into an error page)."""
+
+    gpu_model = forms.ModelChoiceField(
+        queryset=GpuModel.objects.filter(is_active=True),
+        to_field_name="slug",
+        required=False,
+        empty_label=None,
+        label="GPU",
+    )
+    region = forms.ModelChoiceField(
+        queryset=Region.objects.filter(is_active=True),
+        to_field_name="code",
+        required=False,
+        empty_label=None,
+    )
+    node_count = forms.IntegerField(
+        label="Nodes", required=False, min_value=1, max_value=settings.CAPACITY_MAX_NODES
+    )
+    duration_hours = forms.IntegerField(
+        required=False,
+        min_value=settings.CAPACITY_MIN_HOURS,
+        max_value=settings.CAPACITY_MAX_HOURS,
+        widget=forms.HiddenInput,
+    )
+    week = forms.DateField(required=False, widget=forms.HiddenInput)
+
+    def value(self, name: str) -> Any:
+        """The field's cleaned value, or None where it was missing or invalid."""
+        self.is_valid()
+        return self.cleaned_data.get(name)
+
+
 class ReserveForm(OfferingSearchForm):
     request_token = forms.CharField(widget=forms.HiddenInput, max_length=64)
 
