@@ -207,19 +207,18 @@ def test_customer_journey_from_sign_up_to_a_negotiated_price(
     calendar = page.locator("[data-testid=calendar]")
     expect(calendar).to_have_attribute("data-zoom", "day")
     expect(calendar.locator(".card-head")).to_have_text(re.compile(r"H100 in US East\s+12 nodes"))
-    days = calendar.locator("svg a")
+    days = calendar.locator(".cal-days a.cal-cell")
     expect(days).to_have_count(56)  # 8 weeks
-    expect(days.nth(3).locator("title")).to_have_text(
-        f"{hour_label(day)} {day.year}: at least 12 of 12 nodes free all day"
+    # A block fits in one fabric: the largest of us-east's two (4 and 8 nodes) is all free.
+    expect(days.nth(3)).to_have_text(
+        f"{day:%A} {day.day} {day:%b} 8 free nodes in one fabric at the busiest hour"
     )
     steps.shot(page, "heatmap-weeks")
     days.nth(3).click()
     expect(calendar).to_have_attribute("data-zoom", "hour")
-    hours = calendar.locator("svg a")
+    hours = calendar.locator(".cal-hours .cal-cell")
     expect(hours).to_have_count(7 * 24)
-    expect(hours.nth(9).locator("title")).to_have_text(
-        f"{hour_label(start)} 09:00 UTC: 12 of 12 nodes free"
-    )
+    expect(hours.nth(9)).to_have_text(f"{hour_label(start)} 09:00 8 nodes free in one fabric")
     steps.shot(page, "heatmap-hours")
     hours.nth(9).click()
     page.wait_for_url(re.compile(r"/capacity/\?"))
@@ -522,14 +521,13 @@ def test_customer_journey_from_sign_up_to_a_negotiated_price(
     # --- The heatmap counts the running block, and the canceled one no longer -------------
     page.click("nav.sidenav >> text=Find capacity")
     page.click("text=Availability calendar")
-    expect(days.nth(0).locator("title")).to_contain_text(": at least 10 of 12 nodes free all day")
-    expect(days.nth(3).locator("title")).to_contain_text(": at least 12 of 12 nodes free all day")
+    # The running 2-node block took the smaller fabric (best fit): 8 still fit in the other.
+    expect(days.nth(0)).to_contain_text(" 8 free nodes in one fabric at the busiest hour")
+    expect(days.nth(3)).to_contain_text(" 8 free nodes in one fabric at the busiest hour")
     steps.phone(page, "heatmap")
     days.nth(0).click()
     started = now_block.starts_at
-    expect(hours.nth(started.hour).locator("title")).to_have_text(
-        f"{hour_label(started)} {started:%H}:00 UTC: 10 of 12 nodes free"
-    )
+    expect(hours.nth(started.hour)).to_have_text(f"{started:%H}:00 8 nodes free, past")
     steps.shot(page, "heatmap-booked")
 
     # --- Phone-sized views of the pages people check on the go ----------------------------
