@@ -81,4 +81,18 @@
       nav.scrollLeft = current.offsetLeft - (nav.clientWidth - current.offsetWidth) / 2;
     }
   });
+  // A region that scrolls sideways (a wide table, a long command on a phone) takes keyboard
+  // focus, so it scrolls without a mouse; one that fits stays out of the tab order.
+  function focusableWhenScrolling() {
+    document.querySelectorAll(".table-wrap, code.wrap").forEach(function (region) {
+      if (region.scrollWidth > region.clientWidth) {
+        region.setAttribute("tabindex", "0");
+      } else if (region.getAttribute("tabindex") === "0") {
+        region.removeAttribute("tabindex");
+      }
+    });
+  }
+  document.addEventListener("DOMContentLoaded", focusableWhenScrolling);
+  document.addEventListener("htmx:afterSettle", focusableWhenScrolling);
+  window.addEventListener("resize", focusableWhenScrolling);
 })();
