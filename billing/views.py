@@ -22,6 +22,7 @@ from accounts.decorators import (
     recently_reauthenticated,
 )
 from accounts.permissions import Permission, can
+from capacity import cancellation as capacity_cancellation
 from capacity import extensions as capacity_extensions
 from capacity import selectors as capacity_selectors
 from capacity.forms import ExtendForm
@@ -125,8 +126,25 @@ def _pay_page(
             "publishable_key": settings.STRIPE_PUBLISHABLE_KEY,
             "may_save_card": can(request.membership.role, Permission.MANAGE_BILLING),
             "now": timezone.now(),
+            **_refund_terms(reservation, extension),
         },
     )
+
+
+def _refund_terms(reservation: Reservation, extension: Extension | None) -> dict[str, object]:
+    """What the refund policy is worked out on: the block's start, and what it will hold once
+    this payment succeeds (an extension adds its price to what was paid before)."""
+    if extension is None:
+        paid = reservation.total
+    else:
+        paid = capacity_cancellation.settled_money(reservation) + extension.price
+    return {
+        "refund_starts_at": reservation.starts_at,
+        "refund_paid": paid,
+        "refund_currency": reservation.currency,
+        "refund_started": reservation.state not in capacity_cancellation.CANCELABLE
+        or reservation.starts_at <= timezone.now(),
+    }
 
 
 def _payment_answer(
