@@ -99,10 +99,10 @@ def _pay_page(
         if waiting is not None:
             secret, mode = payments.client_secret_for_payment(waiting), "action"
         else:
-            secret = payments.card_form_start(
+            payments.card_form_check(
                 reservation=reservation, actor=request.user, extension=extension
             )
-            mode = "payment"
+            secret, mode = "", "payment"
         if extension is None:
             saved = cards.default_card_for_account(
                 accounts.billing_account_ensure(request.organization)
@@ -196,17 +196,27 @@ def pay_card(request: MemberRequest, public_id: str) -> JsonResponse:
             keep_card=request.POST.get("make_default") == "on",
         )
     except ServiceError as exc:
-        body = {"error": exc.message, "code": exc.code, "attempt": _attempt()}
-        if isinstance(exc, gateway.PaymentError) and not isinstance(
-            exc, gateway.GatewayUnavailable
-        ):
-            # A declined card: a fresh card form for the next try.
-            with contextlib.suppress(ServiceError):  # e.g. the hold lapsed meanwhile
-                body["client_secret"] = payments.card_form_start(
-                    reservation=reservation, actor=request.user
-                )
-        return JsonResponse(body, status=exc.status)
+        return _payment_refused(request, reservation, exc)
     return _payment_answer(request, reservation, payment)
+
+
+def _payment_refused(
+    request: MemberRequest, reservation: Reservation, exc: ServiceError
+) -> JsonResponse:
+    """A card payment that did not go through: the message and code for the page (which says
+    it in its own words), the details for the log, and a fresh attempt for the next try."""
+    decline = getattr(exc, "decline_code", "")
+    logger.info(
+        "card payment refused for %s: %s (code %s%s)",
+        reservation.public_id,
+        exc.message,
+        exc.code,
+        f", decline {decline}" if decline else "",
+    )
+    body = {"error": exc.message, "code": exc.code, "attempt": _attempt()}
+    if decline:
+        body["decline_code"] = decline
+    return JsonResponse(body, status=exc.status)
 
 
 @org_member(Permission.VIEW_RESERVATIONS)
@@ -398,15 +408,7 @@ def extension_pay_card(request: MemberRequest, public_id: str, extension_id: str
             extension=extension,
         )
     except ServiceError as exc:
-        body = {"error": exc.message, "code": exc.code, "attempt": _attempt()}
-        if isinstance(exc, gateway.PaymentError) and not isinstance(
-            exc, gateway.GatewayUnavailable
-        ):
-            with contextlib.suppress(ServiceError):  # e.g. the hold lapsed meanwhile
-                body["client_secret"] = payments.card_form_start(
-                    reservation=reservation, actor=request.user, extension=extension
-                )
-        return JsonResponse(body, status=exc.status)
+        return _payment_refused(request, reservation, exc)
     return _payment_answer(request, reservation, payment)
 
 
