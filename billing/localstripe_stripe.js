@@ -93,7 +93,7 @@
       input.setAttribute("autocomplete", field.autocomplete);
       input.setAttribute("inputmode", field.name === "postal_code" ? "text" : "numeric");
       input.size = field.size;
-      input.style.flex = field.name === "number" ? "1 1 12em" : "0 1 4.5em";
+      input.style.flex = field.name === "number" ? "1 1 10em" : "0 1 3.6em";
       input.style.minWidth = "0";
       input.addEventListener("input", function () { self._changed(field.name); });
       self._inputs[field.name] = input;

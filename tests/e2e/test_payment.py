@@ -75,6 +75,14 @@ def test_three_d_secure_asks_once_then_the_reservation_is_paid(
         "?gpu_model=h100&region=us-east&node_count=2&duration_hours=24"
     )
     page.wait_for_selector("[data-testid=quote-total]")
+    # Starts the minute it is paid: the quote says no refund is possible once paid.
+    expect(page.locator("[data-testid=refund-policy]")).to_contain_text(
+        "once paid it can no longer be canceled or refunded"
+    )
+    for name, viewport in (("laptop", LAPTOP), ("phone", PHONE)):
+        page.set_viewport_size(viewport)
+        page.screenshot(path=screenshots / f"quote-refund-policy-{name}.png", full_page=True)
+    page.set_viewport_size(LAPTOP)
     page.click("button:has-text('Reserve')")
     page.click("[data-testid=pay-link]")
     fill_card(page, "4000000000000341")
@@ -132,7 +140,7 @@ def test_every_failure_is_told_in_a_sentence_and_logged_raw(
         log = console_log(page)
         sign_in(page, paying, owner.email)
         page.goto(pay_page(paying, organization, reservation))
-        expect(page.locator("[data-testid=refund-policy]")).to_contain_text("refund $768.00")
+        expect(page.locator("[data-testid=refund-policy]")).to_contain_text("$768.00 (100%)")
         page.screenshot(path=screenshots / f"pay-refund-policy-{name}.png", full_page=True)
 
         # Nothing typed at all.
