@@ -206,3 +206,23 @@ def test_every_failure_is_told_in_a_sentence_and_logged_raw(
         assert Payment.objects.get().status == "failed"
     reservation.refresh_from_db()
     assert reservation.state == Reservation.State.HELD
+
+
+def test_saving_a_card_with_three_d_secure_asks_once(
+    page, paying, catalog, organization, owner, screenshots
+):
+    from billing.models import BillingAccount
+
+    log = console_log(page)
+    sign_in(page, paying, owner.email)
+    page.goto(f"{paying}/o/{organization.slug}/billing/cards/new/")  # just signed in: no re-check
+    page.click("[data-testid=save-card]")
+    expect(page.locator("#card-errors")).to_have_text("Enter the card number to save.")
+    fill_card(page, "4000 0027 6000 3184")
+    page.click("[data-testid=save-card]")
+    page.get_by_role("button", name="Complete authentication").click()
+    expect(page.locator(".alert-success")).to_have_text(
+        "Card saved. It is now the default for payments."
+    )
+    assert sum("3-D Secure prompt" in line for line in log) == 1
+    assert BillingAccount.objects.get().default_payment_method_id.startswith("pm_")

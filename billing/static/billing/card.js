@@ -70,9 +70,11 @@
 
   // What to tell the customer about a failure: `error` is Stripe.js's error object or our
   // server's answer ({error, code}); `empty` says the card field was never filled in.
-  function sentence(error, empty) {
+  function sentence(error, empty, saving) {
     var code = error.code || "";
-    if (code === "incomplete_number" && empty) { return "Enter your card number to pay."; }
+    if (code === "incomplete_number" && empty) {
+      return saving ? "Enter the card number to save." : "Enter your card number to pay.";
+    }
     if (error.decline_code && SENTENCES[error.decline_code]) { return SENTENCES[error.decline_code]; }
     if (SENTENCES[code]) { return SENTENCES[code]; }
     if (error.type === "api_connection_error") { return UNREACHABLE; }
@@ -103,7 +105,7 @@
         empty = Boolean(event && event.empty);
         if (event && event.error) {
           console.warn("card field:", event.error.code, event.error.message);
-          errors.textContent = sentence(event.error, empty);
+          errors.textContent = sentence(event.error, empty, mode === "setup");
         } else {
           errors.textContent = "";
         }
@@ -114,7 +116,7 @@
       // An expected refusal (a declined card, a field left empty) is a warning; a bug an error.
       var log = context === "page" ? console.error : console.warn;
       log("payment error (" + context + "):", error && (error.raw || error.message), JSON.stringify(error));
-      errors.textContent = sentence(error || {}, empty);
+      errors.textContent = sentence(error || {}, empty, mode === "setup");
       button.disabled = false;
       button.textContent = label;
       if (card && error && /number/.test(error.code || "")) { card.focus(); }
