@@ -261,7 +261,9 @@ def test_customer_journey_from_sign_up_to_a_negotiated_price(
     page.click("[data-testid=pay-link]")
     fill_card(page, "4000000000000341")
     page.click("[data-testid=pay-card]")
-    expect(page.locator("#card-errors")).to_have_text("Your card was declined.")
+    expect(page.locator("#card-errors")).to_have_text(
+        "Your bank declined this card. Try another card, or ask your bank why."
+    )
     steps.shot(page, "declined")
     assert Reservation.objects.get(pk=later.pk).state == S.HELD
     fill_card(page, "4242424242424242")
@@ -293,8 +295,7 @@ def test_customer_journey_from_sign_up_to_a_negotiated_price(
     page.click("[data-testid=pay-link]")
     fill_card(page, "4000002760003184")
     page.click("[data-testid=pay-card]")
-    page.click("text=Complete authentication")  # the card form's 3-D Secure check
-    page.click("text=Complete authentication")  # and the payment's
+    page.click("text=Complete authentication")  # the payment's 3-D Secure check, asked once
     page.wait_for_url(f"{url}/o/{SLUG}/reservations/{now_block.public_id}/")
     # The page polls while the worker provisions, and redraws itself on every change.
     expect(page.locator("#live")).to_have_attribute("data-state", "active", timeout=30_000)
