@@ -56,7 +56,8 @@ def test_a_block_is_provisioned_shortly_before_its_start_and_only_once(
         reservation.access_details["nodes"][0]["ssh_host"] == f"{nodes[0]}.ssh.hyperblock.example"
     )
     kubeconfig = crypto.decrypt(reservation.access_secret)
-    assert f"server: https://{reservation.public_id}.k8s.hyperblock.example:6443" in kubeconfig
+    host = f"{reservation.public_id.replace('_', '-')}.east-a.k8s.hyperblock.example"
+    assert f"server: https://{host}:6443" in kubeconfig
     assert "token:" not in reservation.access_secret  # stored encrypted
     assert SimulatedCall.objects.get(key=f"provision:{reservation.public_id}").completions == 1
     transitions = [
