@@ -15,8 +15,10 @@ TIME_FORMAT = "H:i"
 DATETIME_FORMAT = "D j M Y, H:i e"  # e: the zone's name, UTC for every aware moment we show
 
 
-def format_datetime(value: datetime) -> str:
-    """A moment in UTC with the zone: "Thu 3 Dec 2026, 10:00 UTC"."""
+def format_datetime(value: datetime | None) -> str:
+    """A moment in UTC with the zone: "Thu 3 Dec 2026, 10:00 UTC" ("—" for none)."""
+    if value is None:
+        return "—"
     if value.tzinfo is not None:
         value = value.astimezone(UTC)
     return dateformat.format(value, "D j M Y, H:i") + " UTC"
@@ -27,3 +29,9 @@ def format_date(value: date) -> str:
     if isinstance(value, datetime) and value.tzinfo is not None:
         value = value.astimezone(UTC)
     return dateformat.format(value, DATE_FORMAT)
+
+
+def format_span(starts_at: datetime, ends_at: datetime) -> str:
+    """A window: its start and its end, each as `format_datetime` writes them, joined by a
+    dash."""
+    return f"{format_datetime(starts_at)} – {format_datetime(ends_at)}"

@@ -212,6 +212,13 @@ LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
+# One format for dates and times people read, the admin's too: portal/formats/<language>/ and
+# core.dates (the `when` and `day` template filters). The same as the fallback here.
+FORMAT_MODULE_PATH = ["portal.formats"]
+DATE_FORMAT = "D j M Y"
+DATETIME_FORMAT = "D j M Y, H:i e"
+SHORT_DATE_FORMAT = DATE_FORMAT
+SHORT_DATETIME_FORMAT = DATETIME_FORMAT
 
 # --- Static files ---------------------------------------------------------------------------
 STATIC_URL = "/static/"
