@@ -27,6 +27,7 @@ from capacity import extensions as capacity_extensions
 from capacity import selectors as capacity_selectors
 from capacity.forms import ExtendForm
 from capacity.models import Extension, Reservation
+from core.dates import format_datetime
 from core.errors import ServiceError
 from core.forms import add_service_error
 
@@ -318,7 +319,7 @@ def reservation_extend(request: MemberRequest, public_id: str) -> HttpResponse:
                 messages.success(
                     request,
                     f"Paid {extension.price:.2f} {extension.currency.upper()} with your saved "
-                    f"card. The reservation now ends {extension.ends_at:%d %b %Y, %H:%M} UTC.",
+                    f"card. The reservation now ends {format_datetime(extension.ends_at)}.",
                 )
                 return redirect("reservation-detail", slug=slug, public_id=public_id)
             if payment is not None and payment.status == Payment.Status.REQUIRES_ACTION:
@@ -358,7 +359,7 @@ def _extension_invoiced(
             f"Extended by {extension.hours} h: invoice "
             f"{invoice.number or invoice.stripe_invoice_id} for {extension.price:.2f} "
             f"{extension.currency.upper()} is on your terms. The reservation now ends "
-            f"{extension.ends_at:%d %b %Y, %H:%M} UTC.",
+            f"{format_datetime(extension.ends_at)}.",
         )
     elif extension.state == Extension.State.HELD:
         messages.warning(
