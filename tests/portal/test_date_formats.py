@@ -26,7 +26,24 @@ START = "Tue 1 Dec 2026, 10:00 UTC"
 END = "Wed 2 Dec 2026, 10:00 UTC"
 # What templates may still pass to |date: machine values (ISO in attributes and links) and the
 # short axis labels of the charts (hours, weekdays, day numbers), never a moment for reading.
-MACHINE_AND_AXIS_FORMATS = {"c", "Y-m-d", "Y-m", "H", "D", "j", "j M", "D j M", "j/n", "F Y"}
+# Machine values (c, Y-m-d) and the short labels of chart axes and calendar cells, whose day
+# or hour sits under a heading that already names the month and the zone.
+MACHINE_AND_AXIS_FORMATS = {
+    "c",
+    "Y-m-d",
+    "Y-m",
+    "H",
+    "H:i",
+    "D",
+    "l",
+    "j",
+    "M",
+    "j M",
+    "D j M",
+    "l j F",
+    "j/n",
+    "F Y",
+}
 
 
 def render(source: str, **context) -> str:
