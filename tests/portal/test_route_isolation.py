@@ -675,7 +675,14 @@ ROUTES: dict[str, Entry] = {
                 json=lambda w: {
                     "accepted": 0,
                     "duplicates": 0,
-                    "errors": [{"index": 0, "message": "unknown key"}],
+                    "errors": [
+                        {
+                            "index": 0,
+                            "param": "events[0].key",
+                            "code": "unknown_key",
+                            "message": "unknown key",
+                        }
+                    ],
                 },
             ),
             "OPTIONS": OK,
