@@ -1,6 +1,7 @@
 import secrets
 from collections.abc import Callable
 from datetime import UTC, timedelta
+from typing import Any
 
 from django.db.models import Model, QuerySet
 from django.utils import timezone
@@ -206,6 +207,19 @@ class ReservationExtend(APIView):
         return Response(extension_document(started), status=202)
 
 
+def _by_position(errors: list[tuple[int, usage.EventError]]) -> dict[Any, Any]:
+    """`{3: {"model": [...]}}`, which the error handler names `events[3].model` (DRF's list
+    fields key their items' errors by position too)."""
+    found: dict[Any, Any] = {}
+    for index, error in errors:
+        detail = serializers.ErrorDetail(error.message, code=error.code)
+        if error.field is None:  # not an object: its only error
+            found[index] = [detail]
+        else:
+            found.setdefault(index, {}).setdefault(error.field, []).append(detail)
+    return found
+
+
 class Usage(APIView):
     """POST: the model gateway reports token usage (up to 1,000 events). GET: a summary."""
 
@@ -245,6 +259,8 @@ class Usage(APIView):
         events = request.data.get("events") if isinstance(request.data, dict) else None
         try:
             result = usage.usage_ingest(reporter=request.auth, events=events)
+        except usage.MalformedEvents as exc:
+            raise serializers.ValidationError({"events": _by_position(exc.errors)}) from exc
         except ValueError as exc:
             raise serializers.ValidationError({"events": [str(exc)]}) from exc
         return Response(result, status=207 if result["errors"] else 200)

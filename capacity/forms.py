@@ -7,6 +7,7 @@ from django.conf import settings
 
 from core.errors import ServiceError
 
+from .catalog_choices import UNKNOWN_GPU_MODEL, UNKNOWN_REGION
 from .models import GpuModel, Region
 from .windows import Window, validate_node_count, window_for
 
@@ -19,14 +20,14 @@ class OfferingSearchForm(forms.Form):
         to_field_name="slug",
         empty_label=None,
         label="GPU",
-        error_messages={"invalid_choice": "Unknown GPU model; choose one of the list."},
+        error_messages={"invalid_choice": UNKNOWN_GPU_MODEL},
     )
     region = forms.ModelChoiceField(
         queryset=Region.objects.filter(is_active=True),
         to_field_name="code",
         required=False,
         empty_label="Any region",
-        error_messages={"invalid_choice": "Unknown region; choose one of the list."},
+        error_messages={"invalid_choice": UNKNOWN_REGION},
     )
     node_count = forms.IntegerField(
         label="Nodes",
