@@ -768,6 +768,12 @@ ROUTES: dict[str, Entry] = {
         {"GET": HOME, "POST": HOME},
         params=lambda w: {"organization_slug": w.theirs.org.slug, "email": "x@example.com"},
     ),
+    "signup-sent": Untenanted(
+        "signup/sent/",
+        "says to look in the inbox of the address a sign-up typed, whether or not it had an "
+        "account; it shows only what this browser typed",
+        {"GET": OK},
+    ),
     "signup-slug": Untenanted(
         "signup/slug/",
         "says whether an address is free while signing up; that one is taken is public",
