@@ -740,8 +740,9 @@ ROUTES: dict[str, Entry] = {
     # --- No tenant: signing up and in, the caller's own account, health, webhooks ---------------
     "home": Untenanted(
         "",
-        "sends a signed-in person to one of their own organizations; the last one visited "
-        "(their slug here) counts only if they are a member of it",
+        "the public front page (the catalog's list prices, for anyone signed out); a "
+        "signed-in person is sent to one of their own organizations, and the last one "
+        "visited (their slug here) counts only if they are a member of it",
         {"GET": Answer(302, "/o/{mine}/")},
     ),
     "healthz": Untenanted(
