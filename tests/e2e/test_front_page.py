@@ -1,6 +1,6 @@
 """The public front page on a laptop and a phone: the catalog's list prices, nothing wider than
-the screen, and "Create an account" leads to sign-up. Screenshots go to var/screenshots/
-(front-*.png, front-signup-*.png)."""
+the screen, and "Create an account" leads through sign-up to "check your inbox". Screenshots go to var/screenshots/
+(front-*.png, front-signup-*.png, front-signup-sent-*.png)."""
 
 from decimal import Decimal
 
@@ -51,7 +51,21 @@ def test_the_front_page_shows_the_price_list_and_leads_to_sign_up(
         expect(page.locator(".auth-brand")).to_have_text("▦Hyperblock")
         page.screenshot(path=screenshots / f"front-signup-{name}.png", full_page=True)
         assert page.evaluate("document.documentElement.scrollWidth") == size["width"]
-        page.go_back()
+        page.fill("#id_full_name", "Ada Lovelace")
+        page.fill("#id_email", f"ada@{name}.example")
+        page.fill("#id_password", "Tensor-cores-4-all")
+        page.fill("#id_organization_name", f"Engines {name}")
+        expect(page.locator("#id_organization_slug")).to_have_value(f"engines-{name}")
+        page.select_option("#id_country", "GB")
+        page.click("button:has-text('Create account')")
+        page.wait_for_url(f"{live_server.url}/signup/sent/")
+        expect(page).to_have_title("Check your inbox · Hyperblock")
+        expect(page.get_by_test_id("signup-sent")).to_contain_text(
+            f"We sent a message to ada@{name}.example."
+        )
+        page.screenshot(path=screenshots / f"front-signup-sent-{name}.png", full_page=True)
+        assert page.evaluate("document.documentElement.scrollWidth") == size["width"]
+        page.goto(f"{live_server.url}/")
         page.get_by_role("banner").get_by_role("link", name="Sign in").click()
         page.wait_for_url(f"{live_server.url}/login/")
         expect(page).to_have_title("Sign in · Hyperblock")
