@@ -1,6 +1,6 @@
 """The public front page on a laptop and a phone: the catalog's list prices, nothing wider than
-the screen, and "Create an account" leads through sign-up to "check your inbox". Screenshots go to var/screenshots/
-(front-*.png, front-signup-*.png, front-signup-sent-*.png)."""
+the screen, and "Create an account" leads through sign-up to "check your inbox". Screenshots go
+to var/screenshots/ (front-*.png, front-signup-*.png, front-signup-sent-*.png)."""
 
 from decimal import Decimal
 
