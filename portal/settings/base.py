@@ -191,6 +191,7 @@ EMAIL_RATE_LIMITS = {
     "invitation_recipient": 3,  # per invited address, whichever organization invites
     "invitation_organization": 50,
     "signup_client": 10,  # sign-ups (each sends a verification link) per client address
+    "signup_existing_recipient": 3,  # sign-ups tried with a taken address (past it: no mail)
     "password_reset_recipient": 3,  # per address typed, whether or not it has an account
     "password_reset_client": 20,  # per client address
     "verification_recipient": 5,  # verification links re-sent to one address

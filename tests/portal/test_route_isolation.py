@@ -760,8 +760,9 @@ ROUTES: dict[str, Entry] = {
     # --- No tenant: signing up and in, the caller's own account, health, webhooks ---------------
     "home": Untenanted(
         "",
-        "sends a signed-in person to one of their own organizations; the last one visited "
-        "(their slug here) counts only if they are a member of it",
+        "the public front page (the catalog's list prices, for anyone signed out); a "
+        "signed-in person is sent to one of their own organizations, and the last one "
+        "visited (their slug here) counts only if they are a member of it",
         {"GET": Answer(302, "/o/{mine}/")},
     ),
     "healthz": Untenanted(
@@ -787,6 +788,12 @@ ROUTES: dict[str, Entry] = {
         "creates a new organization; a signed-in person is sent home",
         {"GET": HOME, "POST": HOME},
         params=lambda w: {"organization_slug": w.theirs.org.slug, "email": "x@example.com"},
+    ),
+    "signup-sent": Untenanted(
+        "signup/sent/",
+        "says to look in the inbox of the address a sign-up typed, whether or not it had an "
+        "account; it shows only what this browser typed",
+        {"GET": OK},
     ),
     "signup-slug": Untenanted(
         "signup/slug/",
