@@ -175,8 +175,9 @@ def _reset_link(world: World) -> str:
 
 SCREENS: dict[str, Screen] = {
     # Visitors
-    "front": Screen("home", lambda w: "/", who="visitor", ready="body"),
+    "front": Screen("home", lambda w: "/", who="visitor", ready="[data-testid=front-signup]"),
     "sign-up": Screen("signup", lambda w: "/signup/", who="visitor", ready="form"),
+    "sign-up-sent": Screen("signup-sent", lambda w: "/signup/sent/", who="visitor"),
     "sign-in": Screen("login", lambda w: "/login/", who="visitor", ready="form"),
     "password-reset": Screen(
         "password-reset", lambda w: "/password/reset/", who="visitor", ready="form"
@@ -347,9 +348,7 @@ def open_screen(screen: Screen, world: World, context: BrowserContext, base: str
     return page
 
 
-CASES = [
-    pytest.param(name, width, id=f"{name}-{width}") for name in SCREENS for width in WIDTHS
-]
+CASES = [pytest.param(name, width, id=f"{name}-{width}") for name in SCREENS for width in WIDTHS]
 
 
 @pytest.mark.django_db(transaction=True)

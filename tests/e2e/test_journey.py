@@ -236,7 +236,7 @@ def test_customer_journey_from_sign_up_to_a_negotiated_price(
     expect(exact.locator("h3")).to_have_text("2 × H100")
     expect(exact).to_have_count(1)
     expect(exact.locator(".price")).to_have_text("$768.00")  # 2 nodes x 8 GPUs x 24 h x $2.00
-    expect(exact.locator("dd").first).to_have_text(f"{hour_label(start)}, 09:00 UTC")
+    expect(exact.locator("dd").first).to_have_text(f"{hour_label(start)} {start.year}, 09:00 UTC")
     steps.shot(page, "offerings")
 
     # --- Reserves two nodes ----------------------------------------------------------------
