@@ -27,6 +27,7 @@ from .decorators import (
     org_member,
     recently_reauthenticated,
 )
+from .form_stash import form_restore
 from .forms import (
     ApiKeyForm,
     LoginForm,
@@ -339,13 +340,15 @@ def api_keys_page(request: MemberRequest) -> HttpResponse:
     may_manage = can(request.membership.role, Permission.MANAGE_API_KEYS)
     created_key = ""
     form = ApiKeyForm(request.POST or None)
+    if request.method == "GET" and may_manage:
+        form_restore(request, form, name=request.path, button="Create key")
     if request.method == "POST":
         if not may_manage:
             return render(
                 request, "403.html", {"message": "Your role cannot create API keys."}, status=403
             )
         if not recently_reauthenticated(request):
-            return ask_for_password(request, request.path)
+            return ask_for_password(request, request.path, keep=API_KEY_FORM_FIELDS)
         if form.is_valid():
             try:
                 _key, created_key = api_keys.api_key_create(
@@ -375,6 +378,10 @@ def api_keys_page(request: MemberRequest) -> HttpResponse:
         },
         status=400 if form.errors else 200,
     )
+
+
+# What the key form keeps through the password confirmation: all of it (nothing in it is secret).
+API_KEY_FORM_FIELDS = ("name", "kind", "scopes", "expires_at")
 
 
 def _manageable(request: MemberRequest, keys: list[ApiKey]) -> set[str]:
