@@ -271,23 +271,12 @@ def organization_create(request: AuthenticatedRequest) -> HttpResponse:
     return render(request, "accounts/organization_create.html", {"form": form})
 
 
-@org_member(Permission.VIEW_ORGANIZATION)
+@org_member(Permission.MANAGE_ORGANIZATION)
 @require_http_methods(["GET", "POST"])
 def organization_settings(request: MemberRequest) -> HttpResponse:
     organization = request.organization
-    may_edit = can(request.membership.role, Permission.MANAGE_ORGANIZATION)
     form = OrganizationForm(request.POST or None, instance=organization)
-    if not may_edit:
-        for field in form.fields.values():
-            field.disabled = True
     if request.method == "POST":
-        if not may_edit:
-            return render(
-                request,
-                "403.html",
-                {"message": "Only owners and admins can edit organization details."},
-                status=403,
-            )
         if form.is_valid():
             try:
                 organizations.organization_update(
@@ -302,9 +291,7 @@ def organization_settings(request: MemberRequest) -> HttpResponse:
                 return redirect("organization-settings", slug=organization.slug)
         # A failed ModelForm has already written bad values onto the instance; drop them.
         organization.refresh_from_db()
-    return render(
-        request, "accounts/organization_settings.html", {"form": form, "may_edit": may_edit}
-    )
+    return render(request, "accounts/organization_settings.html", {"form": form})
 
 
 # --- Re-authentication and API keys -----------------------------------------------------------
