@@ -12,6 +12,7 @@ from django_htmx.http import HttpResponseClientRedirect
 from django_htmx.middleware import HtmxDetails
 
 from . import selectors
+from .form_stash import form_stash_save
 from .models import Membership, Organization, User
 from .permissions import PERMISSION_LABELS, Permission, can
 
@@ -88,9 +89,16 @@ def recently_reauthenticated(request: HttpRequest) -> bool:
     )
 
 
-def ask_for_password(request: HttpRequest, then: str) -> HttpResponse:
+def ask_for_password(
+    request: HttpRequest, then: str, *, keep: tuple[str, ...] = ()
+) -> HttpResponse:
     """Send the user to the password confirmation, coming back to `then` (a page, since a POST
-    cannot be replayed); htmx requests are redirected as a whole page."""
+    cannot be replayed); htmx requests are redirected as a whole page.
+
+    `keep` names the fields of a refused POST to stash (accounts.form_stash) under the URL it
+    was posted to, so the page at `then` can show the form again as it was filled in."""
+    if keep and request.method == "POST":
+        form_stash_save(request, name=request.path, data=request.POST, fields=keep)
     url = f"{reverse('confirm-password')}?{urlencode({'next': then}, safe='/')}"
     if getattr(request, "htmx", False):
         return HttpResponseClientRedirect(url)
@@ -98,7 +106,10 @@ def ask_for_password(request: HttpRequest, then: str) -> HttpResponse:
 
 
 def recent_password(
-    page: str | None = None, *, find: Callable[..., bool] | None = None
+    page: str | None = None,
+    *,
+    find: Callable[..., bool] | None = None,
+    keep: tuple[str, ...] = (),
 ) -> Callable[[View], View]:
     """Sensitive actions (API keys, payment methods, roles) need the password typed within
     REAUTHENTICATION_MAX_AGE. Goes inside `org_member`, so another organization's URLs still
@@ -107,7 +118,8 @@ def recent_password(
 
     `find(request, **url_kwargs)` says whether the object the URL names is the organization's;
     one that is not (another organization's id, or none) is 404 before the password is asked,
-    so our URL with their ids answers as their URL does."""
+    so our URL with their ids answers as their URL does. `keep`: the fields of a refused POST
+    that `page` shows again once the password is confirmed (see `ask_for_password`)."""
 
     def decorator(view: View) -> View:
         @wraps(view)
@@ -119,7 +131,7 @@ def recent_password(
                     then = request.get_full_path()
                 else:
                     then = reverse(page, args=[request.organization.slug])
-                return ask_for_password(request, then)
+                return ask_for_password(request, then, keep=keep)
             return view(request, *args, **kwargs)
 
         return wrapper

@@ -19,6 +19,7 @@ from .decorators import (
     org_member,
     recent_password,
 )
+from .form_stash import form_restore, form_stash_take
 from .forms import (
     InvitationSignupForm,
     InviteForm,
@@ -59,11 +60,37 @@ def _team_context(
 @org_member(Permission.VIEW_TEAM)
 @require_GET
 def team(request: MemberRequest) -> HttpResponse:
-    return render(request, "accounts/team.html", _team_context(request))
+    context = _team_context(request)
+    if context["may_manage"]:
+        _restore_team_forms(request, context)
+    return render(request, "accounts/team.html", context)
+
+
+def _restore_team_forms(request: MemberRequest, context: dict[str, object]) -> None:
+    """After the password confirmation: the invitation as it was typed, and the role a member
+    was being given (shown chosen, waiting for Save role)."""
+    slug = request.organization.slug
+    invite_form = context["invite_form"]
+    assert isinstance(invite_form, InviteForm)
+    form_restore(
+        request, invite_form, name=reverse("team-invite", args=[slug]), button="Send invitation"
+    )
+    members = context["members"]
+    assert isinstance(members, list)
+    for member in members:
+        stash = form_stash_take(request, name=reverse("member-role", args=[slug, member.pk]))
+        role = (stash or {}).get("role") or []
+        if role and role[-1] in Role.values:
+            member.pending_role = role[-1]
+            messages.info(
+                request,
+                f"Password confirmed. {member.user.display_name}'s role is not changed yet: "
+                "check it and press Save role.",
+            )
 
 
 @org_member(Permission.MANAGE_TEAM)
-@recent_password("team")
+@recent_password("team", keep=("email", "role"))
 @require_POST
 def team_invite(request: MemberRequest) -> HttpResponse:
     form = InviteForm(request.POST, actor_role=request.membership.role)
@@ -101,7 +128,7 @@ def _is_teammate(request: MemberRequest, membership_id: int) -> bool:
 
 
 @org_member(Permission.MANAGE_TEAM)
-@recent_password("team", find=_is_teammate)
+@recent_password("team", find=_is_teammate, keep=("role",))
 @require_POST
 def member_role(request: MemberRequest, membership_id: int) -> HttpResponse:
     membership = selectors.membership_for_org(request.organization, membership_id)

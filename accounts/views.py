@@ -27,6 +27,7 @@ from .decorators import (
     org_member,
     recently_reauthenticated,
 )
+from .form_stash import form_restore
 from .forms import (
     ApiKeyForm,
     LoginForm,
@@ -286,23 +287,12 @@ def organization_create(request: AuthenticatedRequest) -> HttpResponse:
     return render(request, "accounts/organization_create.html", {"form": form})
 
 
-@org_member(Permission.VIEW_ORGANIZATION)
+@org_member(Permission.MANAGE_ORGANIZATION)
 @require_http_methods(["GET", "POST"])
 def organization_settings(request: MemberRequest) -> HttpResponse:
     organization = request.organization
-    may_edit = can(request.membership.role, Permission.MANAGE_ORGANIZATION)
     form = OrganizationForm(request.POST or None, instance=organization)
-    if not may_edit:
-        for field in form.fields.values():
-            field.disabled = True
     if request.method == "POST":
-        if not may_edit:
-            return render(
-                request,
-                "403.html",
-                {"message": "Only owners and admins can edit organization details."},
-                status=403,
-            )
         if form.is_valid():
             try:
                 organizations.organization_update(
@@ -317,9 +307,7 @@ def organization_settings(request: MemberRequest) -> HttpResponse:
                 return redirect("organization-settings", slug=organization.slug)
         # A failed ModelForm has already written bad values onto the instance; drop them.
         organization.refresh_from_db()
-    return render(
-        request, "accounts/organization_settings.html", {"form": form, "may_edit": may_edit}
-    )
+    return render(request, "accounts/organization_settings.html", {"form": form})
 
 
 # --- Re-authentication and API keys -----------------------------------------------------------
@@ -355,13 +343,15 @@ def api_keys_page(request: MemberRequest) -> HttpResponse:
     may_manage = can(request.membership.role, Permission.MANAGE_API_KEYS)
     created_key = ""
     form = ApiKeyForm(request.POST or None)
+    if request.method == "GET" and may_manage:
+        form_restore(request, form, name=request.path, button="Create key")
     if request.method == "POST":
         if not may_manage:
             return render(
                 request, "403.html", {"message": "Your role cannot create API keys."}, status=403
             )
         if not recently_reauthenticated(request):
-            return ask_for_password(request, request.path)
+            return ask_for_password(request, request.path, keep=API_KEY_FORM_FIELDS)
         if form.is_valid():
             try:
                 _key, created_key = api_keys.api_key_create(
@@ -391,6 +381,10 @@ def api_keys_page(request: MemberRequest) -> HttpResponse:
         },
         status=400 if form.errors else 200,
     )
+
+
+# What the key form keeps through the password confirmation: all of it (nothing in it is secret).
+API_KEY_FORM_FIELDS = ("name", "kind", "scopes", "expires_at")
 
 
 def _manageable(request: MemberRequest, keys: list[ApiKey]) -> set[str]:

@@ -2,7 +2,8 @@ from django.conf import settings
 from django.http import HttpRequest
 
 from accounts import selectors
-from accounts.permissions import Permission, can
+
+from .navigation import nav_for
 
 
 def navigation(request: HttpRequest) -> dict:
@@ -18,7 +19,7 @@ def navigation(request: HttpRequest) -> dict:
             context["suspended_reason"] = organization.suspended_reason.strip().rstrip(".")
         membership = getattr(request, "membership", None)
         context["current_membership"] = membership
-        context["nav_billing"] = membership is not None and can(
-            membership.role, Permission.VIEW_BILLING
-        )
+        if membership is not None:
+            match = getattr(request, "resolver_match", None)
+            context["nav_links"] = nav_for(membership, match.url_name if match else None)
     return context

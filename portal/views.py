@@ -27,6 +27,7 @@ from billing import selectors as billing_selectors
 from capacity import selectors as capacity_selectors
 
 from .celery import app as celery_app
+from .navigation import getting_started
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +64,8 @@ def dashboard(request: MemberRequest) -> HttpResponse:
     role = request.membership.role
     team = account_selectors.memberships_for_org(organization)
     reservations = capacity_selectors.reservations_for_org(organization)
+    member_count = team.count()
+    has_reservations = reservations.exists()
     month_start = timezone.now().replace(day=1, hour=0, minute=0, second=0, microsecond=0)
     context = {
         "spend_this_month": billing_selectors.spend_for_org(organization, month_start),
@@ -71,13 +74,15 @@ def dashboard(request: MemberRequest) -> HttpResponse:
         "upcoming": reservations.filter(state__in=capacity_selectors.LIVE_STATES).order_by(
             "starts_at"
         )[:5],
-        "has_reservations": reservations.exists(),
-        "member_count": team.count(),
+        "member_count": member_count,
         "pending_invitations": account_selectors.pending_invitation_count(organization),
-        "may_manage_team": can(role, Permission.MANAGE_TEAM),
-        "may_reserve": can(role, Permission.MANAGE_RESERVATIONS),
-        "may_manage_org": can(role, Permission.MANAGE_ORGANIZATION),
-        "details_complete": bool(organization.legal_name and organization.address),
+        "tasks": getting_started(
+            user=request.user,
+            membership=request.membership,
+            details_complete=bool(organization.legal_name and organization.address),
+            member_count=member_count,
+            has_reservations=has_reservations,
+        ),
     }
     return render(request, "portal/dashboard.html", context)
 

@@ -14,7 +14,7 @@ from django.db.models import Q, QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.urls import reverse
 from django.utils import timezone
-from django.utils.html import format_html_join
+from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString, mark_safe
 
 from accounts.models import Organization
@@ -228,16 +228,16 @@ def timeline_entries(events: Iterable[AuditEvent]) -> list[TimelineEntry]:
 
 @admin.register(Reservation)
 class ReservationAdmin(CancelAction, OperationsMixin, admin.ModelAdmin):
-    change_list_template = "admin/capacity/change_list_compact.html"
+    change_list_template = "admin/capacity/reservation/change_list.html"
+    # Few, narrow columns, so the list fits a 1366 px screen beside the filters: capacity in
+    # one column, the length under the start, a long organization name cut with an ellipsis
+    # (in full on hover).
     list_display = [
         "public_id",
-        "organization",
+        "organization_name",
         "state",
-        "gpu_model",
-        "region_code",
-        "nodes",
-        "starts",
-        "hours",
+        "capacity",
+        "window",
         "total",
     ]
     list_filter = ["state", WhenFilter, "region", "gpu_model", OrganizationFilter]
@@ -314,13 +314,19 @@ class ReservationAdmin(CancelAction, OperationsMixin, admin.ModelAdmin):
     def has_operate_permission(self, request: HttpRequest) -> bool:
         return staff_may(request.user, operations.OPERATE)
 
-    @admin.display(description="Region", ordering="region__code")
-    def region_code(self, reservation: Reservation) -> str:
-        return reservation.region.code
+    @admin.display(description="Organization", ordering="organization__name")
+    def organization_name(self, reservation: Reservation) -> SafeString:
+        name = reservation.organization.name
+        return format_html('<span class="org-name" title="{}">{}</span>', name, name)
 
-    @admin.display(description="Nodes", ordering="node_count")
-    def nodes(self, reservation: Reservation) -> int:
-        return reservation.node_count
+    @admin.display(description="Capacity", ordering="node_count")
+    def capacity(self, reservation: Reservation) -> SafeString:
+        return format_html(
+            '{} × {}<div class="quiet">{}</div>',
+            reservation.node_count,
+            reservation.gpu_model.name,
+            reservation.region.code,
+        )
 
     @admin.display(description="Starts", ordering="starts_at")
     def starts(self, reservation: Reservation) -> datetime:
@@ -329,6 +335,12 @@ class ReservationAdmin(CancelAction, OperationsMixin, admin.ModelAdmin):
     @admin.display(description="Hours")
     def hours(self, reservation: Reservation) -> int:
         return reservation.duration_hours
+
+    @admin.display(description="Starts (UTC)", ordering="starts_at")
+    def window(self, reservation: Reservation) -> SafeString:
+        return format_html(
+            '{}<div class="quiet">{} h</div>', self.starts(reservation), self.hours(reservation)
+        )
 
     @admin.display(description="Price lines")
     def price_lines_text(self, reservation: Reservation) -> SafeString:

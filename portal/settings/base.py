@@ -182,6 +182,8 @@ API_RATE_LIMIT = env.int("API_RATE_LIMIT", default=600)  # requests per key per 
 API_RATE_WINDOW = 60  # seconds
 # Sensitive actions (API keys, payment methods, roles) ask for the password again after this.
 REAUTHENTICATION_MAX_AGE = timedelta(minutes=10)
+# What was typed into a form that stopped for that password is kept this long to fill it in again.
+FORM_STASH_MAX_AGE = timedelta(minutes=5)
 # E-mail anyone can make the portal send, limited so nobody turns it on an inbox: how many in
 # each EMAIL_RATE_WINDOW, counted in the shared cache (core.ratelimit). Past a limit the request
 # is refused with a message that says when to try again; nothing is sent.

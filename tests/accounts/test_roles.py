@@ -39,12 +39,23 @@ def test_matrix_is_exactly_as_documented():
 
 
 @pytest.mark.parametrize("role", ALL_ROLES)
-def test_every_role_sees_the_dashboard_team_and_settings(organization, owner, role):
+def test_every_role_sees_the_dashboard_and_team_and_only_managers_the_settings(
+    organization, owner, role
+):
     client = client_for(
         owner if role == Role.OWNER else member_of(organization, role), reauthenticated=True
     )
-    for name in ("dashboard", "team", "organization-settings"):
+    for name in ("dashboard", "team"):
         assert client.get(reverse(name, args=[organization.slug])).status_code == 200
+    settings_page = client.get(reverse("organization-settings", args=[organization.slug]))
+    if role in {Role.OWNER, Role.ADMIN}:
+        assert settings_page.status_code == 200
+    else:
+        assert settings_page.status_code == 403
+        assert (
+            f"Your role ({Role(role).label.lower()}) cannot edit organization details. Ask an "
+            "owner or admin." in settings_page.text
+        )
 
 
 @pytest.mark.parametrize("role", ALL_ROLES)

@@ -450,7 +450,7 @@ ROUTES: dict[str, Entry] = {
     "organization-settings": Portal(
         "o/<slug:slug>/settings/",
         "GET POST",
-        P.VIEW_ORGANIZATION,
+        P.MANAGE_ORGANIZATION,
         data={"name": "Taken over", "country": "DE", "billing_email": "x@example.com"},
     ),
     "team": Portal("o/<slug:slug>/team/", "GET", P.VIEW_TEAM),
