@@ -329,17 +329,12 @@ class ReservationAdmin(CancelAction, OperationsMixin, admin.ModelAdmin):
         )
 
     @admin.display(description="Starts", ordering="starts_at")
-    def starts(self, reservation: Reservation) -> datetime:
-        return reservation.starts_at
-
-    @admin.display(description="Hours")
-    def hours(self, reservation: Reservation) -> int:
-        return reservation.duration_hours
-
-    @admin.display(description="Starts (UTC)", ordering="starts_at")
     def window(self, reservation: Reservation) -> SafeString:
+        """The start in the one format, the length under it."""
         return format_html(
-            '{}<div class="quiet">{} h</div>', self.starts(reservation), self.hours(reservation)
+            '<span class="nowrap">{}</span><div class="quiet">{} h</div>',
+            format_datetime(reservation.starts_at),
+            reservation.duration_hours,
         )
 
     @admin.display(description="Price lines")

@@ -55,7 +55,7 @@ def test_the_reservation_page_and_the_admin_list_show_one_format(
         new_page, verified_client(make_staff(superuser=True)), live_server, SIZES[size]
     )
     admin.goto(f"{live_server.url}/admin/capacity/reservation/")
-    expect(admin.locator("td.field-starts").first).to_have_text(
+    expect(admin.locator("td.field-window .nowrap").first).to_have_text(
         format_datetime(reservation.starts_at)
     )
     admin.screenshot(path=SHOTS / f"dates-admin-reservations-{size}.png", full_page=True)

@@ -115,7 +115,10 @@ def test_the_admin_change_list_and_change_form_write_moments_alike(
     reservation = reserve(organization, owner, catalog)
     client = verified_client(make_staff(OPERATIONS))
     changelist = client.get("/admin/capacity/reservation/").content.decode()
-    assert f'<td class="field-starts nowrap">{START}</td>' in changelist
+    assert (
+        f'<td class="field-window"><span class="nowrap">{START}</span>'
+        '<div class="quiet">24 h</div></td>'
+    ) in changelist
     change = client.get(f"/admin/capacity/reservation/{reservation.pk}/change/").content.decode()
     created = format_datetime(reservation.created_at)
     assert created == "Tue 1 Dec 2026, 09:30 UTC"
