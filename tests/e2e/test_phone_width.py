@@ -10,6 +10,7 @@ import pytest
 from django.utils import timezone
 from playwright.sync_api import Page, expect
 
+from accounts import api_keys
 from billing.models import Invoice, Refund
 from capacity import lifecycle, provisioning
 from capacity.models import Reservation
@@ -93,8 +94,15 @@ def test_billing_and_the_reservation_page_fit_a_phone(
     organization.save(update_fields=["name"])
     _billing_history(organization, owner, catalog)
     active = _active(organization, owner, catalog)
+    api_keys.api_key_create(
+        organization=organization,
+        actor=owner,
+        name="CI runner with a long descriptive name",
+        scopes=["reservations:read", "reservations:write", "billing:read"],
+    )
     client = client_for(owner)
     pages = {
+        "api-keys": f"/o/{organization.slug}/api-keys/",
         "billing": f"/o/{organization.slug}/billing/",
         "reservation": f"/o/{organization.slug}/reservations/{active.public_id}/",
         "dashboard": f"/o/{organization.slug}/",
@@ -109,6 +117,9 @@ def test_billing_and_the_reservation_page_fit_a_phone(
         for table, rows in (("payments", 4), ("refunds", 3), ("invoices", 3)):
             amounts = f"[data-testid={table}] td[data-label=Amount]"
             assert _inside_viewport(page, amounts) == rows
+        page.goto(live_server.url + pages["api-keys"])
+        # The key's actions are on the screen, not past its right edge.
+        assert _inside_viewport(page, "[data-testid=keys] button") == 2
         page.goto(live_server.url + pages["reservation"])
         commands = page.locator("[data-testid=access] code.wrap")
         expect(commands).to_have_count(2)
