@@ -6,7 +6,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from core.api import ApiView as APIView
-from core.openapi import IDEMPOTENCY_KEY, POST_400, POST_409, operation
+from core.openapi import IDEMPOTENCY_KEY, POST_400, POST_409, link, operation
 
 from .api_auth import actor_of, organization_of
 from .api_keys import api_key_revoke
@@ -42,6 +42,15 @@ class KeySerializer(serializers.ModelSerializer):
         "made by a member lists only that member's keys.",
         responses={200: KeySerializer(many=True)},
         errors={400: "A bad `limit` or `cursor`."},
+        links={
+            200: {
+                "RevokeKey": link(
+                    "keys_revoke_create",
+                    "Revoke the newest key",
+                    {"path.public_id": "$response.body#/results/0/id"},
+                )
+            }
+        },
     )
 )
 class Keys(APIView, ListAPIView):

@@ -29,7 +29,9 @@ from .services import extensions, payments, usage
 
 
 class _Pay(serializers.Serializer):
-    client_token = serializers.CharField(max_length=64, help_text="One per payment attempt")
+    client_token = serializers.CharField(
+        min_length=1, max_length=64, trim_whitespace=False, help_text="One per payment attempt"
+    )
     use_saved_card = serializers.BooleanField(default=False)
 
 
@@ -112,7 +114,11 @@ class _ExtendQuery(serializers.Serializer):
 class _Extend(serializers.Serializer):
     hours = serializers.IntegerField(min_value=1)
     client_token = serializers.CharField(
-        required=False, max_length=64, help_text="Retry safely: the same token, one extension"
+        required=False,
+        min_length=1,
+        max_length=64,
+        trim_whitespace=False,
+        help_text="Retry safely: the same token, one extension",
     )
     use_saved_card = serializers.BooleanField(
         default=True,
@@ -300,6 +306,8 @@ class Usage(APIView):
             "UsageBatch",
             {
                 "events": serializers.ListField(
+                    min_length=1,
+                    max_length=usage.MAX_BATCH,
                     child=inline_serializer(
                         "UsageEventIn",
                         {
@@ -310,7 +318,7 @@ class Usage(APIView):
                             "output_tokens": serializers.IntegerField(),
                             "time": serializers.DateTimeField(),
                         },
-                    )
+                    ),
                 )
             },
         ),
@@ -521,7 +529,12 @@ class VerifyKey(APIView):
         "it call hosted models (`inference_allowed`, with the `reason` when not). A refused "
         "key is an answer (`valid: false`), not an error. Only the platform's own key may ask.",
         request=inline_serializer(
-            "VerifyKeyRequest", {"key": serializers.CharField(help_text="The key to check")}
+            "VerifyKeyRequest",
+            {
+                "key": serializers.CharField(
+                    min_length=1, trim_whitespace=False, help_text="The key to check"
+                )
+            },
         ),
         parameters=[IDEMPOTENCY_KEY],
         responses={

@@ -230,7 +230,9 @@ class Offerings(APIView):
 class _ClientToken(serializers.Serializer):
     """What a create takes beyond the search's fields (those are OfferingSearchForm's)."""
 
-    client_token = serializers.CharField(required=False, max_length=64, help_text="Retry safely")
+    client_token = serializers.CharField(
+        required=False, min_length=1, max_length=64, trim_whitespace=False, help_text="Retry safely"
+    )
 
 
 class CreateReservation(_ClientToken):
@@ -297,7 +299,6 @@ class Reservations(APIView, ListAPIView):
         ],
         responses={200: ReservationSerializer(many=True)},
         errors={400: "An unknown state, a start that is not ISO 8601, or a bad limit or cursor."},
-        links={200: reservation_links("$response.body#/results/0/id")},
     )
     def get(self, request: Request, *args: object, **kwargs: object) -> Response:
         return super().get(request, *args, **kwargs)
