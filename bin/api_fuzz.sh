@@ -43,4 +43,9 @@ for _ in $(seq 1 60); do curl -fs "http://127.0.0.1:$port/healthz" >/dev/null &&
 PYTHONPATH=. .venv/bin/st run "http://127.0.0.1:$port/api/v1/schema/" \
   --header "Authorization: Bearer $key" --checks all \
   ${FUZZ_SEED:+--seed "$FUZZ_SEED"} ${FUZZ_EXAMPLES:+--max-examples "$FUZZ_EXAMPLES"} \
-  ${FUZZ_MAX_TIME:+--max-time "$FUZZ_MAX_TIME"} "$@"
+  ${FUZZ_MAX_TIME:+--max-time "$FUZZ_MAX_TIME"} "$@" || {
+  status=$?
+  echo "--- the server's log, for the failures above"
+  tail -n 200 "$work/web.log"
+  exit $status
+}

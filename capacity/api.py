@@ -312,7 +312,7 @@ class Reservations(APIView, ListAPIView):
             .values(*COLUMNS)
         )
         params = self.request.query_params
-        if params.get("state"):
+        if "state" in params:  # present but empty is not a state either
             if params["state"] not in Reservation.State.values:
                 raise serializers.ValidationError({"state": ["Unknown state."]})
             reservations = reservations.filter(state=params["state"])
@@ -320,8 +320,11 @@ class Reservations(APIView, ListAPIView):
             ("starts_after", "starts_at__gte"),
             ("starts_before", "starts_at__lt"),
         ):
-            if params.get(param):
-                value = serializers.DateTimeField().to_internal_value(params[param])
+            if param in params:
+                try:
+                    value = serializers.DateTimeField().to_internal_value(params[param])
+                except serializers.ValidationError as exc:
+                    raise serializers.ValidationError({param: exc.detail}) from None
                 reservations = reservations.filter(**{lookup: value})
         return reservations
 

@@ -236,3 +236,17 @@ def test_links_lead_from_a_new_reservation_to_what_can_be_done_with_it(schema):
                     fields = schema["components"]["schemas"][ref.split("/")[-1]]["properties"]
                     assert set(link["requestBody"]) <= set(fields)
     assert "x-links" not in str(schema)
+
+
+@pytest.mark.parametrize(
+    ("query", "param"),
+    [
+        ("state=", "state"),
+        ("starts_before=", "starts_before"),
+        ("starts_after=soon", "starts_after"),
+    ],
+)
+def test_a_filter_the_schema_refuses_is_refused(organization, owner, query, param):
+    response = api(key_for(organization, owner)).get(f"/api/v1/reservations/?{query}")
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == param
