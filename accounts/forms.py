@@ -46,9 +46,11 @@ class SignupForm(forms.Form):
     )
 
     # The service checks all of this again inside its transaction; checking here as well lets
-    # the form show every problem at once instead of one per submission.
+    # the form show every problem at once instead of one per submission. Whether the e-mail
+    # address already has an account is not a problem the form may show (the service mails
+    # that account's owner instead).
     def clean_email(self) -> str:
-        return _service_check(registration.validate_new_email, self.cleaned_data["email"])
+        return registration.normalize_email(self.cleaned_data["email"])
 
     def clean_organization_slug(self) -> str:
         slug = self.cleaned_data["organization_slug"].strip().lower()

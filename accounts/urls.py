@@ -6,6 +6,7 @@ from . import team_views, views
 urlpatterns = [
     path("signup/", views.signup, name="signup"),
     path("signup/slug/", views.signup_slug, name="signup-slug"),
+    path("signup/sent/", views.signup_sent, name="signup-sent"),
     path("login/", views.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("verify/resend/", views.verify_email_resend, name="verify-email-resend"),

@@ -3,7 +3,7 @@ from datetime import timedelta
 from axes.handlers.proxy import AxesProxyHandler
 from django.conf import settings
 from django.contrib import messages
-from django.contrib.auth import authenticate, login, logout, update_session_auth_hash
+from django.contrib.auth import authenticate, logout, update_session_auth_hash
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.forms import AuthenticationForm, PasswordResetForm, SetPasswordForm
@@ -48,6 +48,7 @@ from .validators import suggest_slug
 
 BACKEND = "django.contrib.auth.backends.ModelBackend"  # who signs people in here
 RESEND_INTERVAL_SECONDS = 60
+SIGNUP_EMAIL_KEY = "signup_email"  # the address the last sign-up in this browser mailed
 
 
 # --- Sign-up, sign-in -----------------------------------------------------------------------
@@ -59,7 +60,9 @@ def signup(request: HttpRequest) -> HttpResponse:
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data
         try:
-            user, organization = registration.user_signup(
+            # None when the address already has an account: its owner is mailed instead, and
+            # the answer is the same, so the form tells no one which addresses have accounts.
+            registration.user_signup(
                 email=data["email"],
                 password=data["password"],
                 full_name=data["full_name"],
@@ -71,13 +74,17 @@ def signup(request: HttpRequest) -> HttpResponse:
         except ServiceError as exc:
             add_service_error(form, exc)
         else:
-            login(request, user, backend=BACKEND)
-            messages.success(
-                request,
-                f"Welcome to Hyperblock. We sent a verification link to {user.email}.",
-            )
-            return redirect("dashboard", slug=organization.slug)
+            request.session[SIGNUP_EMAIL_KEY] = data["email"]
+            return redirect("signup-sent")
     return render(request, "accounts/signup.html", {"form": form})
+
+
+@require_GET
+def signup_sent(request: HttpRequest) -> HttpResponse:
+    """After a sign-up, new address or not: look in the inbox of the address typed."""
+    return render(
+        request, "accounts/signup_sent.html", {"email": request.session.get(SIGNUP_EMAIL_KEY, "")}
+    )
 
 
 @require_GET
@@ -101,7 +108,13 @@ def signup_slug(request: HttpRequest) -> HttpResponse:
     )
 
 
+# Django's sign-in and sign-out views name the site after the request's host; the pages name
+# the product.
+BRAND = {"site_name": settings.SITE_NAME}
+
+
 class LoginView(auth_views.LoginView):
+    extra_context = BRAND
     template_name = "accounts/login.html"
     authentication_form = LoginForm
     redirect_authenticated_user = True
@@ -178,6 +191,7 @@ def verify_email_resend(request: AuthenticatedRequest) -> HttpResponse:
 
 
 class PasswordResetView(auth_views.PasswordResetView):
+    extra_context = BRAND
     template_name = "accounts/password_reset.html"
     form_class = QueuedPasswordResetForm
     success_url = reverse_lazy("password-reset-done")
@@ -192,10 +206,12 @@ class PasswordResetView(auth_views.PasswordResetView):
 
 
 class PasswordResetDoneView(auth_views.PasswordResetDoneView):
+    extra_context = BRAND
     template_name = "accounts/password_reset_done.html"
 
 
 class PasswordResetConfirmView(auth_views.PasswordResetConfirmView):
+    extra_context = BRAND
     template_name = "accounts/password_reset_confirm.html"
     success_url = reverse_lazy("login")
 

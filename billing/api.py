@@ -1,6 +1,7 @@
 import secrets
 from collections.abc import Callable
 from datetime import UTC, timedelta
+from typing import Any
 
 from django.db.models import Model, QuerySet
 from django.utils import timezone
@@ -28,10 +29,15 @@ from .models import Invoice, Payment, Refund
 from .services import extensions, payments, usage
 
 
-class _Pay(serializers.Serializer):
-    client_token = serializers.CharField(
-        min_length=1, max_length=64, trim_whitespace=False, help_text="One per payment attempt"
+def _token(help_text: str, **more: Any) -> serializers.CharField:
+    """A client token as sent: 1 to 64 characters, spaces kept."""
+    return serializers.CharField(
+        min_length=1, max_length=64, trim_whitespace=False, help_text=help_text, **more
     )
+
+
+class _Pay(serializers.Serializer):
+    client_token = _token("One per payment attempt")
     use_saved_card = serializers.BooleanField(default=False)
 
 
@@ -43,7 +49,6 @@ TO_RESERVATION = {
         {"path.public_id": "$request.path.public_id"},
     )
 }
-STRIPE_DOWN = "The payment provider could not be reached; nothing was charged, retry later."
 
 
 class PayReservation(APIView):
@@ -113,13 +118,7 @@ class _ExtendQuery(serializers.Serializer):
 
 class _Extend(serializers.Serializer):
     hours = serializers.IntegerField(min_value=1)
-    client_token = serializers.CharField(
-        required=False,
-        min_length=1,
-        max_length=64,
-        trim_whitespace=False,
-        help_text="Retry safely: the same token, one extension",
-    )
+    client_token = _token("Retry safely: the same token, one extension", required=False)
     use_saved_card = serializers.BooleanField(
         default=True,
         help_text="Charge the saved default card off-session when there is one (else a "
@@ -287,6 +286,19 @@ USAGE_ACCEPTED = inline_serializer(
 )
 
 
+def _by_position(errors: list[tuple[int, usage.EventError]]) -> dict[Any, Any]:
+    """`{3: {"model": [...]}}`, which the error handler names `events[3].model` (DRF's list
+    fields key their items' errors by position too)."""
+    found: dict[Any, Any] = {}
+    for index, error in errors:
+        detail = serializers.ErrorDetail(error.message, code=error.code)
+        if error.field is None:  # not an object: its only error
+            found[index] = [detail]
+        else:
+            found.setdefault(index, {}).setdefault(error.field, []).append(detail)
+    return found
+
+
 class Usage(APIView):
     required_scopes = {"POST": ApiKey.Scope.USAGE_WRITE, "GET": ApiKey.Scope.BILLING_READ}
 
@@ -298,8 +310,9 @@ class Usage(APIView):
         "by its position.",
         parameters=[IDEMPOTENCY_KEY],
         errors={
-            400: f"`events` is not a list of 1 to 1,000 events, or the key is not an API key. "
-            f"{POST_400}",
+            400: f"`events` is not a list of 1 to 1,000 events, an event is not of the shape "
+            f"shown (each one named by position in `error.errors`, e.g. `events[3].model`), or "
+            f"the caller is not an API key. {POST_400}",
             409: POST_409,
         },
         request=inline_serializer(
@@ -330,6 +343,8 @@ class Usage(APIView):
         events = request.data.get("events") if isinstance(request.data, dict) else None
         try:
             result = usage.usage_ingest(reporter=request.auth, events=events)
+        except usage.MalformedEvents as exc:
+            raise serializers.ValidationError({"events": _by_position(exc.errors)}) from exc
         except ValueError as exc:
             raise serializers.ValidationError({"events": [str(exc)]}) from exc
         return Response(result, status=207 if result["errors"] else 200)

@@ -15,6 +15,7 @@ from .models import (
     FinanceFlag,
     Invoice,
     LedgerEntry,
+    ModelPrice,
     Payment,
     Refund,
     SlaCredit,
@@ -23,6 +24,11 @@ from .models import (
     WebhookEvent,
     WebhookProcessing,
 )
+
+
+def model_prices() -> QuerySet[ModelPrice]:
+    """The public token prices of the hosted models, by name."""
+    return ModelPrice.objects.order_by("model")
 
 
 class DaySpend(TypedDict):

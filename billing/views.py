@@ -22,10 +22,12 @@ from accounts.decorators import (
     recently_reauthenticated,
 )
 from accounts.permissions import Permission, can
+from capacity import cancellation as capacity_cancellation
 from capacity import extensions as capacity_extensions
 from capacity import selectors as capacity_selectors
 from capacity.forms import ExtendForm
 from capacity.models import Extension, Reservation
+from core.dates import format_datetime
 from core.errors import ServiceError
 from core.forms import add_service_error
 
@@ -98,10 +100,10 @@ def _pay_page(
         if waiting is not None:
             secret, mode = payments.client_secret_for_payment(waiting), "action"
         else:
-            secret = payments.card_form_start(
+            payments.card_form_check(
                 reservation=reservation, actor=request.user, extension=extension
             )
-            mode = "payment"
+            secret, mode = "", "payment"
         if extension is None:
             saved = cards.default_card_for_account(
                 accounts.billing_account_ensure(request.organization)
@@ -125,8 +127,25 @@ def _pay_page(
             "publishable_key": settings.STRIPE_PUBLISHABLE_KEY,
             "may_save_card": can(request.membership.role, Permission.MANAGE_BILLING),
             "now": timezone.now(),
+            **_refund_terms(reservation, extension),
         },
     )
+
+
+def _refund_terms(reservation: Reservation, extension: Extension | None) -> dict[str, object]:
+    """What the refund policy is worked out on: the block's start, and what it will hold once
+    this payment succeeds (an extension adds its price to what was paid before)."""
+    if extension is None:
+        paid = reservation.total
+    else:
+        paid = capacity_cancellation.settled_money(reservation) + extension.price
+    return {
+        "refund_starts_at": reservation.starts_at,
+        "refund_paid": paid,
+        "refund_currency": reservation.currency,
+        "refund_started": reservation.state not in capacity_cancellation.CANCELABLE
+        or reservation.starts_at <= timezone.now(),
+    }
 
 
 def _payment_answer(
@@ -178,17 +197,27 @@ def pay_card(request: MemberRequest, public_id: str) -> JsonResponse:
             keep_card=request.POST.get("make_default") == "on",
         )
     except ServiceError as exc:
-        body = {"error": exc.message, "code": exc.code, "attempt": _attempt()}
-        if isinstance(exc, gateway.PaymentError) and not isinstance(
-            exc, gateway.GatewayUnavailable
-        ):
-            # A declined card: a fresh card form for the next try.
-            with contextlib.suppress(ServiceError):  # e.g. the hold lapsed meanwhile
-                body["client_secret"] = payments.card_form_start(
-                    reservation=reservation, actor=request.user
-                )
-        return JsonResponse(body, status=exc.status)
+        return _payment_refused(request, reservation, exc)
     return _payment_answer(request, reservation, payment)
+
+
+def _payment_refused(
+    request: MemberRequest, reservation: Reservation, exc: ServiceError
+) -> JsonResponse:
+    """A card payment that did not go through: the message and code for the page (which says
+    it in its own words), the details for the log, and a fresh attempt for the next try."""
+    decline = getattr(exc, "decline_code", "")
+    logger.info(
+        "card payment refused for %s: %s (code %s%s)",
+        reservation.public_id,
+        exc.message,
+        exc.code,
+        f", decline {decline}" if decline else "",
+    )
+    body = {"error": exc.message, "code": exc.code, "attempt": _attempt()}
+    if decline:
+        body["decline_code"] = decline
+    return JsonResponse(body, status=exc.status)
 
 
 @org_member(Permission.VIEW_RESERVATIONS)
@@ -290,7 +319,7 @@ def reservation_extend(request: MemberRequest, public_id: str) -> HttpResponse:
                 messages.success(
                     request,
                     f"Paid {extension.price:.2f} {extension.currency.upper()} with your saved "
-                    f"card. The reservation now ends {extension.ends_at:%d %b %Y, %H:%M} UTC.",
+                    f"card. The reservation now ends {format_datetime(extension.ends_at)}.",
                 )
                 return redirect("reservation-detail", slug=slug, public_id=public_id)
             if payment is not None and payment.status == Payment.Status.REQUIRES_ACTION:
@@ -330,7 +359,7 @@ def _extension_invoiced(
             f"Extended by {extension.hours} h: invoice "
             f"{invoice.number or invoice.stripe_invoice_id} for {extension.price:.2f} "
             f"{extension.currency.upper()} is on your terms. The reservation now ends "
-            f"{extension.ends_at:%d %b %Y, %H:%M} UTC.",
+            f"{format_datetime(extension.ends_at)}.",
         )
     elif extension.state == Extension.State.HELD:
         messages.warning(
@@ -380,15 +409,7 @@ def extension_pay_card(request: MemberRequest, public_id: str, extension_id: str
             extension=extension,
         )
     except ServiceError as exc:
-        body = {"error": exc.message, "code": exc.code, "attempt": _attempt()}
-        if isinstance(exc, gateway.PaymentError) and not isinstance(
-            exc, gateway.GatewayUnavailable
-        ):
-            with contextlib.suppress(ServiceError):  # e.g. the hold lapsed meanwhile
-                body["client_secret"] = payments.card_form_start(
-                    reservation=reservation, actor=request.user, extension=extension
-                )
-        return JsonResponse(body, status=exc.status)
+        return _payment_refused(request, reservation, exc)
     return _payment_answer(request, reservation, payment)
 
 

@@ -8,8 +8,10 @@ from decimal import Decimal
 from typing import Any, cast
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
 from django.http import QueryDict
+from django.urls import reverse
 from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiExample, OpenApiParameter, inline_serializer
@@ -21,7 +23,7 @@ from rest_framework.response import Response
 from accounts.api_auth import actor_of, organization_of
 from accounts.models import ApiKey
 from core.api import ApiView as APIView
-from core.errors import NotFound
+from core.errors import NotFound, ServiceError
 from core.hooks import hook
 from core.openapi import BY_ID, IDEMPOTENCY_KEY, POST_400, POST_409, link, operation
 
@@ -29,7 +31,7 @@ from . import offerings, selectors, services
 from .forms import OfferingSearchForm
 from .incidents import DEGRADED, FORCE_RELEASED, LATE_START
 from .models import Extension, GpuModel, Region, Reservation
-from .windows import Window
+from .windows import Window, window_for
 
 READ, WRITE = ApiKey.Scope.RESERVATIONS_READ, ApiKey.Scope.RESERVATIONS_WRITE
 # Catalog values are data, not an enumeration fixed in the schema: these endpoints list them.
@@ -129,15 +131,43 @@ class OfferingSerializer(serializers.Serializer):
     currency = serializers.CharField(source="quote.currency")
 
 
+# Where a client finds the values a field takes, named when a value is refused.
+DISCOVERY = {"gpu_model": "api-gpu-models", "region": "api-regions"}
+
+
+def _detail(field: str, error: ValidationError) -> serializers.ErrorDetail:
+    message = " ".join(error.messages)
+    if error.code == "invalid_choice" and field in DISCOVERY:
+        message = f"{message.removesuffix('.')} (see {reverse(DISCOVERY[field])})."
+    return serializers.ErrorDetail(message, code=error.code or "invalid")
+
+
+def _form_errors(form: OfferingSearchForm) -> dict[str, list[serializers.ErrorDetail]]:
+    """Every field's errors, in the form's field order (then the errors of the whole form).
+
+    The form checks the start only with a valid duration; a start that is wrong whatever the
+    duration is reported beside a wrong duration too."""
+    found = dict(form.errors.as_data())
+    start = form.cleaned_data.get("starts_at")
+    if "duration_hours" in found and "starts_at" not in found and start is not None:
+        try:
+            window_for(starts_at=start, duration_hours=settings.CAPACITY_MIN_HOURS)
+        except ServiceError as exc:
+            if exc.param == "starts_at":
+                found["starts_at"] = [ValidationError(exc.message, code=exc.code)]
+    order = [*form.fields, "__all__"]
+    return {
+        "non_field_errors" if field == "__all__" else field: [
+            _detail(field, error) for error in found[field]
+        ]
+        for field in sorted(found, key=lambda name: order.index(name) if name in order else 99)
+    }
+
+
 def _search_form(data: QueryDict | dict) -> OfferingSearchForm:
     form = OfferingSearchForm(data)
     if not form.is_valid():
-        field, errors = next(iter(form.errors.as_data().items()))
-        first = errors[0]
-        detail = serializers.ErrorDetail(" ".join(first.messages), code=first.code or "invalid")
-        raise serializers.ValidationError(
-            {"non_field_errors" if field == "__all__" else field: [detail]}
-        )
+        raise serializers.ValidationError(_form_errors(form))
     return form
 
 
@@ -348,24 +378,36 @@ class Reservations(APIView, ListAPIView):
         body = _ClientToken(data=request.data)
         if not body.is_valid() and not isinstance(request.data, Mapping):
             raise serializers.ValidationError(body.errors)  # not an object at all
+        errors: dict[str, list[serializers.ErrorDetail]] = {}
         fields = cast(Mapping[str, Any], request.data).items()
         raw = {k: v for k, v in fields if k in OfferingSearchForm.base_fields}
-        for name, value in raw.items():
+        for name, value in list(raw.items()):
             if value is None:
                 continue
             # The form's fields each take one string or number (true/false is neither).
             if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-                one = serializers.ErrorDetail("Send one string or number here.", "invalid")
-                raise serializers.ValidationError({name: [one]})
+                errors[name] = [
+                    serializers.ErrorDetail("Send one string or number here.", "invalid")
+                ]
+                del raw[name]
+                continue
             raw[name] = str(value)  # as a form would send it
         if raw.get("starts_at") is None:
             raw.pop("starts_at", None)
-        data = _search_form(raw).cleaned_data
-        body.is_valid(raise_exception=True)
-        if data["region"] is None:
+        form = OfferingSearchForm(raw)
+        if not form.is_valid():
+            found = _form_errors(form)
+            errors.update({name: found[name] for name in found if name not in errors})
+        if "region" not in errors and form.cleaned_data.get("region", False) is None:
             # Required here, as in the portal's ReserveForm (the search takes any region).
-            required = serializers.ErrorDetail("Choose a region.", code="required")
-            raise serializers.ValidationError({"region": [required]})
+            errors["region"] = [serializers.ErrorDetail("Choose a region.", code="required")]
+        errors.update(body.errors)
+        if errors:
+            order = [*OfferingSearchForm.base_fields, *_ClientToken().fields, "non_field_errors"]
+            raise serializers.ValidationError(
+                {name: errors[name] for name in sorted(errors, key=order.index)}
+            )
+        data = form.cleaned_data
         reservation = services.reservation_create(
             organization=organization_of(request),
             user=actor_of(request),

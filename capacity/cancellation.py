@@ -25,16 +25,29 @@ S = Reservation.State
 CUSTOMER_REASON_MAX = 500
 
 
-def refund_percent(reservation: Reservation, now: datetime | None = None) -> int:
-    """The share of the money settled the cancellation policy gives back at `now` (0 for
-    unpaid holds and after the start)."""
-    notice = reservation.starts_at - (now or timezone.now())
-    if reservation.state == S.HELD or notice <= timedelta(0):
+def _policy_percent(notice: timedelta) -> int:
+    """The policy's share for a cancellation made `notice` before the start (0 once started)."""
+    if notice <= timedelta(0):
         return 0
     for minimum_notice, percent in settings.CAPACITY_CANCELLATION_POLICY:
         if notice >= minimum_notice:
             return percent
     return 0
+
+
+def _share(amount: Decimal, percent: int) -> Decimal:
+    """`percent` of `amount`, to the cent: the one rounding every refund figure goes through."""
+    if percent == 0:
+        return Decimal("0.00")
+    return pricing.money(amount * percent / 100)
+
+
+def refund_percent(reservation: Reservation, now: datetime | None = None) -> int:
+    """The share of the money settled the cancellation policy gives back at `now` (0 for
+    unpaid holds and after the start)."""
+    if reservation.state == S.HELD:
+        return 0
+    return _policy_percent(reservation.starts_at - (now or timezone.now()))
 
 
 def settled_money(reservation: Reservation) -> Decimal:
@@ -51,7 +64,57 @@ def refund_amount(reservation: Reservation, now: datetime | None = None) -> Deci
     percent = refund_percent(reservation, now)
     if percent == 0:
         return Decimal("0.00")  # nothing to ask billing
-    return pricing.money(settled_money(reservation) * percent / 100)
+    return _share(settled_money(reservation), percent)
+
+
+@dataclass(frozen=True)
+class RefundStep:
+    """One span of the refund schedule: a cancellation from `since` (None: from now) until
+    `until` (inclusive; None: the start) gives back `percent`, that is `amount`."""
+
+    since: datetime | None
+    until: datetime | None
+    percent: int
+    amount: Decimal
+
+
+@dataclass(frozen=True)
+class RefundSchedule:
+    """What canceling would refund, span by span, once `paid` is settled; after `starts_at`
+    nothing is refunded. `steps` is empty when no span is left before the start."""
+
+    starts_at: datetime
+    paid: Decimal
+    currency: str
+    steps: tuple[RefundStep, ...]
+
+
+def refund_schedule(
+    *, starts_at: datetime, paid: Decimal, currency: str, now: datetime | None = None
+) -> RefundSchedule:
+    """The cancellation policy in this block's dates and money: the same rule and rounding
+    `refund_amount` applies, laid out over the time left before `starts_at`. Spans already
+    past at `now` are left out."""
+    now = now or timezone.now()
+    steps: list[RefundStep] = []
+    since: datetime | None = None
+    for minimum_notice, percent in settings.CAPACITY_CANCELLATION_POLICY:
+        # With no notice required the span runs up to the start, which itself refunds nothing.
+        until = starts_at - minimum_notice if minimum_notice > timedelta(0) else None
+        left = until >= now if until is not None else starts_at > now
+        if left:
+            steps.append(
+                RefundStep(
+                    since=since if steps else None,  # a span already begun runs from now
+                    until=until,
+                    percent=percent,
+                    amount=_share(paid, percent),
+                )
+            )
+        since = until
+        if until is None:
+            break
+    return RefundSchedule(starts_at=starts_at, paid=paid, currency=currency, steps=tuple(steps))
 
 
 CANCELABLE = (S.HELD, S.SCHEDULED)

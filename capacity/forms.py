@@ -7,6 +7,7 @@ from django.conf import settings
 
 from core.errors import ServiceError
 
+from .catalog_choices import UNKNOWN_GPU_MODEL, UNKNOWN_REGION
 from .models import GpuModel, Region
 from .windows import Window, validate_node_count, window_for
 
@@ -19,14 +20,14 @@ class OfferingSearchForm(forms.Form):
         to_field_name="slug",
         empty_label=None,
         label="GPU",
-        error_messages={"invalid_choice": "Unknown GPU model; choose one of the list."},
+        error_messages={"invalid_choice": UNKNOWN_GPU_MODEL},
     )
     region = forms.ModelChoiceField(
         queryset=Region.objects.filter(is_active=True),
         to_field_name="code",
         required=False,
         empty_label="Any region",
-        error_messages={"invalid_choice": "Unknown region; choose one of the list."},
+        error_messages={"invalid_choice": UNKNOWN_REGION},
     )
     node_count = forms.IntegerField(
         label="Nodes",
@@ -75,6 +76,40 @@ class OfferingSearchForm(forms.Form):
             error = forms.ValidationError(exc.message, code=exc.code)
             self.add_error(exc.param if exc.param in self.fields else field, error)
             return None
+
+
+class CalendarForm(forms.Form):
+    """What the availability calendar shows: every field optional, a bad value falls back to its
+    default (a link kept from a search never turns into an error page)."""
+
+    gpu_model = forms.ModelChoiceField(
+        queryset=GpuModel.objects.filter(is_active=True),
+        to_field_name="slug",
+        required=False,
+        empty_label=None,
+        label="GPU",
+    )
+    region = forms.ModelChoiceField(
+        queryset=Region.objects.filter(is_active=True),
+        to_field_name="code",
+        required=False,
+        empty_label=None,
+    )
+    node_count = forms.IntegerField(
+        label="Nodes", required=False, min_value=1, max_value=settings.CAPACITY_MAX_NODES
+    )
+    duration_hours = forms.IntegerField(
+        required=False,
+        min_value=settings.CAPACITY_MIN_HOURS,
+        max_value=settings.CAPACITY_MAX_HOURS,
+        widget=forms.HiddenInput,
+    )
+    week = forms.DateField(required=False, widget=forms.HiddenInput)
+
+    def value(self, name: str) -> Any:
+        """The field's cleaned value, or None where it was missing or invalid."""
+        self.is_valid()
+        return self.cleaned_data.get(name)
 
 
 class ReserveForm(OfferingSearchForm):

@@ -516,6 +516,18 @@ class SimulatedCall(models.Model):
         return self.key
 
 
+class SimulatedCluster(models.Model):
+    """A cluster in the simulated data center: the certificate authority its API servers' TLS
+    certificates chain to, the same for every block on the cluster."""
+
+    name = models.CharField(max_length=80, unique=True)
+    ca_certificate = models.TextField(help_text="PEM; public, as in every kubeconfig.")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return self.name
+
+
 class SimulatedNode(models.Model):
     """A node in the simulated data center: what runs on it, and whether it is healthy."""
 

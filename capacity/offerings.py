@@ -168,12 +168,9 @@ def _other_start_times(
             if offset not in fits or free[offset] > fits[offset][0]:
                 fits[offset] = (int(free[offset]), cluster)
     asked_offset = int((asked - first) / HOUR)
-    nearest = sorted(
-        (o for o in fits if not (o == asked_offset and not window.starts_on_payment)),
-        key=lambda o: (abs(o - asked_offset), o),
-    )[: settings.CAPACITY_ALTERNATIVES]
+    candidates = [o for o in fits if o != asked_offset or window.starts_on_payment]
     result = []
-    for offset in sorted(nearest):
+    for offset in nearest_offsets(candidates, asked_offset, settings.CAPACITY_ALTERNATIVES):
         start = first + offset * HOUR
         available, cluster = fits[offset]
         result.append(
@@ -186,3 +183,18 @@ def _other_start_times(
             )
         )
     return result
+
+
+def nearest_offsets(candidates: list[int], asked: int, limit: int) -> list[int]:
+    """The `limit` candidates nearest to `asked` (the earlier on a tie), in time order, with the
+    nearest earlier and the nearest later one always among them when there are such: a
+    customer who can move either way sees both directions."""
+    by_distance = sorted(candidates, key=lambda o: (abs(o - asked), o))
+    chosen = by_distance[:limit]
+    for side in ([o for o in by_distance if o < asked], [o for o in by_distance if o > asked]):
+        if limit >= 2 and side and side[0] not in chosen:
+            # Give up the farthest pick of the other side for the nearest of this one.
+            others = [o for o in chosen if (o < asked) != (side[0] < asked)]
+            chosen.remove(others[-1])
+            chosen.append(side[0])
+    return sorted(chosen)

@@ -23,6 +23,7 @@ from django.db import models, transaction
 from django.utils import timezone
 
 from core import audit
+from core.dates import format_datetime, format_span
 from core.errors import Conflict, NotAllowed, ServiceError
 from core.money import format_money
 from core.staff import reason_clean, require_staff_permission
@@ -55,7 +56,7 @@ def _reason(reason: str, *, required: bool = True) -> str:
 
 
 def _window(reservation: Reservation) -> str:
-    return f"{reservation.starts_at:%d %b %H:%M}–{reservation.ends_at:%d %b %H:%M} UTC"
+    return format_span(reservation.starts_at, reservation.ends_at)
 
 
 # --- Nodes -------------------------------------------------------------------------------------
@@ -303,12 +304,10 @@ def reservation_extend(
             reservation=reservation, actor=actor, hours=hours, reason=reason
         )
     except extensions.ExtensionUnavailable:
-        window = (
-            f"{reservation.ends_at:%d %b %H:%M}–{reservation.ends_at + hours * HOUR:%d %b %H:%M}"
-        )
+        window = format_span(reservation.ends_at, reservation.ends_at + hours * HOUR)
         raise Conflict(
             f"{reservation.public_id} cannot be extended by {hours} h: another reservation "
-            f"holds some of its nodes in {window} UTC.",
+            f"holds some of its nodes in {window}.",
             code="capacity_unavailable",
         ) from None
     extended = Reservation.objects.get(pk=extension.reservation_id)
@@ -399,7 +398,7 @@ def incident_resolve(*, incident: Incident, actor: Any, note: str = "") -> Incid
     )
     if locked.resolved_at is not None:
         raise Conflict(
-            f"{locked.pk} was already resolved on {locked.resolved_at:%d %b %H:%M} UTC.",
+            f"{locked.pk} was already resolved on {format_datetime(locked.resolved_at)}.",
             code="already_resolved",
         )
     locked.resolved_at = timezone.now()

@@ -1,4 +1,5 @@
-"""The reservation lifecycle after payment: start, provision, end, remind, reconcile.
+"""The reservation lifecycle after payment: start, provision, end, reconcile (reminders are in
+`reminders`).
 
 Every function is safe to run twice: each step is a legal transition under the row lock, the
 driver is idempotent per key, and periodic sweeps pick up whatever a lost message, a killed
@@ -7,7 +8,7 @@ worker or a broker outage left behind (a scheduled reservation past its start is
 """
 
 import logging
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from django.conf import settings
@@ -17,7 +18,7 @@ from django.utils import timezone
 from core import audit, crypto
 from core.tasks import enqueue_after_commit
 
-from . import incidents, lifecycle, notifications, selectors
+from . import incidents, lifecycle, selectors
 from .drivers import Access, MissingBlockError, get_driver
 from .incidents import incident_open
 from .models import Allocation, Incident, Node, Reservation
@@ -282,37 +283,6 @@ def block_release(reservation_id: int) -> str:
         return Reservation.objects.get(pk=reservation_id).state
     incidents.degraded_credits_request(reservation=reservation)
     return S.COMPLETED
-
-
-# --- Reminders ------------------------------------------------------------------------------------
-def reminders_send(now: datetime | None = None) -> int:
-    """Tell customers their block ends soon, once per configured lead (24 h, 1 h). When more
-    than one lead is due at once (a short block), only the nearest is sent."""
-    now = now or timezone.now()
-    leads = sorted(settings.REMINDERS_BEFORE_END)
-    longest = leads[-1] if leads else None
-    sent = 0
-    if longest is None:
-        return 0
-    candidates = Reservation.objects.filter(
-        state=S.ACTIVE, ends_at__gt=now, ends_at__lte=now + longest
-    ).values_list("pk", flat=True)
-    for pk in candidates:
-        with transaction.atomic():
-            locked = Reservation.objects.select_for_update().get(pk=pk)
-            due = [lead for lead in leads if locked.ends_at <= now + lead]
-            labels = [_label(lead) for lead in due]
-            if locked.state != S.ACTIVE or not due or labels[0] in locked.reminders_sent:
-                continue
-            locked.reminders_sent = sorted({*locked.reminders_sent, *labels})
-            locked.save(update_fields=["reminders_sent", "updated_at"])
-            notifications.notification_send(locked, "reservation_ending", lead=labels[0])
-            sent += 1
-    return sent
-
-
-def _label(lead: timedelta) -> str:
-    return f"{int(lead.total_seconds() // 3600)}h"
 
 
 # --- Reconcile ------------------------------------------------------------------------------------

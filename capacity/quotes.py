@@ -24,6 +24,7 @@ from accounts.guards import (
 from accounts.models import Organization, User
 from accounts.permissions import Permission
 from accounts.services.organizations import organization_lock
+from core.dates import format_datetime
 from core.errors import Conflict, ServiceError
 from core.money import format_money
 from core.staff import require_staff_permission
@@ -198,7 +199,7 @@ def _accept_locked(*, reservation: Reservation, actor: User) -> Reservation:
         )
     if locked.hold_expires_at is not None and locked.hold_expires_at <= timezone.now():
         raise Conflict(
-            f"This quote was valid until {locked.hold_expires_at:%d %b %Y, %H:%M} UTC. Ask your "
+            f"This quote was valid until {format_datetime(locked.hold_expires_at)}. Ask your "
             "account manager for a new one.",
             code="quote_expired",
         )

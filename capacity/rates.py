@@ -18,6 +18,7 @@ from django.utils import timezone
 from accounts.models import Organization, User
 from accounts.services.organizations import organization_lock
 from core import audit
+from core.dates import format_datetime
 from core.errors import Conflict, ServiceError
 from core.staff import reason_clean, require_staff_permission
 
@@ -79,7 +80,7 @@ def validate_rate(
         where = f"in {region.code}" if region is not None else "in every region"
         raise Conflict(
             f"{organization.name} already has a {gpu_model.name} rate {where} from "
-            f"{clash.valid_from:%Y-%m-%d %H:%M} to {clash.valid_until:%Y-%m-%d %H:%M} UTC "
+            f"{format_datetime(clash.valid_from)} to {format_datetime(clash.valid_until)} "
             f"({clash.price_per_gpu_hour.normalize():f}/GPU-h) that overlaps this window. End "
             "that rate first, or choose a window that starts when it ends.",
             code="rate_overlap",

@@ -3,6 +3,7 @@
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -13,7 +14,17 @@ from django.db.models.sql.compiler import SQLCompiler
 from accounts.models import Organization
 from core.models import AuditEvent
 
-from .models import Allocation, Cluster, Extension, GpuModel, Node, Region, Reservation
+from .models import (
+    Allocation,
+    Cluster,
+    DurationDiscount,
+    Extension,
+    GpuModel,
+    ListPrice,
+    Node,
+    Region,
+    Reservation,
+)
 
 if TYPE_CHECKING:
     from django.db.models.sql.compiler import _AsSqlType
@@ -29,6 +40,53 @@ def gpu_models() -> QuerySet[GpuModel]:
 
 def regions() -> QuerySet[Region]:
     return Region.objects.filter(is_active=True)
+
+
+@dataclass(frozen=True)
+class RegionPrice:
+    region: Region
+    per_gpu_hour: Decimal
+    per_node_hour: Decimal
+    currency: str
+
+
+@dataclass(frozen=True)
+class PriceListEntry:
+    """One GPU model with its list price in each region that sells it, by region code."""
+
+    gpu_model: GpuModel
+    prices: list[RegionPrice]
+
+    @property
+    def lowest(self) -> RegionPrice:
+        return min(self.prices, key=lambda price: price.per_gpu_hour)
+
+
+def price_list() -> list[PriceListEntry]:
+    """The public price list: every active GPU model priced in an active region, in catalog
+    order. A model with no price anywhere is not for sale and is left out. One query."""
+    prices = (
+        ListPrice.objects.filter(gpu_model__is_active=True, region__is_active=True)
+        .select_related("gpu_model", "region")
+        .order_by("gpu_model__sort_order", "gpu_model__name", "gpu_model_id", "region__code")
+    )
+    entries: dict[int, PriceListEntry] = {}
+    for price in prices:
+        gpu = price.gpu_model
+        entry = entries.setdefault(gpu.pk, PriceListEntry(gpu, []))
+        entry.prices.append(
+            RegionPrice(
+                region=price.region,
+                per_gpu_hour=price.price_per_gpu_hour,
+                per_node_hour=price.price_per_gpu_hour * gpu.gpus_per_node,
+                currency=price.currency,
+            )
+        )
+    return list(entries.values())
+
+
+def duration_discounts() -> QuerySet[DurationDiscount]:
+    return DurationDiscount.objects.order_by("min_hours")
 
 
 def pool_clusters(gpu_model: GpuModel, region: Region | None = None) -> list[Cluster]:

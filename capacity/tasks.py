@@ -1,7 +1,7 @@
 from celery import shared_task
 from django.conf import settings
 
-from . import provisioning, services
+from . import provisioning, reminders, services
 from .drivers import ConfigurationDriverError, PermanentDriverError, TransientDriverError
 
 
@@ -23,7 +23,7 @@ def end_due() -> int:
 
 @shared_task(name="capacity.remind")
 def remind() -> int:
-    return provisioning.reminders_send()
+    return reminders.reminders_send()
 
 
 @shared_task(name="capacity.reconcile")

@@ -8,6 +8,8 @@ template draws what it returns.
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from core.dates import format_span
+
 DAY = timedelta(days=1)
 DAY_CHOICES = (7, 14, 28, 56)
 DEFAULT_DAYS = 14
@@ -195,7 +197,7 @@ def layout(
                 label_y=bar_y + BAR_HEIGHT - 4,
                 title=(
                     f"{booking.public_id} · {booking.organization} · {booking.state} · "
-                    f"{booking.starts_at:%d %b %H:%M} – {booking.ends_at:%d %b %H:%M} UTC"
+                    f"{format_span(booking.starts_at, booking.ends_at)}"
                 ),
                 url=booking.url,
                 state=booking.state,

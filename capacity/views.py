@@ -1,4 +1,6 @@
+from collections.abc import Mapping
 from datetime import date
+from urllib.parse import urlencode
 
 from django.contrib import messages
 from django.http import HttpResponse
@@ -13,7 +15,14 @@ from core.errors import ServiceError
 from core.forms import add_service_error
 
 from . import availability, offerings, pricing, quotes, selectors, services
-from .forms import CancelForm, ExtendForm, OfferingSearchForm, ReserveForm, new_request_token
+from .forms import (
+    CalendarForm,
+    CancelForm,
+    ExtendForm,
+    OfferingSearchForm,
+    ReserveForm,
+    new_request_token,
+)
 from .lifecycle import SETTLED
 from .models import Extension, Reservation
 
@@ -29,6 +38,16 @@ def _gate(request: MemberRequest) -> str:
     if not request.organization.is_active:
         return f"{request.organization.name} is suspended, so it cannot reserve capacity."
     return ""
+
+
+# What the search page and the calendar hand each other in their links.
+CARRIED = ("gpu_model", "region", "node_count", "duration_hours")
+
+
+def _carried(values: Mapping[str, object]) -> str:
+    """A query string of the carried fields that have a value, in a fixed order."""
+    kept = {key: values.get(key) for key in CARRIED}
+    return urlencode({key: str(value) for key, value in kept.items() if value not in (None, "")})
 
 
 @org_member(Permission.VIEW_RESERVATIONS)
@@ -50,48 +69,51 @@ def capacity_search(request: MemberRequest) -> HttpResponse:
         "results": results,
         "kinds": offerings.KIND_LABELS,
         "gate": _gate(request),
+        # The calendar opens on the GPU, region and size of the search as it stands.
+        "calendar_query": _carried(request.GET.dict()),
     }
     if request.htmx and request.htmx.target == "offerings":
-        return render(request, "capacity/_offerings.html", context)
+        return render(request, "capacity/_offerings.html", {**context, "swap_links": True})
     return render(request, "capacity/search.html", context)
 
 
 @org_member(Permission.VIEW_RESERVATIONS)
 @require_GET
 def capacity_calendar(request: MemberRequest) -> HttpResponse:
-    form = OfferingSearchForm(
-        {
-            "gpu_model": request.GET.get("gpu_model") or "",
-            "region": request.GET.get("region") or "",
-            "node_count": 1,
-            "duration_hours": 1,
-        }
-    )
+    form = CalendarForm(request.GET)
     gpu_models = list(selectors.gpu_models())
     regions = list(selectors.regions())
-    gpu_model = form.cleaned_data["gpu_model"] if form.is_valid() else None
-    region = form.cleaned_data.get("region") if form.is_valid() else None
-    gpu_model = gpu_model or (gpu_models[0] if gpu_models else None)
-    region = region or (regions[0] if regions else None)
+    gpu_model = form.value("gpu_model") or (gpu_models[0] if gpu_models else None)
+    region = form.value("region") or (regions[0] if regions else None)
+    node_count = form.value("node_count") or 1
+    duration = form.value("duration_hours")
+    week_of: date | None = form.value("week")
     calendar = None
     if gpu_model and region:
-        week = request.GET.get("week")
-        try:
-            week_of = date.fromisoformat(week) if week else None
-        except ValueError:
-            week_of = None
         calendar = (
-            availability.by_hour(gpu_model, region, week_of)
+            availability.by_hour(gpu_model, region, week_of, node_count)
             if week_of
-            else availability.by_day(gpu_model, region)
+            else availability.by_day(gpu_model, region, node_count)
         )
+    carried = {
+        "gpu_model": gpu_model.slug if gpu_model else "",
+        "region": region.code if region else "",
+        "node_count": node_count,
+        "duration_hours": duration,
+    }
     context = {
         "calendar": calendar,
         "gpu_models": gpu_models,
         "regions": regions,
         "gpu_model": gpu_model,
         "region": region,
-        "shades": availability.SHADES,
+        "node_count": node_count,
+        "duration_hours": duration,
+        "query": _carried(carried),
+        # A clicked hour opens the search for that start: one hour unless a length came along.
+        "search_query": _carried({**carried, "duration_hours": duration or 1}),
+        "shades": list(zip(availability.SHADES, availability.SHADE_NAMES, strict=True)),
+        "now": timezone.now(),
     }
     if request.htmx and request.htmx.target == "calendar":
         return render(request, "capacity/_calendar.html", context)

@@ -69,16 +69,56 @@ class Cursor(CursorPagination):
 
 
 def _shape(
-    status_code: int, error_type: str, code: str, message: str, param: str | None = None
+    status_code: int,
+    error_type: str,
+    code: str,
+    message: str,
+    param: str | None = None,
+    errors: list[dict[str, str | None]] | None = None,
 ) -> Response:
-    return Response(
-        {"error": {"type": error_type, "code": code, "message": message, "param": param}},
-        status=status_code,
-    )
+    """The error body. A 400 also lists every invalid field in `errors` (the first is the one
+    `error` names), so a client fixes them all in one go."""
+    body: dict[str, object] = {"type": error_type, "code": code, "message": message, "param": param}
+    if status_code == 400:
+        body["errors"] = errors or [{"param": param, "code": code, "message": message}]
+    return Response({"error": body}, status=status_code)
+
+
+def _param(path: str | None, key: object) -> str | None:
+    """`events` and 3 give `events[3]`; `events[3]` and `model` give `events[3].model`; an
+    error of the whole object (DRF's non_field_errors, a form's __all__) names no field."""
+    if key in ("non_field_errors", "__all__"):
+        return path
+    if isinstance(key, int):
+        return f"{path or ''}[{key}]"
+    return f"{path}.{key}" if path else str(key)
+
+
+def validation_errors(detail: object, path: str | None = None) -> list[dict[str, str | None]]:
+    """Every message of a (nested) ValidationError detail as `{param, code, message}`, in the
+    order the fields were checked."""
+    if isinstance(detail, dict):
+        return [
+            error
+            for key, value in detail.items()
+            for error in validation_errors(value, _param(path, key))
+        ]
+    if isinstance(detail, list):
+        if all(isinstance(item, str) for item in detail):
+            return [error for item in detail for error in validation_errors(item, path)]
+        # A list of objects (a list serializer's errors): each by its position.
+        return [
+            error
+            for index, item in enumerate(detail)
+            for error in validation_errors(item, _param(path, index))
+        ]
+    code = getattr(detail, "code", None) or "invalid"
+    return [{"param": path, "code": str(code), "message": str(detail)}]
 
 
 def exception_handler(exc: Exception, context: dict) -> Response | None:
-    """Every error as `{"error": {"type", "code", "message", "param"}}`."""
+    """Every error as `{"error": {"type", "code", "message", "param"}}`; a 400 adds `errors`,
+    each invalid field as `{param, code, message}`."""
     if isinstance(exc, ServiceError):
         kinds = {
             400: "invalid_request",
@@ -110,16 +150,18 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
             "Something went wrong on our side. If it persists, tell support the request id "
             f"{request_context.request_id.get()}.",
         )
-    if isinstance(exc, exceptions.ValidationError) and isinstance(exc.detail, dict):
-        param, messages = next(iter(exc.detail.items()))
-        message = messages[0] if isinstance(messages, list) else str(messages)
-        code = getattr(message, "code", "invalid")
+    if isinstance(exc, exceptions.ValidationError):
+        errors = validation_errors(exc.detail) or [
+            {"param": None, "code": "invalid", "message": "Invalid input."}
+        ]
+        first = errors[0]
         return _shape(
             400,
             "invalid_request",
-            str(code),
-            str(message),
-            None if param == "non_field_errors" else param,
+            str(first["code"]),
+            str(first["message"]),
+            first["param"],
+            errors,
         )
     detail = exc.detail if isinstance(exc, exceptions.APIException) else str(exc)
     message = detail[0] if isinstance(detail, list) else detail

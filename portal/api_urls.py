@@ -6,6 +6,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitVie
 from accounts import api as accounts_api
 from billing import api as billing_api
 from capacity import api as capacity_api
+from capacity import api_catalog
 
 urlpatterns = [
     path(
@@ -29,6 +30,8 @@ urlpatterns = [
         ),
         name="api-docs",
     ),
+    path("gpu-models/", api_catalog.GpuModels.as_view(), name="api-gpu-models"),
+    path("regions/", api_catalog.Regions.as_view(), name="api-regions"),
     path("offerings/", capacity_api.Offerings.as_view(), name="api-offerings"),
     path("reservations/", capacity_api.Reservations.as_view(), name="api-reservations"),
     path(

@@ -33,15 +33,27 @@ logger = logging.getLogger(__name__)
 
 @require_GET
 def home(request: HttpRequest) -> HttpResponse:
-    """Send a signed-in user to their last organization, anyone else to sign-in."""
+    """The public front page; a signed-in user goes straight on to their last organization
+    (every "back to the console" link and sign-in lands here)."""
     if not request.user.is_authenticated:
-        return redirect("login")
+        return front_page(request)
     memberships = list(account_selectors.memberships_for_user(request.user))
     if not memberships:
         return redirect("organization-create")
     last = request.session.get("organization")
     chosen = next((m for m in memberships if m.organization.slug == last), memberships[0])
     return redirect("dashboard", slug=chosen.organization.slug)
+
+
+def front_page(request: HttpRequest) -> HttpResponse:
+    context = {
+        "price_list": capacity_selectors.price_list(),
+        "discounts": capacity_selectors.duration_discounts(),
+        "model_prices": billing_selectors.model_prices(),
+        "max_nodes": settings.CAPACITY_MAX_NODES,
+        "max_lead_weeks": settings.CAPACITY_MAX_LEAD.days // 7,
+    }
+    return render(request, "portal/front.html", context)
 
 
 @org_member(Permission.VIEW_ORGANIZATION)

@@ -8,6 +8,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from core import audit
+from core.dates import format_date
 from core.errors import Conflict, ServiceError
 from core.staff import reason_clean, require_staff_permission
 
@@ -290,7 +291,7 @@ def organization_review(*, organization: Organization, actor: User) -> Organizat
     locked = organization_lock(organization)
     if locked.reviewed_at is not None:
         raise Conflict(
-            f"{locked.name} was already reviewed on {locked.reviewed_at:%d %b %Y}.",
+            f"{locked.name} was already reviewed on {format_date(locked.reviewed_at)}.",
             code="already_reviewed",
         )
     locked.reviewed_at = timezone.now()

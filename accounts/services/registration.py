@@ -1,6 +1,9 @@
 """Sign-up (alone or through an invitation) and e-mail verification."""
 
+import logging
+
 from django.conf import settings
+from django.contrib.auth.hashers import make_password
 from django.contrib.auth.password_validation import validate_password
 from django.core import signing
 from django.core.exceptions import ValidationError
@@ -11,16 +14,22 @@ from django.utils import timezone
 from core import audit, context
 from core.emails import queue_email
 from core.errors import Conflict, ServiceError
-from core.ratelimit import client_bucket, email_rate_enforce
+from core.ratelimit import RateLimited, client_bucket, email_rate_enforce
 
 from .. import tokens
 from ..models import Membership, Organization, User
 from .memberships import invitation_accept, invitation_for_token
 from .organizations import organization_create
 
+logger = logging.getLogger(__name__)
+
+
+def normalize_email(email: str) -> str:
+    return User.objects.normalize_email(email.strip()).lower()
+
 
 def validate_new_email(email: str) -> str:
-    email = User.objects.normalize_email(email).lower()
+    email = normalize_email(email)
     if User.objects.filter(email__iexact=email).exists():
         raise Conflict(
             "An account with this e-mail address already exists. Sign in instead.",
@@ -67,9 +76,14 @@ def user_signup(
     organization_slug: str,
     country: str,
     billing_email: str,
-) -> tuple[User, Organization]:
+) -> tuple[User, Organization] | None:
     """Create the user, their organization and the owner membership together, or nothing.
-    Sign-ups per client address are limited (each mails a verification link)."""
+
+    The answer never tells whether the address already has an account: for a new address the
+    account is made and a verification link mailed; for a taken one nothing is made, the
+    account's owner is mailed a notice instead (see `_existing_account_notify`) and None is
+    returned. The caller shows the same "check your inbox" either way. Sign-ups per client
+    address are limited (each mails someone), counted the same for both."""
     client = context.client_ip.get()
     if client:
         email_rate_enforce(
@@ -80,7 +94,19 @@ def user_signup(
                 "Try again in {minutes} minutes."
             ),
         )
-    user = user_create(email=email, password=password, full_name=full_name)
+    existing = User.objects.filter(email__iexact=normalize_email(email)).first()
+    if existing is not None:
+        make_password(password)  # as long as making the account would take: no timing tell
+        _existing_account_notify(user=existing)
+        return None
+    try:
+        user = user_create(email=email, password=password, full_name=full_name)
+    except Conflict as exc:
+        if exc.code != "email_taken":
+            raise
+        # Lost a race with another sign-up for the same address: it is an existing one now.
+        _existing_account_notify(user=User.objects.get(email__iexact=normalize_email(email)))
+        return None
     try:
         organization = organization_create(
             owner=user,
@@ -97,6 +123,26 @@ def user_signup(
         raise
     email_verification_send(user=user)
     return user, organization
+
+
+def _existing_account_notify(*, user: User) -> None:
+    """Tell an account's owner that someone tried to sign up with their address, and how to
+    get in. A few notices per address per hour at most; past that the sign-up is answered as
+    always and no mail is sent, so the form cannot be used to flood someone's inbox."""
+    try:
+        email_rate_enforce(kind="signup_existing_recipient", ident=user.email.lower(), message="")
+    except RateLimited:
+        logger.info("sign-up notice to an existing account skipped: too many this hour")
+        return
+    queue_email(
+        to=user.email,
+        template="signup_existing",
+        context={
+            "user": user,
+            "login_url": settings.SITE_URL + reverse("login"),
+            "reset_url": settings.SITE_URL + reverse("password-reset"),
+        },
+    )
 
 
 @transaction.atomic

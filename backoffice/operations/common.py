@@ -23,6 +23,7 @@ from django.utils.safestring import SafeString
 from django.utils.text import capfirst
 
 from capacity.models import Reservation
+from core.dates import format_span
 from core.errors import ServiceError
 from core.staff import bulk_limit_exceeded
 
@@ -123,7 +124,7 @@ def bound_form(form_class: type[forms.Form], request: HttpRequest) -> forms.Form
 
 
 def window_text(starts_at: datetime, ends_at: datetime) -> str:
-    return f"{starts_at:%d %b %H:%M} – {ends_at:%d %b %H:%M} UTC"
+    return format_span(starts_at, ends_at)
 
 
 def reservation_link(reservation: Reservation) -> SafeString:

@@ -23,6 +23,7 @@ from billing.services import extensions as billing_extensions
 from capacity import operations, selectors
 from capacity.models import Allocation, Extension, Reservation
 from capacity.services import EXTENDABLE
+from core.dates import format_datetime
 from core.models import AuditEvent
 from core.staff import StaffReasonForm, staff_may
 
@@ -321,9 +322,9 @@ class ReservationAdmin(CancelAction, OperationsMixin, admin.ModelAdmin):
     def nodes(self, reservation: Reservation) -> int:
         return reservation.node_count
 
-    @admin.display(description="Starts (UTC)", ordering="starts_at")
-    def starts(self, reservation: Reservation) -> str:
-        return f"{reservation.starts_at:%d %b %Y %H:%M}"
+    @admin.display(description="Starts", ordering="starts_at")
+    def starts(self, reservation: Reservation) -> datetime:
+        return reservation.starts_at
 
     @admin.display(description="Hours")
     def hours(self, reservation: Reservation) -> int:
@@ -401,12 +402,13 @@ class ReservationAdmin(CancelAction, OperationsMixin, admin.ModelAdmin):
                         attempt_token=secrets.token_urlsafe(24),
                     )
                     if started.extension.state == "paid":
-                        return f"{r.public_id} paid, to {started.extension.ends_at:%d %b %H:%M} UTC"
+                        new_end = format_datetime(started.extension.ends_at)
+                        return f"{r.public_id} paid, to {new_end}"
                     return f"{r.public_id} held until paid ({started.extension.public_id})"
                 extended = operations.reservation_extend(
                     reservation=r, actor=staff_actor(request), hours=hours, reason=reason
                 )
-                return f"{r.public_id} to {extended.ends_at:%d %b %H:%M} UTC"
+                return f"{r.public_id} to {format_datetime(extended.ends_at)}"
 
             done = f"{'Charged' if charged else 'Complimentary'} extension by {hours} h"
             self.run_each(request, reservations, extend_one, done=done)

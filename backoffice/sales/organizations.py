@@ -41,6 +41,7 @@ from billing.models import LedgerEntry
 from billing.services import terms
 from capacity import limits, quotes
 from capacity.services import SoldOut
+from core.dates import format_datetime
 from core.errors import ServiceError
 from core.forms import add_service_error
 from core.money import format_money
@@ -503,7 +504,7 @@ class OrganizationAdmin(ServiceErrorsAsMessages):
                             request,
                             f"Quote {reservation.public_id} made for {org.name}: "
                             f"{format_money(reservation.total, reservation.currency)}, valid "
-                            f"until {reservation.hold_expires_at:%d %b %Y %H:%M} UTC. The "
+                            f"until {format_datetime(reservation.hold_expires_at)}. The "
                             "customer sees it on their reservations page.",
                             messages.SUCCESS,
                         )

@@ -127,23 +127,14 @@ def _metadata(payment: Payment) -> dict[str, str]:
     return metadata
 
 
-def card_form_start(
+def card_form_check(
     *, reservation: Reservation, actor: User, extension: Extension | None = None
-) -> str:
-    """A SetupIntent the card form confirms to collect (and 3-D Secure) a card; returns its
-    client secret. The payment itself is then made on the server with that card."""
+) -> None:
+    """Refuse the card form when nothing can be paid (or not by this user). The form makes a
+    PaymentMethod with Stripe.js and posts it; the server confirms the payment with it, so the
+    customer's bank asks for 3-D Secure once, for the payment itself."""
     require_may_pay(actor=actor, organization=reservation.organization)
     _payable(reservation, extension)
-    account = billing_account_ensure(reservation.organization)
-    intent = gateway.setup_intent_create(
-        customer_id=account.stripe_customer_id,
-        metadata={
-            "organization": reservation.organization.slug,
-            "reservation": reservation.public_id,
-        },
-        idempotency_key=None,  # a fresh form each time; nothing is charged by it
-    )
-    return intent.client_secret
 
 
 def _customer_card(account: BillingAccount, payment_method_id: str) -> str:

@@ -23,49 +23,136 @@ MAX_TOKENS = 10**9
 MILLION = Decimal(1_000_000)
 
 
+MAX_ID = 120  # UsageEvent.event_id
+MAX_MODEL = 80  # ModelPrice.model
+MAX_KEY = 12  # ApiKey.public_id
+# An event's fields in the order they are checked (and reported).
+FIELDS = ("id", "key", "model", "input_tokens", "output_tokens", "time")
+
+
+class EventError(ValueError):
+    """One field of one event is wrong: `field` is None when the event is not an object."""
+
+    def __init__(self, field: str | None, code: str, message: str) -> None:
+        super().__init__(message)
+        self.field, self.code, self.message = field, code, message
+
+
+class MalformedEvents(ValueError):
+    """Events that no catalog or clock could make right (a wrong type, a missing or empty
+    field, a number out of range, a time that is no time): the batch is refused whole, every
+    such field named, and nothing is stored. `errors` holds (index, error) in order."""
+
+    def __init__(self, errors: list[tuple[int, EventError]]) -> None:
+        super().__init__(f"{len(errors)} malformed field(s)")
+        self.errors = errors
+
+
+def _text(item: dict, field: str, longest: int, *, optional: bool = False) -> str | None:
+    value = item.get(field)
+    if value is None and optional:
+        return None
+    if value is None and field not in item:
+        raise EventError(field, "required", f"{field} is required")
+    if not isinstance(value, str):
+        raise EventError(field, "invalid_type", f"{field} must be a string")
+    if not 1 <= len(value) <= longest:
+        raise EventError(field, "invalid_length", f"{field} must be 1 to {longest} characters")
+    return value
+
+
+def _tokens(item: dict, field: str) -> int:
+    value = item.get(field)
+    if field not in item:
+        raise EventError(field, "required", f"{field} is required")
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise EventError(field, "invalid_type", f"{field} must be a whole number")
+    if not 0 <= value <= MAX_TOKENS:
+        raise EventError(field, "out_of_range", f"{field} must be from 0 to {MAX_TOKENS}")
+    return value
+
+
+def _time(item: dict) -> datetime:
+    value = item.get("time")
+    if "time" not in item:
+        raise EventError("time", "required", "time is required")
+    if not isinstance(value, str):
+        raise EventError("time", "invalid_type", "time must be an ISO 8601 string")
+    try:
+        occurred = parse_datetime(value)
+    except ValueError:  # well formed, but no such day or hour (2026-02-30)
+        occurred = None
+    if occurred is None:
+        raise EventError("time", "invalid_datetime", "time must be ISO 8601, with a time zone")
+    if timezone.is_naive(occurred):
+        raise EventError("time", "timezone_required", "time must have a time zone")
+    return occurred
+
+
+def _well_formed(item: object) -> list[EventError]:
+    """Every field of one event whose type or shape is wrong (empty when it is sound)."""
+    if not isinstance(item, dict):
+        return [EventError(None, "invalid_type", "each event is an object")]
+    checks = {
+        "id": lambda: _text(item, "id", MAX_ID),
+        "key": lambda: _text(item, "key", MAX_KEY, optional=True),
+        "model": lambda: _text(item, "model", MAX_MODEL),
+        "input_tokens": lambda: _tokens(item, "input_tokens"),
+        "output_tokens": lambda: _tokens(item, "output_tokens"),
+        "time": lambda: _time(item),
+    }
+    errors = []
+    for field in FIELDS:
+        try:
+            checks[field]()
+        except EventError as error:
+            errors.append(error)
+    return errors
+
+
 def _target(reporter: ApiKey, item: dict) -> tuple[Organization, ApiKey | None]:
     """Whose usage this is. A platform key (the model gateway) names the customer's key;
     any other key reports only for its own organization."""
     public_id = item.get("key")
     if public_id is None:  # the reporting key's own usage
         return reporter.organization, reporter
-    if not isinstance(public_id, str):
-        raise ValueError("key must be the public id of an API key")
     key = ApiKey.objects.select_related("organization").filter(public_id=public_id).first()
     if key is None or (
         key.organization_id != reporter.organization_id and not reporter.organization.is_platform
     ):
-        raise ValueError("unknown key")
+        raise EventError("key", "unknown_key", "unknown key")
     return key.organization, key
 
 
-def _parse(item: object, now: datetime, prices: set[str]) -> dict:
-    if not isinstance(item, dict):
-        raise ValueError("each event is an object")
-    event_id = item.get("id")
-    if not isinstance(event_id, str) or not 1 <= len(event_id) <= 120:
-        raise ValueError("id must be a string of 1 to 120 characters")
-    if item.get("model") not in prices:
-        raise ValueError(f"unknown model {item.get('model')!r}")
-    tokens = {}
-    for field in ("input_tokens", "output_tokens"):
-        value = item.get(field)
-        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_TOKENS:
-            raise ValueError(f"{field} must be a whole number from 0 to {MAX_TOKENS}")
-        tokens[field] = value
-    occurred = parse_datetime(item["time"]) if isinstance(item.get("time"), str) else None
-    if occurred is None or timezone.is_naive(occurred):
-        raise ValueError("time must be ISO 8601 with a time zone")
+def _parse(item: dict, now: datetime, prices: set[str]) -> dict:
+    """A well-formed event checked against the catalog and the clock."""
+    if item["model"] not in prices:
+        raise EventError("model", "unknown_model", f"unknown model {item['model']!r}")
+    occurred = _time(item)
     if occurred > now + timedelta(minutes=5) or occurred < now - settings.USAGE_MAX_AGE:
-        raise ValueError("time is outside the accepted window")
-    return {"event_id": event_id, "model": item["model"], "occurred_at": occurred, **tokens}
+        raise EventError("time", "time_out_of_window", "time is outside the accepted window")
+    return {
+        "event_id": item["id"],
+        "model": item["model"],
+        "occurred_at": occurred,
+        "input_tokens": item["input_tokens"],
+        "output_tokens": item["output_tokens"],
+    }
 
 
 def usage_ingest(*, reporter: ApiKey, events: object) -> dict:
-    """Store each new event once; duplicates (by id, per organization) are counted, bad events
-    are reported by position, and the good ones are kept whatever the others are."""
+    """Store each new event once; duplicates (by id, per organization) are counted.
+
+    A malformed event refuses the whole batch (MalformedEvents, nothing stored). Events that
+    are well formed but name a model, key or time we do not take are reported by position,
+    and the good ones are kept whatever the others are."""
     if not isinstance(events, list) or not 1 <= len(events) <= MAX_BATCH:
         raise ValueError(f"send a list of 1 to {MAX_BATCH} events")
+    malformed = [
+        (index, error) for index, item in enumerate(events) for error in _well_formed(item)
+    ]
+    if malformed:
+        raise MalformedEvents(malformed)
     now = timezone.now()
     prices = set(ModelPrice.objects.values_list("model", flat=True))
     rows, errors, seen = [], [], set()
@@ -73,8 +160,15 @@ def usage_ingest(*, reporter: ApiKey, events: object) -> dict:
         try:
             parsed = _parse(item, now, prices)
             organization, key = _target(reporter, item)
-        except ValueError as exc:
-            errors.append({"index": index, "message": str(exc)})
+        except EventError as error:
+            errors.append(
+                {
+                    "index": index,
+                    "param": f"events[{index}].{error.field}",
+                    "code": error.code,
+                    "message": error.message,
+                }
+            )
             continue
         identity = (organization.pk, parsed["event_id"])
         if identity in seen:

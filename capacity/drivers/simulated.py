@@ -2,7 +2,6 @@
 node state and every call's result kept in the database (so they outlive a killed worker)."""
 
 import random
-import secrets
 import time
 from datetime import datetime
 
@@ -10,10 +9,9 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from ..models import SimulatedCall, SimulatedNode
+from ..models import Node, SimulatedCall, SimulatedCluster, SimulatedNode
 from . import Access, NodeAccess, PermanentDriverError, TransientDriverError
-
-DOMAIN = "hyperblock.example"
+from .kubeconfig import DOMAIN, ca_certificate_create, kubeconfig_build
 
 
 class SimulatedDriver:
@@ -59,7 +57,7 @@ class SimulatedDriver:
                 f"Your block {block}: ssh ubuntu@<node>.ssh.{DOMAIN}, or use kubectl with "
                 "the kubeconfig."
             ),
-            "secret": _kubeconfig(block, account),
+            "secret": _kubeconfig(block, account, nodes),
         }
         with transaction.atomic():
             locked = SimulatedCall.objects.select_for_update().get(pk=call.pk)
@@ -98,15 +96,30 @@ class SimulatedDriver:
         return {node: faults.get(node) or "ok" for node in nodes}
 
 
-def _kubeconfig(block: str, account: str) -> str:
-    token = secrets.token_urlsafe(32)
-    return (
-        "apiVersion: v1\nkind: Config\n"
-        f"clusters:\n- name: {block}\n  cluster:\n    server: https://{block}.k8s.{DOMAIN}:6443\n"
-        f"users:\n- name: {account}\n  user:\n    token: {token}\n"
-        f"contexts:\n- name: {block}\n  context:\n    cluster: {block}\n    user: {account}\n"
-        f"current-context: {block}\n"
+def _kubeconfig(block: str, account: str, nodes: list[str]) -> str:
+    cluster = _cluster_name(nodes)
+    return kubeconfig_build(
+        block=block, cluster=cluster, account=account, ca_pem=_cluster_ca(cluster)
     )
+
+
+def _cluster_name(nodes: list[str]) -> str:
+    """The cluster the nodes belong to (a block's nodes are all in one)."""
+    codes = set(Node.objects.filter(hostname__in=nodes).values_list("cluster__code", flat=True))
+    if len(codes) != 1:
+        raise PermanentDriverError(f"Nodes {', '.join(nodes)} are not in one known cluster.")
+    return codes.pop()
+
+
+def _cluster_ca(cluster: str) -> str:
+    """The cluster's CA certificate, made the first time a block runs there and kept."""
+    known = SimulatedCluster.objects.filter(name=cluster).first()
+    if known is None:
+        pem = ca_certificate_create(cluster, timezone.now())
+        known, _ = SimulatedCluster.objects.get_or_create(
+            name=cluster, defaults={"ca_certificate": pem}
+        )
+    return known.ca_certificate
 
 
 def _access(result: dict) -> Access:

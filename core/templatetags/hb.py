@@ -1,12 +1,13 @@
-"""Shared template filters: money, state badges, durations."""
+"""Shared template filters: money, state badges, durations, dates and times."""
 
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
 
 from django import template
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
+from core.dates import format_date, format_datetime
 from core.money import format_money
 
 register = template.Library()
@@ -62,3 +63,15 @@ def hours_label(hours: int) -> str:
 def iso_utc(value: datetime | None) -> str:
     """The value as the datetime-local inputs want it, in UTC: 2026-12-01T09:00."""
     return value.strftime("%Y-%m-%dT%H:%M") if value else ""
+
+
+@register.filter
+def when(value: datetime | None) -> str:
+    """The one way a moment is shown: "Thu 3 Dec 2026, 10:00 UTC"."""
+    return format_datetime(value) if value else "—"
+
+
+@register.filter
+def day(value: date | None) -> str:
+    """The one way a date is shown: "Thu 3 Dec 2026" (a moment is taken in UTC)."""
+    return format_date(value) if value else "—"

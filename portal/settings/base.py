@@ -191,6 +191,7 @@ EMAIL_RATE_LIMITS = {
     "invitation_recipient": 3,  # per invited address, whichever organization invites
     "invitation_organization": 50,
     "signup_client": 10,  # sign-ups (each sends a verification link) per client address
+    "signup_existing_recipient": 3,  # sign-ups tried with a taken address (past it: no mail)
     "password_reset_recipient": 3,  # per address typed, whether or not it has an account
     "password_reset_client": 20,  # per client address
     "verification_recipient": 5,  # verification links re-sent to one address
@@ -212,6 +213,13 @@ LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
+# One format for dates and times people read, the admin's too: portal/formats/<language>/ and
+# core.dates (the `when` and `day` template filters). The same as the fallback here.
+FORMAT_MODULE_PATH = ["portal.formats"]
+DATE_FORMAT = "D j M Y"
+DATETIME_FORMAT = "D j M Y, H:i e"
+SHORT_DATE_FORMAT = DATE_FORMAT
+SHORT_DATETIME_FORMAT = DATETIME_FORMAT
 
 # --- Static files ---------------------------------------------------------------------------
 STATIC_URL = "/static/"
@@ -499,6 +507,9 @@ PROVISIONING_MAX_RETRIES: int | None = None  # an extra cap on retries; None: th
 PROVISIONING_SYNC_RETRIES = 6  # a running block's end or nodes (extension, swap)
 PROVISIONING_TEARDOWN_RETRIES = 10  # a canceled or failed block's (~40 min), then an incident
 REMINDERS_BEFORE_END = [timedelta(hours=24), timedelta(hours=1)]
+# No reminder comes earlier than this share of a block's length before its end (a 4-hour block
+# hears 1 h before, not 24 h before, that is at once).
+REMINDER_MAX_FRACTION = 0.25
 PROVISIONING_SIMULATED_LATENCY = env.float("PROVISIONING_SIMULATED_LATENCY", default=2.0)
 PROVISIONING_SIMULATED_FAILURE_RATE = env.float("PROVISIONING_SIMULATED_FAILURE_RATE", default=0.1)
 PROVISIONING_SIMULATED_SEED = env.str("PROVISIONING_SIMULATED_SEED", default="hyperblock")

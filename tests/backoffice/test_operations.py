@@ -24,6 +24,7 @@ from capacity.models import (
     SimulatedCall,
 )
 from capacity.windows import Window
+from core.dates import format_span
 from core.errors import Conflict, NotAllowed, ServiceError
 from core.models import AuditEvent
 from tests.billing.conftest import card, localstripe_url, stripe_api  # noqa: F401
@@ -113,8 +114,11 @@ def texts(response) -> list[str]:
     return [str(m) for m in get_messages(response.wsgi_request)]
 
 
+FIRST_DAY = "Tue 1 Dec 2026, 10:00 UTC – Wed 2 Dec 2026, 10:00 UTC"
+
+
 def window(reservation: Reservation) -> str:
-    return f"{reservation.starts_at:%d %b %H:%M}–{reservation.ends_at:%d %b %H:%M} UTC"
+    return format_span(reservation.starts_at, reservation.ends_at)
 
 
 # --- Draining a node ---------------------------------------------------------------------------
@@ -188,7 +192,7 @@ def test_a_drain_without_a_spare_is_refused_and_changes_nothing(
         operations.node_drain(node=node("east-a-n00"), actor=staff(OPERATIONS), reason="Fans")
     assert refused.value.message == (
         f"east-a-n00 was not drained: no free node of its cluster can take {full.public_id} "
-        f"({organization.name}, scheduled, 01 Dec 10:00–02 Dec 10:00 UTC). Nothing was changed."
+        f"({organization.name}, scheduled, {FIRST_DAY}). Nothing was changed."
     )
     assert snapshot() == before
 
@@ -213,7 +217,7 @@ def test_drain_anyway_leaves_the_reservation_on_the_node_and_opens_an_incident(
     )
     assert incident.detail == (
         f"east-a-n00 was drained into maintenance (PSU failing) while {full.public_id} "
-        "(scheduled, 01 Dec 10:00–02 Dec 10:00 UTC) holds it: no spare in east-a."
+        f"(scheduled, {FIRST_DAY}) holds it: no spare in east-a."
     )
     assert events("node.drained", "reservation.node_drained") == [
         (
@@ -569,7 +573,7 @@ def test_an_extension_into_a_booked_node_is_refused(catalog, organization, owner
         )
     assert conflict.value.message == (
         f"{block.public_id} cannot be extended by 2 h: another reservation holds some of its "
-        "nodes in 02 Dec 10:00–02 Dec 12:00 UTC."
+        "nodes in Wed 2 Dec 2026, 10:00 UTC – Wed 2 Dec 2026, 12:00 UTC."
     )
     assert snapshot() == before
 
@@ -720,13 +724,27 @@ def test_the_drain_page_shows_each_nodes_reservations_and_their_spares(
         "east-b-n00 (east-b)",
     ]
     assert [[(str(r[1]), str(r[2]), str(r[3]), str(r[4])) for r in s.rows] for s in sections] == [
-        [(organization.name, "Scheduled", "01 Dec 10:00 – 02 Dec 10:00 UTC", "east-a-n02")],
-        [(organization.name, "Scheduled", "01 Dec 10:00 – 02 Dec 10:00 UTC", "east-a-n03")],
         [
             (
                 organization.name,
                 "Scheduled",
-                "01 Dec 10:00 – 02 Dec 10:00 UTC",
+                "Tue 1 Dec 2026, 10:00 UTC – Wed 2 Dec 2026, 10:00 UTC",
+                "east-a-n02",
+            )
+        ],
+        [
+            (
+                organization.name,
+                "Scheduled",
+                "Tue 1 Dec 2026, 10:00 UTC – Wed 2 Dec 2026, 10:00 UTC",
+                "east-a-n03",
+            )
+        ],
+        [
+            (
+                organization.name,
+                "Scheduled",
+                "Tue 1 Dec 2026, 10:00 UTC – Wed 2 Dec 2026, 10:00 UTC",
                 '<strong class="no-spare">no spare</strong>',
             )
         ],
@@ -935,7 +953,7 @@ def test_extend_from_the_admin_validates_the_hours(
         },
     )
     assert texts(response) == [
-        f"Complimentary extension by 3 h: {block.public_id} to 02 Dec 13:00 UTC."
+        f"Complimentary extension by 3 h: {block.public_id} to Wed 2 Dec 2026, 13:00 UTC."
     ]
 
 
@@ -1042,7 +1060,7 @@ def test_resolving_incidents_from_the_admin(catalog, staff_client):
         INCIDENTS, {"action": "resolve", "index": "0", ACTION: [first.pk, done.pk]}
     )
     assert texts(response) == [
-        f"Incident {done.pk} was already resolved on 01 Dec 09:30 UTC.",
+        f"Incident {done.pk} was already resolved on Tue 1 Dec 2026, 09:30 UTC.",
         f"Resolved: {first.pk}.",
     ]
 

@@ -373,7 +373,7 @@ def test_a_quote_shows_its_price_before_it_is_made(catalog):
         "Launch pricing",
     )
     assert texts(made) == [
-        f"Quote {reservation.public_id} made for Acme: $710.40, valid until 08 Dec 2026 09:30 "
+        f"Quote {reservation.public_id} made for Acme: $710.40, valid until Tue 8 Dec 2026, 09:30 "
         "UTC. The customer sees it on their reservations page."
     ]
 
@@ -441,9 +441,9 @@ def test_an_overlapping_rate_is_a_form_error_and_nothing_is_saved(catalog):
     assert response.status_code == 200
     assert response.context["adminform"].form.errors == {
         "valid_from": [
-            "Acme already has a H100 rate in every region from 2027-01-01 00:00 to 2027-02-01 "
-            "00:00 UTC (1.7/GPU-h) that overlaps this window. End that rate first, or choose a "
-            "window that starts when it ends."
+            "Acme already has a H100 rate in every region from Fri 1 Jan 2027, 00:00 UTC to "
+            "Mon 1 Feb 2027, 00:00 UTC (1.7/GPU-h) that overlaps this window. End that rate "
+            "first, or choose a window that starts when it ends."
         ]
     }
     assert NegotiatedRate.objects.count() == 1

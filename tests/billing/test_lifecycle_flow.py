@@ -49,10 +49,11 @@ def test_paid_block_comes_up_on_time_warns_and_is_torn_down(
             clock.move_to(start - timedelta(minutes=9))
             capacity_tasks.start_due.delay()
             _until(reservation, S.ACTIVE)
-            clock.move_to(start + hours(2) + timedelta(minutes=1))  # an hour before the end
+            # A 3-hour block hears a quarter of its length (45 min) before the end.
+            clock.move_to(start + hours(2) + timedelta(minutes=15, seconds=30))
             capacity_tasks.remind.delay()
             deadline = time.monotonic() + 30
-            while "1h" not in Reservation.objects.get(pk=reservation.pk).reminders_sent:
+            while "45m" not in Reservation.objects.get(pk=reservation.pk).reminders_sent:
                 assert time.monotonic() < deadline, "no reminder"
                 time.sleep(0.1)
             clock.move_to(start + hours(3))
@@ -70,7 +71,7 @@ def test_paid_block_comes_up_on_time_warns_and_is_torn_down(
             f"Reservation {reservation.public_id} is confirmed",
             f"Receipt for reservation {reservation.public_id}",
             f"Your GPU block {reservation.public_id} is ready",
-            f"{reservation.public_id} ends in 1h",
+            f"{reservation.public_id} ends in 44 min",
             f"{reservation.public_id} has ended",
         ]
     )

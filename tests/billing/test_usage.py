@@ -59,17 +59,25 @@ def test_a_batch_keeps_the_good_events_and_reports_the_bad_ones(organization, ow
         event(1),
         event(2),
         event(1),
-        {"id": "bad", "model": "gpt-9"},
-        event(3, input_tokens=-1),
+        event(4, model="gpt-9"),
+        event(3, minute=-60 * 24 * 8),  # older than USAGE_MAX_AGE
+        event(5, minute=100),  # 10 minutes ahead: more than the 5 allowed
     ]
     answer = post(raw, batch)
     assert answer.status_code == 207
+    outside = {"code": "time_out_of_window", "message": "time is outside the accepted window"}
     assert answer.json() == {
         "accepted": 2,
         "duplicates": 1,
         "errors": [
-            {"index": 3, "message": "unknown model 'gpt-9'"},
-            {"index": 4, "message": "input_tokens must be a whole number from 0 to 1000000000"},
+            {
+                "index": 3,
+                "param": "events[3].model",
+                "code": "unknown_model",
+                "message": "unknown model 'gpt-9'",
+            },
+            {"index": 4, "param": "events[4].time", **outside},
+            {"index": 5, "param": "events[5].time", **outside},
         ],
     }
     again = post(raw, [event(1), event(2)])
@@ -93,7 +101,9 @@ def test_only_the_platform_reports_for_other_organizations(
     theirs, _ = key(other_organization, other_organization.memberships.get().user, ["inference"])
     _r, customer_reporter = key(organization, owner, ["usage:write"])
     refused = post(customer_reporter, [event(1, key=theirs.public_id)])
-    assert refused.json()["errors"] == [{"index": 0, "message": "unknown key"}]
+    assert refused.json()["errors"] == [
+        {"index": 0, "param": "events[0].key", "code": "unknown_key", "message": "unknown key"}
+    ]
     Organization.objects.filter(pk=organization.pk).update(is_platform=True)
     cache.clear()  # the reporter's key is cached for up to 5 seconds
     accepted = post(customer_reporter, [event(1, key=theirs.public_id)])

@@ -27,7 +27,8 @@ def test_pay_page_offers_the_card_form_with_the_hold_countdown(catalog, organiza
     assert page.status_code == 200
     html = page.content.decode()
     assert 'data-mode="payment"' in html
-    assert 'data-client-secret="seti_' in html
+    # The card becomes a PaymentMethod in the browser; no SetupIntent is made to pay.
+    assert 'data-mode="payment" data-client-secret=""' in html
     assert f'data-countdown="{reservation.hold_expires_at.isoformat()}"' in html
     assert "/js.stripe.com/v3/" in html
     assert "Pay $768.00" in html
@@ -51,9 +52,10 @@ def test_pay_card_endpoint_charges_and_answers_json(catalog, organization, owner
     assert cards.default_card_for_account(account).last4 == "4242"
 
 
-def test_a_decline_answers_with_the_reason_and_a_fresh_form(
-    catalog, organization, owner, stripe_api
+def test_a_decline_answers_with_the_reason_and_a_fresh_attempt(
+    catalog, organization, owner, stripe_api, caplog
 ):
+    caplog.set_level("INFO", logger="billing.views")
     reservation = held_reservation(organization, owner, catalog)
     answer = client_for(owner).post(
         url("pay-card", organization, reservation.public_id),
@@ -62,8 +64,12 @@ def test_a_decline_answers_with_the_reason_and_a_fresh_form(
     body = answer.json()
     assert answer.status_code == 402
     assert (body["error"], body["code"]) == ("Your card was declined.", "card_declined")
-    assert body["client_secret"].startswith("seti_")
+    assert "client_secret" not in body
     assert body["attempt"] != "t1"
+    assert (
+        f"card payment refused for {reservation.public_id}: Your card was declined. "
+        "(code card_declined)" in caplog.text
+    )
 
 
 def test_three_d_secure_hands_the_secret_to_stripe_js(catalog, organization, owner, stripe_api):

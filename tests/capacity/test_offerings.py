@@ -1,10 +1,10 @@
 from decimal import Decimal
 
-from capacity import availability, lifecycle, offerings
+from capacity import lifecycle, offerings
 from capacity.models import Node, Reservation
 from capacity.windows import Window
 
-from .conftest import NEXT_HOUR, NOW, hours
+from .conftest import NEXT_HOUR, hours
 from .test_reservations import reserve
 
 
@@ -68,25 +68,3 @@ def test_released_allocations_are_free_again(catalog, organization, owner):
     assert search(catalog, organization, 8)[0].kind != "exact"
     lifecycle.reservation_transition(reservation=held, to=Reservation.State.CANCELED, actor=owner)
     assert search(catalog, organization, 8)[0].kind == "exact"
-
-
-def test_calendar_by_day_shows_the_fewest_free_nodes_of_each_day(catalog, organization, owner):
-    # 3 nodes from 10:00 today for 24 h, 8 nodes on day 3 for 2 h.
-    reserve(organization, owner, catalog, nodes=3, start=NEXT_HOUR, length=24)
-    reserve(organization, owner, catalog, nodes=8, start=NEXT_HOUR + hours(48), length=2)
-    calendar = availability.by_day(catalog.h100, catalog.east)
-    days = [cell.free for row in calendar.rows for cell in row]
-    assert calendar.total_nodes == 12
-    assert len(days) == 56
-    assert days[:4] == [9, 9, 4, 12]
-    assert set(days[4:]) == {12}
-    assert calendar.rows[0][0].start == NOW.replace(hour=0, minute=0)
-
-
-def test_calendar_by_hour_zooms_into_a_week(catalog, organization, owner):
-    reserve(organization, owner, catalog, nodes=3, start=NEXT_HOUR, length=2)
-    calendar = availability.by_hour(catalog.h100, catalog.east, NOW.date())
-    first_day = [cell.free for cell in calendar.rows[0]]
-    assert first_day[9:13] == [12, 9, 9, 12]
-    assert len(calendar.rows) == 7
-    assert {len(row) for row in calendar.rows} == {24}

@@ -56,7 +56,8 @@ def test_a_block_is_provisioned_shortly_before_its_start_and_only_once(
         reservation.access_details["nodes"][0]["ssh_host"] == f"{nodes[0]}.ssh.hyperblock.example"
     )
     kubeconfig = crypto.decrypt(reservation.access_secret)
-    assert f"server: https://{reservation.public_id}.k8s.hyperblock.example:6443" in kubeconfig
+    host = f"{reservation.public_id.replace('_', '-')}.east-a.k8s.hyperblock.example"
+    assert f"server: https://{host}:6443" in kubeconfig
     assert "token:" not in reservation.access_secret  # stored encrypted
     assert SimulatedCall.objects.get(key=f"provision:{reservation.public_id}").completions == 1
     transitions = [
@@ -328,27 +329,6 @@ def test_the_end_releases_the_nodes_and_completes(
     assert Allocation.objects.filter(reservation=reservation, released_at__isnull=True).count() == 0
     assert set(SimulatedNode.objects.values_list("block", flat=True)) == {""}
     assert SimulatedCall.objects.get(key=f"deprovision:{reservation.public_id}").completions == 1
-
-
-def test_reminders_go_out_once_each(
-    catalog, organization, owner, frozen_clock, django_capture_on_commit_callbacks
-):
-    reservation = scheduled(organization, owner, catalog, length=30)
-    with django_capture_on_commit_callbacks(execute=True):
-        provisioning.reservation_start(reservation)
-    mail.outbox.clear()
-    frozen_clock.move_to(NEXT_HOUR + hours(6) + timedelta(minutes=1))  # 23:59 before the end
-    with django_capture_on_commit_callbacks(execute=True):
-        assert provisioning.reminders_send() == 1
-        assert provisioning.reminders_send() == 0
-    frozen_clock.move_to(NEXT_HOUR + hours(29) + timedelta(minutes=1))
-    with django_capture_on_commit_callbacks(execute=True):
-        assert provisioning.reminders_send() == 1
-        assert provisioning.reminders_send() == 0
-    assert [m.subject for m in mail.outbox] == [
-        f"{reservation.public_id} ends in 24h",
-        f"{reservation.public_id} ends in 1h",
-    ]
 
 
 def test_an_unhealthy_node_goes_to_maintenance_and_is_swapped(

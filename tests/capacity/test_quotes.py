@@ -258,7 +258,8 @@ def test_an_expired_or_ordinary_reservation_cannot_be_accepted(
     with pytest.raises(Conflict) as refused:
         quotes.quote_accept(reservation=reservation, actor=owner)
     assert refused.value.message == (
-        "This quote was valid until 02 Dec 2026, 09:30 UTC. Ask your account manager for a new one."
+        "This quote was valid until Wed 2 Dec 2026, 09:30 UTC. Ask your account manager for a "
+        "new one."
     )
     reservation.refresh_from_db()
     assert reservation.state == S.HELD
@@ -280,7 +281,7 @@ def test_the_customer_sees_the_quote_in_the_list_and_the_detail(catalog, organiz
     listing = client.get(f"/o/{organization.slug}/reservations/").content.decode()
     assert (
         '<div class="cell-sub" data-testid="quote-from">Quote from Dana Reyes · valid until '
-        "8 Dec 09:30</div>"
+        "Tue 8 Dec 2026, 09:30 UTC</div>"
     ) in listing
     page = client.get(f"/o/{organization.slug}/reservations/{reservation.public_id}/")
     html = page.content.decode()
@@ -367,10 +368,10 @@ def test_the_owners_and_billing_address_hear_of_a_new_quote(
     )
     mail = mailoutbox[0]
     assert mail.subject == "A quote for 2 × H100 from Hyperblock"
-    assert "2 × H100 in US East, from 10 Dec 2026 00:00 UTC for 24 hours" in mail.body
+    assert "2 × H100 in US East, from Thu 10 Dec 2026, 00:00 UTC for 24 hours" in mail.body
     assert "$710.40 ($1.85 per GPU-hour)" in mail.body
     assert "As agreed on the call." in mail.body
-    assert "held for you until 8 Dec 2026 09:30 UTC. Pay for it to confirm it." in mail.body
+    assert "held for you until Tue 8 Dec 2026, 09:30 UTC. Pay for it to confirm it." in mail.body
     assert f"/o/{organization.slug}/reservations/{reservation.public_id}/" in mail.body
 
 

@@ -81,9 +81,9 @@ def test_an_overlapping_rate_is_refused_and_nothing_is_saved(catalog, organizati
     with pytest.raises(Conflict) as refused:
         add(organization, catalog, start=start, end=end, price="1.50")
     assert refused.value.message == (
-        f"{organization.name} already has a H100 rate in every region from 2027-01-01 00:00 "
-        "to 2027-02-01 00:00 UTC (1.8/GPU-h) that overlaps this window. End that rate first, "
-        "or choose a window that starts when it ends."
+        f"{organization.name} already has a H100 rate in every region from Fri 1 Jan 2027, "
+        "00:00 UTC to Mon 1 Feb 2027, 00:00 UTC (1.8/GPU-h) that overlaps this window. End that "
+        "rate first, or choose a window that starts when it ends."
     )
     assert (refused.value.code, refused.value.param) == ("rate_overlap", "valid_from")
     assert rows() == before
@@ -98,7 +98,7 @@ def test_rates_may_follow_each_other_and_regions_may_refine_every_region(
     add(organization, catalog, region=catalog.east, start=JAN, end=MAR, price="1.60")
     add(organization, catalog, region=catalog.west, start=JAN, end=MAR, price="1.20")
     add(other_organization, catalog, start=JAN, end=MAR)  # another customer's rate
-    with pytest.raises(Conflict, match="rate in us-east from 2027-01-01"):
+    with pytest.raises(Conflict, match="rate in us-east from Fri 1 Jan 2027"):
         add(organization, catalog, region=catalog.east, start=FEB, end=MAR)
     # The region's own rate beats the every-region one.
     found = pricing.negotiated_rates(organization, catalog.h100)
@@ -158,7 +158,9 @@ def test_changing_a_rate_checks_overlaps_with_the_others_only(catalog, organizat
     )
     assert event.reason == "Renewal"
     before = rows()
-    with pytest.raises(Conflict, match="from 2027-02-01 00:00 to 2027-03-01 00:00 UTC"):
+    with pytest.raises(
+        Conflict, match="from Mon 1 Feb 2027, 00:00 UTC to Mon 1 Mar 2027, 00:00 UTC"
+    ):
         rates.negotiated_rate_update(
             rate=first, actor=sales, gpu_model=catalog.h100, region=None,
             price_per_gpu_hour="1.70", valid_from=JAN, valid_until=MAR,

@@ -67,7 +67,8 @@ def test_bars_sit_on_their_node_at_their_time_coloured_by_state():
     assert (bar.x, bar.y, bar.width, bar.height) == (280.0, 92.0, 250.0, 16)
     assert (bar.fill, bar.ink, bar.state) == ("#bfdbfe", "#1e3a8a", "scheduled")
     assert (bar.continues_before, bar.continues_after) == (False, False)
-    assert bar.title == "rsv_aaaaaaaaaaaaaa · Acme · scheduled · 02 Dec 00:00 – 04 Dec 12:00 UTC"
+    span = "Wed 2 Dec 2026, 00:00 UTC – Fri 4 Dec 2026, 12:00 UTC"
+    assert bar.title == f"rsv_aaaaaaaaaaaaaa · Acme · scheduled · {span}"
 
 
 def test_bars_are_clipped_to_the_chart_and_say_so():

@@ -85,12 +85,8 @@ def test_the_api_search_and_create_refuse_it(catalog, organization, owner):
     headers = {"HTTP_AUTHORIZATION": f"Bearer {key}"}
     body = {**BLOCK, "starts_at": OFF_HOUR}
     before = _state()
-    refused = {
-        "type": "invalid_request",
-        "code": "start_not_on_hour",
-        "message": OFF_HOUR_MESSAGE,
-        "param": "starts_at",
-    }
+    field = {"param": "starts_at", "code": "start_not_on_hour", "message": OFF_HOUR_MESSAGE}
+    refused = {"type": "invalid_request", **field, "errors": [field]}
     search = client.get("/api/v1/offerings/", body, **headers)
     assert (search.status_code, search.json()["error"]) == (400, refused)
     create = client.post("/api/v1/reservations/", body, content_type="application/json", **headers)

@@ -44,8 +44,11 @@ def test_search_page_lists_offerings_and_htmx_returns_only_them(catalog, organiz
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"gpu_model": "h900"}, "Unknown GPU model; choose one of the list."),
-        ({"region": "mars-1"}, "Unknown region; choose one of the list."),
+        ({"gpu_model": "h900"}, "Unknown GPU model &#x27;h900&#x27;; choose one of: h100."),
+        (
+            {"region": "mars-1"},
+            "Unknown region &#x27;mars-1&#x27;; choose one of: us-east, us-west.",
+        ),
         ({"starts_at": "2026-12-01T10:30"}, "Blocks start on the hour"),
         ({"starts_at": "2026-11-30T10:00"}, "The start is in the past."),
         ({"starts_at": "yesterday"}, "Give the start as a date and time"),

@@ -133,7 +133,8 @@ def test_calendar_shades_show_the_first_booking():
     from capacity.availability import SHADES, Cell
 
     start = datetime(2026, 12, 1, tzinfo=UTC)
-    shades = [Cell(start=start, free=free, total=12).shade for free in (0, 1, 3, 4, 7, 8, 11, 12)]
+    cells = [Cell(start=start, free=free, capacity=12) for free in (0, 1, 3, 4, 7, 8, 11, 12)]
     none, few, some, many, every = SHADES
-    assert shades == [none, few, few, some, some, many, many, every]
-    assert Cell(start=start, free=0, total=0).shade == none
+    assert [cell.shade for cell in cells] == [none, few, few, some, some, many, many, every]
+    assert [cell.shade_name for cell in cells[:2]] == ["none", "few"]
+    assert Cell(start=start, free=0, capacity=0).shade == none

@@ -440,6 +440,7 @@ def _ids(rows: Callable[[Tenant], list[str]]) -> Callable[[World], list[str]]:
 
 
 MINE_ONLY = "lists our organization's rows only, whatever `org` names"
+CATALOG = "the catalog with list prices: the same for every organization, whatever `org` names"
 GET = {"GET": OK, "HEAD": OK, "OPTIONS": OK}
 DJANGO_FORM = ("GET", "HEAD", "POST", "PUT", "OPTIONS")
 
@@ -606,6 +607,18 @@ ROUTES: dict[str, Entry] = {
         ids=_card,
     ),
     # --- API ----------------------------------------------------------------------------------
+    "api-gpu-models": Api(
+        "api/v1/gpu-models/",
+        {"GET": Answer(200, json=lambda w: GPU_MODELS), "HEAD": OK, "OPTIONS": OK},
+        session={"GET": Answer(200, json=lambda w: GPU_MODELS), "HEAD": OK},
+        why=CATALOG,
+    ),
+    "api-regions": Api(
+        "api/v1/regions/",
+        {"GET": Answer(200, json=lambda w: REGIONS), "HEAD": OK, "OPTIONS": OK},
+        session={"GET": Answer(200, json=lambda w: REGIONS), "HEAD": OK},
+        why=CATALOG,
+    ),
     "api-offerings": Api(
         "api/v1/offerings/",
         {
@@ -662,7 +675,14 @@ ROUTES: dict[str, Entry] = {
                 json=lambda w: {
                     "accepted": 0,
                     "duplicates": 0,
-                    "errors": [{"index": 0, "message": "unknown key"}],
+                    "errors": [
+                        {
+                            "index": 0,
+                            "param": "events[0].key",
+                            "code": "unknown_key",
+                            "message": "unknown key",
+                        }
+                    ],
                 },
             ),
             "OPTIONS": OK,
@@ -740,8 +760,9 @@ ROUTES: dict[str, Entry] = {
     # --- No tenant: signing up and in, the caller's own account, health, webhooks ---------------
     "home": Untenanted(
         "",
-        "sends a signed-in person to one of their own organizations; the last one visited "
-        "(their slug here) counts only if they are a member of it",
+        "the public front page (the catalog's list prices, for anyone signed out); a "
+        "signed-in person is sent to one of their own organizations, and the last one "
+        "visited (their slug here) counts only if they are a member of it",
         {"GET": Answer(302, "/o/{mine}/")},
     ),
     "healthz": Untenanted(
@@ -767,6 +788,12 @@ ROUTES: dict[str, Entry] = {
         "creates a new organization; a signed-in person is sent home",
         {"GET": HOME, "POST": HOME},
         params=lambda w: {"organization_slug": w.theirs.org.slug, "email": "x@example.com"},
+    ),
+    "signup-sent": Untenanted(
+        "signup/sent/",
+        "says to look in the inbox of the address a sign-up typed, whether or not it had an "
+        "account; it shows only what this browser typed",
+        {"GET": OK},
     ),
     "signup-slug": Untenanted(
         "signup/slug/",
@@ -888,6 +915,17 @@ USAGE = {
         }
     ]
 }
+GPU_MODELS = [
+    {
+        "slug": "h100",
+        "name": "H100",
+        "description": "",
+        "gpus_per_node": 8,
+        "gpu_memory_gb": 80,
+        "regions": [{"region": "us-east", "price_per_gpu_hour": "2.00", "currency": "usd"}],
+    }
+]
+REGIONS = [{"code": "us-east", "name": "US East", "location": "", "gpu_models": ["h100"]}]
 ALIVE = {"status": "ok"}
 READY = {"status": "ok", "checks": {"database": "ok", "broker": "ok"}}
 
