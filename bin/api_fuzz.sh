@@ -36,7 +36,9 @@ export FUZZ_GATEWAY_KEY
 # The newest key, which the link from the key list to revoking leads to.
 .venv/bin/python manage.py create_api_key --org demo --name fuzz-spare --user demo@example.com \
   >/dev/null 2>&1
-.venv/bin/python -m gunicorn portal.wsgi --workers 2 --bind "127.0.0.1:$port" >"$work/web.log" 2>&1 &
+# No request-line limit: every generated request reaches the application (in production the
+# proxy in front sets its own limits).
+.venv/bin/python -m gunicorn portal.wsgi --workers 2 --limit-request-line 0 --bind "127.0.0.1:$port" >"$work/web.log" 2>&1 &
 web_pid=$!
 trap 'kill $web_pid $stripe_pid 2>/dev/null || true; rm -rf "$work"' EXIT
 for _ in $(seq 1 60); do curl -fs "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.5; done
