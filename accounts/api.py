@@ -1,11 +1,12 @@
 from django.db.models import QuerySet
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import extend_schema_view
 from rest_framework import serializers
 from rest_framework.generics import ListAPIView
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from core.api import ApiView as APIView
+from core.openapi import IDEMPOTENCY_KEY, POST_400, POST_409, link, operation
 
 from .api_auth import actor_of, organization_of
 from .api_keys import api_key_revoke
@@ -34,9 +35,25 @@ class KeySerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
+@extend_schema_view(
+    get=operation(
+        summary="List API keys",
+        description="The organization's API keys, newest first, without their secrets; a key "
+        "made by a member lists only that member's keys.",
+        responses={200: KeySerializer(many=True)},
+        errors={400: "A bad `limit` or `cursor`."},
+        links={
+            200: {
+                "RevokeKey": link(
+                    "keys_revoke_create",
+                    "Revoke the newest key",
+                    {"path.public_id": "$response.body#/results/0/id"},
+                )
+            }
+        },
+    )
+)
 class Keys(APIView, ListAPIView):
-    """The organization's API keys (never the secrets)."""
-
     serializer_class = KeySerializer
     required_scopes = {"GET": ApiKey.Scope.KEYS_READ}
 
@@ -51,7 +68,20 @@ class Keys(APIView, ListAPIView):
 class RevokeKey(APIView):
     required_scopes = {"POST": ApiKey.Scope.KEYS_WRITE}
 
-    @extend_schema(request=None, responses=KeySerializer)
+    @operation(
+        summary="Revoke an API key",
+        description="Stops the key working at once; it stays in the list with `revoked_at`. "
+        "Owners and admins revoke any key, others only the keys they made.",
+        request=None,
+        parameters=[IDEMPOTENCY_KEY],
+        responses={200: KeySerializer},
+        errors={
+            400: f"The key is already revoked. {POST_400}",
+            403: "The caller's role may not revoke this key.",
+            404: "No key with this id in the caller's organization.",
+            409: POST_409,
+        },
+    )
     def post(self, request: Request, public_id: str) -> Response:
         api_key = api_key_for_org(organization_of(request), public_id)
         revoked = api_key_revoke(api_key=api_key, actor=actor_of(request))

@@ -1,11 +1,10 @@
 import secrets
 from collections.abc import Callable
-from datetime import UTC, timedelta
+from datetime import UTC
 from typing import Any
 
 from django.db.models import Model, QuerySet
-from django.utils import timezone
-from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from drf_spectacular.utils import OpenApiParameter, extend_schema_view, inline_serializer
 from rest_framework import serializers
 from rest_framework.generics import ListAPIView
 from rest_framework.request import Request
@@ -22,33 +21,67 @@ from capacity.api import _reservation
 from capacity.models import Extension
 from core.api import ApiView as APIView
 from core.errors import NotAllowed
+from core.openapi import IDEMPOTENCY_KEY, POST_400, POST_409, link, operation
 
 from . import selectors
 from .models import Invoice, Payment, Refund
-from .services import extensions, payments, usage
+from .services import extensions, payments
+
+
+def _token(help_text: str, **more: Any) -> serializers.CharField:
+    """A client token as sent: 1 to 64 characters, spaces kept."""
+    return serializers.CharField(
+        min_length=1, max_length=64, trim_whitespace=False, help_text=help_text, **more
+    )
 
 
 class _Pay(serializers.Serializer):
-    client_token = serializers.CharField(max_length=64, help_text="One per payment attempt")
+    client_token = _token("One per payment attempt")
     use_saved_card = serializers.BooleanField(default=False)
 
 
-class PayReservation(APIView):
-    """Pay a held reservation: a PaymentIntent to confirm client-side, or the saved card."""
+NO_RESERVATION = "No reservation with this id in the caller's organization."
+TO_RESERVATION = {
+    "GetReservation": link(
+        "reservations_retrieve",
+        "Read the reservation",
+        {"path.public_id": "$request.path.public_id"},
+    )
+}
 
+
+class PayReservation(APIView):
     required_scopes = {"POST": ApiKey.Scope.RESERVATIONS_WRITE}
 
-    @extend_schema(
+    @operation(
+        summary="Pay for a held reservation",
+        description="Opens a Stripe PaymentIntent for the held block's price and answers its "
+        "`client_secret` to confirm with Stripe.js, or with `use_saved_card` charges the "
+        "organization's saved card at once (`client_secret` is set only when the bank asks "
+        "for authentication). The block becomes `scheduled` once the payment succeeds. One "
+        "`client_token` per attempt: the same token answers the same payment.",
+        parameters=[IDEMPOTENCY_KEY],
+        errors={
+            400: f"`client_token` missing or too long, or no saved card to charge. {POST_400}",
+            402: "",
+            404: NO_RESERVATION,
+            409: f"The reservation is not held any more (paid, expired, canceled) or cannot be "
+            f"paid now. {POST_409}",
+            503: "",
+        },
+        links={200: TO_RESERVATION},
         request=_Pay,
-        responses=inline_serializer(
-            "PayResponse",
-            {
-                "payment": serializers.CharField(),
-                "status": serializers.CharField(),
-                "payment_intent": serializers.CharField(),
-                "client_secret": serializers.CharField(allow_null=True),
-            },
-        ),
+        responses={
+            200: inline_serializer(
+                "PayResponse",
+                {
+                    "payment": serializers.CharField(),
+                    "status": serializers.CharField(),
+                    "payment_intent": serializers.CharField(),
+                    "client_secret": serializers.CharField(allow_null=True),
+                },
+            )
+        },
     )
     def post(self, request: Request, public_id: str) -> Response:
         body = _Pay(data=request.data)
@@ -84,9 +117,7 @@ class _ExtendQuery(serializers.Serializer):
 
 class _Extend(serializers.Serializer):
     hours = serializers.IntegerField(min_value=1)
-    client_token = serializers.CharField(
-        required=False, max_length=64, help_text="Retry safely: the same token, one extension"
-    )
+    client_token = _token("Retry safely: the same token, one extension", required=False)
     use_saved_card = serializers.BooleanField(
         default=True,
         help_text="Charge the saved default card off-session when there is one (else a "
@@ -167,9 +198,24 @@ class ReservationExtend(APIView):
         "POST": ApiKey.Scope.RESERVATIONS_WRITE,
     }
 
-    @extend_schema(
-        parameters=[OpenApiParameter("hours", int, required=True)],
-        responses=EXTENSION_QUOTE,
+    @operation(
+        summary="Price an extension",
+        description="What `hours` more at the end of the block would cost and whether its "
+        "nodes are free for them. Changes nothing.",
+        parameters=[
+            OpenApiParameter(
+                "hours",
+                {"type": "integer", "minimum": 1},
+                required=True,
+                description="Extra hours to price",
+            )
+        ],
+        responses={200: EXTENSION_QUOTE},
+        errors={
+            400: "`hours` missing, not a whole number, below 1 or past the longest block.",
+            404: NO_RESERVATION,
+            409: "The block cannot be extended any more (it ended, was canceled, or is ending).",
+        },
     )
     def get(self, request: Request, public_id: str) -> Response:
         reservation = _reservation(request, public_id)  # another's is 404, whatever it asks
@@ -190,7 +236,26 @@ class ReservationExtend(APIView):
             }
         )
 
-    @extend_schema(request=_Extend, responses={202: EXTENSION})
+    @operation(
+        summary="Extend a reservation",
+        description="Holds `hours` more on the block's own nodes and charges for them: at once "
+        "with the saved card when no authentication is needed, else the answer carries a "
+        "`client_secret` to confirm with Stripe.js. The end moves only once the payment "
+        "succeeds; on invoice terms once the extension's invoice is issued.",
+        request=_Extend,
+        parameters=[IDEMPOTENCY_KEY],
+        responses={202: EXTENSION},
+        errors={
+            400: f"`hours` missing or invalid, or `client_token` too long. {POST_400}",
+            402: "",
+            404: NO_RESERVATION,
+            409: f"The nodes are booked right after the block, an extension is already "
+            f"waiting for payment, the block cannot be extended any more, or the organization "
+            f"may not buy more now. {POST_409}",
+            503: "",
+        },
+        links={202: TO_RESERVATION},
+    )
     def post(self, request: Request, public_id: str) -> Response:
         reservation = _reservation(request, public_id)
         body = _Extend(data=request.data)
@@ -205,95 +270,6 @@ class ReservationExtend(APIView):
             fallback=extensions.PAYMENT_INTENT,
         )
         return Response(extension_document(started), status=202)
-
-
-def _by_position(errors: list[tuple[int, usage.EventError]]) -> dict[Any, Any]:
-    """`{3: {"model": [...]}}`, which the error handler names `events[3].model` (DRF's list
-    fields key their items' errors by position too)."""
-    found: dict[Any, Any] = {}
-    for index, error in errors:
-        detail = serializers.ErrorDetail(error.message, code=error.code)
-        if error.field is None:  # not an object: its only error
-            found[index] = [detail]
-        else:
-            found.setdefault(index, {}).setdefault(error.field, []).append(detail)
-    return found
-
-
-class Usage(APIView):
-    """POST: the model gateway reports token usage (up to 1,000 events). GET: a summary."""
-
-    required_scopes = {"POST": ApiKey.Scope.USAGE_WRITE, "GET": ApiKey.Scope.BILLING_READ}
-
-    @extend_schema(
-        request=inline_serializer(
-            "UsageBatch",
-            {
-                "events": serializers.ListField(
-                    child=inline_serializer(
-                        "UsageEventIn",
-                        {
-                            "id": serializers.CharField(),
-                            "key": serializers.CharField(required=False, help_text="Public id"),
-                            "model": serializers.CharField(),
-                            "input_tokens": serializers.IntegerField(),
-                            "output_tokens": serializers.IntegerField(),
-                            "time": serializers.DateTimeField(),
-                        },
-                    )
-                )
-            },
-        ),
-        responses=inline_serializer(
-            "UsageAccepted",
-            {
-                "accepted": serializers.IntegerField(),
-                "duplicates": serializers.IntegerField(),
-                "errors": serializers.ListField(child=serializers.DictField()),
-            },
-        ),
-    )
-    def post(self, request: Request) -> Response:
-        if not isinstance(request.auth, ApiKey):
-            raise serializers.ValidationError({"events": ["Usage is reported with an API key."]})
-        events = request.data.get("events") if isinstance(request.data, dict) else None
-        try:
-            result = usage.usage_ingest(reporter=request.auth, events=events)
-        except usage.MalformedEvents as exc:
-            raise serializers.ValidationError({"events": _by_position(exc.errors)}) from exc
-        except ValueError as exc:
-            raise serializers.ValidationError({"events": [str(exc)]}) from exc
-        return Response(result, status=207 if result["errors"] else 200)
-
-    @extend_schema(
-        parameters=[OpenApiParameter("days", int, description="How far back, 1 to 90 (30)")],
-        responses=inline_serializer(
-            "UsageSummary",
-            {"days": serializers.ListField(child=serializers.DictField())},
-        ),
-    )
-    def get(self, request: Request) -> Response:
-        days = request.query_params.get("days", "30")
-        if not days.isdigit() or not 1 <= int(days) <= 90:
-            raise serializers.ValidationError(
-                {"days": ["Give a whole number of days from 1 to 90."]}
-            )
-        since = timezone.now() - timedelta(days=int(days))
-        rows = selectors.usage_by_day_for_org(organization_of(request), since)
-        return Response(
-            {
-                "days": [
-                    {
-                        "date": r["hour__date"].isoformat(),
-                        "model": r["model"],
-                        "input_tokens": r["input_tokens"],
-                        "output_tokens": r["output_tokens"],
-                        "cost": f"{r['cost']:.2f}",
-                    }
-                    for r in rows
-                ]
-            }
-        )
 
 
 class PaymentSerializer(serializers.ModelSerializer):
@@ -382,16 +358,46 @@ def role_check(request: Request, organization: Organization) -> None:
         raise NotAllowed("Your role cannot see billing.")
 
 
+LIST_400 = "A bad `limit` or `cursor`."
+NO_BILLING_ROLE = "A portal session's role may not see billing."
+
+
+@extend_schema_view(
+    get=operation(
+        summary="List payments",
+        description="Card payments for the organization's reservations and extensions, "
+        "newest first, with what was refunded of each.",
+        responses={200: PaymentSerializer(many=True)},
+        errors={400: LIST_400, 403: NO_BILLING_ROLE},
+    )
+)
 class Payments(_BillingList):
     serializer_class = PaymentSerializer
     selector = staticmethod(selectors.payments_for_org)
 
 
+@extend_schema_view(
+    get=operation(
+        summary="List refunds",
+        description="Refunds paid back to cards (cancellations, SLA credits), newest first.",
+        responses={200: RefundSerializer(many=True)},
+        errors={400: LIST_400, 403: NO_BILLING_ROLE},
+    )
+)
 class Refunds(_BillingList):
     serializer_class = RefundSerializer
     selector = staticmethod(selectors.refunds_for_org)
 
 
+@extend_schema_view(
+    get=operation(
+        summary="List invoices",
+        description="Invoices of an organization on invoice terms (a block's and each "
+        "extension's), newest first, with a link to pay each online.",
+        responses={200: InvoiceSerializer(many=True)},
+        errors={400: LIST_400, 403: NO_BILLING_ROLE},
+    )
+)
 class Invoices(_BillingList):
     serializer_class = InvoiceSerializer
     selector = staticmethod(selectors.invoices_for_org)
@@ -410,22 +416,39 @@ def _inference(key: ApiKey, organization: Organization) -> tuple[bool, str | Non
 
 
 class VerifyKey(APIView):
-    """For the model gateway: is this customer key good, and what may it do?"""
-
     required_scopes = {"POST": ApiKey.Scope.USAGE_WRITE}
 
-    @extend_schema(
-        request=inline_serializer("VerifyKeyRequest", {"key": serializers.CharField()}),
-        responses=inline_serializer(
-            "VerifyKeyResponse",
+    @operation(
+        summary="Verify a customer's key",
+        description="For the model gateway: is this customer key good, whose is it, and may "
+        "it call hosted models (`inference_allowed`, with the `reason` when not). A refused "
+        "key is an answer (`valid: false`), not an error. Only the platform's own key may ask.",
+        request=inline_serializer(
+            "VerifyKeyRequest",
             {
-                "valid": serializers.BooleanField(),
-                "organization": serializers.CharField(allow_null=True),
-                "scopes": serializers.ListField(child=serializers.CharField()),
-                "inference_allowed": serializers.BooleanField(),
-                "reason": serializers.CharField(allow_null=True),
+                "key": serializers.CharField(
+                    min_length=1, trim_whitespace=False, help_text="The key to check"
+                )
             },
         ),
+        parameters=[IDEMPOTENCY_KEY],
+        responses={
+            200: inline_serializer(
+                "VerifyKeyResponse",
+                {
+                    "valid": serializers.BooleanField(),
+                    "organization": serializers.CharField(allow_null=True),
+                    "scopes": serializers.ListField(child=serializers.CharField()),
+                    "inference_allowed": serializers.BooleanField(),
+                    "reason": serializers.CharField(allow_null=True),
+                },
+            )
+        },
+        errors={
+            400: f"`key` missing or not a string. {POST_400}",
+            403: "The calling key is not the platform's.",
+            409: POST_409,
+        },
     )
     def post(self, request: Request) -> Response:
         raw = request.data.get("key") if isinstance(request.data, dict) else None

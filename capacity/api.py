@@ -13,7 +13,8 @@ from django.db.models import QuerySet
 from django.http import QueryDict
 from django.urls import reverse
 from django.utils import timezone
-from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiExample, OpenApiParameter, inline_serializer
 from rest_framework import serializers
 from rest_framework.generics import ListAPIView
 from rest_framework.request import Request
@@ -24,6 +25,7 @@ from accounts.models import ApiKey
 from core.api import ApiView as APIView
 from core.errors import NotFound, ServiceError
 from core.hooks import hook
+from core.openapi import BY_ID, IDEMPOTENCY_KEY, POST_400, POST_409, link, operation
 
 from . import offerings, selectors, services
 from .forms import OfferingSearchForm
@@ -32,6 +34,11 @@ from .models import Extension, GpuModel, Region, Reservation
 from .windows import Window, window_for
 
 READ, WRITE = ApiKey.Scope.RESERVATIONS_READ, ApiKey.Scope.RESERVATIONS_WRITE
+# Catalog values are data, not an enumeration fixed in the schema: these endpoints list them.
+GPU_MODEL_TEXT = (
+    "GPU model slug, e.g. h100-sxm; the valid ones are listed by GET /api/v1/gpu-models/"
+)
+REGION_TEXT = "Region code, e.g. us-east-1; the valid ones are listed by GET /api/v1/regions/"
 # An SLA credit's cause (capacity measures it) and status (billing pays it back), as the API
 # names them.
 SLA_CREDIT_CAUSES = [DEGRADED, LATE_START, FORCE_RELEASED]
@@ -89,10 +96,10 @@ def _column(reservation: Reservation, lookup: str) -> object:
 class ReservationSerializer(serializers.ModelSerializer):
     id = serializers.CharField(source="public_id")
     gpu_model: serializers.SlugRelatedField[GpuModel] = serializers.SlugRelatedField(
-        slug_field="slug", read_only=True
+        slug_field="slug", read_only=True, help_text=GPU_MODEL_TEXT
     )
     region: serializers.SlugRelatedField[Region] = serializers.SlugRelatedField(
-        slug_field="code", read_only=True
+        slug_field="code", read_only=True, help_text=REGION_TEXT
     )
     price = serializers.DecimalField(source="total", max_digits=14, decimal_places=2)
     duration_hours = serializers.IntegerField()
@@ -112,8 +119,8 @@ class ReservationSerializer(serializers.ModelSerializer):
 
 class OfferingSerializer(serializers.Serializer):
     kind = serializers.CharField()
-    gpu_model = serializers.CharField(source="gpu_model.slug")
-    region = serializers.CharField(source="region.code")
+    gpu_model = serializers.CharField(source="gpu_model.slug", help_text=GPU_MODEL_TEXT)
+    region = serializers.CharField(source="region.code", help_text=REGION_TEXT)
     node_count = serializers.IntegerField()
     starts_at = serializers.DateTimeField()
     ends_at = serializers.DateTimeField()
@@ -164,21 +171,80 @@ def _search_form(data: QueryDict | dict) -> OfferingSearchForm:
     return form
 
 
+NODE_COUNT = {"minimum": 1, "maximum": settings.CAPACITY_MAX_NODES}
+DURATION_HOURS = {"minimum": settings.CAPACITY_MIN_HOURS, "maximum": settings.CAPACITY_MAX_HOURS}
+# What the schema cannot say about a window, and the 400 it gives instead.
+WINDOW_RULES = (
+    "`starts_at` must fall on a whole UTC hour, not in the past and at most "
+    f"{settings.CAPACITY_MAX_LEAD.days // 7} weeks ahead"
+)
+
+
+def _bounded(name: str, bounds: dict[str, int], description: str, example: int) -> OpenApiParameter:
+    return OpenApiParameter(
+        name,
+        {"type": "integer", **bounds},  # a schema object is allowed as the type
+        required=True,
+        description=description,
+        examples=[OpenApiExample(name, value=example)],
+    )
+
+
 SEARCH_PARAMETERS = [
-    OpenApiParameter("gpu_model", str, required=True, description="GPU model slug, e.g. h100-sxm"),
-    OpenApiParameter("region", str, description="Region code; any region when omitted"),
-    OpenApiParameter("node_count", int, required=True),
     OpenApiParameter(
-        "starts_at", str, description="ISO 8601 on a whole hour in UTC; now when omitted"
+        "gpu_model",
+        str,
+        required=True,
+        description=GPU_MODEL_TEXT,
+        examples=[OpenApiExample("H100", value="h100-sxm")],
     ),
-    OpenApiParameter("duration_hours", int, required=True),
+    OpenApiParameter(
+        "region",
+        str,
+        description=f"{REGION_TEXT}. Any region when omitted",
+        examples=[OpenApiExample("US East", value="us-east-1")],
+    ),
+    _bounded("node_count", NODE_COUNT, "Nodes in one block (8 GPUs each)", 1),
+    OpenApiParameter(
+        "starts_at",
+        OpenApiTypes.DATETIME,
+        description="ISO 8601 on a whole hour in UTC, at most "
+        f"{settings.CAPACITY_MAX_LEAD.days // 7} weeks ahead; start now when omitted",
+    ),
+    _bounded("duration_hours", DURATION_HOURS, "Length of the block in whole hours", 4),
 ]
 
 
 class Offerings(APIView):
     required_scopes = {"GET": READ}
 
-    @extend_schema(parameters=SEARCH_PARAMETERS, responses=OfferingSerializer(many=True))
+    @operation(
+        summary="Search offerings",
+        description="Blocks that can be reserved for the asked GPU model, size and window, with "
+        "their price for the calling organization: one per region with capacity (or only the "
+        "asked region). Starting now, each offering starts the minute it is paid. "
+        f"Nothing is held until a reservation is created. {WINDOW_RULES}.",
+        parameters=SEARCH_PARAMETERS,
+        responses={200: OfferingSerializer(many=True)},
+        errors={
+            400: f"An unknown GPU model or region, a size or length out of range, or a window "
+            f"breaking a rule: {WINDOW_RULES}."
+        },
+        links={
+            200: {
+                "ReserveOffering": link(
+                    "reservations_create",
+                    "Reserve the first offering found",
+                    body={
+                        "gpu_model": "$response.body#/0/gpu_model",
+                        "region": "$response.body#/0/region",
+                        "node_count": "$response.body#/0/node_count",
+                        "duration_hours": "$response.body#/0/duration_hours",
+                    },
+                )
+            }
+        },
+    )
     def get(self, request: Request) -> Response:
         data = _search_form(request.query_params).cleaned_data
         results = offerings.search(
@@ -194,16 +260,20 @@ class Offerings(APIView):
 class _ClientToken(serializers.Serializer):
     """What a create takes beyond the search's fields (those are OfferingSearchForm's)."""
 
-    client_token = serializers.CharField(required=False, max_length=64, help_text="Retry safely")
+    client_token = serializers.CharField(
+        required=False, min_length=1, max_length=64, trim_whitespace=False, help_text="Retry safely"
+    )
 
 
 class CreateReservation(_ClientToken):
     """The create's body as the schema shows it. OfferingSearchForm validates these fields, as
     it does the search's query; only the token is this serializer's to check."""
 
-    gpu_model = serializers.CharField(help_text="GPU model slug, e.g. h100-sxm")
-    region = serializers.CharField(help_text="Region code")
-    node_count = serializers.IntegerField()
+    gpu_model = serializers.CharField(help_text=GPU_MODEL_TEXT)
+    region = serializers.CharField(help_text=REGION_TEXT)
+    node_count = serializers.IntegerField(
+        min_value=NODE_COUNT["minimum"], max_value=NODE_COUNT["maximum"]
+    )
     starts_at = serializers.DateTimeField(
         required=False,
         allow_null=True,
@@ -214,19 +284,51 @@ class CreateReservation(_ClientToken):
             "ends_at move to the confirmation time)."
         ),
     )
-    duration_hours = serializers.IntegerField()
+    duration_hours = serializers.IntegerField(
+        min_value=DURATION_HOURS["minimum"], max_value=DURATION_HOURS["maximum"]
+    )
+
+
+def reservation_links(expression: str) -> dict[str, dict[str, Any]]:
+    """Where a reservation's id leads: read it, pay for it, extend it, cancel it."""
+    path = {"path.public_id": expression}
+    quote = {**path, "query.hours": "1"}
+    return {
+        "GetReservation": link("reservations_retrieve", "Read the reservation", path),
+        "PayReservation": link("reservations_pay_create", "Pay for the held block", path),
+        "QuoteExtension": link("reservations_extend_retrieve", "Price more hours", quote),
+        "ExtendReservation": link("reservations_extend_create", "Buy more hours", path),
+        "CancelReservation": link("reservations_cancel_create", "Cancel the block", path),
+    }
+
+
+SOLD_OUT = (
+    "Sold out (no fabric has the nodes free for the whole window), too many blocks held "
+    "unpaid, or the organization may not buy more now (credit limit, overdue invoice)."
+)
 
 
 class Reservations(APIView, ListAPIView):
     required_scopes = {"GET": READ, "POST": WRITE}
     serializer_class = ReservationSerializer
 
-    @extend_schema(
+    @operation(
+        summary="List reservations",
+        description="The organization's reservations, newest first, a page at a time "
+        "(follow `next`). Filter by state and by start.",
         parameters=[
-            OpenApiParameter("state", str, enum=Reservation.State.values),
-            OpenApiParameter("starts_after", str),
-            OpenApiParameter("starts_before", str),
-        ]
+            OpenApiParameter(
+                "state", str, enum=Reservation.State.values, description="Only this state"
+            ),
+            OpenApiParameter(
+                "starts_after", OpenApiTypes.DATETIME, description="Starting at or after (ISO 8601)"
+            ),
+            OpenApiParameter(
+                "starts_before", OpenApiTypes.DATETIME, description="Starting before (ISO 8601)"
+            ),
+        ],
+        responses={200: ReservationSerializer(many=True)},
+        errors={400: "An unknown state, a start that is not ISO 8601, or a bad limit or cursor."},
     )
     def get(self, request: Request, *args: object, **kwargs: object) -> Response:
         return super().get(request, *args, **kwargs)
@@ -240,7 +342,7 @@ class Reservations(APIView, ListAPIView):
             .values(*COLUMNS)
         )
         params = self.request.query_params
-        if params.get("state"):
+        if "state" in params:  # present but empty is not a state either
             if params["state"] not in Reservation.State.values:
                 raise serializers.ValidationError({"state": ["Unknown state."]})
             reservations = reservations.filter(state=params["state"])
@@ -248,12 +350,30 @@ class Reservations(APIView, ListAPIView):
             ("starts_after", "starts_at__gte"),
             ("starts_before", "starts_at__lt"),
         ):
-            if params.get(param):
-                value = serializers.DateTimeField().to_internal_value(params[param])
+            if param in params:
+                try:
+                    value = serializers.DateTimeField().to_internal_value(params[param])
+                except serializers.ValidationError as exc:
+                    raise serializers.ValidationError({param: exc.detail}) from None
                 reservations = reservations.filter(**{lookup: value})
         return reservations
 
-    @extend_schema(request=CreateReservation, responses={201: ReservationSerializer})
+    @operation(
+        summary="Reserve a block",
+        description="Holds the nodes for the window and answers the reservation in state "
+        f"`held` with its price; pay for it (POST …/pay/) before `hold_expires_at`, or the "
+        f"hold lapses. The same `client_token` makes one reservation however often it is "
+        f"sent. {WINDOW_RULES}; the key must act for a member who may reserve.",
+        request=CreateReservation,
+        parameters=[IDEMPOTENCY_KEY],
+        responses={201: ReservationSerializer},
+        errors={
+            400: f"A field is missing or invalid, an unknown GPU model or region, or a window "
+            f"breaking a rule: {WINDOW_RULES}. {POST_400}",
+            409: f"{SOLD_OUT} {POST_409}",
+        },
+        links={201: reservation_links(BY_ID)},
+    )
     def post(self, request: Request) -> Response:
         body = _ClientToken(data=request.data)
         if not body.is_valid() and not isinstance(request.data, Mapping):
@@ -413,7 +533,14 @@ class ReservationDetailSerializer(ReservationSerializer):
 class ReservationDetail(APIView):
     required_scopes = {"GET": READ}
 
-    @extend_schema(responses=ReservationDetailSerializer)
+    @operation(
+        summary="Get a reservation",
+        description="One reservation with what the list leaves out: the extension waiting "
+        "for payment, the refund canceling now would give, and its SLA credits.",
+        responses={200: ReservationDetailSerializer},
+        errors={404: "No reservation with this id in the caller's organization."},
+        links={200: reservation_links(BY_ID)},
+    )
     def get(self, request: Request, public_id: str) -> Response:
         return Response(ReservationDetailSerializer(_reservation(request, public_id)).data)
 
@@ -421,11 +548,31 @@ class ReservationDetail(APIView):
 class CancelReservation(APIView):
     required_scopes = {"POST": WRITE}
 
-    @extend_schema(
+    @operation(
+        summary="Cancel a reservation",
+        description="Cancels a held or scheduled block and releases its nodes. A paid block "
+        "is refunded by the cancellation policy's share for the notice given "
+        "(`cancellation_refund` on the reservation says how much, now); a held one was "
+        "never charged.",
         request=inline_serializer(
-            "CancelRequest", {"reason": serializers.CharField(required=False)}
+            "CancelRequest",
+            {"reason": serializers.CharField(required=False, help_text="Kept in the audit log")},
         ),
-        responses=ReservationSerializer,
+        parameters=[IDEMPOTENCY_KEY],
+        responses={200: ReservationSerializer},
+        errors={
+            400: POST_400,
+            404: "No reservation with this id in the caller's organization.",
+            409: f"The block can no longer be canceled (it started, ended or was canceled). "
+            f"{POST_409}",
+        },
+        links={
+            200: {
+                "GetReservation": link(
+                    "reservations_retrieve", "Read it", {"path.public_id": BY_ID}
+                )
+            }
+        },
     )
     def post(self, request: Request, public_id: str) -> Response:
         reason = request.data.get("reason", "") if isinstance(request.data, dict) else ""

@@ -5,13 +5,13 @@ not shown here: offerings price with them)."""
 from decimal import Decimal
 
 from django.db.models import QuerySet
-from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from accounts.models import ApiKey
 from core.api import ApiView as APIView
+from core.openapi import link, operation
 
 from .models import Cluster, GpuModel, ListPrice, Region
 
@@ -79,13 +79,27 @@ class RegionSerializer(serializers.Serializer):
 
 
 class GpuModels(APIView):
-    """Every GPU model `gpu_model` accepts, by slug, with the regions that offer it and its
-    list price per GPU-hour in each. A model no region offers right now is listed with no
-    regions."""
-
     required_scopes = {"GET": READ}
 
-    @extend_schema(summary="List GPU models", responses=GpuModelSerializer(many=True))
+    @operation(
+        summary="List GPU models",
+        description="Every GPU model `gpu_model` accepts, by slug, with the regions that offer "
+        "it and its list price per GPU-hour in each. A model no region offers right now is "
+        "listed with no regions.",
+        responses={200: GpuModelSerializer(many=True)},
+        links={
+            200: {
+                "SearchOfferings": link(
+                    "offerings_list",
+                    "Search offerings of the first model in its first region",
+                    {
+                        "query.gpu_model": "$response.body#/0/slug",
+                        "query.region": "$response.body#/0/regions/0/region",
+                    },
+                )
+            }
+        },
+    )
     def get(self, request: Request) -> Response:
         offered = _offered()
         regions = {region.pk: region.code for region in _regions()}
@@ -112,11 +126,13 @@ class GpuModels(APIView):
 
 
 class Regions(APIView):
-    """Every region `region` accepts, by code, with the GPU models offered there."""
-
     required_scopes = {"GET": READ}
 
-    @extend_schema(summary="List regions", responses=RegionSerializer(many=True))
+    @operation(
+        summary="List regions",
+        description="Every region `region` accepts, by code, with the GPU models offered there.",
+        responses={200: RegionSerializer(many=True)},
+    )
     def get(self, request: Request) -> Response:
         offered = _offered()
         models = {model.pk: model.slug for model in _gpu_models()}

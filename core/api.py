@@ -10,7 +10,7 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.http import Http404
 from django.utils import timezone
-from rest_framework import exceptions
+from rest_framework import exceptions, pagination
 from rest_framework.pagination import CursorPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -27,10 +27,45 @@ logger = logging.getLogger(__name__)
 
 
 class Cursor(CursorPagination):
+    """Pages of `limit` (1 to 100, 20 when omitted) from `cursor`; anything else is a 400."""
+
     page_size = 20
     max_page_size = 100
     page_size_query_param = "limit"
     ordering = "-created_at"
+
+    def get_page_size(self, request: Request) -> int:
+        raw = request.query_params.get("limit")
+        if raw is None:
+            return self.page_size
+        if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= self.max_page_size:
+            raise exceptions.ValidationError(
+                {"limit": [f"Give a whole number from 1 to {self.max_page_size}."]}
+            )
+        return int(raw)
+
+    def decode_cursor(self, request: Request) -> pagination.Cursor | None:
+        try:
+            return super().decode_cursor(request)
+        except exceptions.NotFound:
+            raise exceptions.ValidationError(
+                {"cursor": ["Use a cursor from a `next` or `previous` link."]}
+            ) from None
+
+    def get_schema_operation_parameters(self, view: APIView) -> list[dict]:
+        parameters = super().get_schema_operation_parameters(view)
+        for parameter in parameters:
+            if parameter["name"] == "limit":
+                parameter["description"] = "Results per page"
+                parameter["schema"] = {
+                    "type": "integer",
+                    "minimum": 1,
+                    "maximum": self.max_page_size,
+                    "default": self.page_size,
+                }
+            else:
+                parameter["description"] = "Where the page starts: from a `next` or `previous` link"
+        return parameters
 
 
 def _shape(

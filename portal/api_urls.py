@@ -5,6 +5,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitVie
 
 from accounts import api as accounts_api
 from billing import api as billing_api
+from billing import api_usage
 from capacity import api as capacity_api
 from capacity import api_catalog
 
@@ -50,7 +51,7 @@ urlpatterns = [
         name="api-extend",
     ),
     path("reservations/<str:public_id>/pay/", billing_api.PayReservation.as_view(), name="api-pay"),
-    path("usage/", billing_api.Usage.as_view(), name="api-usage"),
+    path("usage/", api_usage.Usage.as_view(), name="api-usage"),
     path("payments/", billing_api.Payments.as_view(), name="api-payments"),
     path("refunds/", billing_api.Refunds.as_view(), name="api-refunds"),
     path("invoices/", billing_api.Invoices.as_view(), name="api-invoices"),

@@ -397,7 +397,13 @@ SPECTACULAR_SETTINGS = {
         "ReservationStateEnum": "capacity.models.Reservation.State",
         "ExtensionStateEnum": "capacity.models.Extension.State",
         "SlaCreditCauseEnum": "capacity.api.SLA_CREDIT_CAUSES",
+        "ErrorTypeEnum": "core.openapi.ERROR_TYPES",
     },
+    # Links between operations are declared beside each view and moved into its answers.
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "core.openapi.move_links",
+    ],
 }
 
 # --- Capacity -------------------------------------------------------------------------------
