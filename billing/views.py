@@ -436,6 +436,7 @@ def billing(request: MemberRequest) -> HttpResponse:
             "invoices": selectors.invoices_for_org(organization)[:50],
             "balance": selectors.balance_for_org(organization),
             "may_manage": can(request.membership.role, Permission.MANAGE_BILLING),
+            "may_edit_organization": can(request.membership.role, Permission.MANAGE_ORGANIZATION),
         },
     )
 

@@ -344,7 +344,10 @@ class Reservations(APIView, ListAPIView):
         params = self.request.query_params
         if "state" in params:  # present but empty is not a state either
             if params["state"] not in Reservation.State.values:
-                raise serializers.ValidationError({"state": ["Unknown state."]})
+                states = ", ".join(Reservation.State.values)
+                raise serializers.ValidationError(
+                    {"state": [f"Unknown state; choose one of: {states}."]}
+                )
             reservations = reservations.filter(state=params["state"])
         for param, lookup in (
             ("starts_after", "starts_at__gte"),

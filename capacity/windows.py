@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 from django.conf import settings
 from django.utils import timezone
 
+from core.dates import format_datetime
 from core.errors import ServiceError
 
 HOUR = timedelta(hours=1)
@@ -86,7 +87,7 @@ def window_for(
     if starts_at > latest:
         raise ServiceError(
             f"Blocks can start at most {settings.CAPACITY_MAX_LEAD.days // 7} weeks ahead "
-            f"(until {latest:%Y-%m-%d %H:00} UTC).",
+            f"(until {format_datetime(latest.replace(minute=0, second=0, microsecond=0))}).",
             code="start_too_far",
             param="starts_at",
         )

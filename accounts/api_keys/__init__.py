@@ -8,6 +8,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from core import audit
+from core.dates import format_datetime
 from core.errors import NotAllowed, ServiceError
 
 from ..guards import require_active_organization, require_permission, require_verified_email
@@ -276,7 +277,7 @@ def api_key_rotate(*, api_key: ApiKey, actor: User, grace: timedelta) -> tuple[A
         if locked.revoked_at is not None:
             raise ServiceError(
                 "This key was already rotated and stops working at "
-                f"{locked.revoked_at:%Y-%m-%d %H:%M} UTC; rotate its replacement instead.",
+                f"{format_datetime(locked.revoked_at)}; rotate its replacement instead.",
                 code="already_rotated",
             )
         maker = actor if locked.is_service or locked.created_by is None else locked.created_by

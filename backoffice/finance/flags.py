@@ -16,6 +16,7 @@ from django.utils.html import format_html
 from backoffice.actor import staff_actor
 from billing.models import FinanceFlag
 from billing.services import flags as finance_flags
+from core.dates import format_datetime
 from core.staff import staff_may
 
 from .common import FinanceAdmin, org_filter_link, run
@@ -121,7 +122,7 @@ class FinanceFlagAdmin(FinanceAdmin):
         return format_html(
             "Resolved by {} on {}<br><small>{}</small>",
             who,
-            f"{obj.resolved_at:%Y-%m-%d}",
+            format_datetime(obj.resolved_at),
             obj.resolution,
         )
 

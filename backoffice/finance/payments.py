@@ -18,6 +18,7 @@ from backoffice.actor import staff_actor
 from billing import gateway
 from billing.models import Payment, Refund
 from billing.services import refunds as billing_refunds
+from core.dates import format_datetime
 from core.errors import ServiceError
 from core.staff import StaffReasonForm, staff_may
 
@@ -155,7 +156,7 @@ class PaymentAdmin(FinanceAdmin):
                     ": ".join(filter(None, [r.get_status_display(), r.failure_message])),
                     r.reason,
                     r.created_by.email if r.created_by else "system",
-                    f"{r.created_at:%Y-%m-%d %H:%M}",
+                    format_datetime(r.created_at),
                 )
                 for r in refunds
             ),

@@ -6,6 +6,7 @@ from django.http import HttpRequest
 from django.utils import timezone
 
 from accounts.models import ApiKey, Membership
+from core.dates import format_date, format_datetime
 
 
 class _ReadOnlyInline(admin.TabularInline):
@@ -65,9 +66,9 @@ class ApiKeyInline(_ReadOnlyInline):
     def state(self, key: ApiKey) -> str:
         now = timezone.now()
         if key.revoked_at is not None and key.revoked_at <= now:
-            return f"Revoked {key.revoked_at:%Y-%m-%d}"
+            return f"Revoked {format_date(key.revoked_at)}"
         if key.expires_at is not None and key.expires_at <= now:
-            return f"Expired {key.expires_at:%Y-%m-%d}"
+            return f"Expired {format_date(key.expires_at)}"
         if key.revoked_at is not None:
-            return f"Rotated, works until {key.revoked_at:%Y-%m-%d %H:%M}"
+            return f"Rotated, works until {format_datetime(key.revoked_at)}"
         return "Active"

@@ -223,7 +223,7 @@ class OrganizationAdmin(ServiceErrorsAsMessages):
 
     @admin.display(description="reviewed", ordering="reviewed_at")
     def review_label(self, org: Organization) -> str:
-        return f"{org.reviewed_at:%Y-%m-%d}" if org.reviewed_at else "Waiting"
+        return format_datetime(org.reviewed_at) if org.reviewed_at else "Waiting"
 
     @admin.display(description="balance owed")
     def balance(self, org: Organization) -> str:

@@ -14,6 +14,7 @@ from django.utils import timezone
 from backoffice.actor import staff_actor
 from capacity import rates
 from capacity.models import NegotiatedRate
+from core.dates import format_date
 from core.errors import ServiceError
 from core.forms import add_service_error
 from core.staff import ServiceErrorsAsMessages, StaffReasonForm
@@ -213,7 +214,7 @@ class NegotiatedRateAdmin(ServiceErrorsAsMessages):
                 "danger": True,
                 "form": form,
                 "rows": [
-                    (rate, f"{rate.valid_from:%Y-%m-%d} → {rate.valid_until:%Y-%m-%d}")
+                    (rate, f"{format_date(rate.valid_from)} → {format_date(rate.valid_until)}")
                     for rate in queryset
                 ],
                 "action": request.POST.get("action", ""),

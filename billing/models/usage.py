@@ -5,6 +5,7 @@ from decimal import Decimal
 from django.db import models
 from django.utils import timezone
 
+from core.dates import format_datetime
 from core.money import NOT_TO_THE_CENT, validate_currency
 
 from .payments import NOT_NEGATIVE
@@ -101,4 +102,4 @@ class UsageHour(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.organization_id} {self.model} {self.hour:%Y-%m-%d %H}:00"
+        return f"{self.organization_id} {self.model} {format_datetime(self.hour)}"

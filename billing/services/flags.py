@@ -7,6 +7,7 @@ from django.utils import timezone
 
 from accounts.models import Organization, User
 from core import audit
+from core.dates import format_datetime
 from core.errors import Conflict, ServiceError
 
 from ..models import FinanceFlag, Payment
@@ -67,7 +68,7 @@ def flag_resolve(*, flag: FinanceFlag, actor: User, resolution: str) -> FinanceF
     if locked.resolved_at is not None:
         who = locked.resolved_by.email if locked.resolved_by else "someone"
         raise Conflict(
-            f"Already resolved by {who} on {locked.resolved_at:%Y-%m-%d %H:%M} UTC.",
+            f"Already resolved by {who} on {format_datetime(locked.resolved_at)}.",
             code="already_resolved",
         )
     locked.resolved_at = timezone.now()

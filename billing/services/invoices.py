@@ -20,6 +20,7 @@ from django.utils import timezone
 from accounts.models import User
 from capacity.models import Extension, Reservation
 from core import audit
+from core.dates import format_datetime
 from core.errors import Conflict
 from core.money import format_money, from_minor, to_minor
 from core.tasks import enqueue_after_commit
@@ -97,11 +98,11 @@ def _description(invoice: Invoice, reservation: Reservation, extension: Extensio
     if extension is not None:
         return (
             f"Hyperblock reservation {reservation.public_id}, extension {extension.public_id}: "
-            f"{block}, {extension.starts_at:%Y-%m-%d %H:%M} UTC, {extension.hours} h more"
+            f"{block}, {format_datetime(extension.starts_at)}, {extension.hours} h more"
         )
     return (
         f"Hyperblock reservation {reservation.public_id}: {block}, "
-        f"{reservation.starts_at:%Y-%m-%d %H:%M} UTC, {reservation.duration_hours} h"
+        f"{format_datetime(reservation.starts_at)}, {reservation.duration_hours} h"
     )
 
 

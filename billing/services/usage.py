@@ -13,6 +13,7 @@ from django.utils.dateparse import parse_datetime
 
 from accounts.models import ApiKey, Organization
 from capacity.pricing import money
+from core.dates import format_datetime
 
 from .. import gateway
 from ..models import BillingAccount, LedgerEntry, ModelPrice, UsageEvent, UsageHour
@@ -127,7 +128,10 @@ def _target(reporter: ApiKey, item: dict) -> tuple[Organization, ApiKey | None]:
 def _parse(item: dict, now: datetime, prices: set[str]) -> dict:
     """A well-formed event checked against the catalog and the clock."""
     if item["model"] not in prices:
-        raise EventError("model", "unknown_model", f"unknown model {item['model']!r}")
+        known = ", ".join(sorted(prices)) or "none yet"
+        raise EventError(
+            "model", "unknown_model", f"unknown model {item['model']!r}; priced models: {known}"
+        )
     occurred = _time(item)
     if occurred > now + timedelta(minutes=5) or occurred < now - settings.USAGE_MAX_AGE:
         raise EventError("time", "time_out_of_window", "time is outside the accepted window")
@@ -238,7 +242,7 @@ def usage_aggregate(now: datetime | None = None) -> int:
                 usage_hour=usage,
                 description=(
                     f"{model}: {added_in:,} input and {added_out:,} output tokens, "
-                    f"{hour:%Y-%m-%d %H}:00 UTC"
+                    f"the hour from {format_datetime(hour)}"
                 ),
             )
             booked += 1

@@ -127,12 +127,16 @@ def test_a_reservation_without_a_region_says_so_beside_the_other_fields(
 
 def test_a_single_invalid_field_is_a_list_of_one(catalog, organization, owner):
     response = api(key_for(organization, owner)).get("/api/v1/reservations/", {"state": "gone"})
+    message = (
+        "Unknown state; choose one of: held, scheduled, provisioning, active, releasing, "
+        "completed, expired, canceled, failed."
+    )
     assert response.json()["error"] == {
         "type": "invalid_request",
         "code": "invalid",
-        "message": "Unknown state.",
+        "message": message,
         "param": "state",
-        "errors": [{"param": "state", "code": "invalid", "message": "Unknown state."}],
+        "errors": [{"param": "state", "code": "invalid", "message": message}],
     }
 
 

@@ -28,6 +28,7 @@ from billing.models import (
 )
 from billing.services import flags, payments, refunds, settlement
 from capacity.models import Reservation
+from core.dates import format_datetime
 from core.errors import Conflict, NotAllowed, ServiceError
 from core.models import AuditEvent
 from tests.billing.conftest import (  # noqa: F401
@@ -601,7 +602,7 @@ def test_finance_resolves_flags_with_a_resolution_and_hears_of_each_that_was_don
     assert texts(response) == [
         f"Resolved 1: {reconciliation}.",
         f"{closed}: Already resolved by earlier@example.com on "
-        f"{closed.resolved_at:%Y-%m-%d %H:%M} UTC.",
+        f"{format_datetime(closed.resolved_at)}.",
     ]
     reconciliation.refresh_from_db()
     assert (reconciliation.resolved_by, reconciliation.resolution) == (staff, "Stripe fixed it.")

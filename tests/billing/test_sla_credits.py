@@ -509,7 +509,7 @@ def test_the_reservation_page_shows_the_credit(
     credit = SlaCredit.objects.get()
     assert (
         f'<tr data-testid="sla-credit"><td>SLA credit: started late (4 node-hours at 50%), '
-        f"refunded to your card {credit.granted_at:%-d %b %Y}</td>"
+        f"refunded to your card on {credit.granted_at:%a %-d %b %Y}</td>"
         '<td class="num">−$32.00</td></tr>'
     ) in html
 

@@ -74,7 +74,7 @@ def test_a_batch_keeps_the_good_events_and_reports_the_bad_ones(organization, ow
                 "index": 3,
                 "param": "events[3].model",
                 "code": "unknown_model",
-                "message": "unknown model 'gpt-9'",
+                "message": "unknown model 'gpt-9'; priced models: llama-70b",
             },
             {"index": 4, "param": "events[4].time", **outside},
             {"index": 5, "param": "events[5].time", **outside},

@@ -75,6 +75,25 @@ def test_the_api_keeps_iso_8601():
     assert serializers.DateField().to_representation(date(2026, 12, 2)) == "2026-12-02"
 
 
+# A moment written by hand in Python: a date format inside an f-string (ISO 8601 with its "T"
+# for machines is the one allowed).
+HAND_WRITTEN = re.compile(r"\{[^{}]*:%(?![Y]-%m-%dT)[^{}]*%[a-zA-Z][^{}]*\}")
+
+
+def test_no_code_writes_a_moment_its_own_way():
+    written = []
+    for app in ("core", "accounts", "capacity", "billing", "backoffice", "portal"):
+        for path in Path(settings.BASE_DIR, app).rglob("*.py"):
+            if "migrations" in path.parts:
+                continue
+            for number, line in enumerate(path.read_text().splitlines(), 1):
+                if HAND_WRITTEN.search(line):
+                    written.append(
+                        f"{path.relative_to(settings.BASE_DIR)}:{number}: {line.strip()}"
+                    )
+    assert written == []
+
+
 def test_no_template_writes_a_moment_its_own_way():
     used = set()
     for path in Path(settings.BASE_DIR, "templates").rglob("*.*"):

@@ -114,3 +114,25 @@ def test_the_current_section_follows_the_page(organization, owner):
         response = client.get(reverse(url_name, args=[slug]))
         assert response.status_code == 200
         assert [lbl for lbl, _h, current in _nav(response.text) if current] == [label]
+
+
+@pytest.mark.parametrize(
+    ("role", "change"),
+    [
+        (Role.OWNER, "Change"),
+        (Role.ADMIN, "Change"),
+        (Role.BILLING, "An owner or admin can change it."),
+    ],
+)
+def test_the_billing_page_offers_to_change_the_e_mail_only_to_who_may(
+    organization, owner, role, change
+):
+    client = _client(organization, owner, role)
+    page = client.get(reverse("billing", args=[organization.slug]))
+    found = re.search(r'data-testid="billing-email-change">(.*?)</div>', page.text)
+    assert found is not None
+    settings_url = reverse("organization-settings", args=[organization.slug])
+    link = f'<a href="{settings_url}">Change</a>'
+    assert found.group(1) == (link if change == "Change" else change)
+    if change == "Change":
+        assert client.get(settings_url).status_code == 200

@@ -15,6 +15,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from core import audit
+from core.dates import format_datetime
 from core.errors import NotAllowed, ServiceError
 
 from ...incidents import incident_open
@@ -275,7 +276,7 @@ def cluster_sync(
         if name in seen or node.status == Node.Status.RETIRED:
             continue
         node.status = Node.Status.RETIRED
-        node.status_reason = f"{RETIRED_REASON} ({now:%d %b %Y %H:%M} UTC)"
+        node.status_reason = f"{RETIRED_REASON} ({format_datetime(now)})"
         node.save(update_fields=["status", "status_reason"])
         result.retired.append(name)
         holding = (
