@@ -13,7 +13,8 @@ from accounts.models import ApiKey
 from core.api import ApiView as APIView
 from core.openapi import link, operation
 
-from .models import Cluster, GpuModel, ListPrice, Region
+from . import selectors
+from .models import GpuModel, ListPrice, Region
 
 READ = ApiKey.Scope.RESERVATIONS_READ  # what searching offerings takes
 
@@ -25,19 +26,8 @@ def _price(value: Decimal) -> str:
 
 
 def _offered() -> dict[tuple[int, int], ListPrice]:
-    """Where each GPU model can be reserved, keyed by (GPU model, region): an active cluster
-    of it in an active region, with a list price there."""
-    sold = set(
-        Cluster.objects.filter(
-            is_active=True, region__is_active=True, gpu_model__is_active=True
-        ).values_list("gpu_model_id", "region_id")
-    )
-    prices = ListPrice.objects.filter(region__is_active=True, gpu_model__is_active=True)
-    return {
-        (price.gpu_model_id, price.region_id): price
-        for price in prices
-        if (price.gpu_model_id, price.region_id) in sold
-    }
+    """Where each GPU model can be reserved, keyed by (GPU model, region), with its price."""
+    return {(p.gpu_model_id, p.region_id): p for p in selectors.offered_prices()}
 
 
 def _gpu_models() -> QuerySet[GpuModel]:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from django.db.backends.base.base import BaseDatabaseWrapper
-from django.db.models import BigIntegerField, Count, Func, Q, QuerySet
+from django.db.models import BigIntegerField, Count, Exists, Func, OuterRef, Q, QuerySet
 from django.db.models.sql.compiler import SQLCompiler
 
 from accounts.models import Organization
@@ -62,11 +62,22 @@ class PriceListEntry:
         return min(self.prices, key=lambda price: price.per_gpu_hour)
 
 
+def offered_prices() -> QuerySet[ListPrice]:
+    """The list prices of what can be reserved: an active GPU model in an active region, with
+    an active cluster of it there. The price list and the catalog API both read this."""
+    cluster = Cluster.objects.filter(
+        is_active=True, gpu_model=OuterRef("gpu_model"), region=OuterRef("region")
+    )
+    return ListPrice.objects.filter(
+        Exists(cluster), gpu_model__is_active=True, region__is_active=True
+    )
+
+
 def price_list() -> list[PriceListEntry]:
-    """The public price list: every active GPU model priced in an active region, in catalog
-    order. A model with no price anywhere is not for sale and is left out. One query."""
+    """The public price list: every GPU model on sale with its price in each region that
+    offers it, in catalog order. A model offered nowhere is left out. One query."""
     prices = (
-        ListPrice.objects.filter(gpu_model__is_active=True, region__is_active=True)
+        offered_prices()
         .select_related("gpu_model", "region")
         .order_by("gpu_model__sort_order", "gpu_model__name", "gpu_model_id", "region__code")
     )

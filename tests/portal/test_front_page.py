@@ -9,7 +9,7 @@ from django.urls import reverse
 
 from billing.models import ModelPrice
 from capacity import selectors
-from capacity.models import GpuModel, ListPrice, Region
+from capacity.models import Cluster, GpuModel, ListPrice, Region
 from tests.conftest import client_for
 from tests.factories import UserFactory
 
@@ -18,7 +18,8 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture
 def price_list() -> None:
-    """Two models for sale in two regions; one model and one region that are not."""
+    """Two models for sale in two regions; one model and one region that are not, and a price
+    where no cluster of the model stands."""
     h100 = GpuModel.objects.create(slug="h100", name="H100 & co", memory_gb=80, sort_order=1)
     b200 = GpuModel.objects.create(
         slug="b200", name="B200", memory_gb=192, gpus_per_node=4, sort_order=2
@@ -34,8 +35,11 @@ def price_list() -> None:
         (b200, east, "4.99"),
         (h100, closed, "0.10"),
         (retired, east, "0.50"),
+        (b200, west, "4.79"),  # priced, but no B200 cluster stands in US West
     ]:
         ListPrice.objects.create(gpu_model=gpu, region=region, price_per_gpu_hour=Decimal(price))
+    for gpu, region in [(h100, east), (h100, west), (b200, east), (h100, closed), (retired, east)]:
+        Cluster.objects.create(code=f"{region.code}-{gpu.slug}", region=region, gpu_model=gpu)
 
 
 def test_the_price_list_has_what_is_for_sale_in_catalog_order(
